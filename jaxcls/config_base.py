@@ -1,0 +1,75 @@
+"""The shared base config: every key jaxcls reads, with its default.
+
+Experiment files in configs/ start from `get_base_config()` and change a few values. Keys that are not here
+(a misspelling) are rejected by `config_check.validate`; `model.*` keys are the chosen model's own arguments and
+are checked against that model's signature instead.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "digits"               # 'digits' | 'arrays' | 'synthetic' | 'tfds'
+  config.dataset.path = ""                     # arrays: an .npz file, or a folder of {split}.npz files
+  config.dataset.image_key = "images"          # arrays: array names inside the .npz files
+  config.dataset.label_key = "labels"
+  config.dataset.tfds_name = ""                # tfds: e.g. 'cifar10', 'mnist:3.0.1'
+  config.dataset.data_dir = ""                 # tfds: where prepared data lives ('' = TFDS default)
+  config.dataset.download = False              # tfds: download and prepare if missing (never by default)
+  config.dataset.train_split = "train"
+  config.dataset.eval_split = "test"
+  config.dataset.test_fraction = 0.2           # held-out fraction when a source has no test split
+  config.dataset.split_seed = 0                # seed of that stratified split (fixed, independent of `seed`)
+  config.dataset.image_size = config_dict.placeholder(tuple)  # (height, width) the model sees; None = native
+  config.dataset.class_names = config_dict.placeholder(tuple)  # override the source's class names
+  config.dataset.mean = config_dict.placeholder(tuple)  # per-channel, in [0, 1]; None = the source's own
+  config.dataset.std = config_dict.placeholder(tuple)
+  config.dataset.shuffle_buffer = 16_384        # tfds: examples in the shuffle buffer
+  # synthetic: random images, for benchmarks and tests
+  config.dataset.num_classes = 10
+  config.dataset.num_train_examples = 1024
+  config.dataset.num_eval_examples = 256
+  config.dataset.channels = 3
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "simple_cnn"             # registry name; other keys are that model's arguments
+
+  config.task = ml_collections.ConfigDict()
+  config.task.type = "multiclass"
+  config.task.label_smoothing = 0.0
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"                # 'sgd' | 'adamw'
+  config.optimizer.learning_rate = 0.1         # peak learning rate, for the global batch
+  config.optimizer.momentum = 0.9              # sgd
+  config.optimizer.nesterov = True             # sgd
+  config.optimizer.b1 = 0.9                    # adamw
+  config.optimizer.b2 = 0.999                  # adamw
+  config.optimizer.eps = 1e-8                  # adamw
+  config.optimizer.weight_decay = 5e-4         # decoupled; biases and normalisation scales are not decayed
+  config.optimizer.schedule = "cosine"         # 'cosine' | 'linear' | 'step' | 'constant'
+  config.optimizer.warmup_steps = 0
+  config.optimizer.end_learning_rate_factor = 0.0  # cosine / linear: final rate as a fraction of the peak
+  config.optimizer.step_boundaries = (0.5, 0.75)   # step: fractions of training where the rate drops
+  config.optimizer.step_factor = 0.1               # step: multiplier at each boundary
+  config.optimizer.grad_clip_norm = 0.0        # clip the global gradient norm; 0 = off
+
+  config.augment = ""                          # ops applied on the device, e.g. 'random_crop(padding=4)|flip_lr'
+
+  config.batch_size = 128                      # global, over all devices and hosts
+  config.eval_batch_size = config_dict.placeholder(int)  # None = batch_size
+  config.num_epochs = 10.0
+  config.num_train_steps = -1                  # > 0 overrides num_epochs
+  config.log_every_steps = 50
+  config.eval_every_steps = 0                  # 0 = once per epoch; evaluation also runs at the end
+  config.checkpoint_every_steps = 0            # 0 = once per epoch; a checkpoint is also written at the end
+  config.keep_checkpoints = 3
+  config.async_checkpointing = True
+  config.dtype = "float32"                     # computation dtype: 'float32' | 'bfloat16'
+  config.ema_decay = 0.0                       # > 0 keeps an exponential moving average of the params
+  return config

@@ -1,0 +1,108 @@
+"""Entry point: `python -m jaxcls.main --config configs/default.py --workdir DIR [--config.key=value ...]`.
+
+Only flags, multi-host initialisation and hand-off to `train.train_and_evaluate` live here. User errors (a bad
+config key, a missing dataset, a mismatched checkpoint, a NaN loss) print one line and exit non-zero.
+"""
+
+import importlib.util
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxcls.errors import ConfigError, JaxclsError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Initialise jax.distributed: 'auto' does so when the environment describes a multi-process job "
+    "(SLURM with several tasks, a multi-host Cloud TPU) or --coordinator_address is given.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for manual multi-host.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (manual multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (manual multi-host).")
+
+_model_args_from_argv: dict = {}
+
+
+def _looks_multi_process() -> bool:
+  env = os.environ
+  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+    return True
+  return "," in env.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in env
+
+
+def init_distributed() -> None:
+  import jax
+  if _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _looks_multi_process()):
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _load_config_file(argv: list[str]):
+  """The config file named by --config, loaded on its own to check override keys before absl parses them."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+  if path is None:
+    return None
+  path = path.split(":", 1)[0]
+  if not os.path.isfile(path):
+    raise ConfigError(f"Config file {path!r} does not exist; pass --config=configs/default.py or another file.")
+  spec = importlib.util.spec_from_file_location("_jaxcls_user_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config-key mistakes reported as one line instead of a traceback."""
+  from jaxcls import config_check
+  global _model_args_from_argv
+  try:
+    config = _load_config_file(argv)
+    if config is not None:
+      argv, _model_args_from_argv = config_check.split_argv(argv, config)
+    return flags.FLAGS(argv)
+  except JaxclsError as e:
+    _exit(str(e), 2)
+  except flags.Error as e:
+    _exit(f"{e}", 2)
+  except (KeyError, AttributeError, ValueError, TypeError) as e:
+    _exit(f"Bad --config override: {str(e).strip(chr(39) + chr(34))}", 2)
+
+
+def _exit(message: str, code: int):
+  print(f"jaxcls: error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def main(argv):
+  del argv
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _exit("Both --config and --workdir are required, e.g. --config=configs/default.py --workdir=/tmp/run.", 2)
+  config = _CONFIG.value
+  for key, value in _model_args_from_argv.items():
+    config.model[key] = value
+  try:
+    init_distributed()
+    from jaxcls import train
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except JaxclsError as e:
+    logging.error("%s", e)
+    _exit(str(e), 1)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,116 @@
+"""The jitted train and eval steps: pure functions of (state, batch, key), sharded over the 'data' mesh axis.
+
+State is replicated and donated; batches arrive sharded along their first axis. Batch-norm statistics are taken
+over the global batch because the step is written for the global array and XLA inserts the cross-device sums.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcls import parallel
+from jaxcls.state import TrainState, eval_params
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype) -> jax.Array:
+  """uint8 [B, H, W, C] -> (x/255 - mean) / std in the compute dtype (done on the device, not the host)."""
+  mean = jnp.asarray(mean, jnp.float32) * 255.0
+  inv_std = 1.0 / (jnp.asarray(std, jnp.float32) * 255.0)
+  return ((images.astype(jnp.float32) - mean) * inv_std).astype(dtype)
+
+
+def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropout_key=None):
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  if not train:
+    return model.apply(variables, images, train=False), batch_stats
+  logits, updates = model.apply(variables, images, train=True, rngs={"dropout": dropout_key},
+                                mutable=["batch_stats"] if batch_stats else [])
+  return logits, updates.get("batch_stats", batch_stats)
+
+
+def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
+                    schedule: Callable, augment: Callable, *, mean, std, dtype: str,
+                    ema_decay: float, mesh) -> Callable:
+  """Returns train_step(state, batch, key) -> (state, metrics), jitted with shardings and donation.
+
+  A step whose loss or gradient is not finite returns the state unchanged and reports `finite=0`, so the loop
+  can stop with the last good state (and checkpoint) intact.
+  """
+  compute_dtype = DTYPES[dtype]
+
+  def train_step(state: TrainState, batch: dict, key: jax.Array):
+    step_key = jax.random.fold_in(key, state.step)
+    augment_key, dropout_key = jax.random.split(step_key)
+    images = augment(augment_key, batch["image"])
+    images = normalize(images, mean, std, compute_dtype)
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    num_valid = jnp.maximum(mask.sum(), 1.0)
+
+    def loss_fn(params):
+      logits, new_stats = _apply(model, params, state.batch_stats, images, train=True,
+                                 dropout_key=dropout_key)
+      per_example = task.loss(logits, labels)
+      return jnp.sum(per_example * mask) / num_valid, (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    new_ema = state.ema_params
+    if state.ema_params:
+      new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params)
+    new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
+                              opt_state=new_opt_state, ema_params=new_ema)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+               "finite": finite.astype(jnp.float32)}
+    for name, values in task.train_metrics(logits, labels).items():
+      metrics[name] = jnp.sum(values * mask) / num_valid
+    return new_state, metrics
+
+  return jax.jit(train_step,
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.replicated(mesh)),
+                 out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def make_eval_step(model: nn.Module, task, *, mean, std, dtype: str, mesh) -> Callable:
+  """Returns eval_step(state, batch) -> sums over the batch's valid rows (no augmentation, eval-mode BN)."""
+  compute_dtype = DTYPES[dtype]
+
+  def eval_step(state: TrainState, batch: dict):
+    images = normalize(batch["image"], mean, std, compute_dtype)
+    logits, _ = _apply(model, eval_params(state), state.batch_stats, images, train=False)
+    return task.eval_sums(logits, batch["label"], batch["mask"])
+
+  return jax.jit(eval_step,
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 out_shardings=parallel.replicated(mesh))
+
+
+def make_init(model: nn.Module, tx: optax.GradientTransformation, *, image_shape, dtype: str,
+              use_ema: bool, mesh) -> Callable[[jax.Array], TrainState]:
+  """Returns init(key) -> a replicated TrainState, built directly on the devices."""
+  from jaxcls import state as state_lib
+
+  def init(key):
+    params_key, dropout_key = jax.random.split(key)
+    dummy = jnp.zeros((1,) + tuple(image_shape), DTYPES[dtype])
+    variables = model.init({"params": params_key, "dropout": dropout_key}, dummy, train=False)
+    return state_lib.create(variables, tx, use_ema)
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))
+
+
+def abstract_state(init: Callable, key: jax.Array) -> Any:
+  """Shapes, dtypes and shardings of the state, without computing it (to restore checkpoints into)."""
+  return jax.eval_shape(init, key)

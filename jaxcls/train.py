@@ -1,0 +1,187 @@
+"""The training loop: build everything from the config, step, evaluate, checkpoint, write.
+
+Re-running the same command on the same workdir resumes from the latest checkpoint; a run killed at any moment
+and resumed ends with the same parameters as one never interrupted, because every source of randomness and the
+data order are functions of (seed, step).
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+from absl import logging
+
+from jaxcls import checkpoint, config_check, data, models, optim, parallel, report, steps, tasks, writers
+from jaxcls.data import augment as augment_lib
+from jaxcls.errors import ConfigError, NonFiniteLossError
+from jaxcls.metrics import MeanAccumulator, SumAccumulator
+
+
+def schedule_lengths(config, steps_per_epoch: int) -> tuple[int, int, int]:
+  """(num_train_steps, eval_every, checkpoint_every) resolved from epochs or steps."""
+  if config.num_train_steps > 0:
+    total = int(config.num_train_steps)
+  elif config.num_epochs > 0:
+    total = int(math.ceil(config.num_epochs * steps_per_epoch))
+  else:
+    raise ConfigError("Set config.num_epochs or config.num_train_steps to a positive value.")
+  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  ckpt_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else steps_per_epoch
+  return total, eval_every, ckpt_every
+
+
+def resolved_config(config, info: data.DatasetInfo, num_train_steps: int) -> ml_collections.ConfigDict:
+  """The config with the values the run derived (normalisation, image size, class names, steps) filled in."""
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.dataset.mean = tuple(info.mean)
+  resolved.dataset.std = tuple(info.std)
+  resolved.dataset.image_size = tuple(info.image_shape[:2])
+  resolved.dataset.class_names = tuple(info.class_names)
+  resolved.num_train_steps = num_train_steps
+  return resolved
+
+
+def evaluate(eval_step, state, dataset, task, batch_size: int, mesh) -> dict[str, Any]:
+  """Exact metrics over the whole eval split: padded rows are masked out of every sum."""
+  sums = SumAccumulator()
+  for batch in dataset.eval_batches(batch_size):
+    sums.add(eval_step(state, parallel.to_global(batch, mesh)))
+  return task.finalize(sums.result())
+
+
+def _check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
+  host = parallel.to_host(metrics)
+  if float(host["finite"]) < 1.0:
+    kept = (f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint is not None
+            else "no checkpoint had been written yet")
+    raise NonFiniteLossError(
+        f"The loss or gradient became non-finite at step {step} (loss={float(host['loss'])}, "
+        f"grad_norm={float(host['grad_norm'])}); training stopped and {kept}. Lower "
+        f"optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values.")
+
+
+def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+  return {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset: Any = None,
+                       devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+  """Trains (or resumes) as the config says and returns the final evaluation report.
+
+  Args:
+    config: a config built on `jaxcls.config_base.get_base_config()`.
+    workdir: where checkpoints, metrics, the resolved config and the report go.
+    dataset: optionally, the user's own data (see `jaxcls.data.from_iterators`) instead of
+      `config.dataset`.
+    devices: the devices of the data mesh (default: all devices of all processes).
+  """
+  config_check.validate(config)
+  if config.dtype not in steps.DTYPES:
+    raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh(devices)
+  is_main = parallel.is_main_process()
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+
+  dataset = dataset if dataset is not None else data.build(config)
+  info = dataset.info
+  task = tasks.build(config.task, info.num_classes)
+  model = models.build(config.model, task.num_outputs, config.dtype)
+  steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+  num_train_steps, eval_every, ckpt_every = schedule_lengths(config, steps_per_epoch)
+  tx, schedule = optim.build_optimizer(config.optimizer, num_train_steps)
+  augment = augment_lib.build(config.augment)
+
+  root_key = jax.random.PRNGKey(config.seed)
+  init_key, train_key = jax.random.fold_in(root_key, 0), jax.random.fold_in(root_key, 1)
+  init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
+                         use_ema=config.ema_decay > 0, mesh=mesh)
+  norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
+  train_step = steps.make_train_step(model, task, tx, schedule, augment, ema_decay=config.ema_decay, **norm)
+  eval_step = steps.make_eval_step(model, task, **norm)
+
+  ckpt = checkpoint.Checkpointer(
+      workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
+      fingerprint=checkpoint.fingerprint(config, info.num_classes, info.image_shape))
+  last_saved = ckpt.latest_step()
+  if last_saved is None:
+    state = init(init_key)
+    start_step = 0
+  else:
+    abstract = checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh))
+    state, _ = ckpt.restore(last_saved, abstract)
+    start_step = int(parallel.to_host(state.step))
+    logging.info("Resuming from step %d of %d.", start_step, num_train_steps)
+
+  writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step)
+  resolved = resolved_config(config, info, num_train_steps)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(resolved.to_json_best_effort(indent=1, sort_keys=True) + "\n")
+    with open(os.path.join(workdir, "classes.json"), "w") as f:
+      json.dump(list(info.class_names), f, indent=1)
+    params = parallel.to_host(state.params)
+    logging.info("Model %s, %d parameters:\n%s", config.model.name,
+                 sum(x.size for x in jax.tree.leaves(params)), writers.parameter_overview(params))
+    logging.info("Data: %d train / %d eval examples, %d classes, images %s, train class counts %s.",
+                 info.num_train, info.num_eval, info.num_classes, info.image_shape, info.train_class_counts)
+    if start_step == 0:
+      writer.write_hparams(resolved.to_dict())
+
+  progress = writers.create_progress(num_train_steps, writer, is_main=is_main)
+  train_metrics = MeanAccumulator()
+  batches = dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed)
+  data_seconds = 0.0
+  pending = None
+  final = None
+  try:
+    for step in range(start_step, num_train_steps):
+      t0 = time.perf_counter()
+      host_batch = next(batches)
+      data_seconds += time.perf_counter() - t0
+      state, metrics = train_step(state, parallel.to_global(host_batch, mesh), train_key)
+      if pending is not None:  # checked one step late, so the device always has queued work
+        _check_finite(*pending, last_saved)
+      done = step + 1
+      pending = (done, metrics)
+      train_metrics.add(metrics)
+      if step == start_step:
+        jax.block_until_ready(metrics)
+        logging.info("First step (compilation included) took %.1f s.", time.perf_counter() - t0)
+      progress(done)
+      if done % config.log_every_steps == 0 or done == num_train_steps:
+        _check_finite(*pending, last_saved)
+        scalars = _scalars(train_metrics.result(), "train/")
+        scalars.pop("train/finite", None)
+        scalars["train/data_wait_s_per_step"] = data_seconds / max(done - start_step, 1)
+        writer.write_scalars(done, scalars)
+      if done % eval_every == 0 or done == num_train_steps:
+        _check_finite(*pending, last_saved)
+        result = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh)
+        writer.write_scalars(done, _scalars(result, "eval/"))
+        final = result if done == num_train_steps else None
+      if done % ckpt_every == 0 or done == num_train_steps:
+        _check_finite(*pending, last_saved)
+        ckpt.save(done, state, {"next_batch": done}, force=True)
+        last_saved = done
+    if final is None:  # a finished workdir re-run: nothing to train, report again
+      final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh)
+  finally:
+    ckpt.close()
+    writer.flush()
+
+  final_report = {"step": int(parallel.to_host(state.step)), "split": config.dataset.eval_split,
+                  "task": config.task.type, "model": config.model.name, **final}
+  if is_main:
+    report.write(workdir, final_report, info.class_names)
+  logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", final_report["split"],
+               final_report["step"], final["loss"], final["accuracy"])
+  writer.close()
+  return final_report

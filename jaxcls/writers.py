@@ -1,0 +1,371 @@
+"""Metric writers and progress reports for the training loop.
+
+One writer fans out to TensorBoard (`workdir/tensorboard/`), the log and `workdir/metrics.jsonl`, with clu's
+`MetricWriter` methods. TensorBoard goes through clu when clu and TensorFlow import, else through the `tensorboard`
+package alone, so the core trains without TensorFlow; both are imported lazily for the same reason.
+"""
+
+import contextlib
+import json
+import math
+import os
+import time
+from typing import Any, Iterable, Mapping, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+JSONL_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class Writer:
+  """clu's `MetricWriter` interface, every method a no-op: the base of jaxcls's writers and the non-main writer.
+
+  Not clu's own class, because importing `clu.metric_writers` imports TensorFlow.
+  """
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    pass
+
+  def write_texts(self, step: int, texts: Mapping[str, str]):
+    pass
+
+  def write_images(self, step: int, images: Mapping[str, Any]):
+    pass
+
+  def write_histograms(self, step: int, arrays: Mapping[str, Any],
+                       num_buckets: Optional[Mapping[str, int]] = None):
+    pass
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def to_float(value: Any) -> float:
+  """A Python float from a Python, numpy or jax scalar (or a one-element array)."""
+  return float(np.asarray(value).item())
+
+
+def flatten_hparams(config: Any, prefix: str = "") -> dict[str, Any]:
+  """A flat {'a.b': value} dict whose values TensorBoard's hparams accept (bool, int, float, str)."""
+  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
+    config = config.to_dict()
+  flat = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if hasattr(value, "to_dict") or isinstance(value, Mapping):
+      flat.update(flatten_hparams(value, name + "."))
+    elif isinstance(value, (bool, int, float, str)):
+      flat[name] = value
+    elif isinstance(value, (np.number, np.bool_)):
+      flat[name] = value.item()
+    else:  # tuples, lists, None: a string keeps them readable and comparable between runs
+      flat[name] = str(value)
+  return flat
+
+
+class MultiWriter(Writer):
+  """Converts scalars to floats once and hands every call to each of its writers."""
+
+  def __init__(self, writers: Iterable[Any]):
+    self.writers = list(writers)
+
+  def write_scalars(self, step, scalars):
+    step = int(step)
+    scalars = {key: to_float(value) for key, value in scalars.items()}
+    for writer in self.writers:
+      writer.write_scalars(step, scalars)
+
+  def write_texts(self, step, texts):
+    for writer in self.writers:
+      writer.write_texts(int(step), texts)
+
+  def write_images(self, step, images):
+    for writer in self.writers:
+      writer.write_images(int(step), images)
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    for writer in self.writers:
+      writer.write_histograms(int(step), arrays, num_buckets)
+
+  def write_hparams(self, hparams):
+    hparams = flatten_hparams(hparams)
+    for writer in self.writers:
+      writer.write_hparams(hparams)
+
+  def flush(self):
+    for writer in self.writers:
+      writer.flush()
+
+  def close(self):
+    for writer in self.writers:
+      writer.close()
+
+
+class LogWriter(Writer):
+  """One absl log line per write, so a run can be followed from its console."""
+
+  def write_scalars(self, step, scalars):
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+
+  def write_texts(self, step, texts):
+    for key, text in texts.items():
+      logging.info("[%d] %s: %s", step, key, text)
+
+  def write_hparams(self, hparams):
+    logging.info("[Hyperparameters] %s", hparams)
+
+
+class JsonlWriter(Writer):
+  """Appends `{"step": s, ...}` to a JSONL file, one line per `write_scalars`, flushed at once.
+
+  With `resume_step` set (the step a training run starts or resumes from), lines with a later step are dropped
+  first: they were written after the checkpoint the run resumes from (or by a run killed before its first
+  checkpoint), and this run writes those steps again. `None` appends (for evaluation-only entry points).
+  """
+
+  def __init__(self, path: str, resume_step: int | None = None):
+    self.path = path
+    if resume_step is not None and os.path.exists(path):
+      _truncate_jsonl(path, resume_step)
+    _end_with_newline(path)
+    self._file = open(path, "a", encoding="utf-8")
+
+  def write_scalars(self, step, scalars):
+    self._file.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._file.flush()
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def _truncate_jsonl(path: str, resume_step: int) -> None:
+  """Keeps the lines with step <= resume_step (and drops a torn last line), replacing the file atomically."""
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if not isinstance(record, dict) or record.get("step", 0) <= resume_step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def _end_with_newline(path: str) -> None:
+  """Terminates a line torn by a crash, so the next line is not glued to it."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) != b"\n":
+      f.write(b"\n")
+
+
+class EventFileWriter(Writer):
+  """TensorBoard event files written with the `tensorboard` package only: the writer when TensorFlow is missing."""
+
+  def __init__(self, logdir: str):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    self._summary_pb2 = summary_pb2
+    self._writer = event_file_writer.EventFileWriter(logdir)
+
+  def _add(self, step: int, summary) -> None:
+    event = self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+    self._writer.add_event(event)
+
+  def write_scalars(self, step, scalars):
+    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
+    self._add(step, self._summary_pb2.Summary(value=values))
+
+  def write_texts(self, step, texts):
+    from tensorboard.plugins.text import summary_v2  # pylint: disable=g-import-not-at-top
+    for key, text in texts.items():
+      self._add(step, summary_v2.text_pb(key, text))
+
+  def write_hparams(self, hparams):
+    from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
+    self._add(0, summary_v2.hparams_pb(dict(hparams)))
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+def _tensorboard_writer(logdir: str) -> Any:
+  """clu's SummaryWriter when clu and TensorFlow import, else `EventFileWriter`."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.info("clu or TensorFlow is not installed; writing TensorBoard events with the tensorboard package.")
+    return EventFileWriter(logdir)
+  try:
+    tf.config.set_visible_devices([], "GPU")  # TensorFlow must not reserve the accelerator memory JAX uses.
+  except RuntimeError:
+    pass  # TensorFlow was initialised earlier by someone else; their choice stands.
+  return metric_writers.SummaryWriter(logdir)
+
+
+def create_writer(workdir: str, *, is_main: bool, resume_step: int | None = None) -> Writer:
+  """The run's writer: TensorBoard, log and JSONL on the main process, a no-op elsewhere.
+
+  Other processes write nothing (and do not even fetch the values), so hosts never race on the same files.
+  """
+  if not is_main:
+    return Writer()
+  os.makedirs(workdir, exist_ok=True)
+  return MultiWriter([
+      _tensorboard_writer(os.path.join(workdir, TENSORBOARD_DIR)),
+      LogWriter(),
+      JsonlWriter(os.path.join(workdir, JSONL_NAME), resume_step),
+  ])
+
+
+def _format_secs(secs: float) -> str:
+  secs = max(0, int(secs))
+  hours, rest = divmod(secs, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+  """Writes `steps_per_sec` (and `uptime`) and logs the ETA every `every_secs` or `every_steps`: clu's
+  `ReportProgress` without clu.
+  """
+
+  def __init__(self, num_train_steps: int, writer: Any, every_steps: Optional[int] = None,
+               every_secs: Optional[float] = 30.0):
+    self._num_train_steps = num_train_steps
+    self._writer = writer
+    self._every_steps = every_steps
+    self._every_secs = every_secs
+    self._previous: Optional[tuple[int, float]] = None
+    self._t0 = time.monotonic()
+    self._time_per_part: dict[str, float] = {}
+
+  def __call__(self, step: int, t: Optional[float] = None) -> bool:
+    """Call after every step; returns whether it reported. The first call only starts the clock."""
+    t = time.monotonic() if t is None else t
+    if self._previous is None:
+      self._previous = (step, t)
+      return False
+    previous_step, previous_t = self._previous
+    due = ((self._every_steps and step % self._every_steps == 0) or
+           (self._every_secs is not None and t - previous_t > self._every_secs) or
+           step == self._num_train_steps)
+    if step == previous_step or not due:
+      return False
+    steps_per_sec = (step - previous_step) / max(t - previous_t, 1e-9)
+    message = f"{steps_per_sec:.1f} steps/s"
+    if self._num_train_steps and self._num_train_steps > 0:
+      eta = (self._num_train_steps - step) / steps_per_sec
+      message += (f", {100 * step / self._num_train_steps:.1f}% ({step}/{self._num_train_steps}), "
+                  f"ETA: {_format_secs(eta)}")
+    if self._time_per_part:
+      total = time.monotonic() - self._t0
+      message += " (" + ", ".join(f"{100 * dt / total:.1f}% {name}"
+                                  for name, dt in sorted(self._time_per_part.items())) + ")"
+    logging.info("Progress: %s", message)
+    self._writer.write_scalars(step, {"steps_per_sec": steps_per_sec, "uptime": time.monotonic() - self._t0})
+    self._previous = (step, t)
+    return True
+
+  @contextlib.contextmanager
+  def timed(self, name: str, wait_jax_async_dispatch: bool = True):
+    """Adds the time spent inside the block (e.g. 'eval') to the shares shown in the progress line."""
+    del wait_jax_async_dispatch  # Callers block on their results themselves; kept for clu's signature.
+    start = time.monotonic()
+    try:
+      yield
+    finally:
+      self._time_per_part[name] = self._time_per_part.get(name, 0.0) + time.monotonic() - start
+
+
+class _NoProgress:
+  """The progress of non-main processes: nothing to report."""
+
+  def __call__(self, step: int, t: Optional[float] = None) -> bool:
+    return False
+
+  def timed(self, name: str, wait_jax_async_dispatch: bool = True):
+    return contextlib.nullcontext()
+
+
+def create_progress(num_train_steps: int, writer: Any, *, is_main: bool, every_steps: Optional[int] = None,
+                    every_secs: Optional[float] = 30.0) -> Any:
+  """Called as `progress(step)` after every step; reports throughput and the ETA periodically and at the end.
+
+  clu's `ReportProgress` when clu imports (it requires a call at every step if `every_steps` is set), else
+  `Progress`. Both offer `with progress.timed('eval'):`.
+  """
+  if not is_main:
+    return _NoProgress()
+  try:
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return Progress(num_train_steps, writer, every_steps=every_steps, every_secs=every_secs)
+  return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer, every_steps=every_steps,
+                                         every_secs=every_secs)
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def parameter_overview(params: Any) -> str:
+  """A table of every parameter (path, shape, size, dtype) and the total count, to log at the start of a run."""
+  rows = []
+  total = total_bytes = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    shape = tuple(np.shape(leaf))
+    dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+    size = math.prod(shape)
+    total += size
+    total_bytes += size * dtype.itemsize
+    rows.append((_path_name(path), str(shape), f"{size:,}", str(dtype)))
+  header = ("Name", "Shape", "Size", "Dtype")
+  widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+
+  def line(cells):
+    return "| " + " | ".join(c.ljust(w) if i != 2 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+  rule = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+  table = [rule, line(header), rule, *(line(row) for row in rows), rule]
+  size_text = f"{total_bytes / 2**20:.1f} MiB" if total_bytes >= 2**20 else f"{total_bytes / 2**10:.1f} KiB"
+  table.append(f"Total: {total:,} parameters ({size_text})")
+  return "\n".join(table)

@@ -1,0 +1,61 @@
+"""Test setup: 8 virtual CPU devices (so sharding bugs show up) and small configs that train in seconds."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  """A synthetic-data config with a small CNN: a few seconds per run on 2 CPU cores."""
+  from jaxcls import config_base
+  config = config_base.get_base_config()
+  config.dataset.name = "synthetic"
+  config.dataset.image_size = (8, 8)
+  config.dataset.channels = 3
+  config.dataset.num_classes = 4
+  config.dataset.num_train_examples = 128
+  config.dataset.num_eval_examples = 100
+  config.model.name = "simple_cnn"
+  config.model.widths = (8, 16)
+  config.model.dropout = 0.1
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.05
+  config.optimizer.warmup_steps = 2
+  config.augment = "random_crop(padding=1)|flip_lr"
+  config.batch_size = 16
+  config.eval_batch_size = 16
+  config.num_train_steps = 12
+  config.log_every_steps = 1
+  config.eval_every_steps = 6
+  config.checkpoint_every_steps = 4
+  config.async_checkpointing = False
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture
+def make_config():
+  return tiny_config
+
+
+def subprocess_env(device_count: int = 8) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={device_count}"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  return env
+
+
+@pytest.fixture
+def python():
+  return sys.executable

@@ -1,0 +1,109 @@
+"""The command line as users run it: the default config end to end, overrides, errors, SIGKILL and resume."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, subprocess_env
+
+MAIN = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "default.py")]
+
+
+def _run(python, args, device_count=2, timeout=600):
+  return subprocess.run([python, *MAIN, *args], env=subprocess_env(device_count), cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_default_config_end_to_end(python, tmp_path):
+  """A short run of the shipped default: every file of the workdir contract appears."""
+  workdir = str(tmp_path / "run")
+  proc = _run(python, ["--workdir", workdir, "--config.num_epochs=2", "--config.model.widths=(16, 32)"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name in ("config.json", "classes.json", "metrics.jsonl", "report.json", "report.md"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  assert report["num_examples"] == 360 and report["split"] == "test"
+  assert report["accuracy"] > 0.5  # two epochs of a small CNN; the full default reaches >= 0.97
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  assert config["model"]["widths"] == [16, 32] and config["dataset"]["image_size"] == [8, 8]
+  with open(os.path.join(workdir, "classes.json")) as f:
+    assert json.load(f) == [str(i) for i in range(10)]
+  assert os.listdir(os.path.join(workdir, "checkpoints"))
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = glob.glob(os.path.join(workdir, "**", "events.out.tfevents.*"), recursive=True)
+  assert events
+  acc = EventAccumulator(os.path.dirname(events[0]))
+  acc.Reload()
+  tags = acc.Tags()["scalars"] + acc.Tags().get("tensors", [])
+  assert any("train/loss" in t for t in tags) and any("eval/accuracy" in t for t in tags)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.datset.name=x", "Unknown config key 'datset.name'. Did you mean 'dataset.name'"),
+    ("--config.optimizer.learning_rat=0.1", "Did you mean 'optimizer.learning_rate'"),
+    ("--config.model.widht=3", "Unknown argument 'widht' for model 'simple_cnn'"),
+    ("--config.model.name=resnet19", "Unknown model 'resnet19'"),
+    ("--config.dataset.name=digitz", "Unknown dataset 'digitz'"),
+])
+def test_bad_keys_fail_with_one_line(python, tmp_path, override, expected):
+  proc = _run(python, ["--workdir", str(tmp_path), override], timeout=120)
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  error_lines = [line for line in proc.stderr.splitlines() if line.startswith("jaxcls: error:")]
+  assert len(error_lines) == 1 and expected in error_lines[0], proc.stderr[-2000:]
+
+
+def _final_state(workdir):
+  from jaxcls import checkpoint
+  ckpt = checkpoint.Checkpointer(workdir, keep=3, async_save=False, fingerprint={})
+  step = ckpt.latest_step()
+  state = ckpt._manager.restore(step)["state"]
+  ckpt.close()
+  return step, state
+
+
+def test_sigkill_and_rerun_matches_an_uninterrupted_run(python, tmp_path):
+  args = ["--config.num_epochs=6", "--config.checkpoint_every_steps=5", "--config.model.widths=(16, 32)",
+          "--config.async_checkpointing=True"]
+  full = str(tmp_path / "full")
+  proc = _run(python, ["--workdir", full, *args])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  killed = str(tmp_path / "killed")
+  child = subprocess.Popen([python, *MAIN, "--workdir", killed, *args], env=subprocess_env(2), cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  ckpt_dir = os.path.join(killed, "checkpoints")
+  while time.time() < deadline:
+    done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+    if any(int(d) >= 30 for d in done):
+      break
+    time.sleep(0.05)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  assert not os.path.exists(os.path.join(killed, "report.json")), "the run finished before it could be killed"
+
+  proc = _run(python, ["--workdir", killed, *args])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  step_a, a = _final_state(full)
+  step_b, b = _final_state(killed)
+  assert step_a == step_b == 6 * (1437 // 64)
+  for name in ("params", "batch_stats", "opt_state"):
+    import jax
+    for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name])):
+      np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+  with open(os.path.join(full, "report.json")) as f1, open(os.path.join(killed, "report.json")) as f2:
+    r1, r2 = json.load(f1), json.load(f2)
+  assert r1["accuracy"] == r2["accuracy"] and r1["loss"] == pytest.approx(r2["loss"], rel=1e-6)
+  steps_logged = [json.loads(line)["step"] for line in open(os.path.join(killed, "metrics.jsonl"))]
+  train_steps = [s for s, line in zip(steps_logged, open(os.path.join(killed, "metrics.jsonl")))
+                 if "train/loss" in line]
+  assert train_steps == sorted(set(train_steps)), "metrics.jsonl holds duplicate train lines after resume"

@@ -1,0 +1,141 @@
+"""The training loop in-process: sharding invariance, exact eval, resume, NaN stop, checkpoint mismatch."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcls import checkpoint, parallel, train
+from jaxcls.errors import CheckpointError, ConfigError, NonFiniteLossError
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def _final_params(workdir, step):
+  ckpt = checkpoint.Checkpointer(workdir, keep=3, async_save=False, fingerprint={})
+  restored = ckpt._manager.restore(step)  # raw restore: test-only, no fingerprint check
+  ckpt.close()
+  return restored["state"]
+
+
+def test_one_and_eight_devices_give_the_same_losses(make_config, tmp_path):
+  """Batch norm over the global batch, per-example random draws and the loss do not depend on the mesh."""
+  config = make_config(**{"model.norm": "batch"})
+  one = train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+  eight = train.train_and_evaluate(config, str(tmp_path / "eight"), devices=jax.devices())
+  assert len(jax.devices()) == 8
+  l1, l8 = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+  assert sorted(l1) == list(range(1, 13))
+  np.testing.assert_allclose([l1[s] for s in sorted(l1)], [l8[s] for s in sorted(l8)], rtol=2e-5, atol=1e-6)
+  assert one["accuracy"] == pytest.approx(eight["accuracy"])
+  assert one["loss"] == pytest.approx(eight["loss"], rel=1e-5)
+
+
+def test_eval_counts_every_example_once(make_config, tmp_path):
+  """100 eval examples with a global eval batch of 48 on 8 devices: padding must be masked out."""
+  config = make_config(eval_batch_size=48, num_train_steps=4)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["num_examples"] == 100
+  assert np.sum(result["confusion_matrix"]) == 100
+  with open(tmp_path / "report.json") as f:
+    saved = json.load(f)
+  assert saved["num_examples"] == 100 and saved["step"] == 4
+  assert {"loss", "accuracy", "top4_accuracy", "split"} <= set(saved)
+  # Cross-check accuracy against predictions computed directly from the restored parameters.
+  from jaxcls import data, models, steps
+  ds = data.build(config)
+  state = _final_params(str(tmp_path), 4)
+  model = models.build(config.model, 4)
+  images, labels = [], []
+  for batch in ds.eval_batches(48):
+    images.append(batch["image"][batch["mask"]])
+    labels.append(batch["label"][batch["mask"]])
+  x = steps.normalize(np.concatenate(images), ds.info.mean, ds.info.std, np.float32)
+  logits = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, x, train=False)
+  expected = float(np.mean(np.argmax(logits, -1) == np.concatenate(labels)))
+  assert result["accuracy"] == pytest.approx(expected)
+
+
+def test_resume_continues_exactly(make_config, tmp_path):
+  """Stopping after a checkpoint and re-running ends with the same parameters as one uninterrupted run."""
+  config = make_config(**{"optimizer.name": "adamw", "optimizer.learning_rate": 0.01}, ema_decay=0.9)
+  train.train_and_evaluate(config, str(tmp_path / "full"))
+  part = make_config(**{"optimizer.name": "adamw", "optimizer.learning_rate": 0.01}, ema_decay=0.9)
+  # First run: stop at step 8 by pretending the run is only 8 steps long, then keep only its step-8 checkpoint.
+  # The schedule depends on num_train_steps, so instead interrupt through a dataset that ends early.
+  from jaxcls import data
+  ds = data.build(part)
+
+  class Interrupted(Exception):
+    pass
+
+  class StopsAfter8:
+    info = ds.info
+    steps_per_epoch = ds.steps_per_epoch
+    eval_batches = ds.eval_batches
+    num_eval_batches = getattr(ds, "num_eval_batches", None)
+
+    def train_batches(self, batch_size, *, start_step, seed):
+      for i, batch in enumerate(ds.train_batches(batch_size, start_step=start_step, seed=seed)):
+        if start_step + i == 9:  # batch 9 is requested only after the step-8 checkpoint
+          raise Interrupted()
+        yield batch
+
+  with pytest.raises(Interrupted):
+    train.train_and_evaluate(part, str(tmp_path / "resumed"), dataset=StopsAfter8())
+  assert not os.path.exists(tmp_path / "resumed" / "report.json")
+  train.train_and_evaluate(part, str(tmp_path / "resumed"))
+  a, b = _final_params(str(tmp_path / "full"), 12), _final_params(str(tmp_path / "resumed"), 12)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+  assert _losses(tmp_path / "full") == pytest.approx(_losses(tmp_path / "resumed"), rel=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(make_config, tmp_path):
+  config = make_config(**{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 0}, checkpoint_every_steps=1)
+  with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+") as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(str(error.value).split("at step ")[1].split()[0])
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3, async_save=False, fingerprint={})
+  steps_saved = ckpt.all_steps()
+  ckpt.close()
+  assert steps_saved and max(steps_saved) < bad_step
+  state = _final_params(str(tmp_path), max(steps_saved))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+
+
+def test_incompatible_checkpoint_is_refused(make_config, tmp_path):
+  train.train_and_evaluate(make_config(num_train_steps=4), str(tmp_path))
+  with pytest.raises(CheckpointError, match="num_classes: 4 in the checkpoint, 6 now"):
+    train.train_and_evaluate(make_config(**{"dataset.num_classes": 6}), str(tmp_path))
+  with pytest.raises(CheckpointError, match="widths"):
+    train.train_and_evaluate(make_config(**{"model.widths": (8, 8)}), str(tmp_path))
+
+
+def test_config_errors_are_clear(make_config, tmp_path):
+  config = make_config()
+  config.optimiser = {"name": "sgd"}
+  with pytest.raises(ConfigError, match="Unknown config key 'optimiser.name'"):
+    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ConfigError, match="multiple of the 8 devices"):
+    train.train_and_evaluate(make_config(batch_size=12), str(tmp_path))
+  with pytest.raises(ConfigError, match="dtype"):
+    train.train_and_evaluate(make_config(dtype="float16"), str(tmp_path))
+
+
+def test_bfloat16_trains(make_config, tmp_path):
+  result = train.train_and_evaluate(make_config(dtype="bfloat16", num_train_steps=4), str(tmp_path))
+  assert np.isfinite(result["loss"]) and result["num_examples"] == 100
+
+
+def test_parallel_to_global_shapes():
+  mesh = parallel.make_mesh()
+  batch = parallel.to_global({"image": np.zeros((16, 4, 4, 1), np.uint8), "label": np.arange(16)}, mesh)
+  assert batch["image"].shape == (16, 4, 4, 1)
+  assert len(batch["label"].sharding.device_set) == 8
