@@ -71,6 +71,10 @@ class Checkpointer:
   def read_meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+  def read_state(self, step: int) -> Any:
+    """The saved state as a nested dict of arrays, without a target structure (for inspection and tools)."""
+    return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """The state at `step`, placed as `abstract_state` says, and its meta; CheckpointError on a mismatch."""
     meta = self.read_meta(step)

@@ -22,7 +22,7 @@ def leaf_paths(config: Mapping[str, Any], prefix: str = "") -> list[str]:
   paths = []
   for key, value in config.items():
     path = f"{prefix}{key}"
-    if isinstance(value, Mapping):
+    if isinstance(value, (Mapping, ml_collections.ConfigDict)):
       paths += leaf_paths(value, path + ".")
     else:
       paths.append(path)

@@ -34,6 +34,15 @@ def _looks_multi_process() -> bool:
   return "," in env.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in env
 
 
+class _QuietLibraries:
+  """Drops INFO lines from orbax and jax internals, which otherwise bury the training log (warnings stay)."""
+
+  NOISY = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep + "_src" + os.sep)
+
+  def filter(self, record) -> bool:
+    return record.levelno > 20 or not any(part in record.pathname for part in self.NOISY)
+
+
 def init_distributed() -> None:
   import jax
   if _COORDINATOR.value:
@@ -74,6 +83,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     config = _load_config_file(argv)
     if config is not None:
       argv, _model_args_from_argv = config_check.split_argv(argv, config)
+      sys.argv[:] = argv  # config_flags reads the override flags from sys.argv itself
     return flags.FLAGS(argv)
   except JaxclsError as e:
     _exit(str(e), 2)
@@ -92,6 +102,7 @@ def main(argv):
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
     _exit("Both --config and --workdir are required, e.g. --config=configs/default.py --workdir=/tmp/run.", 2)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   for key, value in _model_args_from_argv.items():
     config.model[key] = value
@@ -100,7 +111,6 @@ def main(argv):
     from jaxcls import train
     train.train_and_evaluate(config, _WORKDIR.value)
   except JaxclsError as e:
-    logging.error("%s", e)
     _exit(str(e), 1)
 
 

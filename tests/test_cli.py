@@ -23,7 +23,8 @@ def _run(python, args, device_count=2, timeout=600):
 def test_default_config_end_to_end(python, tmp_path):
   """A short run of the shipped default: every file of the workdir contract appears."""
   workdir = str(tmp_path / "run")
-  proc = _run(python, ["--workdir", workdir, "--config.num_epochs=2", "--config.model.widths=(16, 32)"])
+  proc = _run(python, ["--workdir", workdir, "--config.num_epochs=2", "--config.model.widths=(16, 32)",
+                           "--config.optimizer.warmup_steps=5"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("config.json", "classes.json", "metrics.jsonl", "report.json", "report.md"):
     assert os.path.isfile(os.path.join(workdir, name)), name
@@ -65,7 +66,7 @@ def _final_state(workdir):
   from jaxcls import checkpoint
   ckpt = checkpoint.Checkpointer(workdir, keep=3, async_save=False, fingerprint={})
   step = ckpt.latest_step()
-  state = ckpt._manager.restore(step)["state"]
+  state = ckpt.read_state(step)
   ckpt.close()
   return step, state
 

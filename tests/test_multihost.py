@@ -12,7 +12,7 @@ from conftest import REPO, subprocess_env
 
 ARGS = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "default.py"),
         "--config.num_train_steps=30", "--config.eval_every_steps=15", "--config.checkpoint_every_steps=15",
-        "--config.model.widths=(8, 16)", "--config.async_checkpointing=False"]
+        "--config.model.widths=(8, 16)", "--config.async_checkpointing=False", "--config.optimizer.warmup_steps=5"]
 FINAL = re.compile(r"Final test metrics at step (\d+): loss ([\d.]+), accuracy ([\d.]+)")
 
 

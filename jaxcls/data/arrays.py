@@ -1,0 +1,124 @@
+"""The `arrays` source: the user's own numpy arrays on disk.
+
+`dataset.path` is either one .npz file (split into train / held-out test like digits), or a folder holding
+`{split}.npz` or `{split}_images.npy` + `{split}_labels.npy` for `train_split` and `eval_split`. Arrays are
+memory-mapped where the format allows (.npy, and .npz written by `np.savez` without compression), so a process
+reads only the rows of its own batches.
+"""
+
+import os
+import struct
+import zipfile
+from typing import Optional
+
+import numpy as np
+
+from jaxcls.data import split
+from jaxcls.data.base import SOURCES
+from jaxcls.data.in_memory import ArrayDataset, from_arrays
+from jaxcls.errors import ConfigError, DataError
+
+_CLASS_NAMES_KEY = "class_names"
+
+
+@SOURCES.register("arrays")
+def load(config, *, process_index: int, process_count: int) -> ArrayDataset:
+  """Loads `dataset.path` as described in the module docstring."""
+  ds = config.dataset
+  path = os.path.expanduser(ds.path)
+  if not path:
+    raise ConfigError("dataset.path is empty; set it to an .npz file or to a folder of {split}.npz files.")
+  if os.path.isfile(path):
+    images, labels, class_names = _read_npz(path, ds.image_key, ds.label_key)
+    arrays = split.select(ds, images, labels)
+  elif os.path.isdir(path):
+    train_images, train_labels, class_names = _read_split(path, ds.train_split, ds)
+    if ds.eval_split == ds.train_split:
+      eval_images, eval_labels = train_images, train_labels
+    else:
+      eval_images, eval_labels, _ = _read_split(path, ds.eval_split, ds)
+    arrays = (train_images, train_labels, eval_images, eval_labels)
+  else:
+    raise DataError(f"dataset.path={ds.path!r} does not exist; point it at an .npz file or a folder of "
+                    "{split}.npz files.")
+  return from_arrays(*arrays, class_names=class_names, image_size=ds.image_size,
+                     process_index=process_index, process_count=process_count, source=f"arrays ({ds.path})")
+
+
+def _read_split(folder: str, name: str, ds):
+  """(images, labels, class_names or None) of split `name` from `{name}.npz` or the `.npy` pair."""
+  npz = os.path.join(folder, f"{name}.npz")
+  if os.path.isfile(npz):
+    return _read_npz(npz, ds.image_key, ds.label_key)
+  image_file = os.path.join(folder, f"{name}_images.npy")
+  label_file = os.path.join(folder, f"{name}_labels.npy")
+  if os.path.isfile(image_file) and os.path.isfile(label_file):
+    return _load_npy(image_file), _load_npy(label_file), None
+  present = ", ".join(sorted(os.listdir(folder))[:10]) or "nothing"
+  raise DataError(f"Split {name!r} is missing from {folder}: expected {name}.npz or {name}_images.npy with "
+                  f"{name}_labels.npy (the folder holds {present}); add the file or set dataset.train_split/"
+                  "eval_split.")
+
+
+def _load_npy(path: str) -> np.ndarray:
+  try:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+  except ValueError as e:
+    raise DataError(f"{path} cannot be read as a numeric array ({e}); save it with np.save from a numeric array.")
+
+
+def _read_npz(path: str, image_key: str, label_key: str):
+  """(images, labels, class_names or None) from an .npz file."""
+  try:
+    archive = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError) as e:
+    raise DataError(f"{path} is not a readable .npz file ({e}); write it with np.savez.") from e
+  with archive:
+    members = {os.path.splitext(m)[0]: m for m in archive.namelist()}
+    for key, what in ((image_key, "image_key"), (label_key, "label_key")):
+      if key not in members:
+        raise DataError(f"{path} has no array {key!r} (it has {', '.join(sorted(members))}); set dataset.{what} "
+                        "to the right name.")
+    images = _npz_member(path, archive, members[image_key])
+    labels = np.asarray(_npz_member(path, archive, members[label_key]))
+    class_names = None
+    if _CLASS_NAMES_KEY in members:
+      class_names = [str(c) for c in np.asarray(_npz_member(path, archive, members[_CLASS_NAMES_KEY])).ravel()]
+  return images, labels, class_names
+
+
+def _npz_member(path: str, archive: zipfile.ZipFile, member: str) -> np.ndarray:
+  """One array of the archive: memory-mapped when stored uncompressed, else read into memory."""
+  mapped = _map_stored_member(path, archive.getinfo(member))
+  if mapped is not None:
+    return mapped
+  with archive.open(member) as f:
+    try:
+      return np.lib.format.read_array(f, allow_pickle=False)
+    except ValueError as e:
+      raise DataError(f"{path}: array {member!r} cannot be read ({e}); store numeric or string arrays.") from e
+
+
+def _map_stored_member(path: str, info: zipfile.ZipInfo) -> Optional[np.ndarray]:
+  """A read-only memory map of an uncompressed .npy inside a zip, or None when that is not possible."""
+  if info.compress_type != zipfile.ZIP_STORED:
+    return None
+  with open(path, "rb") as f:
+    f.seek(info.header_offset)
+    header = f.read(30)  # the zip local file header; names and extra fields follow it
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+      return None
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    f.seek(info.header_offset + 30 + name_length + extra_length)
+    try:
+      version = np.lib.format.read_magic(f)
+      read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+      if version not in read_header:
+        return None
+      shape, fortran_order, dtype = read_header[version](f)
+    except ValueError:
+      return None
+    offset = f.tell()
+  if dtype.hasobject or not shape or 0 in shape:
+    return None
+  return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")

@@ -1,0 +1,54 @@
+"""`build(config)`: the one entry point from a config to a `Dataset`, with the config's overrides applied."""
+
+import dataclasses
+from typing import Optional
+
+import jax
+
+from jaxcls.data.base import SOURCES, Dataset, DatasetInfo
+from jaxcls.errors import ConfigError
+
+
+def build(config, *, process_index: Optional[int] = None, process_count: Optional[int] = None) -> Dataset:
+  """The dataset `config.dataset.name`, serving this process's share of every batch.
+
+  `process_index` / `process_count` default to JAX's (tests pass them to act as one of several hosts).
+  """
+  process_index = jax.process_index() if process_index is None else int(process_index)
+  process_count = jax.process_count() if process_count is None else int(process_count)
+  if not 0 <= process_index < process_count:
+    raise ConfigError(f"process_index={process_index} must be in 0..{process_count - 1}.")
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  for key, value in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch_size)):
+    if value < 1 or value % process_count:
+      raise ConfigError(f"{key}={value} must be a positive multiple of the process count ({process_count}).")
+  source = SOURCES.get(config.dataset.name)
+  dataset = source(config, process_index=process_index, process_count=process_count)
+  dataset.info = override_info(dataset.info, config.dataset)
+  return dataset
+
+
+def override_info(info: DatasetInfo, dataset_config) -> DatasetInfo:
+  """`info` with `dataset.class_names`, `.mean` and `.std` from the config where they are set."""
+  changes = {}
+  if dataset_config.class_names is not None:
+    names = tuple(str(c) for c in dataset_config.class_names)
+    if len(names) != info.num_classes:
+      raise ConfigError(f"dataset.class_names has {len(names)} names but the dataset has {info.num_classes} "
+                        "classes; give one name per class.")
+    changes["class_names"] = names
+  channels = info.image_shape[2]
+  for key in ("mean", "std"):
+    value = dataset_config[key]
+    if value is None:
+      continue
+    value = tuple(float(v) for v in value)
+    if len(value) == 1:
+      value *= channels
+    if len(value) != channels:
+      raise ConfigError(f"dataset.{key}={dataset_config[key]} has {len(value)} values; give 1 or {channels} "
+                        "(one per channel).")
+    if key == "std" and min(value) <= 0:
+      raise ConfigError(f"dataset.std={dataset_config[key]} must be positive.")
+    changes[key] = value
+  return dataclasses.replace(info, **changes) if changes else info

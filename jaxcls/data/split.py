@@ -1,0 +1,57 @@
+"""A fixed, stratified held-out split for sources that ship one array of examples (digits, a single .npz).
+
+The split depends only on `dataset.split_seed`, never on `seed`, so runs with different seeds evaluate on the
+same examples and their accuracies can be compared.
+"""
+
+import math
+
+import numpy as np
+
+from jaxcls.errors import ConfigError, DataError
+
+
+def held_out_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train_indices, test_indices), sorted; each class keeps its share of the ceil(fraction * N) test examples.
+
+  Per-class test counts are the proportional shares rounded by largest remainder, so the total is exact and
+  every class is represented as evenly as integer counts allow.
+  """
+  if not 0.0 < test_fraction < 1.0:
+    raise ConfigError(f"dataset.test_fraction={test_fraction} must be strictly between 0 and 1.")
+  labels = np.asarray(labels)
+  classes, counts = np.unique(labels, return_counts=True)
+  num_test = math.ceil(test_fraction * len(labels))
+  if num_test >= len(labels):
+    raise ConfigError(f"dataset.test_fraction={test_fraction} leaves no training examples out of {len(labels)}; "
+                      "lower it.")
+  shares = counts * num_test / len(labels)
+  per_class = np.floor(shares).astype(int)
+  remainder_order = np.argsort(-(shares - per_class), kind="stable")
+  per_class[remainder_order[:num_test - per_class.sum()]] += 1
+  rng = np.random.default_rng(seed)
+  test = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per_class)]
+  test = np.sort(np.concatenate(test))
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  return train, test
+
+
+def select(dataset_config, images: np.ndarray, labels: np.ndarray):
+  """(train_images, train_labels, eval_images, eval_labels) for `train_split` / `eval_split` 'train' or 'test'."""
+  labels = np.asarray(labels)
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if len(images) != len(labels) or labels.ndim != 1:
+    raise DataError(f"There are {len(images)} images but labels of shape {np.shape(labels)}; give one integer "
+                    "label per image.")
+  train, test = held_out_split(labels, dataset_config.test_fraction, dataset_config.split_seed)
+  parts = {"train": train, "test": test}
+  chosen = []
+  for key in ("train_split", "eval_split"):
+    name = dataset_config[key]
+    if name not in parts:
+      raise ConfigError(f"dataset.{key}={name!r} is not a split of this single-array source; use 'train' or "
+                        "'test' (the held-out dataset.test_fraction).")
+    chosen.append(parts[name])
+  (train_idx, eval_idx) = chosen
+  return images[train_idx], labels[train_idx], images[eval_idx], labels[eval_idx]

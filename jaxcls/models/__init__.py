@@ -1,0 +1,71 @@
+"""Model registry and `build`: turn `config.model` into a Flax module.
+
+A registry entry is a callable returning a linen Module (a Module class, or a `functools.partial` of one that
+fixes some fields). Its keyword arguments, apart from `num_classes`, `dtype` and the ones a partial fixes, are
+the config's `model.*` keys, so adding a model never touches this file beyond one import.
+"""
+
+import inspect
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+
+from jaxcls.errors import ConfigError
+from jaxcls.registry import Registry, did_you_mean
+
+MODELS = Registry("model")
+
+# Supplied by `build` (or by flax itself), never by the config.
+_RESERVED = ("num_classes", "dtype", "parent", "name")
+
+
+def model_names() -> list[str]:
+  return MODELS.names()
+
+
+def model_arguments(name: str) -> dict[str, Any]:
+  """The config arguments model `name` accepts, with their defaults (inspect.Parameter.empty if required)."""
+  factory = MODELS.get(name)
+  fixed = getattr(factory, "keywords", {})  # set by a functools.partial
+  params = inspect.signature(factory).parameters
+  return {k: p.default for k, p in params.items()
+          if k not in _RESERVED and k not in fixed
+          and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _check_arguments(name: str, given: Mapping[str, Any], valid: Mapping[str, Any]) -> None:
+  listing = ", ".join(sorted(valid)) or "(none)"
+  for key in sorted(given):
+    if key in _RESERVED:
+      raise ConfigError(f"Argument {key!r} of model {name!r} is set by jaxcls, not by the config; "
+                        f"remove it from config.model (valid: {listing}).")
+    if key not in valid:
+      raise ConfigError(f"Unknown argument {key!r} for model {name!r}.{did_you_mean(key, valid)} "
+                        f"Valid: {listing}.")
+  missing = [k for k, v in valid.items() if v is inspect.Parameter.empty and k not in given]
+  if missing:
+    raise ConfigError(f"Model {name!r} needs the argument(s) {', '.join(missing)} in config.model.")
+
+
+def _to_tuples(value: Any) -> Any:
+  """Lists (from JSON or command-line overrides) become tuples: module fields must be hashable."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_to_tuples(v) for v in value)
+  return value
+
+
+def build(model_config: Mapping[str, Any], num_classes: int, dtype: Any = "float32") -> nn.Module:
+  """The module named by `model_config['name']`, configured by the other keys; bad keys raise ConfigError."""
+  options = {k: _to_tuples(v) for k, v in model_config.items()}
+  name = options.pop("name", None)
+  if not name:
+    raise ConfigError(f"config.model.name is missing; choose one of: {', '.join(model_names())}.")
+  factory: Callable[..., nn.Module] = MODELS.get(name)
+  _check_arguments(name, options, model_arguments(name))
+  return factory(num_classes=num_classes, dtype=layers.compute_dtype(dtype), **options)
+
+
+# Importing a family registers it; they import MODELS from here, so these come last.
+from jaxcls.models import layers  # noqa: E402
+from jaxcls.models import resnet  # noqa: E402,F401
+from jaxcls.models import simple_cnn  # noqa: E402,F401
