@@ -108,3 +108,23 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(python, tmp_path):
   train_steps = [s for s, line in zip(steps_logged, open(os.path.join(killed, "metrics.jsonl")))
                  if "train/loss" in line]
   assert train_steps == sorted(set(train_steps)), "metrics.jsonl holds duplicate train lines after resume"
+
+
+def test_core_trains_without_tensorflow_or_clu(python, tmp_path):
+  """The lent GPU machines have no TensorFlow, tfds or clu: training must not need them."""
+  script = f"""
+import sys
+for name in ("tensorflow", "tensorflow_datasets", "clu"):
+  sys.modules[name] = None  # any import of these now fails
+sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+from conftest import tiny_config
+from jaxcls import train
+report = train.train_and_evaluate(tiny_config(num_train_steps=4), {str(tmp_path)!r})
+assert report["num_examples"] == 100
+assert not any(m.startswith(("tensorflow", "clu")) for m in sys.modules if sys.modules[m] is not None)
+print("OK")
+"""
+  proc = subprocess.run([python, "-c", script], env=subprocess_env(2), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+  events = glob.glob(os.path.join(str(tmp_path), "tensorboard", "events.out.tfevents.*"))
+  assert events, "the tensorboard-only writer wrote no event file"
