@@ -54,3 +54,98 @@ class MeanAccumulator:
     host = parallel.to_host(self._values)
     self._values = []
     return {k: float(np.mean([np.float64(m[k]) for m in host])) for k in host[0]}
+
+
+# --- Finishing on the host, in float64: functions of the confusion matrix and of all eval scores. ---
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+  """num / den with 0 where den == 0 (scikit-learn's zero_division=0)."""
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def precision_recall_f1(confusion: np.ndarray) -> dict[str, Any]:
+  """Per-class, macro, micro and support-weighted precision, recall and F1 from a [K, K] (true, pred) matrix."""
+  confusion = np.asarray(confusion, np.float64)
+  tp = np.diag(confusion)
+  support = confusion.sum(1)
+  predicted = confusion.sum(0)
+  precision = _divide(tp, predicted)
+  recall = _divide(tp, support)
+  f1 = _divide(2 * precision * recall, precision + recall)
+  weights = _divide(support, np.full_like(support, support.sum()))
+  micro = float(tp.sum() / max(confusion.sum(), 1))  # single-label: micro P = R = F1 = accuracy
+  out = {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+         "support": support.astype(np.int64).tolist()}
+  for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+    out[f"macro_{name}"] = float(values.mean())
+    out[f"weighted_{name}"] = float((values * weights).sum())
+    out[f"micro_{name}"] = micro
+  return out
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+  """1-based ranks with ties given their average rank (as scipy.stats.rankdata(method='average'))."""
+  order = np.argsort(values, kind="mergesort")
+  sorted_values = values[order]
+  starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+  ends = np.r_[starts[1:], len(values)]
+  ranks = np.empty(len(values), np.float64)
+  ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+  return ranks
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Area under the ROC curve (ties count one half, as scikit-learn); NaN when one class is absent."""
+  scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+  n_pos, n_neg = positive.sum(), (~positive).sum()
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  ranks = _average_ranks(scores)
+  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Step-wise area under the precision-recall curve, thresholds at distinct scores (scikit-learn's AP)."""
+  scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+  n_pos = positive.sum()
+  if n_pos == 0:
+    return float("nan")
+  order = np.argsort(-scores, kind="mergesort")
+  s, p = scores[order], positive[order]
+  last_of_tie = np.r_[s[1:] != s[:-1], True]
+  tp = np.cumsum(p)[last_of_tie]
+  fp = np.cumsum(~p)[last_of_tie]
+  precision = tp / (tp + fp)
+  recall = tp / n_pos
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def one_vs_rest_curves(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """ROC-AUC and average precision per class, macro (over classes with both outcomes) and micro."""
+  probs = np.asarray(probs, np.float64)
+  num_classes = probs.shape[1]
+  onehot = np.asarray(labels)[:, None] == np.arange(num_classes)[None, :]
+  auc = np.array([roc_auc(probs[:, k], onehot[:, k]) for k in range(num_classes)])
+  ap = np.array([average_precision(probs[:, k], onehot[:, k]) for k in range(num_classes)])
+
+  def mean(values):
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
+
+  as_list = lambda values: [None if np.isnan(v) else float(v) for v in values]
+  return {"roc_auc": as_list(auc), "average_precision": as_list(ap),
+          "macro_roc_auc": mean(auc), "macro_average_precision": mean(ap),
+          "micro_roc_auc": roc_auc(probs.ravel(), onehot.ravel()),
+          "micro_average_precision": average_precision(probs.ravel(), onehot.ravel())}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
+  """Σ_b (n_b / N) |accuracy_b - mean confidence_b| over equal-width confidence bins (Guo et al., 2017)."""
+  confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+  if len(confidence) == 0:
+    return float("nan")
+  bins = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0, num_bins - 1)  # (lo, hi] bins
+  total = np.bincount(bins, minlength=num_bins)
+  gap = np.abs(np.bincount(bins, correct, num_bins) - np.bincount(bins, confidence, num_bins))
+  return float(gap.sum() / len(confidence)) if total.sum() else float("nan")
