@@ -14,8 +14,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "digits"               # 'digits' | 'arrays' | 'synthetic' | 'tfds'
-  config.dataset.path = ""                     # arrays: an .npz file, or a folder of {split}.npz files
+  config.dataset.name = "digits"               # 'digits' | 'arrays' | 'synthetic' | 'tfds' | 'folder' | 'idx'
+  config.dataset.path = ""                     # arrays: an .npz file, or a folder of {split}.npz files;
+                                               # folder: one subfolder per class; idx: the idx files' folder
   config.dataset.image_key = "images"          # arrays: array names inside the .npz files
   config.dataset.label_key = "labels"
   config.dataset.tfds_name = ""                # tfds: e.g. 'cifar10', 'mnist:3.0.1'
@@ -30,6 +31,20 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.mean = config_dict.placeholder(tuple)  # per-channel, in [0, 1]; None = the source's own
   config.dataset.std = config_dict.placeholder(tuple)
   config.dataset.shuffle_buffer = 16_384        # tfds: examples in the shuffle buffer
+  config.dataset.sampling = "uniform"          # 'uniform' | 'balanced' (each class equally often; in-memory data)
+  config.dataset.deterministic = True          # tfds: fixed tf.data order (exact resume); False is a bit faster
+  config.dataset.idx_transpose = False         # idx: images stored column-major (EMNIST)
+  config.dataset.val_fraction = 0.0            # folder without split folders: also hold out a 'val' split
+  config.dataset.cache = "auto"                # folder: 'memory' | 'file' (decoded once into .npy files) | 'none'
+  config.dataset.cache_limit_mb = 2048         #   'auto' = 'memory' below this decoded size, else 'none' (stream)
+  config.dataset.cache_dir = ""                # folder, cache='file': where the arrays go ('' = ~/.cache/jaxcls)
+  config.dataset.workers = 0                   # folder / tfds: decode threads (0 = one per CPU core)
+  config.dataset.max_image_pixels = 89_478_485  # folder: larger images are refused as decompression bombs
+  config.dataset.train_crop = "resize"         # folder (streaming) / tfds: 'resize' | 'random_resized'
+  config.dataset.crop_area = (0.08, 1.0)       #   random_resized: fraction of the image area kept
+  config.dataset.crop_aspect = (0.75, 4 / 3)   #   random_resized: aspect ratio range (width / height)
+  config.dataset.eval_crop = "resize"          # folder (streaming) / tfds: 'resize' | 'center'
+  config.dataset.center_crop_fraction = 0.875  #   center: crop side as a fraction of the resized side
   # synthetic: random images, for benchmarks and tests
   config.dataset.num_classes = 10
   config.dataset.num_train_examples = 1024
@@ -42,6 +57,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.task = ml_collections.ConfigDict()
   config.task.type = "multiclass"
   config.task.label_smoothing = 0.0
+  # 'none' | 'balanced' (inverse frequency, averaging 1 over the training examples) | a tuple, one per class
+  config.task.class_weights = config_dict.FieldReference("none", field_type=object)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"                # 'sgd' | 'adamw'
@@ -63,6 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.batch_size = 128                      # global, over all devices and hosts
   config.eval_batch_size = config_dict.placeholder(int)  # None = batch_size
+  config.prefetch_to_device = 2                # batches copied to the devices ahead of the step; 0 = off
   config.num_epochs = 10.0
   config.num_train_steps = -1                  # > 0 overrides num_epochs
   config.log_every_steps = 50

@@ -36,6 +36,27 @@ class SumAccumulator:
     return out
 
 
+class RowGatherer:
+  """Collects per-example eval outputs (replicated device arrays) and keeps the rows whose mask is set.
+
+  Fetching waits until `result()`, so evaluation batches keep flowing; every process ends with every row, in
+  split order, and so computes the same exact ranking metrics.
+  """
+
+  def __init__(self):
+    self._batches: list[dict[str, jax.Array]] = []
+
+  def add(self, outputs: dict[str, jax.Array]) -> None:
+    self._batches.append(outputs)
+
+  def result(self) -> dict[str, np.ndarray]:
+    if not self._batches:
+      return {}
+    host = parallel.to_host(self._batches)
+    keep = np.concatenate([np.asarray(b["mask"], bool) for b in host])
+    return {name: np.concatenate([b[name] for b in host])[keep] for name in host[0] if name != "mask"}
+
+
 class MeanAccumulator:
   """Averages per-step scalar metrics between two log lines (device values, fetched once)."""
 

@@ -5,13 +5,14 @@ import os
 from typing import Any, Sequence
 
 
-def write(workdir: str, report: dict[str, Any], class_names: Sequence[str]) -> None:
+def write(workdir: str, report: dict[str, Any], class_names: Sequence[str], plot_paths: Sequence[str] = ()) -> None:
   """Writes DIR/report.json and DIR/report.md (atomically, so a kill never leaves half a file)."""
   _atomic_write(os.path.join(workdir, "report.json"), json.dumps(report, indent=1) + "\n")
-  _atomic_write(os.path.join(workdir, "report.md"), markdown(report, class_names))
+  plots = [os.path.relpath(p, workdir) for p in plot_paths]
+  _atomic_write(os.path.join(workdir, "report.md"), markdown(report, class_names, plots))
 
 
-def markdown(report: dict[str, Any], class_names: Sequence[str]) -> str:
+def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence[str] = ()) -> str:
   lines = [f"# Evaluation report: {report['split']} split, step {report['step']}", "",
            "| metric | value |", "|---|---|"]
   for key, value in report.items():
@@ -31,6 +32,8 @@ def markdown(report: dict[str, Any], class_names: Sequence[str]) -> str:
       lines += ["", "## Most confused (true -> predicted)", "", "| true | predicted | count |", "|---|---|---|"]
       for count, true, pred in sorted(pairs, reverse=True)[:10]:
         lines.append(f"| {true} | {pred} | {count} |")
+  if plots:
+    lines += ["", "## Figures", ""] + [f"![{os.path.basename(p)}]({p})" for p in plots]
   return "\n".join(lines) + "\n"
 
 

@@ -40,6 +40,9 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
                     ema_decay: float, mesh) -> Callable:
   """Returns train_step(state, batch, key) -> (state, metrics), jitted with shardings and donation.
 
+  `augment(key, images, labels, mask) -> (images, labels)` is `jaxcls.data.augment.build(...)`: uint8 images in
+  and out, so the step normalises exactly once, after it.
+
   A step whose loss or gradient is not finite returns the state unchanged and reports `finite=0`, so the loop
   can stop with the last good state (and checkpoint) intact.
   """
@@ -48,9 +51,10 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch: dict, key: jax.Array):
     step_key = jax.random.fold_in(key, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
-    images = augment(augment_key, batch["image"])
+    # Augmentations keep uint8 images (labels may become soft, [B, K]); normalisation happens here, once.
+    images, labels = augment(augment_key, batch["image"], batch["label"], batch["mask"])
     images = normalize(images, mean, std, compute_dtype)
-    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    mask = batch["mask"].astype(jnp.float32)
     num_valid = jnp.maximum(mask.sum(), 1.0)
 
     def loss_fn(params):
@@ -84,13 +88,19 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
 
 
 def make_eval_step(model: nn.Module, task, *, mean, std, dtype: str, mesh) -> Callable:
-  """Returns eval_step(state, batch) -> sums over the batch's valid rows (no augmentation, eval-mode BN)."""
+  """Returns eval_step(state, batch) -> (sums over the valid rows, per-example outputs and mask).
+
+  No augmentation, eval-mode batch norm. The outputs (e.g. probabilities) come back replicated so that every
+  process can compute exact ranking metrics over the whole split; the mask says which rows are real.
+  """
   compute_dtype = DTYPES[dtype]
 
   def eval_step(state: TrainState, batch: dict):
     images = normalize(batch["image"], mean, std, compute_dtype)
     logits, _ = _apply(model, eval_params(state), state.batch_stats, images, train=False)
-    return task.eval_sums(logits, batch["label"], batch["mask"])
+    outputs = task.eval_outputs(logits, batch["label"], batch["mask"]) if hasattr(task, "eval_outputs") else {}
+    outputs = dict(outputs, mask=batch["mask"])
+    return task.eval_sums(logits, batch["label"], batch["mask"]), outputs
 
   return jax.jit(eval_step,
                  in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),

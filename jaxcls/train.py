@@ -5,6 +5,7 @@ and resumed ends with the same parameters as one never interrupted, because ever
 data order are functions of (seed, step).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -13,12 +14,16 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from jaxcls import checkpoint, config_check, data, models, optim, parallel, report, steps, tasks, writers
 from jaxcls.data import augment as augment_lib
+from jaxcls.data import prefetch
+from jaxcls.data.in_memory import SAMPLINGS
 from jaxcls.errors import ConfigError, NonFiniteLossError
-from jaxcls.metrics import MeanAccumulator, SumAccumulator
+from jaxcls.metrics import MeanAccumulator, RowGatherer, SumAccumulator
+from jaxcls.tasks.multiclass import resolve_class_weights
 
 
 def schedule_lengths(config, steps_per_epoch: int) -> tuple[int, int, int]:
@@ -45,12 +50,58 @@ def resolved_config(config, info: data.DatasetInfo, num_train_steps: int) -> ml_
   return resolved
 
 
-def evaluate(eval_step, state, dataset, task, batch_size: int, mesh) -> dict[str, Any]:
-  """Exact metrics over the whole eval split: padded rows are masked out of every sum."""
-  sums = SumAccumulator()
-  for batch in dataset.eval_batches(batch_size):
-    sums.add(eval_step(state, parallel.to_global(batch, mesh)))
-  return task.finalize(sums.result())
+def evaluate(eval_step, state, dataset, task, batch_size: int, mesh,
+             prefetch_size: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Exact metrics over the whole eval split, and every valid example's outputs (padded rows masked out)."""
+  sums, rows = SumAccumulator(), RowGatherer()
+  with contextlib.closing(prefetch.to_device(dataset.eval_batches(batch_size), mesh, prefetch_size)) as batches:
+    for batch in batches:
+      batch_sums, outputs = eval_step(state, batch)
+      sums.add(batch_sums)
+      rows.add(outputs)
+  outputs = rows.result()
+  return task.finalize(sums.result(), outputs or None), outputs
+
+
+def write_plots(workdir: str, final_report: dict, outputs: dict, class_names) -> list[str]:
+  """The report's figures in DIR/plots (skipped, with a warning, when matplotlib is not installed)."""
+  try:
+    import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    logging.warning("matplotlib is not installed, so DIR/plots is not written; pip install 'jaxcls[plots]'.")
+    return []
+  from jaxcls import plots  # pylint: disable=g-import-not-at-top
+  return plots.write_all(os.path.join(workdir, "plots"), final_report, outputs or None, class_names,
+                         os.path.join(workdir, writers.JSONL_NAME))
+
+
+def with_sampling(dataset, sampling: str):
+  """The dataset drawing training batches as `dataset.sampling` says ('balanced' needs an in-memory source)."""
+  if sampling not in SAMPLINGS:
+    raise ConfigError(f"config.dataset.sampling={sampling!r} is not valid; use one of {', '.join(SAMPLINGS)}.")
+  if sampling == "uniform":
+    return dataset
+  if not hasattr(dataset, "with_sampling"):
+    raise ConfigError(f"config.dataset.sampling={sampling!r} needs an in-memory source (digits, arrays, "
+                      f"synthetic, ...); {type(dataset).__name__} supports only 'uniform'.")
+  return dataset.with_sampling(sampling)
+
+
+def class_table(info: data.DatasetInfo, class_weights) -> str:
+  """The training class counts as a table (one row per class), with the loss weights when they are on."""
+  counts = info.train_class_counts
+  if counts is None:
+    return "Train class counts: unknown for this source."
+  total = max(sum(counts), 1)
+  weighted = not isinstance(class_weights, str)
+  width = max([len("class")] + [len(n) for n in info.class_names])
+  lines = [f"Train class counts ({len(counts)} classes, {total} examples; largest / smallest = "
+           f"{max(counts) / max(min(counts), 1):.1f}):",
+           f"  {'label':>5}  {'class':<{width}}  {'count':>8}  {'share':>6}" + ("  weight" if weighted else "")]
+  for k, (name, count) in enumerate(zip(info.class_names, counts)):
+    row = f"  {k:>5}  {name:<{width}}  {count:>8}  {count / total:>6.1%}"
+    lines.append(row + (f"  {class_weights[k]:.3f}" if weighted else ""))
+  return "\n".join(lines)
 
 
 def _check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
@@ -91,13 +142,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
 
   dataset = dataset if dataset is not None else data.build(config)
+  dataset = with_sampling(dataset, config.dataset.sampling)
   info = dataset.info
-  task = tasks.build(config.task, info.num_classes)
+  task_config = dict(config.task, class_names=info.class_names)
+  task_config["class_weights"] = resolve_class_weights(config.task.class_weights, info.train_class_counts,
+                                                       info.num_classes)
+  task = tasks.build(task_config, info.num_classes)
   model = models.build(config.model, task.num_outputs, config.dtype)
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   num_train_steps, eval_every, ckpt_every = schedule_lengths(config, steps_per_epoch)
   tx, schedule = optim.build_optimizer(config.optimizer, num_train_steps)
-  augment = augment_lib.build(config.augment)
+  augment = augment_lib.build(config.augment, info.num_classes)
 
   # Initialisation draws with the 'rbg' generator: on CPU, XLA compiles a threefry-based init of even a small
   # CNN in ~10 s, rbg in ~1 s. Steps use threefry, whose draws do not depend on how the batch is sharded.
@@ -132,23 +187,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     params = parallel.to_host(state.params)
     logging.info("Model %s, %d parameters:\n%s", config.model.name,
                  sum(x.size for x in jax.tree.leaves(params)), writers.parameter_overview(params))
-    logging.info("Data: %d train / %d eval examples, %d classes, images %s, train class counts %s.",
-                 info.num_train, info.num_eval, info.num_classes, info.image_shape, info.train_class_counts)
+    logging.info("Data: %d train / %d eval examples, %d classes, images %s, %s sampling.",
+                 info.num_train, info.num_eval, info.num_classes, info.image_shape, config.dataset.sampling)
+    logging.info("%s", class_table(info, task_config["class_weights"]))
     if start_step == 0:
       writer.write_hparams(resolved.to_dict())
 
   progress = writers.create_progress(num_train_steps, writer, is_main=is_main)
   train_metrics = MeanAccumulator()
-  batches = dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed)
-  data_seconds = 0.0
+  # Host batches go to the devices `prefetch_to_device` steps ahead; the read-ahead ones are dropped at the end,
+  # and a resumed run restarts the stream at its checkpoint step, so exact resume does not depend on them.
+  batches = prefetch.to_device(dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed),
+                               mesh, config.prefetch_to_device)
+  data_seconds, data_steps = 0.0, 0  # time blocked waiting for the next device batch, since the last log
   pending = None
   final = None
   try:
     for step in range(start_step, num_train_steps):
       t0 = time.perf_counter()
-      host_batch = next(batches)
+      batch = next(batches)
       data_seconds += time.perf_counter() - t0
-      state, metrics = train_step(state, parallel.to_global(host_batch, mesh), train_key)
+      data_steps += 1
+      state, metrics = train_step(state, batch, train_key)
       if pending is not None:  # checked one step late, so the device always has queued work
         _check_finite(*pending, last_saved)
       done = step + 1
@@ -162,27 +222,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
         _check_finite(*pending, last_saved)
         scalars = _scalars(train_metrics.result(), "train/")
         scalars.pop("train/finite", None)
-        scalars["train/data_wait_s_per_step"] = data_seconds / max(done - start_step, 1)
+        scalars["train/data_wait_s_per_step"] = data_seconds / max(data_steps, 1)
+        data_seconds, data_steps = 0.0, 0
         writer.write_scalars(done, scalars)
       if done % eval_every == 0 or done == num_train_steps:
         _check_finite(*pending, last_saved)
-        result = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh)
+        result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh,
+                                   config.prefetch_to_device)
         writer.write_scalars(done, _scalars(result, "eval/"))
-        final = result if done == num_train_steps else None
+        final = (result, outputs) if done == num_train_steps else None
       if done % ckpt_every == 0 or done == num_train_steps:
         _check_finite(*pending, last_saved)
         ckpt.save(done, state, {"next_batch": done}, force=True)
         last_saved = done
     if final is None:  # a finished workdir re-run: nothing to train, report again
-      final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh)
+      final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, config.prefetch_to_device)
+    final, final_outputs = final
   finally:
+    batches.close()
     ckpt.close()
     writer.flush()
 
   final_report = {"step": int(parallel.to_host(state.step)), "split": config.dataset.eval_split,
                   "task": config.task.type, "model": config.model.name, **final}
   if is_main:
-    report.write(workdir, final_report, info.class_names)
+    plot_paths = write_plots(workdir, final_report, final_outputs, info.class_names)
+    report.write(workdir, final_report, info.class_names, plot_paths)
   logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", final_report["split"],
                final_report["step"], final["loss"], final["accuracy"])
   writer.close()

@@ -60,6 +60,15 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   logits = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, x, train=False)
   expected = float(np.mean(np.argmax(logits, -1) == np.concatenate(labels)))
   assert result["accuracy"] == pytest.approx(expected)
+  # Ranking metrics use every eval example's probabilities, gathered across devices in split order.
+  from sklearn import metrics as skm
+  probs = np.asarray(jax.nn.softmax(logits.astype(np.float32), -1), np.float64)
+  y = np.concatenate(labels)
+  assert result["macro_roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr"), abs=1e-5)
+  assert result["macro_f1"] == pytest.approx(skm.f1_score(y, probs.argmax(1), average="macro"), abs=1e-9)
+  for name in ("confusion.png", "per_class_f1.png", "roc_pr.png", "training_curves.png"):
+    assert os.path.getsize(tmp_path / "plots" / name) > 1000, name
+  assert "plots/confusion.png" in (tmp_path / "report.md").read_text()
 
 
 def test_resume_continues_exactly(make_config, tmp_path):
@@ -139,3 +148,16 @@ def test_parallel_to_global_shapes():
   batch = parallel.to_global({"image": np.zeros((16, 4, 4, 1), np.uint8), "label": np.arange(16)}, mesh)
   assert batch["image"].shape == (16, 4, 4, 1)
   assert len(batch["label"].sharding.device_set) == 8
+
+
+def test_mixup_with_label_smoothing_trains_and_logs_the_data_wait(make_config, tmp_path):
+  """Soft labels from the device augmentations reach the loss; the log says how long steps waited for data."""
+  config = make_config(num_train_steps=4, eval_every_steps=4, log_every_steps=2, prefetch_to_device=2,
+                       augment="flip_lr|mixup(alpha=0.4)|cutmix(probability=0.5)",
+                       **{"task.label_smoothing": 0.1})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(result["loss"]) and result["num_examples"] == 100
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f if "train/loss" in line]
+  assert [r["step"] for r in rows] == [2, 4]
+  assert all(r["train/data_wait_s_per_step"] >= 0 and np.isfinite(r["train/loss"]) for r in rows)

@@ -1,9 +1,12 @@
 """A `Dataset` over arrays that fit in memory (or are memory-mapped): digits, arrays, synthetic, user arrays.
 
 Batch `step` is a pure function of (seed, step): epoch e = step // steps_per_epoch is a permutation drawn from
-`np.random.default_rng([seed, e])`, so a resumed run sees exactly the batches an uninterrupted run would.
+`np.random.default_rng([seed, e])`, so a resumed run sees exactly the batches an uninterrupted run would. With
+class-balanced sampling, epoch e is instead a draw with replacement from the same generator in which every class
+present is equally likely, so resume stays exact.
 """
 
+import copy
 import math
 from typing import Iterator, Optional, Sequence
 
@@ -12,7 +15,9 @@ import numpy as np
 from jaxcls.data import prepare
 from jaxcls.data import resize
 from jaxcls.data.base import Batch, Dataset, DatasetInfo, check_stream_args
-from jaxcls.errors import DataError
+from jaxcls.errors import ConfigError, DataError
+
+SAMPLINGS = ("uniform", "balanced")
 
 
 class ArrayDataset(Dataset):
@@ -26,6 +31,19 @@ class ArrayDataset(Dataset):
     self.process_count = process_count
     self._train_images, self._train_labels = train_arrays
     self._eval_images, self._eval_labels = eval_arrays
+    self.sampling = "uniform"
+
+  def with_sampling(self, sampling: str) -> "ArrayDataset":
+    """This dataset with 'uniform' (each example once per epoch) or 'balanced' (classes equally often) sampling.
+
+    An epoch keeps its length (steps_per_epoch); balanced epochs repeat examples of rare classes and skip some
+    of common ones.
+    """
+    if sampling not in SAMPLINGS:
+      raise ConfigError(f"dataset.sampling={sampling!r} is not valid; use one of {', '.join(SAMPLINGS)}.")
+    other = copy.copy(self)
+    other.sampling = sampling
+    return other
 
   def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0) -> Iterator[Batch]:
     check_stream_args(start_step, seed)
@@ -41,11 +59,20 @@ class ArrayDataset(Dataset):
     while True:
       if step // steps != epoch:
         epoch = step // steps
-        order = np.random.default_rng([seed, epoch]).permutation(len(self._train_labels))
+        order = self._epoch_order(np.random.default_rng([seed, epoch]), steps * global_batch_size)
       start = (step % steps) * global_batch_size + offset
       idx = order[start:start + local]
       yield {"image": _take(self._train_images, idx), "label": self._train_labels[idx], "mask": mask.copy()}
       step += 1
+
+  def _epoch_order(self, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Example indices of one epoch (at least `size` of them), the same on every process."""
+    labels = self._train_labels
+    if self.sampling == "uniform":
+      return rng.permutation(len(labels))
+    counts = np.bincount(labels)
+    p = 1.0 / (np.count_nonzero(counts) * counts[labels])
+    return rng.choice(len(labels), size=size, replace=True, p=p / p.sum())
 
   def eval_batches(self, global_batch_size: int) -> Iterator[Batch]:
     local = self.local_batch_size(global_batch_size)

@@ -35,3 +35,6 @@ def check_field(name: str, value: Any, valid: Any) -> None:
 
 
 from jaxcls.tasks import multiclass  # noqa: E402,F401  (registers the task)
+from jaxcls.tasks import binary  # noqa: E402,F401  (registers the task)
+from jaxcls.tasks import multilabel  # noqa: E402,F401  (registers the task)
+from jaxcls.tasks import hierarchical  # noqa: E402,F401  (registers the task)

@@ -1,12 +1,15 @@
 """Multi-class classification: one softmax over K classes, label-smoothed cross entropy, top-k accuracy."""
 
+import ast
 import dataclasses
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcls import metrics
 from jaxcls.errors import ConfigError
 from jaxcls.tasks import TASKS
 
@@ -16,10 +19,15 @@ from jaxcls.tasks import TASKS
 class MultiClass:
   num_classes: int
   label_smoothing: float = 0.0
+  # 'none', or one weight per class ('balanced' is turned into weights by `resolve_class_weights` first).
+  class_weights: str | tuple = "none"
 
   def __post_init__(self):
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ConfigError(f"config.task.label_smoothing={self.label_smoothing} must be in [0, 1).")
+    if self.class_weights != "none":
+      weights = check_class_weights(self.class_weights, self.num_classes)
+      object.__setattr__(self, "class_weights", weights)
 
   @property
   def num_outputs(self) -> int:
@@ -30,15 +38,23 @@ class MultiClass:
     return min(5, self.num_classes)
 
   def targets(self, labels: jax.Array) -> jax.Array:
-    """Integer labels -> (smoothed) probability targets; soft labels (from Mixup, say) pass through."""
-    if labels.ndim == 2:
-      return labels
-    one_hot = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
-    return one_hot * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+    """Integer labels [B] or soft labels [B, K] (from Mixup, say) -> label-smoothed probability targets.
+
+    Smoothing is linear, so smoothing mixed labels equals mixing smoothed ones (timm's order).
+    """
+    probs = labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(
+        labels, self.num_classes, dtype=jnp.float32)
+    if not self.label_smoothing:
+      return probs
+    return probs * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example training loss [B]."""
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), self.targets(labels))
+    """Per-example training loss [B], times the class weight of the label (the mixed weight for soft labels)."""
+    per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), self.targets(labels))
+    if self.class_weights == "none":
+      return per_example
+    weights = jnp.asarray(self.class_weights, jnp.float32)
+    return per_example * (labels.astype(jnp.float32) @ weights if labels.ndim == 2 else weights[labels])
 
   def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     """Per-example values averaged into the training log."""
@@ -64,13 +80,18 @@ class MultiClass:
         "confusion": confusion,
     }
 
-  def finalize(self, sums: dict[str, np.ndarray]) -> dict:
-    """Host-side metrics from the summed values, in float64."""
+  def eval_outputs(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Per-example class probabilities and labels, gathered over the split for the ranking metrics."""
+    del mask  # the loop keeps only the valid rows
+    return {"probs": jax.nn.softmax(logits.astype(jnp.float32), -1), "labels": labels.astype(jnp.int32)}
+
+  def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
+    """Host-side metrics from the summed values (and, when given, every example's outputs), in float64."""
     count = int(sums["count"])
     confusion = np.asarray(sums["confusion"], np.int64)
     support = confusion.sum(1)
     recall = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
-    return {
+    result = {
         "num_examples": count,
         "loss": float(sums["loss_sum"]) / max(count, 1),
         "accuracy": int(sums["correct"]) / max(count, 1),
@@ -79,3 +100,47 @@ class MultiClass:
         "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
         "confusion_matrix": confusion.tolist(),
     }
+    result.update(metrics.precision_recall_f1(confusion))
+    if outputs is not None and len(outputs["labels"]):
+      probs = np.asarray(outputs["probs"], np.float64)
+      labels = np.asarray(outputs["labels"])
+      result.update(metrics.one_vs_rest_curves(probs, labels))
+      result["ece"] = metrics.expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
+    return result
+
+
+def check_class_weights(weights: Sequence[float], num_classes: int) -> tuple[float, ...]:
+  """Explicit weights as a tuple of floats, or a ConfigError saying what is valid."""
+  try:
+    values = tuple(float(w) for w in weights)
+  except (TypeError, ValueError):
+    values = ()
+  if len(values) != num_classes or min(values, default=-1.0) < 0 or not any(values):
+    raise ConfigError(f"config.task.class_weights={weights!r} is not valid; use 'none', 'balanced' or "
+                      f"{num_classes} non-negative numbers (one per class, not all zero).")
+  return values
+
+
+def resolve_class_weights(value, class_counts: Optional[Sequence[int]], num_classes: int) -> str | tuple:
+  """'balanced' -> inverse-frequency weights from the training class counts; 'none' and tuples as given.
+
+  Balanced weights are scikit-learn's n / (K * n_k) over the classes present (absent classes get 0): they
+  average to 1 over the training examples, so the loss keeps its scale and the learning rate need not change.
+  """
+  if isinstance(value, str) and value not in ("none", "balanced"):
+    try:  # '(1, 2.5, 1)' from a command line
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+  if isinstance(value, str) and value not in ("none", "balanced"):
+    raise ConfigError(f"config.task.class_weights={value!r} is not valid; use 'none', 'balanced' or "
+                      f"{num_classes} numbers (one per class).")
+  if value != "balanced":
+    return value if isinstance(value, str) else check_class_weights(value, num_classes)
+  if class_counts is None:
+    raise ConfigError("config.task.class_weights='balanced' needs the training class counts, which this dataset "
+                      "does not report; give explicit weights, one per class, instead.")
+  counts = np.asarray(class_counts, np.float64)
+  present = counts > 0
+  weights = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+  return tuple(float(w) for w in weights)

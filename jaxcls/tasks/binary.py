@@ -1,0 +1,134 @@
+"""Binary classification: one logit, sigmoid cross entropy, a configurable decision threshold.
+
+The threshold applies to the positive-class probability (positive when p >= threshold, as scikit-learn's curves
+count). With the gathered eval outputs, `finalize` adds the ranking metrics and the threshold that maximises F1 on
+the eval split, so a user can pick a better operating point than the default 0.5.
+"""
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcls import metrics
+from jaxcls.errors import ConfigError
+from jaxcls.tasks import TASKS
+
+
+@TASKS.register("binary")
+@dataclasses.dataclass(frozen=True)
+class Binary:
+  num_classes: int
+  threshold: float = 0.5
+
+  def __post_init__(self):
+    if self.num_classes != 2:
+      raise ConfigError(f"config.task.type='binary' needs a dataset with 2 classes; this one has "
+                        f"{self.num_classes} (use 'multiclass').")
+    if not 0.0 < float(self.threshold) < 1.0:
+      raise ConfigError(f"config.task.threshold={self.threshold!r} must be a probability in (0, 1).")
+    object.__setattr__(self, "threshold", float(self.threshold))
+
+  @property
+  def num_outputs(self) -> int:
+    return 1
+
+  def targets(self, labels: jax.Array) -> jax.Array:
+    """Positive-class probability [B] from int labels [B], soft labels [B] or two-class soft labels [B, 2]."""
+    labels = labels.astype(jnp.float32)
+    return labels[:, -1] if labels.ndim == 2 else labels
+
+  def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.sigmoid_binary_cross_entropy(logits[:, 0].astype(jnp.float32), self.targets(labels))
+
+  def predict(self, logits: jax.Array) -> jax.Array:
+    return (jax.nn.sigmoid(logits[:, 0].astype(jnp.float32)) >= self.threshold).astype(jnp.int32)
+
+  def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    hard = (self.targets(labels) >= 0.5).astype(jnp.int32)
+    return {"accuracy": (self.predict(logits) == hard).astype(jnp.float32)}
+
+  def eval_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Loss sum and the 2x2 (true, predicted) confusion matrix at the threshold, over the valid rows."""
+    labels = labels.astype(jnp.int32)
+    valid = mask.astype(jnp.int32)
+    confusion = jnp.zeros((2, 2), jnp.int32).at[labels, self.predict(logits)].add(valid)
+    return {"loss_sum": jnp.sum(self.loss(logits, labels) * mask.astype(jnp.float32)),
+            "count": jnp.sum(valid), "confusion": confusion}
+
+  def eval_outputs(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Per-example values for the ranking metrics; logits too, so ranks and log loss avoid saturated probs."""
+    del mask  # the loop keeps only the valid rows
+    logit = logits[:, 0].astype(jnp.float32)
+    return {"logits": logit, "probs": jax.nn.sigmoid(logit), "labels": labels.astype(jnp.int32)}
+
+  def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
+    count = int(sums["count"])
+    confusion = np.asarray(sums["confusion"], np.int64)
+    (tn, fp), (fn, tp) = confusion
+    support = confusion.sum(1)
+    class_recall = np.array([tn, tp], np.float64) / np.maximum(support, 1)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    result = {
+        "num_examples": count,
+        "loss": float(sums["loss_sum"]) / max(count, 1),
+        "accuracy": float(tn + tp) / max(count, 1),
+        "threshold": self.threshold,
+        "precision": precision,
+        "recall": recall,
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * precision * recall, precision + recall),
+        # scikit-learn's balanced accuracy: mean recall over the classes present.
+        "balanced_accuracy": float(class_recall[support > 0].mean()) if count else float("nan"),
+        "per_class_recall": [float(r) if n else None for r, n in zip(class_recall, support)],
+        "confusion_matrix": confusion.tolist(),
+    }
+    if outputs is not None:
+      result.update(ranking_metrics(outputs["logits"], outputs["probs"], outputs["labels"]))
+    return result
+
+
+def ranking_metrics(logits: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
+  """ROC-AUC, AP, log loss, ECE and the best-F1 threshold of one binary score over the whole split."""
+  logits = np.asarray(logits, np.float64)
+  positive = np.asarray(labels).astype(bool)
+  probs = np.asarray(probs)
+  threshold, f1 = best_f1_threshold(probs, positive)
+  confidence = np.maximum(probs, 1.0 - probs)
+  return {
+      "roc_auc": metrics.roc_auc(logits, positive),
+      "average_precision": metrics.average_precision(logits, positive),
+      "log_loss": float(np.mean(np.logaddexp(0.0, logits) - positive * logits)) if len(logits) else float("nan"),
+      # Calibration of the probability itself, so at 0.5 whatever the decision threshold.
+      "ece": metrics.expected_calibration_error(confidence, (probs >= 0.5) == positive),
+      "best_f1_threshold": threshold,
+      "best_f1": f1,
+  }
+
+
+def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+  """(t, F1) maximising F1 of `scores >= t` over the distinct scores; the highest such t on ties.
+
+  (NaN, 0.0) when there is no positive, since every threshold then has F1 = 0.
+  """
+  scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+  n_pos = int(positive.sum())
+  if n_pos == 0:
+    return float("nan"), 0.0
+  order = np.argsort(-scores, kind="mergesort")
+  s, p = scores[order], positive[order]
+  last_of_tie = np.r_[s[1:] != s[:-1], True]
+  tp = np.cumsum(p)[last_of_tie]
+  fp = np.cumsum(~p)[last_of_tie]
+  f1 = 2.0 * tp / (tp + fp + n_pos)  # 2PR / (P + R) with FN = n_pos - TP
+  best = int(np.argmax(f1))
+  return float(s[last_of_tie][best]), float(f1[best])
+
+
+def _ratio(num, den) -> float:
+  """num / den, or 0.0 when den is 0 (scikit-learn's zero_division=0)."""
+  return float(num) / float(den) if den else 0.0
