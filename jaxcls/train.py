@@ -75,6 +75,17 @@ def write_plots(workdir: str, final_report: dict, outputs: dict, class_names) ->
                          os.path.join(workdir, writers.JSONL_NAME))
 
 
+def write_skipped_files(workdir: str, dataset, is_main: bool) -> None:
+  """Lists the images a source could not read (path, reason) in DIR/skipped_files.txt, when there are any."""
+  skipped = getattr(dataset, "skipped_files", None)
+  if not is_main or not skipped:
+    return
+  with open(os.path.join(workdir, "skipped_files.txt"), "w") as f:
+    f.writelines(f"{path}\t{reason}\n" for path, reason in skipped)
+  logging.warning("%d unreadable images were skipped; they are listed in %s.", len(skipped),
+                  os.path.join(workdir, "skipped_files.txt"))
+
+
 def with_sampling(dataset, sampling: str):
   """The dataset drawing training batches as `dataset.sampling` says ('balanced' needs an in-memory source)."""
   if sampling not in SAMPLINGS:
@@ -141,7 +152,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
 
+  if not config.dataset.cache_dir:  # a folder source's decoded-array cache lives with the run
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.dataset.cache_dir = os.path.join(workdir, "cache")
   dataset = dataset if dataset is not None else data.build(config)
+  write_skipped_files(workdir, dataset, is_main)
   dataset = with_sampling(dataset, config.dataset.sampling)
   info = dataset.info
   task_config = dict(config.task, class_names=info.class_names)
@@ -161,8 +176,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
                          use_ema=config.ema_decay > 0, mesh=mesh)
   norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
-  train_step = steps.make_train_step(model, task, tx, schedule, augment, ema_decay=config.ema_decay, **norm)
-  eval_step = steps.make_eval_step(model, task, **norm)
+  train_step = steps.CompiledOnFirstCall(
+      steps.make_train_step(model, task, tx, schedule, augment, ema_decay=config.ema_decay, **norm),
+      "Train step (forward, backward, update)", config.batch_size / mesh.size)
+  eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, **norm), "Eval step (forward)",
+                                        eval_batch_size / mesh.size)
 
   ckpt = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
@@ -217,6 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
       if step == start_step:
         jax.block_until_ready(metrics)
         logging.info("First step (compilation included) took %.1f s.", time.perf_counter() - t0)
+        if train_step.flops_per_example:
+          writer.write_scalars(done, {"cost/train_gflop_per_example": train_step.flops_per_example / 1e9})
       progress(done)
       if done % config.log_every_steps == 0 or done == num_train_steps:
         _check_finite(*pending, last_saved)
@@ -239,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
       final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, config.prefetch_to_device)
     final, final_outputs = final
   finally:
+    write_skipped_files(workdir, dataset, is_main)  # streaming sources find bad files as they go
     batches.close()
     ckpt.close()
     writer.flush()

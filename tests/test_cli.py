@@ -128,3 +128,31 @@ print("OK")
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
   events = glob.glob(os.path.join(str(tmp_path), "tensorboard", "events.out.tfevents.*"))
   assert events, "the tensorboard-only writer wrote no event file"
+
+
+def test_folder_of_images_trains_and_lists_unreadable_files(python, tmp_path):
+  """A user's folder (two classes, mixed formats, a truncated JPEG, a non-image file) trains from the CLI."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for c, (name, tint) in enumerate((("cats", 40), ("dogs", 200))):
+    os.makedirs(tmp_path / "photos" / name)
+    for i in range(12):
+      pixels = np.clip(rng.normal(tint, 30, (20 + i, 24, 3)), 0, 255).astype(np.uint8)
+      Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.{('png', 'jpg', 'bmp')[i % 3]}")
+  good = (tmp_path / "photos" / "cats" / "1.jpg").read_bytes()
+  (tmp_path / "photos" / "cats" / "broken.jpg").write_bytes(good[: len(good) // 2])
+  (tmp_path / "photos" / "dogs" / "notes.txt").write_text("not an image")
+  workdir = tmp_path / "run"
+  args = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "folder.py"), "--workdir", str(workdir),
+          f"--config.dataset.path={tmp_path / 'photos'}", "--config.dataset.image_size=(16, 16)",
+          "--config.dataset.cache=memory", "--config.dataset.train_crop=resize", "--config.model.name=simple_cnn",
+          "--config.model.widths=(8, 16)", "--config.batch_size=8", "--config.num_train_steps=6",
+          "--config.optimizer.warmup_steps=1"]
+  proc = subprocess.run([python, *args], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((workdir / "classes.json").read_text()) == ["cats", "dogs"]
+  skipped = (workdir / "skipped_files.txt").read_text()
+  assert "broken.jpg" in skipped and "notes.txt" not in skipped
+  report = json.loads((workdir / "report.json").read_text())
+  assert report["num_examples"] == 5  # 20% of the 23 readable images, stratified

@@ -1,5 +1,6 @@
 """Tests of jaxcls.data: every source's splits, the resumable train stream, padded eval, and per-process shares."""
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -369,8 +370,22 @@ def mnist_metadata(tmp_path_factory):
 @pytest.fixture
 def mock_mnist(mnist_metadata):
   """mock_data over mnist whose examples carry their id in their first pixels; sub-splits are honoured."""
+  with _mock_mnist(mnist_metadata, "png"):
+    yield
+
+
+@pytest.fixture
+def mock_mnist_jpeg(mnist_metadata):
+  """The same examples stored as JPEG, so the decode_and_crop_jpeg path runs."""
+  with _mock_mnist(mnist_metadata, "jpeg"):
+    yield
+
+
+@contextlib.contextmanager
+def _mock_mnist(mnist_metadata, image_format):
   tfds = pytest.importorskip("tensorflow_datasets")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  encode = tf.io.encode_png if image_format == "png" else lambda image: tf.io.encode_jpeg(image, quality=100)
 
   def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
     del decoders, read_config, shuffle_files, kwargs  # the image always arrives encoded: we SkipDecoding
@@ -383,7 +398,7 @@ def mock_mnist(mnist_metadata):
     def example(i):
       image = tf.zeros((28, 28, 1), tf.uint8)
       image = tf.tensor_scatter_nd_update(image, [[0, 0, 0], [0, 1, 0]], tf.cast([i % 256, i // 256], tf.uint8))
-      return {"image": tf.io.encode_png(image), "label": i % 10}
+      return {"image": encode(image), "label": i % 10}
 
     return tf.data.Dataset.from_tensor_slices(tf.constant(indices, tf.int64)).map(example)
 
@@ -443,3 +458,24 @@ def test_tfds_missing_without_download_is_a_data_error(tmp_path):
     tfds_dataset(data_dir=str(tmp_path))
   with pytest.raises(ConfigError, match="tfds_name is empty"):
     data.build(make_config("tfds"), process_index=0, process_count=1)
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+def test_tfds_random_resized_crop_is_deterministic_per_position(mnist_metadata, image_format):
+  with _mock_mnist(mnist_metadata, image_format):
+    options = dict(image_size=(12, 12), train_crop="random_resized", eval_crop="center", crop_area=(0.3, 1.0))
+    ds = tfds_dataset(**options)
+    assert ds.info.image_shape == (12, 12, 1)
+    fresh = take(ds.train_batches(16, start_step=0, seed=0), 3)
+    assert all(b["image"].shape == (16, 12, 12, 1) for b in fresh)
+    np.testing.assert_array_equal(next(ds.train_batches(16, start_step=2, seed=0))["image"], fresh[2]["image"])
+    assert next(ds.eval_batches(8))["image"].shape == (8, 12, 12, 1)
+    with pytest.raises(ConfigError, match="train_crop"):
+      tfds_dataset(image_size=(12, 12), train_crop="inception")
+
+
+def test_tfds_crop_needs_an_image_size_and_fast_mode_runs(mock_mnist):
+  with pytest.raises(ConfigError, match="image_size"):
+    tfds_dataset(eval_crop="center")
+  batch = next(tfds_dataset(deterministic=False, workers=2).train_batches(16, start_step=0, seed=0))
+  assert batch["image"].shape == (16, 28, 28, 1) and batch["mask"].all()

@@ -161,3 +161,17 @@ def test_mixup_with_label_smoothing_trains_and_logs_the_data_wait(make_config, t
     rows = [json.loads(line) for line in f if "train/loss" in line]
   assert [r["step"] for r in rows] == [2, 4]
   assert all(r["train/data_wait_s_per_step"] >= 0 and np.isfinite(r["train/loss"]) for r in rows)
+
+
+def test_compiled_step_reports_flops_per_example():
+  """FLOPs per example come from XLA's cost analysis of the partitioned program (per device / its examples)."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  from jaxcls import steps
+  mesh = parallel.make_mesh()
+  jitted = jax.jit(lambda w, x: x @ w, in_shardings=(NamedSharding(mesh, PartitionSpec()),
+                                                     NamedSharding(mesh, PartitionSpec("data"))))
+  step = steps.CompiledOnFirstCall(jitted, "matmul", examples_per_device=64 / 8)
+  out = step(np.ones((32, 16), np.float32), np.ones((64, 32), np.float32))
+  assert out.shape == (64, 16)
+  assert step.flops_per_example == pytest.approx(2 * 32 * 16, rel=0.05)
+  assert step.compile_seconds > 0

@@ -12,6 +12,8 @@ from jaxcls.data.iterators import from_iterators
 # Sources register themselves in SOURCES on import.
 from jaxcls.data import arrays as _arrays  # pylint: disable=unused-import
 from jaxcls.data import digits as _digits  # pylint: disable=unused-import
+from jaxcls.data import folder as _folder  # pylint: disable=unused-import
+from jaxcls.data import idx as _idx  # pylint: disable=unused-import
 from jaxcls.data import synthetic as _synthetic  # pylint: disable=unused-import
 from jaxcls.data import tfds_source as _tfds_source  # pylint: disable=unused-import
 

@@ -1,8 +1,13 @@
 """The `tfds` source: any TensorFlow Datasets classification dataset, read through tf.data.
 
 TensorFlow is imported only inside these functions, so the core trains without it. Nothing is downloaded unless
-`dataset.download` is True. Each process reads its own even slice of each split; training order is a pure
-function of (seed, epoch), so resuming at a step skips to exactly where an uninterrupted run would be.
+`dataset.download` is True. Each process reads its own even slice of each split (`tfds.split_for_jax_process`);
+images are decoded in parallel, shuffled and prefetched by tf.data. With `dataset.deterministic` (the default)
+training order and crops are a pure function of (seed, epoch, position), so resuming at a step skips to exactly
+where an uninterrupted run would be; without it tf.data may reorder elements for speed.
+
+For large images, `dataset.train_crop='random_resized'` takes the Inception-style crop while decoding (a JPEG
+decodes only the crop window, `decode_and_crop_jpeg`) and `dataset.eval_crop='center'` resizes and crops the centre.
 """
 
 import math
@@ -69,12 +74,22 @@ class TfdsDataset(Dataset):
     self.process_index, self.process_count = process_index, process_count
     self._train_split, self._eval_split = dataset_config.train_split, dataset_config.eval_split
     self._shuffle_buffer = int(dataset_config.shuffle_buffer)
+    self._deterministic = bool(dataset_config.deterministic)
+    self._parallel = int(dataset_config.workers) or tf.data.AUTOTUNE
+    self._train_crop = dataset_config.train_crop
+    self._eval_crop = dataset_config.eval_crop
+    self._crop_fraction = float(dataset_config.center_crop_fraction)
+    self._crop_area = tuple(float(a) for a in dataset_config.crop_area)
+    self._crop_aspect = tuple(float(a) for a in dataset_config.crop_aspect)
+    if self._train_crop not in ("resize", "random_resized") or self._eval_crop not in ("resize", "center"):
+      raise ConfigError(f"dataset.train_crop={self._train_crop!r} / eval_crop={self._eval_crop!r} are not valid; "
+                        "use 'resize' or 'random_resized' for training and 'resize' or 'center' for eval.")
     self._image_key, self._label_key = self._feature_keys()
     native = builder.info.features[self._image_key].shape
     self._size = resize.parse_image_size(dataset_config.image_size)
-    if self._size is None and None in native[:2]:
-      raise ConfigError(f"Images of TFDS dataset {builder.name!r} vary in size; set dataset.image_size to the "
-                        "(height, width) the model should see.")
+    if self._size is None and (None in native[:2] or self._train_crop != "resize" or self._eval_crop != "resize"):
+      raise ConfigError(f"Images of TFDS dataset {builder.name!r} vary in size (or are cropped); set "
+                        "dataset.image_size to the (height, width) the model should see.")
     height, width = self._size or native[:2]
     channels = native[2] or 3
     labels = builder.info.features[self._label_key]
@@ -109,7 +124,7 @@ class TfdsDataset(Dataset):
                         "dataset.train_split / eval_split to one of those.") from e
 
   def _shard(self, split: str, process_index: int):
-    return self._tfds.even_splits(split, n=self.process_count, drop_remainder=False)[process_index]
+    return self._tfds.split_for_jax_process(split, process_index=process_index, process_count=self.process_count)
 
   def _read(self, shard, *, shuffle_seed: Optional[int]):
     """Undecoded (image bytes, label) records of one shard; files shuffled by `shuffle_seed` when given."""
@@ -118,17 +133,60 @@ class TfdsDataset(Dataset):
     ds = self._builder.as_dataset(split=shard, shuffle_files=shuffle_seed is not None, read_config=read_config,
                                   decoders={self._image_key: tfds.decode.SkipDecoding()})
     options = self._tf.data.Options()
-    options.deterministic = True
+    options.deterministic = self._deterministic
     return ds.with_options(options)
 
-  def _decode(self, example):
-    """uint8 [h, w, c] image (resized when configured) and int32 label."""
+  def _decode(self, example, seed=None, *, crop: str = "resize"):
+    """uint8 [h, w, c] image (cropped and resized as configured) and int32 label.
+
+    `seed` ([2] int64) draws the random resized crop, so each example's crop is fixed by its position.
+    """
     tf = self._tf
-    image = self._builder.info.features[self._image_key].decode_example(example[self._image_key])
+    encoded = example[self._image_key]
+    if crop == "random_resized":
+      image = tf.cond(tf.io.is_jpeg(encoded), lambda: self._jpeg_random_crop(encoded, seed),
+                      lambda: self._random_crop(self._decode_full(encoded), seed))
+    elif crop == "center":
+      image = self._center_crop(self._decode_full(encoded))
+    else:
+      image = self._decode_full(encoded)
     if self._size is not None:
       image = tf.image.resize(image, self._size, method="bilinear", antialias=True)
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return {"image": image, "label": tf.cast(example[self._label_key], tf.int32)}
+
+  def _decode_full(self, encoded):
+    return self._builder.info.features[self._image_key].decode_example(encoded)
+
+  def _crop_box(self, shape, seed):
+    """(begin, size) of an Inception-style random crop of an image of `shape`, drawn statelessly from `seed`."""
+    tf = self._tf
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.zeros([1, 0, 4], tf.float32), seed=seed, min_object_covered=0.0,
+        aspect_ratio_range=self._crop_aspect, area_range=self._crop_area, max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    return begin, size
+
+  def _jpeg_random_crop(self, encoded, seed):
+    """Decodes only the crop window of a JPEG: for large photos most of the decode work is never done."""
+    tf = self._tf
+    begin, size = self._crop_box(tf.io.extract_jpeg_shape(encoded), seed)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    return tf.image.decode_and_crop_jpeg(encoded, window, channels=self.info.image_shape[2])
+
+  def _random_crop(self, image, seed):
+    begin, size = self._crop_box(self._tf.shape(image), seed)
+    return self._tf.slice(image, begin, size)
+
+  def _center_crop(self, image):
+    """The centre of the image with the target's aspect ratio, `center_crop_fraction` of the largest such box."""
+    tf = self._tf
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    target = tf.constant(self._size, tf.float32)
+    scale = tf.reduce_min(shape / target) * self._crop_fraction
+    crop = tf.maximum(tf.cast(tf.round(target * scale), tf.int32), 1)
+    offset = (tf.shape(image)[:2] - crop) // 2
+    return tf.slice(image, tf.concat([offset, [0]], 0), tf.concat([crop, [-1]], 0))
 
   def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0) -> Iterator[Batch]:
     check_stream_args(start_step, seed)
@@ -144,8 +202,10 @@ class TfdsDataset(Dataset):
       epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
       ds = self._read(shard, shuffle_seed=epoch_seed)
       ds = ds.shuffle(self._shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-      ds = ds.take(steps * local).skip(skip * local)
-      ds = ds.map(self._decode, num_parallel_calls=self._tf.data.AUTOTUNE)
+      ds = ds.take(steps * local).enumerate().skip(skip * local)  # positions fix each example's crop
+      decode = lambda position, example, s=epoch_seed: self._decode(
+          example, self._tf.stack([self._tf.constant(s, self._tf.int64), position]), crop=self._train_crop)
+      ds = ds.map(decode, num_parallel_calls=self._parallel, deterministic=self._deterministic)
       ds = ds.batch(local, drop_remainder=True).prefetch(self._tf.data.AUTOTUNE)
       for batch in ds.as_numpy_iterator():
         yield {"image": batch["image"], "label": batch["label"], "mask": np.ones(local, bool)}
@@ -157,7 +217,7 @@ class TfdsDataset(Dataset):
 
   def _eval_stream(self, local, total):
     ds = self._read(self._shard(self._eval_split, self.process_index), shuffle_seed=None)
-    ds = ds.map(self._decode, num_parallel_calls=self._tf.data.AUTOTUNE)
+    ds = ds.map(lambda example: self._decode(example, crop=self._eval_crop), num_parallel_calls=self._parallel)
     ds = ds.batch(local).prefetch(self._tf.data.AUTOTUNE)
     count = 0
     for batch in ds.as_numpy_iterator():

@@ -69,3 +69,9 @@ def build(model_config: Mapping[str, Any], num_classes: int, dtype: Any = "float
 from jaxcls.models import layers  # noqa: E402
 from jaxcls.models import resnet  # noqa: E402,F401
 from jaxcls.models import simple_cnn  # noqa: E402,F401
+from jaxcls.models import alexnet  # noqa: E402,F401
+from jaxcls.models import convnext  # noqa: E402,F401
+from jaxcls.models import lenet  # noqa: E402,F401
+from jaxcls.models import mobilenet  # noqa: E402,F401
+from jaxcls.models import vgg  # noqa: E402,F401
+from jaxcls.models import vit  # noqa: E402,F401

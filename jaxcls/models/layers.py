@@ -1,4 +1,5 @@
-"""Building blocks shared by the model families: activations and pooling chosen by name, compute dtypes.
+"""Building blocks shared by the model families: activations, norms and pooling chosen by name, stochastic
+depth, compute dtypes.
 
 Names come straight from the config, so every lookup here fails with a `ConfigError` that lists the valid
 choices instead of a KeyError deep inside a trace.
@@ -13,8 +14,9 @@ import jax.numpy as jnp
 from jaxcls.errors import ConfigError
 from jaxcls.registry import did_you_mean
 
-ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "gelu", "silu")
+ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "gelu", "silu", "relu6")
 POOLINGS = ("max", "avg")
+NORMS = ("batch", "group", "layer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -32,6 +34,17 @@ def check_activation(name: str) -> str:
 
 def check_pooling(name: str) -> str:
   return _check_choice("pooling", name, POOLINGS)
+
+
+def check_norm(name: str) -> str:
+  return _check_choice("norm", name, NORMS)
+
+
+def check_rate(what: str, rate: float) -> float:
+  """Dropout and stochastic-depth rates: a rate of 1 would drop everything."""
+  if not 0.0 <= rate < 1.0:
+    raise ConfigError(f"Model {what} must be in [0, 1), got {rate!r}.")
+  return rate
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -73,6 +86,8 @@ class Activation(nn.Module):
       return nn.elu(x)
     if kind == "gelu":
       return nn.gelu(x, approximate=False)
+    if kind == "relu6":
+      return nn.relu6(x)
     return nn.silu(x)
 
 
@@ -88,3 +103,72 @@ def pool(x: jax.Array, kind: str, window: int = 2, stride: int = 2,
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """[B, H, W, C] -> [B, C]; makes a model accept any input size."""
   return jnp.mean(x, axis=(1, 2))
+
+
+def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """torch's `AdaptiveAvgPool2d(size)` on [B, H, W, C]: output cell i averages rows floor(i*H/h)..ceil((i+1)*H/h).
+
+  AlexNet and VGG flatten this fixed-size map into their classifier, so matching torch bin for bin is what
+  lets converted weights give the same logits at every input size (bins overlap or repeat on small inputs).
+  """
+  out_h, out_w = size
+  height, width = x.shape[1], x.shape[2]
+  if height % out_h == 0 and width % out_w == 0:  # equal bins: one reshape
+    b, _, _, c = x.shape
+    return x.reshape(b, out_h, height // out_h, out_w, width // out_w, c).mean(axis=(2, 4))
+  if out_h % height == 0 and out_w % width == 0:  # one-pixel bins: each pixel repeated
+    return jnp.repeat(jnp.repeat(x, out_h // height, axis=1), out_w // width, axis=2)
+
+  def bins(n, m):
+    return [(i * n // m, -(-(i + 1) * n // m)) for i in range(m)]
+
+  rows = [jnp.mean(x[:, a:b], axis=1, keepdims=True) for a, b in bins(height, out_h)]
+  x = jnp.concatenate(rows, axis=1)
+  cols = [jnp.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in bins(width, out_w)]
+  return jnp.concatenate(cols, axis=2)
+
+
+def norm(kind: str, train: bool, *, channels: int, dtype: Any, name: str | None = None,
+         zero_init: bool = False, epsilon: float = 1e-5, groups: int = 32) -> nn.Module:
+  """A batch, group or layer norm over the channel axis (the last), named `name` so torch weights map.
+
+  Group norm uses `groups` groups, or the largest count under it that divides `channels` (so narrow test
+  models still work). `zero_init` starts the scale at zero: a residual branch ending in it begins as zero.
+  """
+  scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
+  if check_norm(kind) == "batch":
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype,
+                        scale_init=scale_init, name=name)
+  if kind == "group":
+    num_groups = max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(num_groups=num_groups, epsilon=epsilon, dtype=dtype, scale_init=scale_init, name=name)
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, scale_init=scale_init, name=name)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops a residual branch for whole examples, scaling survivors by 1/(1-rate).
+
+  Same as torchvision's `StochasticDepth(rate, 'row')`; the mask comes from the 'dropout' rng.
+  """
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+def drop_path_rates(rate: float, num_blocks: int) -> list[float]:
+  """Stochastic-depth rate per block, rising linearly from 0 to `rate` at the last (torchvision, timm)."""
+  if num_blocks <= 1:
+    return [rate] * num_blocks
+  return [rate * i / (num_blocks - 1) for i in range(num_blocks)]
+
+
+def flatten_like_torch(x: jax.Array) -> jax.Array:
+  """[B, H, W, C] -> [B, C*H*W] in torch's NCHW order, so a converted first classifier layer lines up."""
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)

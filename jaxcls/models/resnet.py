@@ -1,12 +1,13 @@
 """ResNet v1.5 (He et al. 2015, with the bottleneck's stride on its 3x3 conv), laid out like torchvision.
 
-Parameter counts, paddings, batch-norm settings and module names follow torchvision so results compare and
-torch weights map one-to-one: `conv1`, `bn1`, blocks `layer{1..4}_{j}` holding `conv1..3`, `bn1..3` and
-`downsample_conv`/`downsample_bn`, and the head `fc`.
+Also the bottleneck variants torchvision builds from the same code: Wide ResNet (a wider 3x3, Zagoruyko and
+Komodakis 2016) and ResNeXt (a grouped 3x3, Xie et al. 2017). Parameter counts, paddings, batch-norm settings and
+module names follow torchvision so results compare and torch weights map one-to-one: `conv1`, `bn1`, blocks
+`layer{1..4}_{j}` holding `conv1..3`, `bn1..3` and `downsample_conv`/`downsample_bn`, and the head `fc`.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,28 +30,36 @@ class _Block(nn.Module):
   activation: str = "relu"
   negative_slope: float = 0.01
   zero_init_residual: bool = False
+  norm: str = "batch"
+  drop_path: float = 0.0
+  groups: int = 1
+  width_per_group: int = 64
   dtype: Any = jnp.float32
 
-  def conv(self, features: int, kernel: int, strides: int, name: str) -> nn.Conv:
+  def conv(self, features: int, kernel: int, strides: int, name: str, groups: int = 1) -> nn.Conv:
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=[(pad, pad), (pad, pad)],
-                   use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name=name)
+                   feature_group_count=groups, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
+                   name=name)
 
-  def bn(self, train: bool, name: str, last: bool = False) -> nn.BatchNorm:
+  def bn(self, x: jax.Array, train: bool, name: str, last: bool = False) -> jax.Array:
     # Zero-initialising the last scale makes each block start as the identity (Goyal et al. 2017).
-    scale_init = nn.initializers.zeros if last and self.zero_init_residual else nn.initializers.ones
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                        scale_init=scale_init, name=name)
+    return layers.norm(self.norm, train, channels=x.shape[-1], dtype=self.dtype, name=name,
+                       zero_init=last and self.zero_init_residual)(x)
 
   def act(self, x: jax.Array, name: str) -> jax.Array:
     return layers.Activation(self.activation, self.negative_slope, dtype=self.dtype, name=name)(x)
 
   def shortcut(self, x: jax.Array, out_features: int, train: bool) -> jax.Array:
-    """Identity, or a strided 1x1 conv + BN projection when the shape changes."""
+    """Identity, or a strided 1x1 conv + norm projection when the shape changes."""
     if self.strides == 1 and x.shape[-1] == out_features:
       return x
     x = self.conv(out_features, 1, self.strides, "downsample_conv")(x)
-    return self.bn(train, "downsample_bn")(x)
+    return self.bn(x, train, "downsample_bn")
+
+  def merge(self, branch: jax.Array, x: jax.Array, out_features: int, train: bool) -> jax.Array:
+    branch = layers.DropPath(self.drop_path, name="drop_path")(branch, train)
+    return self.act(branch + self.shortcut(x, out_features, train), "act_out")
 
 
 class BasicBlock(_Block):
@@ -59,22 +68,24 @@ class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = self.act(self.bn(train, "bn1")(self.conv(self.filters, 3, self.strides, "conv1")(x)), "act1")
-    y = self.bn(train, "bn2", last=True)(self.conv(self.filters, 3, 1, "conv2")(y))
-    return self.act(y + self.shortcut(x, self.filters, train), "act_out")
+    y = self.act(self.bn(self.conv(self.filters, 3, self.strides, "conv1")(x), train, "bn1"), "act1")
+    y = self.bn(self.conv(self.filters, 3, 1, "conv2")(y), train, "bn2", last=True)
+    return self.merge(y, x, self.filters, train)
 
 
 class Bottleneck(_Block):
-  """1x1 reduce, strided 3x3, 1x1 expand by 4 (ResNet-50/101/152); v1.5 puts the stride on the 3x3."""
+  """1x1 reduce, strided (grouped) 3x3, 1x1 expand by 4; v1.5 puts the stride on the 3x3."""
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    inner = int(self.filters * self.width_per_group / 64) * self.groups  # torchvision's `width`
     out = self.filters * self.expansion
-    y = self.act(self.bn(train, "bn1")(self.conv(self.filters, 1, 1, "conv1")(x)), "act1")
-    y = self.act(self.bn(train, "bn2")(self.conv(self.filters, 3, self.strides, "conv2")(y)), "act2")
-    y = self.bn(train, "bn3", last=True)(self.conv(out, 1, 1, "conv3")(y))
-    return self.act(y + self.shortcut(x, out, train), "act_out")
+    y = self.act(self.bn(self.conv(inner, 1, 1, "conv1")(x), train, "bn1"), "act1")
+    y = self.conv(inner, 3, self.strides, "conv2", groups=self.groups)(y)
+    y = self.act(self.bn(y, train, "bn2"), "act2")
+    y = self.bn(self.conv(out, 1, 1, "conv3")(y), train, "bn3", last=True)
+    return self.merge(y, x, out, train)
 
 
 class ResNet(nn.Module):
@@ -82,15 +93,28 @@ class ResNet(nn.Module):
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: type[_Block] = BasicBlock
+  groups: int = 1  # ResNeXt cardinality (bottleneck only)
+  width_per_group: int = 64  # 128 for Wide ResNet-50-2 (bottleneck only)
   stem: str = "imagenet"  # 'imagenet': 7x7/2 conv + 3x3/2 max pool; 'small': 3x3/1 conv, for 32x32 inputs
   width: int = 64
   activation: str = "relu"
   negative_slope: float = 0.01  # leaky_relu only
+  norm: str = "batch"  # 'batch' | 'group' | 'layer' (over channels)
   zero_init_residual: bool = False
+  stochastic_depth: float = 0.0  # drop rate of the last block's branch; earlier blocks rise linearly to it
+  dropout: float = 0.0  # before the head, in training only
   dtype: Any = jnp.float32
+
+  # flax module path -> torchvision state_dict key (see jaxcls.convert).
+  TORCH_RENAMES: ClassVar = ((r"^layer(\d)_(\d+)\.", r"layer\1.\2."),
+                             (r"\.downsample_conv\.", ".downsample.0."),
+                             (r"\.downsample_bn\.", ".downsample.1."))
 
   def __post_init__(self):
     layers.check_activation(self.activation)
+    layers.check_norm(self.norm)
+    layers.check_rate("dropout", self.dropout)
+    layers.check_rate("stochastic_depth", self.stochastic_depth)
     if self.stem not in STEMS:
       raise ConfigError(f"Unknown stem {self.stem!r} for a ResNet. Valid: {', '.join(STEMS)}.")
     super().__post_init__()
@@ -101,11 +125,11 @@ class ResNet(nn.Module):
     pad = kernel // 2
     x = nn.Conv(self.width, (kernel, kernel), strides=(stride, stride), padding=[(pad, pad), (pad, pad)],
                 use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                     name="bn1")(x)
+    x = layers.norm(self.norm, train, channels=self.width, dtype=self.dtype, name="bn1")(x)
     x = layers.Activation(self.activation, self.negative_slope, dtype=self.dtype, name="act1")(x)
     if self.stem == "imagenet":
       x = layers.pool(x, "max", window=3, stride=2, padding=1)
+    rates = iter(layers.drop_path_rates(self.stochastic_depth, sum(self.stage_sizes)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = self.block(
@@ -114,20 +138,30 @@ class ResNet(nn.Module):
             activation=self.activation,
             negative_slope=self.negative_slope,
             zero_init_residual=self.zero_init_residual,
+            norm=self.norm,
+            drop_path=next(rates),
+            groups=self.groups,
+            width_per_group=self.width_per_group,
             dtype=self.dtype,
             name=f"layer{i + 1}_{j}")(x, train=train)
     x = layers.global_avg_pool(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     return x.astype(jnp.float32)
 
 
-# Each depth fixes `stage_sizes` and `block`; the remaining ResNet fields are its config arguments.
-_DEPTHS = {
-    "resnet18": ((2, 2, 2, 2), BasicBlock),
-    "resnet34": ((3, 4, 6, 3), BasicBlock),
-    "resnet50": ((3, 4, 6, 3), Bottleneck),
-    "resnet101": ((3, 4, 23, 3), Bottleneck),
-    "resnet152": ((3, 8, 36, 3), Bottleneck),
+# Each name fixes the depth, block and grouping; the remaining ResNet fields are its config arguments.
+_BASIC, _BOTTLENECK = dict(block=BasicBlock), dict(block=Bottleneck)
+_VARIANTS = {
+    "resnet18": dict(stage_sizes=(2, 2, 2, 2), **_BASIC),
+    "resnet34": dict(stage_sizes=(3, 4, 6, 3), **_BASIC),
+    "resnet50": dict(stage_sizes=(3, 4, 6, 3), **_BOTTLENECK),
+    "resnet101": dict(stage_sizes=(3, 4, 23, 3), **_BOTTLENECK),
+    "resnet152": dict(stage_sizes=(3, 8, 36, 3), **_BOTTLENECK),
+    "wide_resnet50_2": dict(stage_sizes=(3, 4, 6, 3), width_per_group=128, **_BOTTLENECK),
+    "resnext50_32x4d": dict(stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4, **_BOTTLENECK),
 }
-for _name, (_sizes, _block) in _DEPTHS.items():
-  MODELS.register(_name)(functools.partial(ResNet, stage_sizes=_sizes, block=_block))
+for _name, _fixed in _VARIANTS.items():
+  _fixed.setdefault("groups", 1)
+  _fixed.setdefault("width_per_group", 64)
+  MODELS.register(_name)(functools.partial(ResNet, **_fixed))

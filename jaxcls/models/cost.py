@@ -1,0 +1,38 @@
+"""What a model costs: trainable parameters and the FLOPs of one image's forward pass.
+
+FLOPs come from XLA's own cost analysis of the compiled eval-mode forward pass (a multiply-add counts as two),
+so they describe what actually runs, fusions and all, rather than a hand count per layer.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _keys() -> dict[str, jax.Array]:
+  return {"params": jax.random.key(0, impl="rbg"), "dropout": jax.random.key(1, impl="rbg")}
+
+
+def count_params(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+  """Trainable parameters of `model` for images of `image_shape` [H, W, C] (traced, nothing computed)."""
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(_keys(), x, train=False), x)
+  return int(sum(p.size for p in jax.tree.leaves(variables.get("params", {}))))
+
+
+def forward_flops(model: nn.Module, image_shape: tuple[int, ...], batch_size: int = 1) -> float:
+  """FLOPs per image of the compiled eval-mode forward pass, from XLA's cost analysis."""
+  x = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(_keys(), x, train=False), x)
+  compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
+  analysis: Any = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
+    analysis = analysis[0]
+  return float(analysis.get("flops", 0.0)) / batch_size
+
+
+def model_cost(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[int, float]:
+  """(trainable parameters, forward FLOPs per image) of `model` on images of `image_shape` [H, W, C]."""
+  return count_params(model, image_shape), forward_flops(model, image_shape)

@@ -1,0 +1,24 @@
+"""Tests of jaxcls.show_data: the grid is written, and hard and soft labels get readable captions."""
+
+import numpy as np
+from PIL import Image
+
+from jaxcls import show_data
+from jaxcls.config_base import get_base_config
+
+
+def test_captions_for_hard_and_soft_labels():
+  names = ("cat", "dog", "fox")
+  assert show_data.caption(np.int32(2), names) == "fox"
+  assert show_data.caption(np.array([0.3, 0.7, 0.0]), names) == "dog 0.70 + cat 0.30"
+  assert show_data.caption(np.array([0.0, 1.0, 0.0]), names) == "dog"
+
+
+def test_writes_before_and_after_grid(tmp_path):
+  config = get_base_config()  # digits: offline, 8x8
+  config.augment = "random_crop(padding=1, mode='constant')|flip_lr|mixup(alpha=0.4)"
+  path = show_data.write_grid(config, str(tmp_path / "grid.png"), num=12)
+  image = Image.open(path)
+  assert image.width == 8 * show_data._CELL and image.height > 4 * show_data._CELL
+  pixels = np.asarray(image.convert("L"))
+  assert pixels.min() < 50 and pixels.max() > 200  # images and white background both drawn
