@@ -59,3 +59,31 @@ def subprocess_env(device_count: int = 8) -> dict:
 @pytest.fixture
 def python():
   return sys.executable
+
+
+class Interrupted(Exception):
+  """A simulated preemption, raised by `InterruptedAt`."""
+
+
+class InterruptedAt:
+  """A dataset whose train stream raises Interrupted when global batch `batch` is requested.
+
+  The loop asks for batch k only after finishing step k, so with a checkpoint at step k this stops a run right
+  after that checkpoint, as a preemption would.
+  """
+
+  def __init__(self, dataset, batch: int):
+    self._dataset, self._batch = dataset, batch
+
+  def __getattr__(self, name):
+    return getattr(self._dataset, name)
+
+  def with_sampling(self, sampling):
+    return InterruptedAt(self._dataset.with_sampling(sampling), self._batch)
+
+  def train_batches(self, batch_size, *, start_step, seed):
+    stream = self._dataset.train_batches(batch_size, start_step=start_step, seed=seed)
+    for step, batch in enumerate(stream, start=start_step):
+      if step == self._batch:
+        raise Interrupted()
+      yield batch

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import Interrupted, InterruptedAt
 from jaxcls import data, tasks, train
 from jaxcls.errors import ConfigError
 from jaxcls.tasks.multiclass import resolve_class_weights
@@ -81,30 +82,9 @@ def test_training_with_weights_and_balanced_sampling_resumes_exactly(make_config
                "checkpoint_every_steps": 3, "eval_every_steps": 6}
   config = make_config(**overrides)
   train.train_and_evaluate(config, str(tmp_path / "full"))
-  # Interrupt after the step-3 checkpoint, then re-run the same command.
-  ds = data.build(config)
-
-  class Interrupted(Exception):
-    pass
-
-  class StopsAfter3:
-    info = ds.info
-    steps_per_epoch = ds.steps_per_epoch
-    eval_batches = ds.eval_batches
-    num_eval_batches = ds.num_eval_batches
-
-    def with_sampling(self, sampling):
-      self.inner = ds.with_sampling(sampling)
-      return self
-
-    def train_batches(self, batch_size, *, start_step, seed):
-      for i, batch in enumerate(self.inner.train_batches(batch_size, start_step=start_step, seed=seed)):
-        if start_step + i == 4:
-          raise Interrupted()
-        yield batch
-
+  # Preempted right after the step-3 checkpoint, then the same command again.
   with pytest.raises(Interrupted):
-    train.train_and_evaluate(config, str(tmp_path / "resumed"), dataset=StopsAfter3())
+    train.train_and_evaluate(config, str(tmp_path / "resumed"), dataset=InterruptedAt(data.build(config), 4))
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
 
   def losses(name):

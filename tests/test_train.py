@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import Interrupted, InterruptedAt
 from jaxcls import checkpoint, parallel, train
 from jaxcls.errors import CheckpointError, ConfigError, NonFiniteLossError
 
@@ -75,31 +76,12 @@ def test_resume_continues_exactly(make_config, tmp_path):
   """Stopping after a checkpoint and re-running ends with the same parameters as one uninterrupted run."""
   config = make_config(**{"optimizer.name": "adamw", "optimizer.learning_rate": 0.01}, ema_decay=0.9)
   train.train_and_evaluate(config, str(tmp_path / "full"))
-  part = make_config(**{"optimizer.name": "adamw", "optimizer.learning_rate": 0.01}, ema_decay=0.9)
-  # First run: stop at step 8 by pretending the run is only 8 steps long, then keep only its step-8 checkpoint.
-  # The schedule depends on num_train_steps, so instead interrupt through a dataset that ends early.
+  # The first run is preempted right after its step-8 checkpoint (batch 9 is asked for only after it).
   from jaxcls import data
-  ds = data.build(part)
-
-  class Interrupted(Exception):
-    pass
-
-  class StopsAfter8:
-    info = ds.info
-    steps_per_epoch = ds.steps_per_epoch
-    eval_batches = ds.eval_batches
-    num_eval_batches = getattr(ds, "num_eval_batches", None)
-
-    def train_batches(self, batch_size, *, start_step, seed):
-      for i, batch in enumerate(ds.train_batches(batch_size, start_step=start_step, seed=seed)):
-        if start_step + i == 9:  # batch 9 is requested only after the step-8 checkpoint
-          raise Interrupted()
-        yield batch
-
   with pytest.raises(Interrupted):
-    train.train_and_evaluate(part, str(tmp_path / "resumed"), dataset=StopsAfter8())
+    train.train_and_evaluate(config, str(tmp_path / "resumed"), dataset=InterruptedAt(data.build(config), 9))
   assert not os.path.exists(tmp_path / "resumed" / "report.json")
-  train.train_and_evaluate(part, str(tmp_path / "resumed"))
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
   a, b = _final_params(str(tmp_path / "full"), 12), _final_params(str(tmp_path / "resumed"), 12)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
