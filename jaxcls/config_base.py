@@ -59,6 +59,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.task.label_smoothing = 0.0
   # 'none' | 'balanced' (inverse frequency, averaging 1 over the training examples) | a tuple, one per class
   config.task.class_weights = config_dict.FieldReference("none", field_type=object)
+  config.task.threshold = 0.5                  # binary: decision threshold on the sigmoid probability
+  config.task.loss_type = "bce"                # multilabel: 'bce' | 'focal' | 'asymmetric'
+  config.task.focal_gamma = 2.0                # multilabel, focal
+  config.task.asl_gamma_neg = 4.0              # multilabel, asymmetric
+  config.task.asl_gamma_pos = 0.0
+  config.task.asl_clip = 0.05
+  config.task.thresholds = config_dict.FieldReference(0.5, field_type=object)  # multilabel: one, or per label
+  # hierarchical: 'folders' (class names are 'coarse/fine' paths), a JSON file, or one ancestor path per class
+  config.task.tree = config_dict.FieldReference("folders", field_type=object)
+  config.task.level_weights = ()               # hierarchical: loss weight per level, coarsest first (() = all 1)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"                # 'sgd' | 'adamw'

@@ -157,3 +157,14 @@ def test_compiled_step_reports_flops_per_example():
   assert out.shape == (64, 16)
   assert step.flops_per_example == pytest.approx(2 * 32 * 16, rel=0.05)
   assert step.compile_seconds > 0
+
+
+@pytest.mark.parametrize("task, expected_keys", [
+    ({"task.type": "binary", "dataset.num_classes": 2}, {"roc_auc", "best_f1_threshold", "f1"}),
+    ({"task.type": "hierarchical", "task.tree": (("a",), ("a",), ("b",), ("b",))},
+     {"level0_accuracy", "level1_accuracy", "mean_mistake_severity"}),
+])
+def test_other_task_types_train_through_the_loop(make_config, tmp_path, task, expected_keys):
+  result = train.train_and_evaluate(make_config(**task, num_train_steps=4), str(tmp_path))
+  assert result["num_examples"] == 100 and expected_keys <= set(result)
+  assert json.loads((tmp_path / "report.json").read_text())["task"] == task["task.type"]
