@@ -63,7 +63,17 @@ def evaluate(eval_step, state, dataset, task, batch_size: int, mesh,
   return task.finalize(sums.result(), outputs or None), outputs
 
 
-def write_plots(workdir: str, final_report: dict, outputs: dict, class_names) -> list[str]:
+def build_task_and_model(config, info: data.DatasetInfo):
+  """(task, model, resolved task config) for the dataset: the head size comes from the task."""
+  task_config = dict(config.task, class_names=info.class_names)
+  task_config["class_weights"] = resolve_class_weights(config.task.class_weights, info.train_class_counts,
+                                                       info.num_classes)
+  task = tasks.build(task_config, info.num_classes)
+  return task, models.build(config.model, task.num_outputs, config.dtype), task_config
+
+
+def write_plots(workdir: str, final_report: dict, outputs: dict, class_names,
+                metrics_dir: str | None = None) -> list[str]:
   """The report's figures in DIR/plots (skipped, with a warning, when matplotlib is not installed)."""
   try:
     import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
@@ -72,7 +82,7 @@ def write_plots(workdir: str, final_report: dict, outputs: dict, class_names) ->
     return []
   from jaxcls import plots  # pylint: disable=g-import-not-at-top
   return plots.write_all(os.path.join(workdir, "plots"), final_report, outputs or None, class_names,
-                         os.path.join(workdir, writers.JSONL_NAME))
+                         os.path.join(metrics_dir or workdir, writers.JSONL_NAME))
 
 
 def write_skipped_files(workdir: str, dataset, is_main: bool) -> None:
@@ -159,11 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   write_skipped_files(workdir, dataset, is_main)
   dataset = with_sampling(dataset, config.dataset.sampling)
   info = dataset.info
-  task_config = dict(config.task, class_names=info.class_names)
-  task_config["class_weights"] = resolve_class_weights(config.task.class_weights, info.train_class_counts,
-                                                       info.num_classes)
-  task = tasks.build(task_config, info.num_classes)
-  model = models.build(config.model, task.num_outputs, config.dtype)
+  task, model, task_config = build_task_and_model(config, info)
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   num_train_steps, eval_every, ckpt_every = schedule_lengths(config, steps_per_epoch)
   tx, schedule = optim.build_optimizer(config.optimizer, num_train_steps)

@@ -1,0 +1,104 @@
+"""`python -m jaxcls.evaluate --workdir DIR [--split test] [--step N] [--output_dir OUT]`.
+
+Restores the model and its resolved config (DIR/config.json) from a training workdir, evaluates one split exactly
+(every example once), and writes report.json, report.md and plots/ (into DIR unless --output_dir says otherwise),
+then prints a summary. Training writes the same report at its end.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from jaxcls.errors import CheckpointError, ConfigError, JaxclsError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir).")
+
+
+def load_config(workdir: str):
+  """The resolved config a run saved, as a ConfigDict (lists where the original had tuples)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{path} does not exist; --workdir must be a directory that `python -m jaxcls.main` "
+                      "trained into.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None = None,
+                     output_dir: str | None = None) -> dict:
+  """Evaluates checkpoint `step` (default: latest) of `workdir` on `split`; writes and returns the report."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxcls import checkpoint, data, optim, parallel, report, steps, train  # pylint: disable=g-import-not-at-top
+
+  workdir = os.path.abspath(workdir)
+  config = load_config(workdir)
+  if split:
+    config.dataset.eval_split = split
+  mesh = parallel.make_mesh()
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+  dataset = data.build(config)
+  info = dataset.info
+  task, model, _ = train.build_task_and_model(config, info)
+  tx, _ = optim.build_optimizer(config.optimizer, config.num_train_steps)  # the optimizer state's structure
+  init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
+                         use_ema=config.ema_decay > 0, mesh=mesh)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False,
+                                 fingerprint=checkpoint.fingerprint(config, info.num_classes, info.image_shape))
+  try:
+    available = ckpt.all_steps()
+    if not available:
+      raise CheckpointError(f"{ckpt.directory} holds no checkpoint; train first with python -m jaxcls.main.")
+    step = max(available) if step is None else step
+    if step not in available:
+      raise CheckpointError(f"No checkpoint at step {step} in {ckpt.directory}; available: "
+                            f"{', '.join(map(str, sorted(available)))}.")
+    key = jax.random.key(config.seed, impl="rbg")
+    abstract = checkpoint.abstract_with_shardings(jax.eval_shape(init, key), parallel.replicated(mesh))
+    state, _ = ckpt.restore(step, abstract)
+  finally:
+    ckpt.close()
+  eval_step = steps.CompiledOnFirstCall(
+      steps.make_eval_step(model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh),
+      "Eval step (forward)", eval_batch_size / mesh.size)
+  result, outputs = train.evaluate(eval_step, state, dataset, task, eval_batch_size, mesh,
+                                   config.prefetch_to_device)
+  final = {"step": int(step), "split": config.dataset.eval_split, "task": config.task.type,
+           "model": config.model.name, **result}
+  if parallel.is_main_process():
+    output_dir = os.path.abspath(output_dir or workdir)
+    os.makedirs(output_dir, exist_ok=True)
+    plots = train.write_plots(output_dir, final, outputs, info.class_names, metrics_dir=workdir)
+    report.write(output_dir, final, info.class_names, plots)
+  return final
+
+
+def summary(final: dict) -> str:
+  keys = [k for k in ("num_examples", "loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1",
+                      "macro_roc_auc", "ece") if k in final]
+  values = ", ".join(f"{k} {final[k]:.4f}" if isinstance(final[k], float) else f"{k} {final[k]}" for k in keys)
+  return f"{final['model']} at step {final['step']} on the {final['split']} split: {values}"
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value:
+    print("jaxcls: error: --workdir is required.", file=sys.stderr)
+    sys.exit(2)
+  try:
+    final = evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, step=_STEP.value, output_dir=_OUTPUT_DIR.value)
+  except JaxclsError as e:
+    print(f"jaxcls: error: {e}", file=sys.stderr)
+    sys.exit(1)
+  logging.info("%s", summary(final))
+  print(summary(final))
+
+
+if __name__ == "__main__":
+  app.run(main)
