@@ -35,6 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.deterministic = True          # tfds: fixed tf.data order (exact resume); False is a bit faster
   config.dataset.idx_transpose = False         # idx: images stored column-major (EMNIST)
   config.dataset.val_fraction = 0.0            # folder without split folders: also hold out a 'val' split
+  config.dataset.class_depth = 1               # folder: 1 = class folders; 2 = coarse/fine/ folders (hierarchical)
   config.dataset.cache = "auto"                # folder: 'memory' | 'file' (decoded once into .npy files) | 'none'
   config.dataset.cache_limit_mb = 2048         #   'auto' = 'memory' below this decoded size, else 'none' (stream)
   config.dataset.cache_dir = ""                # folder, cache='file': where the arrays go ('' = ~/.cache/jaxcls)

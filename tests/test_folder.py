@@ -250,3 +250,20 @@ def test_random_resized_crop_needs_streaming(messy):
   with pytest.raises(ConfigError, match="cache='none'"):
     build(messy, cache="memory", train_crop="random_resized")
   assert type(build(messy, train_crop="random_resized")).__name__ == "FolderStreamDataset"  # 'auto' streams
+
+
+def test_nested_coarse_fine_folders_feed_the_hierarchical_task(tmp_path):
+  """class_depth=2 reads coarse/fine/ folders; the class names imply the tree for task.tree='folders'."""
+  write_classes(tmp_path / "animal", per_class=5, classes=("cat", "dog"))
+  write_classes(tmp_path / "vehicle", per_class=5, classes=("bus",))
+  ds = build(tmp_path, class_depth=2)
+  assert ds.info.class_names == ("animal/cat", "animal/dog", "vehicle/bus")
+  from jaxcls import tasks
+  task = tasks.build({"type": "hierarchical", "tree": "folders", "class_names": ds.info.class_names}, 3)
+  assert task.num_outputs == 2 + 3  # a coarse head (animal, vehicle) and a fine head
+  os.makedirs(tmp_path / "plant")
+  solid((12, 9), (0, 0, 0)).save(tmp_path / "plant" / "fern.png")  # images directly under a coarse folder
+  with pytest.raises(DataError, match="class_depth=2"):
+    build(tmp_path, class_depth=2)
+  with pytest.raises(ConfigError, match="class_depth=3"):
+    build(tmp_path, class_depth=3)

@@ -43,11 +43,24 @@ def _class_files(class_dir: str) -> tuple[list[str], int]:
   return files, ignored
 
 
-def _read_classes(folder: str) -> tuple[dict[str, list[str]], int]:
+def _read_classes(folder: str, depth: int = 1) -> tuple[dict[str, list[str]], int]:
+  """Class name -> image files. With depth 2, classes are `coarse/fine` folder pairs (for hierarchical tasks)."""
+  if depth not in (1, 2):
+    raise ConfigError(f"dataset.class_depth={depth} is not valid; use 1 (class folders) or 2 (coarse/fine).")
   classes, ignored = {}, 0
   for entry in _visible(folder):
-    if entry.is_dir(follow_symlinks=True):
+    if not entry.is_dir(follow_symlinks=True):
+      continue
+    if depth == 1:
       classes[entry.name], n = _class_files(entry.path)
+      ignored += n
+      continue
+    fine = [e for e in _visible(entry.path) if e.is_dir(follow_symlinks=True)]
+    if not fine:
+      raise DataError(f"{entry.path} holds no fine-class folders, but dataset.class_depth=2 expects "
+                      "coarse/fine/ folders; add them or set dataset.class_depth=1.")
+    for sub in fine:
+      classes[f"{entry.name}/{sub.name}"], n = _class_files(sub.path)
       ignored += n
   return classes, ignored
 
@@ -90,7 +103,7 @@ def _scan_split_folders(path: str, split_dirs: dict[str, str], dataset_config) -
   """train/, val/, test/ each holding the class folders; classes come from train/."""
   splits, by_split, ignored = {}, {}, 0
   for folder, name in split_dirs.items():
-    by_split[name], n = _read_classes(os.path.join(path, folder))
+    by_split[name], n = _read_classes(os.path.join(path, folder), dataset_config.class_depth)
     ignored += n
   train_dir = os.path.join(path, next(f for f, n in split_dirs.items() if n == "train"))
   _check_classes(by_split["train"], train_dir)
@@ -114,7 +127,7 @@ def _normalise(name: str) -> str:
 
 def _scan_and_split(path: str, dataset_config) -> Listing:
   """Class folders directly under `path`: a seeded stratified train / (val) / test split."""
-  classes, ignored = _read_classes(path)
+  classes, ignored = _read_classes(path, dataset_config.class_depth)
   _check_classes(classes, path)
   names = tuple(sorted(classes))
   paths, labels = _as_split(classes, names)
