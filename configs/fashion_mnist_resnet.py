@@ -4,9 +4,10 @@
   python -m jaxcls.main --config configs/fashion_mnist_resnet.py --workdir runs/fashion \
     [--config.dataset.path=/elsewhere/fashion-mnist]
 
-Data: 60,000 train / 10,000 test 28x28 grayscale images, 10 classes. Result: 88.3% test accuracy after 2 epochs
-(936 steps) in 26 minutes wall time, compilation included, on a shared 2-core CPU (84.7% after epoch 1). More
-epochs, or stem='small' on an accelerator, are what it takes to pass 92%.
+Data: 60,000 train / 10,000 test 28x28 grayscale images, 10 classes. Result on a 2-core CPU shared with other
+jobs, compilation included: 89.79% test accuracy (loss 0.275) after these 4 epochs (1,872 steps) in 32 minutes
+wall time; 88.29% after 2 epochs, 84.7% after 1. More epochs, or stem='small' and width=64 on an accelerator, are
+what it takes to pass 92%.
 """
 
 from jaxcls import config_base
@@ -25,7 +26,7 @@ def get_config():
   config.dataset.mean = (0.2860,)
   config.dataset.std = (0.3530,)
 
-  # ResNet-18 at width 32 with the ImageNet stem (28 -> 7 pixels before the first stage), so that two epochs fit
+  # ResNet-18 at width 32 with the ImageNet stem (28 -> 7 pixels before the first stage), so that four epochs fit
   # in about half an hour of a shared 2-core CPU. On an accelerator use stem='small' and width=64 for ~95%.
   config.model.name = "resnet18"
   config.model.stem = "imagenet"
@@ -41,6 +42,6 @@ def get_config():
 
   config.augment = "random_crop(padding=2, mode='constant')|flip_lr"
   config.batch_size = 128
-  config.num_epochs = 2
+  config.num_epochs = 4
   config.log_every_steps = 100
   return config
