@@ -70,6 +70,9 @@ class ArrayDataset(Dataset):
     labels = self._train_labels
     if self.sampling == "uniform":
       return rng.permutation(len(labels))
+    if labels.ndim != 1:
+      raise ConfigError("dataset.sampling='balanced' needs one label per image; these are multi-label sets "
+                        "(use task.class_weights or task.loss_type='asymmetric' for imbalanced labels).")
     counts = np.bincount(labels)
     p = 1.0 / (np.count_nonzero(counts) * counts[labels])
     return rng.choice(len(labels), size=size, replace=True, p=p / p.sum())
@@ -140,6 +143,13 @@ def from_arrays(train_images: np.ndarray, train_labels: np.ndarray, eval_images:
   mean, std = prepare.channel_stats(train_images)
   info = DatasetInfo(num_classes=num_classes, class_names=tuple(class_names), image_shape=train_images.shape[1:],
                      num_train=len(train_labels), num_eval=len(eval_labels), mean=mean, std=std,
-                     train_class_counts=tuple(np.bincount(train_labels, minlength=num_classes)))
+                     train_class_counts=tuple(_class_counts(train_labels, num_classes)))
   return ArrayDataset(info, (train_images, train_labels), (eval_images, eval_labels),
                       process_index=process_index, process_count=process_count)
+
+
+def _class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Examples per class; for multi-hot label sets, the positives per class."""
+  if labels.ndim == 2:
+    return labels.sum(0)
+  return np.bincount(labels, minlength=num_classes)

@@ -46,10 +46,17 @@ def as_uint8_images(images: np.ndarray, *, what: str) -> np.ndarray:
 
 
 def as_labels(labels: np.ndarray, count: int, *, what: str) -> np.ndarray:
-  """Integer labels of shape [N] (or [N, 1]) as int32 [N], one per image."""
+  """Integer labels of shape [N] (or [N, 1]) as int32 [N]; or multi-hot [N, K] label sets as int32 [N, K]."""
   labels = np.asarray(labels)
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
+  if labels.ndim == 2 and len(labels) == count:
+    if labels.dtype != bool and not np.issubdtype(labels.dtype, np.integer):
+      raise DataError(f"{what} have dtype {labels.dtype}; multi-label sets must be 0/1 integers or booleans [N, K].")
+    if len(labels) and not np.isin(labels, (0, 1)).all():
+      raise DataError(f"{what} are a [N, K] array with values other than 0 and 1; a multi-label set is one 0/1 "
+                      "column per class (multi-hot).")
+    return labels.astype(np.int32)
   if labels.ndim != 1 or len(labels) != count:
     raise DataError(f"{what} have shape {labels.shape}; expected [{count}] (one integer label per image).")
   if not np.issubdtype(labels.dtype, np.integer):
@@ -61,7 +68,20 @@ def as_labels(labels: np.ndarray, count: int, *, what: str) -> np.ndarray:
 
 def check_labels(train_labels: np.ndarray, eval_labels: np.ndarray, class_names: Optional[Sequence[str]], *,
                  what: str) -> int:
-  """The number of classes, after checking that labels are 0..K-1 (contiguous unless class_names fixes K)."""
+  """The number of classes, after checking that labels are 0..K-1 (contiguous unless class_names fixes K).
+
+  Multi-hot [N, K] label sets have K classes: one column each.
+  """
+  if train_labels.ndim == 2 or eval_labels.ndim == 2:
+    widths = {labels.shape[1] if labels.ndim == 2 else None for labels in (train_labels, eval_labels)}
+    if len(widths) != 1 or None in widths:
+      raise DataError(f"The {what} training and eval labels must both be multi-hot [N, K] with the same K, or both "
+                      "one integer per image.")
+    num_classes = widths.pop()
+    if class_names is not None and len(class_names) != num_classes:
+      raise DataError(f"The {what} label sets have {num_classes} columns but there are {len(class_names)} class "
+                      "names; give one name per column.")
+    return num_classes
   largest = int(max(train_labels.max(initial=0), eval_labels.max(initial=0)))
   if class_names is not None:
     num_classes = len(class_names)

@@ -41,10 +41,12 @@ def select(dataset_config, images: np.ndarray, labels: np.ndarray):
   labels = np.asarray(labels)
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
-  if len(images) != len(labels) or labels.ndim != 1:
+  if len(images) != len(labels) or labels.ndim not in (1, 2):
     raise DataError(f"There are {len(images)} images but labels of shape {np.shape(labels)}; give one integer "
-                    "label per image.")
-  train, test = held_out_split(labels, dataset_config.test_fraction, dataset_config.split_seed)
+                    "label per image, or one multi-hot row [K] per image.")
+  # Multi-label sets are stratified by their first positive class (a row without one counts as class 0).
+  strata = labels if labels.ndim == 1 else np.argmax(labels, axis=1)
+  train, test = held_out_split(strata, dataset_config.test_fraction, dataset_config.split_seed)
   parts = {"train": train, "test": test}
   chosen = []
   for key in ("train_split", "eval_split"):
