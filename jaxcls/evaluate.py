@@ -74,7 +74,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   if parallel.is_main_process():
     output_dir = os.path.abspath(output_dir or workdir)
     os.makedirs(output_dir, exist_ok=True)
-    plots = train.write_plots(output_dir, final, outputs, info.class_names, metrics_dir=workdir)
+    plots = train.write_plots(output_dir, final, outputs, info.class_names, metrics_dir=workdir, dataset=dataset,
+                              batch_size=eval_batch_size)
     report.write(output_dir, final, info.class_names, plots)
   return final
 

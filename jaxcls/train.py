@@ -72,17 +72,54 @@ def build_task_and_model(config, info: data.DatasetInfo):
   return task, models.build(config.model, task.num_outputs, config.dtype), task_config
 
 
-def write_plots(workdir: str, final_report: dict, outputs: dict, class_names,
-                metrics_dir: str | None = None) -> list[str]:
-  """The report's figures in DIR/plots (skipped, with a warning, when matplotlib is not installed)."""
+def predictions_of(final_report: dict, outputs: dict) -> np.ndarray | None:
+  """Each eval example's predicted class for single-label tasks (None for multi-label sets)."""
+  probs, labels = outputs.get("probs"), outputs.get("labels")
+  if probs is None or labels is None or labels.ndim != 1:
+    return None
+  if probs.ndim == 1:  # binary: the probability of the positive class against the decision threshold
+    return (probs >= final_report.get("threshold", 0.5)).astype(np.int64)
+  return probs.argmax(1)
+
+
+def misclassified_images(dataset, batch_size: int, wrong_rows: np.ndarray) -> np.ndarray:
+  """The eval images at `wrong_rows` (indices into the split's valid rows, in order), read again on the host."""
+  wanted, found, row = set(int(r) for r in wrong_rows), {}, 0
+  for batch in dataset.eval_batches(batch_size):
+    for image in batch["image"][batch["mask"]]:
+      if row in wanted:
+        found[row] = image
+      row += 1
+    if len(found) == len(wanted):
+      break
+  return np.stack([found[int(r)] for r in wrong_rows])
+
+
+def write_plots(workdir: str, final_report: dict, outputs: dict, class_names, metrics_dir: str | None = None,
+                dataset=None, batch_size: int | None = None, max_images: int = 36) -> list[str]:
+  """The report's figures in DIR/plots (skipped, with a warning, when matplotlib is not installed).
+
+  With the dataset, a single-process run also draws a grid of misclassified eval images (with several
+  processes each holds only its share of the images, so the grid is left out).
+  """
   try:
     import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     logging.warning("matplotlib is not installed, so DIR/plots is not written; pip install 'jaxcls[plots]'.")
     return []
   from jaxcls import plots  # pylint: disable=g-import-not-at-top
-  return plots.write_all(os.path.join(workdir, "plots"), final_report, outputs or None, class_names,
-                         os.path.join(metrics_dir or workdir, writers.JSONL_NAME))
+  plots_dir = os.path.join(workdir, "plots")
+  written = plots.write_all(plots_dir, final_report, outputs or None, class_names,
+                            os.path.join(metrics_dir or workdir, writers.JSONL_NAME))
+  predicted = predictions_of(final_report, outputs or {})
+  if dataset is not None and predicted is not None and jax.process_count() == 1:
+    labels = outputs["labels"]
+    wrong = np.flatnonzero(predicted != labels)[:max_images]
+    if len(wrong):
+      images = misclassified_images(dataset, batch_size, wrong)
+      written.append(plots.misclassified_grid(images, labels[wrong], predicted[wrong], class_names,
+                                              os.path.join(plots_dir, "misclassified.png"), max_images))
+  return written
 
 
 def write_skipped_files(workdir: str, dataset, is_main: bool) -> None:
@@ -273,7 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   final_report = {"step": int(parallel.to_host(state.step)), "split": config.dataset.eval_split,
                   "task": config.task.type, "model": config.model.name, **final}
   if is_main:
-    plot_paths = write_plots(workdir, final_report, final_outputs, info.class_names)
+    plot_paths = write_plots(workdir, final_report, final_outputs, info.class_names, dataset=dataset,
+                             batch_size=eval_batch_size)
     report.write(workdir, final_report, info.class_names, plot_paths)
   logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", final_report["split"],
                final_report["step"], final["loss"], final["accuracy"])

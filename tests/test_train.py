@@ -67,8 +67,11 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   y = np.concatenate(labels)
   assert result["macro_roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr"), abs=1e-5)
   assert result["macro_f1"] == pytest.approx(skm.f1_score(y, probs.argmax(1), average="macro"), abs=1e-9)
-  for name in ("confusion.png", "per_class_f1.png", "roc_pr.png", "training_curves.png"):
+  for name in ("confusion.png", "per_class_f1.png", "roc_pr.png", "training_curves.png", "misclassified.png"):
     assert os.path.getsize(tmp_path / "plots" / name) > 1000, name
+  # The grid shows the right images: re-read on the host, they are the eval rows the model got wrong.
+  wrong = np.flatnonzero(np.argmax(logits, -1) != y)[:36]
+  np.testing.assert_array_equal(train.misclassified_images(ds, 48, wrong), np.concatenate(images)[wrong])
   assert "plots/confusion.png" in (tmp_path / "report.md").read_text()
 
 
