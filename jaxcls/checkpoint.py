@@ -71,9 +71,23 @@ class Checkpointer:
   def read_meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-  def read_state(self, step: int) -> Any:
-    """The saved state as a nested dict of arrays, without a target structure (for inspection and tools)."""
-    return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  def read_state(self, step: int, sharding=None) -> Any:
+    """The saved state as a nested dict of arrays, without a target structure (for inspection and tools).
+
+    Shapes and dtypes come from the checkpoint's own metadata, so any optimizer's state reads back, on any
+    device count; every array lands whole on `sharding` (default: this process's first device).
+    """
+    path = os.path.join(self.directory, str(step), "state")
+    reader = ocp.StandardCheckpointer()
+    try:
+      tree = reader.metadata(path).item_metadata
+      sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+      return reader.restore(path, target)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+      raise CheckpointError(f"Cannot read the checkpoint at {path} ({str(e).splitlines()[0][:300]}).") from e
+    finally:
+      reader.close()
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """The state at `step`, placed as `abstract_state` says, and its meta; CheckpointError on a mismatch."""

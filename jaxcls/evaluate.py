@@ -5,13 +5,12 @@ Restores the model and its resolved config (DIR/config.json) from a training wor
 then prints a summary. Training writes the same report at its end.
 """
 
-import json
 import os
 import sys
 
 from absl import app, flags, logging
 
-from jaxcls.errors import CheckpointError, ConfigError, JaxclsError
+from jaxcls.errors import JaxclsError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
@@ -19,51 +18,28 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir).")
 
 
-def load_config(workdir: str):
-  """The resolved config a run saved, as a ConfigDict (lists where the original had tuples)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise ConfigError(f"{path} does not exist; --workdir must be a directory that `python -m jaxcls.main` "
-                      "trained into.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None = None,
                      output_dir: str | None = None) -> dict:
   """Evaluates checkpoint `step` (default: latest) of `workdir` on `split`; writes and returns the report."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxcls import checkpoint, data, optim, parallel, report, steps, train  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxcls import data, parallel, report, restore, steps, train  # pylint: disable=g-import-not-at-top
+  from jaxcls.state import TrainState  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
-  config = load_config(workdir)
+  config = restore.load_config(workdir)
   if split:
     config.dataset.eval_split = split
   mesh = parallel.make_mesh()
   eval_batch_size = config.eval_batch_size or config.batch_size
   parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+  step = restore.resolve_step(workdir, step)
   dataset = data.build(config)
   info = dataset.info
   task, model, _ = train.build_task_and_model(config, info)
-  tx, _ = optim.build_optimizer(config.optimizer, config.num_train_steps)  # the optimizer state's structure
-  init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
-                         use_ema=config.ema_decay > 0, mesh=mesh)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False,
-                                 fingerprint=checkpoint.fingerprint(config, info.num_classes, info.image_shape))
-  try:
-    available = ckpt.all_steps()
-    if not available:
-      raise CheckpointError(f"{ckpt.directory} holds no checkpoint; train first with python -m jaxcls.main.")
-    step = max(available) if step is None else step
-    if step not in available:
-      raise CheckpointError(f"No checkpoint at step {step} in {ckpt.directory}; available: "
-                            f"{', '.join(map(str, sorted(available)))}.")
-    key = jax.random.key(config.seed, impl="rbg")
-    abstract = checkpoint.abstract_with_shardings(jax.eval_shape(init, key), parallel.replicated(mesh))
-    state, _ = ckpt.restore(step, abstract)
-  finally:
-    ckpt.close()
+  # Only what evaluation reads (the moving average when one was kept), so any optimizer's checkpoint fits.
+  variables = restore.read_variables(workdir, step)
+  state = parallel.replicate(TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
+                                        batch_stats=variables["batch_stats"], opt_state={}, ema_params={}), mesh)
   eval_step = steps.CompiledOnFirstCall(
       steps.make_eval_step(model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh),
       "Eval step (forward)", eval_batch_size / mesh.size)
