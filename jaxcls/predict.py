@@ -1,0 +1,258 @@
+"""`python -m jaxcls.predict --workdir DIR PATH... [--step N] [--top_k 5] [--output predictions.csv|.json]`.
+
+Restores a trained model with its config and class names from a workdir, preprocesses image files exactly as that
+workdir's evaluation did (jaxcls/preprocess.py, then `steps.normalize` on the device), batches them across the
+local devices, and prints one line per file: the top-k classes with probabilities (binary: the positive-class
+probability against the threshold; multi-label: the labels at or above their thresholds; hierarchical: the
+predicted path). Folders are searched recursively for image files. A file that cannot be read gets an error line
+(and an error row in --output) while the others go on; the exit status is non-zero only when every file failed.
+"""
+
+import csv
+import json
+import math
+import os
+import sys
+from typing import Callable
+
+import numpy as np
+from absl import app, flags, logging
+
+from jaxcls.errors import ConfigError, JaxclsError
+
+OUTPUT_FORMATS = (".csv", ".json")
+_FILES_PER_CHUNK = 1024  # files decoded at a time, so memory stays bounded for large folders
+
+
+def model_variables(restored) -> dict:
+  """The variables the eval step applies: params, and batch statistics only for models that keep them."""
+  variables = {"params": restored.variables["params"]}
+  if restored.variables.get("batch_stats"):
+    variables["batch_stats"] = restored.variables["batch_stats"]
+  return variables
+
+
+def inference_function(restored) -> Callable:
+  """probabilities(variables, uint8 images [B, H, W, C]) -> the probabilities the eval step computes.
+
+  Same normalisation, compute dtype and eval-mode forward pass as `steps.make_eval_step`, and the task's own
+  `eval_outputs` turns logits into probabilities: [B, K] (softmax, sigmoids or leaf probabilities) or [B] for a
+  binary task (the positive class). Pure and not jitted, so `predict` jits it and `export` exports it.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxcls import steps  # pylint: disable=g-import-not-at-top
+  task, model, info = restored.task, restored.model, restored.info
+  dtype = steps.DTYPES[restored.config.dtype]
+
+  def probabilities(variables, images):
+    logits = model.apply(variables, steps.normalize(images, info.mean, info.std, dtype), train=False)
+    rows = images.shape[0]
+    return task.eval_outputs(logits, jnp.zeros((rows,), jnp.int32), jnp.ones((rows,), bool))["probs"]
+
+  return probabilities
+
+
+class Predictor:
+  """Probabilities for uint8 image batches, sharded over the local devices; compiled once per batch shape."""
+
+  def __init__(self, restored, *, batch_size: int | None = None, devices=None):
+    import jax  # pylint: disable=g-import-not-at-top
+    from jaxcls import parallel  # pylint: disable=g-import-not-at-top
+    self._mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
+    per_batch = batch_size or restored.config.eval_batch_size or restored.config.batch_size
+    if per_batch < 1:
+      raise ConfigError(f"--batch_size={per_batch} must be at least 1.")
+    self._devices = self._mesh.devices.size
+    self.batch_size = math.ceil(per_batch / self._devices) * self._devices
+    self._sharded = parallel.batch_sharded(self._mesh)
+    self._variables = parallel.replicate(model_variables(restored), self._mesh)
+    self._forward = jax.jit(inference_function(restored),
+                            in_shardings=(parallel.replicated(self._mesh), self._sharded),
+                            out_shardings=parallel.replicated(self._mesh))
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    """float32 probabilities of uint8 [N, H, W, C] images, in order.
+
+    Full batches have `batch_size` rows; the last one is padded with zero images only up to a multiple of the
+    device count (at most two shapes to compile), and the padding rows are dropped.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = np.asarray(images[start:start + self.batch_size])
+      rows = len(chunk)
+      padded = math.ceil(rows / self._devices) * self._devices
+      if padded != rows:
+        chunk = np.concatenate([chunk, np.zeros((padded - rows,) + chunk.shape[1:], chunk.dtype)])
+      probs = self._forward(self._variables, jax.device_put(chunk, self._sharded))
+      out.append(np.asarray(probs, np.float32)[:rows])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def describe(task, class_names, probs: np.ndarray, top_k: int) -> dict:
+  """One image's prediction as a record, from its probabilities (one row of `Predictor` output).
+
+  Every record has `prediction` (a class name; multi-label: the labels joined by ';'), `probability` (of that
+  class; None for multi-label) and `top_k` ([[class, probability], ...], most probable first). Binary adds the
+  `threshold` and `positive` ([positive class, its probability]); multi-label the `labels` at or above their
+  thresholds; hierarchical the `hierarchy` (node names from the coarsest level to the leaf). Decisions compare
+  float32 probabilities with float32 thresholds, as the task's own `predict` does on the device.
+  """
+  from jaxcls.tasks import binary, hierarchical, multilabel  # pylint: disable=g-import-not-at-top
+  probs = np.asarray(probs, np.float32)
+  if isinstance(task, binary.Binary):
+    positive = float(probs)
+    pair = np.array([1.0 - positive, positive])
+    chosen = int(probs >= np.float32(task.threshold))
+    return {"prediction": class_names[chosen], "probability": float(pair[chosen]),
+            "top_k": _ranked(class_names, pair, top_k), "threshold": task.threshold,
+            "positive": [class_names[1], positive]}
+  ranked = _ranked(class_names, probs, top_k)
+  if isinstance(task, multilabel.MultiLabel):
+    above = np.flatnonzero(probs >= np.asarray(task.thresholds, np.float32))
+    above = above[np.argsort(-probs[above], kind="stable")]
+    labels = [[class_names[i], float(probs[i])] for i in above]
+    return {"prediction": ";".join(name for name, _ in labels), "probability": None, "top_k": ranked,
+            "labels": labels}
+  record = {"prediction": ranked[0][0], "probability": ranked[0][1], "top_k": ranked}
+  if isinstance(task, hierarchical.Hierarchical):
+    leaf = int(np.argmax(probs))
+    tree = task.tree
+    record["hierarchy"] = [tree.level_names[level][tree.paths[leaf][level]] for level in range(tree.depth)]
+  return record
+
+
+def _ranked(class_names, probs: np.ndarray, top_k: int) -> list:
+  order = np.argsort(-probs, kind="stable")[:top_k]
+  return [[class_names[i], float(probs[i])] for i in order]
+
+
+def predict_files(restored, paths: list[str], *, top_k: int = 5, batch_size: int | None = None,
+                  workers: int = 0) -> list[dict]:
+  """A record per image file under `paths` (see `describe`), in order, with `path` and `error` (None or why)."""
+  from jaxcls import preprocess  # pylint: disable=g-import-not-at-top
+  if top_k < 1:
+    raise ConfigError(f"--top_k={top_k} must be at least 1.")
+  preprocessing = preprocess.from_config(restored.config)
+  files = preprocess.find_images(list(paths))
+  predictor = Predictor(restored, batch_size=batch_size)
+  names = list(restored.info.class_names)
+  records = []
+  for start in range(0, len(files), _FILES_PER_CHUNK):
+    chunk = files[start:start + _FILES_PER_CHUNK]
+    images, errors = preprocess.load(chunk, preprocessing, workers)
+    probs = iter(predictor(images))
+    for path, error in zip(chunk, errors):
+      if error is not None:
+        records.append({"path": path, "error": error})
+      else:
+        records.append({"path": path, "error": None, **describe(restored.task, names, next(probs), top_k)})
+  return records
+
+
+def format_line(record: dict) -> str:
+  """One printed line per file."""
+  path = record["path"]
+  if record["error"]:
+    return f"{path}: error: {record['error']}"
+  ranked = ", ".join(f"{name} {p:.4f}" for name, p in record["top_k"])
+  if "threshold" in record:
+    name, p = record["positive"]
+    relation = ">=" if p >= record["threshold"] else "<"
+    return f"{path}: {record['prediction']} (P({name}) {p:.4f} {relation} threshold {record['threshold']:g})"
+  if "labels" in record:
+    shown = ", ".join(f"{name} {p:.4f}" for name, p in record["labels"]) or "no label at or above its threshold"
+    return f"{path}: {shown} (top: {ranked})"
+  if "hierarchy" in record:
+    return f"{path}: {' > '.join(record['hierarchy'])} {record['probability']:.4f} (top: {ranked})"
+  return f"{path}: {ranked}"
+
+
+def write_output(path: str, records: list[dict], header: dict) -> None:
+  """Writes the records as JSON ({**header, 'predictions': records}) or CSV (one row per file)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if path.lower().endswith(".json"):
+    with open(path, "w") as f:
+      json.dump({**header, "predictions": records}, f, indent=1)
+    return
+  top_k = max((len(r.get("top_k", ())) for r in records), default=0)
+  columns = ["path", "prediction", "probability"]
+  extras = [key for key in ("threshold", "labels", "hierarchy") if any(key in r for r in records)]
+  columns += extras
+  for rank in range(1, top_k + 1):
+    columns += [f"class_{rank}", f"probability_{rank}"]
+  columns.append("error")
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for record in records:
+      row = {"path": record["path"], "error": record["error"] or "", "prediction": record.get("prediction", ""),
+             "probability": _cell(record.get("probability"))}
+      row["threshold"] = _cell(record.get("threshold"))
+      row["labels"] = ";".join(f"{name}={p:.6g}" for name, p in record.get("labels", ()))
+      row["hierarchy"] = " > ".join(record.get("hierarchy", ()))
+      for rank, (name, p) in enumerate(record.get("top_k", ()), start=1):
+        row[f"class_{rank}"], row[f"probability_{rank}"] = name, _cell(p)
+      writer.writerow([row.get(column, "") for column in columns])
+
+
+def _cell(value) -> str:
+  return "" if value is None else repr(float(value))
+
+
+def check_output_path(path: str | None) -> None:
+  if path and os.path.splitext(path)[1].lower() not in OUTPUT_FORMATS:
+    raise ConfigError(f"--output={path} must end in {' or '.join(OUTPUT_FORMATS)}.")
+
+
+def run(workdir: str, paths: list[str], *, step: int | None = None, top_k: int = 5, batch_size: int | None = None,
+        output: str | None = None, workers: int = 0, out=sys.stdout) -> int:
+  """The command: prints a line per file, writes --output, returns the exit status (1 when every file failed)."""
+  from jaxcls import restore  # pylint: disable=g-import-not-at-top
+  check_output_path(output)
+  if not paths:
+    raise ConfigError("Give the image files or folders to predict on after the flags, e.g. "
+                      "`python -m jaxcls.predict --workdir DIR photo.jpg folder/`.")
+  restored = restore.restore(workdir, step)
+  records = predict_files(restored, paths, top_k=top_k, batch_size=batch_size, workers=workers)
+  for record in records:
+    print(format_line(record), file=out)
+  failed = sum(1 for r in records if r["error"])
+  if output:
+    write_output(output, records, {"workdir": restored.workdir, "step": restored.step,
+                                   "task": restored.config.task.type, "model": restored.config.model.name})
+  logging.info("Predicted %d image file(s) with %s at step %d; %d could not be read.", len(records) - failed,
+               restored.config.model.name, restored.step, failed)
+  if failed:
+    print(f"jaxcls: {failed} of {len(records)} file(s) could not be read.", file=sys.stderr)
+  return 1 if failed == len(records) else 0
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
+  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
+  flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the latest).")
+  flags.DEFINE_integer("top_k", 5, "Classes listed per image (at most the number of classes).")
+  flags.DEFINE_integer("batch_size", None, "Images per forward pass, over all local devices (default: the config's "
+                       "eval batch size).")
+  flags.DEFINE_string("output", None, "Also write every prediction to this .csv or .json file.")
+  flags.DEFINE_integer("workers", 0, "Decoding threads (0 = one per CPU core).")
+
+
+def main(argv):
+  args = flags.FLAGS
+  if not args.workdir:
+    print("jaxcls: error: --workdir is required.", file=sys.stderr)
+    sys.exit(2)
+  try:
+    status = run(args.workdir, argv[1:], step=args.step, top_k=args.top_k, batch_size=args.batch_size,
+                 output=args.output, workers=args.workers)
+  except JaxclsError as e:
+    print(f"jaxcls: error: {e}", file=sys.stderr)
+    sys.exit(1)
+  sys.exit(status)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
