@@ -4,12 +4,31 @@ import json
 import os
 from typing import Any, Sequence
 
+import numpy as np
+
 
 def write(workdir: str, report: dict[str, Any], class_names: Sequence[str], plot_paths: Sequence[str] = ()) -> None:
   """Writes DIR/report.json and DIR/report.md (atomically, so a kill never leaves half a file)."""
+  spread = recall_spread(report, class_names)
+  if spread:
+    report["recall_spread"] = spread
   _atomic_write(os.path.join(workdir, "report.json"), json.dumps(report, indent=1) + "\n")
   plots = [os.path.relpath(p, workdir) for p in plot_paths]
   _atomic_write(os.path.join(workdir, "report.md"), markdown(report, class_names, plots))
+
+
+def recall_spread(report: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any] | None:
+  """How unevenly the classes are served: the lowest and highest per-class recall, their gap and std."""
+  recall = report.get("per_class_recall") or report.get("recall")
+  if not recall:
+    return None
+  named = [(r, n) for r, n in zip(recall, class_names) if r is not None]
+  if not named:
+    return None
+  values = np.asarray([r for r, _ in named], np.float64)
+  low, high = min(named), max(named)
+  return {"min": low[0], "min_class": low[1], "max": high[0], "max_class": high[1],
+          "gap": float(high[0] - low[0]), "std": float(values.std())}
 
 
 def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence[str] = ()) -> str:
@@ -20,21 +39,58 @@ def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence
       lines.append(f"| {key} | {value:.4f} |")
     elif isinstance(value, int) and key != "step":
       lines.append(f"| {key} | {value} |")
-  recall = report.get("per_class_recall")
+  lines += _per_class(report, class_names)
   confusion = report.get("confusion_matrix")
-  if recall and confusion:
-    lines += ["", "## Per class", "", "| class | examples | recall |", "|---|---|---|"]
-    for name, row, r in zip(class_names, confusion, recall):
-      lines.append(f"| {name} | {sum(row)} | {'n/a' if r is None else f'{r:.4f}'} |")
+  if confusion:
     pairs = [(confusion[i][j], class_names[i], class_names[j])
              for i in range(len(confusion)) for j in range(len(confusion)) if i != j and confusion[i][j]]
     if pairs:
       lines += ["", "## Most confused (true -> predicted)", "", "| true | predicted | count |", "|---|---|---|"]
       for count, true, pred in sorted(pairs, reverse=True)[:10]:
         lines.append(f"| {true} | {pred} | {count} |")
+  lines += _per_group(report.get("per_group"))
   if plots:
     lines += ["", "## Figures", ""] + [f"![{os.path.basename(p)}]({p})" for p in plots]
   return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+  return "n/a" if value is None else f"{value:.4f}"
+
+
+def _per_class(report: dict[str, Any], class_names: Sequence[str]) -> list[str]:
+  """The per-class table, the worst classes by F1, and the spread of per-class recall."""
+  f1, precision, support = report.get("f1"), report.get("precision"), report.get("support")
+  recall = report.get("per_class_recall") or report.get("recall")
+  if not (f1 and precision and recall and support) or len(f1) != len(class_names):
+    return []
+  lines = ["", "## Per class", "", "| class | examples | precision | recall | F1 |", "|---|---|---|---|---|"]
+  for name, n, p, r, f in zip(class_names, support, precision, recall, f1):
+    lines.append(f"| {name} | {n} | {_fmt(p)} | {_fmt(r)} | {_fmt(f)} |")
+  present = [(f, name, n) for f, name, n in zip(f1, class_names, support) if n]
+  worst = sorted(present)[:5]
+  if len(present) > 1:
+    lines += ["", "## Worst classes (lowest F1)", "", "| class | F1 | examples |", "|---|---|---|"]
+    lines += [f"| {name} | {f:.4f} | {n} |" for f, name, n in worst]
+  spread = recall_spread(report, class_names)
+  if spread and len(present) > 1:
+    lines += ["", f"Per-class recall ranges from {spread['min']:.4f} ({spread['min_class']}) to "
+              f"{spread['max']:.4f} ({spread['max_class']}): a gap of {spread['gap']:.4f} (std "
+              f"{spread['std']:.4f})."]
+  return lines
+
+
+def _per_group(groups: dict[str, Any] | None) -> list[str]:
+  if not groups:
+    return []
+  table = groups["groups"]
+  columns = [k for k in next(iter(table.values())) if k != "num_examples"]
+  lines = ["", "## Per group", "", "| group | examples | " + " | ".join(columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
+  for name, row in table.items():
+    lines.append(f"| {name} | {row['num_examples']} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+  lines += ["", f"Worst group by {groups['metric']}: {groups['worst_group']} ({groups['gap']:.4f} below the best)."]
+  return lines
 
 
 def _atomic_write(path: str, text: str) -> None:

@@ -9,6 +9,8 @@ Needs torch and torchvision, so CI (which has neither) skips it; run it in a sep
 Every float tensor that torchvision initialises to a constant (batch-norm affine terms, ConvNeXt's layer scale,
 ViT's class token and zero head) is randomised first, and batch-norm running statistics are measured on random
 images (so they differ per channel, yet keep logits near unit scale), so a wrong mapping of any of them shows.
+The last norm of each ResNet block is scaled down as training leaves it (see `_damp_residual_branches`), so that
+float32 rounding in the deep ResNets stays far below the 1e-4 tolerance.
 Inputs are small where the architecture allows (64x64; 96x96 for AlexNet's 11x11/4 stem), which also exercises
 the adaptive pools on sizes that do not divide evenly.
 """
@@ -54,6 +56,23 @@ def _randomise_constants(module) -> None:
         tensor.copy_(noise)
 
 
+def _damp_residual_branches(module) -> None:
+  """Scales the last norm of each ResNet block by 0.2, as training leaves it (and `zero_init_residual` starts it).
+
+  With every block adding a unit-scale branch, the residual stream of ResNet-101/152 grows so large that float32
+  rounding alone moves torchvision's own logits by 3e-4 to 8e-4 from its float64 logits, which hides what the test
+  is for (measured: torch float32 vs float64 4.8e-4 on ResNet-101 undamped, 1.7e-6 damped). The scaled weights stay
+  random, so a wrong mapping of them still shows.
+  """
+  resnet = torchvision.models.resnet
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, resnet.Bottleneck):
+        m.bn3.weight.mul_(0.2)
+      elif isinstance(m, resnet.BasicBlock):
+        m.bn2.weight.mul_(0.2)
+
+
 def _calibrate_batch_norm(module, side: int) -> None:
   """Running stats measured on random images, so eval-mode activations (and logits) stay near unit scale."""
   norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -72,6 +91,7 @@ def _torch_model(builder: str, side: int):
   torch.manual_seed(0)
   model = getattr(torchvision.models, builder)(weights=None, num_classes=NUM_CLASSES)
   _randomise_constants(model)
+  _damp_residual_branches(model)
   _calibrate_batch_norm(model, side)
   return model.eval()
 

@@ -1,7 +1,9 @@
 """The `arrays` source: the user's own numpy arrays on disk.
 
 `dataset.path` is either one .npz file (split into train / held-out test like digits), or a folder holding
-`{split}.npz` or `{split}_images.npy` + `{split}_labels.npy` for `train_split` and `eval_split`. Arrays are
+`{split}.npz` or `{split}_images.npy` + `{split}_labels.npy` for `train_split` and `eval_split`. An optional
+array named by `dataset.group_key` (default 'groups'; `{split}_groups.npy`), one name or number per image, marks
+each example's group (site, scanner, ...) for the report's per-group metrics. Arrays are
 memory-mapped where the format allows (.npy, and .npz written by `np.savez` without compression), so a process
 reads only the rows of its own batches.
 """
@@ -29,31 +31,47 @@ def load(config, *, process_index: int, process_count: int) -> ArrayDataset:
   if not path:
     raise ConfigError("dataset.path is empty; set it to an .npz file or to a folder of {split}.npz files.")
   if os.path.isfile(path):
-    images, labels, class_names = _read_npz(path, ds.image_key, ds.label_key)
-    arrays = split.select(ds, images, labels)
+    images, labels, class_names, groups = _read_npz(path, ds)
+    labels = split.check_labels(images, labels)
+    train_idx, eval_idx = split.select_indices(ds, labels)
+    arrays = (images[train_idx], labels[train_idx], images[eval_idx], labels[eval_idx])
+    eval_groups = None if groups is None else _check_groups(groups, len(labels), path)[eval_idx]
   elif os.path.isdir(path):
-    train_images, train_labels, class_names = _read_split(path, ds.train_split, ds)
+    train_images, train_labels, class_names, train_groups = _read_split(path, ds.train_split, ds)
     if ds.eval_split == ds.train_split:
-      eval_images, eval_labels = train_images, train_labels
+      eval_images, eval_labels, groups = train_images, train_labels, train_groups
     else:
-      eval_images, eval_labels, _ = _read_split(path, ds.eval_split, ds)
+      eval_images, eval_labels, _, groups = _read_split(path, ds.eval_split, ds)
+    eval_groups = None if groups is None else _check_groups(groups, len(eval_labels), f"{path} ({ds.eval_split})")
     arrays = (train_images, train_labels, eval_images, eval_labels)
   else:
     raise DataError(f"dataset.path={ds.path!r} does not exist; point it at an .npz file or a folder of "
                     "{split}.npz files.")
-  return from_arrays(*arrays, class_names=class_names, image_size=ds.image_size,
-                     process_index=process_index, process_count=process_count, source=f"arrays ({ds.path})")
+  dataset = from_arrays(*arrays, class_names=class_names, image_size=ds.image_size,
+                        process_index=process_index, process_count=process_count, source=f"arrays ({ds.path})")
+  dataset.eval_groups = eval_groups
+  return dataset
 
+
+def _check_groups(groups: np.ndarray, count: int, where: str) -> np.ndarray:
+  """One group name per example, as strings."""
+  groups = np.asarray(groups)
+  if groups.ndim != 1 or len(groups) != count:
+    raise DataError(f"{where}: the group array has shape {groups.shape} but there are {count} examples; give one "
+                    "group name or number per example (or remove the array / change dataset.group_key).")
+  return np.asarray([str(g) for g in groups], object)
 
 def _read_split(folder: str, name: str, ds):
-  """(images, labels, class_names or None) of split `name` from `{name}.npz` or the `.npy` pair."""
+  """(images, labels, class_names or None, groups or None) of split `name` from `{name}.npz` or `.npy` files."""
   npz = os.path.join(folder, f"{name}.npz")
   if os.path.isfile(npz):
-    return _read_npz(npz, ds.image_key, ds.label_key)
+    return _read_npz(npz, ds)
   image_file = os.path.join(folder, f"{name}_images.npy")
   label_file = os.path.join(folder, f"{name}_labels.npy")
+  group_file = os.path.join(folder, f"{name}_{ds.group_key}.npy")
   if os.path.isfile(image_file) and os.path.isfile(label_file):
-    return _load_npy(image_file), _load_npy(label_file), None
+    groups = np.load(group_file, allow_pickle=False) if os.path.isfile(group_file) else None
+    return _load_npy(image_file), _load_npy(label_file), None, groups
   present = ", ".join(sorted(os.listdir(folder))[:10]) or "nothing"
   raise DataError(f"Split {name!r} is missing from {folder}: expected {name}.npz or {name}_images.npy with "
                   f"{name}_labels.npy (the folder holds {present}); add the file or set dataset.train_split/"
@@ -67,8 +85,9 @@ def _load_npy(path: str) -> np.ndarray:
     raise DataError(f"{path} cannot be read as a numeric array ({e}); save it with np.save from a numeric array.")
 
 
-def _read_npz(path: str, image_key: str, label_key: str):
-  """(images, labels, class_names or None) from an .npz file."""
+def _read_npz(path: str, ds):
+  """(images, labels, class_names or None, groups or None) from an .npz file."""
+  image_key, label_key = ds.image_key, ds.label_key
   try:
     archive = zipfile.ZipFile(path)
   except (zipfile.BadZipFile, OSError) as e:
@@ -84,7 +103,10 @@ def _read_npz(path: str, image_key: str, label_key: str):
     class_names = None
     if _CLASS_NAMES_KEY in members:
       class_names = [str(c) for c in np.asarray(_npz_member(path, archive, members[_CLASS_NAMES_KEY])).ravel()]
-  return images, labels, class_names
+    groups = None
+    if ds.group_key and ds.group_key in members:
+      groups = np.asarray(_npz_member(path, archive, members[ds.group_key]))
+  return images, labels, class_names, groups
 
 
 def _npz_member(path: str, archive: zipfile.ZipFile, member: str) -> np.ndarray:

@@ -65,6 +65,8 @@ class Dataset(abc.ABC):
   info: DatasetInfo
   process_index: int = 0
   process_count: int = 1
+  # One group name per eval example in split order (site, scanner, ...), for per-group metrics; None = no groups.
+  eval_groups = None
 
   def local_batch_size(self, global_batch_size: int) -> int:
     """This process's share of a global batch; every process gets the same share."""

@@ -36,14 +36,9 @@ def held_out_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple
   return train, test
 
 
-def select(dataset_config, images: np.ndarray, labels: np.ndarray):
-  """(train_images, train_labels, eval_images, eval_labels) for `train_split` / `eval_split` 'train' or 'test'."""
+def select_indices(dataset_config, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(train_indices, eval_indices) for `train_split` / `eval_split` 'train' or 'test' of a single array."""
   labels = np.asarray(labels)
-  if labels.ndim == 2 and labels.shape[1] == 1:
-    labels = labels[:, 0]
-  if len(images) != len(labels) or labels.ndim not in (1, 2):
-    raise DataError(f"There are {len(images)} images but labels of shape {np.shape(labels)}; give one integer "
-                    "label per image, or one multi-hot row [K] per image.")
   # Multi-label sets are stratified by their first positive class (a row without one counts as class 0).
   strata = labels if labels.ndim == 1 else np.argmax(labels, axis=1)
   train, test = held_out_split(strata, dataset_config.test_fraction, dataset_config.split_seed)
@@ -55,5 +50,22 @@ def select(dataset_config, images: np.ndarray, labels: np.ndarray):
       raise ConfigError(f"dataset.{key}={name!r} is not a split of this single-array source; use 'train' or "
                         "'test' (the held-out dataset.test_fraction).")
     chosen.append(parts[name])
-  (train_idx, eval_idx) = chosen
+  return chosen[0], chosen[1]
+
+
+def check_labels(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """Labels as [N] integers or [N, K] multi-hot rows, one per image; a DataError otherwise."""
+  labels = np.asarray(labels)
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if len(images) != len(labels) or labels.ndim not in (1, 2):
+    raise DataError(f"There are {len(images)} images but labels of shape {np.shape(labels)}; give one integer "
+                    "label per image, or one multi-hot row [K] per image.")
+  return labels
+
+
+def select(dataset_config, images: np.ndarray, labels: np.ndarray):
+  """(train_images, train_labels, eval_images, eval_labels) for `train_split` / `eval_split` 'train' or 'test'."""
+  labels = check_labels(images, labels)
+  train_idx, eval_idx = select_indices(dataset_config, labels)
   return images[train_idx], labels[train_idx], images[eval_idx], labels[eval_idx]
