@@ -75,3 +75,4 @@ from jaxcls.models import lenet  # noqa: E402,F401
 from jaxcls.models import mobilenet  # noqa: E402,F401
 from jaxcls.models import vgg  # noqa: E402,F401
 from jaxcls.models import vit  # noqa: E402,F401
+from jaxcls.models import airbench  # noqa: E402,F401

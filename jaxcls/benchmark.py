@@ -1,0 +1,309 @@
+"""Training and inference throughput of the real jaxcls steps on synthetic, device-resident data.
+
+  python -m jaxcls.benchmark --model resnet50 --batch_size 256 --image_size 224 --dtype bfloat16 \
+    [--peak_tflops 989] [--json out.json] [--compilation_cache_dir DIR] [--model_arg stem=small]
+  python -m jaxcls.benchmark --summarize a.json b.json ...   # one table, jaxcls vs PyTorch ratios
+
+What is timed is `steps.make_train_step` / `steps.make_eval_step` (forward, backward, SGD update, metrics),
+with the state built once on the devices and one uint8 batch sharded over the mesh, so the host input pipeline
+is out of the picture. Compilation is timed apart from the steady steps; FLOPs per image come from XLA's cost
+analysis of the compiled step (`steps.CompiledOnFirstCall`). Only jax, flax and optax are imported (no
+TensorFlow, clu or ml_collections), so it runs wherever jax does, CPU included.
+"""
+
+import argparse
+import ast
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxcls import models, optim, parallel, steps, tasks
+from jaxcls.data import augment as augment_lib
+from jaxcls.errors import ConfigError, JaxclsError
+
+MODES = ("train", "infer")
+# ImageNet statistics: the values only scale the synthetic pixels, the cost is the same for any.
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class _Options(dict):
+  """A dict read like a ConfigDict (`c.key` and `c.get(key, default)`), standing in for ml_collections."""
+
+  def __getattr__(self, key: str) -> Any:
+    try:
+      return self[key]
+    except KeyError as e:
+      raise AttributeError(key) from e
+
+
+def optimizer_config(learning_rate: float = 0.1) -> _Options:
+  """SGD with Nesterov momentum and decoupled weight decay: config_base's optimizer, without ml_collections."""
+  return _Options(
+      name="sgd", learning_rate=learning_rate, momentum=0.9, nesterov=True, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=5e-4, schedule="cosine", warmup_steps=0, end_learning_rate_factor=0.0,
+      step_boundaries=(0.5, 0.75), step_factor=0.1, grad_clip_norm=0.0)
+
+
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+  """['stem=small', 'width=32'] -> {'stem': 'small', 'width': 32}: values are Python literals or plain strings."""
+  out = {}
+  for item in items:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+      raise ConfigError(f"--model_arg {item!r} must look like key=value, e.g. --model_arg stem=small.")
+    try:
+      out[key] = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      out[key] = raw
+  return out
+
+
+def enable_compilation_cache(cache_dir: str) -> int:
+  """Turns on JAX's persistent compilation cache in `cache_dir` for every program; returns the entries in it."""
+  os.makedirs(cache_dir, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return len(os.listdir(cache_dir))
+
+
+def synthetic_batch(batch_size: int, image_shape: tuple[int, int, int], num_classes: int, mesh) -> dict:
+  """Random uint8 images and labels made on the devices, already sharded along 'data' (no host transfer)."""
+  sharding = parallel.batch_sharded(mesh)
+
+  def make(key):
+    image_key, label_key = jax.random.split(key)
+    return {"image": jax.random.randint(image_key, (batch_size, *image_shape), 0, 256, jnp.int32).astype(jnp.uint8),
+            "label": jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32),
+            "mask": jnp.ones((batch_size,), bool)}
+
+  return jax.jit(make, out_shardings=sharding)(jax.random.key(0, impl="rbg"))
+
+
+def time_steps(run_step: Callable[[], Any], steps_per_repeat: int, repeats: int) -> list[float]:
+  """Seconds per step of each repeat: `steps_per_repeat` calls queued back to back, then one block."""
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = None
+    for _ in range(steps_per_repeat):
+      out = run_step()
+    jax.block_until_ready(out)
+    seconds.append((time.perf_counter() - start) / steps_per_repeat)
+  return seconds
+
+
+def summarize_mode(step_seconds: list[float], batch_size: int, num_devices: int, compile_s: float | None,
+                   first_step_s: float, flops_per_image: float | None, peak_tflops: float) -> dict[str, Any]:
+  """The per-mode record (same fields as benchmarks/torch_peer.py writes)."""
+  rates = [batch_size / s for s in step_seconds]
+  median = statistics.median(rates)
+  per_device = median / num_devices
+  tflops = flops_per_image * per_device / 1e12 if flops_per_image else None
+  return {
+      "images_per_s": median,
+      "images_per_s_mean": statistics.fmean(rates),
+      "images_per_s_per_device": per_device,
+      "images_per_s_repeats": rates,
+      "step_ms": statistics.median(step_seconds) * 1e3,
+      "compile_s": compile_s,
+      "first_step_s": first_step_s,
+      "gflop_per_image": flops_per_image / 1e9 if flops_per_image else None,
+      "tflops_per_device": tflops,
+      "utilization": tflops / peak_tflops if tflops and peak_tflops > 0 else None,
+  }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Builds the model, state and batch once, then measures each requested mode; returns the JSON record."""
+  started = time.perf_counter()
+  modes = [m for m in args.modes.split(",") if m]
+  if not modes or any(m not in MODES for m in modes):
+    raise ConfigError(f"--modes={args.modes!r} must be a comma-separated subset of {', '.join(MODES)}.")
+  if args.dtype not in steps.DTYPES:
+    raise ConfigError(f"--dtype={args.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
+  if min(args.steps, args.repeats) < 1 or args.warmup < 0:
+    raise ConfigError("--steps and --repeats must be >= 1 and --warmup >= 0.")
+  cache_entries = enable_compilation_cache(args.compilation_cache_dir) if args.compilation_cache_dir else None
+
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(args.batch_size, mesh, "batch_size (--batch_size)")
+  image_shape = (args.image_size, args.image_size, args.channels)
+  mean, std = (_MEAN, _STD) if args.channels == 3 else ((0.5,) * args.channels, (0.25,) * args.channels)
+  model_config = {"name": args.model, **parse_model_args(args.model_arg)}
+  task = tasks.build({"type": "multiclass"}, args.num_classes)
+  model = models.build(model_config, task.num_outputs, args.dtype)
+  total_steps = args.warmup + args.steps * args.repeats + 2
+  tx, schedule = optim.build_optimizer(optimizer_config(), total_steps)
+  augment = augment_lib.build(args.augment, args.num_classes)
+  norm = dict(mean=mean, std=std, dtype=args.dtype, mesh=mesh)
+  init = steps.make_init(model, tx, image_shape=image_shape, dtype=args.dtype, use_ema=False, mesh=mesh)
+  batch = synthetic_batch(args.batch_size, image_shape, args.num_classes, mesh)
+  key = jax.random.key(0)
+
+  def make_train():
+    return steps.CompiledOnFirstCall(steps.make_train_step(model, task, tx, schedule, augment, ema_decay=0.0,
+                                                           **norm), "train", args.batch_size / mesh.size)
+
+  start = time.perf_counter()
+  state = jax.block_until_ready(init(jax.random.key(args.seed, impl="rbg")))
+  init_s = time.perf_counter() - start
+  results: dict[str, Any] = {}
+  time_to_first_step = None
+  for mode in modes:
+    if mode == "train":
+      step = make_train()
+      holder = {"state": state}
+
+      def run_step(step=step, holder=holder):
+        holder["state"], metrics = step(holder["state"], batch, key)
+        return metrics
+    else:
+      step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, **norm), "infer",
+                                       args.batch_size / mesh.size)
+
+      def run_step(step=step):
+        return step(state, batch)
+
+    start = time.perf_counter()
+    jax.block_until_ready(run_step())
+    first_step_s = time.perf_counter() - start
+    if mode == "train":
+      time_to_first_step = time.perf_counter() - started
+    if args.warmup:
+      time_steps(run_step, args.warmup, 1)
+    seconds = time_steps(run_step, args.steps, args.repeats)
+    results[mode] = summarize_mode(seconds, args.batch_size, mesh.size, step.compile_seconds, first_step_s,
+                                   step.flops_per_example, args.peak_tflops)
+    if mode == "train":
+      state = holder["state"]
+
+  compile_warm_s = None
+  if args.compilation_cache_dir and "train" in results:
+    jax.clear_caches()  # forget the in-memory executables: the next compile can only come from the disk cache
+    again = make_train()
+    jax.block_until_ready(again(state, batch, key))
+    compile_warm_s = again.compile_seconds
+
+  device = jax.devices()[0]
+  return {
+      "framework": "jaxcls",
+      "label": args.label or f"jaxcls {args.model} {args.dtype} b{args.batch_size} {args.image_size}px",
+      "model": args.model,
+      "model_args": model_config,
+      "batch_size": args.batch_size,
+      "image_size": args.image_size,
+      "channels": args.channels,
+      "num_classes": args.num_classes,
+      "dtype": args.dtype,
+      "augment": args.augment,
+      "backend": jax.default_backend(),
+      "device_kind": device.device_kind,
+      "num_devices": mesh.size,
+      "versions": {"jax": jax.__version__, "python": platform.python_version()},
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "warmup_steps": args.warmup,
+      "steps_per_repeat": args.steps,
+      "repeats": args.repeats,
+      "peak_tflops": args.peak_tflops or None,
+      "init_s": init_s,
+      "time_to_first_step_s": time_to_first_step,
+      "compilation_cache_dir": args.compilation_cache_dir or None,
+      "compilation_cache_entries_at_start": cache_entries,
+      "compile_warm_s": compile_warm_s,
+      "flops_source": "xla_cost_analysis",
+      **results,
+  }
+
+
+def _fmt(value: Any, spec: str) -> str:
+  return "-" if value is None else format(value, spec)
+
+
+def table(records: Sequence[dict[str, Any]]) -> str:
+  """One row per (record, mode); jaxcls train rows also get their speed over the PyTorch run of the same shape."""
+  peers = {}
+  for r in records:
+    if r.get("framework") != "jaxcls" and "train" in r:
+      peers.setdefault((r["model"], r["batch_size"], r["image_size"]), r)
+  header = (f"{'run':<44} {'mode':<5} {'img/s':>10} {'img/s/dev':>10} {'ms/step':>8} {'compile s':>9} "
+            f"{'GFLOP/img':>9} {'TFLOP/s':>8} {'util':>6} {'vs peer':>7}")
+  lines = [header, "-" * len(header)]
+  for r in records:
+    for mode in MODES:
+      m = r.get(mode)
+      if not m:
+        continue
+      ratio = "-"
+      peer = peers.get((r["model"], r["batch_size"], r["image_size"]))
+      if r.get("framework") == "jaxcls" and mode == "train" and peer is not None:
+        ratio = f"{m['images_per_s'] / peer['train']['images_per_s']:.2f}x"
+      lines.append(
+          f"{r['label'][:44]:<44} {mode:<5} {m['images_per_s']:>10,.0f} {m['images_per_s_per_device']:>10,.0f} "
+          f"{m['step_ms']:>8.2f} {_fmt(m.get('compile_s'), '9.1f'):>9} {_fmt(m.get('gflop_per_image'), '9.3f'):>9} "
+          f"{_fmt(m.get('tflops_per_device'), '8.1f'):>8} {_fmt(m.get('utilization'), '6.1%'):>6} {ratio:>7}")
+  return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m jaxcls.benchmark", description=__doc__.split("\n\n")[0])
+  p.add_argument("--model", default="resnet50", help="registry name (python -m jaxcls.list_models)")
+  p.add_argument("--model_arg", action="append", default=[], metavar="KEY=VALUE",
+                 help="a model argument, e.g. stem=small (repeatable)")
+  p.add_argument("--batch_size", type=int, default=256, help="global batch, split over all devices")
+  p.add_argument("--image_size", type=int, default=224, help="square side in pixels")
+  p.add_argument("--channels", type=int, default=3)
+  p.add_argument("--num_classes", type=int, default=1000)
+  p.add_argument("--dtype", default="bfloat16", help="computation dtype: float32 | bfloat16")
+  p.add_argument("--augment", default="", help="device augmentations inside the train step, e.g. 'flip_lr'")
+  p.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first (compiling) one")
+  p.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
+  p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+  p.add_argument("--peak_tflops", type=float, default=0.0,
+                 help="the device's peak TFLOP/s for --dtype (e.g. 989 for H100/H200 dense bf16), for utilisation")
+  p.add_argument("--compilation_cache_dir", default="",
+                 help="persistent compilation cache; also reports the train step recompiled from it (warm)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--label", default="", help="name of this run in the table")
+  p.add_argument("--json", default="", help="write the record here")
+  p.add_argument("--summarize", nargs="+", metavar="JSON",
+                 help="print one table of these records (this script's and torch_peer.py's) and exit")
+  return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.summarize:
+    records = []
+    for path in args.summarize:
+      with open(path) as f:
+        records.append(json.load(f))
+    print(table(records))
+    return 0
+  try:
+    record = run(args)
+  except JaxclsError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 2
+  print(table([record]))
+  print(f"devices: {record['num_devices']} x {record['device_kind']} ({record['backend']}); init {record['init_s']:.1f}"
+        f" s; time to first train step {_fmt(record['time_to_first_step_s'], '.1f')} s"
+        + (f"; train step recompiled from the cache in {record['compile_warm_s']:.1f} s"
+           if record["compile_warm_s"] is not None else ""))
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(record, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
