@@ -206,7 +206,7 @@ def check_output_path(path: str | None) -> None:
 
 
 def run(workdir: str, paths: list[str], *, step: int | None = None, top_k: int = 5, batch_size: int | None = None,
-        output: str | None = None, workers: int = 0, out=sys.stdout) -> int:
+        output: str | None = None, workers: int = 0, out=None) -> int:
   """The command: prints a line per file, writes --output, returns the exit status (1 when every file failed)."""
   from jaxcls import restore  # pylint: disable=g-import-not-at-top
   check_output_path(output)
@@ -216,7 +216,7 @@ def run(workdir: str, paths: list[str], *, step: int | None = None, top_k: int =
   restored = restore.restore(workdir, step)
   records = predict_files(restored, paths, top_k=top_k, batch_size=batch_size, workers=workers)
   for record in records:
-    print(format_line(record), file=out)
+    print(format_line(record), file=out or sys.stdout)
   failed = sum(1 for r in records if r["error"])
   if output:
     write_output(output, records, {"workdir": restored.workdir, "step": restored.step,
