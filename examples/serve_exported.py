@@ -95,13 +95,15 @@ def describe(probs: np.ndarray, meta: dict, top_k: int) -> str:
   names = meta["class_names"]
   if meta["task"] == "binary":
     positive = float(probs)
-    chosen = names[int(np.float32(positive) >= np.float32(meta["threshold"]))]
-    return f"{chosen} (P({meta['positive_class']}) {positive:.4f}, threshold {meta['threshold']:g})"
+    above = np.float32(positive) >= np.float32(meta["threshold"])
+    return (f"{names[int(above)]} (P({meta['positive_class']}) {positive:.4f} {'>=' if above else '<'} threshold "
+            f"{meta['threshold']:g})")
   order = np.argsort(-probs, kind="stable")[:top_k]
   ranked = ", ".join(f"{names[i]} {probs[i]:.4f}" for i in order)
   if meta["task"] == "multilabel":
     above = [i for i in np.argsort(-probs, kind="stable") if probs[i] >= np.float32(meta["thresholds"][i])]
-    return f"{', '.join(f'{names[i]} {probs[i]:.4f}' for i in above) or 'no label'} (top: {ranked})"
+    shown = ", ".join(f"{names[i]} {probs[i]:.4f}" for i in above) or "no label at or above its threshold"
+    return f"{shown} (top: {ranked})"
   if meta["task"] == "hierarchical":
     leaf = int(np.argmax(probs))
     tree = meta["tree"]
