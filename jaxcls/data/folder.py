@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from jaxcls.data import decode, folder_scan, prepare, resize
+from jaxcls.data import decode, folder_scan, label_file, prepare, resize
 from jaxcls.data.base import SOURCES, DatasetInfo
 from jaxcls.data.folder_stream import FolderStreamDataset
 from jaxcls.data.in_memory import from_arrays
@@ -66,8 +66,12 @@ def load(config, *, process_index: int, process_count: int):
   if ds.cache not in CACHES:
     raise ConfigError(f"dataset.cache={ds.cache!r} is not valid; use one of {', '.join(CACHES)}.")
   train_crop, eval_crop = crops(ds, size)
-  listing = folder_scan.scan(ds)
+  if ds.labels_file:
+    listing = label_file.scan(ds, multi_label=config.task.type == "multilabel")
+  else:
+    listing = folder_scan.scan(ds)
   train, evaluation = folder_scan.chosen(listing, ds)
+  eval_groups = listing.groups.get(folder_scan.split_name(ds.eval_split))
   cache = _resolve_cache(ds, size, len(train[0]) + len(evaluation[0]))
   logging.info("Folder %s: %d classes, %d train / %d eval image files (%d non-image files ignored); cache=%s.",
                ds.path, len(listing.class_names), len(train[0]), len(evaluation[0]), listing.ignored, cache)
@@ -78,10 +82,11 @@ def load(config, *, process_index: int, process_count: int):
     info = DatasetInfo(num_classes=len(listing.class_names), class_names=listing.class_names,
                        image_shape=size + (ds.channels,), num_train=len(train[0]), num_eval=len(evaluation[0]),
                        mean=stats[0], std=stats[1],
-                       train_class_counts=tuple(np.bincount(train[1], minlength=len(listing.class_names))))
+                       train_class_counts=tuple(_class_counts(train[1], len(listing.class_names))))
     return FolderStreamDataset(info, train, evaluation, train_crop=train_crop, eval_crop=eval_crop,
                                max_pixels=int(ds.max_image_pixels), workers=workers(ds), skipped_files=skipped,
-                               process_index=process_index, process_count=process_count)
+                               eval_group_names=eval_groups, process_index=process_index,
+                               process_count=process_count)
   if train_crop.mode != "resize":
     raise ConfigError(f"dataset.train_crop={ds.train_crop!r} needs the full-size images, so it works only with "
                       "dataset.cache='none' (or 'auto'); set one of those, or train_crop='resize'.")
@@ -90,7 +95,15 @@ def load(config, *, process_index: int, process_count: int):
   dataset = from_arrays(*arrays, class_names=listing.class_names, process_index=process_index,
                         process_count=process_count, source=f"folder ({ds.path})")
   dataset.skipped_files = skipped
+  if eval_groups is not None:  # rows of unreadable files are gone from the arrays: drop their groups too
+    bad = {path for path, _ in skipped}
+    dataset.eval_groups = eval_groups[[path not in bad for path in evaluation[0]]]
   return dataset
+
+
+def _class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Images per class; for multi-hot label sets, the positives per class."""
+  return labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=num_classes)
 
 
 def _resolve_cache(ds, size: tuple[int, int], count: int) -> str:
@@ -143,7 +156,9 @@ def _cached_arrays(ds, cache, train, evaluation, train_crop, eval_crop):
     eval_images, eval_labels, more = _decode_split(ds, evaluation, eval_crop, "eval")
   arrays = (train_images, train_labels, eval_images, eval_labels)
   skipped = skipped + more
-  missing = np.setdiff1d(np.arange(int(np.max(train[1])) + 1), train_labels)
+  present = train_labels.any(0).nonzero()[0] if train_labels.ndim == 2 else train_labels
+  wanted = train[1].any(0).nonzero()[0] if train_labels.ndim == 2 else np.arange(int(np.max(train[1])) + 1)
+  missing = np.setdiff1d(wanted, present)
   if len(missing):
     raise DataError(f"Every training image of class {int(missing[0])} failed to decode (see skipped files); "
                     "add readable images to that class.")
@@ -166,7 +181,7 @@ def _fingerprint(ds, train, evaluation) -> str:
     digest.update(b"|split|")
     for path, label in zip(paths, labels):
       stat = os.stat(path)
-      digest.update(f"{path}\0{int(label)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+      digest.update(f"{path}\0{np.asarray(label).tolist()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
   return digest.hexdigest()[:16]
 
 

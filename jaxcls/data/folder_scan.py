@@ -21,6 +21,7 @@ class Listing:
   class_names: tuple[str, ...]
   splits: dict[str, tuple[list[str], np.ndarray]]
   ignored: int  # non-image files seen, for the log
+  groups: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per split, from a label file
 
 
 def _visible(folder: str) -> list[os.DirEntry]:
@@ -115,13 +116,14 @@ def _scan_split_folders(path: str, split_dirs: dict[str, str], dataset_config) -
                       "needs training images (add them to train/ or remove the folders).")
     splits[name] = _as_split(classes, names)
   for key in ("train_split", "eval_split"):
-    if _normalise(dataset_config[key]) not in splits:
+    if split_name(dataset_config[key]) not in splits:
       raise ConfigError(f"dataset.{key}={dataset_config[key]!r} is not a split folder of {path} (it has "
                         f"{', '.join(sorted(split_dirs))}); set dataset.{key} to one of them.")
   return Listing(names, splits, ignored)
 
 
-def _normalise(name: str) -> str:
+def split_name(name: str) -> str:
+  """The canonical name of a split ('validation' -> 'val')."""
   return SPLIT_FOLDERS.get(str(name).lower(), str(name))
 
 
@@ -149,7 +151,7 @@ def _scan_and_split(path: str, dataset_config) -> Listing:
       raise DataError(f"The {name} split leaves class {empty!r} without images ({len(classes[empty])} in all); "
                       "add images to that class or change dataset.test_fraction / val_fraction.")
   for key in ("train_split", "eval_split"):
-    if _normalise(dataset_config[key]) not in parts:
+    if split_name(dataset_config[key]) not in parts:
       raise ConfigError(f"dataset.{key}={dataset_config[key]!r} is not a split of {path} (it has "
                         f"{', '.join(sorted(parts))}; 'val' needs dataset.val_fraction > 0).")
   splits = {name: (list(paths[idx]), labels[idx]) for name, idx in parts.items()}
@@ -158,5 +160,5 @@ def _scan_and_split(path: str, dataset_config) -> Listing:
 
 def chosen(listing: Listing, dataset_config) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
   """(train, eval) as (paths, labels) for the configured split names."""
-  return (listing.splits[_normalise(dataset_config.train_split)],
-          listing.splits[_normalise(dataset_config.eval_split)])
+  return (listing.splits[split_name(dataset_config.train_split)],
+          listing.splits[split_name(dataset_config.eval_split)])

@@ -31,8 +31,10 @@ class FolderStreamDataset(Dataset):
 
   def __init__(self, info: DatasetInfo, train: tuple[list[str], np.ndarray], evaluation: tuple[list[str], np.ndarray],
                *, train_crop: decode.Crop, eval_crop: decode.Crop, max_pixels: int, workers: int,
-               skipped_files: list, process_index: int = 0, process_count: int = 1):
+               skipped_files: list, eval_group_names: np.ndarray | None = None, process_index: int = 0,
+               process_count: int = 1):
     self.info = info
+    self._eval_group_names = eval_group_names
     self.process_index, self.process_count = process_index, process_count
     self._train_paths, self._train_labels = list(train[0]), np.asarray(train[1], np.int32)
     self._eval_paths, self._eval_labels = list(evaluation[0]), np.asarray(evaluation[1], np.int32)
@@ -110,12 +112,20 @@ class FolderStreamDataset(Dataset):
     results = [f.result() for f in futures]
     shape = self.info.image_shape
     images = np.zeros((len(results),) + shape, np.uint8)
-    labels = np.zeros(len(results), np.int32)
+    labels = np.zeros((len(results),) + self._eval_labels.shape[1:], np.int32)  # [b] or multi-hot [b, K]
     mask = np.zeros(len(results), bool)
     for i, result in enumerate(results):
       if result is not None:
         images[i], labels[i], mask[i] = result[0], result[1], True
     return {"image": images, "label": labels, "mask": mask}
+
+  @property
+  def eval_groups(self) -> np.ndarray | None:
+    """The eval examples' groups, less the files found unreadable so far (their rows are masked out)."""
+    if self._eval_group_names is None:
+      return None
+    keep = [path not in self._skipped_seen for path in self._eval_paths]
+    return np.asarray(self._eval_group_names)[keep]
 
   def eval_batches(self, global_batch_size: int) -> Iterator[Batch]:
     local = self.local_batch_size(global_batch_size)

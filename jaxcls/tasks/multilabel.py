@@ -104,6 +104,7 @@ class MultiLabel:
         "num_examples": count,
         "loss": float(sums["loss_sum"]) / max(count, 1),
         "accuracy": int(sums["exact"]) / max(count, 1),  # subset accuracy, as scikit-learn's accuracy_score
+        "subset_accuracy": int(sums["exact"]) / max(count, 1),  # the same, by its own name
         "hamming_loss": float((fp + fn).sum()) / max(count * self.num_classes, 1),
         "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
         "support": (tp + fn).astype(np.int64).tolist(),
