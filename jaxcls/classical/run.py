@@ -1,0 +1,137 @@
+"""A classical baseline run: features of every train and eval image, a linear SVM or k-NN, the standard report.
+
+The data come from `jaxcls.data.build(config)`, so any source works; the eval split is scored with the multiclass
+task's own `eval_sums` / `finalize`, so report.json and report.md carry the same keys as a CNN run. Scores become
+the task's logits: the SVM's one-vs-rest decision values (so 'loss' is the cross entropy of their softmax), or
+the log of k-NN vote fractions (floored at 1e-6, so 'loss' is the cross entropy of the vote fractions).
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxcls import data, knn, report, tasks, train
+from jaxcls.classical import handcrafted, settings, svm
+from jaxcls.errors import ConfigError
+
+_MIN_VOTE_FRACTION = 1e-6
+MODEL_FILE = "classical_svm.npz"
+
+
+def split_features(dataset, spec: handcrafted.FeatureSpec, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(features [N, D], labels [N]) of every example of the dataset's eval split, each once, in order."""
+  features, labels = [], []
+  for batch in dataset.eval_batches(batch_size):
+    mask = np.asarray(batch["mask"], bool)
+    features.append(np.asarray(handcrafted.extract(jnp.asarray(batch["image"]), spec))[mask])
+    labels.append(np.asarray(batch["label"])[mask])
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def _check_supported(config) -> None:
+  if config.task.type != "multiclass":
+    raise ConfigError(f"The classical baseline supports task.type='multiclass' only, not {config.task.type!r}.")
+  if jax.process_count() > 1:
+    raise ConfigError("The classical baseline runs in one process; start it without jax.distributed.")
+  if config.dataset.sampling != "uniform" or config.task.class_weights != "none":
+    raise ConfigError("dataset.sampling and task.class_weights do not apply to the classical baseline; leave them "
+                      "at 'uniform' and 'none'.")
+
+
+def _training_split_dataset(config):
+  """The source again, serving the training split as its (finite, exactly-once) eval stream."""
+  train_config = ml_collections.ConfigDict(config.to_dict())
+  train_config.dataset.eval_split = config.dataset.train_split
+  return data.build(train_config)
+
+
+def model_name(options: settings.Settings) -> str:
+  return f"{options.classifier}[{'+'.join(options.spec.names)}]"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Fits the configured classifier on the training split, evaluates the eval split, writes the report."""
+  options = settings.check(config)
+  _check_supported(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if not config.dataset.cache_dir:  # a folder source's decoded-array cache lives with the run, as in train.py
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.dataset.cache_dir = os.path.join(workdir, "cache")
+  start = time.perf_counter()
+  eval_dataset = data.build(config)
+  train_dataset = _training_split_dataset(config)
+  info = eval_dataset.info
+  options.spec.check_image_shape(info.image_shape)
+  logging.info("Data: %d train / %d eval examples, %d classes, images %s; features %s (%d values).",
+               info.num_train, info.num_eval, info.num_classes, info.image_shape, ",".join(options.spec.names),
+               options.spec.num_features(info.image_shape))
+
+  t0 = time.perf_counter()
+  train_x, train_y = split_features(train_dataset, options.spec, options.batch_size)
+  scaler = handcrafted.Standardizer.fit(train_x) if options.standardize else None
+  if scaler is not None:
+    train_x = scaler(train_x)
+  feature_seconds = time.perf_counter() - t0
+  fit_info = {}
+  t0 = time.perf_counter()
+  if options.classifier == "svm":
+    model = svm.fit(train_x, train_y, info.num_classes, c=options.svm_c, max_iter=options.svm_max_iter,
+                    tol=options.svm_tol)
+    fit_info = {"svm_iterations": model.iterations, "svm_objective": model.objective}
+    logging.info("SVM: %d L-BFGS iterations, objective %.6g.", model.iterations, model.objective)
+  fit_seconds = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  eval_x, eval_y = split_features(eval_dataset, options.spec, options.batch_size)
+  if scaler is not None:
+    eval_x = scaler(eval_x)
+  if options.classifier == "svm":
+    logits = model.scores(eval_x)
+  else:
+    votes = knn.knn_scores(train_x, train_y, eval_x, k=options.knn_k, num_classes=info.num_classes,
+                           metric=options.knn_metric, batch_size=options.batch_size)
+    logits = np.log(np.maximum(votes, _MIN_VOTE_FRACTION))
+  result, outputs = _score(config, info.num_classes, logits, eval_y)
+  eval_seconds = time.perf_counter() - t0
+
+  final = {"step": 0, "split": config.dataset.eval_split, "task": config.task.type, "model": model_name(options),
+           **result, "num_features": int(train_x.shape[1]), "train_seconds": feature_seconds + fit_seconds,
+           "feature_seconds": feature_seconds, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
+           "run_seconds": time.perf_counter() - start, **fit_info}
+  _write_run_files(workdir, config, info)
+  if options.classifier == "svm":
+    np.savez(os.path.join(workdir, MODEL_FILE), weights=model.weights, bias=model.bias,
+             feature_mean=scaler.mean if scaler else np.zeros(0), feature_std=scaler.std if scaler else np.zeros(0))
+  plot_paths = train.write_plots(workdir, final, outputs, info.class_names, dataset=eval_dataset,
+                                 batch_size=options.batch_size)
+  report.write(workdir, final, info.class_names, plot_paths)
+  logging.info("%s on the %s split: accuracy %.4f; train %.1f s (features %.1f s, fit %.1f s), eval %.1f s.",
+               final["model"], final["split"], final["accuracy"], final["train_seconds"], feature_seconds,
+               fit_seconds, eval_seconds)
+  return final
+
+
+def _score(config, num_classes: int, logits: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
+  """The multiclass task's metrics of these scores, exactly as a CNN's eval would compute them."""
+  task = tasks.build(dict(config.task), num_classes)
+  logits, labels = jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.int32)
+  mask = jnp.ones(labels.shape, bool)
+  sums = jax.tree.map(np.asarray, task.eval_sums(logits, labels, mask))
+  outputs = jax.tree.map(np.asarray, task.eval_outputs(logits, labels, mask))
+  return task.finalize(sums, outputs), outputs
+
+
+def _write_run_files(workdir: str, config, info) -> None:
+  """config.json (with the data's derived values) and classes.json, as a training run leaves them."""
+  resolved = train.resolved_config(config, info, num_train_steps=0)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(resolved.to_json_best_effort(indent=1, sort_keys=True) + "\n")
+  with open(os.path.join(workdir, "classes.json"), "w") as f:
+    json.dump(list(info.class_names), f, indent=1)
