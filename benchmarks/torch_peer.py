@@ -71,8 +71,8 @@ def summarize_mode(step_seconds, batch_size, first_step_s, flops_per_image, peak
       "images_per_s_mean": statistics.fmean(rates),
       "images_per_s_per_device": median,
       "images_per_s_repeats": rates,
-      "step_ms": statistics.median(step_seconds) * 1e3,
-      "compile_s": max(first_step_s - statistics.median(step_seconds), 0.0),
+      "step_ms": batch_size / median * 1e3,  # of the median rate
+      "compile_s": max(first_step_s - batch_size / median, 0.0),
       "first_step_s": first_step_s,
       "gflop_per_image": flops_per_image / 1e9 if flops_per_image else None,
       "tflops_per_device": tflops,

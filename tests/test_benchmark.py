@@ -1,0 +1,116 @@
+"""Tests of `python -m jaxcls.benchmark`: a tiny CPU run in a subprocess that cannot import TensorFlow, clu or
+ml_collections (the GPU machine has none of them), its JSON record, the comparison table, and bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import subprocess_env
+
+BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
+# Setting a module to None in sys.modules makes any import of it raise ImportError.
+RUNNER = ("import sys\n"
+          f"for name in {BLOCKED!r}:\n"
+          "  sys.modules[name] = None\n"
+          "from jaxcls import benchmark\n"
+          "code = benchmark.main(sys.argv[1:])\n"
+          f"assert not any(sys.modules.get(m) for m in {BLOCKED!r})\n"
+          "sys.exit(code)\n")
+TINY = ["--model", "simple_cnn", "--model_arg", "widths=(4, 8)", "--model_arg", "dropout=0.1", "--batch_size", "8",
+        "--image_size", "8", "--num_classes", "5", "--dtype", "float32", "--warmup", "1", "--steps", "2",
+        "--repeats", "2", "--peak_tflops", "0.5"]
+MODE_FIELDS = ("images_per_s", "images_per_s_mean", "images_per_s_per_device", "images_per_s_repeats", "step_ms",
+               "compile_s", "first_step_s", "gflop_per_image", "tflops_per_device", "utilization")
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+  """One tiny run on 2 CPU devices with a persistent compilation cache: its JSON record and the cache folder."""
+  out = tmp_path_factory.mktemp("bench")
+  cache = out / "cache"
+  cmd = [sys.executable, "-c", RUNNER, *TINY, "--json", str(out / "r.json"), "--compilation_cache_dir", str(cache)]
+  proc = subprocess.run(cmd, env=subprocess_env(2), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out / "r.json") as f:
+    return json.load(f), str(cache), proc.stdout
+
+
+def test_record_has_the_documented_fields_with_sane_values(record):
+  r, _, stdout = record
+  assert (r["framework"], r["model"], r["batch_size"], r["image_size"], r["dtype"]) == (
+      "jaxcls", "simple_cnn", 8, 8, "float32")
+  assert r["num_devices"] == 2 and r["backend"] == "cpu" and r["flops_source"] == "xla_cost_analysis"
+  for mode in ("train", "infer"):
+    m = r[mode]
+    assert set(MODE_FIELDS) <= set(m)
+    assert len(m["images_per_s_repeats"]) == 2
+    assert min(m["images_per_s_repeats"]) <= m["images_per_s"] <= max(m["images_per_s_repeats"])
+    assert m["images_per_s_per_device"] == pytest.approx(m["images_per_s"] / 2)
+    assert m["step_ms"] == pytest.approx(8 / m["images_per_s"] * 1e3)
+    assert m["compile_s"] > 0 and m["first_step_s"] >= m["compile_s"]
+    assert m["tflops_per_device"] == pytest.approx(m["gflop_per_image"] * m["images_per_s_per_device"] / 1e3)
+    assert m["utilization"] == pytest.approx(m["tflops_per_device"] / 0.5)
+  # Forward, backward and update cost about three forward passes.
+  assert 2.0 < r["train"]["gflop_per_image"] / r["infer"]["gflop_per_image"] < 4.5
+  assert r["time_to_first_step_s"] >= r["train"]["first_step_s"]
+  assert "jaxcls simple_cnn" in stdout and "img/s" in stdout
+
+
+def test_forward_flops_agree_with_the_model_cost_command(record):
+  """The eval step's FLOPs (plus its softmax) against jaxcls.models.cost, which compiles the bare forward pass."""
+  from jaxcls import models
+  from jaxcls.models import cost
+  r, _, _ = record
+  model = models.build({"name": "simple_cnn", "widths": (4, 8), "dropout": 0.1}, 5)
+  forward = cost.forward_flops(model, (8, 8, 3), batch_size=4)
+  assert forward > 0
+  assert r["infer"]["gflop_per_image"] * 1e9 == pytest.approx(forward, rel=0.25)
+
+
+def test_compilation_cache_is_written_and_serves_the_recompile(record):
+  r, cache, _ = record
+  assert r["compilation_cache_entries_at_start"] == 0
+  assert any("train_step" in name for name in os.listdir(cache))
+  assert 0 < r["compile_warm_s"] < r["train"]["compile_s"]
+
+
+def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(record, tmp_path, capsys):
+  from jaxcls import benchmark
+  r, _, _ = record
+  peer = json.loads(json.dumps(r))
+  peer.update(framework="torch", label="torch peer")
+  peer["train"]["images_per_s"] = r["train"]["images_per_s"] / 2
+  other_shape = dict(peer, batch_size=16, label="torch other batch")
+  paths = []
+  for i, rec in enumerate((r, peer, other_shape)):
+    paths.append(str(tmp_path / f"{i}.json"))
+    with open(paths[-1], "w") as f:
+      json.dump(rec, f)
+  assert benchmark.main(["--summarize", *paths]) == 0
+  rows = [line for line in capsys.readouterr().out.splitlines() if " train " in line]
+  assert len(rows) == 3
+  assert rows[0].rstrip().endswith("2.00x")
+  assert rows[1].rstrip().endswith("-") and rows[2].rstrip().endswith("-")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--modes", "train,backward"], "--modes"),
+    (["--dtype", "float64"], "--dtype"),
+    (["--model_arg", "stem"], "key=value"),
+    (["--batch_size", "7"], "multiple of the 8 devices"),
+    (["--model", "resnet5"], "resnet50"),
+])
+def test_bad_flags_fail_with_one_clear_line(flags, message, capsys):
+  from jaxcls import benchmark
+  assert benchmark.main(flags) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("Error: ") and message in err
+
+
+def test_model_args_are_literals_or_strings():
+  from jaxcls import benchmark
+  assert benchmark.parse_model_args(["stem=small", "width=32", "widths=(8, 16)", "dropout=0.5"]) == {
+      "stem": "small", "width": 32, "widths": (8, 16), "dropout": 0.5}
