@@ -1,8 +1,12 @@
-"""`python -m jaxcls.evaluate --workdir DIR [--split test] [--step N] [--output_dir OUT]`.
+"""Evaluate a trained workdir on a split of its data, or on a folder of new labelled images.
 
-Restores the model and its resolved config (DIR/config.json) from a training workdir, evaluates one split exactly
-(every example once), and writes report.json, report.md and plots/ (into DIR unless --output_dir says otherwise),
-then prints a summary. Training writes the same report at its end.
+  python -m jaxcls.evaluate --workdir DIR [--split test] [--step N] [--output_dir OUT]
+  python -m jaxcls.evaluate --workdir DIR --data FOLDER [--labels_file F] [--step N] [--output_dir OUT]
+
+Restores the model and its resolved config (DIR/config.json) from a training workdir, evaluates exactly (every
+example once), and writes report.json, report.md and plots/, then prints a summary. A split's report goes into DIR
+(the same report training writes at its end) unless --output_dir says otherwise; a --data folder's report goes
+into DIR/eval_<folder name>, so the training report is kept.
 """
 
 import os
@@ -10,19 +14,29 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxcls.errors import JaxclsError
+from jaxcls.errors import ConfigError, JaxclsError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir).")
+_DATA = flags.DEFINE_string("data", None, "A folder of new labelled images to evaluate instead of a split: class "
+                            "subfolders named like the trained classes, or any layout with --labels_file.")
+_LABELS_FILE = flags.DEFINE_string("labels_file", None, "With --data: a CSV/JSON of image paths (relative to "
+                                   "--data) and labels, as for dataset.labels_file.")
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None = None,
-                     output_dir: str | None = None) -> dict:
-  """Evaluates checkpoint `step` (default: latest) of `workdir` on `split`; writes and returns the report."""
+                     output_dir: str | None = None, data_dir: str | None = None,
+                     labels_file: str | None = None) -> dict:
+  """Evaluates checkpoint `step` (default: latest) of `workdir` on `split`; writes and returns the report.
+
+  With `data_dir`, the images of that folder (labelled by class subfolders or `labels_file`) are evaluated
+  instead of a split of the training data, which then need not exist.
+  """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls import data, parallel, report, restore, steps, train  # pylint: disable=g-import-not-at-top
+  from jaxcls import data, models, parallel, report, restore, steps, train  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import labelled_folder  # pylint: disable=g-import-not-at-top
   from jaxcls.state import TrainState  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
@@ -33,9 +47,17 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   eval_batch_size = config.eval_batch_size or config.batch_size
   parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
   step = restore.resolve_step(workdir, step)
-  dataset = data.build(config)
+  if data_dir:
+    dataset = labelled_folder.load(config, restore.info_from_config(config), data_dir, labels_file or "")
+    config.dataset.eval_split = os.path.abspath(data_dir)
+  else:
+    dataset = data.build(config)
   info = dataset.info
-  task, model, _ = train.build_task_and_model(config, info)
+  if data_dir:  # no training class counts here: the loss is unweighted even if training weighted classes
+    task = restore.build_task(config, info)
+    model = models.build(config.model, task.num_outputs, config.dtype)
+  else:
+    task, model, _ = train.build_task_and_model(config, info)
   # Only what evaluation reads (the moving average when one was kept), so any optimizer's checkpoint fits.
   variables = restore.read_variables(workdir, step)
   state = parallel.replicate(TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
@@ -48,8 +70,11 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   final = {"step": int(step), "split": config.dataset.eval_split, "task": config.task.type,
            "model": config.model.name, **result}
   if parallel.is_main_process():
-    output_dir = os.path.abspath(output_dir or workdir)
+    default = os.path.join(workdir, "eval_" + os.path.basename(os.path.normpath(data_dir))) if data_dir else workdir
+    output_dir = os.path.abspath(output_dir or default)
     os.makedirs(output_dir, exist_ok=True)
+    if data_dir:
+      train.write_skipped_files(output_dir, dataset, True)
     plots = train.write_plots(output_dir, final, outputs, info.class_names, metrics_dir=workdir, dataset=dataset,
                               batch_size=eval_batch_size)
     report.write(output_dir, final, info.class_names, plots)
@@ -69,7 +94,10 @@ def main(argv):
     print("jaxcls: error: --workdir is required.", file=sys.stderr)
     sys.exit(2)
   try:
-    final = evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, step=_STEP.value, output_dir=_OUTPUT_DIR.value)
+    if _LABELS_FILE.value and not _DATA.value:
+      raise ConfigError("--labels_file needs --data (the folder its paths are relative to).")
+    final = evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, step=_STEP.value, output_dir=_OUTPUT_DIR.value,
+                             data_dir=_DATA.value, labels_file=_LABELS_FILE.value)
   except JaxclsError as e:
     print(f"jaxcls: error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -46,3 +46,55 @@ def test_command_prints_a_summary(trained, tmp_path, python):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "simple_cnn at step 8 on the test split: num_examples 360" in proc.stdout
   assert json.loads((tmp_path / "report.json").read_text())["num_examples"] == 360
+
+
+@pytest.fixture(scope="module")
+def folder_trained(tmp_path_factory):
+  """A model trained on a train/ + test/ folder of 8x8 PNGs whose gray level gives the class."""
+  import numpy as np
+  from PIL import Image
+  from conftest import tiny_config
+  root = tmp_path_factory.mktemp("images")
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 12), ("test", 5)):
+    for k, name in enumerate(("ant", "bee", "cow")):
+      os.makedirs(root / split / name)
+      for i in range(count):
+        pixels = np.clip(60 * (k + 1) + rng.normal(0, 10, (8, 8, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+  workdir = str(tmp_path_factory.mktemp("folder_run"))
+  config = tiny_config(**{"dataset.name": "folder", "dataset.path": str(root), "dataset.workers": 2},
+                       num_train_steps=6, checkpoint_every_steps=6, eval_every_steps=6, augment="")
+  train.train_and_evaluate(config, workdir)
+  return workdir, root
+
+
+def test_a_folder_of_new_labelled_images(folder_trained, tmp_path):
+  import shutil
+  workdir, root = folder_trained
+  with open(os.path.join(workdir, "report.json")) as f:
+    at_end_of_training = json.load(f)
+  # The training test split, given as a new folder, reproduces the training report exactly.
+  final = evaluate.evaluate_workdir(workdir, data_dir=str(root / "test"))
+  assert final["num_examples"] == 15 and final["confusion_matrix"] == at_end_of_training["confusion_matrix"]
+  assert os.path.isfile(os.path.join(workdir, "eval_test", "report.md"))
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert json.load(f)["split"] == "test"  # the training report is kept
+
+  # A subset of the classes, a corrupt file, and per-image groups from a label file.
+  new = tmp_path / "new"
+  shutil.copytree(root / "test" / "bee", new / "bee")
+  (new / "bee" / "broken.png").write_bytes(b"not a png")
+  final = evaluate.evaluate_workdir(workdir, data_dir=str(new), output_dir=str(tmp_path / "out"))
+  assert final["num_examples"] == 5 and sum(final["confusion_matrix"][1]) == 5
+  assert "broken.png" in (tmp_path / "out" / "skipped_files.txt").read_text()
+  rows = [f"bee/{i}.png,bee,,{'day' if i < 2 else 'night'}" for i in range(5)]
+  (tmp_path / "labels.csv").write_text("path,labels,split,group\n" + "\n".join(rows) + "\n")
+  final = evaluate.evaluate_workdir(workdir, data_dir=str(new), labels_file=str(tmp_path / "labels.csv"),
+                                    output_dir=str(tmp_path / "out2"))
+  assert {k: v["num_examples"] for k, v in final["per_group"]["groups"].items()} == {"day": 2, "night": 3}
+
+  os.makedirs(new / "yak")
+  shutil.copy(root / "test" / "ant" / "0.png", new / "yak" / "0.png")
+  with pytest.raises(Exception, match="class folders \\['yak'\\] that the model was not trained on"):
+    evaluate.evaluate_workdir(workdir, data_dir=str(new), output_dir=str(tmp_path / "out3"))

@@ -68,32 +68,41 @@ def _record(row: dict, path: str, number: int) -> dict:
           "split": str(row.get("split") or "").strip(), "group": str(row.get("group") or "").strip()}
 
 
-def scan(dataset_config, multi_label: bool) -> folder_scan.Listing:
-  """The listing the label file describes: class names, per split (paths, labels) and per split groups."""
-  ds = dataset_config
-  file = os.path.expanduser(ds.labels_file)
+def read(file: str, root: str, class_names, multi_label: bool) -> tuple[list[str], np.ndarray, list[dict], tuple]:
+  """(absolute image paths, labels, the records, class names) of every image the label file lists."""
+  file = os.path.expanduser(file)
   if not os.path.isfile(file):
-    raise DataError(f"dataset.labels_file={ds.labels_file!r} does not exist; give a CSV or JSON file of image "
-                    "paths and their labels.")
-  root = os.path.expanduser(ds.path)
+    raise DataError(f"The label file {file!r} does not exist; give a CSV or JSON file of image paths and their "
+                    "labels.")
   records = _records(file)
   if not records:
     raise DataError(f"The label file {file} lists no images.")
   for r in records:
-    r["path"] = r["path"] if os.path.isabs(r["path"]) else os.path.join(root, r["path"])
+    r["path"] = r["path"] if os.path.isabs(r["path"]) else os.path.join(os.path.expanduser(root), r["path"])
   bad = [r["path"] for r in records if os.path.splitext(r["path"])[1].lower() not in decode.EXTENSIONS]
   if bad:
     raise DataError(f"{len(bad)} path(s) in {file} are not image files (e.g. {bad[0]}); list only "
                     f"{', '.join(decode.EXTENSIONS)} files.")
-  names = _class_names(records, ds.class_names, file)
-  labels = _encode(records, names, multi_label, file)
-  paths = [r["path"] for r in records]
-  groups = np.asarray([r["group"] or "(none)" for r in records], object)
-  has_groups = any(r["group"] for r in records)
-  parts = _split_indices(records, labels, ds, file)
+  names = _class_names(records, class_names, file)
+  return [r["path"] for r in records], _encode(records, names, multi_label, file), records, names
+
+
+def groups_of(records: list[dict]) -> np.ndarray | None:
+  """Each record's group name, or None when the file gives no groups."""
+  if not any(r["group"] for r in records):
+    return None
+  return np.asarray([r["group"] or "(none)" for r in records], object)
+
+
+def scan(dataset_config, multi_label: bool) -> folder_scan.Listing:
+  """The listing the label file describes: class names, per split (paths, labels) and per split groups."""
+  ds = dataset_config
+  paths, labels, records, names = read(ds.labels_file, ds.path, ds.class_names, multi_label)
+  groups = groups_of(records)
+  parts = _split_indices(records, labels, ds, os.path.expanduser(ds.labels_file))
   splits = {name: ([paths[i] for i in idx], labels[idx]) for name, idx in parts.items()}
   return folder_scan.Listing(names, splits, 0,
-                             {name: groups[idx] for name, idx in parts.items()} if has_groups else {})
+                             {name: groups[idx] for name, idx in parts.items()} if groups is not None else {})
 
 
 def _class_names(records: list[dict], fixed, file: str) -> tuple[str, ...]:
