@@ -218,3 +218,12 @@ def test_command_prints_a_table_and_writes_json(trained, python):
   bad = subprocess.run([python, "-m", "jaxcls.fewshot", "--workdir", trained, "--shots", "0,5"],
                        env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1 and "fewshot.shots=(0, 5) must all be positive" in bad.stderr
+
+
+def test_base_config_section_matches_the_evaluator_defaults():
+  from jaxcls import config_base
+  base = config_base.get_base_config()
+  if "fewshot" not in base:
+    pytest.skip("config.fewshot is not in config_base.py yet")
+  assert base.fewshot.to_dict() == fewshot.default_config().to_dict()
+  assert fewshot.build_evaluator(base, None, None, None) is None  # off by default: nothing is built
