@@ -6,6 +6,7 @@ package alone, so the core trains without TensorFlow; both are imported lazily f
 """
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -211,11 +212,39 @@ class EventFileWriter(Writer):
     from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
     self._add(0, summary_v2.hparams_pb(dict(hparams)))
 
+  def write_images(self, step, images):
+    for key, batch in images.items():
+      for i, image in enumerate(np.asarray(batch)):
+        tag = key if len(batch) == 1 else f"{key}/{i}"
+        height, width, channels = image.shape
+        value = self._summary_pb2.Summary.Value(tag=tag, image=self._summary_pb2.Summary.Image(
+            height=height, width=width, colorspace=channels, encoded_image_string=_png_bytes(image)))
+        self._add(step, self._summary_pb2.Summary(value=[value]))
+
   def flush(self):
     self._writer.flush()
 
   def close(self):
     self._writer.close()
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def write_figures(writer: Writer, step: int, paths: Iterable[str]) -> None:
+  """The report's PNG figures as TensorBoard images (tag `figures/<file name>`), beside the scalars."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images = {}
+  for path in paths:
+    with Image.open(path) as figure:
+      images["figures/" + os.path.splitext(os.path.basename(path))[0]] = np.asarray(figure.convert("RGB"))[None]
+  if images:
+    writer.write_images(step, images)
+    writer.flush()
 
 
 def _tensorboard_writer(logdir: str) -> Any:

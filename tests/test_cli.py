@@ -45,6 +45,9 @@ def test_default_config_end_to_end(python, tmp_path):
   acc.Reload()
   tags = acc.Tags()["scalars"] + acc.Tags().get("tensors", [])
   assert any("train/loss" in t for t in tags) and any("eval/accuracy" in t for t in tags)
+  images = acc.Tags().get("images", []) + [t for t in acc.Tags().get("tensors", [])
+                                           if acc.SummaryMetadata(t).plugin_data.plugin_name == "images"]
+  assert any("figures/confusion" in t for t in images), images  # the report's figures, in TensorBoard too
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -86,6 +86,7 @@ def test_fallback_without_tensorflow_or_clu(tmp_path):
       writer.write_scalars(4, {"loss": 0.25, "lr": 0.1})
       writer.write_texts(4, {"note": "no tf"})
       writer.write_hparams({"model": {"name": "resnet", "widths": (1, 2)}})
+      writer.write_images(4, {"figure": np.full((1, 5, 7, 3), 200, np.uint8)})
       progress = writers.create_progress(10, writer, is_main=True)
       for step in range(5, 11):
         progress(step, t=step * 0.5)
@@ -99,6 +100,10 @@ def test_fallback_without_tensorflow_or_clu(tmp_path):
   assert scalars["steps_per_sec"] == [(10, pytest.approx(2.0))]
   assert plugins["note"] == ("text", ["no tf"])
   assert "hparams" in plugins.values()
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  acc.Reload()
+  image = acc.Images("figure")[0]
+  assert (image.step, image.width, image.height) == (4, 7, 5)
   records = _jsonl(tmp_path)
   assert records[:2] == [{"step": 3, "loss": 0.5}, {"step": 4, "loss": 0.25, "lr": 0.1}]
   assert records[2]["step"] == 10 and records[2]["steps_per_sec"] == pytest.approx(2.0)
