@@ -228,9 +228,10 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
-  """One row per (record, mode); jaxcls train rows also get their speed over the PyTorch run of the same shape."""
+  """One row per (record, mode); jaxcls train rows also get their speed over the PyTorch run of the same shape
+  (its torch.compile run when there is one, else its eager run)."""
   peers = {}
-  for r in records:
+  for r in sorted(records, key=lambda r: not r.get("torch_compile", False)):
     if r.get("framework") != "jaxcls" and "train" in r:
       peers.setdefault((r["model"], r["batch_size"], r["image_size"]), r)
   header = (f"{'run':<44} {'mode':<5} {'img/s':>10} {'img/s/dev':>10} {'ms/step':>8} {'compile s':>9} "
