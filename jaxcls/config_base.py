@@ -86,6 +86,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.step_boundaries = (0.5, 0.75)   # step: fractions of training where the rate drops
   config.optimizer.step_factor = 0.1               # step: multiplier at each boundary
   config.optimizer.grad_clip_norm = 0.0        # clip the global gradient norm; 0 = off
+  config.optimizer.backbone_lr_factor = 1.0    # the backbone's (all but the head's) rate as a fraction of the head's;
+                                               # 0 = frozen: no update, no decay, batch norm in inference mode
 
   config.augment = ""                          # ops applied on the device, e.g. 'random_crop(padding=4)|flip_lr'
 
@@ -101,4 +103,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.async_checkpointing = True
   config.dtype = "float32"                     # computation dtype: 'float32' | 'bfloat16'
   config.ema_decay = 0.0                       # > 0 keeps an exponential moving average of the params
+
+  # Transfer learning (docs/transfer.md). Applies only while the workdir has no checkpoint of its own.
+  config.init_from = ""                        # '' = random init; a jaxcls workdir, its checkpoints/<step> folder,
+                                               # or a .msgpack/.npz written by `python -m jaxcls.convert`
+  config.init_from_step = -1                   # the workdir's checkpoint step to start from; -1 = latest
+  config.init_head = "auto"                    # 'auto': keep the loaded head if it fits the same classes, else a new
+                                               # one | 'keep' (must fit) | 'reinit' (always a new head)
+  config.head_modules = ()                     # the head's parameter modules, e.g. ('fc',); () = found by itself
+                                               # (the layers whose shapes depend on the class count)
+  config.compilation_cache_dir = ""            # JAX persistent compilation cache folder; '' = off. Reruns and
+                                               # resumed runs load compiled steps from it instead of compiling
   return config

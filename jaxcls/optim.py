@@ -46,6 +46,9 @@ def _check(opt_config: Any, num_train_steps: int) -> None:
     value = getattr(c, key)
     _fail_unless(0 <= value < 1, f"config.optimizer.{key}={value} must be in [0, 1).")
   _fail_unless(c.eps > 0, f"config.optimizer.eps={c.eps} must be > 0.")
+  factor = c.get("backbone_lr_factor", 1.0)
+  _fail_unless(factor >= 0, f"config.optimizer.backbone_lr_factor={factor} must be >= 0 (0 freezes the backbone, "
+                            "1 trains it at the full rate).")
   _fail_unless(0 <= c.warmup_steps < num_train_steps,
                f"config.optimizer.warmup_steps={c.warmup_steps} must be >= 0 and smaller than the "
                f"{num_train_steps} training steps.")
@@ -90,13 +93,47 @@ def build_schedule(opt_config: Any, num_train_steps: int) -> Schedule:
   return optax.join_schedules([ramp, decay], [warmup])
 
 
-def build_optimizer(opt_config: Any,
-                    num_train_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
-  """The optax transformation and its learning-rate schedule (returned too, so the loop can log the rate)."""
+def param_labels(is_head: Callable[[tuple[str, ...]], bool]) -> Callable[[Any], Any]:
+  """params -> the same tree of 'head' / 'backbone' labels, for `optax.multi_transform`."""
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "head" if is_head(tuple(str(getattr(p, "key", p)) for p in path)) else "backbone", params)
+  return labels
+
+
+def build_optimizer(opt_config: Any, num_train_steps: int, *,
+                    is_head: Callable[[tuple[str, ...]], bool] | None = None
+                    ) -> tuple[optax.GradientTransformation, Schedule]:
+  """The optax transformation and its learning-rate schedule (returned too, so the loop can log the rate).
+
+  With `backbone_lr_factor` != 1, `is_head(path)` splits the parameters into two groups (optax.multi_transform):
+  the head trains with the schedule, the backbone with the schedule times the factor. A factor of 0 freezes the
+  backbone outright (optax.set_to_zero: no gradient step, no weight decay, no momentum state), and the gradient
+  clipping norm is then measured over the head alone, the parameters that train.
+  """
   c = opt_config
   schedule = build_schedule(c, num_train_steps)
+  factor = float(c.get("backbone_lr_factor", 1.0))
+  if factor == 1.0:
+    return _single_group(c, schedule, clip=True), schedule
+  if is_head is None:
+    raise ConfigError(f"config.optimizer.backbone_lr_factor={factor} needs the head's parameters to be known "
+                      "(jaxcls.transfer finds them); pass is_head to build_optimizer.")
+  labels = param_labels(is_head)
+  if factor == 0.0:
+    groups = {"head": _single_group(c, schedule, clip=True), "backbone": optax.set_to_zero()}
+    return optax.multi_transform(groups, labels), schedule
+  backbone_schedule = lambda step: factor * schedule(step)
+  groups = {"head": _single_group(c, schedule, clip=False),
+            "backbone": _single_group(c, backbone_schedule, clip=False)}
+  parts = [optax.clip_by_global_norm(c.grad_clip_norm)] if c.grad_clip_norm > 0 else []
+  return optax.chain(*parts, optax.multi_transform(groups, labels)), schedule
+
+
+def _single_group(c: Any, schedule: Schedule, *, clip: bool) -> optax.GradientTransformation:
+  """Clipping (optional), then the configured optimizer with its decoupled, masked weight decay at `schedule`."""
   parts = []
-  if c.grad_clip_norm > 0:
+  if clip and c.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
   if c.name == "adamw":
     parts.append(optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
@@ -108,4 +145,4 @@ def build_optimizer(opt_config: Any,
     if c.weight_decay > 0:
       parts.append(optax.add_decayed_weights(c.weight_decay, mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts), schedule
+  return optax.chain(*parts)

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxcls import checkpoint, config_check, data, models, optim, parallel, report, steps, tasks, writers
+from jaxcls import checkpoint, config_check, data, models, optim, parallel, report, steps, tasks, transfer, writers
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
 from jaxcls.data.in_memory import SAMPLINGS
@@ -162,6 +162,25 @@ def class_table(info: data.DatasetInfo, class_weights) -> str:
   return "\n".join(lines)
 
 
+def enable_compilation_cache(directory: str) -> None:
+  """Turns on JAX's persistent compilation cache in `directory`, so a rerun or a resumed run skips compiling.
+
+  Every program is cached, however quick to compile or small (JAX's defaults skip those under 1 s), because on
+  a CPU the many small ones add up. A cache opened earlier in this process at another folder is closed first.
+  """
+  if not directory:
+    return
+  directory = os.path.abspath(os.path.expanduser(directory))
+  os.makedirs(directory, exist_ok=True)
+  if jax.config.jax_compilation_cache_dir != directory:
+    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no size limit
+  logging.info("Persistent compilation cache: %s", directory)
+
+
 def _check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
   host = parallel.to_host(metrics)
   if float(host["finite"]) < 1.0:
@@ -189,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     devices: the devices of the data mesh (default: all devices of all processes).
   """
   config_check.validate(config)
+  enable_compilation_cache(config.compilation_cache_dir)
   if config.dtype not in steps.DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
   workdir = os.path.abspath(workdir)
@@ -209,7 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   task, model, task_config = build_task_and_model(config, info)
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   num_train_steps, eval_every, ckpt_every = schedule_lengths(config, steps_per_epoch)
-  tx, schedule = optim.build_optimizer(config.optimizer, num_train_steps)
+  plan = transfer.Plan(config, task.num_outputs, info.image_shape, info.class_names)
+  tx, schedule = optim.build_optimizer(config.optimizer, num_train_steps, is_head=plan.is_head)
   augment = augment_lib.build(config.augment, info.num_classes)
 
   # Initialisation draws with the 'rbg' generator: on CPU, XLA compiles a threefry-based init of even a small
@@ -220,23 +241,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                          use_ema=config.ema_decay > 0, mesh=mesh)
   norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
   train_step = steps.CompiledOnFirstCall(
-      steps.make_train_step(model, task, tx, schedule, augment, ema_decay=config.ema_decay, **norm),
+      steps.make_train_step(plan.train_model(model), task, tx, schedule, augment, ema_decay=config.ema_decay,
+                            **norm),
       "Train step (forward, backward, update)", config.batch_size / mesh.size)
   eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, **norm), "Eval step (forward)",
                                         eval_batch_size / mesh.size)
 
   ckpt = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
-      fingerprint=checkpoint.fingerprint(config, info.num_classes, info.image_shape))
+      fingerprint=dict(checkpoint.fingerprint(config, info.num_classes, info.image_shape), **plan.fingerprint()))
   last_saved = ckpt.latest_step()
   if last_saved is None:
-    state = init(init_key)
+    state = plan.load_into(init(init_key), tx, mesh)
     start_step = 0
   else:
     abstract = checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh))
     state, _ = ckpt.restore(last_saved, abstract)
     start_step = int(parallel.to_host(state.step))
-    logging.info("Resuming from step %d of %d.", start_step, num_train_steps)
+    logging.info("Resuming from step %d of %d%s.", start_step, num_train_steps,
+                 " (config.init_from is not read again)" if config.init_from else "")
 
   writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step)
   resolved = resolved_config(config, info, num_train_steps)

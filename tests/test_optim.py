@@ -189,3 +189,74 @@ def test_bad_config_raises(overrides, num_steps, fragment):
   with pytest.raises(ConfigError) as info:
     optim.build_optimizer(_config(**overrides), num_steps)
   assert fragment in str(info.value)
+
+
+# Parameter groups: a backbone trained at a fraction of the rate, or frozen.
+
+
+def _is_head(path):
+  return path[0] == "dense"
+
+
+def _deltas(tx, grads_list):
+  final = _run(tx, grads_list, _params())
+  return jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), final, _params())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_frozen_backbone_gets_no_update_no_decay_and_no_state(name):
+  settings = dict(name=name, schedule="constant", learning_rate=0.1, weight_decay=0.5, momentum=0.9)
+  frozen, _ = optim.build_optimizer(_config(**settings, backbone_lr_factor=0.0), 10, is_head=_is_head)
+  plain, _ = optim.build_optimizer(_config(**settings), 10)
+  grads = [_grads(i) for i in range(3)]
+  got = _run(frozen, grads, _params())
+  np.testing.assert_array_equal(got["norm"]["scale"], _params()["norm"]["scale"])
+  want = _run(plain, [{"dense": g["dense"]} for g in grads], {"dense": _params()["dense"]})
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got["dense"], want["dense"])
+  # Zero gradients: weight decay alone would move a kernel, but not a frozen one.
+  params = {"dense": _params()["dense"], "conv": {"kernel": jnp.ones((2, 2))}}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  state = frozen.init(params)
+  updates, state = frozen.update(zero, state, params)
+  np.testing.assert_array_equal(updates["conv"]["kernel"], 0.0)
+  assert np.abs(np.asarray(updates["dense"]["kernel"])).max() > 0
+  # Momentum / moments are kept for the head only.
+  head_only = sum(np.size(x) for x in jax.tree.leaves(plain.init({"dense": params["dense"]})))
+  assert sum(np.size(x) for x in jax.tree.leaves(state)) == head_only
+
+
+@pytest.mark.parametrize("name, momentum", [("sgd", 0.9), ("sgd", 0.0), ("adamw", 0.9)])
+def test_backbone_updates_scale_with_the_factor(name, momentum):
+  settings = dict(name=name, schedule="cosine", learning_rate=0.2, weight_decay=0.1, momentum=momentum,
+                  warmup_steps=1)
+  scaled, schedule = optim.build_optimizer(_config(**settings, backbone_lr_factor=0.25), 10, is_head=_is_head)
+  plain, plain_schedule = optim.build_optimizer(_config(**settings), 10)
+  grads = [_grads(i) for i in range(3)]
+  got, full = _deltas(scaled, grads), _deltas(plain, grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), got["dense"], full["dense"])
+  np.testing.assert_allclose(got["norm"]["scale"], 0.25 * full["norm"]["scale"], rtol=1e-5)
+  assert float(schedule(3)) == float(plain_schedule(3))  # the logged rate is the head's
+
+
+def test_clipping_counts_only_trained_parameters():
+  config = dict(schedule="constant", learning_rate=1.0, momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0)
+  params = _params()
+  grads = {"dense": jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params["dense"]),
+           "norm": {"scale": jnp.full((2,), 100.0)}}
+  frozen, _ = optim.build_optimizer(_config(**config, backbone_lr_factor=0.0), 10, is_head=_is_head)
+  updates, _ = frozen.update(grads, frozen.init(params), params)
+  np.testing.assert_allclose(updates["dense"]["kernel"], -0.1, rtol=1e-6)  # under the norm: not clipped
+  scaled, _ = optim.build_optimizer(_config(**config, backbone_lr_factor=0.5), 10, is_head=_is_head)
+  updates, _ = scaled.update(grads, scaled.init(params), params)
+  total = float(optax.tree.norm(grads))
+  np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 / total, rtol=1e-5)  # clipped with the backbone
+  np.testing.assert_allclose(updates["norm"]["scale"], -0.5 * 100.0 / total, rtol=1e-5)
+
+
+def test_param_labels_and_group_errors():
+  assert optim.param_labels(_is_head)(_params()) == {"dense": {"kernel": "head", "bias": "head"},
+                                                     "norm": {"scale": "backbone"}}
+  with pytest.raises(ConfigError, match="backbone_lr_factor=-0.5 must be >= 0"):
+    optim.build_optimizer(_config(backbone_lr_factor=-0.5), 10, is_head=_is_head)
+  with pytest.raises(ConfigError, match="needs the head's parameters"):
+    optim.build_optimizer(_config(backbone_lr_factor=0.5), 10)
