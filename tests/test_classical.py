@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -34,7 +33,7 @@ def digits_svm(tmp_path_factory):
 # ---- features ----
 
 @pytest.mark.parametrize("shape, cell, block, orientations", [
-    ((3, 28, 28, 1), 4, 2, 9), ((2, 30, 26, 3), 5, 3, 8), ((2, 8, 8, 1), 2, 2, 9), ((1, 17, 12, 3), 4, 1, 6)])
+    ((3, 28, 28, 1), 4, 2, 9), ((2, 30, 26, 3), 5, 3, 8)])
 def test_hog_length_follows_the_cell_and_block_formula(shape, cell, block, orientations):
   images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
   features = handcrafted.hog(images, orientations=orientations, cell_size=cell, block_size=block)
@@ -115,10 +114,10 @@ def test_svm_agrees_with_linear_svc_and_is_deterministic(digits_svm):
 
 def test_run_writes_the_standard_report(digits_svm):
   config, workdir, report = digits_svm
-  task = run.tasks.build(dict(config.task), 10)
-  logits = jnp.eye(10)[jnp.arange(20) % 10]
-  labels, mask = jnp.arange(20) % 10, jnp.ones(20, bool)
-  cnn_keys = set(task.finalize(task.eval_sums(logits, labels, mask), task.eval_outputs(logits, labels, mask)))
+  # The multiclass task's own metric keys (the shapes of the run's eval, so nothing compiles again).
+  labels = np.arange(360) % 10
+  cnn_keys = set(run._score(config, 10, np.eye(10, dtype=np.float32)[labels], labels)[0])
+  assert {"accuracy", "loss", "top5_accuracy", "balanced_accuracy", "confusion_matrix", "ece"} <= cnn_keys
   with open(os.path.join(workdir, "report.json")) as f:
     saved = json.load(f)
   assert cnn_keys <= set(saved) and {"step", "split", "model", "train_seconds", "num_features"} <= set(saved)

@@ -10,20 +10,23 @@ from jaxcls import main as cli
 from jaxcls.errors import JaxclsError
 
 
+# pylint: disable=protected-access  (the flags and helpers of jaxcls.main are reused, not copied)
+
+
 def main(argv):
   del argv
-  if cli._CONFIG.value is None or not cli._WORKDIR.value:  # pylint: disable=protected-access
-    cli._exit("Both --config and --workdir are required, e.g. --config=configs/classical_digits.py "  # pylint: disable=protected-access
+  if cli._CONFIG.value is None or not cli._WORKDIR.value:
+    cli._exit("Both --config and --workdir are required, e.g. --config=configs/classical_digits.py "
               "--workdir=/tmp/classical.", 2)
-  logging.get_absl_handler().addFilter(cli._QuietLibraries())  # pylint: disable=protected-access
-  config = cli._CONFIG.value  # pylint: disable=protected-access
-  for key, value in cli._model_args_from_argv.items():  # pylint: disable=protected-access
+  logging.get_absl_handler().addFilter(cli._QuietLibraries())
+  config = cli._CONFIG.value
+  for key, value in cli._model_args_from_argv.items():
     config.model[key] = value
   try:
     from jaxcls.classical import run  # pylint: disable=g-import-not-at-top
-    final = run.run(config, cli._WORKDIR.value)  # pylint: disable=protected-access
+    final = run.run(config, cli._WORKDIR.value)
   except JaxclsError as e:
-    cli._exit(str(e), 1)  # pylint: disable=protected-access
+    cli._exit(str(e), 1)
   print(f"{final['model']} on the {final['split']} split: accuracy {final['accuracy']:.4f}, "
         f"train {final['train_seconds']:.1f} s, eval {final['eval_seconds']:.1f} s.")
 

@@ -6,6 +6,7 @@ the task's logits: the SVM's one-vs-rest decision values (so 'loss' is the cross
 the log of k-NN vote fractions (floored at 1e-6, so 'loss' is the cross entropy of the vote fractions).
 """
 
+import functools
 import json
 import os
 import time
@@ -123,9 +124,13 @@ def _score(config, num_classes: int, logits: np.ndarray, labels: np.ndarray) -> 
   task = tasks.build(dict(config.task), num_classes)
   logits, labels = jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.int32)
   mask = jnp.ones(labels.shape, bool)
-  sums = jax.tree.map(np.asarray, task.eval_sums(logits, labels, mask))
-  outputs = jax.tree.map(np.asarray, task.eval_outputs(logits, labels, mask))
+  sums, outputs = jax.tree.map(np.asarray, _sums_and_outputs(task, logits, labels, mask))
   return task.finalize(sums, outputs), outputs
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sums_and_outputs(task, logits, labels, mask):
+  return task.eval_sums(logits, labels, mask), task.eval_outputs(logits, labels, mask)
 
 
 def _write_run_files(workdir: str, config, info) -> None:
