@@ -19,6 +19,7 @@ def get_base_config() -> ml_collections.ConfigDict:
                                                # folder: one subfolder per class; idx: the idx files' folder
   config.dataset.image_key = "images"          # arrays: array names inside the .npz files
   config.dataset.label_key = "labels"
+  config.dataset.group_key = "groups"          # arrays: optional array of group names per image (per-group metrics)
   config.dataset.tfds_name = ""                # tfds: e.g. 'cifar10', 'mnist:3.0.1'
   config.dataset.data_dir = ""                 # tfds: where prepared data lives ('' = TFDS default)
   config.dataset.download = False              # tfds: download and prepare if missing (never by default)
@@ -35,6 +36,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.deterministic = True          # tfds: fixed tf.data order (exact resume); False is a bit faster
   config.dataset.idx_transpose = False         # idx: images stored column-major (EMNIST)
   config.dataset.val_fraction = 0.0            # folder without split folders: also hold out a 'val' split
+  config.dataset.labels_file = ""              # folder: a CSV/JSON of image paths -> labels (multi-label sets,
+                                               # groups, splits) instead of class subfolders; see data/label_file.py
   config.dataset.class_depth = 1               # folder: 1 = class folders; 2 = coarse/fine/ folders (hierarchical)
   config.dataset.cache = "auto"                # folder: 'memory' | 'file' (decoded once into .npy files) | 'none'
   config.dataset.cache_limit_mb = 2048         #   'auto' = 'memory' below this decoded size, else 'none' (stream)
@@ -103,6 +106,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.async_checkpointing = True
   config.dtype = "float32"                     # computation dtype: 'float32' | 'bfloat16'
   config.ema_decay = 0.0                       # > 0 keeps an exponential moving average of the params
+
+  config.fewshot = ml_collections.ConfigDict()  # few-shot ridge + k-NN on penultimate features (docs/fewshot.md)
+  config.fewshot.every_steps = 0               # > 0: evaluate every N steps and at the end; 0 = off
+  config.fewshot.shots = (1, 5, 10, 25)        # training examples per class for the ridge classifier
+  config.fewshot.seeds = 3                     # shot draws per shot count (mean and std reported)
+  config.fewshot.l2_reg = 1024.0               # ridge penalty on the standardised features
+  config.fewshot.knn_k = (1, 10)               # k-NN neighbour counts; () = none
+  config.fewshot.knn_metric = "cosine"         # 'cosine' | 'euclidean'
+  config.fewshot.train_examples = 10_000       # training examples kept (whole batches); 0 = one epoch
+  config.fewshot.batch_size = 0                # feature-extraction batch; 0 = eval_batch_size
 
   # Transfer learning (docs/transfer.md). Applies only while the workdir has no checkpoint of its own.
   config.init_from = ""                        # '' = random init; a jaxcls workdir, its checkpoints/<step> folder,

@@ -17,12 +17,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxcls import checkpoint, config_check, data, models, optim, parallel, report, steps, tasks, transfer, writers
+from jaxcls import checkpoint, config_check, data, group_metrics, models, optim, parallel, report, steps, tasks
+from jaxcls import fewshot, transfer, writers
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
 from jaxcls.data.in_memory import SAMPLINGS
 from jaxcls.errors import ConfigError, NonFiniteLossError
 from jaxcls.metrics import MeanAccumulator, RowGatherer, SumAccumulator
+from jaxcls.state import eval_params
 from jaxcls.tasks.multiclass import resolve_class_weights
 
 
@@ -60,7 +62,13 @@ def evaluate(eval_step, state, dataset, task, batch_size: int, mesh,
       sums.add(batch_sums)
       rows.add(outputs)
   outputs = rows.result()
-  return task.finalize(sums.result(), outputs or None), outputs
+  result = task.finalize(sums.result(), outputs or None)
+  groups = getattr(dataset, "eval_groups", None)
+  if groups is not None and outputs:
+    result["per_group"] = group_metrics.per_group(outputs, groups, task.num_classes,
+                                                  threshold=getattr(task, "threshold", 0.5),
+                                                  thresholds=getattr(task, "thresholds", None))
+  return result, outputs
 
 
 def build_task_and_model(config, info: data.DatasetInfo):
@@ -70,16 +78,6 @@ def build_task_and_model(config, info: data.DatasetInfo):
                                                        info.num_classes)
   task = tasks.build(task_config, info.num_classes)
   return task, models.build(config.model, task.num_outputs, config.dtype), task_config
-
-
-def predictions_of(final_report: dict, outputs: dict) -> np.ndarray | None:
-  """Each eval example's predicted class for single-label tasks (None for multi-label sets)."""
-  probs, labels = outputs.get("probs"), outputs.get("labels")
-  if probs is None or labels is None or labels.ndim != 1:
-    return None
-  if probs.ndim == 1:  # binary: the probability of the positive class against the decision threshold
-    return (probs >= final_report.get("threshold", 0.5)).astype(np.int64)
-  return probs.argmax(1)
 
 
 def misclassified_images(dataset, batch_size: int, wrong_rows: np.ndarray) -> np.ndarray:
@@ -111,7 +109,7 @@ def write_plots(workdir: str, final_report: dict, outputs: dict, class_names, me
   plots_dir = os.path.join(workdir, "plots")
   written = plots.write_all(plots_dir, final_report, outputs or None, class_names,
                             os.path.join(metrics_dir or workdir, writers.JSONL_NAME))
-  predicted = predictions_of(final_report, outputs or {})
+  predicted = group_metrics.single_label_predictions(outputs or {}, final_report.get("threshold", 0.5))
   if dataset is not None and predicted is not None and jax.process_count() == 1:
     labels = outputs["labels"]
     wrong = np.flatnonzero(predicted != labels)[:max_images]
@@ -246,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
       "Train step (forward, backward, update)", config.batch_size / mesh.size)
   eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, **norm), "Eval step (forward)",
                                         eval_batch_size / mesh.size)
+  fewshot_eval = fewshot.build_evaluator(config, model, dataset, mesh)  # None unless config.fewshot.every_steps
 
   ckpt = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
@@ -317,6 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                                    config.prefetch_to_device)
         writer.write_scalars(done, _scalars(result, "eval/"))
         final = (result, outputs) if done == num_train_steps else None
+      if fewshot_eval is not None and fewshot_eval.due(done, num_train_steps):
+        writer.write_scalars(done, fewshot_eval(eval_params(state), state.batch_stats))
       if done % ckpt_every == 0 or done == num_train_steps:
         _check_finite(*pending, last_saved)
         ckpt.save(done, state, {"next_batch": done}, force=True)
@@ -336,6 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     plot_paths = write_plots(workdir, final_report, final_outputs, info.class_names, dataset=dataset,
                              batch_size=eval_batch_size)
     report.write(workdir, final_report, info.class_names, plot_paths)
+    writers.write_figures(writer, final_report["step"], plot_paths)
   logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", final_report["split"],
                final_report["step"], final["loss"], final["accuracy"])
   writer.close()

@@ -165,8 +165,20 @@ def test_bad_settings_fail_clearly():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(tiny_config(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4), workdir)
+  config = tiny_config(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4,
+                       **{"fewshot.every_steps": 2, "fewshot.shots": (1, 5), "fewshot.seeds": 2,
+                          "fewshot.knn_k": (3,), "fewshot.train_examples": 64, "fewshot.batch_size": 16})
+  train.train_and_evaluate(config, workdir)
   return workdir
+
+
+def test_the_training_loop_logs_the_periodic_evaluator(trained):
+  with open(os.path.join(trained, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  logged = {row["step"]: row for row in rows if "fewshot/5shot_mean" in row}
+  assert sorted(logged) == [2, 4]
+  assert set(logged[4]) == {"step", "fewshot/1shot_mean", "fewshot/1shot_std", "fewshot/5shot_mean",
+                            "fewshot/5shot_std", "fewshot/knn3"}
 
 
 def test_evaluator_is_deterministic_and_matches_the_command(trained):
@@ -223,7 +235,5 @@ def test_command_prints_a_table_and_writes_json(trained, python):
 def test_base_config_section_matches_the_evaluator_defaults():
   from jaxcls import config_base
   base = config_base.get_base_config()
-  if "fewshot" not in base:
-    pytest.skip("config.fewshot is not in config_base.py yet")
   assert base.fewshot.to_dict() == fewshot.default_config().to_dict()
   assert fewshot.build_evaluator(base, None, None, None) is None  # off by default: nothing is built
