@@ -1,0 +1,204 @@
+"""Attribution maps and `python -m jaxcls.explain`: the maps find a planted patch, IG is complete, Grad-CAM is CAM.
+
+The task: noise images with one small pure-colour patch at a random position; the label is the patch's colour. A
+random colour tint per image makes the image's mean colour useless, so a model must find the patch (a linear
+"average colour" model would have gradients spread evenly over the image), and every map should concentrate on it.
+"""
+
+import json
+import os
+import subprocess
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, subprocess_env, tiny_config
+from jaxcls import attribution, explain, models, predict, restore, train
+from jaxcls.errors import ConfigError
+
+SIZE, PATCH = 16, 4
+COLOURS = ("red", "green", "blue")
+
+
+def patch_images(num: int, seed: int):
+  """(uint8 images [num, SIZE, SIZE, 3], labels, patch top-left corners): tinted grey noise, a pure-colour patch."""
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(num) % len(COLOURS)).astype(np.int32)
+  grey = rng.integers(0, 60, (num, SIZE, SIZE, 1))
+  tint = rng.integers(0, 120, (num, 1, 1, 3))
+  images = (grey + tint).astype(np.uint8)
+  corners = rng.integers(0, SIZE - PATCH + 1, (num, 2))
+  for image, label, (y, x) in zip(images, labels, corners):
+    image[y:y + PATCH, x:x + PATCH] = 0
+    image[y:y + PATCH, x:x + PATCH, label] = 255
+  return images, labels, corners
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("patch")
+  images, labels, _ = patch_images(600, seed=0)
+  np.savez(root / "patch.npz", images=images, labels=labels, class_names=np.array(COLOURS))
+  config = tiny_config(**{"dataset.name": "arrays", "dataset.path": str(root / "patch.npz"),
+                          "dataset.image_size": (SIZE, SIZE), "model.widths": (16, 32), "model.dropout": 0.0},
+                       augment="", num_train_steps=120, batch_size=32, eval_batch_size=120, eval_every_steps=120,
+                       checkpoint_every_steps=120, **{"optimizer.learning_rate": 0.1})
+  workdir = str(root / "run")
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert json.load(f)["accuracy"] >= 0.95  # the maps below explain a model that solved the task
+  return workdir
+
+
+def test_every_map_concentrates_on_the_planted_patch(trained):
+  settings = explain.Settings(ig_steps=16)
+  explainer = explain.Explainer(restore.restore(trained), settings)
+  assert explainer.methods == list(explain.METHODS)
+  images, labels, corners = patch_images(24, seed=7)
+  normalised, _, probs = explainer.scores(images)
+  assert np.mean(np.argmax(probs, -1) == labels) >= 0.9
+  area = PATCH * PATCH / (SIZE * SIZE)
+  fractions = {m: [] for m in explainer.methods}
+  for i, (label, (y, x)) in enumerate(zip(labels, corners)):
+    for method, values in explainer.maps(normalised[i], int(label), i).items():
+      mass = np.abs(values)
+      fractions[method].append(mass[y:y + PATCH, x:x + PATCH].sum() / mass.sum())
+  for method, values in fractions.items():
+    # Most maps (measured: 80-100%, by method) hold over 3x the patch's share of the image inside the patch.
+    assert np.mean(np.asarray(values) > 3 * area) >= 2 / 3, (method, np.round(values, 3))
+
+
+def test_integrated_gradients_are_complete(trained):
+  """The map's total equals score(image) - score(baseline), up to a quadrature error that shrinks with steps."""
+  restored = restore.restore(trained)
+  explainer = explain.Explainer(restored, explain.Settings(methods=["integrated_gradients"]))
+  images, labels, _ = patch_images(2, seed=11)
+  normalised, scores, _ = explainer.scores(images)
+  variables = predict.model_variables(restored)
+  score_fn = lambda x: explain.class_scores(restored.task, restored.model.apply(variables, x, train=False))[0]
+  totals = {steps: jax.jit(lambda x, c, steps=steps: attribution.integrated_gradients(
+      score_fn, x, c, explainer.baseline, num_steps=steps, batch_size=65).sum()) for steps in (2, 64)}
+  for image, score, label in zip(normalised, scores, labels):
+    gap = score[label] - explainer.baseline_score(int(label))
+    errors = {steps: abs(float(total(image, int(label))) - gap) for steps, total in totals.items()}
+    assert errors[64] <= 0.02 * abs(gap) + 1e-3, (errors, gap)
+    assert errors[64] < errors[2]
+
+
+class Linear(nn.Module):
+  """score_k = sum(w_k * x): every method has a closed form to check against."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(2, use_bias=False)(x.reshape(x.shape[0], -1))
+
+
+def test_gradient_methods_match_closed_forms_on_a_linear_model():
+  model = Linear()
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 5, 4, 3)))
+  weights = np.asarray(variables["params"]["Dense_0"]["kernel"])[:, 1].reshape(5, 4, 3)
+  score_fn = lambda x: model.apply(variables, x)
+  image = np.asarray(jax.random.normal(jax.random.key(1), (5, 4, 3)))
+  baseline = np.full((5, 4, 3), -0.5, np.float32)
+  np.testing.assert_allclose(attribution.saliency(score_fn, image, 1), np.abs(weights).max(-1), rtol=1e-6)
+  # The gradient of a linear score is the same at every noisy copy, so SmoothGrad is the saliency.
+  np.testing.assert_allclose(attribution.smoothgrad(score_fn, image, 1, jax.random.key(2), num_samples=5,
+                                                    batch_size=2), np.abs(weights).max(-1), rtol=1e-5)
+  for rule in attribution.IG_RULES:
+    np.testing.assert_allclose(
+        attribution.integrated_gradients(score_fn, image, 1, baseline, num_steps=3, rule=rule),
+        ((image - baseline) * weights).sum(-1), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ConfigError, match="Grad-CAM needs a convolutional model"):
+    attribution.grad_cam(score_fn, image, 1)
+
+
+def test_path_points_integrate_polynomials():
+  for rule, exact_degree in (("trapezoid", 1), ("riemann_middle", 1), ("riemann_left", 0), ("riemann_right", 0)):
+    alphas, weights = attribution.path_points(4, rule)
+    for degree in range(exact_degree + 1):
+      assert float(jnp.sum(weights * alphas ** degree)) == pytest.approx(1 / (degree + 1), abs=1e-6), rule
+  with pytest.raises(ConfigError, match="Unknown integration rule 'simpson'"):
+    attribution.path_points(4, "simpson")
+
+
+def test_grad_cam_is_class_activation_mapping_for_a_pooled_linear_head():
+  """With average pooling and a linear head, Grad-CAM is Zhou et al.'s CAM: relu(features @ head weights) / hw."""
+  model = models.build({"name": "simple_cnn", "widths": (4, 6), "pooling": "avg", "norm": "none", "dropout": 0.0}, 3)
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  score_fn = lambda x: model.apply(variables, x)
+  image = jax.random.normal(jax.random.key(1), (8, 8, 3))
+  target = attribution.find_feature_map(score_fn, image.shape)
+  assert target.shape == (1, 4, 4, 6) and target.module == "SimpleCNN._act"
+  # The same features, read independently with flax's capture_intermediates.
+  _, state = model.apply(variables, image[None], capture_intermediates=True, mutable=["intermediates"])
+  features = np.asarray(_last_activation(state))[0]
+  head = np.asarray(variables["params"]["head"]["kernel"])[:, 2]
+  cam = np.maximum(features @ head, 0) / 16
+  expected = jax.image.resize(jnp.asarray(cam), (8, 8), "bilinear")
+  jitted = jax.jit(lambda x, c: attribution.grad_cam(score_fn, x, c))
+  np.testing.assert_allclose(jitted(image, 2), expected, rtol=1e-5, atol=1e-7)
+
+
+def _last_activation(state):
+  """The output of the model's last Activation module (the map before the final pooling)."""
+  names = sorted((k for k in state["intermediates"] if k.startswith("Activation_")), key=lambda k: int(k[11:]))
+  return state["intermediates"][names[-1]]["__call__"][0]
+
+
+class TinyTransformer(nn.Module):
+  """Patchify conv -> tokens -> Dense -> mean: the shape of a ViT, in a few parameters."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(8, (4, 4), strides=(4, 4))(x)
+    x = nn.Dense(8)(x.reshape(x.shape[0], -1, 8))
+    return nn.Dense(3)(x.mean(1))
+
+
+def test_grad_cam_refuses_token_models():
+  model = TinyTransformer()
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  with pytest.raises(ConfigError, match=r"Grad-CAM needs a convolutional model.*token sequences.*\(1, 4, 8\)"):
+    attribution.find_feature_map(lambda x: model.apply(variables, x), (8, 8, 3))
+
+
+def test_class_and_method_arguments():
+  assert explain.resolve_classes("blue,0", COLOURS) == [2, 0]
+  assert explain.resolve_classes(None, COLOURS) == []
+  with pytest.raises(ConfigError, match="'gren' is neither a class name nor an index in \\[0, 3\\). Did you mean"):
+    explain.resolve_classes("gren", COLOURS)
+  with pytest.raises(ConfigError, match="--methods='saliency,lime' is not valid"):
+    explain.resolve_methods("saliency,lime")
+  assert explain.resolve_methods("gradcam, saliency") == ["gradcam", "saliency"]
+
+
+def test_command_writes_one_png_per_image_and_an_index(trained, tmp_path, python):
+  images, labels, _ = patch_images(2, seed=3)
+  folder = tmp_path / "in"
+  folder.mkdir()
+  for i, image in enumerate(images):
+    Image.fromarray(image).save(folder / f"img{i}.png")
+  (folder / "broken.png").write_bytes(b"not an image")
+  out = tmp_path / "out"
+  proc = subprocess.run([python, "-m", "jaxcls.explain", "--workdir", trained, "--output_dir", str(out),
+                         "--class", "green,red", "--smoothgrad_samples", "8", "--ig_steps", "8", str(folder)],
+                        env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "2 explained, 1 failed" in proc.stdout and "broken.png: error: unreadable" in proc.stderr
+  index = json.loads((out / "index.json").read_text())
+  assert index["methods"] == list(explain.METHODS) and index["gradcam_layer"] == "SimpleCNN._act"
+  by_name = {os.path.basename(r["path"]): r for r in index["images"]}
+  assert by_name["broken.png"]["error"] and "png" not in by_name["broken.png"]
+  for i, label in enumerate(labels):
+    record = by_name[f"img{i}.png"]
+    assert record["predicted"] == COLOURS[label]
+    assert [row["class"] for row in record["explained"]] == ["green", "red"]
+    for row in record["explained"]:
+      assert row["integrated_gradients_total"] == pytest.approx(row["score_minus_baseline_score"], rel=0.1, abs=0.05)
+    with Image.open(record["png"]) as png:
+      assert png.width > 5 * 100 and png.height > 2 * 200  # five panels wide, one row per class
+  assert "img0.png" in (out / "index.md").read_text()
