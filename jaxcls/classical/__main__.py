@@ -10,7 +10,8 @@ from jaxcls import main as cli
 from jaxcls.errors import JaxclsError
 
 
-# pylint: disable=protected-access  (the flags and helpers of jaxcls.main are reused, not copied)
+# The flags and helpers of jaxcls.main are reused here, not copied.
+# pylint: disable=protected-access
 
 
 def main(argv):
