@@ -252,9 +252,6 @@ class Plan:
     self.model_config = config.model
     if self.policy not in HEAD_POLICIES:
       raise ConfigError(f"config.init_head={self.policy!r} is not valid; use one of {', '.join(HEAD_POLICIES)}.")
-    if self.factor < 0:
-      raise ConfigError(f"config.optimizer.backbone_lr_factor={self.factor} must be >= 0 (0 freezes the backbone, "
-                        "1 trains it at the full rate).")
     needs_head = bool(self.init_from) or self.factor != 1.0 or bool(config.head_modules)
     self.head = resolve_head(config, num_outputs, image_shape) if needs_head else ()
     if self.factor != 1.0 and not self.init_from:
@@ -308,6 +305,10 @@ class Plan:
                  "because %s.", source.description, f"{merged.loaded_params:,}", f"{merged.loaded_stats:,}",
                  head_names, f"{merged.head_params:,}", "kept" if merged.head_kept else "re-initialised",
                  merged.reason)
+    differences = _model_differences(source, self.model_config)
+    if differences:
+      logging.warning("init_from: the weights fit, so they are loaded, but the model config differs from the "
+                      "source's.%s", differences)
     if source.image_shape and tuple(source.image_shape) != self.image_shape:
       logging.warning("init_from: the source saw images %s, this run %s; the weights fit, but features learnt at "
                       "one scale transfer less well to another.", source.image_shape, self.image_shape)

@@ -1,8 +1,8 @@
 """Transfer learning (config.init_from, backbone_lr_factor, init_head) and the persistent compilation cache.
 
-A small CNN is pretrained on 800 of scikit-learn's digits; the target task is the other digits, with new class
-names (so a new head) and only 3 training images per class: features learnt on the source make the few target
-images enough, which training from scratch cannot match.
+A small CNN is pretrained on 800 of scikit-learn's digits. The target task is the other digits under new class
+names (so a new head) with only 3 training images per class, where a frozen pretrained backbone beats the same
+training from scratch by a wide margin.
 """
 
 import json
@@ -134,8 +134,8 @@ def test_resume_uses_its_own_checkpoint_and_keeps_the_fingerprint(runs, target_s
 
 
 @pytest.mark.parametrize("name, image_shape, head", [
-    ("simple_cnn", (8, 8, 1), "head"), ("resnet18", (32, 32, 3), "fc"), ("mobilenet_v2", (32, 32, 3), "classifier_1"),
-    ("vgg11", (32, 32, 3), "classifier_6"), ("lenet5", (32, 32, 1), "output"),
+    ("simple_cnn", (8, 8, 1), "head"), ("resnet18", (32, 32, 3), "fc"), ("vgg11", (32, 32, 3), "classifier_6"),
+    ("lenet5", (32, 32, 1), "output"),
 ])
 def test_head_is_found_for_each_family(name, image_shape, head):
   assert transfer.find_head({"name": name}, 10, image_shape) == ((head,),)
