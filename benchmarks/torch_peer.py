@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> dict:
   compiled = "compile" if args.compile else "eager"
   return {
       "framework": "torch",
-      "label": args.label or f"torch {args.model} {compiled} {args.dtype} b{args.batch_size} {args.image_size}px",
+      "label": args.label or " ".join(["torch", args.model, *([f"stem={args.stem}"] if args.stem != "imagenet" else []),
+                                       compiled, args.dtype, f"b{args.batch_size}", f"{args.image_size}px"]),
       "model": args.model,
       "model_args": {"stem": args.stem},
       "batch_size": args.batch_size,

@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   device = jax.devices()[0]
   return {
       "framework": "jaxcls",
-      "label": args.label or f"jaxcls {args.model} {args.dtype} b{args.batch_size} {args.image_size}px",
+      "label": args.label or " ".join(["jaxcls", args.model, *args.model_arg, args.dtype, f"b{args.batch_size}",
+                                        f"{args.image_size}px"]),
       "model": args.model,
       "model_args": model_config,
       "batch_size": args.batch_size,
@@ -228,13 +229,17 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
-  """One row per (record, mode); jaxcls train rows also get their speed over the PyTorch run of the same shape
-  (its torch.compile run when there is one, else its eager run)."""
+  """One row per (record, mode); jaxcls train rows also get their speed over the PyTorch run of the same model,
+  stem, batch, size and dtype (its torch.compile run when there is one, else its eager run)."""
+  def shape(r):
+    stem = (r.get("model_args") or {}).get("stem") or "imagenet"
+    return r["model"], stem, r["batch_size"], r["image_size"], r["dtype"]
+
   peers = {}
   for r in sorted(records, key=lambda r: not r.get("torch_compile", False)):
     if r.get("framework") != "jaxcls" and "train" in r:
-      peers.setdefault((r["model"], r["batch_size"], r["image_size"]), r)
-  header = (f"{'run':<44} {'mode':<5} {'img/s':>10} {'img/s/dev':>10} {'ms/step':>8} {'compile s':>9} "
+      peers.setdefault(shape(r), r)
+  header = (f"{'run':<50} {'mode':<5} {'img/s':>10} {'img/s/dev':>10} {'ms/step':>8} {'compile s':>9} "
             f"{'GFLOP/img':>9} {'TFLOP/s':>8} {'util':>6} {'vs peer':>7}")
   lines = [header, "-" * len(header)]
   for r in records:
@@ -243,11 +248,11 @@ def table(records: Sequence[dict[str, Any]]) -> str:
       if not m:
         continue
       ratio = "-"
-      peer = peers.get((r["model"], r["batch_size"], r["image_size"]))
+      peer = peers.get(shape(r))
       if r.get("framework") == "jaxcls" and mode == "train" and peer is not None:
         ratio = f"{m['images_per_s'] / peer['train']['images_per_s']:.2f}x"
       lines.append(
-          f"{r['label'][:44]:<44} {mode:<5} {m['images_per_s']:>10,.0f} {m['images_per_s_per_device']:>10,.0f} "
+          f"{r['label'][:50]:<50} {mode:<5} {m['images_per_s']:>10,.0f} {m['images_per_s_per_device']:>10,.0f} "
           f"{m['step_ms']:>8.2f} {_fmt(m.get('compile_s'), '9.1f'):>9} {_fmt(m.get('gflop_per_image'), '9.3f'):>9} "
           f"{_fmt(m.get('tflops_per_device'), '8.1f'):>8} {_fmt(m.get('utilization'), '6.1%'):>6} {ratio:>7}")
   return "\n".join(lines)

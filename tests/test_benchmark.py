@@ -56,7 +56,8 @@ def test_record_has_the_documented_fields_with_sane_values(record):
   # Forward, backward and update cost about three forward passes.
   assert 2.0 < r["train"]["gflop_per_image"] / r["infer"]["gflop_per_image"] < 4.5
   assert r["time_to_first_step_s"] >= r["train"]["first_step_s"]
-  assert "jaxcls simple_cnn" in stdout and "img/s" in stdout
+  assert r["label"] == "jaxcls simple_cnn widths=(4, 8) dropout=0.1 float32 b8 8px"
+  assert r["label"][:50] in stdout and "img/s" in stdout
 
 
 def test_forward_flops_agree_with_the_model_cost_command(record):
