@@ -136,13 +136,14 @@ class Explainer:
     black = np.asarray(self._normalize(np.zeros((1,) + tuple(info.image_shape), np.uint8)))[0]
     self.baseline = black if settings.baseline == "black" else np.zeros_like(black)
     requested = resolve_methods(settings.methods)
-    self.feature_map = None
+    self.feature_map, self.gradcam_skipped = None, None
     if requested is None or "gradcam" in requested:
       try:
         self.feature_map = attribution.find_feature_map(score_fn, tuple(info.image_shape))
-      except ConfigError:
+      except ConfigError as e:
         if requested is not None:
           raise
+        self.gradcam_skipped = str(e)  # not asked for by name: the other methods still run
     self.methods = requested or [m for m in METHODS if m != "gradcam" or self.feature_map is not None]
     s = settings
     functions = {
@@ -215,7 +216,8 @@ def explain_files(workdir: str, paths: Sequence[str], *, step: Optional[int] = N
                     "probability": float(probs[i, predicted]), "explained": [row for row, _ in rows]})
   index = {"workdir": restored.workdir, "step": restored.step, "model": restored.config.model.name,
            "methods": explainer.methods, "gradcam_layer": explainer.feature_map.module if explainer.feature_map
-           else None, "settings": dataclasses.asdict(settings), "images": records}
+           else None, "gradcam_skipped": explainer.gradcam_skipped, "settings": dataclasses.asdict(settings),
+           "images": records}
   write_index(output_dir, index)
   return index
 
@@ -301,6 +303,8 @@ def main(argv):
   except JaxclsError as e:
     print(f"jaxcls: error: {e}", file=sys.stderr)
     sys.exit(1)
+  if index["gradcam_skipped"]:
+    print(f"Grad-CAM skipped: {index['gradcam_skipped']}", file=sys.stderr)
   failed = 0
   for record in index["images"]:
     if record["error"]:

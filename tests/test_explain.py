@@ -62,14 +62,17 @@ def test_every_map_concentrates_on_the_planted_patch(trained):
   normalised, _, probs = explainer.scores(images)
   assert np.mean(np.argmax(probs, -1) == labels) >= 0.9
   area = PATCH * PATCH / (SIZE * SIZE)
-  fractions = {m: [] for m in explainer.methods}
-  for i, (label, (y, x)) in enumerate(zip(labels, corners)):
-    for method, values in explainer.maps(normalised[i], int(label), i).items():
-      mass = np.abs(values)
-      fractions[method].append(mass[y:y + PATCH, x:x + PATCH].sum() / mass.sum())
-  for method, values in fractions.items():
-    # Most maps (measured: 80-100%, by method) hold over 3x the patch's share of the image inside the patch.
-    assert np.mean(np.asarray(values) > 3 * area) >= 2 / 3, (method, np.round(values, 3))
+  maps_per_image = [explainer.maps(normalised[i], int(label), i) for i, label in enumerate(labels)]
+  again = explainer.maps(normalised[0], int(labels[0]), 0)
+  assert all(np.array_equal(again[m], maps_per_image[0][m]) for m in again)  # same seed, same maps
+  for method in explainer.methods:
+    fractions = []
+    for maps, (y, x) in zip(maps_per_image, corners):
+      mass = np.abs(maps[method])
+      fractions.append(mass[y:y + PATCH, x:x + PATCH].sum() / mass.sum())
+    # Most maps (measured: 75% of them for SmoothGrad, all for the others) hold over 3x the patch's share of the
+    # image inside the patch.
+    assert np.mean(np.asarray(fractions) > 3 * area) >= 2 / 3, (method, np.round(fractions, 3))
 
 
 def test_integrated_gradients_are_complete(trained):
@@ -134,7 +137,8 @@ def test_grad_cam_is_class_activation_mapping_for_a_pooled_linear_head():
   target = attribution.find_feature_map(score_fn, image.shape)
   assert target.shape == (1, 4, 4, 6) and target.module == "SimpleCNN._act"
   # The same features, read independently with flax's capture_intermediates.
-  _, state = model.apply(variables, image[None], capture_intermediates=True, mutable=["intermediates"])
+  _, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]))(
+      variables, image[None])
   features = np.asarray(_last_activation(state))[0]
   head = np.asarray(variables["params"]["head"]["kernel"])[:, 2]
   cam = np.maximum(features @ head, 0) / 16
@@ -191,6 +195,7 @@ def test_command_writes_one_png_per_image_and_an_index(trained, tmp_path, python
   assert "2 explained, 1 failed" in proc.stdout and "broken.png: error: unreadable" in proc.stderr
   index = json.loads((out / "index.json").read_text())
   assert index["methods"] == list(explain.METHODS) and index["gradcam_layer"] == "SimpleCNN._act"
+  assert index["gradcam_skipped"] is None
   by_name = {os.path.basename(r["path"]): r for r in index["images"]}
   assert by_name["broken.png"]["error"] and "png" not in by_name["broken.png"]
   for i, label in enumerate(labels):
