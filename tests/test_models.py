@@ -92,6 +92,7 @@ PARAMETER_COUNTS = {
     "mobilenet_v2": 3_504_872,
     "convnext_tiny": 28_589_128, "convnext_small": 50_223_688, "convnext_base": 88_591_464,
     "vit_ti16": 5_717_416, "vit_s16": 22_050_664, "vit_b16": 86_567_656,
+    "airbench94": 2_225_080,  # ours (airbench's net, 1000 classes at 224); no torchvision reference
     "lenet5": 146_156, "simple_cnn": 222_472,  # ours, no reference
 }
 
@@ -299,6 +300,7 @@ def test_registry_lists_every_family():
 
 # One narrow, shallow instance per family: (module, input side, first layer, head).
 TINY_FAMILIES = {
+    "airbench": (lambda: models.build({"name": "airbench94", "widths": (8, 16, 16)}, 4), 32, "stem", "head"),
     "simple_cnn": (lambda: models.build({"name": "simple_cnn", "widths": (8, 16)}, 4), 8, "Conv_0", "head"),
     "lenet5": (lambda: models.build({"name": "lenet5", "dropout": 0.1}, 4), 28, "c1", "output"),
     "alexnet": (lambda: alexnet.AlexNet(4, widths=(4, 8, 8, 8, 8), hidden=16), 63, "features_0", "classifier_6"),
