@@ -16,14 +16,17 @@ from absl import app, flags, logging
 
 from jaxcls.errors import ConfigError, JaxclsError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir).")
-_DATA = flags.DEFINE_string("data", None, "A folder of new labelled images to evaluate instead of a split: class "
-                            "subfolders named like the trained classes, or any layout with --labels_file.")
-_LABELS_FILE = flags.DEFINE_string("labels_file", None, "With --data: a CSV/JSON of image paths (relative to "
-                                   "--data) and labels, as for dataset.labels_file.")
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
+  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
+  flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+  flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir; with --data, "
+                      "WORKDIR/eval_<folder name>).")
+  flags.DEFINE_string("data", None, "A folder of new labelled images to evaluate instead of a split: class "
+                      "subfolders named like the trained classes, or any layout with --labels_file.")
+  flags.DEFINE_string("labels_file", None, "With --data: a CSV/JSON of image paths (relative to --data) and "
+                      "labels, as for dataset.labels_file.")
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None = None,
@@ -90,14 +93,15 @@ def summary(final: dict) -> str:
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  args = flags.FLAGS
+  if not args.workdir:
     print("jaxcls: error: --workdir is required.", file=sys.stderr)
     sys.exit(2)
   try:
-    if _LABELS_FILE.value and not _DATA.value:
+    if args.labels_file and not args.data:
       raise ConfigError("--labels_file needs --data (the folder its paths are relative to).")
-    final = evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, step=_STEP.value, output_dir=_OUTPUT_DIR.value,
-                             data_dir=_DATA.value, labels_file=_LABELS_FILE.value)
+    final = evaluate_workdir(args.workdir, split=args.split, step=args.step, output_dir=args.output_dir,
+                             data_dir=args.data, labels_file=args.labels_file)
   except JaxclsError as e:
     print(f"jaxcls: error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -106,4 +110,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

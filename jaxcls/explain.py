@@ -28,20 +28,23 @@ TITLES = {"saliency": "gradient saliency", "smoothgrad": "SmoothGrad", "integrat
           "gradcam": "Grad-CAM"}
 _SIGNED = ("integrated_gradients",)  # drawn red (for the class) / blue (against); the others are magnitudes
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to explain (default: the latest).")
-_CLASS = flags.DEFINE_string("class", None, "Class(es) to explain, names or indices separated by commas "
-                             "(default: each image's predicted class).")
-_METHODS = flags.DEFINE_string("methods", None, f"Comma-separated subset of {','.join(METHODS)} (default: all; "
-                               "gradcam only for convolutional models).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the PNGs and index go (default: WORKDIR/explanations).")
-_BASELINE = flags.DEFINE_enum("baseline", "black", BASELINES, "Integrated-gradients baseline: a black image or "
-                              "the dataset mean.")
-_IG_STEPS = flags.DEFINE_integer("ig_steps", 32, "Integrated gradients: intervals of the trapezoid rule.")
-_SG_SAMPLES = flags.DEFINE_integer("smoothgrad_samples", 32, "SmoothGrad: noisy copies averaged.")
-_SG_NOISE = flags.DEFINE_float("smoothgrad_noise", 0.15, "SmoothGrad: noise std as a fraction of the image's range.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Noisy copies or path points per model call.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the SmoothGrad noise.")
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
+  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
+  flags.DEFINE_integer("step", None, "Checkpoint step to explain (default: the latest).")
+  flags.DEFINE_string("class", None, "Class(es) to explain, names or indices separated by commas "
+                      "(default: each image's predicted class).")
+  flags.DEFINE_string("methods", None, f"Comma-separated subset of {','.join(METHODS)} (default: all; "
+                      "gradcam only for convolutional models).")
+  flags.DEFINE_string("output_dir", None, "Where the PNGs and index go (default: WORKDIR/explanations).")
+  flags.DEFINE_enum("baseline", "black", BASELINES, "Integrated-gradients baseline: a black image or "
+                    "the dataset mean.")
+  flags.DEFINE_integer("ig_steps", 32, "Integrated gradients: intervals of the trapezoid rule.")
+  flags.DEFINE_integer("smoothgrad_samples", 32, "SmoothGrad: noisy copies averaged.")
+  flags.DEFINE_float("smoothgrad_noise", 0.15, "SmoothGrad: noise std as a fraction of the image's range.")
+  flags.DEFINE_integer("batch_size", 32, "Noisy copies or path points per model call.")
+  flags.DEFINE_integer("seed", 0, "Seed of the SmoothGrad noise.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,16 +293,17 @@ def write_index(output_dir: str, index: dict) -> None:
 
 def main(argv):
   paths = argv[1:]
-  if not _WORKDIR.value or not paths:
+  args = flags.FLAGS
+  if not args.workdir or not paths:
     print("usage: python -m jaxcls.explain --workdir DIR [--class NAME_OR_INDEX] [--methods ...] IMAGE_OR_FOLDER...",
           file=sys.stderr)
     sys.exit(2)
-  settings = Settings(methods=resolve_methods(_METHODS.value), baseline=_BASELINE.value, ig_steps=_IG_STEPS.value,
-                      smoothgrad_samples=_SG_SAMPLES.value, smoothgrad_noise=_SG_NOISE.value,
-                      batch_size=_BATCH_SIZE.value, seed=_SEED.value)
+  settings = Settings(methods=resolve_methods(args.methods), baseline=args.baseline, ig_steps=args.ig_steps,
+                      smoothgrad_samples=args.smoothgrad_samples, smoothgrad_noise=args.smoothgrad_noise,
+                      batch_size=args.batch_size, seed=args.seed)
   try:
-    index = explain_files(_WORKDIR.value, paths, step=_STEP.value, classes=_CLASS.value,
-                          output_dir=_OUTPUT_DIR.value, settings=settings)
+    index = explain_files(args.workdir, paths, step=args.step, classes=getattr(args, "class"),
+                          output_dir=args.output_dir, settings=settings)
   except JaxclsError as e:
     print(f"jaxcls: error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -316,10 +320,11 @@ def main(argv):
             f"{explained} -> {record['png']}")
   out = os.path.dirname(index["images"][0].get("png") or "") if index["images"] else ""
   print(f"{len(index['images']) - failed} explained, {failed} failed; index in "
-        f"{out or _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, 'explanations')}/index.md")
+        f"{out or args.output_dir or os.path.join(args.workdir, 'explanations')}/index.md")
   if failed == len(index["images"]):
     sys.exit(1)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -159,3 +159,11 @@ def test_folder_of_images_trains_and_lists_unreadable_files(python, tmp_path):
   assert "broken.jpg" in skipped and "notes.txt" not in skipped
   report = json.loads((workdir / "report.json").read_text())
   assert report["num_examples"] == 5  # 20% of the 23 readable images, stratified
+
+
+def test_every_command_module_imports_together():
+  """Commands define their flags only when run, so one process (a notebook, a test) can import them all."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for name in ("main", "evaluate", "predict", "export", "explain", "fewshot", "list_models", "convert",
+               "show_data", "benchmark", "classical"):
+    importlib.import_module(f"jaxcls.{name}")
