@@ -24,10 +24,13 @@ from jaxcls import data
 from jaxcls.data import augment as augment_lib
 from jaxcls.errors import JaxclsError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                          lock_config=False)
-_OUTPUT = flags.DEFINE_string("output", "grid.png", "Where to write the PNG.")
-_NUM = flags.DEFINE_integer("num", 32, "Number of examples to show.")
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (`main` defines --config too)."""
+  config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=False)
+  flags.DEFINE_string("output", "grid.png", "Where to write the PNG.")
+  flags.DEFINE_integer("num", 32, "Number of examples to show.")
+
 
 _CELL = 112  # pixels per image in the grid: small images are enlarged (nearest) so pixels stay visible
 _CAPTION = 30  # pixels of text under each image
@@ -122,11 +125,11 @@ def write_grid(config, output: str, num: int = 32) -> str:
 
 def main(argv):
   del argv
-  if _CONFIG.value is None:
+  if flags.FLAGS.config is None:
     print("jaxcls.show_data: error: --config is required (e.g. --config configs/default.py).", file=sys.stderr)
     sys.exit(2)
   try:
-    path = write_grid(_CONFIG.value, _OUTPUT.value, _NUM.value)
+    path = write_grid(flags.FLAGS.config, flags.FLAGS.output, flags.FLAGS.num)
   except JaxclsError as e:
     print(f"jaxcls.show_data: error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -134,4 +137,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
