@@ -165,5 +165,5 @@ def test_every_command_module_imports_together():
   """Commands define their flags only when run, so one process (a notebook, a test) can import them all."""
   import importlib  # pylint: disable=g-import-not-at-top
   for name in ("main", "evaluate", "predict", "export", "explain", "fewshot", "list_models", "convert",
-               "show_data", "benchmark", "classical"):
+               "show_data", "benchmark", "classical", "classical.__main__"):
     importlib.import_module(f"jaxcls.{name}")
