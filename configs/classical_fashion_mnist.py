@@ -12,18 +12,12 @@ as neighbours, ahead of euclidean, of k=1 or 9, and of HOG or pixels alone). Res
 
 from jaxcls import config_base
 from jaxcls.classical import settings
-
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot")
+from jaxcls.data import idx
 
 
 def get_config(classifier: str = "svm"):
   config = config_base.get_base_config()
-  config.dataset.name = "idx"
-  config.dataset.path = "/usr/share/datasets/fashion-mnist"
-  config.dataset.train_split = "train"
-  config.dataset.eval_split = "test"  # the files call it t10k
-  config.dataset.class_names = CLASS_NAMES
+  idx.use_fashion_mnist(config.dataset)
   config.classical = settings.defaults()
   config.classical.classifier = classifier or "svm"
   config.classical.features = "hog,pixels"

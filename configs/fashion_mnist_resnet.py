@@ -11,20 +11,12 @@ what it takes to pass 92%.
 """
 
 from jaxcls import config_base
-
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot")
+from jaxcls.data import idx
 
 
 def get_config():
   config = config_base.get_base_config()
-  config.dataset.name = "idx"
-  config.dataset.path = "/usr/share/datasets/fashion-mnist"
-  config.dataset.train_split = "train"
-  config.dataset.eval_split = "test"  # the files call it t10k
-  config.dataset.class_names = CLASS_NAMES
-  config.dataset.mean = (0.2860,)
-  config.dataset.std = (0.3530,)
+  idx.use_fashion_mnist(config.dataset)
 
   # ResNet-18 at width 32 with the ImageNet stem (28 -> 7 pixels before the first stage), so that four epochs fit
   # in about half an hour of a shared 2-core CPU. On an accelerator use stem='small' and width=64 for ~95%.

@@ -7,27 +7,20 @@
 ResNet-18 with the small (3x3/1) stem at width 64 in bfloat16, batch 512, 15 epochs (1,758 steps), one
 evaluation at the end. The whole set lives in memory; crops and flips run on the device. Compute: about 2.6
 GFLOP per training image (3x the 0.85 GFLOP forward pass at 28x28), 2.3 PFLOP in all, so on an H200 at the
-issue's ResNet-18/32x32 rate (~82k img/s) the 900k training images take ~11 s and compilation is a large share. Result: NOT MEASURED yet (no accelerator was lent when this was
-written; benchmarks/gpu_suite.sh runs it and benchmarks/RESULTS.md records what it reaches). On a CPU it takes
+issue's ResNet-18/32x32 rate (~82k img/s) the 900k training images take ~11 s and compilation is a large share.
+Result: NOT MEASURED yet (no accelerator was lent when this was written; benchmarks/gpu_suite.sh runs it and benchmarks/RESULTS.md records what it reaches). On a CPU it takes
 hours: use configs/fashion_mnist_resnet.py there.
 """
 
 from jaxcls import config_base
+from jaxcls.data import idx
 
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot")
 TRAIN_EXAMPLES = 60_000
 
 
 def get_config():
   config = config_base.get_base_config()
-  config.dataset.name = "idx"
-  config.dataset.path = "/usr/share/datasets/fashion-mnist"
-  config.dataset.train_split = "train"
-  config.dataset.eval_split = "test"  # the files call it t10k
-  config.dataset.class_names = CLASS_NAMES
-  config.dataset.mean = (0.2860,)
-  config.dataset.std = (0.3530,)
+  idx.use_fashion_mnist(config.dataset)
 
   config.model.name = "resnet18"
   config.model.stem = "small"  # keeps the 28x28 resolution through the first stage

@@ -34,7 +34,12 @@ def tiny_config(**overrides):
   config.eval_every_steps = 6
   config.checkpoint_every_steps = 4
   config.async_checkpointing = False
-  for key, value in overrides.items():
+  return set_keys(config, overrides)
+
+
+def set_keys(config, values: dict):
+  """Sets dotted keys ('dataset.name') of a ConfigDict; returns it."""
+  for key, value in values.items():
     node = config
     *parents, leaf = key.split(".")
     for p in parents:

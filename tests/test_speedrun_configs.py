@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxcls import config_check, train
-from tests.conftest import REPO
+from conftest import REPO, set_keys
 
 
 def load(name):
@@ -33,13 +33,7 @@ def shrink(config, **extra):
   config.log_every_steps = 1
   config.prefetch_to_device = 0
   config.async_checkpointing = False
-  for key, value in extra.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return set_keys(config, extra)
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist_speedrun", "cifar10_speedrun"])

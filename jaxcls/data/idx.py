@@ -24,6 +24,22 @@ _FILE = re.compile(r"^(?P<prefix>.*?)(?P<split>[A-Za-z0-9]+)-(?P<kind>images|lab
                    r"(?:\.gz)?$")
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+
+
+def use_fashion_mnist(dataset_config, path: str = DEBIAN_FASHION_MNIST) -> None:
+  """Points a config at the Fashion-MNIST idx files: train / t10k splits, class names, pixel mean and std."""
+  dataset_config.name = "idx"
+  dataset_config.path = path
+  dataset_config.train_split = "train"
+  dataset_config.eval_split = "test"  # the files call it t10k
+  dataset_config.class_names = FASHION_MNIST_CLASSES
+  dataset_config.mean = (0.2860,)
+  dataset_config.std = (0.3530,)
+
+
 @SOURCES.register("idx")
 def load(config, *, process_index: int, process_count: int) -> ArrayDataset:
   """Reads the `train_split` and `eval_split` image/label pairs under `dataset.path`."""
