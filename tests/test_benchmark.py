@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import subprocess_env
+from conftest import subprocess_env
 
 BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
 # Setting a module to None in sys.modules makes any import of it raise ImportError.
