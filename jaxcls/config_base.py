@@ -107,8 +107,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dtype = "float32"                     # computation dtype: 'float32' | 'bfloat16'
   config.ema_decay = 0.0                       # > 0 keeps an exponential moving average of the params
 
+  config.evaluators = config_dict.FieldReference((), field_type=object)  # periodic evaluators by name, e.g.
+                                               # ('fewshot',) or 'fewshot' on the command line; each reads its
+                                               # own section below (jaxcls/evaluators.py registers them)
   config.fewshot = ml_collections.ConfigDict()  # few-shot ridge + k-NN on penultimate features (docs/fewshot.md)
-  config.fewshot.every_steps = 0               # > 0: evaluate every N steps and at the end; 0 = off
+  config.fewshot.every_steps = 0               # every N steps and at the end; 0 = with every evaluation
   config.fewshot.shots = (1, 5, 10, 25)        # training examples per class for the ridge classifier
   config.fewshot.seeds = 3                     # shot draws per shot count (mean and std reported)
   config.fewshot.l2_reg = 1024.0               # ridge penalty on the standardised features

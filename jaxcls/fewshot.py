@@ -29,9 +29,9 @@ RESULT_NAME = "fewshot.json"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `config.fewshot` section: off by default (every_steps=0)."""
+  """The `config.fewshot` section, read when `config.evaluators` lists 'fewshot'."""
   c = ml_collections.ConfigDict()
-  c.every_steps = 0            # > 0: run the few-shot and k-NN evaluator every N training steps and at the end
+  c.every_steps = 0            # run every N training steps and at the end; 0 = with every evaluation
   c.shots = DEFAULT_SHOTS      # training examples per class for the ridge classifier
   c.seeds = 3                  # shot draws per shot count; the mean and std over them are reported
   c.l2_reg = 1024.0            # ridge penalty on the standardised features (big_vision's default 2**10)
@@ -199,7 +199,7 @@ class FewShotEvaluator:
   """
 
   def __init__(self, fewshot_config: Mapping[str, Any], model, dataset, mesh, dtype: str, *,
-               batch_size: int | None = None, seed: int = 0):
+               batch_size: int | None = None, seed: int = 0, every: int = 0):
     from jaxcls import features, parallel  # pylint: disable=g-import-not-at-top
     given = fewshot_config.to_dict() if hasattr(fewshot_config, "to_dict") else dict(fewshot_config)
     unknown = sorted(set(given) - set(default_config().to_dict()))
@@ -226,11 +226,11 @@ class FewShotEvaluator:
       raise ConfigError(f"fewshot.knn_k={tuple(c['knn_k'])} exceeds the {len(labels)} cached training examples; "
                         "lower k or raise fewshot.train_examples.")
     self.num_train_examples = len(labels)
+    self.every = int(c["every_steps"]) or int(every)  # its own cadence, else the loop's evaluation cadence
 
   def due(self, step: int, last_step: int) -> bool:
-    """Whether the loop should evaluate after `step` (every `every_steps` and at the last step)."""
-    every = int(self.config["every_steps"])
-    return every > 0 and (step % every == 0 or step == last_step)
+    """Whether the loop should evaluate after `step` (every `every` steps and at the last step)."""
+    return self.every > 0 and (step % self.every == 0 or step == last_step)
 
   def results(self, params, batch_stats=None) -> dict[str, Any]:
     variables = {"params": params, "batch_stats": batch_stats or {}}
@@ -245,13 +245,11 @@ class FewShotEvaluator:
     return scalars(self.results(params, batch_stats))
 
 
-def build_evaluator(config, model, dataset, mesh) -> FewShotEvaluator | None:
-  """The evaluator `config.fewshot` asks for, or None when it is off (the default)."""
-  section = config.get("fewshot")
-  if section is None or int(section.get("every_steps", 0)) <= 0:
-    return None
-  return FewShotEvaluator(section, model, dataset, mesh, config.dtype,
-                          batch_size=config.eval_batch_size or config.batch_size, seed=config.seed)
+def build_evaluator(config, model, dataset, mesh, eval_every: int = 0) -> FewShotEvaluator:
+  """The evaluator `config.fewshot` describes; it runs every `fewshot.every_steps`, or with each evaluation."""
+  return FewShotEvaluator(config.get("fewshot") or {}, model, dataset, mesh, config.dtype,
+                          batch_size=config.eval_batch_size or config.batch_size, seed=config.seed,
+                          every=eval_every)
 
 
 # ---------------------------------------------------------------------------------------------------------------

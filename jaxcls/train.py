@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from jaxcls import checkpoint, config_check, data, group_metrics, models, optim, parallel, report, steps, tasks
-from jaxcls import fewshot, transfer, writers
+from jaxcls import evaluators, transfer, writers
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
 from jaxcls.data.in_memory import SAMPLINGS
@@ -244,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
       "Train step (forward, backward, update)", config.batch_size / mesh.size)
   eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, **norm), "Eval step (forward)",
                                         eval_batch_size / mesh.size)
-  fewshot_eval = fewshot.build_evaluator(config, model, dataset, mesh)  # None unless config.fewshot.every_steps
+  periodic = evaluators.build_all(config, model, dataset, mesh, eval_every)  # config.evaluators, none by default
 
   ckpt = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
@@ -316,8 +316,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                                    config.prefetch_to_device)
         writer.write_scalars(done, _scalars(result, "eval/"))
         final = (result, outputs) if done == num_train_steps else None
-      if fewshot_eval is not None and fewshot_eval.due(done, num_train_steps):
-        writer.write_scalars(done, fewshot_eval(eval_params(state), state.batch_stats))
+      for evaluator in periodic:
+        if evaluator.due(done, num_train_steps):
+          writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
       if done % ckpt_every == 0 or done == num_train_steps:
         _check_finite(*pending, last_saved)
         ckpt.save(done, state, {"next_batch": done}, force=True)

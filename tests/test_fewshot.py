@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from conftest import REPO, subprocess_env, tiny_config
-from jaxcls import data, features, fewshot, models, parallel, restore, steps, train
+from jaxcls import data, evaluators, features, fewshot, models, parallel, restore, steps, train
 from jaxcls.errors import ConfigError, DataError
 from jaxcls.models import vit
 
@@ -166,6 +166,7 @@ def test_bad_settings_fail_clearly():
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4,
+                       evaluators=("fewshot",),
                        **{"fewshot.every_steps": 2, "fewshot.shots": (1, 5), "fewshot.seeds": 2,
                           "fewshot.knn_k": (3,), "fewshot.train_examples": 64, "fewshot.batch_size": 16})
   train.train_and_evaluate(config, workdir)
@@ -216,7 +217,14 @@ def test_evaluator_rejects_impossible_settings(trained):
     fewshot.FewShotEvaluator(dict(shots=(1, 25), train_examples=32), model, dataset, mesh, "float32", batch_size=16)
   with pytest.raises(ConfigError, match="Unknown fewshot config key"):
     fewshot.FewShotEvaluator(dict(shot=(1,)), model, dataset, mesh, "float32", batch_size=16)
-  assert fewshot.build_evaluator(tiny_config(), model, dataset, mesh) is None
+  assert evaluators.build_all(tiny_config(), model, dataset, mesh, 4) == []  # none unless named
+  with pytest.raises(ConfigError, match="Unknown evaluator 'fewshots'. Did you mean 'fewshot'"):
+    evaluators.build_all(tiny_config(evaluators=("fewshots",)), model, dataset, mesh, 4)
+  # Without its own cadence it runs with every evaluation of the loop.
+  evaluator = evaluators.build_all(tiny_config(evaluators="fewshot", **{"fewshot.shots": (1,),
+                                                                        "fewshot.train_examples": 32}),
+                                   model, dataset, mesh, 6)[0]
+  assert evaluator.every == 6 and evaluator.due(12, 20) and evaluator.due(20, 20) and not evaluator.due(8, 20)
 
 
 def test_command_prints_a_table_and_writes_json(trained, python):
@@ -236,4 +244,4 @@ def test_base_config_section_matches_the_evaluator_defaults():
   from jaxcls import config_base
   base = config_base.get_base_config()
   assert base.fewshot.to_dict() == fewshot.default_config().to_dict()
-  assert fewshot.build_evaluator(base, None, None, None) is None  # off by default: nothing is built
+  assert evaluators.build_all(base, None, None, None, 1) == []  # off by default: nothing is built
