@@ -38,7 +38,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   instead of a split of the training data, which then need not exist.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls import data, models, parallel, report, restore, steps, train  # pylint: disable=g-import-not-at-top
+  from jaxcls import data, parallel, report, restore, steps, train  # pylint: disable=g-import-not-at-top
   from jaxcls.data import labelled_folder  # pylint: disable=g-import-not-at-top
   from jaxcls.state import TrainState  # pylint: disable=g-import-not-at-top
 
@@ -57,8 +57,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
     dataset = data.build(config)
   info = dataset.info
   if data_dir:  # no training class counts here: the loss is unweighted even if training weighted classes
-    task = restore.build_task(config, info)
-    model = models.build(config.model, task.num_outputs, config.dtype)
+    task, model = restore.build_task_and_model(config, info)
   else:
     task, model, _ = train.build_task_and_model(config, info)
   # Only what evaluation reads (the moving average when one was kept), so any optimizer's checkpoint fits.

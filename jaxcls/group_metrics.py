@@ -43,7 +43,7 @@ def _multilabel_group(labels: np.ndarray, predicted: np.ndarray) -> dict[str, An
   tp = (labels & predicted).sum(0)
   fp = (~labels & predicted).sum(0)
   fn = (labels & ~predicted).sum(0)
-  f1 = metrics._divide(2 * tp, 2 * tp + fp + fn)  # pylint: disable=protected-access
+  f1 = metrics.divide(2 * tp, 2 * tp + fp + fn)
   return {"num_examples": int(len(labels)), "subset_accuracy": float(np.mean(np.all(labels == predicted, 1))),
           "hamming_loss": float(np.mean(labels != predicted)), "macro_f1": float(f1.mean())}
 

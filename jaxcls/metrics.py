@@ -80,7 +80,7 @@ class MeanAccumulator:
 # --- Finishing on the host, in float64: functions of the confusion matrix and of all eval scores. ---
 
 
-def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
   """num / den with 0 where den == 0 (scikit-learn's zero_division=0)."""
   num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
   return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
@@ -92,10 +92,10 @@ def precision_recall_f1(confusion: np.ndarray) -> dict[str, Any]:
   tp = np.diag(confusion)
   support = confusion.sum(1)
   predicted = confusion.sum(0)
-  precision = _divide(tp, predicted)
-  recall = _divide(tp, support)
-  f1 = _divide(2 * precision * recall, precision + recall)
-  weights = _divide(support, np.full_like(support, support.sum()))
+  precision = divide(tp, predicted)
+  recall = divide(tp, support)
+  f1 = divide(2 * precision * recall, precision + recall)
+  weights = divide(support, np.full_like(support, support.sum()))
   micro = float(tp.sum() / max(confusion.sum(), 1))  # single-label: micro P = R = F1 = accuracy
   out = {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
          "support": support.astype(np.int64).tolist()}

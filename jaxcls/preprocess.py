@@ -61,7 +61,7 @@ def find_images(paths: list[str]) -> list[str]:
   found = []
   for path in paths:
     if os.path.isdir(path):
-      files, _ = folder_scan._class_files(path)  # pylint: disable=protected-access  (the folder source's walk)
+      files, _ = folder_scan.image_files(path)  # the folder source's walk
       found.extend(files)
     else:
       found.append(path)

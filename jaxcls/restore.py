@@ -40,10 +40,10 @@ def info_from_config(config) -> data.DatasetInfo:
                           num_train=0, num_eval=0, mean=tuple(config.dataset.mean), std=tuple(config.dataset.std))
 
 
-def build_task(config, info: data.DatasetInfo):
-  """The task the run trained (class weights only shape the loss, so they are left uniform here)."""
-  task_config = dict(config.task, class_names=info.class_names, class_weights="none")
-  return tasks.build(task_config, info.num_classes)
+def build_task_and_model(config, info: data.DatasetInfo):
+  """The task the run trained and its model (class weights only shape the loss, so they are left uniform here)."""
+  task = tasks.build(dict(config.task, class_names=info.class_names, class_weights="none"), info.num_classes)
+  return task, models.build(config.model, task.num_outputs, config.dtype)
 
 
 @dataclasses.dataclass
@@ -88,8 +88,7 @@ def read_variables(workdir: str, step: int, *, use_ema: bool = True) -> dict:
   finally:
     ckpt.close()
   params = state.get("ema_params") if use_ema and state.get("ema_params") else state["params"]
-  to_host = lambda tree: jax.tree.map(lambda x: jax.device_get(x), tree)
-  return {"params": to_host(params), "batch_stats": to_host(state.get("batch_stats") or {})}
+  return {"params": jax.device_get(params), "batch_stats": jax.device_get(state.get("batch_stats") or {})}
 
 
 def restore(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Restored:
@@ -97,8 +96,7 @@ def restore(workdir: str, step: int | None = None, *, use_ema: bool = True) -> R
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
   info = info_from_config(config)
-  task = build_task(config, info)
-  model = models.build(config.model, task.num_outputs, config.dtype)
+  task, model = build_task_and_model(config, info)
   step = resolve_step(workdir, step)
   variables = read_variables(workdir, step, use_ema=use_ema)
   return Restored(workdir=workdir, step=step, config=config, info=info, task=task, model=model,

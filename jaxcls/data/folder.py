@@ -24,7 +24,7 @@ from absl import logging
 from jaxcls.data import decode, folder_scan, label_file, prepare, resize
 from jaxcls.data.base import SOURCES, DatasetInfo
 from jaxcls.data.folder_stream import FolderStreamDataset
-from jaxcls.data.in_memory import from_arrays
+from jaxcls.data.in_memory import class_counts, from_arrays
 from jaxcls.errors import ConfigError, DataError
 
 CACHES = ("auto", "memory", "file", "none")
@@ -82,7 +82,7 @@ def load(config, *, process_index: int, process_count: int):
     info = DatasetInfo(num_classes=len(listing.class_names), class_names=listing.class_names,
                        image_shape=size + (ds.channels,), num_train=len(train[0]), num_eval=len(evaluation[0]),
                        mean=stats[0], std=stats[1],
-                       train_class_counts=tuple(_class_counts(train[1], len(listing.class_names))))
+                       train_class_counts=tuple(class_counts(train[1], len(listing.class_names))))
     return FolderStreamDataset(info, train, evaluation, train_crop=train_crop, eval_crop=eval_crop,
                                max_pixels=int(ds.max_image_pixels), workers=workers(ds), skipped_files=skipped,
                                eval_group_names=eval_groups, process_index=process_index,
@@ -99,11 +99,6 @@ def load(config, *, process_index: int, process_count: int):
     bad = {path for path, _ in skipped}
     dataset.eval_groups = eval_groups[[path not in bad for path in evaluation[0]]]
   return dataset
-
-
-def _class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """Images per class; for multi-hot label sets, the positives per class."""
-  return labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=num_classes)
 
 
 def _resolve_cache(ds, size: tuple[int, int], count: int) -> str:

@@ -29,7 +29,7 @@ def _visible(folder: str) -> list[os.DirEntry]:
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _class_files(class_dir: str) -> tuple[list[str], int]:
+def image_files(class_dir: str) -> tuple[list[str], int]:
   """Image files anywhere below `class_dir` (sorted, so the order is stable), and how many others were seen."""
   files, ignored = [], 0
   for root, dirs, names in os.walk(class_dir, followlinks=True):
@@ -44,7 +44,7 @@ def _class_files(class_dir: str) -> tuple[list[str], int]:
   return files, ignored
 
 
-def _read_classes(folder: str, depth: int = 1) -> tuple[dict[str, list[str]], int]:
+def read_classes(folder: str, depth: int = 1) -> tuple[dict[str, list[str]], int]:
   """Class name -> image files. With depth 2, classes are `coarse/fine` folder pairs (for hierarchical tasks)."""
   if depth not in (1, 2):
     raise ConfigError(f"dataset.class_depth={depth} is not valid; use 1 (class folders) or 2 (coarse/fine).")
@@ -53,7 +53,7 @@ def _read_classes(folder: str, depth: int = 1) -> tuple[dict[str, list[str]], in
     if not entry.is_dir(follow_symlinks=True):
       continue
     if depth == 1:
-      classes[entry.name], n = _class_files(entry.path)
+      classes[entry.name], n = image_files(entry.path)
       ignored += n
       continue
     fine = [e for e in _visible(entry.path) if e.is_dir(follow_symlinks=True)]
@@ -61,7 +61,7 @@ def _read_classes(folder: str, depth: int = 1) -> tuple[dict[str, list[str]], in
       raise DataError(f"{entry.path} holds no fine-class folders, but dataset.class_depth=2 expects "
                       "coarse/fine/ folders; add them or set dataset.class_depth=1.")
     for sub in fine:
-      classes[f"{entry.name}/{sub.name}"], n = _class_files(sub.path)
+      classes[f"{entry.name}/{sub.name}"], n = image_files(sub.path)
       ignored += n
   return classes, ignored
 
@@ -104,7 +104,7 @@ def _scan_split_folders(path: str, split_dirs: dict[str, str], dataset_config) -
   """train/, val/, test/ each holding the class folders; classes come from train/."""
   splits, by_split, ignored = {}, {}, 0
   for folder, name in split_dirs.items():
-    by_split[name], n = _read_classes(os.path.join(path, folder), dataset_config.class_depth)
+    by_split[name], n = read_classes(os.path.join(path, folder), dataset_config.class_depth)
     ignored += n
   train_dir = os.path.join(path, next(f for f, n in split_dirs.items() if n == "train"))
   _check_classes(by_split["train"], train_dir)
@@ -129,21 +129,12 @@ def split_name(name: str) -> str:
 
 def _scan_and_split(path: str, dataset_config) -> Listing:
   """Class folders directly under `path`: a seeded stratified train / (val) / test split."""
-  classes, ignored = _read_classes(path, dataset_config.class_depth)
+  classes, ignored = read_classes(path, dataset_config.class_depth)
   _check_classes(classes, path)
   names = tuple(sorted(classes))
   paths, labels = _as_split(classes, names)
   paths = np.asarray(paths, object)
-  train, test = split.held_out_split(labels, dataset_config.test_fraction, dataset_config.split_seed)
-  parts = {"test": test}
-  if dataset_config.val_fraction > 0:
-    fraction = dataset_config.val_fraction / (1.0 - dataset_config.test_fraction)
-    if not 0 < fraction < 1:
-      raise ConfigError(f"dataset.val_fraction={dataset_config.val_fraction} with test_fraction="
-                        f"{dataset_config.test_fraction} leaves no training images; lower them.")
-    keep, val = split.held_out_split(labels[train], fraction, dataset_config.split_seed + 1)
-    parts["val"], train = train[val], train[keep]
-  parts["train"] = train
+  parts = split.held_out_parts(labels, dataset_config)
   for name, idx in parts.items():
     counts = np.bincount(labels[idx], minlength=len(names))
     if counts.min() == 0:

@@ -143,12 +143,12 @@ def from_arrays(train_images: np.ndarray, train_labels: np.ndarray, eval_images:
   mean, std = prepare.channel_stats(train_images)
   info = DatasetInfo(num_classes=num_classes, class_names=tuple(class_names), image_shape=train_images.shape[1:],
                      num_train=len(train_labels), num_eval=len(eval_labels), mean=mean, std=std,
-                     train_class_counts=tuple(_class_counts(train_labels, num_classes)))
+                     train_class_counts=tuple(class_counts(train_labels, num_classes)))
   return ArrayDataset(info, (train_images, train_labels), (eval_images, eval_labels),
                       process_index=process_index, process_count=process_count)
 
 
-def _class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
   """Examples per class; for multi-hot label sets, the positives per class."""
   if labels.ndim == 2:
     return labels.sum(0)

@@ -145,13 +145,7 @@ def _split_indices(records: list[dict], labels: np.ndarray, ds, file: str) -> di
     normalised = np.asarray([folder_scan.split_name(s) for s in given])
     parts = {name: np.flatnonzero(normalised == name) for name in sorted(set(normalised))}
   else:
-    strata = labels if labels.ndim == 1 else np.argmax(labels, axis=1)
-    train, test = split.held_out_split(strata, ds.test_fraction, ds.split_seed)
-    parts = {"train": train, "test": test}
-    if ds.val_fraction > 0:
-      fraction = ds.val_fraction / (1.0 - ds.test_fraction)
-      keep, val = split.held_out_split(strata[train], fraction, ds.split_seed + 1)
-      parts["val"], parts["train"] = train[val], train[keep]
+    parts = split.held_out_parts(labels if labels.ndim == 1 else np.argmax(labels, axis=1), ds)
   for key in ("train_split", "eval_split"):
     name = folder_scan.split_name(ds[key])
     if name not in parts:

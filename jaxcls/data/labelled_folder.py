@@ -18,7 +18,7 @@ from jaxcls.errors import DataError
 
 
 def _from_class_folders(path: str, class_names: tuple[str, ...], depth: int) -> tuple[list[str], np.ndarray]:
-  classes, _ = folder_scan._read_classes(path, depth)  # pylint: disable=protected-access
+  classes, _ = folder_scan.read_classes(path, depth)
   if not classes:
     raise DataError(f"{path} has no class subfolders; put each class's images in a subfolder named like a "
                     f"trained class ({', '.join(class_names[:10])}), or give --labels_file.")

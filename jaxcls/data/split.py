@@ -36,6 +36,26 @@ def held_out_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple
   return train, test
 
 
+def held_out_parts(strata: np.ndarray, dataset_config) -> dict[str, np.ndarray]:
+  """{'train', 'test', and 'val' when dataset.val_fraction > 0: sorted indices}, stratified by `strata`.
+
+  The test split depends on `split_seed` only and the validation split is carved from the rest with
+  `split_seed + 1`, so adding a validation split never changes the test split.
+  """
+  ds = dataset_config
+  train, test = held_out_split(strata, ds.test_fraction, ds.split_seed)
+  parts = {"test": test}
+  if ds.val_fraction > 0:
+    fraction = ds.val_fraction / (1.0 - ds.test_fraction)
+    if not 0 < fraction < 1:
+      raise ConfigError(f"dataset.val_fraction={ds.val_fraction} with test_fraction={ds.test_fraction} leaves no "
+                        "training images; lower them.")
+    keep, val = held_out_split(np.asarray(strata)[train], fraction, ds.split_seed + 1)
+    parts["val"], train = train[val], train[keep]
+  parts["train"] = train
+  return parts
+
+
 def select_indices(dataset_config, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(train_indices, eval_indices) for `train_split` / `eval_split` 'train' or 'test' of a single array."""
   labels = np.asarray(labels)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import metrics
+from jaxcls.metrics import divide
 from jaxcls.errors import ConfigError
 from jaxcls.tasks import TASKS, binary, check_field
 
@@ -97,9 +98,9 @@ class MultiLabel:
   def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
     count = int(sums["count"])
     tp, fp, fn, tn = (np.asarray(sums[k], np.float64) for k in ("tp", "fp", "fn", "tn"))
-    precision, recall = _divide(tp, tp + fp), _divide(tp, tp + fn)
-    f1 = _divide(2 * tp, 2 * tp + fp + fn)
-    micro_p, micro_r = _divide(tp.sum(), tp.sum() + fp.sum()), _divide(tp.sum(), tp.sum() + fn.sum())
+    precision, recall = divide(tp, tp + fp), divide(tp, tp + fn)
+    f1 = divide(2 * tp, 2 * tp + fp + fn)
+    micro_p, micro_r = divide(tp.sum(), tp.sum() + fp.sum()), divide(tp.sum(), tp.sum() + fn.sum())
     result = {
         "num_examples": count,
         "loss": float(sums["loss_sum"]) / max(count, 1),
@@ -111,7 +112,7 @@ class MultiLabel:
         "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
         "micro_precision": float(micro_p), "micro_recall": float(micro_r),
-        "micro_f1": float(_divide(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
+        "micro_f1": float(divide(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
     }
     if outputs is not None:
       result.update(ranking_metrics(outputs["logits"], outputs["probs"], outputs["labels"]))
@@ -164,11 +165,6 @@ def check_thresholds(value, num_classes: int) -> float | tuple[float, ...]:
 def _power(base: jax.Array, gamma: float) -> jax.Array:
   """base ** gamma with a finite gradient at base = 0 (for gamma 0 and gamma < 1 too)."""
   return 1.0 if not gamma else jnp.maximum(base, 1e-12) ** gamma
-
-
-def _divide(num, den) -> np.ndarray:
-  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-  return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
 def _nanmean(values: np.ndarray) -> float:
