@@ -129,16 +129,32 @@ def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 def norm(kind: str, train: bool, *, channels: int, dtype: Any, name: str | None = None,
-         zero_init: bool = False, epsilon: float = 1e-5, groups: int = 32) -> nn.Module:
+         zero_init: bool = False, epsilon: float = 1e-5, groups: int = 32,
+         float32_reductions: bool = True) -> nn.Module:
   """A batch, group or layer norm over the channel axis (the last), named `name` so torch weights map.
 
   Group norm uses `groups` groups, or the largest count under it that divides `channels` (so narrow test
   models still work). `zero_init` starts the scale at zero: a residual branch ending in it begins as zero.
+
+  `float32_reductions=False` (batch norm only; flax's `force_float32_reductions`) is a speed experiment for
+  half-precision `dtype`s. With float32 parameters (always, here) it changes only the training-mode
+  statistics, and only when `dtype` is bfloat16/float16:
+    - the batch mean and mean of squares are still summed in float32 (jnp.mean upcasts half-precision sums)
+      but x*x is squared in `dtype` first, and both means are rounded to `dtype`;
+    - the variance (mean of squares - mean**2, clipped at 0), the centring x - mean, and rsqrt(var + eps)
+      then run in `dtype` (eps rounds to `dtype` too);
+    - the scale and bias multiply-add stays float32 (the parameters are float32), the result is cast to `dtype`;
+    - the running averages stay float32, updated with the rounded statistics.
+  Eval mode (running averages) and float32 `dtype` are unchanged, op for op. The cost: the variance loses
+  precision when mean**2 dominates it (a mean-square difference in 8 mantissa bits).
   """
   scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
   if check_norm(kind) == "batch":
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype,
-                        scale_init=scale_init, name=name)
+                        scale_init=scale_init, force_float32_reductions=float32_reductions, name=name)
+  if not float32_reductions:
+    raise ConfigError(f"float32_reductions=False applies to batch norm only, not to norm {kind!r}; "
+                      "keep it True or use norm='batch'.")
   if kind == "group":
     num_groups = max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
     return nn.GroupNorm(num_groups=num_groups, epsilon=epsilon, dtype=dtype, scale_init=scale_init, name=name)

@@ -10,6 +10,7 @@ import functools
 from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
+from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +35,7 @@ class _Block(nn.Module):
   drop_path: float = 0.0
   groups: int = 1
   width_per_group: int = 64
+  norm_float32_reductions: bool = True
   dtype: Any = jnp.float32
 
   def conv(self, features: int, kernel: int, strides: int, name: str, groups: int = 1) -> nn.Conv:
@@ -45,7 +47,8 @@ class _Block(nn.Module):
   def bn(self, x: jax.Array, train: bool, name: str, last: bool = False) -> jax.Array:
     # Zero-initialising the last scale makes each block start as the identity (Goyal et al. 2017).
     return layers.norm(self.norm, train, channels=x.shape[-1], dtype=self.dtype, name=name,
-                       zero_init=last and self.zero_init_residual)(x)
+                       zero_init=last and self.zero_init_residual,
+                       float32_reductions=self.norm_float32_reductions)(x)
 
   def act(self, x: jax.Array, name: str) -> jax.Array:
     return layers.Activation(self.activation, self.negative_slope, dtype=self.dtype, name=name)(x)
@@ -88,6 +91,52 @@ class Bottleneck(_Block):
     return self.merge(y, x, out, train)
 
 
+def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
+  """[B, H, W, C] -> [B, H/block, W/block, block*block*C]; channel (i*block + j)*C + c holds pixel offset (i, j)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // block, block, w // block, block, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // block, w // block, block * block * c)
+
+
+def space_to_depth_stem_kernel(kernel: jax.Array) -> jax.Array:
+  """A [7, 7, C, F] stride-2 kernel -> the [4, 4, 4C, F] stride-1 kernel for a `space_to_depth` input.
+
+  A zero first row and column make it 8x8, so tap k' = 2a + b (a in 0..3, b in 0..1) reads input row
+  2(i + a - 2) + b; the input channel order matches `space_to_depth`'s.
+  """
+  _, _, c, f = kernel.shape
+  kernel = jnp.pad(kernel, ((1, 0), (1, 0), (0, 0), (0, 0)))
+  kernel = kernel.reshape(4, 2, 4, 2, c, f).transpose(0, 2, 1, 3, 4, 5)
+  return kernel.reshape(4, 4, 4 * c, f)
+
+
+class SpaceToDepthStemConv(nn.Module):
+  """The 7x7 stride-2 padding-3 stem conv, computed exactly as a 4x4 stride-1 conv on 2x2 pixel blocks.
+
+  The MLPerf TPU ResNet trick: a 3-channel 7x7/2 conv uses tensor cores poorly; on 12-channel 2x2 blocks it is
+  a denser stride-1 conv. The parameter is still `kernel` [7, 7, C, features] (so this module named `conv1`
+  has nn.Conv's parameter tree and initial values, and torch weights, checkpoints and transfer learning are
+  unaffected); it is rearranged on every call.
+
+  Derivation (one spatial axis): the plain conv gives out[i] = sum_{k=0..6} x[2i + k - 3] w[k]. With the
+  8-tap kernel w'[k'] = w[k' - 1] (w'[0] = 0) that is sum_{k'=0..7} x[2i + k' - 4] w'[k'], and with k' = 2a + b
+  and z[j, b] = x[2j + b] it is sum_{a=0..3} z[i + a - 2, b] w'[2a + b]: a stride-1 4-tap conv padded 2 before.
+  H/2 outputs from H/2 blocks need 2 + pad_after = 4 - 1, so the padding is (2, 1). An odd H or W gets one
+  zero row or column at the end first: the plain conv reads zeros there too, so outputs stay exact.
+  """
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", _conv_init, (7, 7, x.shape[-1], self.features), self.param_dtype)
+    x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
+    x = jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)))
+    return jax.lax.conv_general_dilated(space_to_depth(x), space_to_depth_stem_kernel(kernel), (1, 1),
+                                        ((2, 1), (2, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class ResNet(nn.Module):
   """Stem -> four stages of residual blocks (channels width, 2w, 4w, 8w) -> global average pool -> Dense."""
   num_classes: int
@@ -103,6 +152,10 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   stochastic_depth: float = 0.0  # drop rate of the last block's branch; earlier blocks rise linearly to it
   dropout: float = 0.0  # before the head, in training only
+  # 'imagenet' stem only: the same conv1 weights run as a 4x4/1 conv on 2x2 pixel blocks (exact; faster on GPUs?).
+  space_to_depth_stem: bool = False
+  # False: batch-norm statistics in the compute dtype, not float32 (approximate; see layers.norm).
+  norm_float32_reductions: bool = True
   dtype: Any = jnp.float32
 
   # flax module path -> torchvision state_dict key (see jaxcls.convert).
@@ -117,15 +170,28 @@ class ResNet(nn.Module):
     layers.check_rate("stochastic_depth", self.stochastic_depth)
     if self.stem not in STEMS:
       raise ConfigError(f"Unknown stem {self.stem!r} for a ResNet. Valid: {', '.join(STEMS)}.")
+    for field in ("space_to_depth_stem", "norm_float32_reductions"):
+      if not isinstance(getattr(self, field), bool):
+        raise ConfigError(f"ResNet {field} must be True or False, got {getattr(self, field)!r}.")
+    if self.space_to_depth_stem and self.stem != "imagenet":
+      raise ConfigError(f"space_to_depth_stem rewrites the 'imagenet' stem's 7x7/2 conv; stem {self.stem!r} has "
+                        "none. Set stem='imagenet' or space_to_depth_stem=False.")
+    if not self.norm_float32_reductions and self.norm != "batch":
+      raise ConfigError(f"norm_float32_reductions=False applies to batch norm only, not norm {self.norm!r}; "
+                        "set norm='batch' or norm_float32_reductions=True.")
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    kernel, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
-    pad = kernel // 2
-    x = nn.Conv(self.width, (kernel, kernel), strides=(stride, stride), padding=[(pad, pad), (pad, pad)],
-                use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
-    x = layers.norm(self.norm, train, channels=self.width, dtype=self.dtype, name="bn1")(x)
+    if self.space_to_depth_stem:
+      x = SpaceToDepthStemConv(self.width, dtype=self.dtype, name="conv1")(x)
+    else:
+      kernel, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
+      pad = kernel // 2
+      x = nn.Conv(self.width, (kernel, kernel), strides=(stride, stride), padding=[(pad, pad), (pad, pad)],
+                  use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
+    x = layers.norm(self.norm, train, channels=self.width, dtype=self.dtype, name="bn1",
+                    float32_reductions=self.norm_float32_reductions)(x)
     x = layers.Activation(self.activation, self.negative_slope, dtype=self.dtype, name="act1")(x)
     if self.stem == "imagenet":
       x = layers.pool(x, "max", window=3, stride=2, padding=1)
@@ -142,6 +208,7 @@ class ResNet(nn.Module):
             drop_path=next(rates),
             groups=self.groups,
             width_per_group=self.width_per_group,
+            norm_float32_reductions=self.norm_float32_reductions,
             dtype=self.dtype,
             name=f"layer{i + 1}_{j}")(x, train=train)
     x = layers.global_avg_pool(x)
