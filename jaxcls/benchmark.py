@@ -1,7 +1,8 @@
 """Training and inference throughput of the real jaxcls steps on synthetic, device-resident data.
 
   python -m jaxcls.benchmark --model resnet50 --batch_size 256 --image_size 224 --dtype bfloat16 \
-    [--peak_tflops 989] [--json out.json] [--compilation_cache_dir DIR] [--model_arg stem=small]
+    [--peak_tflops 989] [--json out.json] [--compilation_cache_dir DIR] [--model_arg stem=small] \
+    [--profile_dir DIR [--profile_steps 5]]   # then: where the device time goes (jaxcls.trace_summary)
   python -m jaxcls.benchmark --summarize a.json b.json ...   # one table, jaxcls vs PyTorch ratios
 
 What is timed is `steps.make_train_step` / `steps.make_eval_step` (forward, backward, SGD update, metrics),
@@ -24,7 +25,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxcls import models, optim, parallel, steps, tasks
+from jaxcls import models, optim, parallel, steps, tasks, trace_summary
 from jaxcls.data import augment as augment_lib
 from jaxcls.errors import ConfigError, JaxclsError
 
@@ -100,6 +101,25 @@ def time_steps(run_step: Callable[[], Any], steps_per_repeat: int, repeats: int)
   return seconds
 
 
+def profile_mode(run_step: Callable[[], Any], mode: str, num_steps: int, trace_dir: str) -> dict[str, Any]:
+  """Traces `num_steps` steps queued back to back as in the timed runs (one StepTraceAnnotation each, one block at
+  the end), prints where the device time went and returns the compact summary (categories, top 10 ops)."""
+  with jax.profiler.trace(trace_dir):
+    start = time.perf_counter()
+    out = None
+    for i in range(num_steps):
+      with jax.profiler.StepTraceAnnotation(mode, step_num=i):
+        out = run_step()
+    jax.block_until_ready(out)
+    traced_s = time.perf_counter() - start
+  summary = trace_summary.summarize(trace_dir, steps=num_steps, top=20)
+  print(f"profile of {num_steps} {mode} steps ({trace_dir}):\n{trace_summary.format_summary(summary)}", flush=True)
+  record = trace_summary.compact(summary, top=10)
+  record["trace_dir"] = trace_dir
+  record["traced_wall_ms_per_step"] = traced_s / num_steps * 1e3  # with the profiler on: compare with step_ms
+  return record
+
+
 def summarize_mode(step_seconds: list[float], batch_size: int, num_devices: int, compile_s: float | None,
                    first_step_s: float, flops_per_image: float | None, peak_tflops: float) -> dict[str, Any]:
   """The per-mode record (same fields as benchmarks/torch_peer.py writes)."""
@@ -131,6 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise ConfigError(f"--dtype={args.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
   if min(args.steps, args.repeats) < 1 or args.warmup < 0:
     raise ConfigError("--steps and --repeats must be >= 1 and --warmup >= 0.")
+  if args.profile_dir and args.profile_steps < 1:
+    raise ConfigError(f"--profile_steps={args.profile_steps} must be >= 1 when --profile_dir is set.")
   cache_entries = enable_compilation_cache(args.compilation_cache_dir) if args.compilation_cache_dir else None
 
   mesh = parallel.make_mesh()
@@ -157,12 +179,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   init_s = time.perf_counter() - start
   results: dict[str, Any] = {}
   time_to_first_step = None
+  holder = {"state": state}  # the train step donates its input state: every mode reads the newest one from here
+  step_runners = {}
   for mode in modes:
     if mode == "train":
       step = make_train()
-      holder = {"state": state}
 
-      def run_step(step=step, holder=holder):
+      def run_step(step=step):
         holder["state"], metrics = step(holder["state"], batch, key)
         return metrics
     else:
@@ -170,7 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        args.batch_size / mesh.size)
 
       def run_step(step=step):
-        return step(state, batch)
+        return step(holder["state"], batch)
+    step_runners[mode] = run_step
 
     start = time.perf_counter()
     jax.block_until_ready(run_step())
@@ -182,9 +206,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time_steps(run_step, args.steps, args.repeats)
     results[mode] = summarize_mode(seconds, args.batch_size, mesh.size, step.compile_seconds, first_step_s,
                                    step.flops_per_example, args.peak_tflops)
-    if mode == "train":
-      state = holder["state"]
 
+  # Traced only once every mode is timed, so the profiler cannot touch the timed figures.
+  profile = {mode: profile_mode(run_step, mode, args.profile_steps, os.path.join(args.profile_dir, mode))
+             for mode, run_step in step_runners.items()} if args.profile_dir else None
+  state = holder["state"]
   compile_warm_s = None
   if args.compilation_cache_dir and "train" in results:
     jax.clear_caches()  # forget the in-memory executables: the next compile can only come from the disk cache
@@ -221,6 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       "compile_warm_s": compile_warm_s,
       "flops_source": "xla_cost_analysis",
       **results,
+      **({"profile": profile} if profile else {}),
   }
 
 
@@ -277,6 +304,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="the device's peak TFLOP/s for --dtype (e.g. 989 for H100/H200 dense bf16), for utilisation")
   p.add_argument("--compilation_cache_dir", default="",
                  help="persistent compilation cache; also reports the train step recompiled from it (warm)")
+  p.add_argument("--profile_dir", default="",
+                 help="after timing, trace --profile_steps steps of each mode into DIR/<mode> with the JAX profiler "
+                      "and print where the device time goes (also under \"profile\" in the JSON)")
+  p.add_argument("--profile_steps", type=int, default=5, help="steps per profiled mode")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--label", default="", help="name of this run in the table")
   p.add_argument("--json", default="", help="write the record here")
