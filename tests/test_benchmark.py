@@ -28,10 +28,12 @@ MODE_FIELDS = ("images_per_s", "images_per_s_mean", "images_per_s_per_device", "
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory):
-  """One tiny run on 2 CPU devices with a persistent compilation cache: its JSON record and the cache folder."""
+  """One tiny run on 2 CPU devices with a persistent compilation cache and a profile of 2 steps per mode: its JSON
+  record, the cache folder and the output."""
   out = tmp_path_factory.mktemp("bench")
   cache = out / "cache"
-  cmd = [sys.executable, "-c", RUNNER, *TINY, "--json", str(out / "r.json"), "--compilation_cache_dir", str(cache)]
+  cmd = [sys.executable, "-c", RUNNER, *TINY, "--json", str(out / "r.json"), "--compilation_cache_dir", str(cache),
+         "--profile_dir", str(out / "profile"), "--profile_steps", "2"]
   proc = subprocess.run(cmd, env=subprocess_env(2), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out / "r.json") as f:
@@ -97,12 +99,32 @@ def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(reco
   assert rows[1].rstrip().endswith("-") and rows[2].rstrip().endswith("-")
 
 
+def test_profile_section_breaks_down_each_modes_device_time(record):
+  """After timing, 2 traced steps per mode: per-device device time by category and the top ops, also printed."""
+  from jaxcls import trace_summary
+  r, _, stdout = record
+  assert set(r["profile"]) == {"train", "infer"}
+  for mode, p in r["profile"].items():
+    assert (p["steps"], p["steps_source"], p["num_devices"]) == (2, "given", 2)
+    assert p["source"].startswith("host CPU thunk executions") and "hlo_op" in p["stats_seen"]
+    assert os.path.isdir(p["trace_dir"]) and p["trace_dir"].endswith(mode)
+    assert 0 < p["device_busy_ms_per_step"] <= p["device_span_ms_per_step"] <= p["traced_wall_ms_per_step"]
+    assert {c["category"] for c in p["categories"]} <= set(trace_summary.CATEGORIES)
+    assert sum(c["percent"] for c in p["categories"]) == pytest.approx(100)
+    assert sum(c["ms_per_step"] for c in p["categories"]) == pytest.approx(p["device_op_ms_per_step"])
+    assert 0 < len(p["top"]) <= 10 and all("short_name" in op and "name" not in op for op in p["top"])
+    assert f"profile of 2 {mode} steps" in stdout
+  # The simple CNN's convolutions run as their own thunks on CPU at this size.
+  assert any(c["category"] == "convolution" for c in r["profile"]["train"]["categories"])
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--modes", "train,backward"], "--modes"),
     (["--dtype", "float64"], "--dtype"),
     (["--model_arg", "stem"], "key=value"),
     (["--batch_size", "7"], "multiple of the 8 devices"),
     (["--model", "resnet5"], "resnet50"),
+    (["--profile_dir", "/tmp/unused", "--profile_steps", "0"], "--profile_steps"),
 ])
 def test_bad_flags_fail_with_one_clear_line(flags, message, capsys):
   from jaxcls import benchmark

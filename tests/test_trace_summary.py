@@ -1,0 +1,244 @@
+"""Tests of jaxcls.trace_summary: the kernel-name categories on real GPU kernel names, a hand-built GPU-shaped trace
+whose every figure is known, and a real CPU trace of a jitted convolution followed by reductions."""
+
+import json
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxcls import trace_summary
+from jaxcls.errors import DataError
+
+
+@pytest.mark.parametrize("name, stats, expected", [
+    # cuDNN convolutions (forward, data and filter gradients) and its own NCHW<->NHWC conversions.
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1"
+     "_execute_segment_k_off_kernel__5x_cudnn", None, "convolution"),
+    ("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x256x64_warpgroupsize2x1x1"
+     "_execute_segment_k_off_kernel__5x_cudnn", None, "convolution"),
+    ("sm80_xmma_wgrad_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4_warpsize2x2x1"
+     "_g1_tensor16x8x16_execute_kernel__5x_cudnn", None, "convolution"),
+    ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_128x128_32x5_nhwc_align8>("
+     "cutlass_tensorop_bf16_s16816fprop_optimized_bf16_128x128_32x5_nhwc_align8::Params)", None, "convolution"),
+    ("void cudnn::cnn::implicit_convolve_sgemm<float, float, 128, 5, 5, 3, 3, 3, 1, false, false, true>(int, int)",
+     None, "convolution"),
+    ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float, false, true, "
+     "(cudnnKernelDataType_t)0>(cudnn::engines_precompiled::nchw2nhwc_params_t<float>)", None, "layout"),
+    ("cudnn::bn_fw_tr_1C11_kernel_NCHW", None, "reduction"),
+    # GEMMs: cuBLAS / cuBLASLt, CUTLASS, XLA's Triton GEMM fusions, cuBLAS split-K epilogue.
+    ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNN", None, "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off"
+     "_kernel__5x_cublas", None, "matmul"),
+    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8>("
+     "cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8::Params)", None, "matmul"),
+    ("gemm_fusion_dot_3", None, "matmul"),
+    ("void splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16, true, false, false>("
+     "cublasSplitKParams<float>, float const*)", None, "matmul"),
+    # XLA fusions, named <kind>_<hero ops>_fusion: reductions (batch-norm statistics), elementwise, layout.
+    ("input_reduce_fusion", None, "reduction"),
+    ("input_convert_reduce_fusion_2", None, "reduction"),
+    ("loop_add_fusion", None, "elementwise"),
+    ("loop_multiply_select_fusion_4", None, "elementwise"),
+    ("loop_convert_fusion", None, "elementwise"),  # "conv" in "convert" is no convolution
+    ("fusion_12", None, "elementwise"),
+    ("loop_transpose_fusion_1", None, "layout"),
+    ("wrapped_transpose", None, "layout"),
+    ("loop_copy_fusion", None, "layout"),
+    ("copy_12", None, "layout"),
+    ("loop_bitcast_convert_fusion", None, "layout"),
+    ("loop_dynamic_update_slice_fusion", None, "layout"),
+    ("input_reduce_window_fusion", None, "pooling"),
+    ("loop_select_and_scatter_fusion", None, "pooling"),
+    # Collectives and copies: `reduce_scatter` is no reduction; CUPTI names memcpy/memset events by their kind.
+    ("ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", None, "collective"),
+    ("reduce-scatter.3", None, "collective"),
+    ("MemcpyD2D", None, "memcpy"),
+    ("Memset", None, "memcpy"),
+    ("anything", {"memcpy_details": "kind_src:device kind_dst:device size:4096"}, "memcpy"),
+    # An unhelpful kernel name falls back on the hlo_op stat, then hlo_category; else "other".
+    ("kernel_17", {"hlo_op": "cudnn-conv-bw-filter.2"}, "convolution"),
+    ("kernel_17", {"hlo_category": "data formatting"}, "layout"),
+    ("redzone_checker", None, "other"),
+    ("triton_softmax_fusion", None, "other"),
+])
+def test_categorize_real_kernel_names(name, stats, expected):
+  assert trace_summary.categorize(name, stats) == expected
+
+
+def _gpu_plane(plane_id: int, name: str) -> str:
+  """A /device:GPU plane as CUPTI writes it: kernels on a compute stream, a memcpy on another, CUPTI overhead.
+
+  Times in microseconds (offsets in ps) from a line timestamp of 1 s; two steps 10 ms apart.
+  """
+  def event(metadata_id, start_us, duration_us, stats=""):
+    return (f"events {{ metadata_id: {metadata_id} offset_ps: {int(start_us * 1e6)} "
+            f"duration_ps: {int(duration_us * 1e6)} {stats} }}")
+
+  conv_stat = 'stats { metadata_id: 1 str_value: "cudnn-conv.1" }'
+  compute = []
+  for step_start in (0, 10000):
+    compute += [event(1, step_start, 4000, conv_stat), event(2, step_start + 4000, 500),
+                event(3, step_start + 5000, 1000), event(4, step_start + 6000, 500)]
+  memcpy = event(5, 3000, 2000, 'stats { metadata_id: 2 str_value: "kind_src:device kind_dst:device size:64" }')
+  return f"""
+planes {{
+  id: {plane_id} name: "{name}"
+  lines {{ id: 7 name: "Stream #7(Kernel)" timestamp_ns: 1000000000 {" ".join(compute)} }}
+  lines {{ id: 9 name: "Stream #9(MemcpyD2D)" timestamp_ns: 1000000000 {memcpy} }}
+  lines {{ id: 99 name: "CUPTI overhead" timestamp_ns: 1000000000 {event(6, 20000, 10000)} }}
+  event_metadata {{ key: 1 value {{ id: 1 name: "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc" }} }}
+  event_metadata {{ key: 2 value {{ id: 2 name: "void cudnn::engines_precompiled::nchwToNhwcKernel<float>(int)" }} }}
+  event_metadata {{ key: 3 value {{ id: 3 name: "input_reduce_fusion" }} }}
+  event_metadata {{ key: 4 value {{ id: 4 name: "loop_add_fusion" }} }}
+  event_metadata {{ key: 5 value {{ id: 5 name: "MemcpyD2D" }} }}
+  event_metadata {{ key: 6 value {{ id: 6 name: "CUPTI overhead" }} }}
+  stat_metadata {{ key: 1 value {{ id: 1 name: "hlo_op" }} }}
+  stat_metadata {{ key: 2 value {{ id: 2 name: "memcpy_details" }} }}
+}}"""
+
+
+HOST_PLANE = """
+planes {
+  id: 3 name: "/host:CPU"
+  lines { id: 1 name: "python" timestamp_ns: 1000000000
+    events { metadata_id: 1 offset_ps: 0 duration_ps: 1000000 stats { metadata_id: 1 int64_value: 0 } }
+    events { metadata_id: 1 offset_ps: 10000000000 duration_ps: 1000000 stats { metadata_id: 1 int64_value: 1 } }
+    events { metadata_id: 2 offset_ps: 0 duration_ps: 90000000000 stats { metadata_id: 2 str_value: "fusion.9" } }
+  }
+  event_metadata { key: 1 value { id: 1 name: "train" } }
+  event_metadata { key: 2 value { id: 2 name: "host thunk that must not count on a GPU trace" } }
+  stat_metadata { key: 1 value { id: 1 name: "step_num" } }
+  stat_metadata { key: 2 value { id: 2 name: "hlo_op" } }
+}"""
+
+
+@pytest.fixture(scope="module")
+def gpu_trace_dir(tmp_path_factory):
+  """Two GPUs with the same work, written where jax.profiler.trace would put it (plugins/profile/<time>/)."""
+  from jax.profiler import ProfileData
+  root = tmp_path_factory.mktemp("gpu_trace")
+  text = _gpu_plane(1, "/device:GPU:0") + _gpu_plane(2, "/device:GPU:1") + HOST_PLANE
+  run = root / "plugins" / "profile" / "2026_01_01_00_00_00"
+  run.mkdir(parents=True)
+  (run / "host.xplane.pb").write_bytes(ProfileData.text_proto_to_serialized_xspace(text))
+  return str(root)
+
+
+def test_gpu_trace_figures_match_the_hand_computed_ones(gpu_trace_dir):
+  s = trace_summary.summarize(gpu_trace_dir)
+  assert (s["num_devices"], s["steps"], s["steps_source"]) == (2, 2, "StepTraceAnnotation")
+  assert s["source"].startswith("device planes") and s["stats_seen"] == ["hlo_op", "memcpy_details"]
+  ms = {c["category"]: c["ms_per_step"] for c in s["categories"]}
+  # Per step and device: conv 4 ms, NCHW->NHWC 0.5 ms, reduce 1 ms, add 0.5 ms; one 2 ms memcpy over two steps.
+  assert ms == pytest.approx({"convolution": 4.0, "layout": 0.5, "reduction": 1.0, "elementwise": 0.5,
+                              "memcpy": 1.0})
+  assert [c["category"] for c in s["categories"]][0] == "convolution"
+  assert s["device_op_ms_per_step"] == pytest.approx(7.0)
+  # The memcpy overlaps the conv; busy = [0, 6.5] + [10, 14.5] + [15, 16.5] ms; span = 16.5 ms over two steps.
+  assert s["device_busy_ms_per_step"] == pytest.approx(6.25)
+  assert s["device_span_ms_per_step"] == pytest.approx(8.25)
+  assert s["idle_percent"] == pytest.approx(100 * (1 - 6.25 / 8.25))
+  assert sum(c["percent"] for c in s["categories"]) == pytest.approx(100)
+  conv = s["top"][0]
+  assert (conv["category"], conv["hlo_op"], conv["calls_per_step"]) == ("convolution", "cudnn-conv.1", 1.0)
+  assert conv["percent"] == pytest.approx(100 * 4 / 7)
+  layout = next(op for op in s["top"] if op["category"] == "layout")
+  assert layout["short_name"] == "cudnn::engines_precompiled::nchwToNhwcKernel<float>"
+  # Given steps win over the annotations.
+  assert trace_summary.summarize(gpu_trace_dir, steps=1)["device_op_ms_per_step"] == pytest.approx(14.0)
+
+
+def conv_then_reduce(x, w):
+  """A convolution, then batch-norm-like statistics and a loss-like sum."""
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  mean = y.mean(axis=(0, 1, 2))
+  var = y.var(axis=(0, 1, 2))
+  return jnp.sum(jax.nn.relu((y - mean) * jax.lax.rsqrt(var + 1e-5)))
+
+
+@pytest.fixture(scope="module")
+def cpu_trace(tmp_path_factory):
+  """A real trace of 3 steps of a jitted conv + reductions on CPU device 0, and the wall seconds of the steps."""
+  root = str(tmp_path_factory.mktemp("cpu_trace"))
+  step = jax.jit(conv_then_reduce)
+  x = jax.random.normal(jax.random.key(0), (8, 32, 32, 16))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 16, 32))
+  jax.block_until_ready(step(x, w))  # compile outside the trace
+  with jax.profiler.trace(root):
+    start = time.perf_counter()
+    for i in range(3):
+      with jax.profiler.StepTraceAnnotation("step", step_num=i):
+        out = step(x, w)
+      jax.block_until_ready(out)
+    wall_s = time.perf_counter() - start
+  return root, wall_s, step.lower(x, w).compile().as_text()
+
+
+def entry_instructions(hlo_text: str) -> dict[str, str]:
+  """{instruction name: its jax op_name} for the ENTRY computation of compiled HLO text."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  out = {}
+  for match in re.finditer(r"^\s+(?:ROOT )?%(\S+) = .*?op_name=\"([^\"]*)\"", entry, re.MULTILINE):
+    out[match.group(1)] = match.group(2)
+  return out
+
+
+def test_cpu_trace_finds_the_thunks_and_the_convolution(cpu_trace):
+  root, wall_s, hlo_text = cpu_trace
+  s = trace_summary.summarize(root)
+  assert s["source"].startswith("host CPU thunk executions")
+  assert (s["num_devices"], s["steps"], s["steps_source"]) == (1, 3, "StepTraceAnnotation")
+  assert {"hlo_op", "hlo_module", "device_ordinal"} <= set(s["stats_seen"])
+  assert 0 < s["device_busy_ms_per_step"] <= s["device_span_ms_per_step"]
+  # Three steps of device work fit in the wall time measured around them.
+  assert s["device_span_ms_per_step"] * 3 <= wall_s * 1e3
+  assert s["device_op_ms_per_step"] * 3 <= wall_s * 1e3
+  assert sum(c["percent"] for c in s["categories"]) == pytest.approx(100)
+  # What the CPU trace exposes: each event is one instruction of the compiled program's ENTRY computation, named
+  # as in the HLO text. The convolution is the costliest; XLA:CPU may run it inside a YNNPACK custom fusion
+  # (`ynn_fusion.N`), whose name hides it, so it is "other" then, and "convolution" when it runs on its own.
+  instructions = entry_instructions(hlo_text)
+  assert {op["name"] for op in s["top"]} <= set(instructions)
+  biggest = s["top"][0]
+  assert instructions[biggest["name"]].endswith("conv_general_dilated")
+  assert biggest["category"] == ("other" if biggest["name"].startswith("ynn_fusion") else "convolution")
+
+
+def test_cpu_trace_total_equals_a_direct_sum_of_the_hlo_op_events(cpu_trace):
+  """Against a plain loop over ProfileData: every event with an hlo_op stat, summed and divided by 3 steps."""
+  from jax.profiler import ProfileData
+  root, _, _ = cpu_trace
+  total_ns = 0.0
+  for path in trace_summary.find_trace_files(root):
+    for plane in ProfileData.from_file(path).planes:
+      for line in plane.lines:
+        total_ns += sum(e.duration_ns for e in line.events if any(k == "hlo_op" for k, _ in e.stats))
+  assert total_ns > 0
+  assert trace_summary.summarize(root)["device_op_ms_per_step"] == pytest.approx(total_ns / 3 / 1e6)
+
+
+def test_cli_prints_the_table_and_writes_the_same_numbers(cpu_trace, tmp_path, capsys):
+  root, _, _ = cpu_trace
+  out = tmp_path / "summary.json"
+  assert trace_summary.main([root, "--top", "2", "--json", str(out)]) == 0
+  text = capsys.readouterr().out
+  assert "category" in text and "% idle" in text and "top 2 kernels/ops" in text
+  saved = json.loads(out.read_text())
+  assert len(saved["top"]) == 2 and saved["steps"] == 3
+  for c in saved["categories"]:
+    assert f"{c['category']:<12} {c['ms_per_step']:>9.3f} {c['percent']:>8.1f}%" in text
+  assert saved["top"][0]["name"] in text
+
+
+def test_missing_or_empty_trace_dirs_fail_with_one_clear_line(tmp_path, capsys):
+  assert trace_summary.main([str(tmp_path / "nope")]) == 2
+  assert capsys.readouterr().err.startswith("Error: Trace directory")
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(DataError, match="No \\*.xplane.pb"):
+    trace_summary.summarize(str(tmp_path / "empty"))
+  with pytest.raises(DataError, match="--steps=0"):
+    trace_summary.summarize(str(tmp_path / "empty"), steps=0)
