@@ -60,10 +60,10 @@ _NAME_RULES = tuple((category, re.compile(pattern)) for category, pattern in (
 ))
 # Single elementwise HLO opcodes (as they appear in op and fusion names, '-' written '_').
 _ELEMENTWISE_OPS = frozenset((
-    "abs add and atan2 bitcast broadcast cbrt ceil clamp compare complex constant convert cosine divide erf exp exponential "
-    "expm1 floor imag iota is_finite log log1p logistic map maximum minimum multiply negate not or popcnt power real "
-    "remainder reshape round round_nearest_afz round_nearest_even rsqrt select shift_left shift_right_arithmetic "
-    "shift_right_logical sign sine sqrt subtract tan tanh xor").split())
+    "abs add and atan2 bitcast broadcast cbrt ceil clamp compare complex constant convert cosine divide erf exp "
+    "exponential expm1 floor imag iota is_finite log log1p logistic map maximum minimum multiply negate not or popcnt "
+    "power real remainder reshape round round_nearest_afz round_nearest_even rsqrt select shift_left "
+    "shift_right_arithmetic shift_right_logical sign sine sqrt subtract tan tanh xor").split())
 _FUSION_KIND_WORDS = frozenset(("loop", "input", "output", "wrapped", "fusion", "fused"))
 # xprof's `hlo_category` values that the name rules do not already cover.
 _HLO_CATEGORIES = {"data formatting": "layout", "non-fusion elementwise": "elementwise", "loop fusion": "elementwise",
@@ -139,12 +139,18 @@ def _stats(event) -> dict[str, Any]:
   return {k: v for k, v in event.stats if k is not None}
 
 
+def _is_whole_graph(event: _Event) -> bool:
+  """A CUDA graph execution recorded as one activity (graph-level tracing), as opposed to its kernels."""
+  return "cuda_graph_exec_id" in event.stats or event.name.startswith("CudaGraph")
+
+
 def _device_events(profile) -> tuple[str, list[_Event], list[str]]:
-  """(source, events, plane names): GPU stream events if the trace has any, else CPU thunk events."""
+  """(source, events, plane names): GPU stream events if the trace has device planes, else CPU thunk events."""
   events, planes = [], []
   for plane in profile.planes:
     if not _DEVICE_PLANE.match(plane.name):
       continue
+    planes.append(plane.name)
     lines = [line for line in plane.lines if _STREAM_LINE.match(line.name)]
     if not lines:  # TPU-like traces: XLA ops on a derived line
       lines = [line for line in plane.lines if line.name == "XLA Ops"]
@@ -152,9 +158,7 @@ def _device_events(profile) -> tuple[str, list[_Event], list[str]]:
       for e in line.events:
         if e.duration_ns > 0:
           events.append(_Event(plane.name, line.name, e.start_ns, e.end_ns, e.name, _stats(e)))
-    if lines:
-      planes.append(plane.name)
-  if events:
+  if planes:
     return "device planes (" + ", ".join(planes) + ")", events, planes
   for plane in profile.planes:
     if not plane.name.startswith("/host:CPU"):
@@ -241,7 +245,14 @@ def summarize(trace_dir: str, steps: int | None = None, top: int = 20) -> dict[s
     annotated = max(annotated, _count_steps(profile))
   if not events:
     raise DataError(f"The trace in {os.path.dirname(files[0])!r} has no device events (planes: "
-                    f"{', '.join(planes) or 'none'}); profile while the jitted steps run and block on their result.")
+                    f"{', '.join(planes) or 'none'}); profile while the jitted steps run and block on their result "
+                    "(on GPU the profiler also needs CUPTI, which the jax[cuda] wheels install).")
+  # Graph-level records would count their kernels twice: kept apart, reported on their own line.
+  graph_events = [e for e in events if _is_whole_graph(e)]
+  if len(graph_events) < len(events):
+    events = [e for e in events if not _is_whole_graph(e)]
+  else:  # graph-level tracing only: the graphs are all there is
+    graph_events = []
   if steps is not None:
     num_steps, steps_source = steps, "given"
   elif annotated:
@@ -294,6 +305,7 @@ def summarize(trace_dir: str, steps: int | None = None, top: int = 20) -> dict[s
       "device_busy_ms_per_step": busy_ns * scale,
       "device_span_ms_per_step": span_ns * scale,
       "idle_percent": 100.0 * (1 - busy_ns / span_ns) if span_ns else 0.0,
+      "whole_cuda_graph_ms_per_step": sum(e.end_ns - e.start_ns for e in graph_events) * scale,
       "categories": categories,
       "top": top_ops,
   }
@@ -302,7 +314,8 @@ def summarize(trace_dir: str, steps: int | None = None, top: int = 20) -> dict[s
 def compact(summary: dict[str, Any], top: int = 10) -> dict[str, Any]:
   """The summary without file paths and with the `top` largest ops: small enough for a benchmark record."""
   keep = ("source", "num_devices", "steps", "steps_source", "stats_seen", "device_op_ms_per_step",
-          "device_busy_ms_per_step", "device_span_ms_per_step", "idle_percent", "categories")
+          "device_busy_ms_per_step", "device_span_ms_per_step", "idle_percent", "whole_cuda_graph_ms_per_step",
+          "categories")
   out = {k: summary[k] for k in keep}
   out["top"] = [{k: v for k, v in op.items() if k != "name"} for op in summary["top"][:top]]
   return out
@@ -319,6 +332,9 @@ def format_summary(summary: dict[str, Any], name_width: int = 70) -> str:
   lines.append(f"device busy {summary['device_busy_ms_per_step']:.3f} ms/step of a "
                f"{summary['device_span_ms_per_step']:.3f} ms/step span from first to last device event: "
                f"{summary['idle_percent']:.1f}% idle (launch / host overhead, gaps between steps)")
+  if summary["whole_cuda_graph_ms_per_step"]:
+    lines.append(f"whole CUDA graph executions (not in the table, their kernels are): "
+                 f"{summary['whole_cuda_graph_ms_per_step']:.3f} ms/step")
   lines.append(f"top {len(summary['top'])} kernels/ops by time:")
   lines.append(f"{'name':<{name_width}} {'ms/step':>9} {'%':>6} {'calls':>6}  category")
   for op in summary["top"]:

@@ -118,6 +118,18 @@ def test_profile_section_breaks_down_each_modes_device_time(record):
   assert any(c["category"] == "convolution" for c in r["profile"]["train"]["categories"])
 
 
+def test_a_failing_profile_is_reported_not_raised(tmp_path, capsys):
+  """The profile runs after the timing: if it fails, the record keeps the error and the run goes on."""
+  from jaxcls import benchmark
+
+  def failing_step():
+    raise RuntimeError("no CUPTI")
+
+  out = benchmark.profile_mode(failing_step, "train", 2, str(tmp_path / "train"))
+  assert out == {"error": "RuntimeError: no CUPTI", "trace_dir": str(tmp_path / "train")}
+  assert "profile of train failed: RuntimeError: no CUPTI" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--modes", "train,backward"], "--modes"),
     (["--dtype", "float64"], "--dtype"),

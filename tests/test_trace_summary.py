@@ -84,10 +84,12 @@ def _gpu_plane(plane_id: int, name: str) -> str:
     compute += [event(1, step_start, 4000, conv_stat), event(2, step_start + 4000, 500),
                 event(3, step_start + 5000, 1000), event(4, step_start + 6000, 500)]
   memcpy = event(5, 3000, 2000, 'stats { metadata_id: 2 str_value: "kind_src:device kind_dst:device size:64" }')
+  # A whole-graph record over the second step's kernels: reported apart, never added to them.
+  graph = event(7, 10000, 6500, 'stats { metadata_id: 3 uint64_value: 5 }')
   return f"""
 planes {{
   id: {plane_id} name: "{name}"
-  lines {{ id: 7 name: "Stream #7(Kernel)" timestamp_ns: 1000000000 {" ".join(compute)} }}
+  lines {{ id: 7 name: "Stream #7(Kernel,CudaGraph)" timestamp_ns: 1000000000 {" ".join(compute)} {graph} }}
   lines {{ id: 9 name: "Stream #9(MemcpyD2D)" timestamp_ns: 1000000000 {memcpy} }}
   lines {{ id: 99 name: "CUPTI overhead" timestamp_ns: 1000000000 {event(6, 20000, 10000)} }}
   event_metadata {{ key: 1 value {{ id: 1 name: "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc" }} }}
@@ -96,8 +98,10 @@ planes {{
   event_metadata {{ key: 4 value {{ id: 4 name: "loop_add_fusion" }} }}
   event_metadata {{ key: 5 value {{ id: 5 name: "MemcpyD2D" }} }}
   event_metadata {{ key: 6 value {{ id: 6 name: "CUPTI overhead" }} }}
+  event_metadata {{ key: 7 value {{ id: 7 name: "CudaGraphExec" }} }}
   stat_metadata {{ key: 1 value {{ id: 1 name: "hlo_op" }} }}
   stat_metadata {{ key: 2 value {{ id: 2 name: "memcpy_details" }} }}
+  stat_metadata {{ key: 3 value {{ id: 3 name: "cuda_graph_exec_id" }} }}
 }}"""
 
 
@@ -142,6 +146,8 @@ def test_gpu_trace_figures_match_the_hand_computed_ones(gpu_trace_dir):
   assert s["device_busy_ms_per_step"] == pytest.approx(6.25)
   assert s["device_span_ms_per_step"] == pytest.approx(8.25)
   assert s["idle_percent"] == pytest.approx(100 * (1 - 6.25 / 8.25))
+  assert s["whole_cuda_graph_ms_per_step"] == pytest.approx(3.25)
+  assert "whole CUDA graph executions" in trace_summary.format_summary(s)
   assert sum(c["percent"] for c in s["categories"]) == pytest.approx(100)
   conv = s["top"][0]
   assert (conv["category"], conv["hlo_op"], conv["calls_per_step"]) == ("convolution", "cudnn-conv.1", 1.0)
