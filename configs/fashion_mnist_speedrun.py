@@ -5,11 +5,12 @@
     [--config.dataset.path=/elsewhere/fashion-mnist]
 
 ResNet-18 with the small (3x3/1) stem at width 64 in bfloat16, batch 512, 15 epochs (1,758 steps), one
-evaluation at the end. The whole set lives in memory; crops and flips run on the device. Compute: about 2.6
-GFLOP per training image (3x the 0.85 GFLOP forward pass at 28x28), 2.3 PFLOP in all, so on an H200 at the
-issue's ResNet-18/32x32 rate (~82k img/s) the 900k training images take ~11 s and compilation is a large share.
-Result: NOT MEASURED yet (no accelerator was lent when this was written; benchmarks/gpu_suite.sh runs it and benchmarks/RESULTS.md records what it reaches). On a CPU it takes
-hours: use configs/fashion_mnist_resnet.py there.
+evaluation at the end, with flip test-time augmentation (2 forward passes per test image). The whole set lives
+in memory; crops and flips run on the device. Compute: about 2.6 GFLOP per training image (3x the 0.85 GFLOP
+forward pass at 28x28), 2.3 PFLOP in all, so on an H200 at the issue's ResNet-18/32x32 rate (~82k img/s) the
+900k training images take ~11 s and compilation is a large share.
+Result: NOT MEASURED yet (no accelerator was lent when this was written; benchmarks/gpu_suite.sh runs it and
+benchmarks/RESULTS.md records what it reaches). On a CPU it takes hours: use configs/fashion_mnist_resnet.py there.
 """
 
 from jaxcls import config_base
@@ -44,6 +45,8 @@ def get_config():
 
   config.augment = "random_crop(padding=2, mode='constant')|flip_lr"
   config.dtype = "bfloat16"
+  # Garments mean the same mirrored (training already flips), so evaluation averages the image and its mirror.
+  config.eval_tta = "flip"
   config.log_every_steps = 200
   # One evaluation and one checkpoint, at the end: every pass over the test set is wall time.
   config.eval_every_steps = 10**9

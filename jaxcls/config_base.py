@@ -106,6 +106,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.async_checkpointing = True
   config.dtype = "float32"                     # computation dtype: 'float32' | 'bfloat16'
   config.ema_decay = 0.0                       # > 0 keeps an exponential moving average of the params
+  config.eval_tta = "none"                     # test-time augmentation at eval, predict and export: 'none' |
+                                               # 'flip' (mirror; 2 passes) | 'flip_translate' (airbench: 6 passes);
+                                               # logits are averaged (jaxcls/tta.py, docs/tta.md)
 
   config.evaluators = config_dict.FieldReference((), field_type=object)  # periodic evaluators by name, e.g.
                                                # ('fewshot',) or 'fewshot' on the command line; each reads its

@@ -38,7 +38,7 @@ def unknown_key_message(path: str, known: list[str]) -> str:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Rejects keys that jaxcls does not read, so a typo never silently does nothing."""
+  """Rejects keys that jaxcls does not read, so a typo never silently does nothing, and unknown TTA names."""
   known = leaf_paths(config_base.get_base_config())
   known_set = set(known) | {s for p in known for s in _parents(p)}
   for path in leaf_paths(config):
@@ -46,6 +46,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       continue
     if path not in known_set:
       raise ConfigError(unknown_key_message(path, known))
+  if "eval_tta" in config:  # a bad name would otherwise surface only at the first evaluation
+    from jaxcls import tta  # pylint: disable=g-import-not-at-top  (imports jax; flag parsing does not need it)
+    tta.check(config.eval_tta)
 
 
 def _parents(path: str) -> list[str]:

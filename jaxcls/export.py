@@ -8,7 +8,8 @@ Writes a trained model as a self-contained inference function that runs without 
   MODEL_DIR/model.json    class names, task, thresholds or class tree, and the preprocessing (size, crop)
 
 The function is the one `python -m jaxcls.predict` jits (`predict.inference_function`): normalisation, the
-eval-mode forward pass and the task's probabilities are inside it, so a loader only decodes and resizes images
+eval-mode forward pass, the test-time augmentation views of the workdir's `eval_tta` (jaxcls/tta.py) and the task's
+probabilities are inside it, so a loader only decodes and resizes images
 (examples/serve_exported.py shows how). The weights are an argument rather than constants baked into the
 StableHLO: a serialized module has a 2 GB limit and embedding large constants multiplies the memory export needs,
 while an argument works for every model size and keeps the function file small.
@@ -48,7 +49,7 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"))
   """Writes the three files for `restored` (a `restore.Restored`) into `output_dir`; returns the metadata."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls import predict, preprocess  # pylint: disable=g-import-not-at-top
+  from jaxcls import predict, preprocess, tta  # pylint: disable=g-import-not-at-top
   platforms = tuple(p.strip().lower() for p in platforms if p.strip())
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if not platforms or unknown:
@@ -57,6 +58,7 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"))
   leaves, treedef = jax.tree.flatten(predict.model_variables(restored))
   leaves = [np.asarray(leaf) for leaf in leaves]
   probabilities = predict.inference_function(restored)
+  tta_kind = tta.from_config(restored.config)
 
   def serve(weights, images):
     return probabilities(jax.tree.unflatten(treedef, weights), images)
@@ -74,6 +76,8 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"))
       "platforms": list(exported.platforms),
       "workdir": restored.workdir, "step": restored.step, "model": restored.config.model.name,
       "dtype": restored.config.dtype, "task": restored.config.task.type, "class_names": names,
+      # Test-time augmentation runs inside the function; for reference, with the forward passes it costs per image.
+      "eval_tta": tta_kind, "forward_passes": tta.PASSES[tta_kind],
       **task_metadata(restored.task, names),
       # Normalisation (mean, std) happens inside the function; these are for reference only.
       "preprocessing": {**preprocessing.to_json(), "mean": list(restored.info.mean), "std": list(restored.info.std)},

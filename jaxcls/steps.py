@@ -14,6 +14,7 @@ import optax
 from absl import logging
 
 from jaxcls import parallel
+from jaxcls import tta as tta_lib
 from jaxcls.state import TrainState, eval_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -89,17 +90,24 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
                  donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Module, task, *, mean, std, dtype: str, mesh) -> Callable:
+def make_eval_step(model: nn.Module, task, *, mean, std, dtype: str, mesh, tta: str = "none") -> Callable:
   """Returns eval_step(state, batch) -> (sums over the valid rows, per-example outputs and mask).
 
-  No augmentation, eval-mode batch norm. The outputs (e.g. probabilities) come back replicated so that every
-  process can compute exact ranking metrics over the whole split; the mask says which rows are real.
+  No training augmentation, eval-mode batch norm; `tta` (config.eval_tta, see jaxcls/tta.py) averages the logits
+  over fixed views of each image, as predict and export do. The outputs (e.g. probabilities) come back replicated
+  so that every process can compute exact ranking metrics over the whole split; the mask says which rows are real.
   """
   compute_dtype = DTYPES[dtype]
+  tta_lib.check(tta)
 
   def eval_step(state: TrainState, batch: dict):
-    images = normalize(batch["image"], mean, std, compute_dtype)
-    logits, _ = _apply(model, eval_params(state), state.batch_stats, images, train=False)
+    params = eval_params(state)
+
+    def forward(images):
+      images = normalize(images, mean, std, compute_dtype)
+      return _apply(model, params, state.batch_stats, images, train=False)[0]
+
+    logits = tta_lib.apply_tta(forward, batch["image"], tta)
     outputs = task.eval_outputs(logits, batch["label"], batch["mask"]) if hasattr(task, "eval_outputs") else {}
     outputs = dict(outputs, mask=batch["mask"])
     return task.eval_sums(logits, batch["label"], batch["mask"]), outputs
