@@ -145,8 +145,9 @@ def norm(kind: str, train: bool, *, channels: int, dtype: Any, name: str | None 
       then run in `dtype` (eps rounds to `dtype` too);
     - the scale and bias multiply-add stays float32 (the parameters are float32), the result is cast to `dtype`;
     - the running averages stay float32, updated with the rounded statistics.
-  Eval mode (running averages) and float32 `dtype` are unchanged, op for op. The cost: the variance loses
-  precision when mean**2 dominates it (a mean-square difference in 8 mantissa bits).
+  Eval mode (running averages) and float32 `dtype` are unchanged, op for op. The cost: the variance is a
+  difference of two numbers rounded to bfloat16's 8 significant bits, so it loses precision when mean**2
+  dominates it.
   """
   scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
   if check_norm(kind) == "batch":
