@@ -123,6 +123,9 @@ def profile_mode(run_step: Callable[[], Any], mode: str, num_steps: int, trace_d
   print(f"profile of {num_steps} {mode} steps ({trace_dir}):\n{trace_summary.format_summary(summary)}", flush=True)
   record = trace_summary.compact(summary, top=10)
   record["trace_dir"] = trace_dir
+  if jax.default_backend() != "cpu" and not summary["source"].startswith("device planes"):
+    record["warning"] = f"no {jax.default_backend()} device planes in the trace (is CUPTI installed?): host times only"
+    print(f"warning: {record['warning']}", file=sys.stderr, flush=True)
   record["traced_wall_ms_per_step"] = traced_s / num_steps * 1e3  # with the profiler on: compare with step_ms
   return record
 
