@@ -70,6 +70,9 @@ _HLO_CATEGORIES = {"data formatting": "layout", "non-fusion elementwise": "eleme
                    "input fusion": "reduction"}
 _DEVICE_PLANE = re.compile(r"^/device:(GPU|TPU):\d+")
 _STREAM_LINE = re.compile(r"^Stream #\d+")
+# Lines of a device plane that hold no kernels, or hold them again under another name (xprof's derived lines).
+_NOT_KERNEL_LINE = re.compile(r"overhead|counter|^XLA Modules$|^Steps$|Framework|TensorFlow|Source|Launch Stats",
+                              re.IGNORECASE)
 
 
 def _elementwise_by_name(name: str) -> bool:
@@ -151,9 +154,10 @@ def _device_events(profile) -> tuple[str, list[_Event], list[str]]:
     if not _DEVICE_PLANE.match(plane.name):
       continue
     planes.append(plane.name)
-    lines = [line for line in plane.lines if _STREAM_LINE.match(line.name)]
-    if not lines:  # TPU-like traces: XLA ops on a derived line
-      lines = [line for line in plane.lines if line.name == "XLA Ops"]
+    all_lines = list(plane.lines)
+    lines = ([line for line in all_lines if _STREAM_LINE.match(line.name)]
+             or [line for line in all_lines if line.name == "XLA Ops"]  # TPU-like: XLA ops on a derived line
+             or [line for line in all_lines if not _NOT_KERNEL_LINE.search(line.name)])  # unknown line names
     for line in lines:
       for e in line.events:
         if e.duration_ns > 0:

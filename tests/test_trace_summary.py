@@ -120,16 +120,20 @@ planes {
 }"""
 
 
+def write_trace(root, text: str, run: str = "2026_01_01_00_00_00") -> str:
+  """An XSpace text proto written where jax.profiler.trace would put it (plugins/profile/<time>/<host>)."""
+  from jax.profiler import ProfileData
+  folder = root / "plugins" / "profile" / run
+  folder.mkdir(parents=True)
+  (folder / "host.xplane.pb").write_bytes(ProfileData.text_proto_to_serialized_xspace(text))
+  return str(root)
+
+
 @pytest.fixture(scope="module")
 def gpu_trace_dir(tmp_path_factory):
-  """Two GPUs with the same work, written where jax.profiler.trace would put it (plugins/profile/<time>/)."""
-  from jax.profiler import ProfileData
-  root = tmp_path_factory.mktemp("gpu_trace")
-  text = _gpu_plane(1, "/device:GPU:0") + _gpu_plane(2, "/device:GPU:1") + HOST_PLANE
-  run = root / "plugins" / "profile" / "2026_01_01_00_00_00"
-  run.mkdir(parents=True)
-  (run / "host.xplane.pb").write_bytes(ProfileData.text_proto_to_serialized_xspace(text))
-  return str(root)
+  """Two GPUs with the same work."""
+  return write_trace(tmp_path_factory.mktemp("gpu_trace"),
+                     _gpu_plane(1, "/device:GPU:0") + _gpu_plane(2, "/device:GPU:1") + HOST_PLANE)
 
 
 def test_gpu_trace_figures_match_the_hand_computed_ones(gpu_trace_dir):
@@ -156,6 +160,35 @@ def test_gpu_trace_figures_match_the_hand_computed_ones(gpu_trace_dir):
   assert layout["short_name"] == "cudnn::engines_precompiled::nchwToNhwcKernel<float>"
   # Given steps win over the annotations.
   assert trace_summary.summarize(gpu_trace_dir, steps=1)["device_op_ms_per_step"] == pytest.approx(14.0)
+
+
+def test_unknown_stream_line_names_still_count_and_the_newest_run_is_read(tmp_path):
+  """A device plane without `Stream #` lines: every line but overhead/counter/derived ones holds kernels. An older
+  run in the same folder is ignored."""
+  plane = """
+planes {
+  id: 1 name: "/device:GPU:0"
+  lines { id: 3 name: "GPU queue 3" timestamp_ns: 0
+    events { metadata_id: 1 offset_ps: 0 duration_ps: 2000000000 } }
+  lines { id: 4 name: "CUPTI overhead" timestamp_ns: 0
+    events { metadata_id: 2 offset_ps: 0 duration_ps: 9000000000 } }
+  lines { id: 5 name: "XLA Modules" timestamp_ns: 0
+    events { metadata_id: 2 offset_ps: 0 duration_ps: 9000000000 } }
+  event_metadata { key: 1 value { id: 1 name: "loop_transpose_fusion" } }
+  event_metadata { key: 2 value { id: 2 name: "jit_train_step" } }
+}"""
+  write_trace(tmp_path, plane.replace("loop_transpose_fusion", "old_run_kernel"), run="2026_01_01_00_00_00")
+  write_trace(tmp_path, plane, run="2026_01_01_00_05_00")
+  s = trace_summary.summarize(str(tmp_path), steps=2)
+  assert s["steps_source"] == "given" and len(s["trace_files"]) == 1 and "00_05_00" in s["trace_files"][0]
+  assert s["categories"] == [{"category": "layout", "ms_per_step": pytest.approx(1.0), "percent": 100.0,
+                              "kernels_per_step": 0.5}]
+
+
+def test_a_gpu_plane_without_kernels_is_an_error_not_a_host_fallback(tmp_path):
+  write_trace(tmp_path, 'planes { id: 1 name: "/device:GPU:0" }\n' + HOST_PLANE)
+  with pytest.raises(DataError, match="no device events.*/device:GPU:0.*CUPTI"):
+    trace_summary.summarize(str(tmp_path))
 
 
 def conv_then_reduce(x, w):
