@@ -24,21 +24,10 @@ import re
 import sys
 from typing import Any, Iterable, Sequence
 
-from jaxcls.errors import DataError, JaxclsError
+from jaxcls.errors import ConfigError, DataError, JaxclsError
 
 CATEGORIES = ("convolution", "matmul", "reduction", "elementwise", "layout", "pooling", "collective", "memcpy",
               "other")
-CATEGORY_HELP = {
-    "convolution": "cuDNN / CUTLASS conv kernels (xmma fprop/dgrad/wgrad, implicit_gemm), convolution HLO ops",
-    "matmul": "GEMMs: cuBLAS, cuBLASLt nvjet, CUTLASS, Triton dot fusions, dot HLO ops",
-    "reduction": "reduce fusions (batch-norm statistics, loss, metrics), cuDNN batch-norm training kernels",
-    "elementwise": "loop fusions and single elementwise ops (add, multiply, convert, select, broadcast, ...)",
-    "layout": "copy, transpose, bitcast-convert, pad, slice, concatenate, gather/scatter, NCHW<->NHWC kernels",
-    "pooling": "reduce-window and select-and-scatter (max/avg pooling and its gradient)",
-    "collective": "NCCL all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute",
-    "memcpy": "memcpy (H2D, D2H, D2D, P2P) and memset",
-    "other": "everything unmatched: see the top list",
-}
 
 # First match wins. Library kernels carry their purpose in the name (cuDNN's `sm90_xmma_fprop_implicit_gemm_...`,
 # cuBLASLt's `nvjet_tst_...`); XLA names its fusions `<loop|input|output>_<hero ops>_fusion` (RenameFusions), so a
@@ -237,7 +226,9 @@ def summarize(trace_dir: str, steps: int | None = None, top: int = 20) -> dict[s
   """Device time per category and per kernel/op, per step and per device, from the newest trace in `trace_dir`."""
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
   if steps is not None and steps < 1:
-    raise DataError(f"--steps={steps} must be >= 1 (the number of steps the trace covers).")
+    raise ConfigError(f"--steps={steps} must be >= 1 (the number of steps the trace covers).")
+  if top < 0:
+    raise ConfigError(f"--top={top} must be >= 0 (how many kernels/ops to list).")
   files = find_trace_files(trace_dir)
   sources, events, planes, annotated = [], [], [], 0
   for path in files:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxcls import trace_summary
-from jaxcls.errors import DataError
+from jaxcls.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("name, stats, expected", [
@@ -279,5 +279,7 @@ def test_missing_or_empty_trace_dirs_fail_with_one_clear_line(tmp_path, capsys):
   os.makedirs(tmp_path / "empty")
   with pytest.raises(DataError, match="No \\*.xplane.pb"):
     trace_summary.summarize(str(tmp_path / "empty"))
-  with pytest.raises(DataError, match="--steps=0"):
+  with pytest.raises(ConfigError, match="--steps=0"):
     trace_summary.summarize(str(tmp_path / "empty"), steps=0)
+  with pytest.raises(ConfigError, match="--top=-1"):
+    trace_summary.summarize(str(tmp_path / "empty"), top=-1)
