@@ -293,7 +293,8 @@ def test_registry_lists_every_family():
   assert set(models.model_names()) == set(PARAMETER_COUNTS)
   assert models.model_arguments("resnet18") == {
       "stem": "imagenet", "width": 64, "activation": "relu", "negative_slope": 0.01, "norm": "batch",
-      "zero_init_residual": False, "stochastic_depth": 0.0, "dropout": 0.0}
+      "zero_init_residual": False, "stochastic_depth": 0.0, "dropout": 0.0,
+      "space_to_depth_stem": False, "norm_float32_reductions": True}
   assert models.model_arguments("convnext_small")["stochastic_depth"] == 0.4  # torchvision's default per size
   assert "stochastic_depth" in models.model_arguments("convnext_base")
 
