@@ -15,8 +15,8 @@
 #    Profiler traces stay in build/traces (too big to bring back); their summaries are in the JSON files and logs.
 #
 # Environment: PYTHON (default python3), TORCH_PYTHON (default $PYTHON), OUT, PEAK_TFLOPS (default 989: H100/H200
-# dense bf16), SUITE_BUDGET_S. SUITE_SMOKE=1 runs every step at toy sizes (CPU-friendly, torch eager) to check the
-# script itself before spending device time on it.
+# dense bf16), PEAK_GBPS (default 4300: an H200's measured copy rate), SUITE_BUDGET_S. SUITE_SMOKE=1 runs every step
+# at toy sizes (CPU-friendly, torch eager) to check the script itself before spending device time on it.
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +37,7 @@ PACK=${OUT:-}                # where the packed results go (the device tool's $O
 OUT=$ROOT/build/gpu_results  # from here on, the suite's own results folder
 TRACES=$ROOT/build/traces
 PEAK=${PEAK_TFLOPS:-989}
+PEAK_GBPS=${PEAK_GBPS:-4300}
 BUDGET=${SUITE_BUDGET_S:-500}
 rm -rf "$OUT" "$TRACES"
 mkdir -p "$OUT" "$TRACES"
@@ -64,7 +65,7 @@ step() {
   tail -n 4 "$OUT/$name.log"
 }
 
-JAX=("$PY" -m jaxcls.benchmark --peak_tflops "$PEAK")
+JAX=("$PY" -m jaxcls.benchmark --peak_tflops "$PEAK" --peak_gbps "$PEAK_GBPS")
 TORCH=("${TORCH_PYTHON:-$PY}" benchmarks/torch_peer.py --peak_tflops "$PEAK")
 R50=(--model resnet50 --batch_size 256 --image_size 224 --dtype bfloat16)
 R18=(--model resnet18 --batch_size 512 --image_size 32 --num_classes 10 --dtype bfloat16)

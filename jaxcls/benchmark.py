@@ -130,24 +130,45 @@ def profile_mode(run_step: Callable[[], Any], mode: str, num_steps: int, trace_d
   return record
 
 
+def roofline(step_ms: float, images_per_device: float, flops_per_image: float | None,
+             bytes_per_image: float | None, peak_tflops: float, peak_gbps: float) -> dict[str, Any]:
+  """The two floors of a step (its FLOPs at the peak rate, its bytes at the peak bandwidth) and how near it runs.
+
+  The bytes are XLA's count over the compiled program (each fusion's operands and outputs), so the memory floor
+  assumes nothing stays in cache between kernels: it is what the step would cost if it were purely memory-bound.
+  `roofline_fraction` is the larger floor over the measured step time: 1.0 would be at the hardware limit.
+  """
+  compute = flops_per_image * images_per_device / (peak_tflops * 1e12) * 1e3 if flops_per_image and peak_tflops > 0 \
+      else None
+  memory = bytes_per_image * images_per_device / (peak_gbps * 1e9) * 1e3 if bytes_per_image and peak_gbps > 0 \
+      else None
+  floors = [f for f in (compute, memory) if f is not None]
+  return {"compute_floor_ms": compute, "memory_floor_ms": memory,
+          "roofline_fraction": max(floors) / step_ms if floors else None}
+
+
 def summarize_mode(step_seconds: list[float], batch_size: int, num_devices: int, compile_s: float | None,
-                   first_step_s: float, flops_per_image: float | None, peak_tflops: float) -> dict[str, Any]:
-  """The per-mode record (same fields as benchmarks/torch_peer.py writes)."""
+                   first_step_s: float, flops_per_image: float | None, peak_tflops: float,
+                   bytes_per_image: float | None = None, peak_gbps: float = 0.0) -> dict[str, Any]:
+  """The per-mode record (same fields as benchmarks/torch_peer.py writes, plus XLA's bytes and the floors)."""
   rates = [batch_size / s for s in step_seconds]
   median = statistics.median(rates)
   per_device = median / num_devices
   tflops = flops_per_image * per_device / 1e12 if flops_per_image else None
+  step_ms = batch_size / median * 1e3
   return {
       "images_per_s": median,
       "images_per_s_mean": statistics.fmean(rates),
       "images_per_s_per_device": per_device,
       "images_per_s_repeats": rates,
-      "step_ms": batch_size / median * 1e3,  # of the median rate
+      "step_ms": step_ms,  # of the median rate
       "compile_s": compile_s,
       "first_step_s": first_step_s,
       "gflop_per_image": flops_per_image / 1e9 if flops_per_image else None,
       "tflops_per_device": tflops,
       "utilization": tflops / peak_tflops if tflops and peak_tflops > 0 else None,
+      "gbytes_per_image": bytes_per_image / 1e9 if bytes_per_image else None,
+      **roofline(step_ms, batch_size / num_devices, flops_per_image, bytes_per_image, peak_tflops, peak_gbps),
   }
 
 
@@ -215,7 +236,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       time_steps(run_step, args.warmup, 1)
     seconds = time_steps(run_step, args.steps, args.repeats)
     results[mode] = summarize_mode(seconds, args.batch_size, mesh.size, step.compile_seconds, first_step_s,
-                                   step.flops_per_example, args.peak_tflops)
+                                   step.flops_per_example, args.peak_tflops, step.bytes_per_example,
+                                   args.peak_gbps)
 
   # Traced only once every mode is timed, so the profiler cannot touch the timed figures.
   profile = {mode: profile_mode(run_step, mode, args.profile_steps, os.path.join(args.profile_dir, mode))
@@ -250,6 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       "steps_per_repeat": args.steps,
       "repeats": args.repeats,
       "peak_tflops": args.peak_tflops or None,
+      "peak_gbps": args.peak_gbps or None,
       "init_s": init_s,
       "time_to_first_step_s": time_to_first_step,
       "compilation_cache_dir": args.compilation_cache_dir or None,
@@ -277,7 +300,7 @@ def table(records: Sequence[dict[str, Any]]) -> str:
     if r.get("framework") != "jaxcls" and "train" in r:
       peers.setdefault(shape(r), r)
   header = (f"{'run':<50} {'mode':<5} {'img/s':>10} {'img/s/dev':>10} {'ms/step':>8} {'compile s':>9} "
-            f"{'GFLOP/img':>9} {'TFLOP/s':>8} {'util':>6} {'vs peer':>7}")
+            f"{'GFLOP/img':>9} {'TFLOP/s':>8} {'util':>6} {'MB/img':>7} {'roof':>5} {'vs peer':>7}")
   lines = [header, "-" * len(header)]
   for r in records:
     for mode in MODES:
@@ -291,7 +314,9 @@ def table(records: Sequence[dict[str, Any]]) -> str:
       lines.append(
           f"{r['label'][:50]:<50} {mode:<5} {m['images_per_s']:>10,.0f} {m['images_per_s_per_device']:>10,.0f} "
           f"{m['step_ms']:>8.2f} {_fmt(m.get('compile_s'), '9.1f'):>9} {_fmt(m.get('gflop_per_image'), '9.3f'):>9} "
-          f"{_fmt(m.get('tflops_per_device'), '8.1f'):>8} {_fmt(m.get('utilization'), '6.1%'):>6} {ratio:>7}")
+          f"{_fmt(m.get('tflops_per_device'), '8.1f'):>8} {_fmt(m.get('utilization'), '6.1%'):>6} "
+          f"{_fmt(m['gbytes_per_image'] * 1e3 if m.get('gbytes_per_image') else None, '7.1f'):>7} "
+          f"{_fmt(m.get('roofline_fraction'), '5.0%'):>5} {ratio:>7}")
   return "\n".join(lines)
 
 
@@ -312,6 +337,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
   p.add_argument("--peak_tflops", type=float, default=0.0,
                  help="the device's peak TFLOP/s for --dtype (e.g. 989 for H100/H200 dense bf16), for utilisation")
+  p.add_argument("--peak_gbps", type=float, default=0.0,
+                 help="the device's memory bandwidth in GB/s (e.g. 4300, an H200's measured copy rate), for the "
+                      "memory floor of a step from XLA's bytes accessed")
   p.add_argument("--compilation_cache_dir", default="",
                  help="persistent compilation cache; also reports the train step recompiled from it (warm)")
   p.add_argument("--profile_dir", default="",

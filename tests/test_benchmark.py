@@ -21,9 +21,10 @@ RUNNER = ("import sys\n"
           "sys.exit(code)\n")
 TINY = ["--model", "simple_cnn", "--model_arg", "widths=(4, 8)", "--model_arg", "dropout=0.1", "--batch_size", "8",
         "--image_size", "8", "--num_classes", "5", "--dtype", "float32", "--warmup", "1", "--steps", "2",
-        "--repeats", "2", "--peak_tflops", "0.5"]
+        "--repeats", "2", "--peak_tflops", "0.5", "--peak_gbps", "20"]
 MODE_FIELDS = ("images_per_s", "images_per_s_mean", "images_per_s_per_device", "images_per_s_repeats", "step_ms",
-               "compile_s", "first_step_s", "gflop_per_image", "tflops_per_device", "utilization")
+               "compile_s", "first_step_s", "gflop_per_image", "tflops_per_device", "utilization",
+               "gbytes_per_image", "compute_floor_ms", "memory_floor_ms", "roofline_fraction")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,12 @@ def test_record_has_the_documented_fields_with_sane_values(record):
     assert m["compile_s"] > 0 and m["first_step_s"] >= m["compile_s"]
     assert m["tflops_per_device"] == pytest.approx(m["gflop_per_image"] * m["images_per_s_per_device"] / 1e3)
     assert m["utilization"] == pytest.approx(m["tflops_per_device"] / 0.5)
+    # The floors: FLOPs at 0.5 TFLOP/s and XLA's bytes at 20 GB/s for the 4 images each device runs.
+    assert m["compute_floor_ms"] == pytest.approx(m["gflop_per_image"] * 4 / 0.5e3 * 1e3)
+    assert m["memory_floor_ms"] == pytest.approx(m["gbytes_per_image"] * 4 / 20 * 1e3)
+    assert m["roofline_fraction"] == pytest.approx(max(m["compute_floor_ms"], m["memory_floor_ms"]) / m["step_ms"])
+  # The train step reads and writes the weights and optimizer state besides the activations: more bytes per image.
+  assert r["train"]["gbytes_per_image"] > r["infer"]["gbytes_per_image"] > 8 * 8 * 3 / 1e9
   # Forward, backward and update cost about three forward passes.
   assert 2.0 < r["train"]["gflop_per_image"] / r["infer"]["gflop_per_image"] < 4.5
   assert r["time_to_first_step_s"] >= r["train"]["first_step_s"]
@@ -149,3 +156,14 @@ def test_model_args_are_literals_or_strings():
   from jaxcls import benchmark
   assert benchmark.parse_model_args(["stem=small", "width=32", "widths=(8, 16)", "dropout=0.5"]) == {
       "stem": "small", "width": 32, "widths": (8, 16), "dropout": 0.5}
+
+
+def test_roofline_takes_the_larger_floor():
+  from jaxcls import benchmark
+  # 2 GFLOP/img at 100 TFLOP/s and 50 MB/img at 1,000 GB/s, 100 images: 2 ms of arithmetic, 5 ms of memory traffic.
+  r = benchmark.roofline(10.0, 100, 2e9, 5e7, peak_tflops=100, peak_gbps=1000)
+  assert r == pytest.approx({"compute_floor_ms": 2.0, "memory_floor_ms": 5.0, "roofline_fraction": 0.5})
+  assert benchmark.roofline(10.0, 100, 2e9, None, peak_tflops=100, peak_gbps=1000)["roofline_fraction"] == \
+      pytest.approx(0.2)
+  assert benchmark.roofline(10.0, 100, 2e9, 5e7, peak_tflops=0, peak_gbps=0) == {
+      "compute_floor_ms": None, "memory_floor_ms": None, "roofline_fraction": None}
