@@ -71,12 +71,12 @@ R50=(--model resnet50 --batch_size 256 --image_size 224 --dtype bfloat16)
 R18=(--model resnet18 --batch_size 512 --image_size 32 --num_classes 10 --dtype bfloat16)
 # Variants time fewer steps: they are compared with the base runs, and compilation is most of their cost.
 SHORT=(--warmup 2 --steps 10 --repeats 3)
-B512=512 B1024=1024 COMPILE=--compile FMNIST=() LIMIT_SCALE=1
+B512=512 B1024=1024 B2048=2048 COMPILE=--compile FMNIST=() LIMIT_SCALE=1
 if [[ "${SUITE_SMOKE:-0}" == 1 ]]; then  # toy sizes: checks the plumbing, measures nothing worth keeping
   TINY=(--warmup 0 --steps 1 --repeats 1 --image_size 32 --num_classes 10 --dtype float32)
   JAX+=("${TINY[@]}" --model_arg width=8) TORCH+=("${TINY[@]}")
   R50=(--model resnet18 --batch_size 8) R18=(--model resnet18 --batch_size 8) SHORT=(--steps 1)
-  B512=8 B1024=16 COMPILE=--no-compile LIMIT_SCALE=5
+  B512=8 B1024=16 B2048=16 COMPILE=--no-compile LIMIT_SCALE=5
   FMNIST=(--config.num_epochs=0 --config.num_train_steps=2 --config.optimizer.warmup_steps=1 --config.model.width=8
           --config.batch_size=16 --config.dtype=float32)
 fi
@@ -134,6 +134,8 @@ step r50_jax_b512 150 -- "${JAX[@]}" "${R50[@]}" "${SHORT[@]}" --batch_size $B51
   --label "jaxcls resnet50 b512" --json "$OUT/r50_jax_b512.json"
 step r18_jax_b1024 90 -- "${JAX[@]}" "${R18[@]}" "${SHORT[@]}" --model_arg stem=small --batch_size $B1024 \
   --modes train --label "jaxcls resnet18 small-stem b1024" --json "$OUT/r18_jax_b1024.json"
+step r18_jax_b2048 90 -- "${JAX[@]}" "${R18[@]}" "${SHORT[@]}" --model_arg stem=small --batch_size $B2048 \
+  --modes train --label "jaxcls resnet18 small-stem b2048" --json "$OUT/r18_jax_b2048.json"
 step r50_jax_lhs 120 XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true -- "${JAX[@]}" "${R50[@]}" \
   "${SHORT[@]}" --modes train --label "jaxcls resnet50 +latency-hiding sched" --json "$OUT/r50_jax_lhs.json"
 step r50_jax_autotune0 120 XLA_FLAGS=--xla_gpu_autotune_level=0 -- "${JAX[@]}" "${R50[@]}" "${SHORT[@]}" \
