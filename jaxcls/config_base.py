@@ -75,13 +75,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.task.level_weights = ()               # hierarchical: loss weight per level, coarsest first (() = all 1)
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"                # 'sgd' | 'adamw'
-  config.optimizer.learning_rate = 0.1         # peak learning rate, for the global batch
-  config.optimizer.momentum = 0.9              # sgd
-  config.optimizer.nesterov = True             # sgd
-  config.optimizer.b1 = 0.9                    # adamw
-  config.optimizer.b2 = 0.999                  # adamw
-  config.optimizer.eps = 1e-8                  # adamw
+  config.optimizer.name = "sgd"                # 'sgd' | 'adamw' | 'muon' (docs/optimizers.md)
+  config.optimizer.learning_rate = 0.1         # peak learning rate, for the global batch (muon: the Muon part's)
+  config.optimizer.momentum = 0.9              # sgd, and muon's sgd fallback
+  config.optimizer.nesterov = True             # sgd and muon
+  config.optimizer.b1 = 0.9                    # adamw, and muon's adamw fallback
+  config.optimizer.b2 = 0.999                  # adamw, and muon's adamw fallback
+  config.optimizer.eps = 1e-8                  # adamw, and muon's adamw fallback
   config.optimizer.weight_decay = 5e-4         # decoupled; biases and normalisation scales are not decayed
   config.optimizer.schedule = "cosine"         # 'cosine' | 'linear' | 'step' | 'constant'
   config.optimizer.warmup_steps = 0
@@ -91,6 +91,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 0.0        # clip the global gradient norm; 0 = off
   config.optimizer.backbone_lr_factor = 1.0    # the backbone's (all but the head's) rate as a fraction of the head's;
                                                # 0 = frozen: no update, no decay, batch norm in inference mode
+  config.optimizer.muon_momentum = 0.95        # muon: momentum of the orthogonalised part (airbench: 0.6)
+  config.optimizer.muon_ns_steps = 5           # muon: Newton-Schulz iterations per step (airbench: 3)
+  config.optimizer.muon_fallback = "adamw"     # muon: optimizer of the head, biases, norms, embeddings: 'adamw' | 'sgd'
+  config.optimizer.muon_fallback_learning_rate = config_dict.placeholder(float)  # muon: the fallback's peak rate;
+                                               # None = learning_rate. Same schedule shape as the Muon part
+  config.optimizer.muon_normalize_weights = False  # muon: rescale each Muon kernel to norm sqrt(outputs) before
+                                               # its step (airbench94_muon; for nets with batch norm after convs)
 
   config.augment = ""                          # ops applied on the device, e.g. 'random_crop(padding=4)|flip_lr'
 
