@@ -38,7 +38,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   instead of a split of the training data, which then need not exist.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls import data, parallel, report, restore, steps, train  # pylint: disable=g-import-not-at-top
+  from jaxcls import data, parallel, report, restore, steps, train, tta  # pylint: disable=g-import-not-at-top
   from jaxcls.data import labelled_folder  # pylint: disable=g-import-not-at-top
   from jaxcls.state import TrainState  # pylint: disable=g-import-not-at-top
 
@@ -65,7 +65,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   state = parallel.replicate(TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
                                         batch_stats=variables["batch_stats"], opt_state={}, ema_params={}), mesh)
   eval_step = steps.CompiledOnFirstCall(
-      steps.make_eval_step(model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh),
+      steps.make_eval_step(model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh,
+                           tta=tta.from_config(config)),
       "Eval step (forward)", eval_batch_size / mesh.size)
   result, outputs = train.evaluate(eval_step, state, dataset, task, eval_batch_size, mesh,
                                    config.prefetch_to_device)

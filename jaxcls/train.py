@@ -242,8 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
       steps.make_train_step(plan.train_model(model), task, tx, schedule, augment, ema_decay=config.ema_decay,
                             **norm),
       "Train step (forward, backward, update)", config.batch_size / mesh.size)
-  eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, **norm), "Eval step (forward)",
-                                        eval_batch_size / mesh.size)
+  eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, tta=config.eval_tta, **norm),
+                                        "Eval step (forward)", eval_batch_size / mesh.size)
   periodic = evaluators.build_all(config, model, dataset, mesh, eval_every)  # config.evaluators, none by default
 
   ckpt = checkpoint.Checkpointer(
