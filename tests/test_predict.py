@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score
 
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import REPO, eval_step_outputs, subprocess_env, tiny_config
 from jaxcls import predict, preprocess, restore, tasks, train
 from jaxcls.data import folder_scan
 from jaxcls.errors import CheckpointError, ConfigError, DataError
@@ -46,19 +46,8 @@ def trained(tmp_path_factory):
 
 def eval_outputs(workdir):
   """Every eval example's probabilities as the training code's eval step computes them, and the eval files."""
-  import jax.numpy as jnp
-  from jaxcls import data, parallel, steps
-  from jaxcls.state import TrainState
   config = restore.load_config(workdir)
-  dataset = data.build(config)
-  task, model, _ = train.build_task_and_model(config, dataset.info)
-  variables = restore.read_variables(workdir, restore.resolve_step(workdir, None))
-  mesh = parallel.make_mesh()
-  state = parallel.replicate(TrainState(step=jnp.asarray(0, jnp.int32), params=variables["params"],
-                                        batch_stats=variables["batch_stats"], opt_state={}, ema_params={}), mesh)
-  eval_step = steps.make_eval_step(model, task, mean=dataset.info.mean, std=dataset.info.std, dtype=config.dtype,
-                                   mesh=mesh)
-  _, outputs = train.evaluate(eval_step, state, dataset, task, 8, mesh)
+  outputs = eval_step_outputs(workdir, 8)
   _, (paths, labels) = folder_scan.chosen(folder_scan.scan(config.dataset), config.dataset)
   return outputs, paths, labels
 

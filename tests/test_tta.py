@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, log_loss
 
-from conftest import REPO, tiny_config
+from conftest import REPO, eval_step_outputs, tiny_config
 from jaxcls import config_check, data, evaluate, export, models, parallel, predict, restore, steps, tasks, train, tta
 from jaxcls.errors import ConfigError
 from jaxcls.state import TrainState
@@ -163,24 +163,10 @@ def trained(tmp_path_factory):
   return workdir, np.concatenate(images), np.concatenate(labels)
 
 
-def eval_step_outputs(workdir, kind):
-  """Every eval example's outputs as training's eval step computes them with TTA `kind`."""
-  config = restore.load_config(workdir)
-  dataset = data.build(config)
-  task, model, _ = train.build_task_and_model(config, dataset.info)
-  variables = restore.read_variables(workdir, restore.resolve_step(workdir, None))
-  mesh = parallel.make_mesh()
-  state = parallel.replicate(TrainState(step=jnp.asarray(0, jnp.int32), params=variables["params"],
-                                        batch_stats=variables["batch_stats"], opt_state={}, ema_params={}), mesh)
-  eval_step = steps.make_eval_step(model, task, mean=dataset.info.mean, std=dataset.info.std, dtype=config.dtype,
-                                   mesh=mesh, tta=kind)
-  return train.evaluate(eval_step, state, dataset, task, 16, mesh)[1]
-
-
 def test_predict_gives_the_eval_steps_tta_probabilities(trained):
   workdir, images, labels = trained
   assert restore.load_config(workdir).eval_tta == "flip_translate" and len(images) == 100
-  outputs = eval_step_outputs(workdir, "flip_translate")
+  outputs = eval_step_outputs(workdir, 16, "flip_translate")
   np.testing.assert_array_equal(outputs["labels"], labels)
   probs = predict.Predictor(restore.restore(workdir), batch_size=24)(images)
   np.testing.assert_allclose(probs, outputs["probs"], rtol=0, atol=1e-6)
