@@ -116,3 +116,32 @@ def test_cifar10_speedrun_trains_through_tfds_mock_data(mock_cifar10, tmp_path):
   assert result["step"] == 2 and result["num_examples"] == CIFAR_SIZES["test"]
   assert np.isfinite(result["loss"])
   assert result["model"] == "airbench94"
+
+
+def test_cifar10_speedrun_muon_converts_airbench94_muon_hyperparameters():
+  from jaxcls import models  # pylint: disable=g-import-not-at-top
+  config = load("cifar10_speedrun_muon")
+  config_check.validate(config)
+  o = config.optimizer
+  assert (o.name, o.learning_rate, o.muon_momentum, o.muon_ns_steps, o.nesterov) == ("muon", 0.24, 0.6, 3, True)
+  assert o.muon_normalize_weights and (o.muon_fallback, o.momentum) == ("sgd", 0.85)
+  # The head's 0.67 for a summed loss over 2000 examples, logits / 256 and std-1 weights; jaxcls's head scales by 1/9.
+  assert models.model_arguments("airbench94")["scale"] == pytest.approx(1 / 9)
+  assert o.muon_fallback_learning_rate == pytest.approx(0.67 * 2000 * (9 / 256) ** 2)
+  assert o.weight_decay == pytest.approx(2e-6 * 2000 / 0.15 / o.muon_fallback_learning_rate)
+  assert (o.schedule, o.warmup_steps, o.end_learning_rate_factor) == ("linear", 0, 0.0)
+  assert (config.batch_size, config.task.label_smoothing, config.dtype) == (2000, 0.2, "bfloat16")
+  assert (config.model.name, config.eval_tta) == ("airbench94", "flip_translate")
+  assert config.eval_every_steps > 10**6 and config.checkpoint_every_steps > 10**6
+
+
+def test_cifar10_speedrun_muon_trains_through_tfds_mock_data(mock_cifar10, tmp_path):
+  # float32 and no test-time augmentation: the bfloat16 and TTA path is the one of the test above; this one adds Muon.
+  config = shrink(load("cifar10_speedrun_muon"), **{"dataset.data_dir": mock_cifar10, "model.widths": (8, 16, 16),
+                                                    "dataset.shuffle_buffer": 64, "dtype": "float32",
+                                                    "eval_tta": "none"})
+  result = train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+  assert result["step"] == 2 and result["num_examples"] == CIFAR_SIZES["test"]
+  assert np.isfinite(result["loss"])
+  with open(tmp_path / "run" / "config.json") as f:
+    assert '"muon_normalize_weights": true' in f.read()
