@@ -159,7 +159,7 @@ print(f"Fashion-MNIST speedrun: test accuracy {report['accuracy']:.4f} at step {
 EOF
   fi
   for name in r50_jax r18_jax; do  # where the step time goes, from the profiled steps
-    [[ -f "$OUT/$name.log" ]] && awk '/^profile of [0-9]+ train steps/{p=1} p{print; n++} n>=36{exit}' "$OUT/$name.log"
+    [[ -f "$OUT/$name.log" ]] && awk '/^profile of [0-9]+ train steps/{p=1; print; next} p && /^(profile of|run )/{exit} p' "$OUT/$name.log"
   done
 } 2>&1 | tee "$OUT/summary.txt"
 
