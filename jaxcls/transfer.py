@@ -252,7 +252,9 @@ class Plan:
     self.model_config = config.model
     if self.policy not in HEAD_POLICIES:
       raise ConfigError(f"config.init_head={self.policy!r} is not valid; use one of {', '.join(HEAD_POLICIES)}.")
-    needs_head = bool(self.init_from) or self.factor != 1.0 or bool(config.head_modules)
+    # The optimizer needs the head to treat it apart: a slower/frozen backbone, or Muon (the head is not Muon's).
+    self.splits_head = self.factor != 1.0 or config.optimizer.name == "muon"
+    needs_head = bool(self.init_from) or self.splits_head or bool(config.head_modules)
     self.head = resolve_head(config, num_outputs, image_shape) if needs_head else ()
     if self.factor != 1.0 and not self.init_from:
       logging.warning("config.optimizer.backbone_lr_factor=%g without config.init_from: the backbone starts from "
@@ -265,7 +267,7 @@ class Plan:
   @property
   def is_head(self) -> Callable[[Sequence[str]], bool] | None:
     """The head predicate the optimizer needs to split parameters into groups (None: one group)."""
-    if self.factor == 1.0:
+    if not self.splits_head:
       return None
     head = self.head
     return lambda path: in_head(path, head)
