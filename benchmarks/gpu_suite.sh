@@ -111,20 +111,25 @@ if ! "$PY" -c "import ml_collections" 2>/dev/null; then  # into a side folder: t
   fi
 fi
 
-# In order of importance. The first jaxcls run also times the train step recompiled from the persistent cache,
-# and profiles a few steps after the timed ones (the breakdown by kernel category lands in its JSON and log).
-step r50_jax 240 -- "${JAX[@]}" "${R50[@]}" --modes train,infer --compilation_cache_dir "$ROOT/build/jax_cache" \
-  --profile_dir "$TRACES/r50_jax" --json "$OUT/r50_jax.json"
+# In order of importance. The first jaxcls run also times the train step recompiled from the persistent cache.
+CACHE=(--compilation_cache_dir "$ROOT/build/jax_cache")
+step r50_jax 240 -- "${JAX[@]}" "${R50[@]}" --modes train,infer "${CACHE[@]}" --json "$OUT/r50_jax.json"
 step r50_torch_compile 240 -- "${TORCH[@]}" "${R50[@]}" $COMPILE --json "$OUT/r50_torch_compile.json"
 step r50_torch_eager 90 -- "${TORCH[@]}" "${R50[@]}" --no-compile --json "$OUT/r50_torch_eager.json"
-step r18_jax 120 -- "${JAX[@]}" "${R18[@]}" --model_arg stem=small --modes train --profile_dir "$TRACES/r18_jax" \
+step r18_jax 120 -- "${JAX[@]}" "${R18[@]}" --model_arg stem=small --modes train "${CACHE[@]}" \
   --json "$OUT/r18_jax.json"
 # Its workdir stays off the results (the checkpoint is ~130 MB); the report and metrics are copied there.
 rm -rf "$ROOT/build/fmnist_speedrun"
 step fmnist_speedrun 180 -- "$PY" -m jaxcls.main --config configs/fashion_mnist_speedrun.py \
   --workdir "$ROOT/build/fmnist_speedrun" --config.dataset.path="$CARRY/fashion-mnist" ${FMNIST[@]+"${FMNIST[@]}"}
-mkdir -p "$OUT/fmnist_speedrun"
+mkdir -p "$OUT/fmnist_speedrun" "$OUT/profiles"
 cp "$ROOT"/build/fmnist_speedrun/{report.json,metrics.jsonl,config.json} "$OUT/fmnist_speedrun/" 2>/dev/null
+# Where the time goes: the same two runs again, their steps loaded from the persistent cache (same flags, so the
+# same programs), with a trace of 5 steps each. Separate processes, so a profiler failure cannot cost a figure.
+step r50_jax_profile 120 -- "${JAX[@]}" "${R50[@]}" --modes train "${CACHE[@]}" --profile_dir "$TRACES/r50_jax" \
+  --json "$OUT/profiles/r50_jax_profile.json"
+step r18_jax_profile 90 -- "${JAX[@]}" "${R18[@]}" --model_arg stem=small --modes train "${CACHE[@]}" \
+  --profile_dir "$TRACES/r18_jax" --json "$OUT/profiles/r18_jax_profile.json"
 # Variants: each changes one thing against r50_jax / r18_jax (predictions and outcomes go in RESULTS.md).
 step r50_jax_s2d 120 -- "${JAX[@]}" "${R50[@]}" "${SHORT[@]}" --model_arg space_to_depth_stem=True --modes train \
   --label "jaxcls resnet50 space-to-depth stem" --json "$OUT/r50_jax_s2d.json"
@@ -158,7 +163,7 @@ print(f"Fashion-MNIST speedrun: test accuracy {report['accuracy']:.4f} at step {
       f"{wall.group(1) if wall else '?'} s wall time for the whole command (process start, compile, train, eval)")
 EOF
   fi
-  for name in r50_jax r18_jax; do  # where the step time goes, from the profiled steps
+  for name in r50_jax_profile r18_jax_profile; do  # where the step time goes, from the traced steps
     [[ -f "$OUT/$name.log" ]] && awk '/^profile of [0-9]+ train steps/{p=1; print; next} p && /^(profile of|run )/{exit} p' "$OUT/$name.log"
   done
 } 2>&1 | tee "$OUT/summary.txt"
