@@ -110,3 +110,21 @@ def eval_step_outputs(workdir: str, batch_size: int, tta: str = "none") -> dict:
   eval_step = steps.make_eval_step(model, task, mean=dataset.info.mean, std=dataset.info.std, dtype=config.dtype,
                                    mesh=mesh, tta=tta)
   return train.evaluate(eval_step, state, dataset, task, batch_size, mesh)[1]
+
+
+def logged_losses(workdir) -> dict:
+  """{step: train/loss} from a workdir's metrics.jsonl: what a resumed or re-sharded run is compared on."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def saved_state(workdir, step: int | None = None):
+  """The full train state a workdir's checkpoint `step` (default: the latest) holds, read on this process."""
+  from jaxcls import checkpoint  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoint.Checkpointer(str(workdir), keep=3, async_save=False, fingerprint={})
+  try:
+    return ckpt.read_state(ckpt.latest_step() if step is None else step)
+  finally:
+    ckpt.close()

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, saved_state, subprocess_env
 
 MAIN = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "default.py")]
 
@@ -65,15 +65,6 @@ def test_bad_keys_fail_with_one_line(python, tmp_path, override, expected):
   assert len(error_lines) == 1 and expected in error_lines[0], proc.stderr[-2000:]
 
 
-def _final_state(workdir):
-  from jaxcls import checkpoint
-  ckpt = checkpoint.Checkpointer(workdir, keep=3, async_save=False, fingerprint={})
-  step = ckpt.latest_step()
-  state = ckpt.read_state(step)
-  ckpt.close()
-  return step, state
-
-
 def test_sigkill_and_rerun_matches_an_uninterrupted_run(python, tmp_path):
   args = ["--config.num_epochs=6", "--config.checkpoint_every_steps=5", "--config.model.widths=(16, 32)",
           "--config.async_checkpointing=True"]
@@ -97,8 +88,8 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(python, tmp_path):
 
   proc = _run(python, ["--workdir", killed, *args])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  step_a, a = _final_state(full)
-  step_b, b = _final_state(killed)
+  a, b = saved_state(full), saved_state(killed)
+  step_a, step_b = int(a["step"]), int(b["step"])
   assert step_a == step_b == 6 * (1437 // 64)
   for name in ("params", "batch_stats", "opt_state"):
     import jax

@@ -12,8 +12,8 @@ import optax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from conftest import Interrupted, InterruptedAt, tiny_config
-from jaxcls import checkpoint, convert, data, models, optim, train, transfer
+from conftest import Interrupted, InterruptedAt, logged_losses, saved_state, tiny_config
+from jaxcls import convert, data, models, optim, train, transfer
 from jaxcls.config_base import get_base_config
 from jaxcls.errors import ConfigError
 
@@ -226,19 +226,6 @@ def test_muon_needs_the_head():
 # Training: a tiny CNN learns, and an interrupted run resumes exactly (the same config gives the same result).
 
 
-def _losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-
-
-def _final_state(workdir, step):
-  ckpt = checkpoint.Checkpointer(workdir, keep=3, async_save=False, fingerprint={})
-  state = ckpt.read_state(step)
-  ckpt.close()
-  return state
-
-
 @pytest.fixture(scope="module")
 def muon_runs(tmp_path_factory):
   """One uninterrupted 16-step Muon run, and the same run preempted after its step-8 checkpoint and resumed.
@@ -268,7 +255,7 @@ def muon_runs(tmp_path_factory):
 
 def test_tiny_cnn_learns_with_muon(muon_runs):
   report, _, full, _ = muon_runs
-  losses = _losses(full)
+  losses = logged_losses(full)
   assert sorted(losses) == list(range(1, 17))
   assert np.mean([losses[s] for s in (14, 15, 16)]) < 0.8 * np.mean([losses[s] for s in (1, 2, 3)]), losses
   assert report["step"] == 16 and np.isfinite(report["loss"])
@@ -278,9 +265,9 @@ def test_tiny_cnn_learns_with_muon(muon_runs):
 
 def test_muon_resume_continues_exactly(muon_runs):
   report, resumed_report, full, resumed = muon_runs
-  a, b = _final_state(full, 16), _final_state(resumed, 16)
+  a, b = saved_state(full, 16), saved_state(resumed, 16)
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
-  assert _losses(full) == pytest.approx(_losses(resumed), rel=1e-6)
+  assert logged_losses(full) == pytest.approx(logged_losses(resumed), rel=1e-6)
   assert resumed_report["loss"] == pytest.approx(report["loss"], rel=1e-6)

@@ -7,31 +7,18 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import Interrupted, InterruptedAt
+from conftest import Interrupted, InterruptedAt, logged_losses, saved_state
 from jaxcls import checkpoint, parallel, train
 from jaxcls.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
-def _losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-
-
-def _final_params(workdir, step):
-  ckpt = checkpoint.Checkpointer(workdir, keep=3, async_save=False, fingerprint={})
-  state = ckpt.read_state(step)
-  ckpt.close()
-  return state
-
-
-def test_one_and_eight_devices_give_the_same_losses(make_config, tmp_path):
+def test_one_and_eight_devices_give_the_samelogged_losses(make_config, tmp_path):
   """Batch norm over the global batch, per-example random draws and the loss do not depend on the mesh."""
   config = make_config(**{"model.norm": "batch"})
   one = train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
   eight = train.train_and_evaluate(config, str(tmp_path / "eight"), devices=jax.devices())
   assert len(jax.devices()) == 8
-  l1, l8 = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+  l1, l8 = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "eight")
   assert sorted(l1) == list(range(1, 13))
   np.testing.assert_allclose([l1[s] for s in sorted(l1)], [l8[s] for s in sorted(l8)], rtol=2e-5, atol=1e-6)
   assert one["accuracy"] == pytest.approx(eight["accuracy"])
@@ -51,7 +38,7 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   # Cross-check accuracy against predictions computed directly from the restored parameters.
   from jaxcls import data, models, steps
   ds = data.build(config)
-  state = _final_params(str(tmp_path), 4)
+  state = saved_state(str(tmp_path), 4)
   model = models.build(config.model, 4)
   images, labels = [], []
   for batch in ds.eval_batches(48):
@@ -85,10 +72,10 @@ def test_resume_continues_exactly(make_config, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "resumed"), dataset=InterruptedAt(data.build(config), 9))
   assert not os.path.exists(tmp_path / "resumed" / "report.json")
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  a, b = _final_params(str(tmp_path / "full"), 12), _final_params(str(tmp_path / "resumed"), 12)
+  a, b = saved_state(str(tmp_path / "full"), 12), saved_state(str(tmp_path / "resumed"), 12)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
-  assert _losses(tmp_path / "full") == pytest.approx(_losses(tmp_path / "resumed"), rel=1e-6)
+  assert logged_losses(tmp_path / "full") == pytest.approx(logged_losses(tmp_path / "resumed"), rel=1e-6)
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(make_config, tmp_path):
@@ -100,7 +87,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(make_config, tmp_path):
   steps_saved = ckpt.all_steps()
   ckpt.close()
   assert steps_saved and max(steps_saved) < bad_step
-  state = _final_params(str(tmp_path), max(steps_saved))
+  state = saved_state(str(tmp_path), max(steps_saved))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
