@@ -12,7 +12,7 @@ from jaxcls import checkpoint, parallel, train
 from jaxcls.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
-def test_one_and_eight_devices_give_the_samelogged_losses(make_config, tmp_path):
+def test_one_and_eight_devices_give_the_same_losses(make_config, tmp_path):
   """Batch norm over the global batch, per-example random draws and the loss do not depend on the mesh."""
   config = make_config(**{"model.norm": "batch"})
   one = train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
