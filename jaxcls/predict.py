@@ -26,31 +26,26 @@ _FILES_PER_CHUNK = 1024  # files decoded at a time, so memory stays bounded for 
 
 def model_variables(restored) -> dict:
   """The variables the eval step applies: params, and batch statistics only for models that keep them."""
-  variables = {"params": restored.variables["params"]}
-  if restored.variables.get("batch_stats"):
-    variables["batch_stats"] = restored.variables["batch_stats"]
-  return variables
+  from jaxcls import steps  # pylint: disable=g-import-not-at-top
+  return steps.model_variables(restored.variables["params"], restored.variables.get("batch_stats"))
 
 
 def inference_function(restored) -> Callable:
   """probabilities(variables, uint8 images [B, H, W, C]) -> the probabilities the eval step computes.
 
-  Same normalisation, compute dtype, eval-mode forward pass and test-time augmentation (the workdir's
-  `eval_tta`) as `steps.make_eval_step`, and the task's own `eval_outputs` turns logits into probabilities:
+  The eval step's own forward pass (`steps.eval_logits`: normalisation, compute dtype, eval mode and the
+  workdir's `eval_tta` views), and the task's own `eval_outputs` turns logits into probabilities:
   [B, K] (softmax, sigmoids or leaf probabilities) or [B] for a binary task (the positive class). Pure and not
   jitted, so `predict` jits it and `export` exports it (views included).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxcls import steps, tta  # pylint: disable=g-import-not-at-top
   task, model, info = restored.task, restored.model, restored.info
-  dtype = steps.DTYPES[restored.config.dtype]
   tta_kind = tta.from_config(restored.config)
 
   def probabilities(variables, images):
-    def forward(views):
-      return model.apply(variables, steps.normalize(views, info.mean, info.std, dtype), train=False)
-
-    logits = tta.apply_tta(forward, images, tta_kind)
+    logits = steps.eval_logits(model, variables, images, mean=info.mean, std=info.std, dtype=restored.config.dtype,
+                               tta=tta_kind)
     rows = images.shape[0]
     return task.eval_outputs(logits, jnp.zeros((rows,), jnp.int32), jnp.ones((rows,), bool))["probs"]
 

@@ -27,10 +27,31 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float], dt
   return ((images.astype(jnp.float32) - mean) * inv_std).astype(dtype)
 
 
-def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropout_key=None):
+def model_variables(params, batch_stats) -> dict:
+  """The variables a model applies: params, and batch statistics only for models that keep them."""
   variables = {"params": params}
   if batch_stats:
     variables["batch_stats"] = batch_stats
+  return variables
+
+
+def eval_logits(model: nn.Module, variables: dict, images: jax.Array, *, mean, std, dtype: str,
+                tta: str = "none") -> jax.Array:
+  """Eval-mode logits of uint8 images [B, H, W, C], normalised on the device in `dtype` and averaged over the
+  test-time augmentation views `tta` (jaxcls/tta.py).
+
+  The one forward pass that evaluation, `predict` and `export` share, so their probabilities agree.
+  """
+  compute_dtype = DTYPES[dtype]
+
+  def forward(views):
+    return model.apply(variables, normalize(views, mean, std, compute_dtype), train=False)
+
+  return tta_lib.apply_tta(forward, images, tta)
+
+
+def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropout_key=None):
+  variables = model_variables(params, batch_stats)
   if not train:
     return model.apply(variables, images, train=False), batch_stats
   logits, updates = model.apply(variables, images, train=True, rngs={"dropout": dropout_key},
@@ -97,17 +118,11 @@ def make_eval_step(model: nn.Module, task, *, mean, std, dtype: str, mesh, tta: 
   over fixed views of each image, as predict and export do. The outputs (e.g. probabilities) come back replicated
   so that every process can compute exact ranking metrics over the whole split; the mask says which rows are real.
   """
-  compute_dtype = DTYPES[dtype]
   tta_lib.check(tta)
 
   def eval_step(state: TrainState, batch: dict):
-    params = eval_params(state)
-
-    def forward(images):
-      images = normalize(images, mean, std, compute_dtype)
-      return _apply(model, params, state.batch_stats, images, train=False)[0]
-
-    logits = tta_lib.apply_tta(forward, batch["image"], tta)
+    logits = eval_logits(model, model_variables(eval_params(state), state.batch_stats), batch["image"], mean=mean,
+                         std=std, dtype=dtype, tta=tta)
     outputs = task.eval_outputs(logits, batch["label"], batch["mask"]) if hasattr(task, "eval_outputs") else {}
     outputs = dict(outputs, mask=batch["mask"])
     return task.eval_sums(logits, batch["label"], batch["mask"]), outputs
