@@ -11,6 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxcls import preemption
 from jaxcls.errors import ConfigError, JaxclsError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
@@ -23,15 +24,10 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for manual multi-host.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (manual multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (manual multi-host).")
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", 300, "Seconds jax.distributed.initialize waits for every process to connect.")
 
 _model_args_from_argv: dict = {}
-
-
-def _looks_multi_process() -> bool:
-  env = os.environ
-  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
-    return True
-  return "," in env.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in env
 
 
 class _QuietLibraries:
@@ -44,16 +40,18 @@ class _QuietLibraries:
 
 
 def init_distributed() -> None:
+  """jax.distributed.initialize with arguments from jaxcls.cluster (SLURM: all local devices of a task)."""
   import jax
-  if _COORDINATOR.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  elif _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _looks_multi_process()):
-    jax.distributed.initialize()
-  else:
+  from jaxcls import cluster
+  args = cluster.initialize_args(os.environ, mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                                 num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  if args is None:
     return
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices.", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(**args, initialization_timeout=_DISTRIBUTED_TIMEOUT.value)
+  from jax._src import xla_bridge  # where initialize() records the local_device_ids it applied
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices, local_device_ids=%s "
+               "(jax_cuda_visible_devices=%s).", jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), args.get("local_device_ids", "all"), xla_bridge.CUDA_VISIBLE_DEVICES.value)
 
 
 def _load_config_file(argv: list[str]):
@@ -110,6 +108,13 @@ def main(argv):
     init_distributed()
     from jaxcls import train
     train.train_and_evaluate(config, _WORKDIR.value)
+  except preemption.Preempted as e:
+    import jax
+    if jax.process_index() == 0:
+      print(f"jaxcls: {e}", file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)
+  except KeyboardInterrupt:
+    _exit("interrupted before training started or after it ended; the checkpoints written so far are kept.", 130)
   except JaxclsError as e:
     _exit(str(e), 1)
 

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from jaxcls import checkpoint, config_check, data, group_metrics, models, optim, parallel, report, steps, tasks
-from jaxcls import evaluators, transfer, writers
+from jaxcls import evaluators, preemption, transfer, writers
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
 from jaxcls.data.in_memory import SAMPLINGS
@@ -285,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   data_seconds, data_steps = 0.0, 0  # time blocked waiting for the next device batch, since the last log
   pending = None
   final = None
+  stop = preemption.Watcher()  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
   try:
     for step in range(start_step, num_train_steps):
       t0 = time.perf_counter()
@@ -323,10 +324,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
         _check_finite(*pending, last_saved)
         ckpt.save(done, state, {"next_batch": done}, force=True)
         last_saved = done
+      if stop.reached(done - start_step):  # a flag read, or JAX's multi-process sync point: no device sync
+        _check_finite(*pending, last_saved)
+        stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
     if final is None:  # a finished workdir re-run: nothing to train, report again
       final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, config.prefetch_to_device)
     final, final_outputs = final
   finally:
+    stop.close()
     write_skipped_files(workdir, dataset, is_main)  # streaming sources find bad files as they go
     batches.close()
     ckpt.close()
