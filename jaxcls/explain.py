@@ -12,6 +12,7 @@ leaf log-probability (hierarchical).
 """
 
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 from absl import app, flags, logging
 
+from jaxcls import paths as path_layer  # `paths` names the image arguments here
 from jaxcls.errors import ConfigError, JaxclsError
 
 METHODS = ("saliency", "smoothgrad", "integrated_gradients", "gradcam")
@@ -193,8 +195,8 @@ def explain_files(workdir: str, paths: Sequence[str], *, step: Optional[int] = N
   explainer = Explainer(restored, settings)
   files = preprocess.find_images(list(paths))
   images, errors = preprocess.load(files, preprocess.from_config(restored.config), workers)
-  output_dir = os.path.abspath(output_dir or os.path.join(restored.workdir, "explanations"))
-  os.makedirs(output_dir, exist_ok=True)
+  output_dir = os.fspath(path_layer.makedirs(output_dir or path_layer.join(restored.workdir, "explanations"),
+                                             "--output_dir"))  # a local folder or a gs:// URL
   records, used, readable = [], set(), iter(range(len(images)))
   normalised, scores, probs = explainer.scores(images) if len(images) else (None, None, None)
   for number, (path, error) in enumerate(zip(files, errors)):
@@ -266,15 +268,18 @@ def draw(path: str, image: np.ndarray, rows: list, methods: Sequence[str], filen
     for ax in axes[r]:
       ax.set_xticks([])
       ax.set_yticks([])
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png")
+  target = path_layer.path(path, "figure path")
+  path_layer.makedirs(target.parent)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  path_layer.write_bytes(target, buffer.getvalue())
   return path
 
 
 def write_index(output_dir: str, index: dict) -> None:
   """index.json (everything) and index.md (a table a person reads, with the PNGs linked)."""
-  with open(os.path.join(output_dir, "index.json"), "w") as f:
-    json.dump(index, f, indent=1)
+  folder = path_layer.path(output_dir, "--output_dir")
+  path_layer.write_bytes(folder / "index.json", json.dumps(index, indent=1).encode("utf-8", "surrogateescape"))
   lines = [f"# Explanations: {index['model']} at step {index['step']}", "",
            f"Workdir: `{index['workdir']}`. Methods: {', '.join(TITLES[m] for m in index['methods'])}"
            + (f" (Grad-CAM on `{index['gradcam_layer']}`)" if index["gradcam_layer"] else "") + ".", "",
@@ -287,8 +292,7 @@ def write_index(output_dir: str, index: dict) -> None:
     name = os.path.basename(record["png"])
     lines.append(f"| `{record['path']}` | {record['predicted']} ({record['probability']:.1%}) | {explained} | "
                  f"[{name}]({name}) |")
-  with open(os.path.join(output_dir, "index.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  path_layer.write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
 
 def main(argv):
@@ -320,7 +324,7 @@ def main(argv):
             f"{explained} -> {record['png']}")
   out = os.path.dirname(index["images"][0].get("png") or "") if index["images"] else ""
   print(f"{len(index['images']) - failed} explained, {failed} failed; index in "
-        f"{out or args.output_dir or os.path.join(args.workdir, 'explanations')}/index.md")
+        f"{out or args.output_dir or path_layer.join(args.workdir, 'explanations')}/index.md")
   if failed == len(index["images"]):
     sys.exit(1)
 

@@ -256,17 +256,17 @@ def build_evaluator(config, model, dataset, mesh, eval_every: int = 0) -> FewSho
 # The command.
 
 
-def evaluate_workdir(workdir: str, *, step: int | None = None, shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = 3,
+def evaluate_workdir(workdir: str, *, step=None, shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = 3,
                      knn_k: Sequence[int] = (1, 10), knn_metric: str = "cosine", l2_reg: float = 1024.0,
                      train_examples: int = 0, batch_size: int = 0) -> dict[str, Any]:
   """Few-shot and k-NN accuracies of checkpoint `step` (default: latest) of `workdir`; writes DIR/fewshot.json."""
-  from jaxcls import data, features, parallel, restore  # pylint: disable=g-import-not-at-top
+  from jaxcls import data, features, parallel, paths, restore  # pylint: disable=g-import-not-at-top
 
   check_settings(shots, seeds, knn_k, knn_metric)
   restored = restore.restore(workdir, step)
   config = restored.config
   config.dataset.train_crop = "resize"  # no random host crops: the features of an example are fixed
-  if not config.dataset.cache_dir:
+  if not config.dataset.cache_dir and not paths.is_remote(restored.workdir):  # as in train.py
     config.dataset.cache_dir = os.path.join(restored.workdir, "cache")
   dataset = data.build(config)
   if dataset.info.num_classes != restored.info.num_classes:
@@ -292,8 +292,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, shots: Sequence[i
            "knn": {str(k): acc for k, acc in results["knn"].items()},
            "metrics": scalars(results)}
   if parallel.is_main_process():
-    with open(os.path.join(restored.workdir, RESULT_NAME), "w") as f:
-      json.dump(final, f, indent=1)
+    paths.write_text(paths.join(restored.workdir, RESULT_NAME), json.dumps(final, indent=1))
   return final
 
 

@@ -105,6 +105,8 @@ def main(argv):
   for key, value in _model_args_from_argv.items():
     config.model[key] = value
   try:
+    from jaxcls import paths
+    paths.path(_WORKDIR.value, "workdir")  # a bad or unsupported URL fails here, before jax is imported
     init_distributed()
     from jaxcls import train
     train.train_and_evaluate(config, _WORKDIR.value)

@@ -109,3 +109,12 @@ def write_bytes(target: PathLike, data: bytes) -> None:
 
 def read_text(target: PathLike) -> str:
   return path(target).read_text(encoding="utf-8")
+
+
+def makedirs(target: PathLike, what: str = "folder") -> epath.Path:
+  """Creates a local folder and its parents; nothing on an object store, whose folders are only name prefixes
+  (creating one there would be an empty marker object at best, a new bucket at worst)."""
+  target = path(target, what)
+  if not is_remote(target):
+    target.mkdir(parents=True, exist_ok=True)
+  return target

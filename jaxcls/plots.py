@@ -5,11 +5,14 @@ built with `matplotlib.figure.Figure` rather than pyplot, so nothing global is l
 points (`roc_points`, `pr_points`) are numpy only and match scikit-learn's `roc_curve` / `precision_recall_curve`.
 """
 
+import io
 import json
 import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from jaxcls import paths
 
 ANNOTATE_MAX_CLASSES = 30  # above this, cell counts would be unreadable
 CURVES_MAX_CLASSES = 10  # above this, only the micro and macro averages are drawn
@@ -72,8 +75,12 @@ def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, layout:
 
 
 def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png")
+  """Writes the figure as a PNG at `path` (local or `gs://`, in one step) and returns `path`."""
+  target = paths.path(path, "figure path")
+  paths.makedirs(target.parent)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  paths.write_bytes(target, buffer.getvalue())
   return path
 
 
@@ -186,7 +193,7 @@ def per_class_f1(f1: Sequence[float], class_names: Optional[Sequence[str]], path
 def read_metrics(metrics_path: str) -> list[dict[str, Any]]:
   """The rows of a metrics.jsonl (a torn last line, as after a kill, is skipped)."""
   rows = []
-  with open(metrics_path, encoding="utf-8") as f:
+  with paths.path(metrics_path, "metrics file").open("r", encoding="utf-8") as f:
     for line in f:
       try:
         rows.append(json.loads(line))
@@ -254,6 +261,6 @@ def write_all(plots_dir: str, report: dict[str, Any], outputs: Optional[dict[str
   if outputs is not None and "probs" in outputs and len(outputs["probs"]):
     written.append(roc_pr_curves(outputs["probs"], outputs["labels"], class_names,
                                  os.path.join(plots_dir, "roc_pr.png")))
-  if metrics_path and os.path.exists(metrics_path):
+  if metrics_path and paths.path(metrics_path, "metrics file").exists():
     written.append(training_curves(metrics_path, os.path.join(plots_dir, "training_curves.png")))
   return written

@@ -6,15 +6,27 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxcls import paths
+
 
 def write(workdir: str, report: dict[str, Any], class_names: Sequence[str], plot_paths: Sequence[str] = ()) -> None:
   """Writes DIR/report.json and DIR/report.md (atomically, so a kill never leaves half a file)."""
   spread = recall_spread(report, class_names)
   if spread:
     report["recall_spread"] = spread
-  _atomic_write(os.path.join(workdir, "report.json"), json.dumps(report, indent=1) + "\n")
-  plots = [os.path.relpath(p, workdir) for p in plot_paths]
-  _atomic_write(os.path.join(workdir, "report.md"), markdown(report, class_names, plots))
+  workdir = paths.path(workdir, "report folder")
+  paths.makedirs(workdir)
+  paths.write_text(workdir / "report.json", json.dumps(report, indent=1) + "\n")
+  plots = [_relative(p, workdir) for p in plot_paths]
+  paths.write_text(workdir / "report.md", markdown(report, class_names, plots))
+
+
+def _relative(target, folder) -> str:
+  """`target` relative to `folder` (both local, or both under one URL), for the report's links."""
+  target, folder = os.fspath(paths.path(target)), os.fspath(folder).rstrip("/")
+  if target.startswith(folder + "/"):
+    return target[len(folder) + 1:]
+  return target if paths.is_remote(target) else os.path.relpath(target, folder)
 
 
 def recall_spread(report: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any] | None:
@@ -91,10 +103,3 @@ def _per_group(groups: dict[str, Any] | None) -> list[str]:
     lines.append(f"| {name} | {row['num_examples']} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
   lines += ["", f"Worst group by {groups['metric']}: {groups['worst_group']} ({groups['gap']:.4f} below the best)."]
   return lines
-
-
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)

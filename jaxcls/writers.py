@@ -10,12 +10,15 @@ import io
 import json
 import math
 import os
+import socket
 import time
 from typing import Any, Iterable, Mapping, Optional
 
 from absl import logging
 import jax
 import numpy as np
+
+from jaxcls import paths
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -137,41 +140,68 @@ class JsonlWriter(Writer):
   With `resume_step` set (the step a training run starts or resumes from), lines with a later step are dropped
   first: they were written after the checkpoint the run resumes from (or by a run killed before its first
   checkpoint), and this run writes those steps again. `None` appends (for evaluation-only entry points).
+
+  On an object store (`gs://`), which has no append, the lines are kept in memory and the whole object is
+  rewritten at every `write_scalars` (each one is a log or eval point), so a kill loses nothing written before it.
   """
 
-  def __init__(self, path: str, resume_step: int | None = None):
-    self.path = path
-    if resume_step is not None and os.path.exists(path):
-      _truncate_jsonl(path, resume_step)
-    _end_with_newline(path)
-    self._file = open(path, "a", encoding="utf-8")
+  def __init__(self, path, resume_step: int | None = None):
+    self.path = paths.path(path, "metrics file")
+    self._remote = paths.is_remote(self.path)
+    if self._remote:
+      text = paths.read_text(self.path) if self.path.exists() else ""
+      self._lines = _kept_lines(text, resume_step)
+      self._dirty = False
+      return
+    if resume_step is not None and self.path.exists():
+      _truncate_jsonl(self.path, resume_step)
+    _end_with_newline(os.fspath(self.path))
+    self._file = open(self.path, "a", encoding="utf-8")
 
   def write_scalars(self, step, scalars):
-    self._file.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    line = json.dumps({"step": int(step), **scalars}) + "\n"
+    if self._remote:
+      self._lines.append(line)
+      self._dirty = True
+      self.flush()
+      return
+    self._file.write(line)
     self._file.flush()
 
   def flush(self):
-    self._file.flush()
+    if not self._remote:
+      self._file.flush()
+    elif self._dirty:
+      paths.write_text(self.path, "".join(self._lines))
+      self._dirty = False
 
   def close(self):
-    self._file.close()
+    if self._remote:
+      self.flush()
+    else:
+      self._file.close()
 
 
-def _truncate_jsonl(path: str, resume_step: int) -> None:
-  """Keeps the lines with step <= resume_step (and drops a torn last line), replacing the file atomically."""
+def _kept_lines(text: str, resume_step: int | None) -> list[str]:
+  """The lines of a JSONL text, each newline-terminated; with `resume_step`, only the parsable ones with
+  step <= resume_step (a torn last line is dropped)."""
   kept = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
+  for line in text.splitlines(keepends=True):
+    if resume_step is not None:
       try:
         record = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if not isinstance(record, dict) or record.get("step", 0) <= resume_step:
-        kept.append(line if line.endswith("\n") else line + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+      if isinstance(record, dict) and record.get("step", 0) > resume_step:
+        continue
+    kept.append(line if line.endswith("\n") else line + "\n")
+  return kept
+
+
+def _truncate_jsonl(path, resume_step: int) -> None:
+  """Keeps the lines with step <= resume_step (and drops a torn last line), replacing the file atomically (one
+  upload on an object store)."""
+  paths.write_text(path, "".join(_kept_lines(paths.read_text(path), resume_step)))
 
 
 def _end_with_newline(path: str) -> None:
@@ -228,6 +258,53 @@ class EventFileWriter(Writer):
     self._writer.close()
 
 
+class RemoteEventWriter(EventFileWriter):
+  """TensorBoard event files on an object store (`gs://`), written without TensorFlow and without appends.
+
+  Events are framed as TFRecords (tensorboard's own record writer and crc32c) into an in-memory chunk, and the
+  chunk's object is rewritten whole at every write, so a kill loses nothing already written. A chunk past
+  `chunk_bytes` is closed and the next events go to a new object (`...<pid>.00001`, ...): TensorBoard reads
+  every event file of a folder in name order, and no upload ever grows beyond one chunk.
+  """
+
+  def __init__(self, logdir, chunk_bytes: int = 1 << 20):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    self._summary_pb2 = summary_pb2
+    self._logdir = paths.path(logdir, "TensorBoard folder")
+    self._chunk_bytes = chunk_bytes
+    self._prefix = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    self._number = -1
+    self._new_chunk()
+
+  def _new_chunk(self) -> None:
+    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+    self._number += 1
+    self._buffer = io.BytesIO()
+    self._records = record_writer.RecordWriter(self._buffer)
+    self._records.write(self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+                        .SerializeToString())
+    self._dirty = True
+
+  def _add(self, step: int, summary) -> None:
+    if self._buffer.tell() > self._chunk_bytes:
+      self.flush()
+      self._new_chunk()
+    event = self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+    self._records.write(event.SerializeToString())
+    self._dirty = True
+    self.flush()
+
+  def flush(self):
+    if self._dirty:
+      paths.write_bytes(self._logdir / f"{self._prefix}.{self._number:05d}", self._buffer.getvalue())
+      self._dirty = False
+
+  def close(self):
+    self.flush()
+
+
 def _png_bytes(image: np.ndarray) -> bytes:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
@@ -235,12 +312,12 @@ def _png_bytes(image: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def write_figures(writer: Writer, step: int, paths: Iterable[str]) -> None:
+def write_figures(writer: Writer, step: int, figure_paths: Iterable[str]) -> None:
   """The report's PNG figures as TensorBoard images (tag `figures/<file name>`), beside the scalars."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   images = {}
-  for path in paths:
-    with Image.open(path) as figure:
+  for path in figure_paths:
+    with paths.path(path).open("rb") as f, Image.open(f) as figure:
       images["figures/" + os.path.splitext(os.path.basename(path))[0]] = np.asarray(figure.convert("RGB"))[None]
   if images:
     writer.write_images(step, images)
@@ -248,7 +325,10 @@ def write_figures(writer: Writer, step: int, paths: Iterable[str]) -> None:
 
 
 def _tensorboard_writer(logdir: str) -> Any:
-  """clu's SummaryWriter when clu and TensorFlow import, else `EventFileWriter`."""
+  """clu's SummaryWriter when clu and TensorFlow import, else `EventFileWriter`; `RemoteEventWriter` on an
+  object store (TensorFlow's file system and tensorboard's appending writer would lose events there)."""
+  if paths.is_remote(logdir):
+    return RemoteEventWriter(logdir)
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
@@ -269,11 +349,12 @@ def create_writer(workdir: str, *, is_main: bool, resume_step: int | None = None
   """
   if not is_main:
     return Writer()
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.path(workdir, "workdir")
+  paths.makedirs(workdir)
   return MultiWriter([
-      _tensorboard_writer(os.path.join(workdir, TENSORBOARD_DIR)),
+      _tensorboard_writer(os.fspath(workdir / TENSORBOARD_DIR)),
       LogWriter(),
-      JsonlWriter(os.path.join(workdir, JSONL_NAME), resume_step),
+      JsonlWriter(workdir / JSONL_NAME, resume_step),
   ])
 
 

@@ -8,6 +8,7 @@ memory-mapped where the format allows (.npy, and .npz written by `np.savez` with
 reads only the rows of its own batches.
 """
 
+import io
 import os
 import struct
 import zipfile
@@ -15,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from jaxcls import paths
 from jaxcls.data import split
 from jaxcls.data.base import SOURCES
 from jaxcls.data.in_memory import ArrayDataset, from_arrays
@@ -27,16 +29,16 @@ _CLASS_NAMES_KEY = "class_names"
 def load(config, *, process_index: int, process_count: int) -> ArrayDataset:
   """Loads `dataset.path` as described in the module docstring."""
   ds = config.dataset
-  path = os.path.expanduser(ds.path)
-  if not path:
+  if not ds.path:
     raise ConfigError("dataset.path is empty; set it to an .npz file or to a folder of {split}.npz files.")
-  if os.path.isfile(path):
+  path = os.fspath(paths.path(ds.path, "dataset.path"))  # a local file or folder, or a gs:// URL
+  if paths.path(path).is_file():
     images, labels, class_names, groups = _read_npz(path, ds)
     labels = split.check_labels(images, labels)
     train_idx, eval_idx = split.select_indices(ds, labels)
     arrays = (images[train_idx], labels[train_idx], images[eval_idx], labels[eval_idx])
     eval_groups = None if groups is None else _check_groups(groups, len(labels), path)[eval_idx]
-  elif os.path.isdir(path):
+  elif paths.path(path).is_dir():
     train_images, train_labels, class_names, train_groups = _read_split(path, ds.train_split, ds)
     if ds.eval_split == ds.train_split:
       eval_images, eval_labels, groups = train_images, train_labels, train_groups
@@ -64,15 +66,15 @@ def _check_groups(groups: np.ndarray, count: int, where: str) -> np.ndarray:
 def _read_split(folder: str, name: str, ds):
   """(images, labels, class_names or None, groups or None) of split `name` from `{name}.npz` or `.npy` files."""
   npz = os.path.join(folder, f"{name}.npz")
-  if os.path.isfile(npz):
+  if paths.path(npz).is_file():
     return _read_npz(npz, ds)
   image_file = os.path.join(folder, f"{name}_images.npy")
   label_file = os.path.join(folder, f"{name}_labels.npy")
   group_file = os.path.join(folder, f"{name}_{ds.group_key}.npy")
-  if os.path.isfile(image_file) and os.path.isfile(label_file):
-    groups = np.load(group_file, allow_pickle=False) if os.path.isfile(group_file) else None
+  if paths.path(image_file).is_file() and paths.path(label_file).is_file():
+    groups = _load_npy(group_file) if paths.path(group_file).is_file() else None
     return _load_npy(image_file), _load_npy(label_file), None, groups
-  present = ", ".join(sorted(os.listdir(folder))[:10]) or "nothing"
+  present = ", ".join(sorted(child.name for child in paths.path(folder).iterdir())[:10]) or "nothing"
   raise DataError(f"Split {name!r} is missing from {folder}: expected {name}.npz or {name}_images.npy with "
                   f"{name}_labels.npy (the folder holds {present}); add the file or set dataset.train_split/"
                   "eval_split.")
@@ -80,6 +82,8 @@ def _read_split(folder: str, name: str, ds):
 
 def _load_npy(path: str) -> np.ndarray:
   try:
+    if paths.is_remote(path):  # an object is read whole: object stores have no memory map
+      return np.load(io.BytesIO(paths.path(path).read_bytes()), allow_pickle=False)
     return np.load(path, mmap_mode="r", allow_pickle=False)
   except ValueError as e:
     raise DataError(f"{path} cannot be read as a numeric array ({e}); save it with np.save from a numeric array.")
@@ -89,7 +93,7 @@ def _read_npz(path: str, ds):
   """(images, labels, class_names or None, groups or None) from an .npz file."""
   image_key, label_key = ds.image_key, ds.label_key
   try:
-    archive = zipfile.ZipFile(path)
+    archive = zipfile.ZipFile(io.BytesIO(paths.path(path).read_bytes()) if paths.is_remote(path) else path)
   except (zipfile.BadZipFile, OSError) as e:
     raise DataError(f"{path} is not a readable .npz file ({e}); write it with np.savez.") from e
   with archive:
@@ -123,7 +127,7 @@ def _npz_member(path: str, archive: zipfile.ZipFile, member: str) -> np.ndarray:
 
 def _map_stored_member(path: str, info: zipfile.ZipInfo) -> Optional[np.ndarray]:
   """A read-only memory map of an uncompressed .npy inside a zip, or None when that is not possible."""
-  if info.compress_type != zipfile.ZIP_STORED:
+  if info.compress_type != zipfile.ZIP_STORED or paths.is_remote(path):
     return None
   with open(path, "rb") as f:
     f.seek(info.header_offset)

@@ -7,10 +7,13 @@ them and reports the reason.
 """
 
 import dataclasses
+import io
 from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from jaxcls import paths
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -42,7 +45,7 @@ def decode(path: str, crop: Crop, channels: int, max_pixels: int,
   (decompression bomb) or non-image files.
   """
   try:
-    with Image.open(path) as image:
+    with Image.open(_source(path)) as image:
       width, height = image.size
       if width * height > max_pixels:
         raise DecodeError(f"refused as a possible decompression bomb: {width}x{height} pixels is more than "
@@ -73,6 +76,13 @@ def decode(path: str, crop: Crop, channels: int, max_pixels: int,
     raise DecodeError(f"unreadable or truncated image ({type(e).__name__}: {e})") from e
   array = np.asarray(out, np.uint8)
   return array[..., None] if array.ndim == 2 else array
+
+
+def _source(path: str):
+  """What Pillow opens: a local path as it is, a gs:// object's bytes read in one request."""
+  if paths.is_remote(path):
+    return io.BytesIO(paths.path(path).read_bytes())
+  return path
 
 
 def _orientation(image: Image.Image) -> int:

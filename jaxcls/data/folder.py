@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
+from jaxcls import paths as path_layer  # `paths` names file lists here
 from jaxcls.data import decode, folder_scan, label_file, prepare, resize
 from jaxcls.data.base import SOURCES, DatasetInfo
 from jaxcls.data.folder_stream import FolderStreamDataset
@@ -175,9 +176,18 @@ def _fingerprint(ds, train, evaluation) -> str:
   for paths, labels in (train, evaluation):
     digest.update(b"|split|")
     for path, label in zip(paths, labels):
-      stat = os.stat(path)
-      digest.update(f"{path}\0{np.asarray(label).tolist()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+      size, mtime = _size_and_mtime(path)
+      digest.update(f"{path}\0{np.asarray(label).tolist()}\0{size}\0{mtime}\n".encode())
   return digest.hexdigest()[:16]
+
+
+def _size_and_mtime(path: str) -> tuple[int, int]:
+  """A file's size and modification time (ns on a local disk, s for a gs:// object)."""
+  if path_layer.is_remote(path):
+    stat = path_layer.path(path).stat()
+    return stat.length, stat.mtime
+  stat = os.stat(path)
+  return stat.st_size, stat.st_mtime_ns
 
 
 _ARRAYS = ("train_images", "train_labels", "eval_images", "eval_labels")

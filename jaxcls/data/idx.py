@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from jaxcls import paths
 from jaxcls.data.base import SOURCES
 from jaxcls.data.in_memory import ArrayDataset, from_arrays
 from jaxcls.errors import ConfigError, DataError
@@ -44,12 +45,13 @@ def use_fashion_mnist(dataset_config, path: str = DEBIAN_FASHION_MNIST) -> None:
 def load(config, *, process_index: int, process_count: int) -> ArrayDataset:
   """Reads the `train_split` and `eval_split` image/label pairs under `dataset.path`."""
   ds = config.dataset
-  path = os.path.expanduser(ds.path)
-  if not path:
+  if not ds.path:
     raise ConfigError("dataset.path is empty; set it to the folder holding the idx files "
                       "(e.g. train-images-idx3-ubyte.gz).")
-  folder, prefix = (path, "") if os.path.isdir(path) else os.path.split(path)
-  if not os.path.isdir(folder or "."):
+  paths.path(ds.path, "dataset.path")  # a malformed URL or a missing backend: one line
+  path = ds.path if paths.is_remote(ds.path) else os.path.expanduser(ds.path)
+  folder, prefix = (path, "") if paths.path(path).is_dir() else os.path.split(path)
+  if not paths.path(folder or ".").is_dir():
     raise DataError(f"dataset.path={ds.path!r} does not exist; point it at the folder holding the idx files.")
   arrays = []
   for key in ("train_split", "eval_split"):
@@ -72,7 +74,7 @@ def find(folder: str, prefix: str, split: str, kind: str) -> str:
   """The one file of `split` and `kind` ('images' or 'labels') in `folder` whose name starts with `prefix`."""
   names = _ALIASES.get(split, (split,))
   matches = []
-  for entry in sorted(os.listdir(folder)):
+  for entry in sorted(child.name for child in paths.path(folder).iterdir()):
     match = _FILE.match(entry)
     if match and entry.startswith(prefix) and match["split"] in names and match["kind"] == kind:
       matches.append(entry)
@@ -95,8 +97,10 @@ def _common_prefix(name: str) -> str:
 def read(path: str) -> np.ndarray:
   """The array in one idx file (gzip-compressed or not), in native byte order."""
   try:
-    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+    with paths.path(path).open("rb") as f:  # local or gs://
       raw = f.read()
+    if path.endswith(".gz"):
+      raw = gzip.decompress(raw)
   except (OSError, EOFError) as e:
     raise DataError(f"{path} cannot be read ({e}); download the file again.") from e
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:

@@ -1,0 +1,133 @@
+"""A real GCS JSON API on localhost for tests: `gcp-storage-emulator` as a subprocess, one per pytest worker.
+
+Use the `gcs` fixture (registered in conftest.py): it starts the emulator on a free port with a default bucket,
+points gcsfs (under etils.epath) and tensorstore (orbax's array data) at it through the environment, and yields
+a `Gcs` with the bucket's URL and the environment for subprocesses. No mock: the clients speak HTTP to the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+
+BUCKET = "jaxcls-test"
+
+
+def emulator_env(port: int) -> dict[str, str]:
+  """The variables that send every client jaxcls uses to the emulator (see docs/cloud_storage.md)."""
+  url = f"http://localhost:{port}"
+  return {
+      "STORAGE_EMULATOR_HOST": url,  # gcsfs
+      "FSSPEC_GCS_TOKEN": "anon",  # gcsfs: no credentials
+      "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (orbax's arrays)
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",  # tensorstore: no credentials
+      "NO_GCE_CHECK": "true",  # google-auth: do not probe the metadata server
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # gcsfs: no bucket-layout call the emulator lacks
+      "EPATH_USE_TF": "false",  # epath: gcsfs, not TensorFlow's GCS client (whose endpoint is compiled in)
+  }
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _executable() -> str:
+  found = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
+  return found if os.path.exists(found) else (shutil.which("gcp-storage-emulator") or "")
+
+
+@dataclasses.dataclass
+class Gcs:
+  port: int
+  bucket: str
+  env: dict[str, str]  # os.environ plus the emulator's variables, for subprocesses
+
+  def url(self, *parts: str) -> str:
+    """gs://BUCKET/<unique prefix>/<parts>: a fresh place per call, so tests never see each other's objects."""
+    return "/".join([f"gs://{self.bucket}", uuid.uuid4().hex[:12], *parts])
+
+  def objects(self, url: str) -> list[str]:
+    """The names of the objects under `url`, relative to it, asked of the server itself (gcsfs, under epath,
+    caches listings within a process, so a test polling for a child's writes must not go through it)."""
+    bucket, _, prefix = url[len("gs://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    names, token = [], ""
+    while True:
+      query = urllib.parse.urlencode({"prefix": prefix, **({"pageToken": token} if token else {})})
+      with urllib.request.urlopen(f"http://localhost:{self.port}/storage/v1/b/{bucket}/o?{query}",
+                                  timeout=10) as reply:
+        page = json.load(reply)
+      names += [item["name"][len(prefix):] for item in page.get("items", [])]
+      token = page.get("nextPageToken")
+      if not token:
+        return sorted(names)
+
+  def download(self, url: str, target: str) -> str:
+    """Copies every object under `url` into the local folder `target` (for readers that need a local path)."""
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    os.makedirs(target, exist_ok=True)
+    for child in epath.Path(url).iterdir():
+      local = os.path.join(target, child.name)
+      if child.is_dir():
+        self.download(os.fspath(child), local)
+      else:
+        with open(local, "wb") as f:
+          f.write(child.read_bytes())
+    return target
+
+
+def _wait_until_up(port: int, proc: subprocess.Popen, log, timeout: float = 60.0) -> None:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      log.seek(0)
+      raise RuntimeError(f"gcp-storage-emulator exited with {proc.returncode}: {log.read()[-2000:]}")
+    try:
+      with urllib.request.urlopen(f"http://localhost:{port}/storage/v1/b/{BUCKET}", timeout=2) as reply:
+        if reply.status == 200:
+          return
+    except OSError:
+      time.sleep(0.1)
+  raise RuntimeError(f"gcp-storage-emulator did not answer on port {port} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  executable = _executable()
+  if not executable:
+    pytest.fail("gcp-storage-emulator is not installed; pip install -e '.[test]'.")
+  port = _free_port()
+  log = tempfile.TemporaryFile("w+")  # the emulator logs every request: a pipe would fill up and stall it
+  proc = subprocess.Popen([executable, "start", "--host=localhost", f"--port={port}", f"--default-bucket={BUCKET}",
+                           "-M"], stdout=log, stderr=subprocess.STDOUT, text=True)
+  saved = {}
+  try:
+    _wait_until_up(port, proc, log)
+    variables = emulator_env(port)
+    for key, value in variables.items():
+      saved[key] = os.environ.get(key)
+      os.environ[key] = value
+    yield Gcs(port=port, bucket=BUCKET, env=dict(os.environ))
+  finally:
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
+    proc.kill()
+    proc.wait()
+    log.close()
