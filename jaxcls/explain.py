@@ -34,7 +34,7 @@ _SIGNED = ("integrated_gradients",)  # drawn red (for the class) / blue (against
 def define_flags() -> None:
   """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
   flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-  flags.DEFINE_integer("step", None, "Checkpoint step to explain (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step to explain: N, 'latest' (default) or 'best' (config.best_metric).")
   flags.DEFINE_string("class", None, "Class(es) to explain, names or indices separated by commas "
                       "(default: each image's predicted class).")
   flags.DEFINE_string("methods", None, f"Comma-separated subset of {','.join(METHODS)} (default: all; "
@@ -180,7 +180,7 @@ class Explainer:
     return float(np.asarray(self._forward(self.baseline[None])[0])[0, class_index])
 
 
-def explain_files(workdir: str, paths: Sequence[str], *, step: Optional[int] = None, classes: Optional[str] = None,
+def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None = None, classes: Optional[str] = None,
                   output_dir: Optional[str] = None, settings: Settings = Settings(), workers: int = 0) -> dict:
   """Explains every image file under `paths`; writes OUT/<name>.png, OUT/index.json and OUT/index.md.
 

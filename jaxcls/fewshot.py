@@ -1,6 +1,6 @@
 """Few-shot linear and k-NN evaluation of a model's penultimate features, periodically in training or as a command.
 
-`python -m jaxcls.fewshot --workdir DIR [--step N] [--shots 1,5,10,25] [--seeds 3] [--knn_k 1,10]`
+`python -m jaxcls.fewshot --workdir DIR [--step N|best] [--shots 1,5,10,25] [--seeds 3] [--knn_k 1,10]`
 
 For n shots and seed s, n training examples per class are drawn (nested: the 1-shot set is inside the 5-shot
 set of the same seed), a closed-form ridge regression with one-vs-all targets in {-1, +1} is fitted to their
@@ -320,7 +320,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 def define_flags() -> None:
   """The command's flags; defined on demand so that importing this module (train.py does) defines none."""
   flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step: N, 'latest' (default) or 'best' (config.best_metric).")
   flags.DEFINE_string("shots", "1,5,10,25", "Training examples per class for the ridge classifier.")
   flags.DEFINE_integer("seeds", 3, "Shot draws per shot count (mean and std over them).")
   flags.DEFINE_string("knn_k", "1,10", "Neighbour counts for k-NN accuracy ('' = none).")
