@@ -140,4 +140,7 @@ def get_base_config() -> ml_collections.ConfigDict:
                                                # (the layers whose shapes depend on the class count)
   config.compilation_cache_dir = ""            # JAX persistent compilation cache folder; '' = off. Reruns and
                                                # resumed runs load compiled steps from it instead of compiling
+  # A workdir that holds a run resumes only with the same training config (docs/workdir.md); True continues it
+  # with the changed values and records the change (and the earlier config) in DIR/config_history.jsonl.
+  config.allow_config_change = False
   return config

@@ -22,3 +22,7 @@ class CheckpointError(JaxclsError):
 
 class NonFiniteLossError(JaxclsError):
   """Training produced a NaN or infinite loss or gradient."""
+
+
+class WorkdirBusyError(JaxclsError):
+  """Another run holds the workdir's lock."""

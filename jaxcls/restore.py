@@ -7,7 +7,6 @@ state, so a model trained with any optimizer (or a frozen backbone) restores the
 """
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -15,17 +14,13 @@ import jax
 import ml_collections
 
 from jaxcls import checkpoint, data, models, tasks
+from jaxcls import workdir as workdir_lib
 from jaxcls.errors import CheckpointError, ConfigError
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run saved, as a ConfigDict (lists where the original had tuples)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise ConfigError(f"{path} does not exist; --workdir must be a directory that `python -m jaxcls.main` "
-                      "trained into.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(workdir_lib.read_config(workdir))  # one-line ConfigError if missing or damaged
 
 
 def info_from_config(config) -> data.DatasetInfo:

@@ -6,7 +6,6 @@ data order are functions of (seed, step).
 """
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from absl import logging
 
 from jaxcls import checkpoint, config_check, data, group_metrics, models, optim, parallel, report, steps, tasks
 from jaxcls import evaluators, preemption, transfer, writers
+from jaxcls import workdir as workdir_lib
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
 from jaxcls.data.in_memory import SAMPLINGS
@@ -206,6 +206,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     devices: the devices of the data mesh (default: all devices of all processes).
   """
   config_check.validate(config)
+  # Process 0 holds DIR/lock.json throughout (a second run on the workdir fails fast); released on any exit.
+  with workdir_lib.locked(workdir, is_main=parallel.is_main_process(), num_processes=jax.process_count()):
+    return _train_and_evaluate(config, workdir, dataset=dataset, devices=devices)
+
+
+def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
+  config_check.validate(config)
   enable_compilation_cache(config.compilation_cache_dir)
   if config.dtype not in steps.DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
@@ -227,6 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   task, model, task_config = build_task_and_model(config, info)
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   num_train_steps, eval_every, ckpt_every = schedule_lengths(config, steps_per_epoch)
+  resolved = resolved_config(config, info, num_train_steps)
+  rerun = workdir_lib.check_rerun(workdir, resolved, allow=config.allow_config_change)  # before any restore
   plan = transfer.Plan(config, task.num_outputs, info.image_shape, info.class_names)
   tx, schedule = optim.build_optimizer(config.optimizer, num_train_steps, is_head=plan.is_head)
   augment = augment_lib.build(config.augment, info.num_classes)
@@ -261,12 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                  " (config.init_from is not read again)" if config.init_from else "")
 
   writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step)
-  resolved = resolved_config(config, info, num_train_steps)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(resolved.to_json_best_effort(indent=1, sort_keys=True) + "\n")
-    with open(os.path.join(workdir, "classes.json"), "w") as f:
-      json.dump(list(info.class_names), f, indent=1)
+    workdir_lib.write_run_files(workdir, resolved, info.class_names, rerun)  # config.json, classes.json, history
     params = parallel.to_host(state.params)
     logging.info("Model %s, %d parameters:\n%s", config.model.name,
                  sum(x.size for x in jax.tree.leaves(params)), writers.parameter_overview(params))

@@ -93,10 +93,14 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(make_config, tmp_path):
 
 def test_incompatible_checkpoint_is_refused(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=4), str(tmp_path))
-  with pytest.raises(CheckpointError, match="num_classes: 4 in the checkpoint, 6 now"):
+  # The workdir's config guard (jaxcls/workdir.py) refuses first; behind allow_config_change, the checkpoint's
+  # shape fingerprint still refuses a state that cannot fit.
+  with pytest.raises(ConfigError, match=r"dataset.num_classes: 4 -> 6"):
     train.train_and_evaluate(make_config(**{"dataset.num_classes": 6}), str(tmp_path))
+  with pytest.raises(CheckpointError, match="num_classes: 4 in the checkpoint, 6 now"):
+    train.train_and_evaluate(make_config(allow_config_change=True, **{"dataset.num_classes": 6}), str(tmp_path))
   with pytest.raises(CheckpointError, match="widths"):
-    train.train_and_evaluate(make_config(**{"model.widths": (8, 8)}), str(tmp_path))
+    train.train_and_evaluate(make_config(allow_config_change=True, **{"model.widths": (8, 8)}), str(tmp_path))
 
 
 def test_config_errors_are_clear(make_config, tmp_path):
