@@ -1,16 +1,17 @@
 """A real GCS JSON API on localhost for tests: `gcp-storage-emulator` as a subprocess, one per pytest worker.
 
-Use the `gcs` fixture (registered in conftest.py): it starts the emulator on a free port with a default bucket,
+Use the `gcs` fixture (`from gcs_emulator import gcs` in a test module): it starts the emulator on a free port with a default bucket,
 points gcsfs (under etils.epath) and tensorstore (orbax's array data) at it through the environment, and yields
-a `Gcs` with the bucket's URL and the environment for subprocesses. No mock: the clients speak HTTP to the server.
+a `Gcs` with the bucket's URL and the environment for subprocesses. No mock: the clients speak HTTP to the server
+(which gets the generation headers real GCS sends, see `_LAUNCHER`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -39,15 +40,36 @@ def emulator_env(port: int) -> dict[str, str]:
   }
 
 
+# gcp-storage-emulator's media download omits the x-goog-generation / x-goog-metageneration headers that real GCS
+# sends. tensorstore (orbax's arrays) then reads an object with generation "0", and its next conditional write of
+# that object (the OCDBT manifest, rewritten when a save's writes arrive in more than one batch, which depends on
+# timing) fails with "Malformed StorageGeneration". The launcher adds the two headers, as GCS does, and runs the
+# emulator's own command line unchanged.
+_LAUNCHER = """
+import sys
+from gcp_storage_emulator.handlers import objects
+
+_download = objects.download
+
+def download(request, response, storage, *args, **kwargs):
+  _download(request, response, storage, *args, **kwargs)
+  try:
+    obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+  except Exception:  # not found: the 404 stands
+    return
+  response["x-goog-generation"] = str(obj["generation"])
+  response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+
+objects.download = download  # before the server module reads its handler table
+from gcp_storage_emulator.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
-
-
-def _executable() -> str:
-  found = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-  return found if os.path.exists(found) else (shutil.which("gcp-storage-emulator") or "")
 
 
 @dataclasses.dataclass
@@ -107,13 +129,13 @@ def _wait_until_up(port: int, proc: subprocess.Popen, log, timeout: float = 60.0
 
 @pytest.fixture(scope="session")
 def gcs():
-  executable = _executable()
-  if not executable:
+  if importlib.util.find_spec("gcp_storage_emulator") is None:
     pytest.fail("gcp-storage-emulator is not installed; pip install -e '.[test]'.")
   port = _free_port()
   log = tempfile.TemporaryFile("w+")  # the emulator logs every request: a pipe would fill up and stall it
-  proc = subprocess.Popen([executable, "start", "--host=localhost", f"--port={port}", f"--default-bucket={BUCKET}",
-                           "-M"], stdout=log, stderr=subprocess.STDOUT, text=True)
+  # `gcp-storage-emulator start ...`, through the launcher above
+  proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, "start", "--host=localhost", f"--port={port}",
+                           f"--default-bucket={BUCKET}", "-M"], stdout=log, stderr=subprocess.STDOUT, text=True)
   saved = {}
   try:
     _wait_until_up(port, proc, log)

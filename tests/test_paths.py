@@ -279,3 +279,17 @@ def test_folder_source_reads_gs_images_as_local_ones(gcs, tmp_path, cache):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
   assert not any(name.startswith("gs:") for name in os.listdir(tmp_path))
+
+
+def test_tensorstore_reads_a_generation_and_writes_conditionally(gcs):
+  """orbax's OCDBT manifest is read, then rewritten only if unchanged: the emulator must give real generations."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  url = gcs.url()
+  bucket, _, prefix = url[len("gs://"):].partition("/")
+  spec = {"driver": "gcs", "bucket": bucket, "path": prefix + "/"}
+  ts.KvStore.open(spec).result().write("manifest", b"one").result()
+  other = ts.KvStore.open(spec).result()  # another client: no cached generation
+  read = other.read("manifest").result()
+  assert read.value == b"one" and read.stamp.generation.strip(b"\x00")
+  other.write("manifest", b"two", if_equal=read.stamp.generation).result()
+  assert ts.KvStore.open(spec).result().read("manifest").result().value == b"two"
