@@ -37,12 +37,13 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   With `data_dir`, the images of that folder (labelled by class subfolders or `labels_file`) are evaluated
   instead of a split of the training data, which then need not exist.
   """
+  from jaxcls import paths  # pylint: disable=g-import-not-at-top
+  workdir = os.fspath(paths.path(workdir, "--workdir"))  # a local folder or a gs:// URL; a bad URL fails at once
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxcls import data, parallel, report, restore, steps, train, tta  # pylint: disable=g-import-not-at-top
   from jaxcls.data import labelled_folder  # pylint: disable=g-import-not-at-top
   from jaxcls.state import TrainState  # pylint: disable=g-import-not-at-top
 
-  workdir = os.path.abspath(workdir)
   config = restore.load_config(workdir)
   if split:
     config.dataset.eval_split = split
@@ -52,7 +53,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   step = restore.resolve_step(workdir, step)
   if data_dir:
     dataset = labelled_folder.load(config, restore.info_from_config(config), data_dir, labels_file or "")
-    config.dataset.eval_split = os.path.abspath(data_dir)
+    config.dataset.eval_split = os.fspath(paths.path(data_dir, "--data"))
   else:
     dataset = data.build(config)
   info = dataset.info
@@ -73,9 +74,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   final = {"step": int(step), "split": config.dataset.eval_split, "task": config.task.type,
            "model": config.model.name, **result}
   if parallel.is_main_process():
-    default = os.path.join(workdir, "eval_" + os.path.basename(os.path.normpath(data_dir))) if data_dir else workdir
-    output_dir = os.path.abspath(output_dir or default)
-    os.makedirs(output_dir, exist_ok=True)
+    default = paths.join(workdir, "eval_" + os.path.basename(os.path.normpath(data_dir))) if data_dir else workdir
+    output_dir = os.fspath(paths.makedirs(output_dir or default, "--output_dir"))
     if data_dir:
       train.write_skipped_files(output_dir, dataset, True)
     plots = train.write_plots(output_dir, final, outputs, info.class_names, metrics_dir=workdir, dataset=dataset,

@@ -15,13 +15,14 @@ StableHLO: a serialized module has a 2 GB limit and embedding large constants mu
 while an argument works for every model size and keeps the function file small.
 """
 
+import io
 import json
-import os
 import sys
 
 import numpy as np
 from absl import app, flags, logging
 
+from jaxcls import paths
 from jaxcls.errors import ConfigError, JaxclsError
 
 FUNCTION_FILE, WEIGHTS_FILE, METADATA_FILE = "model.jax", "weights.npz", "model.json"
@@ -82,12 +83,15 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"))
       # Normalisation (mean, std) happens inside the function; these are for reference only.
       "preprocessing": {**preprocessing.to_json(), "mean": list(restored.info.mean), "std": list(restored.info.std)},
   }
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, FUNCTION_FILE), "wb") as f:
-    f.write(exported.serialize())
-  np.savez(os.path.join(output_dir, WEIGHTS_FILE), **{f"w{i:05d}": leaf for i, leaf in enumerate(leaves)})
-  with open(os.path.join(output_dir, METADATA_FILE), "w") as f:
-    json.dump(metadata, f, indent=1)
+  folder = paths.path(output_dir, "--output")  # a local folder or a gs:// URL
+  if folder.exists() and not folder.is_dir():
+    raise ConfigError(f"--output={output_dir} is an existing file; give a folder (new or existing) to export into.")
+  paths.makedirs(folder)
+  paths.write_bytes(folder / FUNCTION_FILE, exported.serialize())
+  weights = io.BytesIO()
+  np.savez(weights, **{f"w{i:05d}": leaf for i, leaf in enumerate(leaves)})
+  paths.write_bytes(folder / WEIGHTS_FILE, weights.getvalue())
+  paths.write_text(folder / METADATA_FILE, json.dumps(metadata, indent=1))
   return metadata
 
 
@@ -121,7 +125,7 @@ def main(argv):
   size = metadata["preprocessing"]["image_size"]
   message = (f"Exported {metadata['model']} (step {metadata['step']}, {metadata['task']}, "
              f"{len(metadata['class_names'])} classes, {size[0]}x{size[1]} input) for "
-             f"{', '.join(metadata['platforms'])} to {os.path.abspath(args.output)}")
+             f"{', '.join(metadata['platforms'])} to {paths.path(args.output)}")
   logging.info("%s", message)
   print(message)
 

@@ -9,6 +9,7 @@ predicted path). Folders are searched recursively for image files. A file that c
 """
 
 import csv
+import io
 import json
 import math
 import os
@@ -169,12 +170,20 @@ def format_line(record: dict) -> str:
 
 
 def write_output(path: str, records: list[dict], header: dict) -> None:
-  """Writes the records as JSON ({**header, 'predictions': records}) or CSV (one row per file)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  """Writes the records as JSON ({**header, 'predictions': records}) or CSV (one row per file), to a local file
+  or a gs:// object, in one step."""
+  from jaxcls import paths as path_layer  # pylint: disable=g-import-not-at-top
+  target = path_layer.path(path, "--output")
+  path_layer.makedirs(target.parent)
   if path.lower().endswith(".json"):
-    with open(path, "w") as f:
-      json.dump({**header, "predictions": records}, f, indent=1)
-    return
+    text = json.dumps({**header, "predictions": records}, indent=1)
+  else:
+    text = _csv_text(records)
+  # A non-UTF-8 file name (decoded by Python with surrogate escapes) is written back as its bytes.
+  path_layer.write_bytes(target, text.encode("utf-8", "surrogateescape"))
+
+
+def _csv_text(records: list[dict]) -> str:
   top_k = max((len(r.get("top_k", ())) for r in records), default=0)
   columns = ["path", "prediction", "probability"]
   extras = [key for key in ("threshold", "labels", "hierarchy") if any(key in r for r in records)]
@@ -182,18 +191,19 @@ def write_output(path: str, records: list[dict], header: dict) -> None:
   for rank in range(1, top_k + 1):
     columns += [f"class_{rank}", f"probability_{rank}"]
   columns.append("error")
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    for record in records:
-      row = {"path": record["path"], "error": record["error"] or "", "prediction": record.get("prediction", ""),
-             "probability": _cell(record.get("probability"))}
-      row["threshold"] = _cell(record.get("threshold"))
-      row["labels"] = ";".join(f"{name}={p:.6g}" for name, p in record.get("labels", ()))
-      row["hierarchy"] = " > ".join(record.get("hierarchy", ()))
-      for rank, (name, p) in enumerate(record.get("top_k", ()), start=1):
-        row[f"class_{rank}"], row[f"probability_{rank}"] = name, _cell(p)
-      writer.writerow([row.get(column, "") for column in columns])
+  f = io.StringIO(newline="")
+  writer = csv.writer(f)
+  writer.writerow(columns)
+  for record in records:
+    row = {"path": record["path"], "error": record["error"] or "", "prediction": record.get("prediction", ""),
+           "probability": _cell(record.get("probability"))}
+    row["threshold"] = _cell(record.get("threshold"))
+    row["labels"] = ";".join(f"{name}={p:.6g}" for name, p in record.get("labels", ()))
+    row["hierarchy"] = " > ".join(record.get("hierarchy", ()))
+    for rank, (name, p) in enumerate(record.get("top_k", ()), start=1):
+      row[f"class_{rank}"], row[f"probability_{rank}"] = name, _cell(p)
+    writer.writerow([row.get(column, "") for column in columns])
+  return f.getvalue()
 
 
 def _cell(value) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxcls import checkpoint, data, models, tasks
+from jaxcls import checkpoint, data, models, paths, tasks
 from jaxcls import workdir as workdir_lib
 from jaxcls.errors import CheckpointError, ConfigError
 
@@ -54,11 +54,13 @@ class Restored:
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-  return sorted(int(name) for name in _listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
+  """The steps of the finished checkpoints under workdir/checkpoints (local or gs://; orbax's unfinished
+  `<step>.orbax-checkpoint-tmp-*` folders are not digits, so they are left out)."""
+  return sorted(int(name) for name in _listdir(paths.join(workdir, "checkpoints")) if name.isdigit())
 
 
-def _listdir(path: str) -> list[str]:
-  return os.listdir(path) if os.path.isdir(path) else []
+def _listdir(folder) -> list[str]:
+  return [child.name for child in folder.iterdir()] if folder.is_dir() else []
 
 
 def resolve_step(workdir: str, step: int | None) -> int:
@@ -88,7 +90,7 @@ def read_variables(workdir: str, step: int, *, use_ema: bool = True) -> dict:
 
 def restore(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Restored:
   """Everything needed to apply the model that `workdir` trained, at checkpoint `step` (default: latest)."""
-  workdir = os.path.abspath(workdir)
+  workdir = os.fspath(paths.path(workdir, "workdir"))
   config = load_config(workdir)
   info = info_from_config(config)
   task, model = build_task_and_model(config, info)

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from jaxcls import checkpoint, config_check, data, group_metrics, models, optim, parallel, report, steps, tasks
-from jaxcls import evaluators, preemption, transfer, writers
+from jaxcls import evaluators, paths, preemption, transfer, writers
 from jaxcls import workdir as workdir_lib
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
@@ -106,9 +106,9 @@ def write_plots(workdir: str, final_report: dict, outputs: dict, class_names, me
     logging.warning("matplotlib is not installed, so DIR/plots is not written; pip install 'jaxcls[plots]'.")
     return []
   from jaxcls import plots  # pylint: disable=g-import-not-at-top
-  plots_dir = os.path.join(workdir, "plots")
+  plots_dir = os.fspath(paths.join(workdir, "plots"))
   written = plots.write_all(plots_dir, final_report, outputs or None, class_names,
-                            os.path.join(metrics_dir or workdir, writers.JSONL_NAME))
+                            os.fspath(paths.join(metrics_dir or workdir, writers.JSONL_NAME)))
   predicted = group_metrics.single_label_predictions(outputs or {}, final_report.get("threshold", 0.5))
   if dataset is not None and predicted is not None and jax.process_count() == 1:
     labels = outputs["labels"]
@@ -216,15 +216,15 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
   enable_compilation_cache(config.compilation_cache_dir)
   if config.dtype not in steps.DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = os.fspath(paths.makedirs(workdir, "workdir"))  # absolute local path or gs:// URL, never ./gs:
   mesh = parallel.make_mesh(devices)
   is_main = parallel.is_main_process()
   eval_batch_size = config.eval_batch_size or config.batch_size
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
 
-  if not config.dataset.cache_dir:  # a folder source's decoded-array cache lives with the run
+  if not config.dataset.cache_dir and not paths.is_remote(workdir):  # a folder source's decoded-array cache
+    # lives with a local run; with a gs:// workdir it stays on the local disk (the source's default folder)
     config = ml_collections.ConfigDict(config.to_dict())
     config.dataset.cache_dir = os.path.join(workdir, "cache")
   dataset = dataset if dataset is not None else data.build(config)

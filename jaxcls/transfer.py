@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxcls import convert, models, parallel, restore
+from jaxcls import convert, models, parallel, paths, restore
 from jaxcls.errors import CheckpointError, ConfigError
 
 HEAD_POLICIES = ("auto", "keep", "reinit")
@@ -91,7 +91,7 @@ def _workdir_and_step(path: str, step: int) -> tuple[str, int | None]:
       raise ConfigError(f"config.init_from={path!r} is the checkpoint of step {name} but config.init_from_step="
                         f"{step}; set init_from_step=-1 or point init_from at the workdir.")
     return os.path.dirname(parent), int(name)
-  if os.path.isfile(os.path.join(path, "config.json")):
+  if paths.join(path, "config.json").is_file():
     return path, (step if step >= 0 else None)
   raise ConfigError(f"config.init_from={path!r} is a folder but neither a jaxcls workdir (it has no config.json) "
                     "nor a workdir's checkpoints/<step> folder.")
@@ -99,14 +99,14 @@ def _workdir_and_step(path: str, step: int) -> tuple[str, int | None]:
 
 def read_source(path: str, step: int = -1) -> Source:
   """The weights `config.init_from` names; ConfigError/CheckpointError say what is wrong with the path."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(path):
+  path = os.fspath(paths.path(path, "config.init_from"))  # a local path or a gs:// URL
+  if paths.path(path).is_dir():
     workdir, step = _workdir_and_step(path, step)
     run = restore.restore(workdir, step)
     return Source(description=f"workdir {workdir}, step {run.step}", variables=run.variables,
                   class_names=tuple(run.info.class_names), model_config=run.config.model.to_dict(),
                   image_shape=tuple(run.info.image_shape))
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise ConfigError(f"config.init_from={path!r} does not exist; give a jaxcls workdir, one of its "
                       "checkpoints/<step> folders, or a .msgpack/.npz file from `python -m jaxcls.convert`.")
   if not path.endswith(WEIGHT_FILES):
