@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Cloud TPU VM slice: run the same command on every worker at once.
-#   bash launch/tpu_vm.sh TPU_NAME ZONE configs/my_config.py /mnt/shared/runs/my_run [--config.key=value ...]
-# Assumes jaxcls is checked out in ~/jaxcls on every worker with `pip install -e ".[tf]"` and `jax[tpu]`
-# installed, and that the workdir is a filesystem all workers share.
+# Cloud TPU VM or queued resource: create it, install jaxcls on every worker, train into gs://, delete it.
+# A shim for launch/tpu_vm.py (see its --help); for example:
+#   bash launch/tpu_vm.sh --name my-tpu --zone us-central2-b --accelerator-type v4-32 \
+#     --version tpu-ubuntu2204-base --spot --config configs/my_config.py --workdir gs://my-bucket/runs/a --dry-run
 set -euo pipefail
-tpu=${1:?TPU name}; zone=${2:?zone}; config=${3:?config file}; workdir=${4:?shared workdir}; shift 4
-gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command \
-  "cd ~/jaxcls && python -m jaxcls.main --config $config --workdir $workdir --distributed=on $*"
+exec "${PYTHON:-python3}" "$(dirname "$0")/tpu_vm.py" "$@"
