@@ -102,10 +102,22 @@ def lock_path(workdir: paths.PathLike) -> epath.Path:
 def read_config(workdir: paths.PathLike) -> dict:
   """The saved resolved config as a plain dict; ConfigError when it is missing, unreadable or not an object."""
   target = config_path(workdir)
-  if not target.is_file():
+  if not target.exists():
     raise ConfigError(f"{target} does not exist; --workdir must be a directory that `python -m jaxcls.main` "
                       "trained into.")
-  return _parse_config(target, paths.read_text(target))
+  return _parse_config(target, _read_text(target))
+
+
+def _read_text(target: epath.Path) -> str:
+  """A config file's text; a one-line ConfigError when it is a folder, unreadable, or not UTF-8."""
+  if not target.is_file():
+    raise ConfigError(f"{target} is not a file; remove it and restore the file (an earlier version may be in "
+                      f"{HISTORY_NAME}), or train into a new --workdir.")
+  try:
+    return paths.read_text(target)
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f"Cannot read {target} ({getattr(e, 'strerror', None) or e}); restore it, or train into a "
+                      "new --workdir.") from None
 
 
 def _parse_config(target, text: str) -> dict:
@@ -197,8 +209,6 @@ def _short(value: Any, limit: int = 60) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-
-
 @dataclasses.dataclass
 class Rerun:
   """What a run found in its workdir: the saved config, the latest checkpoint step and what changed."""
@@ -221,18 +231,23 @@ def check_rerun(workdir: paths.PathLike, resolved, *, allow: bool = False) -> Re
   """
   target = config_path(workdir)
   steps = checkpoint_steps(workdir)
-  if not steps or not target.exists():
+  if not steps:
+    return Rerun()
+  if not target.exists():
+    logging.warning("%s is missing, so this run cannot check that it continues the experiment of checkpoint "
+                    "step %d; only the checkpoint's own shape check applies.", target, steps[-1])
     return Rerun()
   rerun = Rerun(step=steps[-1])
-  text = paths.read_text(target)
+  text = None
   try:
+    text = _read_text(target)
     rerun.previous = _parse_config(target, text)
   except ConfigError as e:
     if not allow:
       raise ConfigError(f"{str(e)[:-1]}; or pass --config.allow_config_change=True to resume checkpoint step "
                         f"{rerun.step} with the current config (the damaged file is kept in {HISTORY_NAME}).") from None
     logging.warning("%s Resuming anyway (config.allow_config_change=True); its text goes to %s.", e, HISTORY_NAME)
-    rerun.previous_text = text
+    rerun.previous_text = text if text is not None else ""
     return rerun
   current = json.loads(config_json(resolved))
   for key, old, new in differences(rerun.previous, current):
@@ -514,7 +529,7 @@ def _prepare(workdir: epath.Path) -> None:
     raise ConfigError(f"The workdir {workdir} is a file; --workdir must be a folder (a new one, or one a run "
                       "trained into).")
   try:
-    workdir.mkdir(parents=True, exist_ok=True)
+    paths.makedirs(workdir, "workdir")  # local only: an object store has no folders to create
   except OSError as e:
     raise ConfigError(f"Cannot create the workdir {workdir} ({e.strerror or e}); --workdir must be a writable "
                       "folder.") from None

@@ -119,9 +119,17 @@ def test_a_damaged_config_json_is_one_line(tmp_path, text, shown):
   assert restore.load_config(str(tmp_path)).seed == 0
 
 
-def test_a_missing_config_json_keeps_its_message(tmp_path):
+def test_a_missing_config_json_keeps_its_message_and_a_folder_in_its_place_is_one_line(tmp_path, caplog):
   with pytest.raises(ConfigError, match="config.json does not exist; --workdir must be a directory"):
     restore.load_config(str(tmp_path))
+  os.makedirs(tmp_path / "checkpoints" / "4")
+  with caplog.at_level(logging.WARNING):  # a deleted config.json: only the checkpoint's shape check is left
+    assert workdir.check_rerun(str(tmp_path), tiny_config()).step is None
+  assert "config.json is missing, so this run cannot check" in caplog.text
+  os.makedirs(tmp_path / "config.json")
+  for call in (lambda: restore.load_config(str(tmp_path)), lambda: workdir.check_rerun(str(tmp_path), tiny_config())):
+    with pytest.raises(ConfigError, match="config.json is not a file; remove it"):
+      call()
 
 
 def test_training_refuses_a_changed_rerun_allows_it_with_the_flag_and_passes_the_same_config(tmp_path):
@@ -342,3 +350,28 @@ def test_two_concurrent_runs_on_one_workdir(tmp_path):
   assert first.returncode == 0, err[-3000:]
   assert json.loads((run / "report.json").read_text())["step"] == 300
   assert not os.path.exists(run / workdir.LOCK_NAME)
+
+
+@pytest.mark.slow
+def test_a_busy_workdir_stops_every_process_of_a_multi_process_run(tmp_path):
+  """Only process 0 reads the lock; one broadcast tells process 1, so neither waits in a collective."""
+  holder = _write_lock(tmp_path / "run", host="tpu-worker-7", pid=4242)
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  command = [sys.executable, "-m", "jaxcls.main", f"--config={os.path.join(REPO, 'configs', 'default.py')}",
+             f"--workdir={tmp_path / 'run'}", f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen(command + [f"--process_id={i}"], env=subprocess_env(2), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=300)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, err in zip(procs, outputs):
+    assert p.returncode == 1 and "Traceback" not in err, err[-3000:]
+  assert "jaxcls: error: The workdir" in outputs[0] and "host tpu-worker-7, pid 4242" in outputs[0]
+  assert "jaxcls: error: Process 0 could not take the workdir lock" in outputs[1]
+  assert _lock_record(tmp_path / "run") == holder  # left as it was
