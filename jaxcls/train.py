@@ -21,6 +21,7 @@ from jaxcls import evaluators, paths, preemption, transfer, writers
 from jaxcls import workdir as workdir_lib
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
+from jaxcls.data.folder_scan import display
 from jaxcls.data.in_memory import SAMPLINGS
 from jaxcls.errors import ConfigError, NonFiniteLossError
 from jaxcls.metrics import MeanAccumulator, RowGatherer, SumAccumulator
@@ -73,6 +74,7 @@ def evaluate(eval_step, state, dataset, task, batch_size: int, mesh,
 
 def build_task_and_model(config, info: data.DatasetInfo):
   """(task, model, resolved task config) for the dataset: the head size comes from the task."""
+  tasks.check_classes(config.task.type, info.class_names, info.train_class_counts)  # one class: DataError
   task_config = dict(config.task, class_names=info.class_names)
   task_config["class_weights"] = resolve_class_weights(config.task.class_weights, info.train_class_counts,
                                                        info.num_classes)
@@ -125,10 +127,10 @@ def write_skipped_files(workdir: str, dataset, is_main: bool) -> None:
   skipped = getattr(dataset, "skipped_files", None)
   if not is_main or not skipped:
     return
-  with open(os.path.join(workdir, "skipped_files.txt"), "w") as f:
-    f.writelines(f"{path}\t{reason}\n" for path, reason in skipped)
-  logging.warning("%d unreadable images were skipped; they are listed in %s.", len(skipped),
-                  os.path.join(workdir, "skipped_files.txt"))
+  listing = paths.join(workdir, "skipped_files.txt")
+  # A non-UTF-8 byte of a file name is written as \xNN (folder_scan.display), so the listing is valid UTF-8.
+  paths.write_text(listing, "".join(f"{display(path)}\t{display(reason)}\n" for path, reason in skipped))
+  logging.warning("%d unreadable images were skipped; they are listed in %s.", len(skipped), listing)
 
 
 def with_sampling(dataset, sampling: str):
@@ -309,7 +311,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
         if train_step.flops_per_example:
           writer.write_scalars(done, {"cost/train_gflop_per_example": train_step.flops_per_example / 1e9})
       progress(done)
-      if done % config.log_every_steps == 0 or done == num_train_steps:
+      if done % (config.log_every_steps or steps_per_epoch) == 0 or done == num_train_steps:  # 0 = once per epoch
         _check_finite(*pending, last_saved)
         scalars = _scalars(train_metrics.result(), "train/")
         scalars.pop("train/finite", None)
