@@ -7,7 +7,6 @@ the log of k-NN vote fractions (floored at 1e-6, so 'loss' is the cross entropy 
 """
 
 import functools
-import json
 import os
 import time
 
@@ -18,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from jaxcls import data, knn, report, tasks, train
+from jaxcls import workdir as workdir_lib
 from jaxcls.classical import handcrafted, settings, svm
 from jaxcls.errors import ConfigError
 
@@ -136,7 +136,5 @@ def _sums_and_outputs(task, logits, labels, mask):
 def _write_run_files(workdir: str, config, info) -> None:
   """config.json (with the data's derived values) and classes.json, as a training run leaves them."""
   resolved = train.resolved_config(config, info, num_train_steps=0)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(resolved.to_json_best_effort(indent=1, sort_keys=True) + "\n")
-  with open(os.path.join(workdir, "classes.json"), "w") as f:
-    json.dump(list(info.class_names), f, indent=1)
+  workdir_lib.write_config(workdir, resolved)
+  workdir_lib.write_classes(workdir, info.class_names)
