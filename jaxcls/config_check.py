@@ -6,7 +6,9 @@ config and are checked against the model's signature when it is built.
 """
 
 import ast
-from typing import Any, Mapping
+import math
+import typing
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -46,6 +48,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       continue
     if path not in known_set:
       raise ConfigError(unknown_key_message(path, known))
+  check_ranges(config)
   if "eval_tta" in config:  # a bad name would otherwise surface only at the first evaluation
     from jaxcls import tta  # pylint: disable=g-import-not-at-top  (imports jax; flag parsing does not need it)
     tta.check(config.eval_tta)
@@ -86,3 +89,198 @@ def parse_value(raw: str) -> Any:
     return ast.literal_eval(raw)
   except (ValueError, SyntaxError):
     return raw
+
+
+# --- Ranges and types of the numeric keys: each with the meaning of its edge values, as config_base.py says. ---
+
+# (test, the range in words); the words finish "must be ...".
+_ANY = (lambda v: True, "a number")
+_GE0 = (lambda v: v >= 0, ">= 0")
+_GT0 = (lambda v: v > 0, "> 0")
+_GE1 = (lambda v: v >= 1, ">= 1")
+_UNIT_OPEN = (lambda v: 0 <= v < 1, "in [0, 1)")
+_OPEN_UNIT = (lambda v: 0 < v < 1, "strictly between 0 and 1")
+_HALF_OPEN_UNIT = (lambda v: 0 < v <= 1, "in (0, 1]")
+_CADENCE = (lambda v: v >= 0, ">= 0 (0 = once per epoch)")
+
+# key -> (type: 'int' | 'float' | 'bool', optional (None allowed), (test, words), hint or '').
+# Tuple-valued keys: the type and range apply to every element (`'ints'`, `'floats'`).
+RANGES: dict[str, tuple[str, bool, tuple[Callable[[Any], bool], str], str]] = {
+    "seed": ("int", False, _ANY, ""),
+    "dataset.test_fraction": ("float", False, _OPEN_UNIT, "e.g. 0.2"),
+    "dataset.val_fraction": ("float", False, _UNIT_OPEN, "0 = no 'val' split"),
+    "dataset.split_seed": ("int", False, _ANY, ""),
+    "dataset.shuffle_buffer": ("int", False, _GE1, "e.g. 16384"),
+    "dataset.download": ("bool", False, _ANY, ""),
+    "dataset.deterministic": ("bool", False, _ANY, ""),
+    "dataset.idx_transpose": ("bool", False, _ANY, ""),
+    "dataset.class_depth": ("int", False, (lambda v: v in (1, 2), "1 or 2"), "1 = class folders, 2 = coarse/fine"),
+    "dataset.cache_limit_mb": ("float", False, _GE0, ""),
+    "dataset.workers": ("int", False, _GE0, "0 = one per CPU core"),
+    "dataset.max_image_pixels": ("int", False, _GE1, ""),
+    "dataset.center_crop_fraction": ("float", False, _HALF_OPEN_UNIT, "e.g. 0.875"),
+    "dataset.num_classes": ("int", False, _GE1, ""),
+    "dataset.num_train_examples": ("int", False, _GE1, ""),
+    "dataset.num_eval_examples": ("int", False, _GE1, ""),
+    "dataset.channels": ("int", False, _GE1, "3 = RGB, 1 = grayscale"),
+    "task.label_smoothing": ("float", False, _UNIT_OPEN, "0 = off"),
+    "task.focal_gamma": ("float", False, _GE0, ""),
+    "task.asl_gamma_neg": ("float", False, _GE0, ""),
+    "task.asl_gamma_pos": ("float", False, _GE0, ""),
+    "task.asl_clip": ("float", False, _UNIT_OPEN, ""),
+    "task.level_weights": ("floats", False, _GE0, "() = all 1"),
+    "optimizer.learning_rate": ("float", False, _GE0, "e.g. 0.1"),
+    "optimizer.momentum": ("float", False, _UNIT_OPEN, "e.g. 0.9"),
+    "optimizer.nesterov": ("bool", False, _ANY, ""),
+    "optimizer.b1": ("float", False, _UNIT_OPEN, "e.g. 0.9"),
+    "optimizer.b2": ("float", False, _UNIT_OPEN, "e.g. 0.999"),
+    "optimizer.eps": ("float", False, _GT0, "e.g. 1e-8"),
+    "optimizer.weight_decay": ("float", False, _GE0, "0 = off"),
+    "optimizer.warmup_steps": ("int", False, _GE0, "0 = no warmup"),
+    "optimizer.end_learning_rate_factor": ("float", False, _GE0, "0 = decay to zero"),
+    "optimizer.step_boundaries": ("floats", False, _OPEN_UNIT, "fractions of training, e.g. (0.5, 0.75)"),
+    "optimizer.step_factor": ("float", False, _GT0, "e.g. 0.1"),
+    "optimizer.grad_clip_norm": ("float", False, _GE0, "0 = off"),
+    "optimizer.backbone_lr_factor": ("float", False, _GE0, "0 = frozen backbone"),
+    "optimizer.muon_momentum": ("float", False, _UNIT_OPEN, "e.g. 0.95"),
+    "optimizer.muon_ns_steps": ("int", False, _GE1, "e.g. 5"),
+    "optimizer.muon_fallback_learning_rate": ("float", True, _GE0, "None = learning_rate"),
+    "optimizer.muon_normalize_weights": ("bool", False, _ANY, ""),
+    "batch_size": ("int", False, _GE1, "the global batch, e.g. 128"),
+    "eval_batch_size": ("int", True, _GE1, "None = batch_size"),
+    "prefetch_to_device": ("int", False, _GE0, "0 = off"),
+    "num_epochs": ("float", False, _GE0, "ignored when num_train_steps > 0"),
+    "num_train_steps": ("int", False, (lambda v: v >= -1, ">= -1"), "-1 or 0 = use num_epochs"),
+    "log_every_steps": ("int", False, _CADENCE, ""),
+    "eval_every_steps": ("int", False, _CADENCE, ""),
+    "checkpoint_every_steps": ("int", False, _CADENCE, ""),
+    "keep_checkpoints": ("int", False, _GE1, "the newest N are kept; at least the last one must be"),
+    "async_checkpointing": ("bool", False, _ANY, ""),
+    "ema_decay": ("float", False, _UNIT_OPEN, "0 = off, e.g. 0.999; 1 would freeze the average at the initial "
+                                              "weights"),
+    "fewshot.every_steps": ("int", False, _GE0, "0 = with every evaluation"),
+    "fewshot.shots": ("ints", False, _GE1, "e.g. (1, 5, 10, 25)"),
+    "fewshot.seeds": ("int", False, _GE1, ""),
+    "fewshot.l2_reg": ("float", False, _GT0, "e.g. 1024"),
+    "fewshot.knn_k": ("ints", False, _GE1, "e.g. (1, 10); () = none"),
+    "fewshot.train_examples": ("int", False, _GE0, "0 = one epoch"),
+    "fewshot.batch_size": ("int", False, _GE0, "0 = eval_batch_size"),
+    "init_from_step": ("int", False, (lambda v: v >= -1, ">= -1"), "-1 = latest"),
+}
+
+
+def _lookup(config, path: str) -> tuple[bool, Any]:
+  node = config
+  for part in path.split("."):
+    if not isinstance(node, (Mapping, ml_collections.ConfigDict)) or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def _has_type(value: Any, kind: str) -> bool:
+  if isinstance(value, bool):
+    return kind == "bool"
+  if kind == "int":
+    return isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu")
+  if kind == "float":
+    return isinstance(value, (int, float)) and math.isfinite(value)
+  return False
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a finite number", "bool": "True or False"}
+
+
+def check_ranges(config) -> None:
+  """A one-line ConfigError for a numeric key of the wrong type or outside its documented range (RANGES)."""
+  for path, (kind, optional, (test, words), hint) in RANGES.items():
+    found, value = _lookup(config, path)
+    if not found or (optional and value is None):
+      continue
+    element = kind[:-1] if kind in ("ints", "floats") else kind
+    values = value if kind != element else (value,)
+    if kind != element and not isinstance(value, (tuple, list)):
+      _range_error(path, value, f"a tuple of {_TYPE_WORDS[element].split(' ', 1)[1]}s", hint)
+    for item in values:
+      if not _has_type(item, element):
+        range_words = f", {words}" if element != "bool" and test is not _ANY[0] else ""
+        _range_error(path, value, _TYPE_WORDS[element] + ("" if kind == element else " in each element") +
+                     range_words, hint)
+      if element != "bool" and not test(item):
+        _range_error(path, value, words if kind == element else f"a tuple of numbers each {words}", hint)
+  if config.get("num_train_steps", -1) <= 0 and config.get("num_epochs", 1) <= 0:
+    raise ConfigError(f"config.num_epochs={config['num_epochs']} and config.num_train_steps="
+                      f"{config['num_train_steps']} train for no step; set one of them to a positive value.")
+  ds = config.get("dataset")
+  if ds is not None and "test_fraction" in ds and "val_fraction" in ds and ds["test_fraction"] + ds["val_fraction"] >= 1:
+    raise ConfigError(f"config.dataset.test_fraction={ds['test_fraction']} plus val_fraction={ds['val_fraction']} "
+                      "leave nothing to train on; their sum must be below 1.")
+
+
+def _range_error(path: str, value: Any, words: str, hint: str):
+  raise ConfigError(f"config.{path}={value!r} is not valid; it must be {words}" + (f" ({hint})." if hint else "."))
+
+
+# --- Model arguments: typed by the model's signature (its dataclass field annotations). ---
+
+
+def check_model_arguments(model: str, options: Mapping[str, Any], factory: Any) -> None:
+  """A ConfigError naming the argument, its value and the expected type when an option does not fit the model.
+
+  Annotations read: int, float, bool, str, Sequence[...] / tuple[...] (a tuple or list, element by element),
+  Optional / Union; anything else (Any, callables, dtypes) is not checked.
+  """
+  hints = _annotations(factory)
+  for key, value in options.items():
+    expected = hints.get(key)
+    if expected is not None and not _fits(value, expected):
+      raise ConfigError(f"config.model.{key}={value!r} is not valid for model {model!r}; it must be "
+                        f"{_describe(expected)}.")
+
+
+def _annotations(factory: Any) -> dict[str, Any]:
+  target = getattr(factory, "func", factory)  # a functools.partial of a Module class
+  try:
+    return typing.get_type_hints(target)
+  except Exception:  # pylint: disable=broad-except  (an annotation that cannot be resolved: not checked)
+    return {}
+
+
+def _fits(value: Any, expected: Any) -> bool:
+  origin, args = typing.get_origin(expected), typing.get_args(expected)
+  if expected is Any or expected is type(None):
+    return expected is Any or value is None
+  if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    return any(_fits(value, a) for a in args)
+  if expected is bool:
+    return isinstance(value, bool)
+  if expected is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if expected is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if expected is str:
+    return isinstance(value, str)
+  import collections.abc  # pylint: disable=g-import-not-at-top
+  if origin in (tuple, list, collections.abc.Sequence):
+    if not isinstance(value, (tuple, list)):
+      return False
+    if origin is tuple and args and args[-1] is not Ellipsis:
+      return len(args) == len(value) and all(_fits(v, a) for v, a in zip(value, args))
+    return not args or all(_fits(v, args[0]) for v in value)
+  return True
+
+
+def _describe(expected: Any, plural: bool = False) -> str:
+  origin, args = typing.get_origin(expected), typing.get_args(expected)
+  names = {bool: ("True or False", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+           str: ("a string", "strings"), type(None): ("None", "None")}
+  if expected in names:
+    return names[expected][plural]
+  if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    return " or ".join(_describe(a, plural) for a in args)
+  if origin is tuple and args and args[-1] is not Ellipsis:
+    return f"a tuple of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+  if origin is not None and args:
+    text = f"{'tuples' if plural else 'a tuple'} of {_describe(args[0], True)}"
+    return text + (", e.g. (32, 64)" if args[0] is int and not plural else "")
+  return getattr(expected, "__name__", str(expected))

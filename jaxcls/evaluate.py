@@ -45,6 +45,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   from jaxcls.state import TrainState  # pylint: disable=g-import-not-at-top
 
   config = restore.load_config(workdir)
+  confine_cache_dir(config, workdir)
   if split:
     config.dataset.eval_split = split
   mesh = parallel.make_mesh()
@@ -84,10 +85,35 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   return final
 
 
+def confine_cache_dir(config, workdir: str) -> None:
+  """Keeps the decoded-image cache in the workdir or the user's cache folder, whatever config.json says.
+
+  A workdir's config.json may come from elsewhere (a copied or crafted workdir): its `dataset.cache_dir` must not
+  make evaluate read or write arrays outside the workdir, the data folder and ~/.cache/jaxcls. Anywhere else
+  (an old machine's path, `/etc`, a link out of the workdir) is replaced by WORKDIR/cache, with a warning.
+  """
+  from jaxcls import paths  # pylint: disable=g-import-not-at-top
+  value = config.dataset.get("cache_dir", "") or ""
+  if not value:
+    return  # the folder source's default: the user's cache folder
+  user_cache = os.path.realpath(os.path.join(os.path.expanduser("~"), ".cache", "jaxcls"))
+  roots = [user_cache]
+  if not paths.is_remote(workdir):
+    roots.append(os.path.realpath(workdir))
+  real = "" if paths.is_remote(value) else os.path.realpath(os.path.expanduser(str(value)))
+  if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots if real):
+    return
+  replacement = "" if paths.is_remote(workdir) else os.path.join(workdir, "cache")
+  logging.warning("The workdir's config.json sets dataset.cache_dir=%r, outside the workdir and %s; evaluate "
+                  "uses %s instead.", value, user_cache, replacement or user_cache)
+  config.dataset.cache_dir = replacement
+
+
 def summary(final: dict) -> str:
   keys = [k for k in ("num_examples", "loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1",
                       "macro_roc_auc", "ece") if k in final]
-  values = ", ".join(f"{k} {final[k]:.4f}" if isinstance(final[k], float) else f"{k} {final[k]}" for k in keys)
+  values = ", ".join(f"{k} {final[k]:.4f}" if isinstance(final[k], float) else
+                     f"{k} {'undefined' if final[k] is None else final[k]}" for k in keys)
   return f"{final['model']} at step {final['step']} on the {final['split']} split: {values}"
 
 
@@ -104,6 +130,13 @@ def main(argv):
                              data_dir=args.data, labels_file=args.labels_file)
   except JaxclsError as e:
     print(f"jaxcls: error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except  (a full disk or a read-only output: one line)
+    from jaxcls import errors  # pylint: disable=g-import-not-at-top
+    fault = errors.disk_fault(e)
+    if fault is None:
+      raise
+    print(f"jaxcls: error: {fault}", file=sys.stderr)
     sys.exit(1)
   logging.info("%s", summary(final))
   print(summary(final))

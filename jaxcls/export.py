@@ -1,4 +1,4 @@
-"""`python -m jaxcls.export --workdir DIR --output MODEL_DIR [--step N] [--platforms cpu,cuda,tpu]`.
+"""`python -m jaxcls.export --workdir DIR --output MODEL_DIR [--step N] [--platforms cpu,cuda,tpu] [--overwrite]`.
 
 Writes a trained model as a self-contained inference function that runs without jaxcls (only jax and numpy):
 
@@ -46,8 +46,28 @@ def task_metadata(task, class_names) -> dict:
   return meta
 
 
-def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu")) -> dict:
-  """Writes the three files for `restored` (a `restore.Restored`) into `output_dir`; returns the metadata."""
+def check_output(output_dir: str, overwrite: bool = False):
+  """The output folder as a path, or a one-line ConfigError: it is a file, or it holds an export and not `overwrite`.
+
+  A file is never replaced, even with `overwrite`; an existing export is replaced only with `overwrite`
+  (--overwrite), so a second export cannot silently change a model someone serves.
+  """
+  folder = paths.path(output_dir, "--output")  # a local folder or a gs:// URL
+  if folder.exists() and not folder.is_dir():
+    raise ConfigError(f"--output={output_dir} is an existing file; give a folder (new or existing) to export into.")
+  held = [name for name in (FUNCTION_FILE, WEIGHTS_FILE, METADATA_FILE) if (folder / name).exists()]
+  if held and not overwrite:
+    raise ConfigError(f"--output={output_dir} already holds an export ({', '.join(held)}); pass --overwrite to "
+                      "replace it, or give a new folder.")
+  return folder
+
+
+def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"), overwrite: bool = False) -> dict:
+  """Writes the three files for `restored` (a `restore.Restored`) into `output_dir`; returns the metadata.
+
+  An `output_dir` that already holds an export is refused unless `overwrite` (see `check_output`).
+  """
+  check_output(output_dir, overwrite)  # before the slow part
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxcls import predict, preprocess, tta  # pylint: disable=g-import-not-at-top
@@ -83,9 +103,7 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"))
       # Normalisation (mean, std) happens inside the function; these are for reference only.
       "preprocessing": {**preprocessing.to_json(), "mean": list(restored.info.mean), "std": list(restored.info.std)},
   }
-  folder = paths.path(output_dir, "--output")  # a local folder or a gs:// URL
-  if folder.exists() and not folder.is_dir():
-    raise ConfigError(f"--output={output_dir} is an existing file; give a folder (new or existing) to export into.")
+  folder = check_output(output_dir, overwrite)
   paths.makedirs(folder)
   paths.write_bytes(folder / FUNCTION_FILE, exported.serialize())
   weights = io.BytesIO()
@@ -96,10 +114,11 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"))
 
 
 def export_workdir(workdir: str, output_dir: str, *, step: int | None = None,
-                   platforms=("cpu", "cuda", "tpu")) -> dict:
+                   platforms=("cpu", "cuda", "tpu"), overwrite: bool = False) -> dict:
   """Restores checkpoint `step` (default: latest) of `workdir` and exports it into `output_dir`."""
   from jaxcls import restore  # pylint: disable=g-import-not-at-top
-  return export_model(restore.restore(workdir, step), output_dir, platforms=platforms)
+  check_output(output_dir, overwrite)  # before restoring
+  return export_model(restore.restore(workdir, step), output_dir, platforms=platforms, overwrite=overwrite)
 
 
 def define_flags() -> None:
@@ -109,6 +128,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
   flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                     "Platforms the exported function can run on (it is lowered for each).")
+  flags.DEFINE_bool("overwrite", False, "Replace an export already in --output (without it, that is an error).")
 
 
 def main(argv):
@@ -118,9 +138,17 @@ def main(argv):
     print("jaxcls: error: --workdir and --output are required.", file=sys.stderr)
     sys.exit(2)
   try:
-    metadata = export_workdir(args.workdir, args.output, step=args.step, platforms=args.platforms)
+    metadata = export_workdir(args.workdir, args.output, step=args.step, platforms=args.platforms,
+                              overwrite=args.overwrite)
   except JaxclsError as e:
     print(f"jaxcls: error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except  (a full disk or a read-only output: one line)
+    from jaxcls import errors  # pylint: disable=g-import-not-at-top
+    fault = errors.disk_fault(e)
+    if fault is None:
+      raise
+    print(f"jaxcls: error: {fault}", file=sys.stderr)
     sys.exit(1)
   size = metadata["preprocessing"]["image_size"]
   message = (f"Exported {metadata['model']} (step {metadata['step']}, {metadata['task']}, "

@@ -36,6 +36,9 @@ class _QuietLibraries:
   NOISY = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep + "_src" + os.sep)
 
   def filter(self, record) -> bool:
+    if record.exc_info and any(part in record.pathname for part in (self.NOISY[0], os.sep + "asyncio" + os.sep)):
+      record.exc_info, record.exc_text = None, None  # a failed background write (full disk) logged by orbax or
+                                                     # asyncio with its traceback; the one-line error says why
     return record.levelno > 20 or not any(part in record.pathname for part in self.NOISY)
 
 
@@ -101,6 +104,8 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     _exit("Both --config and --workdir are required, e.g. --config=configs/default.py --workdir=/tmp/run.", 2)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  from jaxcls import errors
+  errors.drop_closed_loop_noise()  # after a failed checkpoint write (full disk): no traceback storm
   config = _CONFIG.value
   for key, value in _model_args_from_argv.items():
     config.model[key] = value
@@ -119,6 +124,12 @@ def main(argv):
     _exit("interrupted before training started or after it ended; the checkpoints written so far are kept.", 130)
   except JaxclsError as e:
     _exit(str(e), 1)
+  except Exception as e:  # pylint: disable=broad-except  (a full disk, a read-only or file workdir: one line)
+    from jaxcls import errors
+    fault = errors.disk_fault(e, _WORKDIR.value)
+    if fault is None:
+      raise
+    _exit(str(fault), 1)
 
 
 if __name__ == "__main__":

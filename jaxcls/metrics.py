@@ -170,3 +170,50 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, num_
   total = np.bincount(bins, minlength=num_bins)
   gap = np.abs(np.bincount(bins, correct, num_bins) - np.bincount(bins, confidence, num_bins))
   return float(gap.sum() / len(confidence)) if total.sum() else float("nan")
+
+
+# --- Undefined metrics: None (null in report.json, 'undefined' in report.md) with the reason, never NaN. ---
+
+_warned: set = set()
+
+
+def mark_undefined(result: dict[str, Any], reasons: dict[str, str], default: str) -> dict[str, Any]:
+  """Replaces every NaN metric of `result` with None and records why in `result['undefined']` ({name: reason}).
+
+  `reasons` maps a part of a metric's name ('roc_auc', 'average_precision', ...) to the reason; others get
+  `default`. A warning names the metrics and the reason (once per process for the same set). NaN would print
+  as a number, break strict JSON readers and hide that the eval data cannot define the metric.
+  """
+  undefined = {}
+  for name, value in result.items():
+    if isinstance(value, float) and value != value:  # NaN
+      undefined[name] = next((why for part, why in reasons.items() if part in name), default)
+  if not undefined:
+    return result
+  for name in undefined:
+    result[name] = None
+  result["undefined"] = undefined
+  key = tuple(sorted(undefined.items()))
+  if key not in _warned:
+    _warned.add(key)
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    by_reason: dict[str, list[str]] = {}
+    for name, why in undefined.items():
+      by_reason.setdefault(why, []).append(name)
+    for why, names in by_reason.items():
+      logging.warning("%s undefined: %s; reported as null in report.json.", ", ".join(names), why)
+  return result
+
+
+def class_composition(support, class_names=None) -> str:
+  """'the 40 eval examples are all of class 'cat'' and the like, for the reasons of undefined metrics."""
+  support = np.asarray(support, np.int64)
+  total = int(support.sum())
+  present = np.flatnonzero(support > 0)
+  if total == 0:
+    return "the eval split has no examples"
+  if len(present) == 1:
+    k = int(present[0])
+    name = repr(class_names[k]) if class_names is not None and k < len(class_names) else str(k)
+    return f"the {total} eval examples are all of one class ({name}), so there is nothing to rank against"
+  return f"{len(present)} of {len(support)} classes have eval examples"

@@ -152,10 +152,11 @@ def predict_files(restored, paths: list[str], *, top_k: int = 5, batch_size: int
 
 
 def format_line(record: dict) -> str:
-  """One printed line per file."""
-  path = record["path"]
+  """One printed line per file (a non-UTF-8 byte of its name shown as \\xNN: see `folder_scan.display`)."""
+  from jaxcls.data.folder_scan import display  # pylint: disable=g-import-not-at-top
+  path = display(record["path"])
   if record["error"]:
-    return f"{path}: error: {record['error']}"
+    return f"{path}: error: {display(record['error'])}"
   ranked = ", ".join(f"{name} {p:.4f}" for name, p in record["top_k"])
   if "threshold" in record:
     name, p = record["positive"]
@@ -173,14 +174,17 @@ def write_output(path: str, records: list[dict], header: dict) -> None:
   """Writes the records as JSON ({**header, 'predictions': records}) or CSV (one row per file), to a local file
   or a gs:// object, in one step."""
   from jaxcls import paths as path_layer  # pylint: disable=g-import-not-at-top
+  from jaxcls.data.folder_scan import display  # pylint: disable=g-import-not-at-top
   target = path_layer.path(path, "--output")
   path_layer.makedirs(target.parent)
+  # A file name that is not valid UTF-8 is written with each undecodable byte as \xNN (`folder_scan.display`,
+  # Python's 'backslashreplace') in both formats, so the output is valid UTF-8 that any reader opens.
+  records = [{**r, "path": display(r["path"]), "error": r["error"] and display(r["error"])} for r in records]
   if path.lower().endswith(".json"):
     text = json.dumps({**header, "predictions": records}, indent=1)
   else:
     text = _csv_text(records)
-  # A non-UTF-8 file name (decoded by Python with surrogate escapes) is written back as its bytes.
-  path_layer.write_bytes(target, text.encode("utf-8", "surrogateescape"))
+  path_layer.write_text(target, text)
 
 
 def _csv_text(records: list[dict]) -> str:
@@ -259,6 +263,13 @@ def main(argv):
                  output=args.output, workers=args.workers)
   except JaxclsError as e:
     print(f"jaxcls: error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except  (a full disk or a read-only output: one line)
+    from jaxcls import errors  # pylint: disable=g-import-not-at-top
+    fault = errors.disk_fault(e)
+    if fault is None:
+      raise
+    print(f"jaxcls: error: {fault}", file=sys.stderr)
     sys.exit(1)
   sys.exit(status)
 

@@ -46,8 +46,11 @@ def recall_spread(report: dict[str, Any], class_names: Sequence[str]) -> dict[st
 def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence[str] = ()) -> str:
   lines = [f"# Evaluation report: {report['split']} split, step {report['step']}", "",
            "| metric | value |", "|---|---|"]
+  undefined = report.get("undefined") or {}
   for key, value in report.items():
-    if isinstance(value, float):
+    if key in undefined:  # a metric the eval data cannot define (tasks' finalize, metrics.mark_undefined)
+      lines.append(f"| {key} | undefined ({undefined[key]}) |")
+    elif isinstance(value, float):
       lines.append(f"| {key} | {value:.4f} |")
     elif isinstance(value, int) and key != "step":
       lines.append(f"| {key} | {value} |")

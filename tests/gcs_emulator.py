@@ -127,29 +127,64 @@ def _wait_until_up(port: int, proc: subprocess.Popen, log, timeout: float = 60.0
   raise RuntimeError(f"gcp-storage-emulator did not answer on port {port} within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="session")
-def gcs():
-  if importlib.util.find_spec("gcp_storage_emulator") is None:
-    pytest.fail("gcp-storage-emulator is not installed; pip install -e '.[test]'.")
-  port = _free_port()
-  log = tempfile.TemporaryFile("w+")  # the emulator logs every request: a pipe would fill up and stall it
-  # `gcp-storage-emulator start ...`, through the launcher above
-  proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, "start", "--host=localhost", f"--port={port}",
-                           f"--default-bucket={BUCKET}", "-M"], stdout=log, stderr=subprocess.STDOUT, text=True)
-  saved = {}
-  try:
-    _wait_until_up(port, proc, log)
-    variables = emulator_env(port)
-    for key, value in variables.items():
-      saved[key] = os.environ.get(key)
-      os.environ[key] = value
-    yield Gcs(port=port, bucket=BUCKET, env=dict(os.environ))
-  finally:
-    for key, value in saved.items():
+class _Server:
+  """The one emulator of this process. Each test module that imports the fixture gets its own session-scoped copy
+  of it from pytest; all of them must share one server, because gcsfs caches its client (and so the endpoint it
+  read from the environment) for the whole process."""
+
+  users = 0
+  gcs: Gcs | None = None
+  proc: subprocess.Popen | None = None
+  log = None
+  saved: dict[str, str | None] = {}
+
+  @classmethod
+  def start(cls) -> Gcs:
+    if cls.users == 0:
+      if importlib.util.find_spec("gcp_storage_emulator") is None:
+        pytest.fail("gcp-storage-emulator is not installed; pip install -e '.[test]'.")
+      port = _free_port()
+      cls.log = tempfile.TemporaryFile("w+")  # the emulator logs every request: a pipe would fill up and stall it
+      # `gcp-storage-emulator start ...`, through the launcher above
+      cls.proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, "start", "--host=localhost", f"--port={port}",
+                                   f"--default-bucket={BUCKET}", "-M"], stdout=cls.log, stderr=subprocess.STDOUT,
+                                  text=True)
+      try:
+        _wait_until_up(port, cls.proc, cls.log)
+      except Exception:
+        cls._kill()
+        raise
+      cls.saved = {key: os.environ.get(key) for key in emulator_env(port)}
+      os.environ.update(emulator_env(port))
+      cls.gcs = Gcs(port=port, bucket=BUCKET, env=dict(os.environ))
+    cls.users += 1
+    return cls.gcs
+
+  @classmethod
+  def stop(cls) -> None:
+    cls.users -= 1
+    if cls.users:
+      return
+    for key, value in cls.saved.items():
       if value is None:
         os.environ.pop(key, None)
       else:
         os.environ[key] = value
-    proc.kill()
-    proc.wait()
-    log.close()
+    cls._kill()
+
+  @classmethod
+  def _kill(cls) -> None:
+    cls.proc.kill()
+    cls.proc.wait()
+    cls.log.close()
+    cls.gcs = cls.proc = cls.log = None
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """The emulator (started on first use, killed after the last test of the session that uses it)."""
+  server = _Server.start()
+  try:
+    yield server
+  finally:
+    _Server.stop()

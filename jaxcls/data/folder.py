@@ -77,7 +77,7 @@ def load(config, *, process_index: int, process_count: int):
   logging.info("Folder %s: %d classes, %d train / %d eval image files (%d non-image files ignored); cache=%s.",
                ds.path, len(listing.class_names), len(train[0]), len(evaluation[0]), listing.ignored, cache)
   if cache == "none":
-    skipped = []
+    skipped = list(listing.skipped)  # FIFOs, link loops, duplicates the walk left out (folder_scan.Walker)
     stats = _sample_stats(train[0], eval_crop, ds, skipped)
     _log_skipped(skipped)
     info = DatasetInfo(num_classes=len(listing.class_names), class_names=listing.class_names,
@@ -92,6 +92,7 @@ def load(config, *, process_index: int, process_count: int):
     raise ConfigError(f"dataset.train_crop={ds.train_crop!r} needs the full-size images, so it works only with "
                       "dataset.cache='none' (or 'auto'); set one of those, or train_crop='resize'.")
   arrays, skipped = _cached_arrays(ds, cache, train, evaluation, train_crop, eval_crop)
+  skipped = list(listing.skipped) + skipped  # what the walk left out, then what failed to decode
   _log_skipped(skipped)
   dataset = from_arrays(*arrays, class_names=listing.class_names, process_index=process_index,
                         process_count=process_count, source=f"folder ({ds.path})")

@@ -2,13 +2,25 @@
 
 Only the directory tree is read here, never the images, so listing a large folder is quick. Hidden entries (names
 starting with '.') and files without an image extension are ignored.
+
+Hostile trees are listed safely (`Walker`): a symbolic link is followed, but every folder and every file is listed
+at most once per scan, identified by its real identity (device and inode, named by its real path), so a link loop
+(`cats/up -> ..`) is cut where it closes instead of listing the tree again and again, and a link from train/ into
+test/ cannot put a test image into training. FIFOs, sockets and devices are never opened (reading a FIFO blocks
+forever); like broken links, loops, duplicates and unreadable folders they are skipped with a reason, which the
+source lists in DIR/skipped_files.txt. Names that are not valid UTF-8 (Linux allows any bytes) are kept as
+Python's surrogate-escaped strings, so the file still opens; `display` turns them into printable text.
+A `gs://` folder is walked through the path layer (epath); object stores have no links, FIFOs or devices.
 """
 
 import dataclasses
 import os
+import stat
 
 import numpy as np
+from absl import logging
 
+from jaxcls import paths as paths_lib
 from jaxcls.data import decode, split
 from jaxcls.errors import ConfigError, DataError
 
@@ -22,6 +34,134 @@ class Listing:
   splits: dict[str, tuple[list[str], np.ndarray]]
   ignored: int  # non-image files seen, for the log
   groups: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per split, from a label file
+  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, reason) the walk left out
+
+
+def display(name: str) -> str:
+  """`name` as valid UTF-8 text: a byte that is not UTF-8 (a surrogate escape) becomes `\\xNN`.
+
+  Every text jaxcls writes (skipped_files.txt, predict's CSV/JSON and printed lines, class names) uses it, so
+  these files stay valid UTF-8 that any reader opens; the escape shows the exact byte (Python's
+  'backslashreplace'). A name that is valid UTF-8 is returned unchanged.
+  """
+  try:
+    name.encode("utf-8")
+    return name
+  except UnicodeEncodeError:
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+class Walker:
+  """One scan's walk: every folder and file listed once (by device and inode), and what was left out, why."""
+
+  def __init__(self):
+    self.skipped: list[tuple[str, str]] = []
+    self._dirs: dict[tuple[int, int], str] = {}  # identity -> the path it was first listed under
+    self._files: dict[tuple[int, int], str] = {}
+
+  def skip(self, path: str, reason: str) -> None:
+    self.skipped.append((path, reason))
+    logging.warning("Skipped %s: %s.", display(path), reason)
+
+  def enter(self, folder: str, mark: bool = True) -> bool:
+    """Marks a folder as listed; False (and a skip) when it is a loop or was listed already under another name.
+
+    Entering the same path again is allowed (True); `mark=False` only checks.
+    """
+    if paths_lib.is_remote(folder):
+      return True
+    try:
+      info = os.stat(folder)
+    except OSError as e:
+      self.skip(folder, f"the folder cannot be read ({e.strerror})")
+      return False
+    key = (info.st_dev, info.st_ino)
+    if key in self._dirs and self._dirs[key] != folder:
+      real = os.path.realpath(folder)
+      where = os.path.realpath(os.path.dirname(folder))
+      if where == real or where.startswith(real.rstrip(os.sep) + os.sep):
+        self.skip(folder, f"a symbolic link loop: it leads back to {display(real)}, a folder that contains it")
+      else:
+        self.skip(folder, f"the same folder as {display(self._dirs[key])} (real path {display(real)}), which "
+                  "is listed already")
+      return False
+    if mark:
+      self._dirs[key] = folder
+    return True
+
+  def files(self, folder: str) -> tuple[list[str], int]:
+    """Image files anywhere below `folder` (which `enter` admitted), sorted, and how many other files there were."""
+    if paths_lib.is_remote(folder):
+      return self._remote_files(paths_lib.path(folder, "dataset folder"))
+    found, ignored = [], 0
+    try:
+      with os.scandir(folder) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as e:
+      self.skip(folder, f"the folder cannot be read ({e.strerror})")
+      return [], 0
+    for entry in entries:
+      try:
+        info = os.stat(entry.path)  # follows a symbolic link
+      except OSError as e:
+        self.skip(entry.path, "a broken symbolic link" if entry.is_symlink() else f"cannot be read ({e.strerror})")
+        continue
+      if stat.S_ISDIR(info.st_mode):
+        if self.enter(entry.path):
+          more, n = self.files(entry.path)
+          found += more
+          ignored += n
+      elif stat.S_ISREG(info.st_mode):
+        if os.path.splitext(entry.name)[1].lower() not in decode.EXTENSIONS:
+          ignored += 1
+          continue
+        key = (info.st_dev, info.st_ino)
+        if key in self._files:
+          self.skip(entry.path, f"the same file as {display(self._files[key])}, which is listed already")
+          continue
+        self._files[key] = entry.path
+        found.append(entry.path)
+      else:
+        kind = next((words for test, words in _KINDS if test(info.st_mode)), "not a regular file")
+        self.skip(entry.path, f"{kind}, not a regular file; it is never opened")
+    return found, ignored
+
+  def _remote_files(self, folder) -> tuple[list[str], int]:
+    found, ignored = [], 0
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+      if entry.name.startswith("."):
+        continue
+      if entry.is_dir():
+        more, n = self._remote_files(entry)
+        found += more
+        ignored += n
+      elif entry.suffix.lower() in decode.EXTENSIONS:
+        found.append(os.fspath(entry))
+      else:
+        ignored += 1
+    return found, ignored
+
+  def visible_dirs(self, folder: str, mark: bool = True) -> list[tuple[str, str]]:
+    """(name, path) of the visible subfolders of `folder` that `enter` admits, sorted by name."""
+    if paths_lib.is_remote(folder):
+      base = paths_lib.path(folder, "dataset folder")
+      return [(p.name, os.fspath(p)) for p in sorted(base.iterdir(), key=lambda p: p.name)
+              if not p.name.startswith(".") and p.is_dir()]
+    out = []
+    for entry in _visible(folder):
+      try:
+        is_dir = stat.S_ISDIR(os.stat(entry.path).st_mode)
+      except OSError:
+        is_dir = False
+        if entry.is_symlink():
+          self.skip(entry.path, "a broken symbolic link")
+      if is_dir and self.enter(entry.path, mark):
+        out.append((entry.name, entry.path))
+    return out
 
 
 def _visible(folder: str) -> list[os.DirEntry]:
@@ -29,56 +169,60 @@ def _visible(folder: str) -> list[os.DirEntry]:
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def image_files(class_dir: str) -> tuple[list[str], int]:
-  """Image files anywhere below `class_dir` (sorted, so the order is stable), and how many others were seen."""
-  files, ignored = [], 0
-  for root, dirs, names in os.walk(class_dir, followlinks=True):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    for name in sorted(names):
-      if name.startswith("."):
-        continue
-      if os.path.splitext(name)[1].lower() in decode.EXTENSIONS:
-        files.append(os.path.join(root, name))
-      else:
-        ignored += 1
-  return files, ignored
+def image_files(class_dir: str, walker: Walker | None = None) -> tuple[list[str], int]:
+  """Image files anywhere below `class_dir` (sorted, so the order is stable), and how many others were seen.
+
+  Links are followed once, FIFOs and devices skipped (see `Walker`); a `gs://` folder is walked through epath.
+  """
+  walker = walker or Walker()
+  if not walker.enter(class_dir):
+    return [], 0
+  return walker.files(class_dir)
 
 
-def read_classes(folder: str, depth: int = 1) -> tuple[dict[str, list[str]], int]:
-  """Class name -> image files. With depth 2, classes are `coarse/fine` folder pairs (for hierarchical tasks)."""
+def read_classes(folder: str, depth: int = 1, walker: Walker | None = None) -> tuple[dict[str, list[str]], int]:
+  """Class name -> image files. With depth 2, classes are `coarse/fine` folder pairs (for hierarchical tasks).
+
+  A class folder whose name is not valid UTF-8 gets its `display` name as the class name.
+  """
   if depth not in (1, 2):
     raise ConfigError(f"dataset.class_depth={depth} is not valid; use 1 (class folders) or 2 (coarse/fine).")
+  walker = walker or Walker()
+  walker.enter(folder)
   classes, ignored = {}, 0
-  for entry in _visible(folder):
-    if not entry.is_dir(follow_symlinks=True):
-      continue
+  for name, path in walker.visible_dirs(folder):
     if depth == 1:
-      classes[entry.name], n = image_files(entry.path)
+      classes[display(name)], n = walker.files(path)
       ignored += n
       continue
-    fine = [e for e in _visible(entry.path) if e.is_dir(follow_symlinks=True)]
+    fine = walker.visible_dirs(path)
     if not fine:
-      raise DataError(f"{entry.path} holds no fine-class folders, but dataset.class_depth=2 expects "
+      raise DataError(f"{display(path)} holds no fine-class folders, but dataset.class_depth=2 expects "
                       "coarse/fine/ folders; add them or set dataset.class_depth=1.")
-    for sub in fine:
-      classes[f"{entry.name}/{sub.name}"], n = image_files(sub.path)
+    for sub_name, sub_path in fine:
+      classes[f"{display(name)}/{display(sub_name)}"], n = walker.files(sub_path)
       ignored += n
   return classes, ignored
 
 
 def scan(dataset_config) -> Listing:
   """The listing of `dataset.path` with the splits that `train_split` and `eval_split` name."""
-  path = os.path.expanduser(dataset_config.path)
+  path = dataset_config.path if paths_lib.is_remote(dataset_config.path) else os.path.expanduser(dataset_config.path)
   if not path:
     raise ConfigError("dataset.path is empty; set it to a folder with one subfolder of images per class.")
-  if not os.path.isdir(path):
+  if not (paths_lib.path(path, "dataset.path").is_dir() if paths_lib.is_remote(path) else os.path.isdir(path)):
     raise DataError(f"dataset.path={dataset_config.path!r} is not a folder; point it at a folder with one "
                     "subfolder of images per class.")
-  top = [e.name for e in _visible(path) if e.is_dir(follow_symlinks=True)]
+  walker = Walker()
+  walker.enter(path)  # the root first, so a link back to it is a loop
+  top = [name for name, _ in walker.visible_dirs(path, mark=False)]
   split_dirs = {name: SPLIT_FOLDERS[name.lower()] for name in top if name.lower() in SPLIT_FOLDERS}
   if split_dirs and "train" in split_dirs.values() and len(split_dirs) == len(top):
-    return _scan_split_folders(path, split_dirs, dataset_config)
-  return _scan_and_split(path, dataset_config)
+    listing = _scan_split_folders(path, split_dirs, dataset_config, walker)
+  else:
+    listing = _scan_and_split(path, dataset_config, walker)
+  listing.skipped = walker.skipped
+  return listing
 
 
 def _check_classes(classes: dict[str, list[str]], where: str) -> None:
@@ -100,11 +244,11 @@ def _as_split(classes: dict[str, list[str]], names: tuple[str, ...]) -> tuple[li
   return paths, np.asarray(labels, np.int32)
 
 
-def _scan_split_folders(path: str, split_dirs: dict[str, str], dataset_config) -> Listing:
+def _scan_split_folders(path: str, split_dirs: dict[str, str], dataset_config, walker: Walker) -> Listing:
   """train/, val/, test/ each holding the class folders; classes come from train/."""
   splits, by_split, ignored = {}, {}, 0
   for folder, name in split_dirs.items():
-    by_split[name], n = read_classes(os.path.join(path, folder), dataset_config.class_depth)
+    by_split[name], n = read_classes(os.path.join(path, folder), dataset_config.class_depth, walker)
     ignored += n
   train_dir = os.path.join(path, next(f for f, n in split_dirs.items() if n == "train"))
   _check_classes(by_split["train"], train_dir)
@@ -127,9 +271,9 @@ def split_name(name: str) -> str:
   return SPLIT_FOLDERS.get(str(name).lower(), str(name))
 
 
-def _scan_and_split(path: str, dataset_config) -> Listing:
+def _scan_and_split(path: str, dataset_config, walker: Walker) -> Listing:
   """Class folders directly under `path`: a seeded stratified train / (val) / test split."""
-  classes, ignored = read_classes(path, dataset_config.class_depth)
+  classes, ignored = read_classes(path, dataset_config.class_depth, walker)
   _check_classes(classes, path)
   names = tuple(sorted(classes))
   paths, labels = _as_split(classes, names)

@@ -62,6 +62,8 @@ def build(model_config: Mapping[str, Any], num_classes: int, dtype: Any = "float
     raise ConfigError(f"config.model.name is missing; choose one of: {', '.join(model_names())}.")
   factory: Callable[..., nn.Module] = MODELS.get(name)
   _check_arguments(name, options, model_arguments(name))
+  from jaxcls import config_check  # pylint: disable=g-import-not-at-top
+  config_check.check_model_arguments(name, options, factory)  # types from the signature: widths='abc' -> one line
   return factory(num_classes=num_classes, dtype=layers.compute_dtype(dtype), **options)
 
 

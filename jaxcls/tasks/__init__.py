@@ -7,7 +7,7 @@ A task is a small frozen dataclass registered by name; `config.task.type` picks 
 import dataclasses
 from typing import Any, Mapping
 
-from jaxcls.errors import ConfigError
+from jaxcls.errors import ConfigError, DataError
 from jaxcls.registry import Registry, did_you_mean
 
 TASKS = Registry("task type")
@@ -26,6 +26,33 @@ def build(task_config: Mapping[str, Any], num_classes: int):
       continue
     kwargs[key] = value
   return cls(num_classes=num_classes, **kwargs)
+
+
+SINGLE_LABEL = ("multiclass", "binary", "hierarchical")
+
+
+def check_classes(task_type: str, class_names, train_class_counts=None) -> None:
+  """Refuses one-class data for a single-label task; warns about classes with one or no training example.
+
+  One class is refused rather than warned about: its softmax is 1 whatever the image, so the loss is 0 from the
+  first step, nothing is learned, accuracy reads 1.0 and ROC-AUC is undefined: a silently meaningless result.
+  (Multi-label keeps one label: a sigmoid present/absent detector is a real model.)
+  """
+  names = [str(n) for n in class_names]
+  if task_type in SINGLE_LABEL and len(names) < 2:
+    raise DataError(f"The dataset has {len(names)} class ({', '.join(repr(n) for n in names) or 'none'}); a "
+                    f"{task_type} classifier needs at least 2 (with one, every prediction is that class and "
+                    "nothing is learned): add images of another class, e.g. another class folder.")
+  if train_class_counts is None:
+    return
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  counts = list(train_class_counts)
+  for count, words in ((0, "no training example (the model never sees them)"),
+                       (1, "a single training example (too few to learn from or to split for evaluation)")):
+    few = [names[k] if k < len(names) else str(k) for k, n in enumerate(counts) if n == count]
+    if few:
+      shown = ", ".join(repr(n) for n in few[:5]) + (f" and {len(few) - 5} more" if len(few) > 5 else "")
+      logging.warning("%d class(es) have %s: %s; add images to them.", len(few), words, shown)
 
 
 def check_field(name: str, value: Any, valid: Any) -> None:

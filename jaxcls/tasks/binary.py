@@ -89,7 +89,8 @@ class Binary:
     }
     if outputs is not None:
       result.update(ranking_metrics(outputs["logits"], outputs["probs"], outputs["labels"]))
-    return result
+    return metrics.mark_undefined(result, {"best_f1_threshold": "the eval split has no positive example"},
+                                  metrics.class_composition(support))
 
 
 def ranking_metrics(logits: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:

@@ -139,7 +139,8 @@ class Hierarchical:
         result[f"level{level}_confusion_matrix"] = confusion.tolist()
     if outputs is not None:
       result.update(ranking_metrics(outputs["probs"], outputs["labels"]))
-    return result
+    return metrics.mark_undefined(result, {"mistake_severity": "the model made no mistake on the eval split"},
+                                  metrics.class_composition(support))
 
 
 def ranking_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:

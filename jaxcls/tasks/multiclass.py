@@ -106,7 +106,7 @@ class MultiClass:
       labels = np.asarray(outputs["labels"])
       result.update(metrics.one_vs_rest_curves(probs, labels))
       result["ece"] = metrics.expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
-    return result
+    return metrics.mark_undefined(result, {}, metrics.class_composition(support))
 
 
 def check_class_weights(weights: Sequence[float], num_classes: int) -> tuple[float, ...]:

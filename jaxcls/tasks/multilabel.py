@@ -116,7 +116,9 @@ class MultiLabel:
     }
     if outputs is not None:
       result.update(ranking_metrics(outputs["logits"], outputs["probs"], outputs["labels"]))
-    return result
+    outcomes = ("the eval split has no examples" if not count else
+                "no label has both positive and negative eval examples, so there is nothing to rank against")
+    return metrics.mark_undefined(result, {}, outcomes)
 
 
 def ranking_metrics(logits: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
