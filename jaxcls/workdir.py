@@ -238,16 +238,15 @@ def check_rerun(workdir: paths.PathLike, resolved, *, allow: bool = False) -> Re
                     "step %d; only the checkpoint's own shape check applies.", target, steps[-1])
     return Rerun()
   rerun = Rerun(step=steps[-1])
-  text = None
+  text = _read_text(target)  # a folder or an unreadable file: an error even with the flag (it cannot be replaced)
   try:
-    text = _read_text(target)
     rerun.previous = _parse_config(target, text)
   except ConfigError as e:
     if not allow:
       raise ConfigError(f"{str(e)[:-1]}; or pass --config.allow_config_change=True to resume checkpoint step "
                         f"{rerun.step} with the current config (the damaged file is kept in {HISTORY_NAME}).") from None
     logging.warning("%s Resuming anyway (config.allow_config_change=True); its text goes to %s.", e, HISTORY_NAME)
-    rerun.previous_text = text if text is not None else ""
+    rerun.previous_text = text
     return rerun
   current = json.loads(config_json(resolved))
   for key, old, new in differences(rerun.previous, current):
