@@ -63,7 +63,19 @@ def subprocess_env(device_count: int = 8) -> dict:
 
 @pytest.fixture
 def python():
+  """The interpreter for tests that run jaxcls commands in subprocesses: using it marks a test `slow`."""
   return sys.executable
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks every test that starts a jaxcls subprocess (it asks for the `python` fixture) as `slow`.
+
+  `pytest -m "not slow"` is then the quick inner loop: library-level tests only. CI runs both kinds.
+  """
+  del config
+  for item in items:
+    if "python" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.slow)
 
 
 class Interrupted(Exception):

@@ -77,6 +77,7 @@ def test_balanced_stream_is_a_function_of_seed_and_step():
   np.testing.assert_array_equal(np.concatenate(first), full[5])
 
 
+@pytest.mark.slow
 def test_training_with_weights_and_balanced_sampling_resumes_exactly(make_config, tmp_path):
   overrides = {"dataset.sampling": "balanced", "task.class_weights": "balanced", "num_train_steps": 6,
                "checkpoint_every_steps": 3, "eval_every_steps": 6}

@@ -336,6 +336,7 @@ def _init_and_sgd_step(model, x, labels):
   return variables, optax.apply_updates(params, updates), loss, model.init(_keys(), x, train=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(TINY_FAMILIES))
 def test_one_sgd_step_per_family_and_deterministic_init(family):
   make, side, first, head = TINY_FAMILIES[family]

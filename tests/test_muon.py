@@ -253,6 +253,7 @@ def muon_runs(tmp_path_factory):
   return report, resumed_report, full, resumed
 
 
+@pytest.mark.slow
 def test_tiny_cnn_learns_with_muon(muon_runs):
   report, _, full, _ = muon_runs
   losses = logged_losses(full)
@@ -263,6 +264,7 @@ def test_tiny_cnn_learns_with_muon(muon_runs):
     assert json.load(f)["optimizer"]["name"] == "muon"
 
 
+@pytest.mark.slow
 def test_muon_resume_continues_exactly(muon_runs):
   report, resumed_report, full, resumed = muon_runs
   a, b = saved_state(full, 16), saved_state(resumed, 16)

@@ -60,6 +60,7 @@ def _write_idx(folder, split, images, labels):
       f.write(header + array.astype(np.uint8).tobytes())
 
 
+@pytest.mark.slow
 def test_fashion_mnist_speedrun_trains_on_idx_files(tmp_path):
   rng = np.random.default_rng(0)
   folder = tmp_path / "fmnist"
@@ -109,6 +110,7 @@ def mock_cifar10(tmp_path):
     yield str(data_dir)
 
 
+@pytest.mark.slow
 def test_cifar10_speedrun_trains_through_tfds_mock_data(mock_cifar10, tmp_path):
   config = shrink(load("cifar10_speedrun"), **{"dataset.data_dir": mock_cifar10, "model.widths": (8, 16, 16),
                                                "dataset.shuffle_buffer": 64})
@@ -135,6 +137,7 @@ def test_cifar10_speedrun_muon_converts_airbench94_muon_hyperparameters():
   assert config.eval_every_steps > 10**6 and config.checkpoint_every_steps > 10**6
 
 
+@pytest.mark.slow
 def test_cifar10_speedrun_muon_trains_its_network(tmp_path):
   # The tfds input path is the test above's; this one adds Muon (with airbench's weight normalisation) on the
   # airbench94 network, on synthetic 16x16 images so that it stays cheap.

@@ -12,6 +12,7 @@ from jaxcls import checkpoint, parallel, train
 from jaxcls.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_losses(make_config, tmp_path):
   """Batch norm over the global batch, per-example random draws and the loss do not depend on the mesh."""
   config = make_config(**{"model.norm": "batch"})
@@ -25,6 +26,7 @@ def test_one_and_eight_devices_give_the_same_losses(make_config, tmp_path):
   assert one["loss"] == pytest.approx(eight["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_counts_every_example_once(make_config, tmp_path):
   """100 eval examples with a global eval batch of 48 on 8 devices: padding must be masked out."""
   config = make_config(eval_batch_size=48, num_train_steps=4)
@@ -62,6 +64,7 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   assert "plots/confusion.png" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(make_config, tmp_path):
   """Stopping after a checkpoint and re-running ends with the same parameters as one uninterrupted run."""
   config = make_config(**{"optimizer.name": "adamw", "optimizer.learning_rate": 0.01}, ema_decay=0.9)
@@ -78,6 +81,7 @@ def test_resume_continues_exactly(make_config, tmp_path):
   assert logged_losses(tmp_path / "full") == pytest.approx(logged_losses(tmp_path / "resumed"), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(make_config, tmp_path):
   config = make_config(**{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 0}, checkpoint_every_steps=1)
   with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+") as error:
@@ -91,6 +95,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(make_config, tmp_path):
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=4), str(tmp_path))
   # The workdir's config guard (jaxcls/workdir.py) refuses first; behind allow_config_change, the checkpoint's
@@ -114,6 +119,7 @@ def test_config_errors_are_clear(make_config, tmp_path):
     train.train_and_evaluate(make_config(dtype="float16"), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_bfloat16_trains(make_config, tmp_path):
   result = train.train_and_evaluate(make_config(dtype="bfloat16", num_train_steps=4), str(tmp_path))
   assert np.isfinite(result["loss"]) and result["num_examples"] == 100
@@ -126,6 +132,7 @@ def test_parallel_to_global_shapes():
   assert len(batch["label"].sharding.device_set) == 8
 
 
+@pytest.mark.slow
 def test_mixup_with_label_smoothing_trains_and_logs_the_data_wait(make_config, tmp_path):
   """Soft labels from the device augmentations reach the loss; the log says how long steps waited for data."""
   config = make_config(num_train_steps=4, eval_every_steps=4, log_every_steps=2, prefetch_to_device=2,
@@ -153,6 +160,7 @@ def test_compiled_step_reports_flops_per_example():
   assert step.compile_seconds > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, expected_keys", [
     ({"task.type": "binary", "dataset.num_classes": 2}, {"roc_auc", "best_f1_threshold", "f1"}),
     ({"task.type": "hierarchical", "task.tree": (("a",), ("a",), ("b",), ("b",))},
@@ -164,6 +172,7 @@ def test_other_task_types_train_through_the_loop(make_config, tmp_path, task, ex
   assert json.loads((tmp_path / "report.json").read_text())["task"] == task["task.type"]
 
 
+@pytest.mark.slow
 def test_multilabel_sets_from_arrays_train_end_to_end(make_config, tmp_path):
   """Multi-hot [N, K] labels in .npz files train the multilabel task; metrics match scikit-learn's."""
   rng = np.random.default_rng(0)

@@ -98,6 +98,7 @@ def _flat(tree):
           for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow
 def test_finetuning_beats_training_from_scratch(runs):
   accuracy = {key: report["accuracy"] for key, (_, report) in runs.items()}
   margins = [accuracy["frozen", seed] - accuracy["scratch", seed] for seed in (0, 1)]
@@ -105,6 +106,7 @@ def test_finetuning_beats_training_from_scratch(runs):
   assert min(accuracy["frozen", seed] for seed in (0, 1)) > 0.85, accuracy  # measured: 0.93 and 0.92
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_bit_identical_and_the_head_is_new_and_trained(runs, source_workdir):
   workdir = runs["frozen", 0][0]
   source, early, final = _state(source_workdir), _state(workdir, 10), _state(workdir)
@@ -122,6 +124,7 @@ def test_frozen_backbone_is_bit_identical_and_the_head_is_new_and_trained(runs, 
   assert opt and all("head" in k for k in opt if np.ndim(opt[k]) > 0), sorted(opt)
 
 
+@pytest.mark.slow
 def test_resume_uses_its_own_checkpoint_and_keeps_the_fingerprint(runs, target_split):
   workdir, report = runs["frozen", 0]
   again = _finetune(workdir, target_split, 0, init_from="/no/such/weights", **{"optimizer.backbone_lr_factor": 0.0})

@@ -163,6 +163,7 @@ def trained(tmp_path_factory):
   return workdir, np.concatenate(images), np.concatenate(labels)
 
 
+@pytest.mark.slow
 def test_predict_gives_the_eval_steps_tta_probabilities(trained):
   workdir, images, labels = trained
   assert restore.load_config(workdir).eval_tta == "flip_translate" and len(images) == 100
@@ -172,6 +173,7 @@ def test_predict_gives_the_eval_steps_tta_probabilities(trained):
   np.testing.assert_allclose(probs, outputs["probs"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_report_and_evaluate_use_the_configs_tta(trained, tmp_path):
   """Needs train.py and evaluate.py to pass `tta=` to make_eval_step (see docs/tta.md)."""
   workdir, images, labels = trained
@@ -185,6 +187,7 @@ def test_training_report_and_evaluate_use_the_configs_tta(trained, tmp_path):
   assert again["accuracy"] == report["accuracy"] and again["confusion_matrix"] == report["confusion_matrix"]
 
 
+@pytest.mark.slow
 def test_exported_function_holds_the_views_and_matches_predict(trained, tmp_path):
   workdir, images, _ = trained
   restored = restore.restore(workdir)
