@@ -328,16 +328,16 @@ class Checkpointer:
     Shapes and dtypes come from the checkpoint's own metadata, so any optimizer's state reads back, on any
     device count; every array lands whole on `sharding` (default: this process's first device).
     """
-    path = self._step_dir(step) / "state"
-    if not path.is_dir():
+    path = self._step_dir(step)
+    if not (path / "state").is_dir():
       raise self._damaged(step, "the state item (state/) is missing")
-    reader = ocp.StandardCheckpointer()
+    reader = _step_reader()
     try:
       with _quiet_failed_reads():
-        tree = reader.metadata(path).item_metadata
+        tree = reader.metadata(path).item_metadata["state"]
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
-        return reader.restore(path, target)
+        return reader.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     except Exception as e:  # pylint: disable=broad-exception-caught
       if _is_damage(e) or isinstance(e, (ValueError, KeyError)):
         raise self._damaged(step, f"its arrays cannot be read: {_first_line(e)}") from e
@@ -353,13 +353,13 @@ class Checkpointer:
       raise CheckpointError(
           f"The checkpoint at {self.directory} (step {step}) was written by a different config "
           f"({'; '.join(diffs)}); use a new --workdir, or restore the original settings to resume.")
-    path = self._step_dir(step) / "state"
-    if not path.is_dir():
+    path = self._step_dir(step)
+    if not (path / "state").is_dir():
       raise self._damaged(step, "the state item (state/) is missing")
-    reader = ocp.StandardCheckpointer()  # the item alone: orbax's manager need not list the steps yet
+    reader = _step_reader()  # one step alone: orbax's manager need not list the steps (some may be damaged) yet
     try:
       with _quiet_failed_reads():
-        state = reader.restore(path, abstract_state)
+        state = reader.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
     except Exception as e:  # pylint: disable=broad-exception-caught
       if _is_damage(e):
         raise self._damaged(step, f"its arrays cannot be read: {_first_line(e)}") from e
@@ -445,17 +445,28 @@ class Checkpointer:
       self._manager_.close()
 
 
+def _step_reader() -> ocp.Checkpointer:
+  """Reads one step folder's items as the manager wrote them (without a manager, so without listing the steps)."""
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
+                                                         meta=ocp.JsonCheckpointHandler()))
+
+
 def _move_folder(source: epath.Path, target: epath.Path) -> None:
   """A rename on a local disk; on an object store (no rename) a copy of every object, then the source removed."""
   if not paths.is_remote(source):
     os.rename(source, target)
     return
-  for item in source.rglob("*"):
-    if item.is_file():
-      destination = target / item.relative_to(source)
-      destination.parent.mkdir(parents=True, exist_ok=True)
-      item.copy(destination)
+  _copy_tree(source, target)
   source.rmtree()
+
+
+def _copy_tree(source: epath.Path, target: epath.Path) -> None:
+  target.mkdir(parents=True, exist_ok=True)
+  for item in source.iterdir():  # one listing per folder (epath refuses '**' on object stores)
+    if item.is_dir():
+      _copy_tree(item, target / item.name)
+    else:
+      item.copy(target / item.name)
 
 
 def abstract_with_shardings(abstract_state: Any, sharding) -> Any:

@@ -109,7 +109,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.eval_every_steps = 0                  # 0 = once per epoch; evaluation also runs at the end
   config.checkpoint_every_steps = 0            # 0 = once per epoch; a checkpoint is also written at the end
-  config.keep_checkpoints = 3
+  config.keep_checkpoints = 3                  # the newest N checkpoints are kept (>= 1), plus the best one:
+  config.best_metric = "eval/accuracy"         # the evaluation scalar that ranks checkpoints; '' = keep no best.
+                                               # An evaluation that beats every kept checkpoint is saved at once
+                                               # (even off the cadence); --step best picks it (docs/checkpoints.md)
+  config.best_mode = "max"                     # 'max' (accuracy, F1, ...) | 'min' (loss, error rates)
   config.async_checkpointing = True
   config.dtype = "float32"                     # computation dtype: 'float32' | 'bfloat16'
   config.ema_decay = 0.0                       # > 0 keeps an exponential moving average of the params
@@ -133,7 +137,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Transfer learning (docs/transfer.md). Applies only while the workdir has no checkpoint of its own.
   config.init_from = ""                        # '' = random init; a jaxcls workdir, its checkpoints/<step> folder,
                                                # or a .msgpack/.npz written by `python -m jaxcls.convert`
-  config.init_from_step = -1                   # the workdir's checkpoint step to start from; -1 = latest
+  config.init_from_step = config_dict.FieldReference(-1, field_type=object)  # the workdir's checkpoint to
+                                               # start from: a step, -1 or 'latest', or 'best' (by its best_metric)
   config.init_head = "auto"                    # 'auto': keep the loaded head if it fits the same classes, else a new
                                                # one | 'keep' (must fit) | 'reinit' (always a new head)
   config.head_modules = ()                     # the head's parameter modules, e.g. ('fc',); () = found by itself

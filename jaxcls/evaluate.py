@@ -1,7 +1,7 @@
 """Evaluate a trained workdir on a split of its data, or on a folder of new labelled images.
 
-  python -m jaxcls.evaluate --workdir DIR [--split test] [--step N] [--output_dir OUT]
-  python -m jaxcls.evaluate --workdir DIR --data FOLDER [--labels_file F] [--step N] [--output_dir OUT]
+  python -m jaxcls.evaluate --workdir DIR [--split test] [--step N|best] [--output_dir OUT]
+  python -m jaxcls.evaluate --workdir DIR --data FOLDER [--labels_file F] [--step N|best] [--output_dir OUT]
 
 Restores the model and its resolved config (DIR/config.json) from a training workdir, evaluates exactly (every
 example once), and writes report.json, report.md and plots/, then prints a summary. A split's report goes into DIR
@@ -20,7 +20,7 @@ def define_flags() -> None:
   """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
   flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
   flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
-  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step to evaluate: N, 'latest' (default) or 'best'.")
   flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir; with --data, "
                       "WORKDIR/eval_<folder name>).")
   flags.DEFINE_string("data", None, "A folder of new labelled images to evaluate instead of a split: class "

@@ -1,4 +1,4 @@
-"""`python -m jaxcls.export --workdir DIR --output MODEL_DIR [--step N] [--platforms cpu,cuda,tpu] [--overwrite]`.
+"""`python -m jaxcls.export --workdir DIR --output MODEL_DIR [--step N|best] [--platforms cpu,cuda,tpu] [--overwrite]`.
 
 Writes a trained model as a self-contained inference function that runs without jaxcls (only jax and numpy):
 
@@ -113,7 +113,7 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"),
   return metadata
 
 
-def export_workdir(workdir: str, output_dir: str, *, step: int | None = None,
+def export_workdir(workdir: str, output_dir: str, *, step: int | str | None = None,
                    platforms=("cpu", "cuda", "tpu"), overwrite: bool = False) -> dict:
   """Restores checkpoint `step` (default: latest) of `workdir` and exports it into `output_dir`."""
   from jaxcls import restore  # pylint: disable=g-import-not-at-top
@@ -125,7 +125,7 @@ def define_flags() -> None:
   """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
   flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
   flags.DEFINE_string("output", None, "Folder to write model.jax, weights.npz and model.json into.")
-  flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step to export: N, 'latest' (default) or 'best' (config.best_metric).")
   flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                     "Platforms the exported function can run on (it is lowered for each).")
   flags.DEFINE_bool("overwrite", False, "Replace an export already in --output (without it, that is an error).")

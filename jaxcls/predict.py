@@ -1,4 +1,4 @@
-"""`python -m jaxcls.predict --workdir DIR PATH... [--step N] [--top_k 5] [--output predictions.csv|.json]`.
+"""`python -m jaxcls.predict --workdir DIR PATH... [--step N|best] [--top_k 5] [--output predictions.csv|.json]`.
 
 Restores a trained model with its config and class names from a workdir, preprocesses image files exactly as that
 workdir's evaluation did (jaxcls/preprocess.py, then `steps.normalize` on the device), batches them across the
@@ -219,7 +219,7 @@ def check_output_path(path: str | None) -> None:
     raise ConfigError(f"--output={path} must end in {' or '.join(OUTPUT_FORMATS)}.")
 
 
-def run(workdir: str, paths: list[str], *, step: int | None = None, top_k: int = 5, batch_size: int | None = None,
+def run(workdir: str, paths: list[str], *, step: int | str | None = None, top_k: int = 5, batch_size: int | None = None,
         output: str | None = None, workers: int = 0, out=None) -> int:
   """The command: prints a line per file, writes --output, returns the exit status (1 when every file failed)."""
   from jaxcls import restore  # pylint: disable=g-import-not-at-top
@@ -245,7 +245,7 @@ def run(workdir: str, paths: list[str], *, step: int | None = None, top_k: int =
 def define_flags() -> None:
   """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
   flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-  flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step to use: N, 'latest' (default) or 'best' (config.best_metric).")
   flags.DEFINE_integer("top_k", 5, "Classes listed per image (at most the number of classes).")
   flags.DEFINE_integer("batch_size", None, "Images per forward pass, over all local devices (default: the config's "
                        "eval batch size).")

@@ -7,7 +7,9 @@ state, so a model trained with any optimizer (or a frozen backbone) restores the
 """
 
 import dataclasses
+import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -63,33 +65,103 @@ def _listdir(folder) -> list[str]:
   return [child.name for child in folder.iterdir()] if folder.is_dir() else []
 
 
-def resolve_step(workdir: str, step: int | None) -> int:
-  """`step`, or the latest checkpoint's; a CheckpointError names the steps that exist."""
+StepChoice = int | str | None  # a step, None / -1 / 'latest' for the newest, or 'best'
+
+
+def parse_step(value: StepChoice, what: str = "--step") -> int | str | None:
+  """`--step` / `config.init_from_step` as None (the latest), 'best' or a step >= 0; a ConfigError otherwise.
+
+  The one parser of every command's `--step` flag: an integer, 'latest' (or -1, or empty) or 'best'.
+  """
+  if value is None or isinstance(value, bool):
+    return None if value is None else _bad_step(value, what)
+  if isinstance(value, str):
+    text = value.strip().lower()
+    if text in ("", "latest", "-1"):
+      return None
+    if text == "best":
+      return "best"
+    if not re.fullmatch(r"\d+", text):
+      _bad_step(value, what)
+    return int(text)
+  if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+    if int(value) == -1:
+      return None
+    if int(value) >= 0:
+      return int(value)
+  return _bad_step(value, what)
+
+
+def _bad_step(value, what: str):
+  raise ConfigError(f"{what}={value!r} is not valid; give a checkpoint step (an integer >= 0), 'latest' (or -1) "
+                    "or 'best'.")
+
+
+def best_step(workdir: str, steps: list[int] | None = None) -> int:
+  """The checkpoint whose `config.best_metric` is best, by the metric and mode the run was trained with."""
+  config = load_config(workdir)
+  metric, mode = str(config.get("best_metric", "") or ""), str(config.get("best_mode", "max") or "max")
+  folder = paths.join(workdir, "checkpoints")
+  if not metric:
+    raise CheckpointError(f"{folder} has no best checkpoint: the run was trained with config.best_metric='' (no "
+                          "best is kept); pick a step or 'latest' instead.")
+  steps = checkpoint_steps(workdir) if steps is None else steps
+  best = checkpoint.pick_best([(s, checkpoint.score(_metrics(folder / str(s)), metric)) for s in steps], mode)
+  if best is None:
+    raise CheckpointError(f"{folder} has no best checkpoint: no checkpoint holds an evaluation of {metric} (steps: "
+                          f"{', '.join(map(str, steps)) or 'none'}); pick a step or 'latest' instead.")
+  return best
+
+
+def _metrics(step_dir) -> dict | None:
+  path = step_dir / checkpoint.METRICS_ITEM / checkpoint.METRICS_ITEM
+  try:
+    return json.loads(path.read_text()) if path.exists() else None
+  except (ValueError, UnicodeDecodeError):
+    return None
+
+
+def resolve_step(workdir: str, step: StepChoice) -> int:
+  """`step` ('best', a step, or None / 'latest' for the newest) as a checkpoint step that exists and is intact.
+
+  A CheckpointError names the steps that exist, or what is missing in a damaged step.
+  """
+  step = parse_step(step)
   available = checkpoint_steps(workdir)
+  folder = paths.join(workdir, "checkpoints")
   if not available:
-    raise CheckpointError(f"{os.path.join(workdir, 'checkpoints')} holds no checkpoint; train first with "
-                          "python -m jaxcls.main.")
-  if step is None or step < 0:
-    return available[-1]
-  if step not in available:
-    raise CheckpointError(f"No checkpoint at step {step} in {os.path.join(workdir, 'checkpoints')}; available: "
+    raise CheckpointError(f"{folder} holds no checkpoint; train first with python -m jaxcls.main.")
+  if step is None:
+    step = available[-1]
+  elif step == "best":
+    step = best_step(workdir, available)
+  elif step not in available:
+    raise CheckpointError(f"No checkpoint at step {step} in {folder}; available: "
                           f"{', '.join(map(str, available))}.")
+  problems = checkpoint.step_problems(folder / str(step))
+  if problems:
+    intact = [s for s in available if s != step and not checkpoint.step_problems(folder / str(s))]
+    hint = f"pass --step {intact[-1]} (the newest intact step)" if intact else "no other step is intact"
+    raise CheckpointError(f"Checkpoint step {step} in {folder} is damaged ({'; '.join(problems)}); {hint}, or "
+                          f"re-run training on the workdir, which moves damaged steps aside to "
+                          f"{checkpoint.CORRUPT_DIR}/.")
   return step
 
 
 def read_variables(workdir: str, step: int, *, use_ema: bool = True) -> dict:
   """{'params', 'batch_stats'} of checkpoint `step` as host arrays (the moving average when one was kept)."""
-  ckpt = checkpoint.Checkpointer(workdir, keep=1_000_000, async_save=False, fingerprint={})
+  ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False, fingerprint={})  # reads only; prunes nothing
   try:
-    state = ckpt.read_state(step)
+    state = ckpt.read_state(step)  # a one-line CheckpointError naming the step when its arrays are unreadable
   finally:
     ckpt.close()
   params = state.get("ema_params") if use_ema and state.get("ema_params") else state["params"]
   return {"params": jax.device_get(params), "batch_stats": jax.device_get(state.get("batch_stats") or {})}
 
 
-def restore(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Restored:
-  """Everything needed to apply the model that `workdir` trained, at checkpoint `step` (default: latest)."""
+def restore(workdir: str, step: StepChoice = None, *, use_ema: bool = True) -> Restored:
+  """Everything needed to apply the model that `workdir` trained, at checkpoint `step` (default: latest;
+  'best': the best by the run's `config.best_metric`)."""
   workdir = os.fspath(paths.path(workdir, "workdir"))
   config = load_config(workdir)
   info = info_from_config(config)

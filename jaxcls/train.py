@@ -259,14 +259,16 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
 
   ckpt = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
-      fingerprint=dict(checkpoint.fingerprint(config, info.num_classes, info.image_shape), **plan.fingerprint()))
+      fingerprint=dict(checkpoint.fingerprint(config, info.num_classes, info.image_shape), **plan.fingerprint()),
+      best_metric=config.best_metric, best_mode=config.best_mode)
+  resumed = ckpt.restore_latest(  # the newest intact step: damaged ones are moved aside, with a warning
+      lambda: checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh)))
   last_saved = ckpt.latest_step()
-  if last_saved is None:
+  if resumed is None:
     state = plan.load_into(init(init_key), tx, mesh)
     start_step = 0
   else:
-    abstract = checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh))
-    state, _ = ckpt.restore(last_saved, abstract)
+    state, _ = resumed
     start_step = int(parallel.to_host(state.step))
     logging.info("Resuming from step %d of %d%s.", start_step, num_train_steps,
                  " (config.init_from is not read again)" if config.init_from else "")
@@ -323,11 +325,12 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
         result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh,
                                    config.prefetch_to_device)
         writer.write_scalars(done, _scalars(result, "eval/"))
+        ckpt.note_evaluation(done, _scalars(result, "eval/"))  # ranks this step's checkpoint by config.best_metric
         final = (result, outputs) if done == num_train_steps else None
       for evaluator in periodic:
         if evaluator.due(done, num_train_steps):
           writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
-      if done % ckpt_every == 0 or done == num_train_steps:
+      if done % ckpt_every == 0 or done == num_train_steps or ckpt.is_new_best(done):  # best: saved off cadence
         _check_finite(*pending, last_saved)
         ckpt.save(done, state, {"next_batch": done}, force=True)
         last_saved = done

@@ -83,22 +83,24 @@ class Source:
   image_shape: tuple[int, ...] | None = None
 
 
-def _workdir_and_step(path: str, step: int) -> tuple[str, int | None]:
-  """(workdir, step or None for the latest) for a workdir or one of its checkpoints/<step> folders."""
+def _workdir_and_step(path: str, step: int | str | None) -> tuple[str, int | str | None]:
+  """(workdir, step, 'best' or None for the latest) for a workdir or one of its checkpoints/<step> folders."""
   name, parent = os.path.basename(path), os.path.dirname(path)
   if name.isdigit() and os.path.basename(parent) == "checkpoints":
-    if step >= 0 and step != int(name):
+    if step is not None and step != int(name):
       raise ConfigError(f"config.init_from={path!r} is the checkpoint of step {name} but config.init_from_step="
-                        f"{step}; set init_from_step=-1 or point init_from at the workdir.")
+                        f"{step!r}; set init_from_step=-1 or point init_from at the workdir.")
     return os.path.dirname(parent), int(name)
   if paths.join(path, "config.json").is_file():
-    return path, (step if step >= 0 else None)
+    return path, step
   raise ConfigError(f"config.init_from={path!r} is a folder but neither a jaxcls workdir (it has no config.json) "
                     "nor a workdir's checkpoints/<step> folder.")
 
 
-def read_source(path: str, step: int = -1) -> Source:
-  """The weights `config.init_from` names; ConfigError/CheckpointError say what is wrong with the path."""
+def read_source(path: str, step: int | str | None = -1) -> Source:
+  """The weights `config.init_from` names (at `step`: an int, -1 / 'latest' or 'best'); ConfigError/CheckpointError
+  say what is wrong with the path."""
+  step = restore.parse_step(step, "config.init_from_step")
   path = os.fspath(paths.path(path, "config.init_from"))  # a local path or a gs:// URL
   if paths.path(path).is_dir():
     workdir, step = _workdir_and_step(path, step)
@@ -112,8 +114,8 @@ def read_source(path: str, step: int = -1) -> Source:
   if not path.endswith(WEIGHT_FILES):
     raise ConfigError(f"config.init_from={path!r} is not a weights file jaxcls reads; use a .msgpack or .npz file "
                       "written by `python -m jaxcls.convert`, or a jaxcls workdir.")
-  if step >= 0:
-    raise ConfigError(f"config.init_from_step={step} applies to workdirs only; {path!r} is a weights file, so set "
+  if step is not None:
+    raise ConfigError(f"config.init_from_step={step!r} applies to workdirs only; {path!r} is a weights file, so set "
                       "init_from_step=-1.")
   try:
     variables = convert.load(path)
@@ -244,7 +246,7 @@ class Plan:
 
   def __init__(self, config, num_outputs: int, image_shape, class_names: Sequence[str]):
     self.init_from = str(config.init_from or "")
-    self.init_from_step = int(config.init_from_step)
+    self.init_from_step = restore.parse_step(config.init_from_step, "config.init_from_step")  # int|'best'|None
     self.policy = str(config.init_head)
     self.factor = float(config.optimizer.get("backbone_lr_factor", 1.0))
     self.class_names = tuple(class_names)

@@ -34,7 +34,8 @@ def test_latest_checkpoint_reproduces_the_training_report(trained, tmp_path):
 def test_other_split_and_step(trained, tmp_path):
   final = evaluate.evaluate_workdir(trained, split="train", step=4, output_dir=str(tmp_path))
   assert final["step"] == 4 and final["split"] == "train" and final["num_examples"] == 1437
-  with pytest.raises(CheckpointError, match="No checkpoint at step 5.*available: 4, 8"):
+  # 4 and 8 on the cadence, 6 as the best so far (its evaluation was the first: config.best_metric is on by default)
+  with pytest.raises(CheckpointError, match="No checkpoint at step 5.*available: 4, 6, 8"):
     evaluate.evaluate_workdir(trained, step=5, output_dir=str(tmp_path))
   with pytest.raises(ConfigError, match="config.json does not exist"):
     evaluate.evaluate_workdir(str(tmp_path / "nothing"))
