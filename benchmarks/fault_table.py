@@ -20,6 +20,7 @@ appears), and classifies what it saw:
                 process killed by a signal it should have handled
   ok            everything as expected
 
+The commands run on 8 virtual CPU devices, without matplotlib (the core install: no figures; --plots keeps it).
 A case may carry several labels; the totals count cases per label. `harness` marks a failure of this script
 itself (its inputs could not be built), never of jaxcls. The totals are the last lines of the output. Exit status:
 0 when the table ran (whatever it found), 2 on bad flags.
@@ -312,11 +313,26 @@ def _kill_group(proc) -> None:
     pass
 
 
+# A folder put first on the children's PYTHONPATH (unless --plots) where `import matplotlib` fails: the core install
+# without the `plots` extra, which jaxcls documents (no DIR/plots, one warning). Drawing the report's figures costs
+# ~20 s a run on a busy 2-core CPU and is no part of any fault case.
+_HIDE_MATPLOTLIB: list = []
+
+
+def hide_matplotlib(root: str) -> None:
+  folder = os.path.join(root, "no_matplotlib")
+  os.makedirs(os.path.join(folder, "matplotlib"), exist_ok=True)
+  with open(os.path.join(folder, "matplotlib", "__init__.py"), "w") as f:
+    f.write('raise ImportError("matplotlib is hidden by benchmarks/fault_table.py (run it with --plots)")\n')
+  _HIDE_MATPLOTLIB[:] = [folder]
+
+
 def child_env(extra: dict | None = None) -> dict:
   env = dict(os.environ)
   env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  env["PYTHONPATH"] = os.pathsep.join([*_HIDE_MATPLOTLIB, REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
+                                                                    else []))
   env.update(extra or {})
   return env
 
@@ -716,6 +732,9 @@ class CaseRun:
 
   def expect_reference(self, workdir: str, env_extra: dict | None = None) -> None:
     """The workdir's final state, report and logged metrics equal the uninterrupted reference run's."""
+    if self.runs and self.runs[-1].rc != 0:
+      self.note(f"not compared with the reference: {self.runs[-1].name} exited {self.runs[-1].rc}")
+      return
     ref = self.table.reference()
     if workdir.startswith("gs://"):
       metrics_text = (gcs_read(env_extra, workdir + "/metrics.jsonl") or b"").decode("utf-8", "replace")
@@ -1126,6 +1145,69 @@ def _(c: CaseRun):
   c.expect_reference(workdir)
 
 
+def _write_lock(workdir: str, **record) -> None:
+  """DIR/lock.json as a run writes it (host, pid, start, heartbeat, token; see jaxcls/workdir.py)."""
+  now = time.time()
+  holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
+            "token": "fault-table", "command": "python -m jaxcls.main (fault table)"}
+  holder.update(record)
+  with open(os.path.join(workdir, "lock.json"), "w") as f:
+    json.dump(holder, f)
+
+
+@case("wd-lock-garbage", "workdir", "lock.json holds garbage; re-run to 25 steps",
+      "exit 0 with a warning about the lock")
+def _(c: CaseRun):
+  workdir = c.trained()
+  _garbage(os.path.join(workdir, "lock.json"))
+  before = snapshot(workdir)
+  c.main(workdir, "--config.num_train_steps=25", expect=success("lock"))
+  c.expect_kept(before, workdir, keep=3)
+
+
+@case("wd-lock-live-pid", "workdir", "lock.json of a live process on this host; re-run",
+      "one-line busy error naming the holder; nothing changed")
+def _(c: CaseRun):
+  workdir = c.trained()
+  holder = subprocess.Popen(["sleep", "600"], start_new_session=True)
+  try:
+    _write_lock(workdir, pid=holder.pid)
+    before = snapshot(workdir)
+    c.main(workdir, "--config.num_train_steps=25", expect=error("lock|busy|another|running"))
+    c.expect_kept(before, workdir)
+    if not os.path.isfile(os.path.join(workdir, "lock.json")):
+      c.problem("silent-wrong", "the live holder's lock.json was removed")
+  finally:
+    _kill_group(holder)
+    holder.wait()
+
+
+@case("wd-lock-other-host-fresh", "workdir", "lock.json of another host with a fresh heartbeat; re-run",
+      "one-line busy error")
+def _(c: CaseRun):
+  workdir = c.trained()
+  _write_lock(workdir, host="another-host.invalid", pid=1)
+  before = snapshot(workdir)
+  c.main(workdir, "--config.num_train_steps=25", expect=error("lock|busy|another|running"))
+  c.expect_kept(before, workdir)
+
+
+@case("wd-lock-other-host-stale", "workdir", "lock.json of another host, last heartbeat 2 hours ago; re-run",
+      "exit 0 with a stale-lock warning")
+def _(c: CaseRun):
+  workdir = c.trained()
+  old = time.time() - 7200
+  _write_lock(workdir, host="another-host.invalid", pid=1, started=old, heartbeat=old)
+  c.main(workdir, "--config.num_train_steps=25", expect=success("stale"))
+
+
+@case("wd-lock-is-dir", "workdir", "lock.json is a folder", error("lock").describe())
+def _(c: CaseRun):
+  workdir = c.trained()
+  os.mkdir(os.path.join(workdir, "lock.json"))
+  c.main(workdir, "--config.num_train_steps=25", expect=error("lock"))
+
+
 @case("wd-checkpoints-is-file", "workdir", "the workdir's checkpoints/ is a file", error("checkpoints").describe())
 def _(c: CaseRun):
   workdir = c.path("run")
@@ -1271,6 +1353,11 @@ def _(c: CaseRun):
   c.command("jaxcls.evaluate", f"--workdir={c.trained()}", "--step=999", expect=error("999"))
 
 
+@case("ck-evaluate-step-garbage", "checkpoint", "evaluate --step=abc", error("abc|step").describe())
+def _(c: CaseRun):
+  c.command("jaxcls.evaluate", f"--workdir={c.trained()}", "--step=abc", expect=error("abc|step"))
+
+
 @case("ck-predict-step-999", "checkpoint", "predict --step 999 (no such step)", error("999").describe())
 def _(c: CaseRun):
   image = c.path("x.png")
@@ -1284,16 +1371,27 @@ def _(c: CaseRun):
             expect=error("999"))
 
 
-@case("ck-step-best-missing", "checkpoint", "evaluate --step best on a run without best_metric",
-      error("best").describe())
-def _(c: CaseRun):
-  c.command("jaxcls.evaluate", f"--workdir={c.trained()}", "--step=best", expect=error("best"))
+def _without_best(c: CaseRun) -> str:
+  """The reference workdir as a run trained with config.best_metric='' (no best kept) leaves it."""
+  workdir = c.trained()
+  path = os.path.join(workdir, "config.json")
+  config = json.loads(_read_text(path))
+  config["best_metric"] = ""
+  with open(path, "w") as f:
+    json.dump(config, f, indent=1)
+  return workdir
 
 
-@case("ck-export-step-best-missing", "checkpoint", "export --step best on a run without best_metric",
+@case("ck-step-best-missing", "checkpoint", "evaluate --step best on a run trained with best_metric=''",
       error("best").describe())
 def _(c: CaseRun):
-  c.command("jaxcls.export", f"--workdir={c.trained()}", f"--output={c.path('model')}", "--step=best",
+  c.command("jaxcls.evaluate", f"--workdir={_without_best(c)}", "--step=best", expect=error("best"))
+
+
+@case("ck-export-step-best-missing", "checkpoint", "export --step best on a run trained with best_metric=''",
+      error("best").describe())
+def _(c: CaseRun):
+  c.command("jaxcls.export", f"--workdir={_without_best(c)}", f"--output={c.path('model')}", "--step=best",
             expect=error("best"))
 
 
@@ -1326,6 +1424,19 @@ def _(c: CaseRun):
   c.command("jaxcls.export", f"--workdir={c.trained()}", f"--output={target}", expect=error("exist|file|director"))
   if _read_bytes(target) != b"precious\n":
     c.problem("lost-data", "the existing file was overwritten")
+
+
+@case("ck-export-twice", "checkpoint", "export into a folder that already holds an export",
+      "one-line error naming --overwrite; the first export unchanged")
+def _(c: CaseRun):
+  workdir, target = c.trained(), c.path("model")
+  first = c.command("jaxcls.export", f"--workdir={workdir}", f"--output={target}", "--step=10", expect=success())
+  if first.rc != 0:
+    return
+  kept = _read_bytes(os.path.join(target, "model.json"))
+  c.command("jaxcls.export", f"--workdir={workdir}", f"--output={target}", expect=error("overwrite|exist"))
+  if _read_bytes(os.path.join(target, "model.json")) != kept:
+    c.problem("lost-data", "the first export was replaced without --overwrite")
 
 
 @case("ck-export-under-file", "checkpoint", "export --output inside a file", error("file|director|exist").describe())
@@ -1567,6 +1678,26 @@ def _(c: CaseRun):
   folder = c.images()
   os.symlink("/dev/null", os.path.join(folder, "cat", "null.png"))
   _folder_run(c, folder, success(), listed="null.png", counts=24)
+
+
+@case("data-hard-link", "data", "a hard link to an image inside the same class folder", "exit 0, 24 examples")
+def _(c: CaseRun):
+  folder = c.images()
+  os.link(os.path.join(folder, "cat", "00.png"), os.path.join(folder, "cat", "again.png"))
+  _folder_run(c, folder, success(), counts=24)
+
+
+@case("data-socket", "data", "a unix socket named like an image", "exit 0, skipped with a reason")
+def _(c: CaseRun):
+  folder = c.images()
+  sock = socket.socket(socket.AF_UNIX)
+  try:
+    sock.bind(os.path.join(folder, "cat", "sock.png"))
+  except OSError as e:
+    raise HarnessError(f"cannot make a socket file: {e}") from e
+  finally:
+    sock.close()
+  _folder_run(c, folder, success(), listed="sock.png", counts=24)
 
 
 @case("data-non-utf8-name", "data", "a valid image whose file name is not UTF-8 (was a crash)",
@@ -1999,6 +2130,8 @@ def parse_args(argv):
   parser.add_argument("--timeout", type=float, default=240.0,
                       help="seconds one command may run before it counts as a hang (default 240)")
   parser.add_argument("--keep", action="store_true", help="keep the temporary folders (their path is printed)")
+  parser.add_argument("--plots", action="store_true",
+                      help="let the commands draw the report's figures (matplotlib is hidden from them by default)")
   parser.add_argument("--root", help="work in this folder and keep it; its reference run and compilation cache "
                       "from an earlier table run are reused (for working on the table itself)")
   args = parser.parse_args(argv)
@@ -2027,6 +2160,8 @@ def main(argv=None) -> int:
   else:
     root = tempfile.mkdtemp(prefix="jaxcls-fault-table-")
   table = Table(root, args.timeout)
+  if not args.plots:
+    hide_matplotlib(root)
   start = time.monotonic()
   rows = []
   try:
