@@ -267,8 +267,8 @@ def execute(name: str, argv: list, *, cwd: str, env: dict, timeout: float, log_p
   """Runs `argv` in its own process group, sending each (trigger, signal) when its trigger fires."""
   start = time.monotonic()
   with open(log_path, "wb") as log:
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = _started(subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True))
   pending, sent, chunks, timed_out = list(signals), [], [], False
   decoder = codecs.getincrementaldecoder("utf-8")("replace")
   with open(log_path, "rb") as reader:
@@ -306,11 +306,37 @@ def execute(name: str, argv: list, *, cwd: str, env: dict, timeout: float, log_p
              sent=sent)
 
 
+_LIVE: set = set()  # every process group this script started and has not killed yet
+_LIVE_LOCK = threading.Lock()
+
+
+def _started(proc):
+  with _LIVE_LOCK:
+    _LIVE.add(proc)
+  return proc
+
+
 def _kill_group(proc) -> None:
   try:
     os.killpg(proc.pid, signal.SIGKILL)
   except (ProcessLookupError, PermissionError):
     pass
+  with _LIVE_LOCK:
+    _LIVE.discard(proc)
+
+
+def _kill_all_and_exit(signum, frame) -> None:
+  """SIGTERM/SIGINT to the table: its commands' process groups go too, then it exits 128 + the signal."""
+  del frame
+  with _LIVE_LOCK:
+    live = list(_LIVE)
+  for proc in live:
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+      pass
+  print(f"fault_table: stopped by {_signal_name(signum)}", file=sys.stderr)
+  os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 # A folder put first on the children's PYTHONPATH (unless --plots) where `import matplotlib` fails: the core install
@@ -459,9 +485,9 @@ class Table:
         if not exe:
           raise HarnessError("gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
         port = _free_port()
-        self._emulator = subprocess.Popen(
+        self._emulator = _started(subprocess.Popen(
             [exe, "start", "--host=localhost", f"--port={port}", f"--default-bucket={BUCKET}", "-M"],
-            cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         deadline = time.monotonic() + 30
         while True:
           try:
@@ -1169,7 +1195,7 @@ def _(c: CaseRun):
       "one-line busy error naming the holder; nothing changed")
 def _(c: CaseRun):
   workdir = c.trained()
-  holder = subprocess.Popen(["sleep", "600"], start_new_session=True)
+  holder = _started(subprocess.Popen(["sleep", "600"], start_new_session=True))
   try:
     _write_lock(workdir, pid=holder.pid)
     before = snapshot(workdir)
@@ -1945,9 +1971,9 @@ def _(c: CaseRun):
 def _start(c: CaseRun, workdir: str, log_path: str):
   """A training run left going in the background (its output in log_path)."""
   with open(log_path, "wb") as log:
-    return subprocess.Popen([sys.executable, "-m", "jaxcls.main", f"--workdir={workdir}", *c.table.base_flags()],
-                            cwd=c.dir, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    return _started(subprocess.Popen(
+        [sys.executable, "-m", "jaxcls.main", f"--workdir={workdir}", *c.table.base_flags()], cwd=c.dir,
+        env=child_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
 
 
 @case("cc-two-runs", "concurrency", "a second main on a workdir while the first trains (was trampling)",
@@ -2160,6 +2186,8 @@ def main(argv=None) -> int:
   else:
     root = tempfile.mkdtemp(prefix="jaxcls-fault-table-")
   table = Table(root, args.timeout)
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _kill_all_and_exit)
   if not args.plots:
     hide_matplotlib(root)
   start = time.monotonic()
