@@ -54,7 +54,8 @@ def init_distributed() -> None:
   from jax._src import xla_bridge  # where initialize() records the local_device_ids it applied
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices, local_device_ids=%s "
                "(jax_cuda_visible_devices=%s).", jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), args.get("local_device_ids", "all"), xla_bridge.CUDA_VISIBLE_DEVICES.value)
+               jax.device_count(), ",".join(map(str, args.get("local_device_ids") or [])) or "all",
+               xla_bridge.CUDA_VISIBLE_DEVICES.value)
 
 
 def _load_config_file(argv: list[str]):

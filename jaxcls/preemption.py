@@ -1,7 +1,7 @@
 """Preemption: SIGTERM or SIGINT makes training finish its step, save a checkpoint at that step, and stop.
 
-The training loop asks `Watcher.reached(n)` after its n-th step of this run; when it answers True the loop saves
-a checkpoint at the current step, waits for it, and raises `Preempted`, which `jaxcls.main` turns into one line
+The training loop asks `Watcher.reached(step)` after every step; when it answers True the loop saves a
+checkpoint at that step, waits for it, and raises `Preempted`, which `jaxcls.main` turns into one line
 and exit code `EXIT_CODE` (75). Re-running the same command resumes from that checkpoint, exactly.
 
 - One process (no `jax.distributed`): a Python signal handler sets a flag; `reached` reads it (no host or device
@@ -11,7 +11,9 @@ and exit code `EXIT_CODE` (75). Re-running the same command resumes from that ch
   sync manager catches SIGTERM in C++, tells the coordination service, and all processes agree on the step after
   the fastest one's; `reached` is `multihost_utils.reached_preemption_sync_point`, a local mutex-and-compare (the
   agreement runs on a background thread), so no per-step sync is added either. SIGINT is turned into a SIGTERM to
-  this process, so Ctrl-C takes the same path. A second signal is ignored by that C++ handler.
+  this process, so Ctrl-C takes the same path. A second signal is ignored by that C++ handler. A notice that came
+  before the loop's first check (while data loads or the state restores) is looked up once at the first step and
+  agreed on by an all-gather, so a resumed run stops after its first step.
 
 The handlers this module installs are put back when the loop ends (`close`), so `train_and_evaluate` can be
 called from tests and notebooks.
@@ -27,6 +29,7 @@ from absl import logging
 EXIT_CODE = 75
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_NOTICE_KEY = "RECEIVED_PREEMPTION_NOTICE"  # where JAX's preemption sync manager posts a notice (coordination KV)
 
 
 class Preempted(Exception):
@@ -46,9 +49,10 @@ def _distributed_client():
 class Watcher:
   """Turns SIGTERM/SIGINT into a stop request the training loop reads after each step."""
 
-  def __init__(self):
+  def __init__(self, ckpt=None):
     self.signal_name: str | None = None
     self._previous: dict[int, object] = {}
+    self._first_check = True
     self._sync = _distributed_client() is not None
     if self._sync:
       from jax._src import distributed  # pylint: disable=g-import-not-at-top
@@ -60,6 +64,11 @@ class Watcher:
           self._sync = None
           return
         self._sync = False  # one process: the flag is enough
+    if self._sync and ckpt is not None and hasattr(getattr(ckpt, "_manager", None), "reached_preemption"):
+      # orbax's CheckpointManager calls the sync point too, with the checkpoint's step, also from its async
+      # finalize thread after the loop has moved on; the sync protocol could then pick a step already passed.
+      # Its own use is bookkeeping only (we save with force=True), so this loop is the one caller.
+      ckpt._manager.reached_preemption = lambda step: False  # pylint: disable=protected-access
     handler = self._on_sigint_to_sigterm if self._sync else self._on_signal
     installed = SIGNALS[1:] if self._sync else SIGNALS  # SIGTERM stays with JAX's C++ handler
     if threading.current_thread() is not threading.main_thread():
@@ -87,18 +96,37 @@ class Watcher:
                       "saves a checkpoint.", self.signal_name)
       os.kill(os.getpid(), signal.SIGTERM)
 
-  def reached(self, steps_this_run: int) -> bool:
-    """True when the loop should save and stop after its `steps_this_run`-th step (counted from 1 in this run).
+  def reached(self, step: int) -> bool:
+    """True when the loop should save at `step` (the step just finished) and stop.
 
-    Every process calls it after every step with the same count, as JAX's sync point requires.
+    Every process calls it after every step with the same step, as JAX's sync point requires.
     """
-    if self._sync:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      if multihost_utils.reached_preemption_sync_point(steps_this_run):
-        self.signal_name = self.signal_name or "SIGTERM"
-        return True
+    if not self._sync:
+      return self.signal_name is not None
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    stop = multihost_utils.reached_preemption_sync_point(step)
+    if self._first_check:
+      # A notice that came before this first call was synchronised against a step counter of 0, a step a resumed
+      # run never reaches; look for it once, and agree (one tiny all-gather, in the first step's compile wait).
+      self._first_check = False
+      stop = stop or self._agree(self._notice_posted())
+    if stop:
+      self.signal_name = self.signal_name or "SIGTERM"
+    return stop
+
+  @staticmethod
+  def _notice_posted() -> bool:
+    try:
+      _distributed_client().key_value_try_get(_NOTICE_KEY)
+      return True
+    except Exception:  # pylint: disable=broad-except  (NOT_FOUND: no notice)
       return False
-    return self.signal_name is not None
+
+  @staticmethod
+  def _agree(flag: bool) -> bool:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
   def close(self) -> None:
     """Puts back the signal handlers that were there before."""

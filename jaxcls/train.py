@@ -294,7 +294,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
   data_seconds, data_steps = 0.0, 0  # time blocked waiting for the next device batch, since the last log
   pending = None
   final = None
-  stop = preemption.Watcher()  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
+  stop = preemption.Watcher(ckpt)  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
   try:
     for step in range(start_step, num_train_steps):
       t0 = time.perf_counter()
@@ -334,7 +334,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
         _check_finite(*pending, last_saved)
         ckpt.save(done, state, {"next_batch": done}, force=True)
         last_saved = done
-      if stop.reached(done - start_step):  # a flag read, or JAX's multi-process sync point: no device sync
+      if stop.reached(done):  # a flag read, or JAX's multi-process sync point: no device sync
         _check_finite(*pending, last_saved)
         stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
     if final is None:  # a finished workdir re-run: nothing to train, report again

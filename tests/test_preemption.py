@@ -152,3 +152,127 @@ def test_sigterm_during_an_async_save_keeps_it_intact_and_resumes_exactly(tmp_pa
   _assert_same_state(full, tmp_path)
   assert report["accuracy"] == full_report["accuracy"]
   assert logged_losses(tmp_path) == logged_losses(full)
+
+
+# --- the command line, in subprocesses: a real SIGTERM from outside ----------------------------------------------
+
+MAIN = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "default.py"),
+        "--config.num_train_steps=60", "--config.eval_every_steps=30", "--config.checkpoint_every_steps=30",
+        "--config.log_every_steps=1", "--config.model.widths=(8, 16)", "--config.async_checkpointing=True",
+        "--config.optimizer.warmup_steps=5"]
+FIRST_STEP = "First step (compilation included)"
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _start(python, workdir, devices, extra=(), log=None):
+  """The training command; its log goes to a pipe, or to the file `log` (a peer's undrained pipe would fill up
+  and stall the collective steps of both)."""
+  out = open(log, "w") if log else subprocess.PIPE  # pylint: disable=consider-using-with
+  return subprocess.Popen([python, *MAIN, "--workdir", str(workdir), *extra], env=subprocess_env(devices), cwd=REPO,
+                          stdout=out, stderr=out, text=True)
+
+
+def _signal_after_first_step(proc, signum=signal.SIGTERM, when=FIRST_STEP):
+  """Reads the child's log until it logs `when` (default: its first step is done), sends `signum`, returns all of
+  its log."""
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if when in line:
+      proc.send_signal(signum)
+      break
+  _, rest = proc.communicate(timeout=300)
+  return "".join(lines) + rest
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, python):
+  """The same run never interrupted: 1 process, 4 devices."""
+  workdir = tmp_path_factory.mktemp("cli_full")
+  proc = subprocess.run([python, *MAIN, "--workdir", str(workdir)], env=subprocess_env(4), cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def python():
+  import sys  # pylint: disable=g-import-not-at-top
+  return sys.executable
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_one_process_run_stops_on_a_signal_with_one_line_and_resumes_exactly(python, tmp_path, full_run, signum):
+  proc = _start(python, tmp_path, 4)
+  err = _signal_after_first_step(proc, signum)
+  assert proc.returncode == preemption.EXIT_CODE == 75, err[-3000:]
+  assert "Traceback" not in err
+  lines = LINE.findall(err)
+  assert len(lines) == 1, err[-3000:]
+  step = int(lines[0][0])
+  assert 1 <= step < 60 and lines[0][1] == str(tmp_path / "checkpoints")
+  assert step in _steps(tmp_path) and not (tmp_path / "report.json").exists()
+
+  proc = subprocess.run([python, *MAIN, "--workdir", str(tmp_path)], env=subprocess_env(4), cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"Resuming from step {step} of 60" in proc.stderr
+  _assert_same_state(full_run, tmp_path)
+  assert logged_losses(tmp_path) == logged_losses(full_run)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_of_two_stops_both_at_one_step_and_resumes_exactly(python, tmp_path, full_run):
+  def start_pair(name):
+    port = _free_port()
+    return [_start(python, tmp_path, 2, [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                         f"--process_id={i}", "--distributed_timeout=60"],
+                   log=None if i == 1 else tmp_path / f"{name}0.log") for i in range(2)]
+
+  procs = start_pair("preempted")
+  err1 = _signal_after_first_step(procs[1], signal.SIGINT)  # Ctrl-C to process 1 only: passed on as SIGTERM
+  procs[0].wait(timeout=300)
+  err0 = (tmp_path / "preempted0.log").read_text()
+  for p, err in zip(procs, (err0, err1)):
+    assert p.returncode == 75, err[-3000:]
+    assert "Traceback" not in err
+  lines = LINE.findall(err0)
+  assert len(lines) == 1 and not LINE.search(err1), (err0[-2000:], err1[-2000:])  # process 0 says it, once
+  step = int(lines[0][0])
+  assert 1 <= step < 60 and step in _steps(tmp_path) and max(_steps(tmp_path)) == step
+
+  # Preempted again before the resumed run's first step (while it restores and compiles): the notice predates the
+  # loop's first sync-point check, and both processes still stop together, after one step.
+  procs = start_pair("again")
+  err1 = _signal_after_first_step(procs[1], when=f"Resuming from step {step} of 60")
+  procs[0].wait(timeout=300)
+  err0 = (tmp_path / "again0.log").read_text()
+  assert procs[0].returncode == procs[1].returncode == 75, (err0[-2000:], err1[-2000:])
+  again = int(LINE.findall(err0)[0][0])
+  assert step < again <= step + 3 and max(_steps(tmp_path)) == again
+  step = again
+
+  procs = start_pair("resumed")
+  err1 = procs[1].communicate(timeout=600)[1]
+  procs[0].wait(timeout=300)
+  for p, err in zip(procs, ((tmp_path / "resumed0.log").read_text(), err1)):
+    assert p.returncode == 0, err[-3000:]
+  assert f"Resuming from step {step} of 60" in err1 + (tmp_path / "resumed0.log").read_text()
+  _assert_same_state(full_run, tmp_path)  # 2 processes x 2 devices = 1 process x 4 devices, bit for bit
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_loop_is_one_line_and_exit_130(python, tmp_path):
+  """Before the loop the handlers are not installed yet: Ctrl-C is a KeyboardInterrupt, which main reports."""
+  proc = _start(python, tmp_path, 2, [f"--config.compilation_cache_dir={tmp_path / 'cache'}"])
+  err = _signal_after_first_step(proc, signal.SIGINT, when="Persistent compilation cache:")
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err
+  assert err.strip().splitlines()[-1] == ("jaxcls: error: interrupted before training started or after it ended; "
+                                          "the checkpoints written so far are kept.")
