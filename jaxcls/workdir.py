@@ -495,6 +495,8 @@ class WorkdirLock:
       text = paths.read_text(self.path)
     except FileNotFoundError:
       return None
+    except UnicodeDecodeError:  # garbage bytes: as unparsable as bad JSON
+      return {}
     except OSError as e:  # e.g. a folder named lock.json
       raise ConfigError(f"Cannot read the workdir lock {self.path} ({e.strerror or e}); it must be a file that "
                         "only jaxcls writes, so remove it.") from None

@@ -4,6 +4,9 @@ import os
 import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# etils.epath decides once per process, at the first gs:// path, whether TensorFlow's GCS client serves it; TF's
+# endpoint cannot be pointed at the tests' GCS emulator, so every test process uses gcsfs from the start.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 import pytest  # noqa: E402
 

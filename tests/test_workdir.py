@@ -230,8 +230,9 @@ def test_another_hosts_lock_is_busy_while_fresh_and_stale_after_the_timeout(tmp_
   assert "its last heartbeat was 9" in caplog.text and "stale after 900 s" in caplog.text
 
 
-def test_an_unreadable_lock_is_taken_over(tmp_path):
-  (tmp_path / workdir.LOCK_NAME).write_text("{not json")
+@pytest.mark.parametrize("garbage", [b"{not json", b"\xff\xfe\x00garbage"])
+def test_an_unreadable_lock_is_taken_over(tmp_path, garbage):
+  (tmp_path / workdir.LOCK_NAME).write_bytes(garbage)  # bad JSON, and bytes that are not even UTF-8
   with workdir.WorkdirLock(str(tmp_path)) as lock:
     assert _lock_record(tmp_path)["token"] == lock.token
 
