@@ -402,6 +402,13 @@ class Checkpointer:
         continue
       self._move_aside(damaged)  # an intact step exists: every damaged one goes (orbax must not list them)
       return restored
+    if all(not (root / str(s) / "commit_success.txt").exists() for s in damaged):
+      # Only saves that never committed (on gs:// orbax writes the step folder in place, so a run killed during
+      # its first save leaves one): no checkpoint ever existed, so nothing is lost by starting again.
+      self._move_aside(damaged)
+      logging.warning("No checkpoint in %s was ever completed (the run was stopped during its first save); "
+                      "training starts from step 0.", self.directory)
+      return None
     raise self._nothing_intact(damaged)
 
   def _nothing_intact(self, damaged: dict[int, str]) -> CheckpointError:

@@ -343,3 +343,21 @@ def test_damaged_step_in_a_bucket_is_moved_aside(run, gcs, caplog):
   moved = gcs.objects(url + "/" + checkpoint.CORRUPT_DIR)
   assert any(n.startswith("12-") and n.endswith("/meta/metadata") for n in moved), moved
   assert restore.resolve_step(url, "best") == worst_step(eval_accuracies(run))
+
+
+def test_saves_that_never_committed_are_moved_aside_and_training_starts_over(run, caplog):
+  """On gs:// orbax writes a step folder in place; a run killed during its first save leaves it uncommitted."""
+  steps_before = kept_steps(run)
+  for step in steps_before:
+    os.remove(os.path.join(step_dir(run, step), "commit_success.txt"))
+  ckpt, abstract = abstract_state(run)
+  try:
+    with caplog.at_level(logging.WARNING):
+      assert ckpt.restore_latest(lambda: abstract) is None  # nothing was ever complete: start from step 0
+    assert ckpt.latest_step() is None
+  finally:
+    ckpt.close()
+  assert any("was ever completed" in r.getMessage() for r in caplog.records)
+  moved = sorted(int(os.path.basename(p).split("-")[0])
+                 for p in glob.glob(os.path.join(run, checkpoint.CORRUPT_DIR, "*")))
+  assert moved == steps_before  # set aside, never deleted
