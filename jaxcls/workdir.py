@@ -69,6 +69,9 @@ NON_TRAINING_KEYS = {
     "prefetch_to_device": "how many batches are copied to the devices ahead; the batches are the same",
     "async_checkpointing": "whether checkpoints are written in the background",
     "num_epochs": "compared as the resolved num_train_steps, which may grow (see docs/workdir.md)",
+    "init_from": "read only while the workdir has no checkpoint; a resumed run continues from its own (the "
+                 "source may have moved since)",
+    "init_from_step": "read only with init_from, at the start of a workdir",
 }
 # Compared with their own rule instead of equality.
 EXTENSIBLE_KEYS = ("num_train_steps",)

@@ -129,8 +129,10 @@ def test_resume_uses_its_own_checkpoint_and_keeps_the_fingerprint(runs, target_s
   workdir, report = runs["frozen", 0]
   again = _finetune(workdir, target_split, 0, init_from="/no/such/weights", **{"optimizer.backbone_lr_factor": 0.0})
   assert again["step"] == 20 and again["accuracy"] == report["accuracy"]
-  with pytest.raises(CheckpointError, match="param_groups"):
-    _finetune(workdir, target_split, 0)  # one parameter group now: another optimizer state structure
+  with pytest.raises(ConfigError, match=r"optimizer.backbone_lr_factor: 0.0 -> 1.0"):
+    _finetune(workdir, target_split, 0)  # the workdir's config guard: a training key changed
+  with pytest.raises(CheckpointError, match="param_groups"):  # accepted, the state still cannot take it:
+    _finetune(workdir, target_split, 0, allow_config_change=True)  # one parameter group, another opt structure
 
 
 # The head: found per model family, kept or re-initialised.
