@@ -244,6 +244,9 @@ def test_non_utf8_names_are_listed_and_written_as_valid_utf8(tmp_path):
   assert listing.class_names == ("a", "cl\\xe9s")
   everything = [p for ps, _ in listing.splits.values() for p in ps]
   assert len(everything) == 15 and all(os.path.isfile(p) for p in everything)  # the surrogate names still open
+  for cache in ("file", "file", "memory", "none"):  # the file cache's fingerprint hashes the names: written, then reused
+    dataset = train.data.build(folder_config(root, cache=cache, cache_dir=str(tmp_path / "cache")))
+    assert dataset.info.num_train + dataset.info.num_eval == 15 and dataset.info.class_names == listing.class_names
   assert folder_scan.display(os.fsdecode(NON_UTF8)) == "caf\\xe9-\\xff.png"
   assert folder_scan.display("naïve ✓.png") == "naïve ✓.png"  # valid UTF-8 is kept as it is
 
@@ -424,12 +427,13 @@ def _config_file(tmp_path, name="tiny_config.py", **overrides) -> str:
 
 def _run(args, *, fsize=None, timeout=600):
   """A jaxcls command in a subprocess (optionally under RLIMIT_FSIZE, SIGXFSZ ignored): (rc, stderr + stdout)."""
-  def limit():
-    if fsize:
-      signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-      resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-  proc = subprocess.run([sys.executable, "-m", *args], env=subprocess_env(2), cwd=REPO, capture_output=True,
-                        timeout=timeout, preexec_fn=limit)
+  start = ["-m"]
+  if fsize:  # set in the child itself (no preexec_fn: forking a process that runs JAX threads is unsafe)
+    start = ["-c", "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize})); sys.argv = sys.argv[1:]; "
+             "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"]
+  proc = subprocess.run([sys.executable, *start, *args], env=subprocess_env(2), cwd=REPO, capture_output=True,
+                        timeout=timeout)
   return proc.returncode, proc.stderr.decode("utf-8", "replace") + proc.stdout.decode("utf-8", "replace")
 
 
@@ -497,7 +501,7 @@ def hostile_run(tmp_path_factory):
   (root / "train" / "cat" / "bad.png").write_bytes(b"not a png")  # a decode failure goes to the listing too
   os.symlink(root / "nowhere.png", os.fsencode(root / "train" / "cat") + b"/gone-\xff.png")
   config = _config_file(tmp, **{"dataset.name": "folder", "dataset.path": str(root), "dataset.cache": "file",
-                                "num_train_steps": 4, "eval_every_steps": 4, "checkpoint_every_steps": 4})
+                                "batch_size": 8, "eval_batch_size": 8, "num_train_steps": 4, "eval_every_steps": 4, "checkpoint_every_steps": 4})
   rc, output = _run(["jaxcls.main", "--config", config, "--workdir", str(tmp / "run")], timeout=300)
   return tmp, root, rc, output
 

@@ -178,7 +178,8 @@ def _fingerprint(ds, train, evaluation) -> str:
     digest.update(b"|split|")
     for path, label in zip(paths, labels):
       size, mtime = _size_and_mtime(path)
-      digest.update(f"{path}\0{np.asarray(label).tolist()}\0{size}\0{mtime}\n".encode())
+      digest.update(f"{path}\0{np.asarray(label).tolist()}\0{size}\0{mtime}\n".encode(  # a non-UTF-8 name:
+          "utf-8", "surrogateescape"))                                                # its own bytes
   return digest.hexdigest()[:16]
 
 
