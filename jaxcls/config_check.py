@@ -165,7 +165,6 @@ RANGES: dict[str, tuple[str, bool, tuple[Callable[[Any], bool], str], str]] = {
     "fewshot.knn_k": ("ints", False, _GE1, "e.g. (1, 10); () = none"),
     "fewshot.train_examples": ("int", False, _GE0, "0 = one epoch"),
     "fewshot.batch_size": ("int", False, _GE0, "0 = eval_batch_size"),
-    "init_from_step": ("int", False, (lambda v: v >= -1, ">= -1"), "-1 = latest"),
 }
 
 
@@ -208,6 +207,10 @@ def check_ranges(config) -> None:
                      range_words, hint)
       if element != "bool" and not test(item):
         _range_error(path, value, words if kind == element else f"a tuple of numbers each {words}", hint)
+  found, step = _lookup(config, "init_from_step")
+  if found and not _is_step_choice(step):
+    _range_error("init_from_step", step, "a checkpoint step >= 0, -1 or 'latest', or 'best'",
+                 "restore.parse_step reads it")
   if config.get("num_train_steps", -1) <= 0 and config.get("num_epochs", 1) <= 0:
     raise ConfigError(f"config.num_epochs={config['num_epochs']} and config.num_train_steps="
                       f"{config['num_train_steps']} train for no step; set one of them to a positive value.")
@@ -215,6 +218,15 @@ def check_ranges(config) -> None:
   if ds is not None and "test_fraction" in ds and "val_fraction" in ds and ds["test_fraction"] + ds["val_fraction"] >= 1:
     raise ConfigError(f"config.dataset.test_fraction={ds['test_fraction']} plus val_fraction={ds['val_fraction']} "
                       "leave nothing to train on; their sum must be below 1.")
+
+
+def _is_step_choice(value: Any) -> bool:
+  """Whether `value` is what restore.parse_step accepts (checked here without importing jax)."""
+  if isinstance(value, bool):
+    return False
+  if isinstance(value, int):
+    return value >= -1
+  return isinstance(value, str) and (value.strip().lower() in ("", "latest", "-1", "best") or value.strip().isdigit())
 
 
 def _range_error(path: str, value: Any, words: str, hint: str):

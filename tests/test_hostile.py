@@ -60,7 +60,8 @@ BAD_VALUES = [  # (key, value, words the one-line error must hold)
     ("dataset.max_image_pixels", 0, ">= 1"), ("dataset.center_crop_fraction", 0.0, "in (0, 1]"),
     ("dataset.num_classes", 0, ">= 1"), ("dataset.channels", 0, ">= 1"), ("prefetch_to_device", -1, ">= 0"),
     ("fewshot.shots", (0, 5), ">= 1"), ("fewshot.knn_k", (1, -1), ">= 1"), ("fewshot.seeds", 0, ">= 1"),
-    ("fewshot.l2_reg", 0.0, "> 0"), ("init_from_step", -2, ">= -1"),
+    ("fewshot.l2_reg", 0.0, "> 0"), ("init_from_step", -2, ">= 0, -1 or 'latest', or 'best'"),
+    ("init_from_step", "bestest", "or 'best'"), ("init_from_step", True, "or 'best'"),
 ]
 
 
@@ -78,6 +79,8 @@ def test_edge_values_with_a_documented_meaning_are_accepted():
                                        "num_epochs": 1.0, "dataset.val_fraction": 0.0, "optimizer.learning_rate": 0.0,
                                        "task.label_smoothing": 0.0, "optimizer.backbone_lr_factor": 0.0}))
   config_check.validate(tiny_config(ema_decay=0.9999))
+  for step in (-1, 0, 20, "latest", "best", "20"):  # what restore.parse_step reads
+    config_check.validate(tiny_config(init_from_step=step))
   config_check.validate(get_base_config())
 
 
