@@ -7,6 +7,7 @@ config key, a missing dataset, a mismatched checkpoint, a NaN loss) print one li
 import importlib.util
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -73,8 +74,21 @@ def _load_config_file(argv: list[str]):
     raise ConfigError(f"Config file {path!r} does not exist; pass --config=configs/default.py or another file.")
   spec = importlib.util.spec_from_file_location("_jaxcls_user_config", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      raise ConfigError(f"Config file {path!r} defines no get_config(); a config file returns its ConfigDict from "
+                        "get_config() (see configs/default.py).")
+    return module.get_config()
+  except JaxclsError:
+    raise
+  except SyntaxError as e:
+    raise ConfigError(f"Config file {path!r} is not valid Python: {e.msg} at line {e.lineno}.") from None
+  except Exception as e:  # pylint: disable=broad-except  (the user's own code failed while building the config)
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.samefile(f.filename, path)] \
+        if os.path.isfile(path) else []
+    where = f" at line {frames[-1].lineno}" if frames else ""
+    raise ConfigError(f"Config file {path!r} failed{where}: {type(e).__name__}: {e}.") from None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

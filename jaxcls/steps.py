@@ -59,6 +59,12 @@ def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropou
   return logits, updates.get("batch_stats", batch_stats)
 
 
+def _all_finite(tree) -> jax.Array:
+  """One boolean: every element of every leaf is finite (exact, unlike a norm, which overflows first)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
                     schedule: Callable, augment: Callable, *, mean, std, dtype: str,
                     ema_decay: float, mesh) -> Callable:
@@ -67,8 +73,8 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
   `augment(key, images, labels, mask) -> (images, labels)` is `jaxcls.data.augment.build(...)`: uint8 images in
   and out, so the step normalises exactly once, after it.
 
-  A step whose loss or gradient is not finite returns the state unchanged and reports `finite=0`, so the loop
-  can stop with the last good state (and checkpoint) intact.
+  A step whose loss, gradient or updated parameters are not finite returns the state unchanged and reports
+  `finite=0`, so the loop can stop with the last good state (and checkpoint) intact.
   """
   compute_dtype = DTYPES[dtype]
 
@@ -96,7 +102,9 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
       new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params)
     new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
                               opt_state=new_opt_state, ema_params=new_ema)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The update itself can overflow (a huge learning rate on finite gradients), so the new parameters and batch
+    # statistics are checked too: a checkpoint is never written of a state that holds a NaN or an infinity.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((new_params, new_stats))
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
 
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),

@@ -187,7 +187,7 @@ def _check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None
     kept = (f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint is not None
             else "no checkpoint had been written yet")
     raise NonFiniteLossError(
-        f"The loss or gradient became non-finite at step {step} (loss={float(host['loss'])}, "
+        f"The loss, gradient or updated parameters became non-finite at step {step} (loss={float(host['loss'])}, "
         f"grad_norm={float(host['grad_norm'])}); training stopped and {kept}. Lower "
         f"optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values.")
 
