@@ -986,12 +986,17 @@ def _(c: CaseRun):
   c.main("/proc/self", expect=error("proc|writ|permission|creat"))
 
 
+def _size_limited(kib: int) -> list[str]:
+  """A wrapper that runs the command with RLIMIT_FSIZE (1 KiB blocks) and SIGXFSZ ignored: a write past the limit
+  fails with EFBIG, as a full disk fails with ENOSPC. The limit is set in a subshell whose output goes through a
+  pipe to `cat`, outside the limit, so the case's own log is never cut short by it."""
+  return ["bash", "-c", f'set -o pipefail; (ulimit -f {kib}; trap "" XFSZ; exec "$@") 2>&1 | cat', "limited"]
+
+
 def _full_disk(c: CaseRun, kib: int):
   workdir = c.trained()
   before = snapshot(workdir)
-  # RLIMIT_FSIZE in the child (in 1 KiB blocks), SIGXFSZ ignored: a write past the limit fails with EFBIG,
-  # as a full disk fails with ENOSPC.
-  wrap = ["bash", "-c", f'ulimit -f {kib}; trap "" XFSZ; exec "$@"', "limited"]
+  wrap = _size_limited(kib)
   c.main(workdir, "--config.num_train_steps=30", expect=error("space|disk|large|writ|full|limit|EFBIG|errno"),
          wrap=wrap)
   c.expect_kept(before, workdir)
@@ -1013,7 +1018,7 @@ def _(c: CaseRun):
 
 @case("wd-full-disk-fresh", "workdir", "a new run where files over 8 KiB cannot be written", "error, no traceback")
 def _(c: CaseRun):
-  wrap = ["bash", "-c", 'ulimit -f 8; trap "" XFSZ; exec "$@"', "limited"]
+  wrap = _size_limited(8)
   c.main(c.path("run"), expect=error("space|disk|large|writ|full|limit|EFBIG|errno"), wrap=wrap)
 
 
