@@ -411,6 +411,17 @@ class Checkpointer:
       return None
     raise self._nothing_intact(damaged)
 
+  def set_aside_diverged(self, step: int, failed_step: int) -> int | None:
+    """Moves checkpoint `step` aside because its parameters gave a non-finite loss at `failed_step`.
+
+    Returns the newest step left (None when none is). The step is finite and readable, so it is kept in
+    DIR/corrupt_checkpoints/ for inspection, but a resume must not start from it.
+    """
+    self.wait()
+    if step in self.all_steps():
+      self._move_aside({step: f"its parameters gave a non-finite loss at step {failed_step}"})
+    return self.latest_step()
+
   def _nothing_intact(self, damaged: dict[int, str]) -> CheckpointError:
     listed = "; ".join(f"step {s}: {p}" for s, p in sorted(damaged.items(), reverse=True))
     return CheckpointError(

@@ -181,15 +181,24 @@ def enable_compilation_cache(directory: str) -> None:
   logging.info("Persistent compilation cache: %s", directory)
 
 
-def _check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
+def _check_finite(step: int, metrics: dict, last_checkpoint: int | None, ckpt=None) -> None:
+  """Stops training with a NonFiniteLossError when step `step` was not finite; its state was not applied.
+
+  A checkpoint written right after the step before holds the very parameters whose loss was non-finite (finite
+  numbers can still overflow in the next forward pass): it is moved aside, so the newest checkpoint left is one
+  whose parameters gave a finite loss, and a re-run with a lower learning rate resumes from a good state.
+  """
   host = parallel.to_host(metrics)
-  if float(host["finite"]) < 1.0:
-    kept = (f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint is not None
-            else "no checkpoint had been written yet")
-    raise NonFiniteLossError(
-        f"The loss, gradient or updated parameters became non-finite at step {step} (loss={float(host['loss'])}, "
-        f"grad_norm={float(host['grad_norm'])}); training stopped and {kept}. Lower "
-        f"optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values.")
+  if float(host["finite"]) >= 1.0:
+    return
+  if ckpt is not None and last_checkpoint is not None and last_checkpoint == step - 1:
+    last_checkpoint = ckpt.set_aside_diverged(last_checkpoint, step)
+  kept = (f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint is not None
+          else "no usable checkpoint had been written yet")
+  raise NonFiniteLossError(
+      f"The loss, gradient or updated parameters became non-finite at step {step} (loss={float(host['loss'])}, "
+      f"grad_norm={float(host['grad_norm'])}); training stopped and {kept}. Lower "
+      f"optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values.")
 
 
 def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -303,7 +312,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
       data_steps += 1
       state, metrics = train_step(state, batch, train_key)
       if pending is not None:  # checked one step late, so the device always has queued work
-        _check_finite(*pending, last_saved)
+        _check_finite(*pending, last_saved, ckpt)
       done = step + 1
       pending = (done, metrics)
       train_metrics.add(metrics)
@@ -314,14 +323,14 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
           writer.write_scalars(done, {"cost/train_gflop_per_example": train_step.flops_per_example / 1e9})
       progress(done)
       if done % (config.log_every_steps or steps_per_epoch) == 0 or done == num_train_steps:  # 0 = once per epoch
-        _check_finite(*pending, last_saved)
+        _check_finite(*pending, last_saved, ckpt)
         scalars = _scalars(train_metrics.result(), "train/")
         scalars.pop("train/finite", None)
         scalars["train/data_wait_s_per_step"] = data_seconds / max(data_steps, 1)
         data_seconds, data_steps = 0.0, 0
         writer.write_scalars(done, scalars)
       if done % eval_every == 0 or done == num_train_steps:
-        _check_finite(*pending, last_saved)
+        _check_finite(*pending, last_saved, ckpt)
         result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh,
                                    config.prefetch_to_device)
         writer.write_scalars(done, _scalars(result, "eval/"))
@@ -331,11 +340,11 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
         if evaluator.due(done, num_train_steps):
           writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
       if done % ckpt_every == 0 or done == num_train_steps or ckpt.is_new_best(done):  # best: saved off cadence
-        _check_finite(*pending, last_saved)
+        _check_finite(*pending, last_saved, ckpt)
         ckpt.save(done, state, {"next_batch": done}, force=True)
         last_saved = done
       if stop.reached(done):  # a flag read, or JAX's multi-process sync point: no device sync
-        _check_finite(*pending, last_saved)
+        _check_finite(*pending, last_saved, ckpt)
         stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
     if final is None:  # a finished workdir re-run: nothing to train, report again
       final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, config.prefetch_to_device)

@@ -83,14 +83,18 @@ def test_resume_continues_exactly(make_config, tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(make_config, tmp_path):
-  config = make_config(**{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 0}, checkpoint_every_steps=1)
+  """A huge rate: step 1 (warm-up rate 0) is fine, step 2's update overflows the next forward pass."""
+  config = make_config(**{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 4}, checkpoint_every_steps=1)
   with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+") as error:
     train.train_and_evaluate(config, str(tmp_path))
   bad_step = int(str(error.value).split("at step ")[1].split()[0])
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3, async_save=False, fingerprint={})
   steps_saved = ckpt.all_steps()
   ckpt.close()
-  assert steps_saved and max(steps_saved) < bad_step
+  assert steps_saved and max(steps_saved) < bad_step - 1
+  assert f"the last checkpoint (step {max(steps_saved)}) is intact" in str(error.value)
+  # The checkpoint written just before the bad step holds the parameters whose loss was non-finite: set aside.
+  assert len(list((tmp_path / checkpoint.CORRUPT_DIR).glob(f"{bad_step - 1}-*"))) == 1
   state = saved_state(str(tmp_path), max(steps_saved))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
