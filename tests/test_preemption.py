@@ -18,14 +18,15 @@ LINE = re.compile(r"^jaxcls: preempted at step (\d+); checkpoint saved to (\S+);
                   r"resume\.$", re.M)
 
 
-def _assert_same_state(workdir_a, workdir_b):
+def _assert_same_state(workdir_a, workdir_b, rtol: float = 0.0):
+  """Bit-identical by default (one process on CPU); `rtol` for runs whose cross-process sums gloo may reorder."""
   a, b = saved_state(workdir_a), saved_state(workdir_b)
   assert int(a["step"]) == int(b["step"])
   for name in ("params", "batch_stats", "opt_state", "ema_params"):
     leaves_a, leaves_b = jax.tree.leaves(a.get(name, {})), jax.tree.leaves(b.get(name, {}))
     assert len(leaves_a) == len(leaves_b), name
     for x, y in zip(leaves_a, leaves_b):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)  # bit-identical on CPU
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=0, err_msg=name)
 
 
 def _steps(workdir):
@@ -272,7 +273,8 @@ def test_a_signal_to_one_process_of_two_stops_both_at_one_step_and_resumes_exact
   err1 = procs[1].communicate(timeout=600)[1]
   procs[0].wait(timeout=300)
   assert procs[0].returncode == procs[1].returncode == 0, err1[-3000:]
-  _assert_same_state(tmp_path, resumed)
+  # Two processes: gloo may add the cross-process sums in another order from run to run (seen: 3.7e-8 apart).
+  _assert_same_state(tmp_path, resumed, rtol=1e-5)
   a, b = saved_state(full_run), saved_state(resumed)
   for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)

@@ -206,8 +206,8 @@ def test_options_are_model_config_keys():
 
 @pytest.mark.parametrize("options, message", [
     ({"stem": "small", "space_to_depth_stem": True}, r"stem 'small' has none\. Set stem='imagenet'"),
-    ({"space_to_depth_stem": "true"}, r"space_to_depth_stem must be True or False, got 'true'"),
-    ({"norm_float32_reductions": 0}, r"norm_float32_reductions must be True or False, got 0"),
+    ({"space_to_depth_stem": "true"}, r"model.space_to_depth_stem='true' is not valid .*; it must be True or False"),
+    ({"norm_float32_reductions": 0}, r"model.norm_float32_reductions=0 is not valid .*; it must be True or False"),
     ({"norm": "group", "norm_float32_reductions": False}, r"batch norm only, not norm 'group'"),
 ])
 def test_bad_option_combinations_raise_config_errors(options, message):

@@ -62,12 +62,12 @@ def build(model_config: Mapping[str, Any], num_classes: int, dtype: Any = "float
     raise ConfigError(f"config.model.name is missing; choose one of: {', '.join(model_names())}.")
   factory: Callable[..., nn.Module] = MODELS.get(name)
   _check_arguments(name, options, model_arguments(name))
-  from jaxcls import config_check  # pylint: disable=g-import-not-at-top
-  config_check.check_model_arguments(name, options, factory)  # types from the signature: widths='abc' -> one line
+  arguments.check_model_arguments(name, options, factory)  # types from the signature: widths='abc' -> one line
   return factory(num_classes=num_classes, dtype=layers.compute_dtype(dtype), **options)
 
 
 # Importing a family registers it; they import MODELS from here, so these come last.
+from jaxcls.models import arguments  # noqa: E402
 from jaxcls.models import layers  # noqa: E402
 from jaxcls.models import resnet  # noqa: E402,F401
 from jaxcls.models import simple_cnn  # noqa: E402,F401
