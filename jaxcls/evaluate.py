@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxcls.errors import ConfigError, JaxclsError
+from jaxcls.errors import ConfigError
 
 def define_flags() -> None:
   """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
@@ -123,21 +123,12 @@ def main(argv):
   if not args.workdir:
     print("jaxcls: error: --workdir is required.", file=sys.stderr)
     sys.exit(2)
-  try:
+  from jaxcls import errors  # pylint: disable=g-import-not-at-top
+  with errors.exit_on_user_error():
     if args.labels_file and not args.data:
       raise ConfigError("--labels_file needs --data (the folder its paths are relative to).")
     final = evaluate_workdir(args.workdir, split=args.split, step=args.step, output_dir=args.output_dir,
                              data_dir=args.data, labels_file=args.labels_file)
-  except JaxclsError as e:
-    print(f"jaxcls: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except Exception as e:  # pylint: disable=broad-except  (a full disk or a read-only output: one line)
-    from jaxcls import errors  # pylint: disable=g-import-not-at-top
-    fault = errors.disk_fault(e)
-    if fault is None:
-      raise
-    print(f"jaxcls: error: {fault}", file=sys.stderr)
-    sys.exit(1)
   logging.info("%s", summary(final))
   print(summary(final))
 

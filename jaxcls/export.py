@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from jaxcls import paths
-from jaxcls.errors import ConfigError, JaxclsError
+from jaxcls.errors import ConfigError
 
 FUNCTION_FILE, WEIGHTS_FILE, METADATA_FILE = "model.jax", "weights.npz", "model.json"
 FORMAT = "jaxcls-export/1"
@@ -137,19 +137,10 @@ def main(argv):
   if not args.workdir or not args.output:
     print("jaxcls: error: --workdir and --output are required.", file=sys.stderr)
     sys.exit(2)
-  try:
+  from jaxcls import errors  # pylint: disable=g-import-not-at-top
+  with errors.exit_on_user_error():
     metadata = export_workdir(args.workdir, args.output, step=args.step, platforms=args.platforms,
                               overwrite=args.overwrite)
-  except JaxclsError as e:
-    print(f"jaxcls: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except Exception as e:  # pylint: disable=broad-except  (a full disk or a read-only output: one line)
-    from jaxcls import errors  # pylint: disable=g-import-not-at-top
-    fault = errors.disk_fault(e)
-    if fault is None:
-      raise
-    print(f"jaxcls: error: {fault}", file=sys.stderr)
-    sys.exit(1)
   size = metadata["preprocessing"]["image_size"]
   message = (f"Exported {metadata['model']} (step {metadata['step']}, {metadata['task']}, "
              f"{len(metadata['class_names'])} classes, {size[0]}x{size[1]} input) for "

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from absl import app, flags, logging
 
-from jaxcls.errors import ConfigError, JaxclsError
+from jaxcls.errors import ConfigError
 
 OUTPUT_FORMATS = (".csv", ".json")
 _FILES_PER_CHUNK = 1024  # files decoded at a time, so memory stays bounded for large folders
@@ -258,19 +258,10 @@ def main(argv):
   if not args.workdir:
     print("jaxcls: error: --workdir is required.", file=sys.stderr)
     sys.exit(2)
-  try:
+  from jaxcls import errors  # pylint: disable=g-import-not-at-top
+  with errors.exit_on_user_error():
     status = run(args.workdir, argv[1:], step=args.step, top_k=args.top_k, batch_size=args.batch_size,
                  output=args.output, workers=args.workers)
-  except JaxclsError as e:
-    print(f"jaxcls: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except Exception as e:  # pylint: disable=broad-except  (a full disk or a read-only output: one line)
-    from jaxcls import errors  # pylint: disable=g-import-not-at-top
-    fault = errors.disk_fault(e)
-    if fault is None:
-      raise
-    print(f"jaxcls: error: {fault}", file=sys.stderr)
-    sys.exit(1)
   sys.exit(status)
 
 
