@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from jaxcls import paths as path_layer
 from jaxcls.data import decode, folder, folder_scan, resize
 from jaxcls.errors import ConfigError, DataError
 
@@ -60,7 +61,7 @@ def find_images(paths: list[str]) -> list[str]:
   """
   found = []
   for path in paths:
-    if os.path.isdir(path):
+    if _kind(path) == "folder":
       files, _ = folder_scan.image_files(path)  # the folder source's walk
       found.extend(files)
     else:
@@ -76,10 +77,26 @@ def load(paths: list[str], preprocessing: Preprocessing, workers: int = 0) -> tu
 
   The decoding is the folder source's (`folder.decode_all`), in a thread pool of `workers` (0 = one per CPU).
   """
-  missing = {p for p in paths if not os.path.isfile(p)}
-  readable = [p for p in paths if p not in missing]
+  unreadable = {p: _UNREADABLE[kind] for p in paths if (kind := _kind(p)) != "file"}
+  readable = [p for p in paths if p not in unreadable]
   images, _, skipped = folder.decode_all(readable, preprocessing.crop, preprocessing.channels,
                                          preprocessing.max_pixels, workers or os.cpu_count() or 1)
   reasons = dict(skipped)
-  reasons.update({p: "no such file" for p in missing})
+  reasons.update(unreadable)
   return images, [reasons.get(p) for p in paths]
+
+
+_UNREADABLE = {"missing": "no such file", "folder": "a folder, not an image file",
+               "special": "not a regular file (a FIFO, socket or device is never opened)"}
+
+
+def _kind(path: str) -> str:
+  """'file', 'folder', 'missing' or 'special', for a local path or a gs:// object, without opening it."""
+  if path_layer.is_remote(path):
+    target = path_layer.path(path, "image path")
+    return "folder" if target.is_dir() else "file" if target.exists() else "missing"
+  if os.path.isdir(path):
+    return "folder"
+  if os.path.isfile(path):
+    return "file"
+  return "special" if os.path.lexists(path) and os.path.exists(path) else "missing"

@@ -153,6 +153,13 @@ def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
   assert status == 0
   written = json.loads(epath.Path(url + "/predictions.json").read_text())
   assert written["workdir"] == url and written["step"] == 8 and written["predictions"][0]["error"] is None
+  # Images in the bucket, named one by one and as a folder, give the local file's probabilities.
+  epath.Path(url + "/inputs/x.png").write_bytes(image.read_bytes())
+  predict.run(url, [url + "/inputs/x.png", url + "/inputs", url + "/inputs/none.png"], top_k=2,
+              output=str(tmp_path / "remote.json"))
+  remote = json.loads((tmp_path / "remote.json").read_text())["predictions"]
+  assert [r["error"] for r in remote[:2]] == [None, None] and remote[2]["error"] == "no such file"
+  assert remote[0]["top_k"] == remote[1]["top_k"] == written["predictions"][0]["top_k"]
   restored = restore.restore(url)
   assert restored.workdir == url and restored.step == 8
   metadata = export.export_model(restored, url + "/exported", platforms=("cpu",))

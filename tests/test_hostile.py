@@ -593,3 +593,17 @@ def test_unwritable_workdirs_are_one_line(python, tmp_path, workdir, words):
   config = _config_file(tmp_path)
   _one_line_error(*_run(["jaxcls.main", "--config", config, "--workdir", workdir], timeout=300), words)
   assert (tmp_path / "file").read_text() == "x"
+
+
+def test_predict_inputs_that_are_not_regular_files_get_their_reason(tmp_path):
+  """A FIFO named on predict's command line is never opened (it would hang); a folder or a gap is named as such."""
+  from jaxcls import preprocess  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import decode  # pylint: disable=g-import-not-at-top
+  fifo = tmp_path / "pipe.png"
+  os.mkfifo(fifo)
+  (tmp_path / "folder.png").mkdir()
+  settings = preprocess.Preprocessing(crop=decode.Crop((8, 8), "resize"), channels=3, max_pixels=10**6)
+  images, reasons = preprocess.load([str(fifo), str(tmp_path / "folder.png"), str(tmp_path / "none.png")], settings)
+  assert len(images) == 0
+  assert reasons == ["not a regular file (a FIFO, socket or device is never opened)", "a folder, not an image file",
+                     "no such file"]
