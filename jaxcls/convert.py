@@ -153,11 +153,14 @@ def save(variables: Mapping[str, Any], path: str) -> None:
 
 
 def load(path: str) -> dict:
-  """The {'params', 'batch_stats'} nested dict written by `save`."""
+  """The {'params', 'batch_stats'} nested dict written by `save`, from a local path or a gs:// object."""
+  import io  # pylint: disable=g-import-not-at-top
   from flax import serialization  # pylint: disable=g-import-not-at-top
+  from jaxcls import paths  # pylint: disable=g-import-not-at-top
+  raw = paths.path(path, "weights file").read_bytes()  # one read: an object store has no cheap seek
   if path.endswith(".npz"):
     out: dict = {"params": {}, "batch_stats": {}}
-    with np.load(path) as data:
+    with np.load(io.BytesIO(raw)) as data:
       for flat_key, value in data.items():
         *parents, leaf = flat_key.split("/")
         node = out
@@ -165,8 +168,7 @@ def load(path: str) -> dict:
           node = node.setdefault(name, {})
         node[leaf] = value
     return out
-  with open(path, "rb") as f:
-    return serialization.msgpack_restore(f.read())
+  return serialization.msgpack_restore(raw)
 
 
 def load_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any]) -> tuple[dict, list[str]]:

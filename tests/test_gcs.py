@@ -188,6 +188,22 @@ def test_init_from_a_gs_workdir(gs_workdir):
   assert transfer.read_source(url + "/checkpoints/4").description == f"workdir {url}, step 4"
 
 
+
+@pytest.mark.parametrize("suffix", [".npz", ".msgpack"])
+def test_init_from_a_converted_weights_file_in_a_bucket(gs_workdir, tmp_path, suffix):
+  from jaxcls import convert, restore, transfer  # pylint: disable=g-import-not-at-top
+  url, _ = gs_workdir
+  variables = restore.read_variables(url, 8)
+  local = tmp_path / f"weights{suffix}"
+  convert.save(variables, str(local))
+  remote = f"{url}/weights/w{suffix}"
+  epath.Path(remote).write_bytes(local.read_bytes())
+  source = transfer.read_source(remote)
+  assert source.description == f"weights file {remote}"
+  for x, y in zip(jax.tree.leaves(source.variables["params"]), jax.tree.leaves(variables["params"]), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 # --- Bad URLs on the command line: one line, non-zero, nothing created. ---
 
 
