@@ -223,7 +223,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
 
 
 def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
-  config_check.validate(config)
   enable_compilation_cache(config.compilation_cache_dir)
   if config.dtype not in steps.DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")

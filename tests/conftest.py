@@ -40,6 +40,19 @@ def tiny_config(**overrides):
   return set_keys(config, overrides)
 
 
+def folder_config(path, **dataset):
+  """A base config reading the image folder at `path` (8x8, 2 decode threads), with `dataset.*` overrides."""
+  from jaxcls.config_base import get_base_config  # pylint: disable=g-import-not-at-top
+  config = get_base_config()
+  config.dataset.name = "folder"
+  config.dataset.path = str(path)
+  config.dataset.image_size = (8, 8)
+  config.dataset.workers = 2
+  for key, value in dataset.items():
+    config.dataset[key] = value
+  return config
+
+
 def set_keys(config, values: dict):
   """Sets dotted keys ('dataset.name') of a ConfigDict; returns it."""
   for key, value in values.items():

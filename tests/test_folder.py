@@ -7,23 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import folder_config
 from jaxcls import data
-from jaxcls.config_base import get_base_config
 from jaxcls.data import decode, folder
 from jaxcls.errors import ConfigError, DataError
 
 RED = (200, 30, 30)
 
 
-def make_config(path, **dataset):
-  config = get_base_config()
-  config.dataset.name = "folder"
-  config.dataset.path = str(path)
-  config.dataset.image_size = (8, 8)
-  config.dataset.workers = 2
-  for key, value in dataset.items():
-    config.dataset[key] = value
-  return config
+make_config = folder_config  # the image-folder config every test here starts from
 
 
 def build(path, process_index=0, process_count=1, **dataset):

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import REPO, folder_config, subprocess_env, tiny_config
 from jaxcls import config_check, errors, export, metrics, models, predict, report, tasks, train
 from jaxcls.config_base import get_base_config
 from jaxcls.data import folder_scan
@@ -134,17 +134,6 @@ def test_model_arguments_of_the_right_type_still_build():
 
 def png(path, value=80):
   Image.new("RGB", (6, 6), (value,) * 3).save(path, format="PNG")
-
-
-def folder_config(path, **dataset):
-  config = get_base_config()
-  config.dataset.name = "folder"
-  config.dataset.path = str(path)
-  config.dataset.image_size = (8, 8)
-  config.dataset.workers = 2
-  for key, value in dataset.items():
-    config.dataset[key] = value
-  return config
 
 
 @pytest.fixture
