@@ -103,12 +103,18 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.batch_size = 128                      # global, over all devices and hosts
   config.eval_batch_size = config_dict.placeholder(int)  # None = batch_size
-  config.prefetch_to_device = 2                # batches copied to the devices ahead of the step; 0 = off
+  config.prefetch_to_device = -1               # batches copied to the devices ahead of the step by a thread;
+                                               # 0 = off, -1 = auto (2 on GPU/TPU, off on CPU, where the thread
+                                               # costs more than it hides)
   config.num_epochs = 10.0
   config.num_train_steps = -1                  # > 0 overrides num_epochs
   config.log_every_steps = 50
-  config.eval_every_steps = 0                  # 0 = once per epoch; evaluation also runs at the end
-  config.checkpoint_every_steps = 0            # 0 = once per epoch; a checkpoint is also written at the end
+  config.eval_every_steps = 0                  # 0 = once per epoch, -1 = only at the end; evaluation also
+                                               # runs at the end
+  config.checkpoint_every_steps = 0            # 0 = once per epoch, -1 = only at the end (and when preempted);
+                                               # a checkpoint is also written at the end
+  config.checkpoint_every_secs = 0.0           # > 0: also a checkpoint when this much wall time passed since the
+                                               # last one (a long run's insurance against a crash); 0 = off
   config.keep_checkpoints = 3                  # the newest N checkpoints are kept (>= 1), plus the best one:
   config.best_metric = "eval/accuracy"         # the evaluation scalar that ranks checkpoints; '' = keep no best.
                                                # An evaluation that beats every kept checkpoint is saved at once
@@ -143,6 +149,9 @@ def get_base_config() -> ml_collections.ConfigDict:
                                                # one | 'keep' (must fit) | 'reinit' (always a new head)
   config.head_modules = ()                     # the head's parameter modules, e.g. ('fc',); () = found by itself
                                                # (the layers whose shapes depend on the class count)
+  # Metric writers by name, in order: 'tensorboard' (event files, tensorboard package, no TensorFlow),
+  # 'jsonl' (DIR/metrics.jsonl), 'log' (the log), 'clu' (clu's TensorFlow summary writer; needs the tf extra)
+  config.writers = config_dict.FieldReference(("tensorboard", "jsonl", "log"), field_type=object)
   config.compilation_cache_dir = ""            # JAX persistent compilation cache folder; '' = off. Reruns and
                                                # resumed runs load compiled steps from it instead of compiling
   # A workdir that holds a run resumes only with the same training config (docs/workdir.md); True continues it

@@ -101,6 +101,7 @@ _UNIT_OPEN = (lambda v: 0 <= v < 1, "in [0, 1)")
 _OPEN_UNIT = (lambda v: 0 < v < 1, "strictly between 0 and 1")
 _HALF_OPEN_UNIT = (lambda v: 0 < v <= 1, "in (0, 1]")
 _CADENCE = (lambda v: v >= 0, ">= 0 (0 = once per epoch)")
+_CADENCE_OR_END = (lambda v: v >= -1, ">= -1 (0 = once per epoch, -1 = only at the end)")
 
 # key -> (type: 'int' | 'float' | 'bool', optional (None allowed), (test, words), hint or '').
 # Tuple-valued keys: the type and range apply to every element (`'ints'`, `'floats'`).
@@ -147,12 +148,13 @@ RANGES: dict[str, tuple[str, bool, tuple[Callable[[Any], bool], str], str]] = {
     "optimizer.muon_normalize_weights": ("bool", False, _ANY, ""),
     "batch_size": ("int", False, _GE1, "the global batch, e.g. 128"),
     "eval_batch_size": ("int", True, _GE1, "None = batch_size"),
-    "prefetch_to_device": ("int", False, _GE0, "0 = off"),
+    "prefetch_to_device": ("int", False, (lambda v: v >= -1, ">= -1"), "0 = off, -1 = auto"),
     "num_epochs": ("float", False, _GE0, "ignored when num_train_steps > 0"),
     "num_train_steps": ("int", False, (lambda v: v >= -1, ">= -1"), "-1 or 0 = use num_epochs"),
     "log_every_steps": ("int", False, _CADENCE, ""),
-    "eval_every_steps": ("int", False, _CADENCE, ""),
-    "checkpoint_every_steps": ("int", False, _CADENCE, ""),
+    "eval_every_steps": ("int", False, _CADENCE_OR_END, ""),
+    "checkpoint_every_steps": ("int", False, _CADENCE_OR_END, ""),
+    "checkpoint_every_secs": ("float", False, _GE0, "0 = off"),
     "keep_checkpoints": ("int", False, _GE1, "the newest N are kept; at least the last one must be"),
     "async_checkpointing": ("bool", False, _ANY, ""),
     "ema_decay": ("float", False, _UNIT_OPEN, "0 = off, e.g. 0.999; 1 would freeze the average at the initial "
