@@ -1,12 +1,15 @@
 """Metric writers and progress reports for the training loop.
 
-One writer fans out to TensorBoard (`workdir/tensorboard/`), the log and `workdir/metrics.jsonl`, with clu's
-`MetricWriter` methods. TensorBoard goes through clu when clu and TensorFlow import, else through the `tensorboard`
-package alone, so the core trains without TensorFlow; both are imported lazily for the same reason.
+`create_writer` builds the writers `config.writers` names, from `WRITERS`, behind one `MultiWriter` with clu's
+`MetricWriter` methods: 'tensorboard' (event files in `workdir/tensorboard/`, written with the tensorboard package's
+protos only), 'jsonl' (`workdir/metrics.jsonl`), 'log' (the console) and 'clu' (clu's TensorFlow summary writer).
+Only 'clu' imports TensorFlow and clu, when it is named, so a default run starts without them (docs/writers.md).
 """
 
+import ast
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -19,6 +22,8 @@ import jax
 import numpy as np
 
 from jaxcls import paths
+from jaxcls.errors import ConfigError
+from jaxcls.registry import Registry
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -214,23 +219,43 @@ def _end_with_newline(path: str) -> None:
       f.write(b"\n")
 
 
-class EventFileWriter(Writer):
-  """TensorBoard event files written with the `tensorboard` package only: the writer when TensorFlow is missing."""
+class _EventWriter(Writer):
+  """Turns writer calls into TensorBoard `Event` protos, framed as TFRecords; subclasses store the records.
 
-  def __init__(self, logdir: str):
+  Built from the tensorboard package's protos and record framing only: its own `EventFileWriter` goes through
+  `tensorboard.compat.tf`, which imports TensorFlow (seconds of start-up) whenever TensorFlow is installed.
+  Scalars are `simple_value`s, so `EventAccumulator.Scalars(tag)` reads them back (TF2 summaries store tensors).
+  """
+
+  def __init__(self, resume_step: int | None = None):
     from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
     from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
     self._event_pb2 = event_pb2
     self._summary_pb2 = summary_pb2
-    self._writer = event_file_writer.EventFileWriter(logdir)
+    self._resume_step = resume_step
+
+  def _start_events(self) -> list[Any]:
+    """The events a new file starts with: the format version and, on a resumed run, a restart marker.
+
+    The marker (SessionLog.START at `resume_step + 1`) makes TensorBoard drop the events of later steps that
+    earlier files hold (written after the checkpoint this run resumes from), as `JsonlWriter` drops those lines.
+    """
+    events = [self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")]
+    if self._resume_step is not None:
+      events.append(self._event_pb2.Event(
+          wall_time=time.time(), step=int(self._resume_step) + 1,
+          session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
+    return events
+
+  def _write_record(self, data: bytes) -> None:
+    raise NotImplementedError
 
   def _add(self, step: int, summary) -> None:
     event = self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
-    self._writer.add_event(event)
+    self._write_record(event.SerializeToString())
 
   def write_scalars(self, step, scalars):
-    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
+    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=to_float(v)) for k, v in scalars.items()]
     self._add(step, self._summary_pb2.Summary(value=values))
 
   def write_texts(self, step, texts):
@@ -240,25 +265,59 @@ class EventFileWriter(Writer):
 
   def write_hparams(self, hparams):
     from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
-    self._add(0, summary_v2.hparams_pb(dict(hparams)))
+    self._add(0, summary_v2.hparams_pb(flatten_hparams(hparams)))
 
   def write_images(self, step, images):
     for key, batch in images.items():
-      for i, image in enumerate(np.asarray(batch)):
+      batch = np.asarray(batch)
+      for i, image in enumerate(batch):
         tag = key if len(batch) == 1 else f"{key}/{i}"
         height, width, channels = image.shape
         value = self._summary_pb2.Summary.Value(tag=tag, image=self._summary_pb2.Summary.Image(
             height=height, width=width, colorspace=channels, encoded_image_string=_png_bytes(image)))
         self._add(step, self._summary_pb2.Summary(value=[value]))
 
+
+_FILE_NUMBERS = itertools.count()
+
+
+def _event_file_name() -> str:
+  """TensorBoard's naming (`events.out.tfevents.<time>.<host>.<pid>.<n>`), `n` padded so that the files of one
+  folder sort in the order they were written (TensorBoard reads them in name order)."""
+  return (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+          f"{next(_FILE_NUMBERS):05d}")
+
+
+class EventFileWriter(_EventWriter):
+  """TensorBoard event files in a local folder, one new file per writer, flushed at every write.
+
+  Writes come at log and eval points, so flushing each one costs little and a kill loses nothing written.
+  """
+
+  def __init__(self, logdir: str, resume_step: int | None = None):
+    super().__init__(resume_step)
+    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+    os.makedirs(logdir, exist_ok=True)
+    self.path = os.path.join(logdir, _event_file_name())
+    self._file = open(self.path, "wb")
+    self._records = record_writer.RecordWriter(self._file)
+    for event in self._start_events():
+      self._records.write(event.SerializeToString())
+    self._file.flush()
+
+  def _write_record(self, data: bytes) -> None:
+    self._records.write(data)
+    self._file.flush()
+
   def flush(self):
-    self._writer.flush()
+    if not self._file.closed:
+      self._file.flush()
 
   def close(self):
-    self._writer.close()
+    self._file.close()
 
 
-class RemoteEventWriter(EventFileWriter):
+class RemoteEventWriter(_EventWriter):
   """TensorBoard event files on an object store (`gs://`), written without TensorFlow and without appends.
 
   Events are framed as TFRecords (tensorboard's own record writer and crc32c) into an in-memory chunk, and the
@@ -267,32 +326,28 @@ class RemoteEventWriter(EventFileWriter):
   every event file of a folder in name order, and no upload ever grows beyond one chunk.
   """
 
-  def __init__(self, logdir, chunk_bytes: int = 1 << 20):
-    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    self._event_pb2 = event_pb2
-    self._summary_pb2 = summary_pb2
+  def __init__(self, logdir, chunk_bytes: int = 1 << 20, resume_step: int | None = None):
+    super().__init__(resume_step)
     self._logdir = paths.path(logdir, "TensorBoard folder")
     self._chunk_bytes = chunk_bytes
     self._prefix = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
     self._number = -1
-    self._new_chunk()
+    self._new_chunk(self._start_events())
 
-  def _new_chunk(self) -> None:
+  def _new_chunk(self, first_events: list[Any]) -> None:
     from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
     self._number += 1
     self._buffer = io.BytesIO()
     self._records = record_writer.RecordWriter(self._buffer)
-    self._records.write(self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
-                        .SerializeToString())
+    for event in first_events:
+      self._records.write(event.SerializeToString())
     self._dirty = True
 
-  def _add(self, step: int, summary) -> None:
+  def _write_record(self, data: bytes) -> None:
     if self._buffer.tell() > self._chunk_bytes:
       self.flush()
-      self._new_chunk()
-    event = self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
-    self._records.write(event.SerializeToString())
+      self._new_chunk(self._start_events()[:1])  # the restart marker only once, in the first chunk
+    self._records.write(data)
     self._dirty = True
     self.flush()
 
@@ -324,87 +379,168 @@ def write_figures(writer: Writer, step: int, figure_paths: Iterable[str]) -> Non
     writer.flush()
 
 
-def _tensorboard_writer(logdir: str) -> Any:
-  """clu's SummaryWriter when clu and TensorFlow import, else `EventFileWriter`; `RemoteEventWriter` on an
-  object store (TensorFlow's file system and tensorboard's appending writer would lose events there)."""
+# --- The writers by name: `factory(workdir, resume_step) -> Writer`, `workdir` an epath on the path layer. ---
+
+WRITERS = Registry("writer")
+DEFAULT_WRITERS = ("tensorboard", "jsonl", "log")
+
+
+@WRITERS.register("tensorboard")
+def _tensorboard(workdir, resume_step: int | None) -> Writer:
+  """Event files in `workdir/tensorboard/` without TensorFlow; `RemoteEventWriter` on an object store, where
+  appending writers would lose events."""
+  logdir = workdir / TENSORBOARD_DIR
   if paths.is_remote(logdir):
-    return RemoteEventWriter(logdir)
+    return RemoteEventWriter(os.fspath(logdir), resume_step=resume_step)
+  return EventFileWriter(os.fspath(logdir), resume_step=resume_step)
+
+
+@WRITERS.register("jsonl")
+def _jsonl(workdir, resume_step: int | None) -> Writer:
+  """`workdir/metrics.jsonl`, trimmed to `resume_step` on a resumed run."""
+  return JsonlWriter(workdir / JSONL_NAME, resume_step)
+
+
+@WRITERS.register("log")
+def _log(workdir, resume_step: int | None) -> Writer:
+  """The absl log (the console)."""
+  del workdir, resume_step
+  return LogWriter()
+
+
+@WRITERS.register("clu")
+def _clu(workdir, resume_step: int | None) -> Any:
+  """clu's `SummaryWriter` (TF2 summaries: scalars are stored as tensors) in `workdir/tensorboard/`; the only
+  writer that imports TensorFlow and clu."""
+  del resume_step  # TF's writer has no restart marker; jsonl is the record a resumed run is trimmed in.
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    logging.info("clu or TensorFlow is not installed; writing TensorBoard events with the tensorboard package.")
-    return EventFileWriter(logdir)
+  except ImportError as e:
+    raise ConfigError(f"config.writers names 'clu', which needs clu and TensorFlow ({e}); install them with "
+                      "`pip install 'jaxcls[tf]'` or use 'tensorboard'.") from e
   try:
     tf.config.set_visible_devices([], "GPU")  # TensorFlow must not reserve the accelerator memory JAX uses.
   except RuntimeError:
     pass  # TensorFlow was initialised earlier by someone else; their choice stands.
-  return metric_writers.SummaryWriter(logdir)
+  return metric_writers.SummaryWriter(os.fspath(workdir / TENSORBOARD_DIR))
 
 
-def create_writer(workdir: str, *, is_main: bool, resume_step: int | None = None) -> Writer:
-  """The run's writer: TensorBoard, log and JSONL on the main process, a no-op elsewhere.
+def writer_names(value: Any = DEFAULT_WRITERS) -> tuple[str, ...]:
+  """`config.writers` as a tuple of known names: a tuple, or 'a,b' / "('a', 'b')" from a command line.
 
-  Other processes write nothing (and do not even fetch the values), so hosts never race on the same files.
+  Raises ConfigError for an unknown name (with the known ones), a name listed twice, or 'tensorboard' with
+  'clu' (both write `workdir/tensorboard/`, and TensorBoard would show every scalar twice).
   """
+  names = DEFAULT_WRITERS if value is None else value
+  if isinstance(names, str):
+    try:
+      names = ast.literal_eval(names)
+    except (ValueError, SyntaxError):
+      pass
+  if isinstance(names, str):
+    names = tuple(n.strip() for n in names.split(",") if n.strip())
+  names = tuple(str(n) for n in names)
+  for name in names:
+    WRITERS.get(name)
+  if len(set(names)) != len(names):
+    raise ConfigError(f"config.writers={names} names a writer twice; list each once.")
+  if {"tensorboard", "clu"} <= set(names):
+    raise ConfigError(f"config.writers={names} names both 'tensorboard' and 'clu', which write the same "
+                      "TensorBoard folder; keep one.")
+  return names
+
+
+def create_writer(workdir: str, *, is_main: bool, resume_step: int | None = None,
+                  names: Any = DEFAULT_WRITERS) -> Writer:
+  """The run's writer: the writers `names` lists (`config.writers`), in order, on the main process; a no-op
+  elsewhere, so hosts never race on the same files (and do not even fetch the values).
+
+  `resume_step` is the step a training run starts or resumes from (its later records are dropped), `None` for
+  entry points that only append.
+  """
+  names = writer_names(names)
   if not is_main:
     return Writer()
   workdir = paths.path(workdir, "workdir")
   paths.makedirs(workdir)
-  return MultiWriter([
-      _tensorboard_writer(os.fspath(workdir / TENSORBOARD_DIR)),
-      LogWriter(),
-      JsonlWriter(workdir / JSONL_NAME, resume_step),
-  ])
+  return MultiWriter(WRITERS.get(name)(workdir, resume_step) for name in names)
 
 
 def _format_secs(secs: float) -> str:
-  secs = max(0, int(secs))
+  secs = max(0, int(round(secs)))
   hours, rest = divmod(secs, 3600)
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 class Progress:
-  """Writes `steps_per_sec` (and `uptime`) and logs the ETA every `every_secs` or `every_steps`: clu's
-  `ReportProgress` without clu.
+  """Logs throughput, progress and the ETA, and writes `steps_per_sec` (and `uptime`) as scalars.
+
+  Reports at the first of `first_secs` or `first_fraction` of the steps after the clock starts (so a short run
+  shows its rate early), then every `every_secs` or `every_steps`, and at the last step. `steps_per_sec` is the
+  rate since the previous report; the ETA uses the rate since the clock started, pauses for eval included, since
+  they recur. The first call only starts the clock, so compilation is not counted.
   """
 
   def __init__(self, num_train_steps: int, writer: Any, every_steps: Optional[int] = None,
-               every_secs: Optional[float] = 30.0):
+               every_secs: Optional[float] = 30.0, first_secs: float = 5.0, first_fraction: float = 0.1):
     self._num_train_steps = num_train_steps
     self._writer = writer
     self._every_steps = every_steps
     self._every_secs = every_secs
+    self._first_secs = first_secs
+    self._first_fraction = first_fraction
+    self._start: Optional[tuple[int, float]] = None
     self._previous: Optional[tuple[int, float]] = None
+    self._reported = False
     self._t0 = time.monotonic()
     self._time_per_part: dict[str, float] = {}
 
+  def _due(self, step: int, t: float) -> bool:
+    """Whether `step` (at time `t`) is a report point; see the class docstring."""
+    previous_step, previous_t = self._previous
+    if step == previous_step:
+      return False
+    if step == self._num_train_steps or (self._every_steps and step % self._every_steps == 0):
+      return True
+    if self._every_secs is not None and t - previous_t > self._every_secs:
+      return True
+    if not self._reported:
+      start_step, start_t = self._start
+      total = self._num_train_steps - start_step if self._num_train_steps and self._num_train_steps > 0 else 0
+      return t - start_t >= self._first_secs or (total > 0 and step - start_step >= self._first_fraction * total)
+    return False
+
   def __call__(self, step: int, t: Optional[float] = None) -> bool:
-    """Call after every step; returns whether it reported. The first call only starts the clock."""
+    """Call after every step; returns whether it reported."""
     t = time.monotonic() if t is None else t
-    if self._previous is None:
-      self._previous = (step, t)
+    if self._start is None:
+      self._start = self._previous = (step, t)
+      return False
+    if not self._due(step, t):
       return False
     previous_step, previous_t = self._previous
-    due = ((self._every_steps and step % self._every_steps == 0) or
-           (self._every_secs is not None and t - previous_t > self._every_secs) or
-           step == self._num_train_steps)
-    if step == previous_step or not due:
-      return False
     steps_per_sec = (step - previous_step) / max(t - previous_t, 1e-9)
-    message = f"{steps_per_sec:.1f} steps/s"
-    if self._num_train_steps and self._num_train_steps > 0:
-      eta = (self._num_train_steps - step) / steps_per_sec
-      message += (f", {100 * step / self._num_train_steps:.1f}% ({step}/{self._num_train_steps}), "
-                  f"ETA: {_format_secs(eta)}")
-    if self._time_per_part:
-      total = time.monotonic() - self._t0
-      message += " (" + ", ".join(f"{100 * dt / total:.1f}% {name}"
-                                  for name, dt in sorted(self._time_per_part.items())) + ")"
-    logging.info("Progress: %s", message)
+    logging.info("Progress: %s", self._message(step, t, steps_per_sec))
     self._writer.write_scalars(step, {"steps_per_sec": steps_per_sec, "uptime": time.monotonic() - self._t0})
     self._previous = (step, t)
+    self._reported = True
     return True
+
+  def _message(self, step: int, t: float, steps_per_sec: float) -> str:
+    """'812.3 steps/s, 10.0% (66/659), 0m01s elapsed, ETA 0m07s (3.1% eval)'."""
+    start_step, start_t = self._start
+    message = f"{steps_per_sec:.1f} steps/s"
+    if self._num_train_steps and self._num_train_steps > 0:
+      mean_rate = (step - start_step) / max(t - start_t, 1e-9)
+      eta = (self._num_train_steps - step) / max(mean_rate, 1e-9)
+      message += (f", {100 * step / self._num_train_steps:.1f}% ({step}/{self._num_train_steps}), "
+                  f"{_format_secs(t - start_t)} elapsed, ETA {_format_secs(eta)}")
+    if self._time_per_part:
+      total = max(time.monotonic() - self._t0, 1e-9)
+      message += " (" + ", ".join(f"{100 * dt / total:.1f}% {name}"
+                                  for name, dt in sorted(self._time_per_part.items())) + ")"
+    return message
 
   @contextlib.contextmanager
   def timed(self, name: str, wait_jax_async_dispatch: bool = True):
@@ -429,19 +565,11 @@ class _NoProgress:
 
 def create_progress(num_train_steps: int, writer: Any, *, is_main: bool, every_steps: Optional[int] = None,
                     every_secs: Optional[float] = 30.0) -> Any:
-  """Called as `progress(step)` after every step; reports throughput and the ETA periodically and at the end.
-
-  clu's `ReportProgress` when clu imports (it requires a call at every step if `every_steps` is set), else
-  `Progress`. Both offer `with progress.timed('eval'):`.
-  """
+  """Called as `progress(step)` after every step: `Progress` on the main process (never clu's `ReportProgress`,
+  which imports TensorFlow), a no-op elsewhere. Both offer `with progress.timed('eval'):`."""
   if not is_main:
     return _NoProgress()
-  try:
-    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return Progress(num_train_steps, writer, every_steps=every_steps, every_secs=every_secs)
-  return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer, every_steps=every_steps,
-                                         every_secs=every_secs)
+  return Progress(num_train_steps, writer, every_steps=every_steps, every_secs=every_secs)
 
 
 def _path_name(path: tuple[Any, ...]) -> str:

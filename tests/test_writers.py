@@ -1,6 +1,7 @@
-"""Tests of jaxcls.writers: TensorBoard events (clu and tensorboard-only paths), JSONL and resume, progress."""
+"""Tests of jaxcls.writers: writers by name, TensorBoard events read back, JSONL and resume, progress, imports."""
 
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -15,8 +16,10 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from jaxcls import writers
+from jaxcls.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "clu", "tensorflow_datasets")
 
 
 def _events(logdir):
@@ -28,7 +31,7 @@ def _events(logdir):
   plugins = {}
   for tag in acc.Tags()["tensors"]:
     plugins[tag] = acc.SummaryMetadata(tag).plugin_data.plugin_name
-    if plugins[tag] == "scalars":  # TF2 summaries (clu's path) store scalars as tensors
+    if plugins[tag] == "scalars":  # TF2 summaries (clu's writer) store scalars as tensors
       scalars[tag] = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
     elif plugins[tag] == "text":
       plugins[tag] = ("text", [tensor_util.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors(tag)])
@@ -41,72 +44,161 @@ def _jsonl(workdir):
 
 
 def _run_python(code, tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
 
-def test_import_is_lazy(tmp_path):
-  out = _run_python("""
-      import sys
-      import jaxcls.writers
-      print(sorted(m for m in ('tensorflow', 'clu') if m in sys.modules))
-  """, tmp_path)
-  assert out.strip() == "[]"
+# --- Writers by name. ---
 
 
-def test_tensorboard_and_jsonl_with_clu(tmp_path):
-  pytest.importorskip("clu.metric_writers")
+@pytest.mark.parametrize("value, expected", [
+    (None, ("tensorboard", "jsonl", "log")),
+    (("jsonl",), ("jsonl",)),
+    ("tensorboard,jsonl", ("tensorboard", "jsonl")),
+    (" jsonl , log ", ("jsonl", "log")),
+    ("('clu', 'jsonl')", ("clu", "jsonl")),
+    ("log", ("log",)),
+    ((), ()),
+])
+def test_writer_names_parse_like_the_command_line(value, expected):
+  assert writers.writer_names(value) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    (("tensorboard", "mlflw"), r"Unknown writer 'mlflw'\. Known: clu, jsonl, log, tensorboard\."),
+    ("jsonl,tensorbord", r"Did you mean 'tensorboard'\?"),
+    (("jsonl", "jsonl"), "names a writer twice"),
+    ("tensorboard,clu", "names both 'tensorboard' and 'clu'"),
+])
+def test_bad_writer_names_are_one_line_config_errors(value, message, tmp_path):
+  with pytest.raises(ConfigError, match=message) as error:
+    writers.create_writer(str(tmp_path / "run"), is_main=True, names=value)
+  assert "\n" not in str(error.value)
+  assert not (tmp_path / "run").exists()
+
+
+def test_names_pick_the_writers_in_order(tmp_path):
+  with writers.create_writer(str(tmp_path), is_main=True, names="jsonl,log") as writer:
+    assert [type(w).__name__ for w in writer.writers] == ["JsonlWriter", "LogWriter"]
+    writer.write_scalars(1, {"loss": 1.0})
+  assert not (tmp_path / "tensorboard").exists()
+  assert _jsonl(tmp_path) == [{"step": 1, "loss": 1.0}]
+
+
+def test_clu_without_clu_names_the_extra(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
+  monkeypatch.setitem(sys.modules, "clu", None)
+  with pytest.raises(ConfigError, match=r"names 'clu'.*pip install 'jaxcls\[tf\]'"):
+    writers.create_writer(str(tmp_path), is_main=True, names=("clu",))
+
+
+# --- TensorBoard events without TensorFlow. ---
+
+
+def test_default_writers_read_back_with_event_accumulator(tmp_path):
+  """Every scalar is a simple_value (Scalars() reads it), and texts, hparams and images land too."""
   with writers.create_writer(str(tmp_path), is_main=True) as writer:
-    assert any(type(w).__name__ == "SummaryWriter" for w in writer.writers)
-    writer.write_scalars(1, {"loss": np.float32(2.5), "accuracy": jnp.array(0.25)})
-    writer.write_scalars(2, {"loss": 1.5})
+    writer.write_scalars(1, {"train/loss": np.float32(2.5), "train/accuracy": jnp.array(0.25)})
+    writer.write_scalars(2, {"train/loss": 1.5, "eval/accuracy": np.float64(0.75), "lr": 0.1})
     writer.write_texts(2, {"note": "hello"})
-    writer.write_hparams({"optimizer": {"name": "sgd", "learning_rate": 0.1}})
-  scalars, plugins = _events(tmp_path / "tensorboard")
-  assert scalars["loss"] == [(1, 2.5), (2, 1.5)]
-  assert scalars["accuracy"] == [(1, 0.25)]
+    writer.write_hparams({"optimizer": {"name": "sgd", "learning_rate": 0.1}, "widths": (8, 16)})
+    writer.write_images(2, {"figure": np.full((1, 5, 7, 3), 200, np.uint8),
+                            "grid": np.zeros((2, 4, 4, 1), np.uint8)})
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+  written = {"train/loss": [(1, 2.5), (2, 1.5)], "train/accuracy": [(1, 0.25)], "eval/accuracy": [(2, 0.75)],
+             "lr": [(2, pytest.approx(0.1))]}
+  assert sorted(acc.Tags()["scalars"]) == sorted(written)
+  for tag, expected in written.items():
+    assert [(e.step, e.value) for e in acc.Scalars(tag)] == expected
+  image = acc.Images("figure")[0]
+  assert (image.step, image.width, image.height) == (2, 7, 5)
+  assert [len(acc.Images(f"grid/{i}")) for i in range(2)] == [1, 1]
+  _, plugins = _events(tmp_path / "tensorboard")
   assert plugins["note"] == ("text", ["hello"])
   assert "hparams" in plugins.values()
-  assert _jsonl(tmp_path) == [{"step": 1, "loss": 2.5, "accuracy": 0.25}, {"step": 2, "loss": 1.5}]
+  assert _jsonl(tmp_path) == [{"step": 1, "train/loss": 2.5, "train/accuracy": 0.25},
+                              {"step": 2, "train/loss": 1.5, "eval/accuracy": 0.75, "lr": 0.1}]
 
 
-def test_fallback_without_tensorflow_or_clu(tmp_path):
-  out = _run_python("""
+def test_events_are_on_disk_before_close(tmp_path):
+  """What a kill leaves: every write is flushed at once."""
+  writer = writers.create_writer(str(tmp_path), is_main=True, names=("tensorboard",))
+  writer.write_scalars(3, {"loss": 0.5})
+  scalars, _ = _events(tmp_path / "tensorboard")
+  assert scalars["loss"] == [(3, 0.5)]
+  writer.close()
+
+
+def test_resume_drops_events_after_the_checkpoint(tmp_path):
+  """The resumed run's restart marker makes TensorBoard drop the killed run's steps after resume_step."""
+  with writers.create_writer(str(tmp_path), is_main=True, resume_step=0) as writer:
+    for step in (10, 20, 30, 40):
+      writer.write_scalars(step, {"loss": step / 10})
+  with writers.create_writer(str(tmp_path), is_main=True, resume_step=20) as writer:
+    writer.write_scalars(30, {"loss": 0.3})
+  assert len(os.listdir(tmp_path / "tensorboard")) == 2
+  scalars, _ = _events(tmp_path / "tensorboard")
+  assert scalars["loss"] == [(10, 1.0), (20, 2.0), (30, pytest.approx(0.3))]
+  assert [r["step"] for r in _jsonl(tmp_path)] == [10, 20, 30]
+
+
+@pytest.mark.slow
+def test_clu_writer_still_writes_tf2_summaries(tmp_path):
+  pytest.importorskip("clu.metric_writers")
+  with writers.create_writer(str(tmp_path), is_main=True, names=("clu", "jsonl")) as writer:
+    assert type(writer.writers[0]).__name__ == "SummaryWriter"
+    writer.write_scalars(1, {"loss": np.float32(2.5)})
+    writer.write_texts(1, {"note": "hello"})
+  scalars, plugins = _events(tmp_path / "tensorboard")
+  assert scalars["loss"] == [(1, 2.5)]
+  assert plugins["note"] == ("text", ["hello"])
+  assert _jsonl(tmp_path) == [{"step": 1, "loss": 2.5}]
+
+
+# --- Imports: a default run pays for neither TensorFlow nor clu. ---
+
+
+@pytest.mark.slow
+def test_default_writers_and_progress_import_no_tensorflow(tmp_path):
+  out = _run_python(f"""
       import sys
-      sys.modules['tensorflow'] = None
-      sys.modules['clu'] = None
       import numpy as np
       from jaxcls import writers
-      workdir = sys.argv[1]
-      writer = writers.create_writer(workdir, is_main=True)
-      writer.write_scalars(3, {"loss": np.float64(0.5)})
-      writer.write_scalars(4, {"loss": 0.25, "lr": 0.1})
-      writer.write_texts(4, {"note": "no tf"})
-      writer.write_hparams({"model": {"name": "resnet", "widths": (1, 2)}})
-      writer.write_images(4, {"figure": np.full((1, 5, 7, 3), 200, np.uint8)})
+      writer = writers.create_writer(sys.argv[1], is_main=True)
+      writer.write_scalars(1, {{"loss": np.float64(0.5)}})
+      writer.write_texts(1, {{"note": "no tf"}})
+      writer.write_hparams({{"model": {{"name": "resnet"}}}})
+      writer.write_images(1, {{"figure": np.zeros((1, 4, 4, 3), np.uint8)}})
       progress = writers.create_progress(10, writer, is_main=True)
-      for step in range(5, 11):
-        progress(step, t=step * 0.5)
+      for step in range(1, 11):
+        progress(step)
       writer.close()
-      print(type(progress).__name__, sorted(m for m in ('tensorflow', 'clu.metric_writers') if sys.modules.get(m)))
+      print(type(progress).__name__, sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY}))
   """, tmp_path)
   assert out.strip() == "Progress []"
-  scalars, plugins = _events(tmp_path / "tensorboard")
-  assert scalars["loss"] == [(3, 0.5), (4, 0.25)]
-  assert scalars["lr"] == [(4, pytest.approx(0.1))]
-  assert scalars["steps_per_sec"] == [(10, pytest.approx(2.0))]
-  assert plugins["note"] == ("text", ["no tf"])
-  assert "hparams" in plugins.values()
-  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
-  acc.Reload()
-  image = acc.Images("figure")[0]
-  assert (image.step, image.width, image.height) == (4, 7, 5)
-  records = _jsonl(tmp_path)
-  assert records[:2] == [{"step": 3, "loss": 0.5}, {"step": 4, "loss": 0.25, "lr": 0.1}]
-  assert records[2]["step"] == 10 and records[2]["steps_per_sec"] == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_default_training_imports_no_tensorflow_clu_or_tfds(tmp_path):
+  """A tiny default-config training run, in a fresh process, never imports TensorFlow, clu or TFDS."""
+  out = _run_python(f"""
+      import sys
+      from conftest import tiny_config
+      from jaxcls import train
+      config = tiny_config(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4)
+      assert tuple(config.writers) == ("tensorboard", "jsonl", "log"), config.writers
+      train.train_and_evaluate(config, sys.argv[1] + "/run")
+      print(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY}))
+  """, tmp_path)
+  assert out.strip().splitlines()[-1] == "[]"
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+  assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+# --- JSONL and resume. ---
 
 
 def test_resume_drops_lines_after_the_checkpoint(tmp_path):
@@ -148,6 +240,17 @@ def test_non_main_writes_no_files(tmp_path):
   assert not workdir.exists()
 
 
+def test_restart_from_step_zero_drops_a_killed_runs_lines(tmp_path):
+  """A run killed before its first checkpoint restarts at step 0: its old lines must not stay as duplicates."""
+  with writers.create_writer(str(tmp_path), is_main=True, resume_step=0) as writer:
+    writer.write_scalars(1, {"loss": 1.0})
+  with writers.create_writer(str(tmp_path), is_main=True, resume_step=0) as writer:
+    writer.write_scalars(1, {"loss": 0.9})
+  assert _jsonl(tmp_path) == [{"step": 1, "loss": 0.9}]
+  scalars, _ = _events(tmp_path / "tensorboard")
+  assert scalars["loss"] == [(1, pytest.approx(0.9))]
+
+
 def test_flatten_hparams():
   config = ml_collections.ConfigDict({"seed": 0, "dataset": {"image_size": (32, 32), "mean": None},
                                       "optimizer": {"name": "sgd", "nesterov": True, "lr": np.float32(0.5)}})
@@ -156,26 +259,61 @@ def test_flatten_hparams():
       "optimizer.name": "sgd", "optimizer.nesterov": True, "optimizer.lr": 0.5}
 
 
+# --- Progress. ---
+
+
+def _reports(num_steps, times, **kwargs):
+  """The steps `Progress` reports at, given the time of each step 1..len(times), and the JSONL rows."""
+  rows = []
+
+  class Rows(writers.Writer):
+    def write_scalars(self, step, scalars):
+      rows.append({"step": step, **scalars})
+
+  progress = writers.create_progress(num_steps, Rows(), is_main=True, **kwargs)
+  reported = [step for step, t in enumerate(times, start=1) if progress(step, t=t)]
+  return reported, rows
+
+
 def test_progress_writes_steps_per_sec(tmp_path):
   with writers.create_writer(str(tmp_path), is_main=True) as writer:
     progress = writers.create_progress(100, writer, is_main=True, every_steps=None, every_secs=30.0)
     for step in range(1, 101):
-      progress(step, t=step * 0.25)  # 4 steps/s; reports after 30 s and at the last step
+      progress(step, t=step * 0.25)  # 4 steps/s
   rates = [(r["step"], r["steps_per_sec"]) for r in _jsonl(tmp_path) if "steps_per_sec" in r]
-  assert rates and rates[-1][0] == 100
+  assert [step for step, _ in rates] == [11, 100]  # 10% of the steps after the clock starts, then the end
   assert all(rate == pytest.approx(4.0) for _, rate in rates)
 
 
-def test_fallback_progress_every_steps_and_timed(tmp_path):
-  writer = writers.JsonlWriter(str(tmp_path / "metrics.jsonl"))
-  progress = writers.Progress(20, writer, every_steps=5, every_secs=None)
+def test_progress_reports_a_long_run_after_five_seconds_then_every_30():
+  reported, rows = _reports(10_000, [step * 0.25 for step in range(1, 401)])  # 4 steps/s, 10% = 1,000 steps
+  assert reported == [21, 142, 263, 384]  # 5 s after step 1, then more than 30 s after each report
+  assert all(row["steps_per_sec"] == pytest.approx(4.0) for row in rows)
+
+
+def test_progress_every_steps_and_timed():
+  reported, rows = _reports(20, [step * 0.1 for step in range(1, 21)], every_steps=5, every_secs=None)
+  assert reported == [3, 5, 10, 15, 20]  # 10% (2 steps) after the clock starts, then every 5 and the end
+  assert rows[0]["steps_per_sec"] == pytest.approx(10.0)
+  assert rows[0]["uptime"] >= 0
+
+
+def test_progress_line_shows_the_eta_from_the_measured_rate(caplog):
+  caplog.set_level(logging.INFO)
+  progress = writers.Progress(1000, writers.Writer())
   with progress.timed("eval"):
     pass
-  reported = [step for step in range(1, 21) if progress(step, t=step * 0.1)]
-  writer.close()
-  assert reported == [5, 10, 15, 20]
-  assert [r["step"] for r in _jsonl(tmp_path)] == [5, 10, 15, 20]
-  assert _jsonl(tmp_path)[0]["steps_per_sec"] == pytest.approx(10.0)
+  progress(1, t=100.0)
+  assert progress(101, t=102.0)  # 100 steps in 2 s: 900 steps left take 18 s
+  line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Progress:")][-1]
+  assert "50.0 steps/s, 10.1% (101/1000), 0m02s elapsed, ETA 0m18s" in line
+  assert "% eval)" in line
+
+
+def test_progress_without_a_step_count_reports_the_rate_only():
+  reported, rows = _reports(0, [step * 1.0 for step in range(1, 12)])
+  assert reported == [6]
+  assert rows[0]["steps_per_sec"] == pytest.approx(1.0)
 
 
 def test_parameter_overview():
@@ -184,12 +322,3 @@ def test_parameter_overview():
   table = writers.parameter_overview(params)
   assert "conv/kernel" in table and "(3, 3, 3, 16)" in table and "bfloat16" in table
   assert "Total: 608 parameters" in table.splitlines()[-1]  # 432 + 16 + 160
-
-
-def test_restart_from_step_zero_drops_a_killed_runs_lines(tmp_path):
-  """A run killed before its first checkpoint restarts at step 0: its old lines must not stay as duplicates."""
-  with writers.create_writer(str(tmp_path), is_main=True, resume_step=0) as writer:
-    writer.write_scalars(1, {"loss": 1.0})
-  with writers.create_writer(str(tmp_path), is_main=True, resume_step=0) as writer:
-    writer.write_scalars(1, {"loss": 0.9})
-  assert _jsonl(tmp_path) == [{"step": 1, "loss": 0.9}]
