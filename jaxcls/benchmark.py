@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxcls import models, optim, parallel, steps, tasks, trace_summary
+from jaxcls import models, optim, parallel, step_metrics, steps, tasks, trace_summary
 from jaxcls.data import augment as augment_lib
 from jaxcls.errors import ConfigError, JaxclsError
 
@@ -215,10 +215,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   for mode in modes:
     if mode == "train":
       step = make_train()
+      # The real step sums its metrics into an on-device window (jaxcls.step_metrics); here it is never reset,
+      # as the loop does between log points, so both run the very same program.
+      names = step_metrics.metric_names(task, task.num_outputs, batch["label"].shape, batch["label"].dtype)
+      holder["acc"] = parallel.replicate(step_metrics.zeros(names), mesh)
 
       def run_step(step=step):
-        holder["state"], metrics = step(holder["state"], batch, key)
-        return metrics
+        holder["state"], holder["acc"] = step(holder["state"], holder["acc"], batch, key)
+        return holder["acc"]
     else:
       step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, **norm), "infer",
                                        args.batch_size / mesh.size)

@@ -106,6 +106,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.prefetch_to_device = -1               # batches copied to the devices ahead of the step by a thread;
                                                # 0 = off, -1 = auto (2 on GPU/TPU, off on CPU, where the thread
                                                # costs more than it hides)
+  config.transfer_guard = "allow"              # jax.transfer_guard level of the steps between log points:
+                                               # 'disallow' makes any implicit host <-> device copy there an
+                                               # error (a hidden per-step sync); 'log' logs each one
   config.num_epochs = 10.0
   config.num_train_steps = -1                  # > 0 overrides num_epochs
   config.log_every_steps = 50

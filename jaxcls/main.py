@@ -4,16 +4,20 @@ Only flags, multi-host initialisation and hand-off to `train.train_and_evaluate`
 config key, a missing dataset, a mismatched checkpoint, a NaN loss) print one line and exit non-zero.
 """
 
-import importlib.util
-import os
-import sys
-import traceback
+import time
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+_STARTED = time.perf_counter()  # before the imports below, so the phase table can show what they cost
 
-from jaxcls import preemption
-from jaxcls.errors import ConfigError, JaxclsError
+import importlib.util  # noqa: E402  pylint: disable=wrong-import-position
+import os  # noqa: E402  pylint: disable=wrong-import-position
+import sys  # noqa: E402  pylint: disable=wrong-import-position
+import traceback  # noqa: E402  pylint: disable=wrong-import-position
+
+from absl import app, flags, logging  # noqa: E402  pylint: disable=wrong-import-position
+from ml_collections import config_flags  # noqa: E402  pylint: disable=wrong-import-position
+
+from jaxcls import preemption  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.errors import ConfigError, JaxclsError  # noqa: E402  pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                           lock_config=False)
@@ -25,6 +29,9 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for manual multi-host.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (manual multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (manual multi-host).")
+_PROFILE = flags.DEFINE_boolean(
+    "profile", False, "Log a table of where the wall time went (imports, data, init, compile, steps, eval, "
+    "checkpoints, plots, report) when training ends.")
 _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
     "distributed_timeout", 300, "Seconds jax.distributed.initialize waits for every process to connect.")
 
@@ -128,8 +135,12 @@ def main(argv):
     from jaxcls import paths
     paths.path(_WORKDIR.value, "workdir")  # a bad or unsupported URL fails here, before jax is imported
     init_distributed()
-    from jaxcls import train
-    train.train_and_evaluate(config, _WORKDIR.value)
+    from jaxcls import phases, train
+    clock = phases.PhaseClock(_STARTED)
+    clock.add("imports", time.perf_counter() - _STARTED)
+    train.train_and_evaluate(config, _WORKDIR.value, clock=clock)
+    if _PROFILE.value:
+      logging.info("Where the wall time went (--profile; exit not included):\n%s", clock.table())
   except preemption.Preempted as e:
     import jax
     if jax.process_index() == 0:

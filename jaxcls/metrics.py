@@ -29,10 +29,10 @@ class SumAccumulator:
         self._floats.setdefault(name, []).append(value)
 
   def result(self) -> dict[str, np.ndarray]:
-    out = {name: parallel.to_host(v).astype(np.int64) for name, v in self._ints.items()}
-    for name, values in self._floats.items():
-      host = [parallel.to_host(v).astype(np.float64) for v in values]
-      out[name] = np.sum(host, axis=0)
+    ints, floats = parallel.to_host((self._ints, self._floats))  # one transfer for every batch's sums
+    out = {name: v.astype(np.int64) for name, v in ints.items()}
+    for name, values in floats.items():
+      out[name] = np.sum([v.astype(np.float64) for v in values], axis=0)
     return out
 
 
@@ -55,26 +55,6 @@ class RowGatherer:
     host = parallel.to_host(self._batches)
     keep = np.concatenate([np.asarray(b["mask"], bool) for b in host])
     return {name: np.concatenate([b[name] for b in host])[keep] for name in host[0] if name != "mask"}
-
-
-class MeanAccumulator:
-  """Averages per-step scalar metrics between two log lines (device values, fetched once)."""
-
-  def __init__(self):
-    self._values: list[dict[str, jax.Array]] = []
-
-  def add(self, metrics: dict[str, jax.Array]) -> None:
-    self._values.append(metrics)
-
-  def __len__(self) -> int:
-    return len(self._values)
-
-  def result(self) -> dict[str, float]:
-    if not self._values:
-      return {}
-    host = parallel.to_host(self._values)
-    self._values = []
-    return {k: float(np.mean([np.float64(m[k]) for m in host])) for k in host[0]}
 
 
 # --- Finishing on the host, in float64: functions of the confusion matrix and of all eval scores. ---

@@ -61,14 +61,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def to_host(tree: Any) -> Any:
-  """Fetches a pytree of (replicated or fully addressable) arrays to numpy on this host."""
-  def one(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      if x.sharding.is_fully_replicated:
-        return np.asarray(x.addressable_data(0))
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-  return jax.tree.map(one, tree)
+  """Fetches a pytree of (replicated or fully addressable) arrays to numpy on this host, in one transfer.
+
+  `jax.device_get` starts every leaf's copy before waiting for any, so a tree of many small values costs one
+  round trip, not one per leaf. Arrays split over other processes are gathered (every process must call it).
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  local = [x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable
+           and x.sharding.is_fully_replicated else x for x in leaves]
+  gathered = [np.asarray(multihost_utils.process_allgather(x, tiled=True))
+              if isinstance(x, jax.Array) and not x.is_fully_addressable else None for x in local]
+  fetched = jax.device_get([x for x, g in zip(local, gathered) if g is None])
+  it = iter(fetched)
+  return jax.tree.unflatten(treedef, [np.asarray(next(it)) if g is None else g for g in gathered])
 
 
 def is_main_process() -> bool:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from jaxcls import parallel
+from jaxcls import parallel, step_metrics
 from jaxcls import tta as tta_lib
 from jaxcls.state import TrainState, eval_params
 
@@ -68,17 +68,20 @@ def _all_finite(tree) -> jax.Array:
 def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
                     schedule: Callable, augment: Callable, *, mean, std, dtype: str,
                     ema_decay: float, mesh) -> Callable:
-  """Returns train_step(state, batch, key) -> (state, metrics), jitted with shardings and donation.
+  """Returns train_step(state, acc, batch, key) -> (state, acc), jitted with shardings and donation.
 
   `augment(key, images, labels, mask) -> (images, labels)` is `jaxcls.data.augment.build(...)`: uint8 images in
   and out, so the step normalises exactly once, after it.
 
-  A step whose loss, gradient or updated parameters are not finite returns the state unchanged and reports
-  `finite=0`, so the loop can stop with the last good state (and checkpoint) intact.
+  `acc` is the window of `jaxcls.step_metrics` (start from `step_metrics.zeros(names)` placed on the devices):
+  the step adds its scalars to it on the device, so the loop fetches metrics only at its log points. A step whose
+  loss, gradient or updated parameters are not finite, or any step after one in the same window, returns the
+  state unchanged and records the first such step in `acc`, so the loop stops with the last good state (and
+  checkpoint) intact.
   """
   compute_dtype = DTYPES[dtype]
 
-  def train_step(state: TrainState, batch: dict, key: jax.Array):
+  def train_step(state: TrainState, acc: dict, batch: dict, key: jax.Array):
     step_key = jax.random.fold_in(key, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     # Augmentations keep uint8 images (labels may become soft, [B, K]); normalisation happens here, once.
@@ -105,16 +108,17 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
     # The update itself can overflow (a huge learning rate on finite gradients), so the new parameters and batch
     # statistics are checked too: a checkpoint is never written of a state that holds a NaN or an infinity.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((new_params, new_stats))
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    applied = finite & (acc["bad_step"] < 0)  # after a bad step, the rest of the window leaves the state alone
+    new_state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
 
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-               "finite": finite.astype(jnp.float32)}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
     for name, values in task.train_metrics(logits, labels).items():
       metrics[name] = jnp.sum(values * mask) / num_valid
-    return new_state, metrics
+    return new_state, step_metrics.add(acc, metrics, applied, state.step + 1)
 
   return jax.jit(train_step,
-                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.replicated(mesh)),
+                 in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh), parallel.batch_sharded(mesh),
+                               parallel.replicated(mesh)),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
                  donate_argnums=(0,))
 
@@ -152,11 +156,6 @@ def make_init(model: nn.Module, tx: optax.GradientTransformation, *, image_shape
     return state_lib.create(variables, tx, use_ema)
 
   return jax.jit(init, out_shardings=parallel.replicated(mesh))
-
-
-def abstract_state(init: Callable, key: jax.Array) -> Any:
-  """Shapes, dtypes and shardings of the state, without computing it (to restore checkpoints into)."""
-  return jax.eval_shape(init, key)
 
 
 class CompiledOnFirstCall:

@@ -17,14 +17,14 @@ import numpy as np
 from absl import logging
 
 from jaxcls import checkpoint, config_check, data, group_metrics, models, optim, parallel, report, steps, tasks
-from jaxcls import evaluators, paths, preemption, transfer, writers
+from jaxcls import evaluators, paths, phases, preemption, step_metrics, transfer, writers
 from jaxcls import workdir as workdir_lib
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
 from jaxcls.data.folder_scan import display
 from jaxcls.data.in_memory import SAMPLINGS
-from jaxcls.errors import ConfigError, NonFiniteLossError
-from jaxcls.metrics import MeanAccumulator, RowGatherer, SumAccumulator
+from jaxcls.errors import ConfigError
+from jaxcls.metrics import RowGatherer, SumAccumulator
 from jaxcls.state import eval_params
 from jaxcls.tasks.multiclass import resolve_class_weights
 
@@ -37,9 +37,10 @@ def schedule_lengths(config, steps_per_epoch: int) -> tuple[int, int, int]:
     total = int(math.ceil(config.num_epochs * steps_per_epoch))
   else:
     raise ConfigError("Set config.num_epochs or config.num_train_steps to a positive value.")
-  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-  ckpt_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else steps_per_epoch
-  return total, eval_every, ckpt_every
+  def every(value: int) -> int:  # 0 = once per epoch, -1 = only at the end
+    return value if value > 0 else (total if value < 0 else steps_per_epoch)
+
+  return total, every(config.eval_every_steps), every(config.checkpoint_every_steps)
 
 
 def resolved_config(config, info: data.DatasetInfo, num_train_steps: int) -> ml_collections.ConfigDict:
@@ -181,32 +182,27 @@ def enable_compilation_cache(directory: str) -> None:
   logging.info("Persistent compilation cache: %s", directory)
 
 
-def _check_finite(step: int, metrics: dict, last_checkpoint: int | None, ckpt=None) -> None:
-  """Stops training with a NonFiniteLossError when step `step` was not finite; its state was not applied.
-
-  A checkpoint written right after the step before holds the very parameters whose loss was non-finite (finite
-  numbers can still overflow in the next forward pass): it is moved aside, so the newest checkpoint left is one
-  whose parameters gave a finite loss, and a re-run with a lower learning rate resumes from a good state.
-  """
-  host = parallel.to_host(metrics)
-  if float(host["finite"]) >= 1.0:
-    return
-  if ckpt is not None and last_checkpoint is not None and last_checkpoint == step - 1:
-    last_checkpoint = ckpt.set_aside_diverged(last_checkpoint, step)
-  kept = (f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint is not None
-          else "no usable checkpoint had been written yet")
-  raise NonFiniteLossError(
-      f"The loss, gradient or updated parameters became non-finite at step {step} (loss={float(host['loss'])}, "
-      f"grad_norm={float(host['grad_norm'])}); training stopped and {kept}. Lower "
-      f"optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values.")
-
-
 def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
   return {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def prefetch_depth(setting: int) -> int:
+  """config.prefetch_to_device resolved: -1 (auto) is 2 on accelerators and 0 on CPU.
+
+  On a CPU the thread that copies batches ahead competes with the step for the same cores and the GIL, and the
+  copy is only a memcpy, so it costs more than it hides; on GPU/TPU it overlaps the transfer with the step.
+  """
+  if setting >= 0:
+    return int(setting)
+  return 0 if jax.default_backend() == "cpu" else 2
+
+
+TRANSFER_GUARDS = ("allow", "log", "disallow")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset: Any = None,
-                       devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+                       devices: Sequence[jax.Device] | None = None,
+                       clock: phases.PhaseClock | None = None) -> dict[str, Any]:
   """Trains (or resumes) as the config says and returns the final evaluation report.
 
   Args:
@@ -215,14 +211,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     dataset: optionally, the user's own data (see `jaxcls.data.from_iterators`) instead of
       `config.dataset`.
     devices: the devices of the data mesh (default: all devices of all processes).
+    clock: where the wall time of each phase is charged (`main --profile` logs its table); default: a new one.
   """
   config_check.validate(config)
+  clock = clock if clock is not None else phases.PhaseClock()
   # Process 0 holds DIR/lock.json throughout (a second run on the workdir fails fast); released on any exit.
   with workdir_lib.locked(workdir, is_main=parallel.is_main_process(), num_processes=jax.process_count()):
-    return _train_and_evaluate(config, workdir, dataset=dataset, devices=devices)
+    return _train_and_evaluate(config, workdir, dataset=dataset, devices=devices, clock=clock)
 
 
-def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
+class _Cadence:
+  """When the loop logs, evaluates and checkpoints: every N steps, at the end, and by wall clock if asked."""
+
+  def __init__(self, config, num_train_steps: int, steps_per_epoch: int, eval_every: int, ckpt_every: int):
+    self.total = num_train_steps
+    self.log_every = config.log_every_steps or steps_per_epoch  # 0 = once per epoch
+    self.eval_every = eval_every
+    self.ckpt_every = ckpt_every
+    self.ckpt_every_secs = float(config.checkpoint_every_secs)
+    self.last_ckpt_time = time.monotonic()
+
+  def log(self, done: int) -> bool:
+    return done % self.log_every == 0 or done == self.total
+
+  def eval(self, done: int) -> bool:
+    return done % self.eval_every == 0 or done == self.total
+
+  def checkpoint(self, done: int) -> bool:
+    by_clock = self.ckpt_every_secs > 0 and time.monotonic() - self.last_ckpt_time >= self.ckpt_every_secs
+    return done % self.ckpt_every == 0 or done == self.total or by_clock
+
+
+def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str, Any]:
   enable_compilation_cache(config.compilation_cache_dir)
   if config.dtype not in steps.DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
@@ -232,18 +252,24 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
   eval_batch_size = config.eval_batch_size or config.batch_size
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+  depth = prefetch_depth(config.prefetch_to_device)
+  if config.transfer_guard not in TRANSFER_GUARDS:
+    raise ConfigError(f"config.transfer_guard={config.transfer_guard!r} is not valid; use one of "
+                      f"{', '.join(TRANSFER_GUARDS)}.")
 
-  if not config.dataset.cache_dir and not paths.is_remote(workdir):  # a folder source's decoded-array cache
-    # lives with a local run; with a gs:// workdir it stays on the local disk (the source's default folder)
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.dataset.cache_dir = os.path.join(workdir, "cache")
-  dataset = dataset if dataset is not None else data.build(config)
-  write_skipped_files(workdir, dataset, is_main)
-  dataset = with_sampling(dataset, config.dataset.sampling)
+  with clock.phase("data"):
+    if not config.dataset.cache_dir and not paths.is_remote(workdir):  # a folder source's decoded-array cache
+      # lives with a local run; with a gs:// workdir it stays on the local disk (the source's default folder)
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.dataset.cache_dir = os.path.join(workdir, "cache")
+    dataset = dataset if dataset is not None else data.build(config)
+    write_skipped_files(workdir, dataset, is_main)
+    dataset = with_sampling(dataset, config.dataset.sampling)
   info = dataset.info
   task, model, task_config = build_task_and_model(config, info)
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   num_train_steps, eval_every, ckpt_every = schedule_lengths(config, steps_per_epoch)
+  cadence = _Cadence(config, num_train_steps, steps_per_epoch, eval_every, ckpt_every)
   resolved = resolved_config(config, info, num_train_steps)
   rerun = workdir_lib.check_rerun(workdir, resolved, allow=config.allow_config_change)  # before any restore
   plan = transfer.Plan(config, task.num_outputs, info.image_shape, info.class_names)
@@ -253,7 +279,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
   # Initialisation draws with the 'rbg' generator: on CPU, XLA compiles a threefry-based init of even a small
   # CNN in ~10 s, rbg in ~1 s. Steps use threefry, whose draws do not depend on how the batch is sharded.
   init_key = jax.random.key(config.seed, impl="rbg")
-  train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  train_key = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), mesh)
   init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
                          use_ema=config.ema_decay > 0, mesh=mesh)
   norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
@@ -265,21 +291,23 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
                                         "Eval step (forward)", eval_batch_size / mesh.size)
   periodic = evaluators.build_all(config, model, dataset, mesh, eval_every)  # config.evaluators, none by default
 
-  ckpt = checkpoint.Checkpointer(
-      workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
-      fingerprint=dict(checkpoint.fingerprint(config, info.num_classes, info.image_shape), **plan.fingerprint()),
-      best_metric=config.best_metric, best_mode=config.best_mode)
-  resumed = ckpt.restore_latest(  # the newest intact step: damaged ones are moved aside, with a warning
-      lambda: checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh)))
-  last_saved = ckpt.latest_step()
-  if resumed is None:
-    state = plan.load_into(init(init_key), tx, mesh)
-    start_step = 0
-  else:
-    state, _ = resumed
-    start_step = int(parallel.to_host(state.step))
-    logging.info("Resuming from step %d of %d%s.", start_step, num_train_steps,
-                 " (config.init_from is not read again)" if config.init_from else "")
+  with clock.phase("init"):
+    ckpt = checkpoint.Checkpointer(
+        workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
+        fingerprint=dict(checkpoint.fingerprint(config, info.num_classes, info.image_shape), **plan.fingerprint()),
+        best_metric=config.best_metric, best_mode=config.best_mode)
+    resumed = ckpt.restore_latest(  # the newest intact step: damaged ones are moved aside, with a warning
+        lambda: checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh)))
+    last_saved = ckpt.latest_step()
+    if resumed is None:
+      state = plan.load_into(init(init_key), tx, mesh)
+      start_step = 0
+    else:
+      state, _ = resumed
+      start_step = int(parallel.to_host(state.step))
+      logging.info("Resuming from step %d of %d%s.", start_step, num_train_steps,
+                   " (config.init_from is not read again)" if config.init_from else "")
+    jax.block_until_ready(state)
 
   writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step)
   if is_main:
@@ -294,75 +322,148 @@ def _train_and_evaluate(config, workdir, *, dataset, devices) -> dict[str, Any]:
       writer.write_hparams(resolved.to_dict())
 
   progress = writers.create_progress(num_train_steps, writer, is_main=is_main)
-  train_metrics = MeanAccumulator()
-  # Host batches go to the devices `prefetch_to_device` steps ahead; the read-ahead ones are dropped at the end,
-  # and a resumed run restarts the stream at its checkpoint step, so exact resume does not depend on them.
+  # Host batches go to the devices `depth` steps ahead; the read-ahead ones are dropped at the end, and a resumed
+  # run restarts the stream at its checkpoint step, so exact resume does not depend on them.
   batches = prefetch.to_device(dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed),
-                               mesh, config.prefetch_to_device)
-  data_seconds, data_steps = 0.0, 0  # time blocked waiting for the next device batch, since the last log
-  pending = None
+                               mesh, depth)
   final = None
   stop = preemption.Watcher(ckpt)  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
+  window = None
   try:
+    meter = _Throughput(clock)
     for step in range(start_step, num_train_steps):
       t0 = time.perf_counter()
       batch = next(batches)
-      data_seconds += time.perf_counter() - t0
-      data_steps += 1
-      state, metrics = train_step(state, batch, train_key)
-      if pending is not None:  # checked one step late, so the device always has queued work
-        _check_finite(*pending, last_saved, ckpt)
+      meter.data_wait(time.perf_counter() - t0)
+      if window is None:  # the metric names follow from the task and the batch's labels: known at the first batch
+        window = step_metrics.Window(step_metrics.metric_names(task, task.num_outputs, batch["label"].shape,
+                                                               batch["label"].dtype), mesh, start_step)
       done = step + 1
-      pending = (done, metrics)
-      train_metrics.add(metrics)
+      if step == start_step:  # compiles, and may place constants on the devices: outside the guard
+        state, window.value = train_step(state, window.value, batch, train_key)
+      else:
+        with jax.transfer_guard(config.transfer_guard):
+          state, window.value = train_step(state, window.value, batch, train_key)
       if step == start_step:
-        jax.block_until_ready(metrics)
+        jax.block_until_ready(window.value)
+        clock.add("compile", train_step.compile_seconds or 0.0)
         logging.info("First step (compilation included) took %.1f s.", time.perf_counter() - t0)
-        if train_step.flops_per_example:
+        if train_step.flops_per_example and is_main:
           writer.write_scalars(done, {"cost/train_gflop_per_example": train_step.flops_per_example / 1e9})
+        meter.restart(done)
       progress(done)
-      if done % (config.log_every_steps or steps_per_epoch) == 0 or done == num_train_steps:  # 0 = once per epoch
-        _check_finite(*pending, last_saved, ckpt)
-        scalars = _scalars(train_metrics.result(), "train/")
-        scalars.pop("train/finite", None)
-        scalars["train/data_wait_s_per_step"] = data_seconds / max(data_steps, 1)
-        data_seconds, data_steps = 0.0, 0
+      log, evaluate_now = cadence.log(done), cadence.eval(done)
+      save_now = cadence.checkpoint(done)
+      stopping = stop.reached(done)  # a flag read, or JAX's multi-process sync point: no device sync
+      if not (log or evaluate_now or save_now or stopping or any(e.due(done, num_train_steps) for e in periodic)):
+        continue
+      # A check point: the one blocking fetch since the last one, and the only place non-finite steps are seen.
+      window.check(done, last_saved, ckpt)
+      meter.steps_done(done)
+      if log:
+        scalars = {f"train/{k}": v for k, v in window.means().items()}
+        scalars.update(meter.scalars())
         writer.write_scalars(done, scalars)
-      if done % eval_every == 0 or done == num_train_steps:
-        _check_finite(*pending, last_saved, ckpt)
-        result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh,
-                                   config.prefetch_to_device)
+        window.reset(done + 1)
+      if evaluate_now:
+        with meter.paused("eval"):
+          result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)
+        if eval_step.compile_seconds and not meter.eval_compile_charged:
+          clock.add("eval", -eval_step.compile_seconds)
+          clock.add("compile", eval_step.compile_seconds)
+          meter.eval_compile_charged = True
         writer.write_scalars(done, _scalars(result, "eval/"))
         ckpt.note_evaluation(done, _scalars(result, "eval/"))  # ranks this step's checkpoint by config.best_metric
         final = (result, outputs) if done == num_train_steps else None
       for evaluator in periodic:
         if evaluator.due(done, num_train_steps):
-          writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
-      if done % ckpt_every == 0 or done == num_train_steps or ckpt.is_new_best(done):  # best: saved off cadence
-        _check_finite(*pending, last_saved, ckpt)
-        ckpt.save(done, state, {"next_batch": done}, force=True)
+          with meter.paused("eval"):
+            writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
+      if save_now or ckpt.is_new_best(done):  # best: saved off cadence
+        with meter.paused("checkpoints"):
+          ckpt.save(done, state, {"next_batch": done}, force=True)
         last_saved = done
-      if stop.reached(done):  # a flag read, or JAX's multi-process sync point: no device sync
-        _check_finite(*pending, last_saved, ckpt)
-        stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
+        cadence.last_ckpt_time = time.monotonic()
+      if stopping:
+        with meter.paused("checkpoints"):
+          stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
+      meter.restart(done)
     if final is None:  # a finished workdir re-run: nothing to train, report again
-      final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, config.prefetch_to_device)
+      with clock.phase("eval"):
+        final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)
     final, final_outputs = final
   finally:
     stop.close()
     write_skipped_files(workdir, dataset, is_main)  # streaming sources find bad files as they go
     batches.close()
-    ckpt.close()
+    with clock.phase("checkpoints"):
+      ckpt.close()
     writer.flush()
 
   final_report = {"step": int(parallel.to_host(state.step)), "split": config.dataset.eval_split,
                   "task": config.task.type, "model": config.model.name, **final}
   if is_main:
-    plot_paths = write_plots(workdir, final_report, final_outputs, info.class_names, dataset=dataset,
-                             batch_size=eval_batch_size)
-    report.write(workdir, final_report, info.class_names, plot_paths)
-    writers.write_figures(writer, final_report["step"], plot_paths)
+    with clock.phase("plots"):
+      plot_paths = write_plots(workdir, final_report, final_outputs, info.class_names, dataset=dataset,
+                               batch_size=eval_batch_size)
+    with clock.phase("report"):
+      report.write(workdir, final_report, info.class_names, plot_paths)
+      writers.write_figures(writer, final_report["step"], plot_paths)
   logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", final_report["split"],
                final_report["step"], final["loss"], final["accuracy"])
   writer.close()
   return final_report
+
+
+class _Throughput:
+  """Steady steps per second and the data-wait share between check points, with eval and checkpoints left out.
+
+  The interval runs from one check point's end to the next one's fetch, so the device time of every step in it
+  is counted (the fetch waits for the last step) and the time spent evaluating or saving is not.
+  """
+
+  def __init__(self, clock: phases.PhaseClock):
+    self._clock = clock
+    self._start_step = None
+    self._start_time = None
+    self._steps = 0
+    self._seconds = 0.0
+    self._wait = 0.0
+    self._pending_wait = 0.0
+    self.eval_compile_charged = False
+
+  def data_wait(self, seconds: float) -> None:
+    self._pending_wait += seconds
+
+  def restart(self, done: int) -> None:
+    """The clock of the next interval starts now, after step `done`."""
+    self._start_step, self._start_time = done, time.perf_counter()
+    self._pending_wait = 0.0
+
+  def steps_done(self, done: int) -> None:
+    """Closes the interval at step `done` (call right after the check point's fetch)."""
+    if self._start_time is None:
+      return
+    seconds = time.perf_counter() - self._start_time
+    self._steps += done - self._start_step
+    self._seconds += seconds
+    self._wait += self._pending_wait
+    self._clock.add("steps", seconds - self._pending_wait)
+    self._clock.add("data", self._pending_wait)
+    self._start_time = None
+    self._pending_wait = 0.0
+
+  def scalars(self) -> dict[str, float]:
+    """`train/steps_per_sec` and `train/data_wait_share` since the last log (empty before any steady step)."""
+    if not self._steps or self._seconds <= 0:
+      return {}
+    out = {"train/steps_per_sec": self._steps / self._seconds,
+           "train/data_wait_share": self._wait / self._seconds}
+    self._steps, self._seconds, self._wait = 0, 0.0, 0.0
+    return out
+
+  @contextlib.contextmanager
+  def paused(self, phase: str):
+    """Charges the block to `phase` (eval, checkpoints), outside every steps interval."""
+    with self._clock.phase(phase):
+      yield
