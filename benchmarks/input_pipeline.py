@@ -1,17 +1,33 @@
-"""Prints the host input pipeline's throughput, images per second, for each source on this machine.
+"""Prints the host input pipeline's speed: JPEG training input from a folder, in images per core-second.
 
-  python benchmarks/input_pipeline.py [--batches 6] [--batch_size 64]
+  python benchmarks/input_pipeline.py [--folder DIR] [--workers 1,2] [--compare] [--all_sources] [--upscale 1]
 
-Sources: a folder of 224..640-pixel JPEGs (photos from scikit-learn's sample images, cropped at many sizes)
-decoded with an Inception random resized crop to 224x224 on the host (`cache='none'`); the `idx` source
-(28x28, in memory); and `tfds` through `tfds.testing.mock_data` serving the same JPEGs as an ImageNet-like
-dataset, decoded with `decode_and_crop_jpeg`. Nothing is downloaded. Per core = total / CPU cores of the machine.
+The folder is DIR (class subfolders of JPEGs), or, without --folder, 256 crops of scikit-learn's two sample
+photos, 224 to 427 pixels a side (times --upscale: 3 makes 672..1281-pixel photos, so that libjpeg's reduced-size
+decoding has work to do), re-encoded at quality 90. Every image is decoded with the Inception random resized crop
+to 224x224 (`dataset.train_crop='random_resized'`, `cache='none'`), as training does.
+
+Images per core-second = images / CPU seconds (user + system, every thread and worker process of the pipeline)
+over the measured batches: what one core delivers, whatever else runs on the machine. On a quiet machine with
+one worker per core it equals images per second / cores. The last line is that figure for jaxcls' own folder
+stream at the last --workers value (default: one per core).
+
+  --workers 1,2,4   also prints the scaling: images per second, per core-second and speed-up for each count, for
+                    the thread pool jaxcls uses and for a process pool (multiprocessing, spawn) doing the same work
+  --compare         one decoder per row, single-threaded, in alternating rounds (median): full Pillow decode,
+                    jaxcls' decode (DCT-domain downscale, crop first), simplejpeg, tf.io.decode_and_crop_jpeg.
+                    Rows whose package is missing are skipped. Run it under a venv with pillow-simd for that row.
+  --all_sources     the old table: also the idx source (in memory) and tfds mock data (tf.data).
 """
 
 import argparse
+import concurrent.futures
 import gzip
 import io
+import multiprocessing
 import os
+import resource
+import statistics
 import struct
 import sys
 import tempfile
@@ -24,10 +40,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxcls import data  # noqa: E402  pylint: disable=wrong-import-position
 from jaxcls.config_base import get_base_config  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.data import decode  # noqa: E402  pylint: disable=wrong-import-position
+
+SIZE = (224, 224)
+CROP = decode.Crop(SIZE, "random_resized")
 
 
-def photos(count: int, seed: int = 0) -> list[bytes]:
-  """`count` JPEG crops of the two sample photos, 224 to 640 pixels a side."""
+def photos(count: int, seed: int = 0, upscale: float = 1.0) -> list[bytes]:
+  """`count` JPEG crops of the two sample photos, 224 to 427 pixels a side (times `upscale`)."""
   from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
   sources = load_sample_images().images
   rng = np.random.default_rng(seed)
@@ -36,34 +56,240 @@ def photos(count: int, seed: int = 0) -> list[bytes]:
     image = sources[i % len(sources)]
     h, w = rng.integers(224, min(image.shape[:2]) + 1, 2)
     top, left = rng.integers(0, image.shape[0] - h + 1), rng.integers(0, image.shape[1] - w + 1)
+    picture = Image.fromarray(image[top:top + h, left:left + w])
+    if upscale != 1:
+      picture = picture.resize((round(w * upscale), round(h * upscale)), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
-    Image.fromarray(image[top:top + h, left:left + w]).save(buffer, "JPEG", quality=90)
+    picture.save(buffer, "JPEG", quality=90)
     out.append(buffer.getvalue())
   return out
 
 
-def measure(dataset, batch_size: int, batches: int) -> float:
-  """Images per second of the train stream, after one warm-up batch."""
-  stream = dataset.train_batches(batch_size, start_step=0, seed=0)
-  next(stream)
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(stream)
-  return batches * batch_size / (time.perf_counter() - start)
-
-
-def folder_source(root: str, jpegs: list[bytes], batch_size: int, batches: int) -> float:
+def write_folder(root: str, jpegs: list[bytes]) -> str:
   for i, raw in enumerate(jpegs):
     os.makedirs(os.path.join(root, f"class{i % 4}"), exist_ok=True)
     with open(os.path.join(root, f"class{i % 4}", f"{i:04d}.jpg"), "wb") as f:
       f.write(raw)
+  return root
+
+
+def jpeg_files(root: str) -> list[str]:
+  """Every .jpg / .jpeg under `root`, sorted."""
+  found = []
+  for folder, _, names in os.walk(root):
+    found += [os.path.join(folder, n) for n in names if n.lower().endswith((".jpg", ".jpeg"))]
+  if not found:
+    raise SystemExit(f"--folder {root} has no .jpg or .jpeg files; give a folder of class subfolders of JPEGs.")
+  return sorted(found)
+
+
+def cpu_seconds(pids=()) -> float:
+  """User + system CPU seconds of this process (all threads) and of the live processes `pids`."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  total = usage.ru_utime + usage.ru_stime
+  tick = os.sysconf("SC_CLK_TCK")
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, IndexError, ValueError):
+      pass
+  return total
+
+
+class Rate:
+  """Images, wall seconds and CPU seconds of one measurement."""
+
+  def __init__(self, images: int, wall: float, cpu: float):
+    self.images, self.wall, self.cpu = images, wall, cpu
+
+  @property
+  def per_second(self) -> float:
+    return self.images / self.wall
+
+  @property
+  def per_core_second(self) -> float:
+    return self.images / self.cpu
+
+
+def timed(run, images: int, pids=()) -> Rate:
+  wall, cpu = time.perf_counter(), cpu_seconds(pids)
+  run()
+  return Rate(images, time.perf_counter() - wall, cpu_seconds(pids) - cpu)
+
+
+# --- jaxcls' own folder stream -----------------------------------------------------------------------------------
+
+
+def folder_dataset(root: str, workers: int):
   config = get_base_config()
-  config.dataset.update(dict(name="folder", path=root, image_size=(224, 224), cache="none",
+  config.dataset.update(dict(name="folder", path=root, image_size=SIZE, cache="none", workers=workers,
                              train_crop="random_resized", eval_crop="center"))
-  return measure(data.build(config, process_index=0, process_count=1), batch_size, batches)
+  return data.build(config, process_index=0, process_count=1)
 
 
-def idx_source(root: str, batch_size: int, batches: int) -> float:
+def stream_rate(dataset, batch_size: int, batches: int) -> Rate:
+  """The train stream after one warm-up batch; the decode pool is shut down afterwards."""
+  stream = dataset.train_batches(batch_size, start_step=0, seed=0)
+  next(stream)
+  try:
+    return timed(lambda: [next(stream) for _ in range(batches)], batches * batch_size)
+  finally:
+    stream.close()
+    dataset.close()
+
+
+# --- a process pool doing the same work --------------------------------------------------------------------------
+
+
+def _decode_rows(paths: list[str], seeds: list[tuple]) -> np.ndarray:
+  """Worker-process job: the rows of one batch slice, as one array (one pickle per slice, not per image)."""
+  out = np.empty((len(paths),) + SIZE + (3,), np.uint8)
+  for row, (path, seed) in enumerate(zip(paths, seeds)):
+    out[row] = decode.decode(path, CROP, 3, 1 << 30, np.random.default_rng(seed))
+  return out
+
+
+def process_pool_rate(paths: list[str], workers: int, batch_size: int, batches: int) -> Rate:
+  """Batches decoded by `workers` spawned processes, each job a 1/workers slice of a batch, 2 batches ahead."""
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    pool.submit(_decode_rows, paths[:1], [(0, 0, 0, 0)]).result()  # start the workers before timing
+    pids = list(pool._processes)  # pylint: disable=protected-access  (their CPU time counts too)
+    chunk = -(-batch_size // workers)
+
+    def jobs(step):
+      rows = [(paths[(step * batch_size + r) % len(paths)], (0, step, r, 0)) for r in range(batch_size)]
+      return [pool.submit(_decode_rows, [p for p, _ in rows[i:i + chunk]], [s for _, s in rows[i:i + chunk]])
+              for i in range(0, batch_size, chunk)]
+
+    def run():
+      ahead = [jobs(step) for step in range(2)]
+      for step in range(2, batches + 2):
+        np.concatenate([f.result() for f in ahead.pop(0)])
+        ahead.append(jobs(step))
+      for futures in ahead:
+        [f.result() for f in futures]  # pylint: disable=expression-not-assigned
+
+    return timed(run, (batches + 2) * batch_size, pids)
+
+
+def scaling(root: str, counts: list[int], batch_size: int, batches: int, rounds: int) -> list[tuple]:
+  """(pool kind, workers, median Rate) for threads (jaxcls' stream) and processes, in alternation."""
+  paths = jpeg_files(root)
+  results = {}
+  for _ in range(rounds):
+    for workers in counts:
+      results.setdefault(("threads", workers), []).append(
+          stream_rate(folder_dataset(root, workers), batch_size, batches))
+      results.setdefault(("processes", workers), []).append(
+          process_pool_rate(paths, workers, batch_size, batches))
+  return [(kind, workers, median_rate(rates)) for (kind, workers), rates in results.items()]
+
+
+def median_rate(rates: list[Rate]) -> Rate:
+  by_speed = sorted(rates, key=lambda r: r.per_second)
+  middle = by_speed[len(by_speed) // 2]
+  cpu = statistics.median(r.cpu for r in rates)
+  return Rate(middle.images, middle.wall, cpu)
+
+
+# --- single-threaded decoders, one per row -----------------------------------------------------------------------
+
+
+def _pillow_full(path: str, rng) -> np.ndarray:
+  """Full-size decode, then crop + bilinear resize: jaxcls before DCT-domain scaling (the plain Pillow loop)."""
+  with Image.open(path) as image:
+    image = image.convert("RGB")
+    box = decode._box(image.size, CROP, rng)  # pylint: disable=protected-access
+    return np.asarray(image.resize(SIZE[::-1], Image.Resampling.BILINEAR, box=box, reducing_gap=None))
+
+
+def _jaxcls(path: str, rng) -> np.ndarray:
+  return decode.decode(path, CROP, 3, 1 << 30, rng)
+
+
+def _simplejpeg():
+  import simplejpeg  # pylint: disable=g-import-not-at-top
+
+  def run(path: str, rng) -> np.ndarray:
+    with open(path, "rb") as f:
+      raw = f.read()
+    height, width, _, _ = simplejpeg.decode_jpeg_header(raw)
+    box = decode._box((width, height), CROP, rng)  # pylint: disable=protected-access
+    scale = min((box[2] - box[0]) / SIZE[1], (box[3] - box[1]) / SIZE[0])  # any n/8 scale that keeps >= 224
+    pixels = simplejpeg.decode_jpeg(raw, "RGB", min_height=int(np.ceil(height / max(scale, 1))),
+                                    min_width=int(np.ceil(width / max(scale, 1))))
+    fy, fx = pixels.shape[0] / height, pixels.shape[1] / width
+    image = Image.fromarray(pixels)
+    return np.asarray(image.resize(SIZE[::-1], Image.Resampling.BILINEAR,
+                                   box=(box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy), reducing_gap=None))
+  return run
+
+
+def _tensorflow():
+  """A tf.data pipeline (one private thread) reading the files: decode_and_crop_jpeg, then antialiased resize."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+
+  def crop_resize(path, window):
+    pixels = tf.io.decode_and_crop_jpeg(tf.io.read_file(path), window, channels=3)
+    return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(pixels, SIZE, antialias=True)), 0, 255), tf.uint8)
+
+  def run_all(paths: list[str], rngs: list) -> None:
+    windows = []
+    for path, rng in zip(paths, rngs):
+      width, height = Image.open(path).size  # header only: the crop box is drawn as jaxcls draws it
+      left, top, right, bottom = decode._box((width, height), CROP, rng)  # pylint: disable=protected-access
+      windows.append([int(top), int(left), max(1, int(bottom - top)), max(1, int(right - left))])
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    dataset = tf.data.Dataset.from_tensor_slices((paths, windows)).map(crop_resize).batch(64).with_options(options)
+    for _ in dataset:
+      pass
+  run_all.whole_list = True
+  return run_all
+
+
+def decoders() -> list[tuple[str, object]]:
+  """(name, decode(path, rng)) for every decoder importable here."""
+  simd = ".post" in Image.__version__  # pillow-simd's versions are Pillow's plus .postN
+  pillow = f"pillow-simd {Image.__version__}" if simd else f"Pillow {Image.__version__}"
+  rows = [(f"{pillow}: full decode, crop + resize", _pillow_full),
+          (f"{pillow}: jaxcls decode (draft, crop first)", _jaxcls)]
+  for name, make in (("simplejpeg: n/8 DCT scale, Pillow resize", _simplejpeg),
+                     ("tf.data: decode_and_crop_jpeg + resize", _tensorflow)):
+    try:
+      rows.append((name, make()))
+    except ImportError:
+      print(f"(skipped {name.split(':')[0]}: not installed)")
+  return rows
+
+
+def compare(paths: list[str], rounds: int, per_round: int) -> list[tuple[str, Rate]]:
+  """Single-threaded images per CPU second of each decoder, in alternating rounds over the same files and crops."""
+  rows = decoders()
+  picked = [paths[i % len(paths)] for i in range(per_round)]
+  results = {name: [] for name, _ in rows}
+  def all_files(run, seed, files):
+    rngs = [np.random.default_rng([seed, i]) for i in range(len(files))]
+    if getattr(run, "whole_list", False):  # a pipeline that takes the whole list at once (tf.data)
+      return lambda: run(files, rngs)
+    return lambda: [run(p, rng) for p, rng in zip(files, rngs)]
+  for name, run in rows:  # warm-up: imports, tracing, file cache
+    all_files(run, 0, picked[:16])()
+  for round_ in range(rounds):
+    for name, run in rows:
+      results[name].append(timed(all_files(run, round_, picked), len(picked)))
+  return [(name, median_rate(rates)) for name, rates in results.items()]
+
+
+# --- the other sources (--all_sources) ---------------------------------------------------------------------------
+
+
+def idx_source(root: str, batch_size: int, batches: int) -> Rate:
   rng = np.random.default_rng(0)
   for split, n in (("train", 60_000), ("t10k", 1_000)):
     for kind, array in (("images", rng.integers(0, 256, (n, 28, 28))), ("labels", np.arange(n) % 10)):
@@ -72,10 +298,12 @@ def idx_source(root: str, batch_size: int, batches: int) -> float:
         f.write(header + array.astype(np.uint8).tobytes())
   config = get_base_config()
   config.dataset.update(dict(name="idx", path=root))
-  return measure(data.build(config, process_index=0, process_count=1), batch_size, batches * 20)
+  stream = data.build(config, process_index=0, process_count=1).train_batches(batch_size, start_step=0, seed=0)
+  next(stream)
+  return timed(lambda: [next(stream) for _ in range(batches * 20)], batches * 20 * batch_size)
 
 
-def tfds_source(root: str, jpegs: list[bytes], batch_size: int, batches: int) -> float:
+def tfds_source(root: str, jpegs: list[bytes], batch_size: int, batches: int) -> Rate:
   """imagenet2012 metadata with our split sizes, its examples served from `jpegs` by mock_data."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -101,32 +329,71 @@ def tfds_source(root: str, jpegs: list[bytes], batch_size: int, batches: int) ->
 
   config = get_base_config()
   config.dataset.update(dict(name="tfds", tfds_name="imagenet2012", data_dir=root, eval_split="validation",
-                             image_size=(224, 224), train_crop="random_resized", eval_crop="center",
+                             image_size=SIZE, train_crop="random_resized", eval_crop="center",
                              shuffle_buffer=1024))
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=root, as_dataset_fn=as_dataset):
-    return measure(data.build(config, process_index=0, process_count=1), batch_size, batches)
+    stream = data.build(config, process_index=0, process_count=1).train_batches(batch_size, start_step=0, seed=0)
+    next(stream)
+    return timed(lambda: [next(stream) for _ in range(batches)], batches * batch_size)
+
+
+# --- output ------------------------------------------------------------------------------------------------------
+
+
+def print_table(title: str, rows: list[tuple[str, Rate]], baseline: float = None) -> None:
+  print(f"\n{title:<58} {'images/s':>9} {'per core-s':>11}" + ("   speed-up" if baseline else ""))
+  for name, rate in rows:
+    print(f"{name:<58} {rate.per_second:>9.0f} {rate.per_core_second:>11.0f}"
+          + (f"   {rate.per_second / baseline:>8.2f}" if baseline else ""))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batches", type=int, default=6)
+  parser.add_argument("--folder", help="class subfolders of JPEGs to measure (default: made from sample photos)")
+  parser.add_argument("--workers", default=str(os.cpu_count() or 1),
+                      help="comma-separated worker counts; the last one gives the headline")
+  parser.add_argument("--batches", type=int, default=8)
   parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison (median)")
+  parser.add_argument("--upscale", type=float, default=1.0, help="scale the made photos (not with --folder)")
+  parser.add_argument("--compare", action="store_true", help="also compare decoders, single-threaded")
+  parser.add_argument("--all_sources", action="store_true", help="also the idx and tfds sources")
   args = parser.parse_args()
+  counts = [int(n) for n in args.workers.split(",")]
   cores = os.cpu_count() or 1
-  jpegs = photos(256)
-  rows = []
   with tempfile.TemporaryDirectory() as tmp:
-    for name, run in (("folder (JPEG 224-640 px, random resized crop -> 224)",
-                       lambda d: folder_source(d, jpegs, args.batch_size, args.batches)),
-                      ("idx (28x28, in memory)", lambda d: idx_source(d, args.batch_size, args.batches)),
-                      ("tfds mock (same JPEGs, decode_and_crop_jpeg -> 224)",
-                       lambda d: tfds_source(d, jpegs, args.batch_size, args.batches))):
-      folder = os.path.join(tmp, name.split()[0])
-      os.makedirs(folder)
-      rows.append((name, run(folder)))
-  print(f"\n{'source':<55} {'images/s':>10} {'per core':>10}   ({cores} CPU cores)")
-  for name, rate in rows:
-    print(f"{name:<55} {rate:>10.0f} {rate / cores:>10.0f}")
+    jpegs = None
+    root = args.folder
+    if root is None:
+      jpegs = photos(256, upscale=args.upscale)
+      root = write_folder(os.path.join(tmp, "photos"), jpegs)
+    paths = jpeg_files(root)
+    sizes = np.array([Image.open(p).size for p in paths[:512]])
+    print(f"{len(paths)} JPEGs in {root}, median {int(np.median(sizes[:, 0]))}x{int(np.median(sizes[:, 1]))} px; "
+          f"{cores} CPU cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.compare:
+      print_table("decoder (1 thread, random resized crop -> 224)", compare(paths, args.rounds, 128))
+    if len(counts) > 1:
+      table = scaling(root, counts, args.batch_size, args.batches, args.rounds)
+      for kind in ("threads", "processes"):
+        rows = [(f"{kind}: {n} worker(s)", rate) for k, n, rate in table if k == kind]
+        print_table(f"{kind} (jaxcls folder stream)" if kind == "threads" else "processes (spawn, batch slices)",
+                    rows, rows[0][1].per_second)
+    if args.all_sources:
+      rows = []
+      for name, run in (("idx (28x28, in memory)", lambda d: idx_source(d, args.batch_size, args.batches)),
+                        ("tfds mock (same JPEGs, decode_and_crop_jpeg -> 224)",
+                         lambda d: tfds_source(d, jpegs or [open(p, "rb").read() for p in paths[:256]],
+                                               args.batch_size, args.batches))):
+        folder = os.path.join(tmp, name.split()[0])
+        os.makedirs(folder)
+        rows.append((name, run(folder)))
+      print_table("other sources", rows)
+    headline = median_rate([stream_rate(folder_dataset(root, counts[-1]), args.batch_size, args.batches)
+                            for _ in range(args.rounds)])
+    print_table(f"jaxcls folder stream, {counts[-1]} worker(s)", [("random resized crop -> 224", headline)])
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"images per core-second: {headline.per_core_second:.0f}")
 
 
 if __name__ == "__main__":

@@ -57,11 +57,7 @@ def decode(path: str, crop: Crop, channels: int, max_pixels: int,
       if upright and image.format == "JPEG":
         scale = min((box[2] - box[0]) / crop.size[1], (box[3] - box[1]) / crop.size[0])
         if scale >= 2:
-          image.draft(image.mode if image.mode in ("RGB", "L") else "RGB",
-                      (int(width / scale), int(height / scale)))
-          # Draft sizes round up: scale x and y separately and stay inside the decoded image.
-          fx, fy = image.size[0] / width, image.size[1] / height
-          box = (box[0] * fx, box[1] * fy, min(box[2] * fx, image.size[0]), min(box[3] * fy, image.size[1]))
+          box = _draft(image, box, scale)
       image.load()
       if not upright:  # the crop is drawn on the image as a person sees it
         image = _transpose(image)
@@ -76,6 +72,20 @@ def decode(path: str, crop: Crop, channels: int, max_pixels: int,
     raise DecodeError(f"unreadable or truncated image ({type(e).__name__}: {e})") from e
   array = np.asarray(out, np.uint8)
   return array[..., None] if array.ndim == 2 else array
+
+
+def _draft(image: Image.Image, box: tuple[float, ...], scale: float) -> tuple[float, ...]:
+  """Asks libjpeg to decode at 1/2, 1/4 or 1/8 scale (at most `scale`); returns `box` in the decoded pixels.
+
+  Decoded pixel k covers source pixels [k s, (k + 1) s) whatever the rounding up of the decoded size, so the box
+  is divided by s itself (Pillow returns the source's extent in decoded pixels), not by the ratio of the sizes.
+  """
+  width, height = image.size
+  drafted = image.draft(image.mode if image.mode in ("RGB", "L") else "RGB", (int(width / scale), int(height / scale)))
+  if drafted is None:
+    return box
+  fx, fy = drafted[1][2] / width, drafted[1][3] / height
+  return (box[0] * fx, box[1] * fy, min(box[2] * fx, image.size[0]), min(box[3] * fy, image.size[1]))
 
 
 def _source(path: str):
@@ -112,7 +122,8 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
     rgba = image.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     image = Image.alpha_composite(white, rgba)
-  return image.convert("RGB" if channels == 3 else "L")
+  target = "RGB" if channels == 3 else "L"
+  return image if image.mode == target else image.convert(target)  # convert() to the same mode copies
 
 
 def _box(size: tuple[int, int], crop: Crop, rng: Optional[np.random.Generator]) -> tuple[float, ...]:

@@ -51,6 +51,12 @@ class FolderStreamDataset(Dataset):
       self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="jaxcls-decode")
     return self._pool
 
+  def close(self) -> None:
+    """Stops the decode threads (queued decodes are dropped); a later stream starts a new pool."""
+    if self._pool is not None:
+      self._pool.shutdown(wait=True, cancel_futures=True)
+      self._pool = None
+
   def _skip(self, path: str, reason: str) -> None:
     with self._lock:
       if path not in self._skipped_seen:
