@@ -346,7 +346,7 @@ class RemoteEventWriter(_EventWriter):
   def _write_record(self, data: bytes) -> None:
     if self._buffer.tell() > self._chunk_bytes:
       self.flush()
-      self._new_chunk(self._start_events()[:1])  # the restart marker only once, in the first chunk
+      self._new_chunk(self._start_events()[:1])  # the file version; the restart marker only in the first chunk
     self._records.write(data)
     self._dirty = True
     self.flush()
