@@ -13,7 +13,7 @@ one worker per core it equals images per second / cores. The last line is that f
 stream at the last --workers value (default: one per core).
 
   --workers 1,2,4   also prints the scaling: images per second, per core-second and speed-up for each count, for
-                    the thread pool jaxcls uses and for a process pool (multiprocessing, spawn) doing the same work
+                    jaxcls' stream with N decode threads and with N worker processes (dataset.decode_processes)
   --compare         one decoder per row, single-threaded, in alternating rounds (median): full Pillow decode,
                     jaxcls' decode (DCT-domain downscale, crop first), simplejpeg, tf.io.decode_and_crop_jpeg.
                     Rows whose package is missing are skipped. Run it under a venv with pillow-simd for that row.
@@ -21,10 +21,8 @@ stream at the last --workers value (default: one per core).
 """
 
 import argparse
-import concurrent.futures
 import gzip
 import io
-import multiprocessing
 import os
 import resource
 import statistics
@@ -40,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxcls import data  # noqa: E402  pylint: disable=wrong-import-position
 from jaxcls.config_base import get_base_config  # noqa: E402  pylint: disable=wrong-import-position
-from jaxcls.data import decode  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.data import decode, folder  # noqa: E402  pylint: disable=wrong-import-position
 
 SIZE = (224, 224)
 CROP = decode.Crop(SIZE, "random_resized")
@@ -122,69 +120,38 @@ def timed(run, images: int, pids=()) -> Rate:
 # --- jaxcls' own folder stream -----------------------------------------------------------------------------------
 
 
-def folder_dataset(root: str, workers: int):
+def folder_dataset(root: str, workers: int, processes: int = 0):
+  """The folder source streaming with `workers` threads, or `processes` worker processes (not yet warm)."""
   config = get_base_config()
   config.dataset.update(dict(name="folder", path=root, image_size=SIZE, cache="none", workers=workers,
                              train_crop="random_resized", eval_crop="center"))
+  if "decode_processes" in config.dataset:
+    config.dataset.decode_processes = processes
+  else:  # a base config without the key: set what folder.load would read from it
+    folder.decode_processes = lambda ds: processes
   return data.build(config, process_index=0, process_count=1)
 
 
 def stream_rate(dataset, batch_size: int, batches: int) -> Rate:
   """The train stream after one warm-up batch; the decode pool is shut down afterwards."""
   stream = dataset.train_batches(batch_size, start_step=0, seed=0)
-  next(stream)
+  next(stream)  # worker processes start here
+  pids = list(getattr(dataset._pool, "_processes", None) or ())  # pylint: disable=protected-access
   try:
-    return timed(lambda: [next(stream) for _ in range(batches)], batches * batch_size)
+    return timed(lambda: [next(stream) for _ in range(batches)], batches * batch_size, pids)
   finally:
     stream.close()
     dataset.close()
 
 
-# --- a process pool doing the same work --------------------------------------------------------------------------
-
-
-def _decode_rows(paths: list[str], seeds: list[tuple]) -> np.ndarray:
-  """Worker-process job: the rows of one batch slice, as one array (one pickle per slice, not per image)."""
-  out = np.empty((len(paths),) + SIZE + (3,), np.uint8)
-  for row, (path, seed) in enumerate(zip(paths, seeds)):
-    out[row] = decode.decode(path, CROP, 3, 1 << 30, np.random.default_rng(seed))
-  return out
-
-
-def process_pool_rate(paths: list[str], workers: int, batch_size: int, batches: int) -> Rate:
-  """Batches decoded by `workers` spawned processes, each job a 1/workers slice of a batch, 2 batches ahead."""
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    pool.submit(_decode_rows, paths[:1], [(0, 0, 0, 0)]).result()  # start the workers before timing
-    pids = list(pool._processes)  # pylint: disable=protected-access  (their CPU time counts too)
-    chunk = -(-batch_size // workers)
-
-    def jobs(step):
-      rows = [(paths[(step * batch_size + r) % len(paths)], (0, step, r, 0)) for r in range(batch_size)]
-      return [pool.submit(_decode_rows, [p for p, _ in rows[i:i + chunk]], [s for _, s in rows[i:i + chunk]])
-              for i in range(0, batch_size, chunk)]
-
-    def run():
-      ahead = [jobs(step) for step in range(2)]
-      for step in range(2, batches + 2):
-        np.concatenate([f.result() for f in ahead.pop(0)])
-        ahead.append(jobs(step))
-      for futures in ahead:
-        [f.result() for f in futures]  # pylint: disable=expression-not-assigned
-
-    return timed(run, (batches + 2) * batch_size, pids)
-
-
 def scaling(root: str, counts: list[int], batch_size: int, batches: int, rounds: int) -> list[tuple]:
-  """(pool kind, workers, median Rate) for threads (jaxcls' stream) and processes, in alternation."""
-  paths = jpeg_files(root)
+  """(pool kind, workers, median Rate) for jaxcls' stream with N threads and with N processes, in alternation."""
   results = {}
   for _ in range(rounds):
     for workers in counts:
-      results.setdefault(("threads", workers), []).append(
-          stream_rate(folder_dataset(root, workers), batch_size, batches))
-      results.setdefault(("processes", workers), []).append(
-          process_pool_rate(paths, workers, batch_size, batches))
+      for kind in ("threads", "processes"):
+        dataset = folder_dataset(root, workers, processes=workers if kind == "processes" else 0)
+        results.setdefault((kind, workers), []).append(stream_rate(dataset, batch_size, batches))
   return [(kind, workers, median_rate(rates)) for (kind, workers), rates in results.items()]
 
 
@@ -377,8 +344,7 @@ def main():
       table = scaling(root, counts, args.batch_size, args.batches, args.rounds)
       for kind in ("threads", "processes"):
         rows = [(f"{kind}: {n} worker(s)", rate) for k, n, rate in table if k == kind]
-        print_table(f"{kind} (jaxcls folder stream)" if kind == "threads" else "processes (spawn, batch slices)",
-                    rows, rows[0][1].per_second)
+        print_table(f"jaxcls folder stream, {kind}", rows, rows[0][1].per_second)
     if args.all_sources:
       rows = []
       for name, run in (("idx (28x28, in memory)", lambda d: idx_source(d, args.batch_size, args.batches)),

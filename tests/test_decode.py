@@ -1,6 +1,8 @@
 """Tests of `decode.decode`'s reduced-size JPEG decoding: where it applies, how far its pixels are from a full
 decode, and that the crop stays a pure function of the generator it is given."""
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -97,3 +99,40 @@ def test_grayscale_output_from_a_reduced_size_decode():
   assert gray.shape == (50, 50, 1)
   expected = np.asarray(Image.fromarray(rgb).convert("L")).astype(int)
   assert np.abs(gray[..., 0].astype(int) - expected).mean() < 1.0
+
+
+@pytest.mark.slow  # spawns two worker processes
+def test_worker_processes_give_the_batches_threads_give(tmp_path, monkeypatch):
+  """dataset.decode_processes: the same pixels, labels, masks and skipped files as the thread pool, resume too."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  from conftest import folder_config  # pylint: disable=g-import-not-at-top
+  from jaxcls import data  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import folder  # pylint: disable=g-import-not-at-top
+  photo = np.asarray(Image.open(PHOTOS[0]).convert("RGB"))
+  rng = np.random.default_rng(0)
+  for i in range(18):
+    os.makedirs(tmp_path / f"c{i % 3}", exist_ok=True)
+    h, w = rng.integers(40, 420, 2)
+    Image.fromarray(photo[:h, :w]).save(tmp_path / f"c{i % 3}" / f"{i}.jpg", quality=90)
+  raw = (tmp_path / "c0" / "0.jpg").read_bytes()
+  (tmp_path / "c0" / "0.jpg").write_bytes(raw[:len(raw) // 3])  # truncated: skipped in training, masked in eval
+  config = folder_config(tmp_path, image_size=(32, 32), cache="none", train_crop="random_resized",
+                         eval_crop="center", test_fraction=0.3)
+
+  def run(processes):
+    monkeypatch.setattr(folder, "decode_processes", lambda ds: processes)
+    dataset = data.build(config, process_index=0, process_count=1)
+    try:
+      train = list(itertools.islice(dataset.train_batches(4, start_step=0, seed=5), 5))
+      resumed = next(dataset.train_batches(4, start_step=3, seed=5))
+      evaluation = list(dataset.eval_batches(4))
+      return train, resumed, evaluation, sorted(dataset.skipped_files)
+    finally:
+      dataset.close()
+
+  threads, processes = run(0), run(2)
+  for a, b in zip(threads[0] + [threads[1]] + threads[2], processes[0] + [processes[1]] + processes[2]):
+    for key in ("image", "label", "mask"):
+      np.testing.assert_array_equal(a[key], b[key])
+  np.testing.assert_array_equal(processes[1]["image"], processes[0][3]["image"])  # a resumed stream: same batch
+  assert threads[3] == processes[3] and any(path.endswith("0.jpg") for path, _ in processes[3])

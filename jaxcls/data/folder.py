@@ -7,8 +7,9 @@ Class names are the subfolder names, sorted. Two ways to serve the images (`data
 - 'memory' / 'file': every image is decoded once, in parallel, resized to `dataset.image_size` and kept as one
   array (in memory, or as .npy files under `dataset.cache_dir`, reused by later runs while the folder is unchanged);
   unreadable files are known at load time. 'auto' picks 'memory' when the decoded arrays fit `cache_limit_mb`.
-- 'none': images are decoded per batch in a thread pool (`folder_stream`), which also allows the Inception-style
-  `train_crop='random_resized'` on the full-resolution image.
+- 'none': images are decoded per batch in a thread pool, or in `dataset.decode_processes` worker processes
+  (`folder_stream`), which also allows the Inception-style `train_crop='random_resized'` on the full-resolution
+  image (docs/input_pipeline.md).
 Unreadable, truncated and oversized files are skipped and listed in `dataset.skipped_files` as (path, reason).
 """
 
@@ -34,6 +35,15 @@ _STATS_SAMPLE = 512  # images decoded to estimate mean / std when streaming
 
 def workers(dataset_config) -> int:
   return int(dataset_config.workers) or os.cpu_count() or 1
+
+
+def decode_processes(dataset_config) -> int:
+  """Worker processes for streaming decode (0: threads); `dataset.decode_processes` where the config has it."""
+  value = dataset_config.get("decode_processes", 0)
+  if not isinstance(value, int) or value < 0:
+    raise ConfigError(f"dataset.decode_processes={value!r} is not valid; use 0 (decode in threads) or a number of "
+                      "worker processes.")
+  return value
 
 
 def crops(dataset_config, size: tuple[int, int]) -> tuple[decode.Crop, decode.Crop]:
@@ -87,7 +97,7 @@ def load(config, *, process_index: int, process_count: int):
     return FolderStreamDataset(info, train, evaluation, train_crop=train_crop, eval_crop=eval_crop,
                                max_pixels=int(ds.max_image_pixels), workers=workers(ds), skipped_files=skipped,
                                eval_group_names=eval_groups, process_index=process_index,
-                               process_count=process_count)
+                               process_count=process_count, processes=decode_processes(ds))
   if train_crop.mode != "resize":
     raise ConfigError(f"dataset.train_crop={ds.train_crop!r} needs the full-size images, so it works only with "
                       "dataset.cache='none' (or 'auto'); set one of those, or train_crop='resize'.")
