@@ -4,20 +4,27 @@ Every command that uses a trained model (evaluate, predict, export, explain, few
 The resolved `config.json` a run writes holds what the model needs (image size, normalisation, class names), so
 the training data need not be present. Only the parameters and batch statistics are read, never the optimizer
 state, so a model trained with any optimizer (or a frozen backbone) restores the same way.
+
+Importing this module is cheap (no jax, orbax or flax): `load_config` and `parse_step` need none of them, so a
+command can read the config and start on its input while `restore` imports what the model needs.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
 import ml_collections
 
-from jaxcls import checkpoint, data, models, paths, tasks
+from jaxcls import paths
 from jaxcls import workdir as workdir_lib
 from jaxcls.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+  from jaxcls import data
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -27,6 +34,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def info_from_config(config) -> data.DatasetInfo:
   """The DatasetInfo a trained model needs (no counts of examples), from a resolved config."""
+  from jaxcls import data  # pylint: disable=g-import-not-at-top
   names = tuple(config.dataset.class_names or ())
   size = tuple(config.dataset.image_size or ())
   if not names or len(size) != 2 or not config.dataset.mean or not config.dataset.std:
@@ -39,6 +47,7 @@ def info_from_config(config) -> data.DatasetInfo:
 
 def build_task_and_model(config, info: data.DatasetInfo):
   """The task the run trained and its model (class weights only shape the loss, so they are left uniform here)."""
+  from jaxcls import models, tasks  # pylint: disable=g-import-not-at-top
   task = tasks.build(dict(config.task, class_names=info.class_names, class_weights="none"), info.num_classes)
   return task, models.build(config.model, task.num_outputs, config.dtype)
 
@@ -99,6 +108,7 @@ def _bad_step(value, what: str):
 
 def best_step(workdir: str, steps: list[int] | None = None) -> int:
   """The checkpoint whose `config.best_metric` is best, by the metric and mode the run was trained with."""
+  from jaxcls import checkpoint  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   metric, mode = str(config.get("best_metric", "") or ""), str(config.get("best_mode", "max") or "max")
   folder = paths.join(workdir, "checkpoints")
@@ -114,6 +124,7 @@ def best_step(workdir: str, steps: list[int] | None = None) -> int:
 
 
 def _metrics(step_dir) -> dict | None:
+  from jaxcls import checkpoint  # pylint: disable=g-import-not-at-top
   path = step_dir / checkpoint.METRICS_ITEM / checkpoint.METRICS_ITEM
   try:
     return json.loads(path.read_text()) if path.exists() else None
@@ -126,6 +137,7 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
 
   A CheckpointError names the steps that exist, or what is missing in a damaged step.
   """
+  from jaxcls import checkpoint  # pylint: disable=g-import-not-at-top
   step = parse_step(step)
   available = checkpoint_steps(workdir)
   folder = paths.join(workdir, "checkpoints")
@@ -150,6 +162,8 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
 
 def read_variables(workdir: str, step: int, *, use_ema: bool = True) -> dict:
   """{'params', 'batch_stats'} of checkpoint `step` as host arrays (the moving average when one was kept)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxcls import checkpoint  # pylint: disable=g-import-not-at-top
   ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False, fingerprint={})  # reads only; prunes nothing
   try:
     state = ckpt.read_state(step)  # a one-line CheckpointError naming the step when its arrays are unreadable
