@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if args.compilation_cache_dir and "train" in results:
     jax.clear_caches()  # forget the in-memory executables: the next compile can only come from the disk cache
     again = make_train()
-    jax.block_until_ready(again(state, batch, key))
+    jax.block_until_ready(again(state, holder["acc"], batch, key))
     compile_warm_s = again.compile_seconds
 
   device = jax.devices()[0]

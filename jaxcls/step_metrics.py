@@ -98,8 +98,8 @@ class Window:
       last_checkpoint = ckpt.set_aside_diverged(last_checkpoint, bad)
     kept = (f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint is not None
             else "no usable checkpoint had been written yet")
-    checked = f"step {bad}" if bad == done else f"step {bad} (steps {self.first_step}-{done} checked together)"
+    checked = "" if bad == done else f"steps {self.first_step}-{done} checked together; "
     raise NonFiniteLossError(
-        f"The loss, gradient or updated parameters became non-finite at {checked}; "
-        f"loss={float(host['bad_loss'])}, grad_norm={float(host['bad_grad_norm'])}. Training stopped and {kept}. "
+        f"The loss, gradient or updated parameters became non-finite at step {bad} ({checked}"
+        f"loss={float(host['bad_loss'])}, grad_norm={float(host['bad_grad_norm'])}); training stopped and {kept}. "
         "Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values.")

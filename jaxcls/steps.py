@@ -67,8 +67,11 @@ def _all_finite(tree) -> jax.Array:
 
 def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
                     schedule: Callable, augment: Callable, *, mean, std, dtype: str,
-                    ema_decay: float, mesh) -> Callable:
+                    ema_decay: float, mesh, steps_per_chunk: int | None = None) -> Callable:
   """Returns train_step(state, acc, batch, key) -> (state, acc), jitted with shardings and donation.
+
+  With `steps_per_chunk=k`, `batch` holds k steps' batches stacked, [k, B, ...] (`data.prefetch.chunks`), and
+  the step trains on row `state.step % k`: batches then cross to the devices k at a time, with no per-step index.
 
   `augment(key, images, labels, mask) -> (images, labels)` is `jaxcls.data.augment.build(...)`: uint8 images in
   and out, so the step normalises exactly once, after it.
@@ -82,6 +85,9 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
   compute_dtype = DTYPES[dtype]
 
   def train_step(state: TrainState, acc: dict, batch: dict, key: jax.Array):
+    if steps_per_chunk is not None:
+      row = state.step % steps_per_chunk
+      batch = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, row, 0, keepdims=False), batch)
     step_key = jax.random.fold_in(key, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     # Augmentations keep uint8 images (labels may become soft, [B, K]); normalisation happens here, once.
@@ -117,8 +123,9 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
     return new_state, step_metrics.add(acc, metrics, applied, state.step + 1)
 
   return jax.jit(train_step,
-                 in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh), parallel.batch_sharded(mesh),
-                               parallel.replicated(mesh)),
+                 in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
+                               parallel.batch_sharded(mesh) if steps_per_chunk is None else
+                               parallel.chunk_sharded(mesh), parallel.replicated(mesh)),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
                  donate_argnums=(0,))
 

@@ -214,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     clock: where the wall time of each phase is charged (`main --profile` logs its table); default: a new one.
   """
   config_check.validate(config)
+  writers.writer_names(config.writers)  # a misspelt writer fails now, not after the data has loaded
   clock = clock if clock is not None else phases.PhaseClock()
   # Process 0 holds DIR/lock.json throughout (a second run on the workdir fails fast); released on any exit.
   with workdir_lib.locked(workdir, is_main=parallel.is_main_process(), num_processes=jax.process_count()):
@@ -283,10 +284,6 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
   init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
                          use_ema=config.ema_decay > 0, mesh=mesh)
   norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
-  train_step = steps.CompiledOnFirstCall(
-      steps.make_train_step(plan.train_model(model), task, tx, schedule, augment, ema_decay=config.ema_decay,
-                            **norm),
-      "Train step (forward, backward, update)", config.batch_size / mesh.size)
   eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, tta=config.eval_tta, **norm),
                                         "Eval step (forward)", eval_batch_size / mesh.size)
   periodic = evaluators.build_all(config, model, dataset, mesh, eval_every)  # config.evaluators, none by default
@@ -309,7 +306,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
                    " (config.init_from is not read again)" if config.init_from else "")
     jax.block_until_ready(state)
 
-  writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step)
+  writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step, names=config.writers)
   if is_main:
     workdir_lib.write_run_files(workdir, resolved, info.class_names, rerun)  # config.json, classes.json, history
     params = parallel.to_host(state.params)
@@ -324,26 +321,34 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
   progress = writers.create_progress(num_train_steps, writer, is_main=is_main)
   # Host batches go to the devices `depth` steps ahead; the read-ahead ones are dropped at the end, and a resumed
   # run restarts the stream at its checkpoint step, so exact resume does not depend on them.
-  batches = prefetch.to_device(dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed),
-                               mesh, depth)
+  host_batches = dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed)
+  first_batch = next(host_batches)
+  chunk_steps = prefetch.steps_per_chunk(first_batch)  # steps whose batches cross to the devices in one transfer
+  train_step = steps.CompiledOnFirstCall(
+      steps.make_train_step(plan.train_model(model), task, tx, schedule, augment, ema_decay=config.ema_decay,
+                            steps_per_chunk=chunk_steps, **norm),
+      "Train step (forward, backward, update)", config.batch_size / mesh.size)
+  window = step_metrics.Window(step_metrics.metric_names(task, task.num_outputs, first_batch["label"].shape,
+                                                         first_batch["label"].dtype), mesh, start_step)
+  batches = prefetch.to_device(prefetch.chunks(host_batches, chunk_steps, start_step, first=first_batch), mesh,
+                               depth, stacked=True)
   final = None
   stop = preemption.Watcher(ckpt)  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
-  window = None
+  chunk = None
+  guarded = config.transfer_guard != "allow"
   try:
     meter = _Throughput(clock)
     for step in range(start_step, num_train_steps):
-      t0 = time.perf_counter()
-      batch = next(batches)
-      meter.data_wait(time.perf_counter() - t0)
-      if window is None:  # the metric names follow from the task and the batch's labels: known at the first batch
-        window = step_metrics.Window(step_metrics.metric_names(task, task.num_outputs, batch["label"].shape,
-                                                               batch["label"].dtype), mesh, start_step)
+      if chunk is None or step % chunk_steps == 0:  # step s trains on row s % chunk_steps of its chunk
+        t0 = time.perf_counter()
+        chunk = next(batches)
+        meter.data_wait(time.perf_counter() - t0)
       done = step + 1
-      if step == start_step:  # compiles, and may place constants on the devices: outside the guard
-        state, window.value = train_step(state, window.value, batch, train_key)
-      else:
+      if guarded and step != start_step:  # the first call compiles and may place constants: not guarded
         with jax.transfer_guard(config.transfer_guard):
-          state, window.value = train_step(state, window.value, batch, train_key)
+          state, window.value = train_step(state, window.value, chunk, train_key)
+      else:
+        state, window.value = train_step(state, window.value, chunk, train_key)
       if step == start_step:
         jax.block_until_ready(window.value)
         clock.add("compile", train_step.compile_seconds or 0.0)
