@@ -107,9 +107,10 @@ class Predictor:
     Full batches have `batch_size` rows; the last one is padded with zero images up to `rows` (default: only up
     to a multiple of the device count), and the padding rows are dropped.
     """
-    out = [self.fetch(self.dispatch(images[start:start + self.batch_size], rows), len(images[start:start +
-                                                                                              self.batch_size]))
-           for start in range(0, len(images), self.batch_size)]
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      out.append(self.fetch(self.dispatch(chunk, rows), len(chunk)))
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
@@ -158,12 +159,13 @@ def predict_files(restored, paths: list[str], *, top_k: int = 5, batch_size: int
   check_top_k(top_k)
   files = preprocess.find_images(list(paths))
   predictor = Predictor(restored, batch_size=batch_size)
+  rows = full_rows(files, predictor.batch_size)
   with decoding(restored.config, files, predictor.batch_size, workers) as decoded:
-    return list(predict_batches(restored, predictor, decoded, top_k=top_k, rows=full_rows(files,
-                                                                                            predictor.batch_size)))
+    return list(predict_batches(restored, predictor, decoded, top_k=top_k, rows=rows))
 
 
 def check_top_k(top_k: int) -> None:
+  """A one-line ConfigError for a --top_k below 1 (before anything slow runs)."""
   if top_k < 1:
     raise ConfigError(f"--top_k={top_k} must be at least 1.")
 
@@ -202,6 +204,7 @@ def predict_batches(restored, predictor: Predictor, decoded: Iterable, *, top_k:
 
 
 def _records(task, names, batch, top_k: int) -> Iterator[dict]:
+  """One batch's records, in file order: an error record for each unreadable file, `describe` for the others."""
   paths, errors, result, count = batch
   probs = iter(Predictor.fetch(result, count) if count else ())
   for path, error in zip(paths, errors):

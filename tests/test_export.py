@@ -2,6 +2,7 @@
 the same pixels, probabilities and printed lines as `python -m jaxcls.predict`."""
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -101,6 +102,35 @@ def test_reloaded_function_gives_predicts_pixels_and_probabilities(exported):
     assert f"{path}: {loader.describe(probs, meta, 2)}" == predict.format_line(record)
 
 
+def test_loader_serves_in_bounded_batches_of_one_shape(exported):
+  """`serve` hands the model at most batch_size images at a time, pads the short last batch (one compiled
+  shape), and prints predict's lines; a corrupt file is an error line in its batch."""
+  workdir, model_dir, files = exported
+  loader = load_loader()
+  assert [len(b) for b in loader.batches(files, 3)] == [3, 3, 1] and sum(loader.batches(files, 3), []) == files
+  with pytest.raises(ValueError, match="--batch_size=0 must be at least 1"):
+    loader.batches(files, 0)
+  model, meta = loader.load_model(model_dir)
+  shapes = []
+
+  def recorded(images):
+    shapes.append(images.shape)
+    return model(images)
+
+  out = io.StringIO()
+  predicted = loader.serve(recorded, meta, files, top_k=3, batch_size=3, workers=2, out=out)
+  assert predicted == len(files) - 1 and shapes == [(3, 8, 8, 3)] * 3
+  records = predict.predict_files(restore.restore(workdir), files, top_k=3)
+  for line, record in zip(out.getvalue().splitlines(), records, strict=True):
+    if record["error"]:
+      assert line.startswith(f"{record['path']}: error: ")
+    else:
+      assert line == predict.format_line(record)
+  shapes.clear()
+  loader.serve(recorded, meta, files[:2], top_k=1, batch_size=3, out=io.StringIO())
+  assert shapes == [(2, 8, 8, 3)]  # a single batch is not padded
+
+
 def test_loader_command_runs_without_jaxcls(exported, python):
   workdir, model_dir, files = exported
   blocked = ("import runpy, sys; sys.modules['jaxcls'] = None; sys.argv = sys.argv[1:]; "
@@ -110,6 +140,7 @@ def test_loader_command_runs_without_jaxcls(exported, python):
   proc = subprocess.run([python, "-c", blocked, LOADER, model_dir, *files, "--top_k", "3"], env=env,
                         cwd=os.path.dirname(model_dir), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"served {len(files) - 1} image(s) in " in proc.stderr and " images/s" in proc.stderr
   records = predict.predict_files(restore.restore(workdir), files, top_k=3)
   lines = proc.stdout.splitlines()
   assert len(lines) == len(files)

@@ -1,9 +1,11 @@
 """`python -m jaxcls.predict`: eval preprocessing, batching over devices, per-task records, per-file errors."""
 
+import concurrent.futures
 import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -84,6 +86,61 @@ def test_batches_are_padded_over_the_devices_and_compiled_once_per_shape(trained
   assert predictor._forward._cache_size() == 2  # 16 rows, and 8 (the padded last batch and the single images)
 
 
+def test_batches_are_consecutive_runs_of_at_most_batch_size():
+  items = [f"f{i}.png" for i in range(7)]
+  assert [len(b) for b in preprocess.batches(items, 3)] == [3, 3, 1]
+  assert sum(preprocess.batches(items, 3), []) == items
+  assert list(preprocess.batches(items, 7)) == [items] and list(preprocess.batches([], 4)) == []
+  with pytest.raises(ConfigError, match="--batch_size=0 must be at least 1"):
+    list(preprocess.batches(items, 0))
+
+
+def test_stream_decodes_a_bounded_number_of_batches_ahead(trained, monkeypatch):
+  """However many files, no more than `ahead` batches beyond the one in use are ever handed to the decoders."""
+  submitted = []
+
+  class Counting(concurrent.futures.ThreadPoolExecutor):
+    def submit(self, fn, /, *args, **kwargs):
+      if fn is preprocess._load_one:  # pylint: disable=protected-access  (one image file handed to a decoder)
+        submitted.append(args[0])
+      return super().submit(fn, *args, **kwargs)
+
+  prep = preprocess.from_config(restore.load_config(trained[0]))
+  monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Counting)
+  files = preprocess.find_images([str(trained[1])]) + [str(trained[1] / "missing.png")]  # 25 files
+  reference, reasons = preprocess.load(files, prep)
+  submitted.clear()
+  seen, rows = [], 0
+  with preprocess.stream(files, prep, batch_size=4, workers=2, ahead=2) as decoded:
+    for used, (paths, images, errors) in enumerate(decoded, start=1):
+      assert len(submitted) == min(len(files), 4 * (used + 2))  # the used batches and 2 ahead, never more
+      assert len(paths) == len(errors) <= 4 and len(images) == sum(e is None for e in errors)
+      np.testing.assert_array_equal(images, reference[rows:rows + len(images)])  # the pixels `load` gives
+      seen += paths
+      rows += len(images)
+  assert seen == files == submitted and errors == ["no such file"] and reasons[-1] == "no such file"
+  assert preprocess.batches_ahead(64, prep, budget_bytes=64 * 8 * 8 * 3 * 5) == 5
+  assert preprocess.batches_ahead(64, prep, budget_bytes=1) == 2
+
+
+def test_streamed_batches_equal_evaluation_with_one_compiled_shape(trained):
+  """A run of several batches pads its short last batch to the full batch size: one shape, the same outputs."""
+  workdir, _ = trained
+  outputs, paths, _ = eval_outputs(workdir)
+  restored = restore.restore(workdir)
+  predictor = predict.Predictor(restored, batch_size=4)  # rounded up to 8 on 8 devices; 6 eval files: one batch
+  assert predict.full_rows(paths, predictor.batch_size) is None
+  files = paths * 3  # 18 files: batches of 8, 8 and 2
+  rows = predict.full_rows(files, predictor.batch_size)
+  assert rows == 8
+  with predict.decoding(restored.config, files, predictor.batch_size, workers=2) as decoded:
+    records = list(predict.predict_batches(restored, predictor, decoded, top_k=len(CLASSES), rows=rows))
+  probs = np.array([[dict(r["top_k"])[name] for name in CLASSES] for r in records])
+  np.testing.assert_allclose(probs, np.tile(outputs["probs"], (3, 1)), rtol=0, atol=1e-6)
+  assert [r["path"] for r in records] == files
+  assert predictor._forward._cache_size() == 1
+
+
 def test_unreadable_files_get_error_rows_and_the_rest_go_on(trained, tmp_path, capsys):
   workdir, photos = trained
   new = tmp_path / "new"
@@ -96,8 +153,12 @@ def test_unreadable_files_get_error_rows_and_the_rest_go_on(trained, tmp_path, c
   (new / "notes.txt").write_text("ignored: not an image extension")
   missing = str(tmp_path / "missing.jpg")
   status = predict.run(workdir, [str(new), missing], top_k=2, output=str(tmp_path / "out.csv"))
-  lines = capsys.readouterr().out.splitlines()
+  captured = capsys.readouterr()
+  lines = captured.out.splitlines()
   assert status == 0 and len(lines) == 5
+  assert re.search(r"^jaxcls: predicted 2 image\(s\) with simple_cnn \(step 4\) in \d+\.\d\d s: \d+\.\d images/s "
+                   r"\(\d+\.\d\d s to the first batch, start-up included\)\.$", captured.err, re.M), captured.err
+  assert "jaxcls: 3 of 5 file(s) could not be read." in captured.err
   assert lines[0].startswith(f"{new / 'a.png'}: ") and "error" not in lines[0]
   assert lines[1] == f"{new / 'garbage.png'}: error: unreadable or truncated image " \
                      f"(UnidentifiedImageError: cannot identify image file '{new / 'garbage.png'}')"
@@ -146,6 +207,7 @@ def test_command_line(trained, tmp_path, python):
   assert len(lines) == len(records) == 8
   assert lines == [predict.format_line(r) for r in records]
   assert all(len(r["top_k"]) == 2 for r in records)
+  assert re.search(r"jaxcls: predicted 8 image\(s\) .* images/s", proc.stderr)  # flushed before the prompt exit
   proc = subprocess.run([python, "-m", "jaxcls.predict", "--workdir", str(tmp_path / "nowhere"), "x.jpg"],
                         env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1 and "jaxcls: error: " in proc.stderr and "config.json does not exist" in proc.stderr
