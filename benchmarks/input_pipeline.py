@@ -1,6 +1,7 @@
 """Prints the host input pipeline's speed: JPEG training input from a folder, in images per core-second.
 
-  python benchmarks/input_pipeline.py [--folder DIR] [--workers 1,2] [--compare] [--all_sources] [--upscale 1]
+  python benchmarks/input_pipeline.py [--folder DIR] [--workers 1,2] [--processes] [--compare] [--all_sources]
+                                      [--upscale 1]
 
 The folder is DIR (class subfolders of JPEGs), or, without --folder, 256 crops of scikit-learn's two sample
 photos, 224 to 427 pixels a side (times --upscale: 3 makes 672..1281-pixel photos, so that libjpeg's reduced-size
@@ -8,9 +9,10 @@ decoding has work to do), re-encoded at quality 90. Every image is decoded with 
 to 224x224 (`dataset.train_crop='random_resized'`, `cache='none'`), as training does.
 
 Images per core-second = images / CPU seconds (user + system, every thread and worker process of the pipeline)
-over the measured batches: what one core delivers, whatever else runs on the machine. On a quiet machine with
-one worker per core it equals images per second / cores. The last line is that figure for jaxcls' own folder
-stream at the last --workers value (default: one per core).
+over the measured batches: what one core delivers. Other load on the machine moves it less than it moves wall
+time, but still moves it (shared caches): compare figures taken in alternation. On a quiet machine with one worker
+per core it equals images per second / cores. The last line is that figure for jaxcls' own folder
+stream at the last --workers value (default: one per core), in threads (or worker processes with --processes).
 
   --workers 1,2,4   also prints the scaling: images per second, per core-second and speed-up for each count, for
                     jaxcls' stream with N decode threads and with N worker processes (dataset.decode_processes)
@@ -21,9 +23,11 @@ stream at the last --workers value (default: one per core).
 """
 
 import argparse
+import cProfile
 import gzip
 import io
 import os
+import pstats
 import resource
 import statistics
 import struct
@@ -200,6 +204,7 @@ def _tensorflow():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
 
+  @tf.autograph.experimental.do_not_convert
   def crop_resize(path, window):
     pixels = tf.io.decode_and_crop_jpeg(tf.io.read_file(path), window, channels=3)
     return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(pixels, SIZE, antialias=True)), 0, 255), tf.uint8)
@@ -251,6 +256,25 @@ def compare(paths: list[str], rounds: int, per_round: int) -> list[tuple[str, Ra
     for name, run in rows:
       results[name].append(timed(all_files(run, round_, picked), len(picked)))
   return [(name, median_rate(rates)) for name, rates in results.items()]
+
+
+def gil_share(paths: list[str], count: int = 128) -> tuple[float, float]:
+  """(ms per image, share of it that holds the GIL) for jaxcls' decode: all but Pillow's decode and resize calls,
+  which release it. cProfile times those two calls; the total is timed without the profiler."""
+  picked = [paths[i % len(paths)] for i in range(count)]
+  run = lambda: [_jaxcls(p, np.random.default_rng([9, i])) for i, p in enumerate(picked)]
+  run()
+  totals = []
+  for _ in range(3):
+    start = time.thread_time()
+    run()
+    totals.append(time.thread_time() - start)
+  profile = cProfile.Profile(time.thread_time)
+  profile.runcall(run)
+  released = sum(v[2] for k, v in pstats.Stats(profile).stats.items()
+                 if k[2] in ("<method 'decode' of 'ImagingDecoder' objects>", "<method 'resize' of 'ImagingCore' objects>"))
+  total = min(totals)
+  return 1e3 * total / count, max(0.0, 1 - released / total)
 
 
 # --- the other sources (--all_sources) ---------------------------------------------------------------------------
@@ -323,6 +347,8 @@ def main():
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison (median)")
   parser.add_argument("--upscale", type=float, default=1.0, help="scale the made photos (not with --folder)")
+  parser.add_argument("--processes", action="store_true",
+                      help="the headline with worker processes (dataset.decode_processes) instead of threads")
   parser.add_argument("--compare", action="store_true", help="also compare decoders, single-threaded")
   parser.add_argument("--all_sources", action="store_true", help="also the idx and tfds sources")
   args = parser.parse_args()
@@ -340,6 +366,9 @@ def main():
           f"{cores} CPU cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.compare:
       print_table("decoder (1 thread, random resized crop -> 224)", compare(paths, args.rounds, 128))
+      ms, share = gil_share(paths)
+      print(f"jaxcls decode: {ms:.2f} ms per image, {100 * share:.0f}% of it holding the GIL: threads cap at "
+            f"about {1 / max(share, 1e-3):.0f}x one core's rate (Amdahl), worker processes do not")
     if len(counts) > 1:
       table = scaling(root, counts, args.batch_size, args.batches, args.rounds)
       for kind in ("threads", "processes"):
@@ -355,9 +384,11 @@ def main():
         os.makedirs(folder)
         rows.append((name, run(folder)))
       print_table("other sources", rows)
-    headline = median_rate([stream_rate(folder_dataset(root, counts[-1]), args.batch_size, args.batches)
+    processes = counts[-1] if args.processes else 0
+    headline = median_rate([stream_rate(folder_dataset(root, counts[-1], processes), args.batch_size, args.batches)
                             for _ in range(args.rounds)])
-    print_table(f"jaxcls folder stream, {counts[-1]} worker(s)", [("random resized crop -> 224", headline)])
+    kind = "processes" if processes else "threads"
+    print_table(f"jaxcls folder stream, {counts[-1]} {kind}", [("random resized crop -> 224", headline)])
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"images per core-second: {headline.per_core_second:.0f}")
 

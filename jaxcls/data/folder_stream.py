@@ -17,6 +17,7 @@ training the next file of the same epoch order takes its place, in evaluation it
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import math
 import multiprocessing
 import threading
@@ -264,7 +265,11 @@ class _Pending:
     self._future, self._labels, self._skip = future, labels, skip
 
   def finish(self) -> list:
-    images, used, skipped = self._future.result()
+    try:
+      images, used, skipped = self._future.result()
+    except concurrent.futures.process.BrokenProcessPool as e:
+      raise DataError(f"A decode worker process died ({e}); set dataset.decode_processes=0 to decode in threads, "
+                      "or use fewer processes if memory ran out.") from e
     for path, reason in skipped:
       self._skip(path, reason)
     if used is None:
