@@ -26,7 +26,7 @@ REPO = os.path.dirname(HERE)
 PLAIN = os.path.join(HERE, "plain_flax_digits.py")
 
 # Config values the plain script hard-codes: a config that changes one of them is not comparable.
-FIXED = {"dataset.name": "digits", "dataset.test_fraction": 0.2, "dataset.split_seed": 0, "dataset.image_size": None,
+FIXED = {"dataset.name": "digits", "dataset.test_fraction": 0.2, "dataset.split_seed": 0,
          "dataset.mean": None, "dataset.std": None, "dataset.sampling": "uniform", "dataset.train_split": "train",
          "dataset.eval_split": "test", "model.name": "simple_cnn", "task.type": "multiclass",
          "task.class_weights": "none", "optimizer.name": "adamw", "optimizer.schedule": "cosine",
@@ -63,10 +63,13 @@ def plain_args(config) -> list[str]:
   match = _CROP.match(augment) if isinstance(augment, str) and augment.strip() else None
   if isinstance(augment, str) and augment.strip() and not match:
     bad.append(f"augment={augment!r} (the plain script has only random_crop(padding=N, mode='constant'))")
+  size = tuple(config.dataset.image_size or (8, 8))
+  if len(size) != 2 or size[0] != size[1]:
+    bad.append(f"dataset.image_size={config.dataset.image_size!r} (the plain script resizes to squares only)")
   if bad:
     raise ValueError("The plain script cannot do this training: " + "; ".join(bad) + ".")
   o = config.optimizer
-  values = {"seed": config.seed, "widths": ",".join(str(w) for w in config.model.widths),
+  values = {"seed": config.seed, "image_size": size[0], "widths": ",".join(str(w) for w in config.model.widths),
             "dropout": config.model.get("dropout", 0.1), "learning_rate": o.learning_rate,
             "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps,
             "end_learning_rate_factor": o.end_learning_rate_factor, "crop_padding": int(match.group(1)) if match else 0,
@@ -117,7 +120,8 @@ def main() -> None:
   env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(a.repo)] + [x for x in [env.get("PYTHONPATH")] if x])
   print(f"config {config_path}; jaxcls from {os.path.abspath(a.repo)}; cold compilation cache; "
         f"load {os.getloadavg()[0]:.2f}; plain flags: {' '.join(flags)}", flush=True)
-  print(f"{'round':>5}  {'jaxcls s':>9}  {'plain s':>8}  {'ratio':>6}  {'jaxcls acc':>10}  {'plain acc':>9}", flush=True)
+  header = f"{'round':>5}  {'jaxcls s':>9}  {'plain s':>8}  {'ratio':>6}  {'jaxcls acc':>10}  {'plain acc':>9}"
+  print(header, flush=True)
   ratios, jax_s, plain_s = [], [], []
   for r in range(a.rounds):
     runs = {}
