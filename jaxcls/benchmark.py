@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxcls import models, optim, parallel, step_metrics, steps, tasks, trace_summary
+from jaxcls import compile_cache, models, optim, parallel, step_metrics, steps, tasks, trace_summary
 from jaxcls.data import augment as augment_lib
 from jaxcls.errors import ConfigError, JaxclsError
 
@@ -64,15 +64,6 @@ def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     except (ValueError, SyntaxError):
       out[key] = raw
   return out
-
-
-def enable_compilation_cache(cache_dir: str) -> int:
-  """Turns on JAX's persistent compilation cache in `cache_dir` for every program; returns the entries in it."""
-  os.makedirs(cache_dir, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return len(os.listdir(cache_dir))
 
 
 def synthetic_batch(batch_size: int, image_shape: tuple[int, int, int], num_classes: int, mesh) -> dict:
@@ -184,7 +175,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise ConfigError("--steps and --repeats must be >= 1 and --warmup >= 0.")
   if args.profile_dir and args.profile_steps < 1:
     raise ConfigError(f"--profile_steps={args.profile_steps} must be >= 1 when --profile_dir is set.")
-  cache_entries = enable_compilation_cache(args.compilation_cache_dir) if args.compilation_cache_dir else None
+  cache_entries = None
+  if args.compilation_cache_dir:
+    cache_entries = compile_cache.entries(compile_cache.resolve(args.compilation_cache_dir))
+    compile_cache.enable(args.compilation_cache_dir)
 
   mesh = parallel.make_mesh()
   parallel.check_batch_size(args.batch_size, mesh, "batch_size (--batch_size)")

@@ -155,8 +155,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Metric writers by name, in order: 'tensorboard' (event files, tensorboard package, no TensorFlow),
   # 'jsonl' (DIR/metrics.jsonl), 'log' (the log), 'clu' (clu's TensorFlow summary writer; needs the tf extra)
   config.writers = config_dict.FieldReference(("tensorboard", "jsonl", "log"), field_type=object)
-  config.compilation_cache_dir = ""            # JAX persistent compilation cache folder; '' = off. Reruns and
-                                               # resumed runs load compiled steps from it instead of compiling
+  config.compilation_cache_dir = "auto"        # JAX persistent compilation cache folder: reruns and resumed runs
+                                               # load compiled steps from it instead of compiling. 'auto' =
+                                               # $JAXCLS_CACHE_DIR or ~/.cache/jaxcls/xla (kept under 2 GiB);
+                                               # '' = off (jaxcls/compile_cache.py)
   # A workdir that holds a run resumes only with the same training config (docs/workdir.md); True continues it
   # with the changed values and records the change (and the earlier config) in DIR/config_history.jsonl.
   config.allow_config_change = False

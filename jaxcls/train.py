@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxcls import checkpoint, config_check, data, group_metrics, models, optim, parallel, report, steps, tasks
+from jaxcls import checkpoint, compile_cache, config_check, data, group_metrics, models, optim, parallel, report, steps, tasks
 from jaxcls import evaluators, paths, phases, preemption, step_metrics, transfer, writers
 from jaxcls import workdir as workdir_lib
 from jaxcls.data import augment as augment_lib
@@ -163,25 +163,6 @@ def class_table(info: data.DatasetInfo, class_weights) -> str:
   return "\n".join(lines)
 
 
-def enable_compilation_cache(directory: str) -> None:
-  """Turns on JAX's persistent compilation cache in `directory`, so a rerun or a resumed run skips compiling.
-
-  Every program is cached, however quick to compile or small (JAX's defaults skip those under 1 s), because on
-  a CPU the many small ones add up. A cache opened earlier in this process at another folder is closed first.
-  """
-  if not directory:
-    return
-  directory = os.path.abspath(os.path.expanduser(directory))
-  os.makedirs(directory, exist_ok=True)
-  if jax.config.jax_compilation_cache_dir != directory:
-    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no size limit
-  logging.info("Persistent compilation cache: %s", directory)
-
-
 def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
   return {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
@@ -244,7 +225,7 @@ class _Cadence:
 
 
 def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str, Any]:
-  enable_compilation_cache(config.compilation_cache_dir)
+  compile_cache.enable(config.compilation_cache_dir)
   if config.dtype not in steps.DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
   workdir = os.fspath(paths.makedirs(workdir, "workdir"))  # absolute local path or gs:// URL, never ./gs:

@@ -7,6 +7,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # etils.epath decides once per process, at the first gs:// path, whether TensorFlow's GCS client serves it; TF's
 # endpoint cannot be pointed at the tests' GCS emulator, so every test process uses gcsfs from the start.
 os.environ.setdefault("EPATH_USE_TF", "false")
+# One compilation cache for every test process of a run (config.compilation_cache_dir='auto' reads it): the many
+# runs of the same tiny configs compile once. Tests of the cache itself name their own folders.
+os.environ.setdefault("JAXCLS_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                       ".pytest_cache", "jaxcls-xla"))
 
 import pytest  # noqa: E402
 

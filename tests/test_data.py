@@ -479,3 +479,12 @@ def test_tfds_crop_needs_an_image_size_and_fast_mode_runs(mock_mnist):
     tfds_dataset(eval_crop="center")
   batch = next(tfds_dataset(deterministic=False, workers=2).train_batches(16, start_step=0, seed=0))
   assert batch["image"].shape == (16, 28, 28, 1) and batch["mask"].all()
+
+
+def test_digits_are_read_without_importing_sklearn_and_equal_load_digits():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import digits  # pylint: disable=g-import-not-at-top
+  images, labels = digits.read_digits()
+  reference = load_digits()
+  np.testing.assert_array_equal(images, reference.images)
+  np.testing.assert_array_equal(labels, reference.target)

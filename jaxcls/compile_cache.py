@@ -1,0 +1,57 @@
+"""JAX's persistent compilation cache, on by default: a rerun or a resumed run loads its compiled steps from disk.
+
+`config.compilation_cache_dir`: 'auto' (the default) is `$JAXCLS_CACHE_DIR`, else `$XDG_CACHE_HOME/jaxcls/xla`,
+else `~/.cache/jaxcls/xla`; '' turns the cache off; any other value is the folder. Every program is cached however
+quick to compile or small (JAX's defaults skip those under 1 s, and on a CPU the many small ones add up), and the
+folder is kept under MAX_BYTES by JAX's least-recently-used eviction, so it never grows without bound.
+"""
+
+import os
+
+import jax
+from absl import logging
+
+MAX_BYTES = 2 << 30
+
+
+def resolve(setting: str) -> str:
+  """The cache folder `setting` names ('' = off), as an absolute local path."""
+  if not setting:
+    return ""
+  if setting == "auto":
+    setting = os.environ.get("JAXCLS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "jaxcls", "xla")
+  return os.path.abspath(os.path.expanduser(setting))
+
+
+def enable(setting: str) -> str:
+  """Turns the cache on in the folder `setting` names (see `resolve`); returns that folder, '' when off.
+
+  A cache opened earlier in this process at another folder is closed first. A folder that cannot be created
+  (a read-only home) leaves the cache off with a warning: compiling again is slower, never wrong.
+  """
+  directory = resolve(setting)
+  if not directory:
+    return ""
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    logging.warning("The compilation cache folder %s cannot be created (%s); compiling without it. Set "
+                    "config.compilation_cache_dir to a writable folder, or '' to silence this.", directory, e)
+    return ""
+  if jax.config.jax_compilation_cache_dir != directory:
+    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no size limit per entry
+  jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+  logging.info("Persistent compilation cache: %s", directory)
+  return directory
+
+
+def entries(directory: str) -> int:
+  """Compiled programs in the cache folder (JAX's LRU bookkeeping files left out)."""
+  if not directory or not os.path.isdir(directory):
+    return 0
+  return sum(1 for name in os.listdir(directory) if name.endswith("-cache"))
