@@ -340,40 +340,39 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
       progress(done)
       log, evaluate_now = cadence.log(done), cadence.eval(done)
       save_now = cadence.checkpoint(done)
-      stopping = stop.reached(done)  # a flag read, or JAX's multi-process sync point: no device sync
-      if not (log or evaluate_now or save_now or stopping or any(e.due(done, num_train_steps) for e in periodic)):
-        continue
-      # A check point: the one blocking fetch since the last one, and the only place non-finite steps are seen.
-      window.check(done, last_saved, ckpt)
-      meter.steps_done(done)
-      if log:
-        scalars = {f"train/{k}": v for k, v in window.means().items()}
-        scalars.update(meter.scalars())
-        writer.write_scalars(done, scalars)
-        window.reset(done + 1)
-      if evaluate_now:
-        with meter.paused("eval"):
-          result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)
-        if eval_step.compile_seconds and not meter.eval_compile_charged:
-          clock.add("eval", -eval_step.compile_seconds)
-          clock.add("compile", eval_step.compile_seconds)
-          meter.eval_compile_charged = True
-        writer.write_scalars(done, _scalars(result, "eval/"))
-        ckpt.note_evaluation(done, _scalars(result, "eval/"))  # ranks this step's checkpoint by config.best_metric
-        final = (result, outputs) if done == num_train_steps else None
-      for evaluator in periodic:
-        if evaluator.due(done, num_train_steps):
+      if log or evaluate_now or save_now or any(e.due(done, num_train_steps) for e in periodic):
+        # A check point: the one blocking fetch since the last one, and the only place non-finite steps are seen.
+        window.check(done, last_saved, ckpt)
+        meter.steps_done(done)
+        if log:
+          scalars = {f"train/{k}": v for k, v in window.means().items()}
+          scalars.update(meter.scalars())
+          writer.write_scalars(done, scalars)
+          window.reset(done + 1)
+        if evaluate_now:
           with meter.paused("eval"):
-            writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
-      if save_now or ckpt.is_new_best(done):  # best: saved off cadence
-        with meter.paused("checkpoints"):
-          ckpt.save(done, state, {"next_batch": done}, force=True)
-        last_saved = done
-        cadence.last_ckpt_time = time.monotonic()
-      if stopping:
+            result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)
+          if eval_step.compile_seconds and not meter.eval_compile_charged:
+            clock.add("eval", -eval_step.compile_seconds)
+            clock.add("compile", eval_step.compile_seconds)
+            meter.eval_compile_charged = True
+          writer.write_scalars(done, _scalars(result, "eval/"))
+          ckpt.note_evaluation(done, _scalars(result, "eval/"))  # ranks this step's checkpoint by config.best_metric
+          final = (result, outputs) if done == num_train_steps else None
+        for evaluator in periodic:
+          if evaluator.due(done, num_train_steps):
+            with meter.paused("eval"):
+              writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
+        if save_now or ckpt.is_new_best(done):  # best: saved off cadence
+          with meter.paused("checkpoints"):
+            ckpt.save(done, state, {"next_batch": done}, force=True)
+          last_saved = done
+          cadence.last_ckpt_time = time.monotonic()
+        meter.restart(done)
+      if stop.reached(done):  # after any eval or save of this step; a flag read, or JAX's multi-process sync point
+        window.check(done, last_saved, ckpt)  # a second fetch of a window already fetched costs nothing new
         with meter.paused("checkpoints"):
           stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
-      meter.restart(done)
     if final is None:  # a finished workdir re-run: nothing to train, report again
       with clock.phase("eval"):
         final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)

@@ -147,7 +147,7 @@ def test_mixup_with_label_smoothing_trains_and_logs_the_data_wait(make_config, t
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f if "train/loss" in line]
   assert [r["step"] for r in rows] == [2, 4]
-  assert all(r["train/data_wait_s_per_step"] >= 0 and np.isfinite(r["train/loss"]) for r in rows)
+  assert all(0 <= r["train/data_wait_share"] <= 1 and np.isfinite(r["train/loss"]) for r in rows)
 
 
 def test_compiled_step_reports_flops_per_example():

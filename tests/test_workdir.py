@@ -319,7 +319,8 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_config
 
 def get_config():
-  return tiny_config(num_train_steps=300, eval_every_steps=300, checkpoint_every_steps=100, log_every_steps=50)
+  return tiny_config(num_train_steps=300, eval_every_steps=300, checkpoint_every_steps=100, log_every_steps=50,
+                     compilation_cache_dir="")  # compiled afresh, so the first run still holds the lock
 """
 
 
