@@ -331,7 +331,8 @@ def test_two_concurrent_runs_on_one_workdir(tmp_path):
   config_file.write_text(textwrap.dedent(_CONFIG_FILE.format(tests=os.path.join(REPO, "tests"))))
   run = tmp_path / "run"
   command = [sys.executable, "-m", "jaxcls.main", f"--config={config_file}", f"--workdir={run}"]
-  env = subprocess_env(2)
+  env = subprocess_env(1)  # one device: 2 virtual CPU devices under this contention can abort in an XLA
+  # collective rendezvous (40 s), which is not what this test is about (see issue 14's note)
   first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 300
