@@ -6,10 +6,10 @@
 `__call__(params, batch_stats) -> {metric name: float}`; the training loop logs what it returns.
 """
 
-import ast
 from typing import Any
 
 from jaxcls.errors import ConfigError
+from jaxcls import registry
 from jaxcls.registry import Registry
 
 EVALUATORS = Registry("evaluator")
@@ -17,15 +17,7 @@ EVALUATORS = Registry("evaluator")
 
 def build_all(config, model, dataset, mesh, eval_every: int) -> list[Any]:
   """The evaluators `config.evaluators` names, in order (none by default)."""
-  names = config.get("evaluators") or ()
-  if isinstance(names, str):  # 'fewshot', 'a,b' or "('a', 'b')" from a command line
-    try:
-      names = ast.literal_eval(names)
-    except (ValueError, SyntaxError):
-      pass
-  if isinstance(names, str):
-    names = tuple(n.strip() for n in names.split(",") if n.strip())
-  names = tuple(str(n) for n in names)
+  names = registry.name_list(config.get("evaluators"))  # 'fewshot', 'a,b' or "('a', 'b')" from a command line
   if len(set(names)) != len(names):
     raise ConfigError(f"config.evaluators={tuple(names)} names an evaluator twice; list each once.")
   return [EVALUATORS.get(name)(config, model, dataset, mesh, eval_every) for name in names]

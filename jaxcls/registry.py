@@ -3,6 +3,7 @@
 A new entry is one decorator; an unknown name fails with the known names and the closest match.
 """
 
+import ast
 import difflib
 from typing import Any, Callable, Iterable
 
@@ -20,6 +21,19 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
   if not matches:
     return ""
   return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
+
+
+def name_list(value) -> tuple[str, ...]:
+  """Names picked in a config: a tuple, or 'a,b' / "('a', 'b')" / 'a' as a command line gives them."""
+  names = value or ()
+  if isinstance(names, str):
+    try:
+      names = ast.literal_eval(names)
+    except (ValueError, SyntaxError):
+      pass
+  if isinstance(names, str):
+    names = tuple(n.strip() for n in names.split(",") if n.strip())
+  return tuple(str(n) for n in names)
 
 
 class Registry:

@@ -6,7 +6,6 @@ protos only), 'jsonl' (`workdir/metrics.jsonl`), 'log' (the console) and 'clu' (
 Only 'clu' imports TensorFlow and clu, when it is named, so a default run starts without them (docs/writers.md).
 """
 
-import ast
 import contextlib
 import io
 import itertools
@@ -23,6 +22,7 @@ import numpy as np
 
 from jaxcls import paths
 from jaxcls.errors import ConfigError
+from jaxcls import registry
 from jaxcls.registry import Registry
 
 JSONL_NAME = "metrics.jsonl"
@@ -432,15 +432,7 @@ def writer_names(value: Any = DEFAULT_WRITERS) -> tuple[str, ...]:
   Raises ConfigError for an unknown name (with the known ones), a name listed twice, or 'tensorboard' with
   'clu' (both write `workdir/tensorboard/`, and TensorBoard would show every scalar twice).
   """
-  names = DEFAULT_WRITERS if value is None else value
-  if isinstance(names, str):
-    try:
-      names = ast.literal_eval(names)
-    except (ValueError, SyntaxError):
-      pass
-  if isinstance(names, str):
-    names = tuple(n.strip() for n in names.split(",") if n.strip())
-  names = tuple(str(n) for n in names)
+  names = registry.name_list(DEFAULT_WRITERS if value is None else value)
   for name in names:
     WRITERS.get(name)
   if len(set(names)) != len(names):
