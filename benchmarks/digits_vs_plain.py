@@ -38,7 +38,7 @@ _CROP = re.compile(r"^\s*random_crop\(\s*padding\s*=\s*(\d+)\s*,\s*mode\s*=\s*['
 
 
 def load_config(path: str):
-  """get_config() of a config file (configs import jaxcls.config_base, so the repo goes on sys.path)."""
+  """get_config() of a config file (configs import jaxcls.config.base, so the repo goes on sys.path)."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
   spec = importlib.util.spec_from_file_location("_compared_config", path)

@@ -1187,7 +1187,7 @@ def _(c: CaseRun):
 
 
 def _write_lock(workdir: str, **record) -> None:
-  """DIR/lock.json as a run writes it (host, pid, start, heartbeat, token; see jaxcls/workdir.py)."""
+  """DIR/lock.json as a run writes it (host, pid, start, heartbeat, token; see jaxcls/store/workdir.py)."""
   now = time.time()
   holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
             "token": "fault-table", "command": "python -m jaxcls.main (fault table)"}
@@ -1508,7 +1508,7 @@ def _(c: CaseRun):
 # --- signal: real signals to a running `main`, then a resume that must equal the uninterrupted reference.
 
 def _documented_preempt_codes() -> tuple:
-  """0, and the exit code jaxcls documents for a preempted run (jaxcls/preemption.py's EXIT_CODE), read as text."""
+  """0, and the exit code jaxcls documents for a preempted run (jaxcls/training/preemption.py's EXIT_CODE), read as text."""
   try:
     with open(os.path.join(REPO, "jaxcls", "preemption.py")) as f:
       found = re.search(r"^EXIT_CODE = (\d+)", f.read(), re.M)

@@ -41,8 +41,9 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxcls import data  # noqa: E402  pylint: disable=wrong-import-position
-from jaxcls.config_base import get_base_config  # noqa: E402  pylint: disable=wrong-import-position
-from jaxcls.data import decode, folder  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.config.base import get_base_config  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.data import decode  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.data.sources import folder
 
 SIZE = (224, 224)
 CROP = decode.Crop(SIZE, "random_resized")

@@ -3,7 +3,7 @@
   python benchmarks/loop_overhead.py [--steps 3000] [--rounds 3] [--batch_size 16] [--widths 8,16,32]
 
 Both run the same program (`steps.make_train_step`: simple_cnn, SGD, digits-sized 8x8x1 images, 10 classes):
-- bare: `jaxcls.benchmark.run` queues the step back to back on one device-resident batch and blocks once;
+- bare: `jaxcls.perf.benchmark.run` queues the step back to back on one device-resident batch and blocks once;
 - loop: `train.train_and_evaluate` on the digits source with evaluation and checkpoints only at the end
   (`eval_every_steps=checkpoint_every_steps=-1`), its steady steps/s read from `train/steps_per_sec` in
   metrics.jsonl (the loop's own measure: host batches, their transfer, the step, the log points; eval and
@@ -21,7 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxcls import benchmark, config_base, train  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.perf import benchmark  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.config import base as config_base
+from jaxcls.training import loop as train
 
 
 def bare_steps_per_sec(args) -> float:

@@ -62,7 +62,7 @@ def time_steps(run_step, steps_per_repeat: int, repeats: int, device: torch.devi
 
 
 def summarize_mode(step_seconds, batch_size, first_step_s, flops_per_image, peak_tflops) -> dict:
-  """Same fields as jaxcls.benchmark.summarize_mode; compile_s is the first step less a steady one."""
+  """Same fields as jaxcls.perf.benchmark.summarize_mode; compile_s is the first step less a steady one."""
   rates = [batch_size / s for s in step_seconds]
   median = statistics.median(rates)
   tflops = flops_per_image * median / 1e12 if flops_per_image else None

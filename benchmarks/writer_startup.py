@@ -2,10 +2,10 @@
 
   python benchmarks/writer_startup.py [--rounds 7] [--before REV]
 
-Each round runs two fresh processes, taking turns at going first: 'before' loads `jaxcls/writers.py` as it was at
+Each round runs two fresh processes, taking turns at going first: 'before' loads `jaxcls/training/writers.py` as it was at
 git revision REV (default 87a2f6a, where TensorBoard went through clu and TensorFlow whenever they were
 installed) and 'after' uses the working tree's; everything else is the working tree's. Each process times
-`import jaxcls.train`, then `create_writer` + `create_progress` with the default writers, one scalar write and
+`import jaxcls.training.loop`, then `create_writer` + `create_progress` with the default writers, one scalar write and
 `close`, and lists whether TensorFlow, clu or TFDS got imported. Medians are printed; the last line is the
 median saving of the writer set-up in seconds. Say the machine's load (`uptime`) with the figures.
 """
@@ -23,14 +23,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = r"""
 import importlib.util, json, sys, tempfile, time
 t0 = time.perf_counter()
-import jaxcls.train  # noqa: F401  (what a training run imports before it builds its writer)
+import jaxcls.training.loop  # noqa: F401  (what a training run imports before it builds its writer)
 t1 = time.perf_counter()
 if sys.argv[1]:  # the older writers.py, loaded beside the working tree's jaxcls
   spec = importlib.util.spec_from_file_location("writers_before", sys.argv[1])
   writers = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(writers)
 else:
-  from jaxcls import writers
+  from jaxcls.training import writers
 t2 = time.perf_counter()
 writer = writers.create_writer(tempfile.mkdtemp(), is_main=True, resume_step=0)
 progress = writers.create_progress(100, writer, is_main=True)
@@ -57,9 +57,9 @@ def run_once(before_path: str) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--before", default="87a2f6a", help="git revision of the 'before' jaxcls/writers.py")
+  parser.add_argument("--before", default="87a2f6a", help="git revision of the 'before' jaxcls/training/writers.py")
   args = parser.parse_args()
-  source = subprocess.run(["git", "show", f"{args.before}:jaxcls/writers.py"], cwd=REPO, capture_output=True,
+  source = subprocess.run(["git", "show", f"{args.before}:jaxcls/training/writers.py"], cwd=REPO, capture_output=True,
                           text=True, check=True).stdout
   with tempfile.TemporaryDirectory() as tmp:
     before_path = os.path.join(tmp, "writers_before.py")
@@ -73,7 +73,7 @@ def main():
         results[name].append(run_once(path))
   for name, rows in results.items():
     print(f"{name:6s} writer {rows[0]['writer_class']}, progress {rows[0]['progress']}, imports {rows[0]['heavy']}: "
-          f"import jaxcls.train {statistics.median(r['import_train_s'] for r in rows):.2f} s, "
+          f"import jaxcls.training.loop {statistics.median(r['import_train_s'] for r in rows):.2f} s, "
           f"create_writer+create_progress+write+close {statistics.median(r['writer_s'] for r in rows):.3f} s, "
           f"whole process {statistics.median(r['process_s'] for r in rows):.2f} s (medians of {len(rows)})")
   saving = [b["writer_s"] - a["writer_s"] for b, a in zip(results["before"], results["after"])]

@@ -12,7 +12,7 @@ as neighbours, ahead of euclidean, of k=1 or 9, and of HOG or pixels alone). Res
 
 from jaxcls import config_base
 from jaxcls.classical import settings
-from jaxcls.data import idx
+from jaxcls.data.sources import idx
 
 
 def get_config(classifier: str = "svm"):

@@ -11,7 +11,7 @@ what it takes to pass 92%.
 """
 
 from jaxcls import config_base
-from jaxcls.data import idx
+from jaxcls.data.sources import idx
 
 
 def get_config():

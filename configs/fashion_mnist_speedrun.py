@@ -14,7 +14,7 @@ benchmarks/RESULTS.md records what it reaches). On a CPU it takes hours: use con
 """
 
 from jaxcls import config_base
-from jaxcls.data import idx
+from jaxcls.data.sources import idx
 
 TRAIN_EXAMPLES = 60_000
 

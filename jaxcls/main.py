@@ -16,8 +16,8 @@ import traceback  # noqa: E402  pylint: disable=wrong-import-position
 from absl import app, flags, logging  # noqa: E402  pylint: disable=wrong-import-position
 from ml_collections import config_flags  # noqa: E402  pylint: disable=wrong-import-position
 
-from jaxcls import preemption  # noqa: E402  pylint: disable=wrong-import-position
-from jaxcls.errors import ConfigError, JaxclsError  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.training import preemption  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.core.errors import ConfigError, JaxclsError  # noqa: E402  pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                           lock_config=False)
@@ -51,9 +51,9 @@ class _QuietLibraries:
 
 
 def init_distributed() -> None:
-  """jax.distributed.initialize with arguments from jaxcls.cluster (SLURM: all local devices of a task)."""
+  """jax.distributed.initialize with arguments from jaxcls.core.cluster (SLURM: all local devices of a task)."""
   import jax
-  from jaxcls import cluster
+  from jaxcls.core import cluster
   args = cluster.initialize_args(os.environ, mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
                                  num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   if args is None:
@@ -100,7 +100,7 @@ def _load_config_file(argv: list[str]):
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with config-key mistakes reported as one line instead of a traceback."""
-  from jaxcls import config_check
+  from jaxcls.config import check as config_check
   global _model_args_from_argv
   try:
     config = _load_config_file(argv)
@@ -126,16 +126,17 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     _exit("Both --config and --workdir are required, e.g. --config=configs/default.py --workdir=/tmp/run.", 2)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from jaxcls import errors
+  from jaxcls.core import errors
   errors.drop_closed_loop_noise()  # after a failed checkpoint write (full disk): no traceback storm
   config = _CONFIG.value
   for key, value in _model_args_from_argv.items():
     config.model[key] = value
   try:
-    from jaxcls import paths
+    from jaxcls.core import paths
     paths.path(_WORKDIR.value, "workdir")  # a bad or unsupported URL fails here, before jax is imported
     init_distributed()
-    from jaxcls import phases, train
+    from jaxcls.core import phases
+    from jaxcls.training import loop as train
     clock = phases.PhaseClock(_STARTED)
     clock.add("imports", time.perf_counter() - _STARTED)
     train.train_and_evaluate(config, _WORKDIR.value, clock=clock)
@@ -151,7 +152,7 @@ def main(argv):
   except JaxclsError as e:
     _exit(str(e), 1)
   except Exception as e:  # pylint: disable=broad-except  (a full disk, a read-only or file workdir: one line)
-    from jaxcls import errors
+    from jaxcls.core import errors
     fault = errors.disk_fault(e, _WORKDIR.value)
     if fault is None:
       raise

@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config(**overrides):
   """A synthetic-data config with a small CNN: a few seconds per run on 2 CPU cores."""
-  from jaxcls import config_base
+  from jaxcls.config import base as config_base
   config = config_base.get_base_config()
   config.dataset.name = "synthetic"
   config.dataset.image_size = (8, 8)
@@ -46,7 +46,7 @@ def tiny_config(**overrides):
 
 def folder_config(path, **dataset):
   """A base config reading the image folder at `path` (8x8, 2 decode threads), with `dataset.*` overrides."""
-  from jaxcls.config_base import get_base_config  # pylint: disable=g-import-not-at-top
+  from jaxcls.config.base import get_base_config  # pylint: disable=g-import-not-at-top
   config = get_base_config()
   config.dataset.name = "folder"
   config.dataset.path = str(path)
@@ -130,8 +130,12 @@ def eval_step_outputs(workdir: str, batch_size: int, tta: str = "none") -> dict:
   """Every eval example's outputs (probabilities, labels, ...) as training's eval step computes them for the
   latest checkpoint of `workdir`: the reference that predict and export are held to."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls import data, parallel, restore, steps, train  # pylint: disable=g-import-not-at-top
-  from jaxcls.state import TrainState  # pylint: disable=g-import-not-at-top
+  from jaxcls import data  # pylint: disable=g-import-not-at-top
+  from jaxcls.core import parallel
+  from jaxcls.store import restore
+  from jaxcls.training import steps
+  from jaxcls.training import loop as train
+  from jaxcls.training.state import TrainState  # pylint: disable=g-import-not-at-top
   config = restore.load_config(workdir)
   dataset = data.build(config)
   task, model, _ = train.build_task_and_model(config, dataset.info)
@@ -154,7 +158,7 @@ def logged_losses(workdir) -> dict:
 
 def saved_state(workdir, step: int | None = None):
   """The full train state a workdir's checkpoint `step` (default: the latest) holds, read on this process."""
-  from jaxcls import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
   ckpt = checkpoint.Checkpointer(str(workdir), keep=3, async_save=False, fingerprint={})
   try:
     return ckpt.read_state(ckpt.latest_step() if step is None else step)

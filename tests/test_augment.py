@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls import parallel, steps
+from jaxcls.core import parallel
+from jaxcls.training import steps
 from jaxcls.data import augment
-from jaxcls.data import augment_color
-from jaxcls.data import augment_randaugment
-from jaxcls.errors import ConfigError
+from jaxcls.data.augment import color as augment_color
+from jaxcls.data.augment import randaugment as augment_randaugment
+from jaxcls.core.errors import ConfigError
 
 K = 5  # classes
 
@@ -126,7 +127,7 @@ def test_crop_is_a_shifted_window():
 
 def test_rotate_by_180_degrees_is_a_point_reflection():
   image = _images(n=1)[0]
-  from jaxcls.data import augment_geometric
+  from jaxcls.data.augment import geometric as augment_geometric
   rotated = jax.jit(augment_geometric.rotate_image)(image, jnp.float32(180.0))
   np.testing.assert_array_equal(rotated, image[::-1, ::-1])
 

@@ -88,7 +88,7 @@ def test_compilation_cache_is_written_and_serves_the_recompile(record):
 
 
 def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(record, tmp_path, capsys):
-  from jaxcls import benchmark
+  from jaxcls.perf import benchmark
   r, _, _ = record
   peer = json.loads(json.dumps(r))
   peer.update(framework="torch", label="torch peer")
@@ -108,7 +108,7 @@ def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(reco
 
 def test_profile_section_breaks_down_each_modes_device_time(record):
   """After timing, 2 traced steps per mode: per-device device time by category and the top ops, also printed."""
-  from jaxcls import trace_summary
+  from jaxcls.perf import trace_summary
   r, _, stdout = record
   assert set(r["profile"]) == {"train", "infer"}
   for mode, p in r["profile"].items():
@@ -127,7 +127,7 @@ def test_profile_section_breaks_down_each_modes_device_time(record):
 
 def test_a_failing_profile_is_reported_not_raised(tmp_path, capsys):
   """The profile runs after the timing: if it fails, the record keeps the error and the run goes on."""
-  from jaxcls import benchmark
+  from jaxcls.perf import benchmark
 
   def failing_step():
     raise RuntimeError("no CUPTI")
@@ -146,20 +146,20 @@ def test_a_failing_profile_is_reported_not_raised(tmp_path, capsys):
     (["--profile_dir", "/tmp/unused", "--profile_steps", "0"], "--profile_steps"),
 ])
 def test_bad_flags_fail_with_one_clear_line(flags, message, capsys):
-  from jaxcls import benchmark
+  from jaxcls.perf import benchmark
   assert benchmark.main(flags) == 2
   err = capsys.readouterr().err
   assert err.startswith("Error: ") and message in err
 
 
 def test_model_args_are_literals_or_strings():
-  from jaxcls import benchmark
+  from jaxcls.perf import benchmark
   assert benchmark.parse_model_args(["stem=small", "width=32", "widths=(8, 16)", "dropout=0.5"]) == {
       "stem": "small", "width": 32, "widths": (8, 16), "dropout": 0.5}
 
 
 def test_roofline_takes_the_larger_floor():
-  from jaxcls import benchmark
+  from jaxcls.perf import benchmark
   # 2 GFLOP/img at 100 TFLOP/s and 50 MB/img at 1,000 GB/s, 100 images: 2 ms of arithmetic, 5 ms of memory traffic.
   r = benchmark.roofline(10.0, 100, 2e9, 5e7, peak_tflops=100, peak_gbps=1000)
   assert r == pytest.approx({"compute_floor_ms": 2.0, "memory_floor_ms": 5.0, "roofline_fraction": 0.5})

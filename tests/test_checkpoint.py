@@ -21,9 +21,19 @@ from PIL import Image
 
 from conftest import REPO, saved_state, subprocess_env, tiny_config
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
-from jaxcls import checkpoint, data, evaluate, explain, export, fewshot, optim, parallel, restore, steps, train
-from jaxcls import transfer
-from jaxcls.errors import CheckpointError, ConfigError
+from jaxcls import data
+from jaxcls.store import checkpoint
+from jaxcls.evaluation import workdir_eval as evaluate
+from jaxcls.inference import explainer as explain
+from jaxcls.inference import exporter as export
+from jaxcls.evaluation import fewshot
+from jaxcls.training import optim
+from jaxcls.core import parallel
+from jaxcls.store import restore
+from jaxcls.training import steps
+from jaxcls.training import loop as train
+from jaxcls.training import transfer
+from jaxcls.core.errors import CheckpointError, ConfigError
 
 SETTINGS = dict(num_train_steps=12, eval_every_steps=2, checkpoint_every_steps=4, keep_checkpoints=2,
                 best_metric="eval/accuracy", best_mode="min")

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from jaxcls.classical import handcrafted, run, settings, svm
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 DIGITS_CONFIG = os.path.join(REPO, "configs", "classical_digits.py")
 

@@ -112,7 +112,7 @@ for name in ("tensorflow", "tensorflow_datasets", "clu"):
   sys.modules[name] = None  # any import of these now fails
 sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
 from conftest import tiny_config
-from jaxcls import train
+from jaxcls.training import loop as train
 report = train.train_and_evaluate(tiny_config(num_train_steps=4), {str(tmp_path)!r})
 assert report["num_examples"] == 100
 assert not any(m.startswith(("tensorflow", "clu")) for m in sys.modules if sys.modules[m] is not None)

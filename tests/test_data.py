@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from jaxcls import data
-from jaxcls.config_base import get_base_config
+from jaxcls.config.base import get_base_config
 from jaxcls.data import resize, split
-from jaxcls.errors import ConfigError, DataError
+from jaxcls.core.errors import ConfigError, DataError
 
 
 def make_config(name="digits", **dataset):
@@ -483,7 +483,7 @@ def test_tfds_crop_needs_an_image_size_and_fast_mode_runs(mock_mnist):
 
 def test_digits_are_read_without_importing_sklearn_and_equal_load_digits():
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  from jaxcls.data import digits  # pylint: disable=g-import-not-at-top
+  from jaxcls.data.sources import digits  # pylint: disable=g-import-not-at-top
   images, labels = digits.read_digits()
   reference = load_digits()
   np.testing.assert_array_equal(images, reference.images)

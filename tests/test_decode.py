@@ -107,7 +107,7 @@ def test_worker_processes_give_the_batches_threads_give(tmp_path, monkeypatch):
   import itertools  # pylint: disable=g-import-not-at-top
   from conftest import folder_config  # pylint: disable=g-import-not-at-top
   from jaxcls import data  # pylint: disable=g-import-not-at-top
-  from jaxcls.data import folder  # pylint: disable=g-import-not-at-top
+  from jaxcls.data.sources import folder  # pylint: disable=g-import-not-at-top
   photo = np.asarray(Image.open(PHOTOS[0]).convert("RGB"))
   rng = np.random.default_rng(0)
   for i in range(18):

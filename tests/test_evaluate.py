@@ -7,8 +7,9 @@ import subprocess
 import pytest
 
 from conftest import REPO, subprocess_env
-from jaxcls import evaluate, train
-from jaxcls.errors import CheckpointError, ConfigError
+from jaxcls.evaluation import workdir_eval as evaluate
+from jaxcls.training import loop as train
+from jaxcls.core.errors import CheckpointError, ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,13 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, subprocess_env, tiny_config
-from jaxcls import attribution, explain, models, predict, restore, train
-from jaxcls.errors import ConfigError
+from jaxcls import models
+from jaxcls.inference import attribution
+from jaxcls.inference import explainer as explain
+from jaxcls.inference import predictor as predict
+from jaxcls.store import restore
+from jaxcls.training import loop as train
+from jaxcls.core.errors import ConfigError
 
 SIZE, PATCH = 16, 4
 COLOURS = ("red", "green", "blue")

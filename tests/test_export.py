@@ -12,8 +12,13 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, subprocess_env, tiny_config
-from jaxcls import export, predict, preprocess, restore, tasks, train
-from jaxcls.errors import ConfigError
+from jaxcls import tasks
+from jaxcls.inference import exporter as export
+from jaxcls.inference import predictor as predict
+from jaxcls.data import preprocess
+from jaxcls.store import restore
+from jaxcls.training import loop as train
+from jaxcls.core.errors import ConfigError
 
 LOADER = os.path.join(REPO, "examples", "serve_exported.py")
 CLASSES = ("animal/cat", "animal/dog", "vehicle/car")

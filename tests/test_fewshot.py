@@ -14,8 +14,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from conftest import REPO, subprocess_env, tiny_config
-from jaxcls import data, evaluators, features, fewshot, models, parallel, restore, steps, train
-from jaxcls.errors import ConfigError, DataError
+from jaxcls import data, models
+from jaxcls.evaluation import evaluators
+from jaxcls.evaluation import features
+from jaxcls.evaluation import fewshot
+from jaxcls.core import parallel
+from jaxcls.store import restore
+from jaxcls.training import steps
+from jaxcls.training import loop as train
+from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.models import vit
 
 
@@ -241,7 +248,7 @@ def test_command_prints_a_table_and_writes_json(trained, python):
 
 
 def test_base_config_section_matches_the_evaluator_defaults():
-  from jaxcls import config_base
+  from jaxcls.config import base as config_base
   base = config_base.get_base_config()
   assert base.fewshot.to_dict() == fewshot.default_config().to_dict()
   assert evaluators.build_all(base, None, None, None, 1) == []  # off by default: nothing is built

@@ -9,8 +9,9 @@ from PIL import Image
 
 from conftest import folder_config
 from jaxcls import data
-from jaxcls.data import decode, folder
-from jaxcls.errors import ConfigError, DataError
+from jaxcls.data import decode
+from jaxcls.data.sources import folder
+from jaxcls.core.errors import ConfigError, DataError
 
 RED = (200, 30, 30)
 

@@ -117,7 +117,7 @@ def test_sigkill_and_resume_into_a_bucket_equals_a_local_run(gcs, tmp_path):
 
 @pytest.fixture(scope="module")
 def gs_workdir(gcs, tmp_path_factory):
-  from jaxcls import train  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import loop as train  # pylint: disable=g-import-not-at-top
   url = gcs.url("trained")
   cwd = os.getcwd()
   os.chdir(tmp_path_factory.mktemp("cwd"))
@@ -131,13 +131,13 @@ def gs_workdir(gcs, tmp_path_factory):
 
 
 def test_evaluate_a_gs_workdir(gs_workdir, tmp_path):
-  from jaxcls import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation import workdir_eval as evaluate  # pylint: disable=g-import-not-at-top
   url, report = gs_workdir
   final = evaluate.evaluate_workdir(url, step=8, output_dir=url + "/eval_again")
   assert final["accuracy"] == report["accuracy"] and final["loss"] == pytest.approx(report["loss"], rel=1e-6)
   written = json.loads(epath.Path(url + "/eval_again/report.json").read_text())
   assert written["num_examples"] == 100
-  from jaxcls import restore  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
   assert restore.checkpoint_steps(url) == [4, 8]
   with pytest.raises(Exception, match="No checkpoint at step 5 .*available: 4, 8"):
     evaluate.evaluate_workdir(url, step=5, output_dir=str(tmp_path))
@@ -145,7 +145,9 @@ def test_evaluate_a_gs_workdir(gs_workdir, tmp_path):
 
 def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from jaxcls import export, predict, restore  # pylint: disable=g-import-not-at-top
+  from jaxcls.inference import exporter as export  # pylint: disable=g-import-not-at-top
+  from jaxcls.inference import predictor as predict
+  from jaxcls.store import restore
   url, _ = gs_workdir
   image = tmp_path / "x.png"
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(image)
@@ -168,8 +170,9 @@ def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
 
 
 def test_export_onto_an_existing_file_is_a_config_error(gs_workdir, tmp_path):
-  from jaxcls import export, restore  # pylint: disable=g-import-not-at-top
-  from jaxcls.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxcls.inference import exporter as export  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import restore
+  from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   url, _ = gs_workdir
   target = tmp_path / "model"
   target.write_text("not a folder")
@@ -178,7 +181,8 @@ def test_export_onto_an_existing_file_is_a_config_error(gs_workdir, tmp_path):
 
 
 def test_init_from_a_gs_workdir(gs_workdir):
-  from jaxcls import restore, transfer  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import transfer
   url, _ = gs_workdir
   source = transfer.read_source(url)
   assert source.description == f"workdir {url}, step 8"
@@ -191,7 +195,9 @@ def test_init_from_a_gs_workdir(gs_workdir):
 
 @pytest.mark.parametrize("suffix", [".npz", ".msgpack"])
 def test_init_from_a_converted_weights_file_in_a_bucket(gs_workdir, tmp_path, suffix):
-  from jaxcls import convert, restore, transfer  # pylint: disable=g-import-not-at-top
+  from jaxcls.models import torchvision as convert  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import restore
+  from jaxcls.training import transfer
   url, _ = gs_workdir
   variables = restore.read_variables(url, 8)
   local = tmp_path / f"weights{suffix}"
@@ -236,7 +242,8 @@ def test_bad_url_on_the_command_line(command, workdir, expected, tmp_path):
 def test_explain_and_fewshot_on_a_gs_workdir(gs_workdir, tmp_path):
   pytest.importorskip("matplotlib")
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from jaxcls import explain, fewshot  # pylint: disable=g-import-not-at-top
+  from jaxcls.inference import explainer as explain  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation import fewshot
   url, _ = gs_workdir
   image = tmp_path / "x.png"
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(image)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxcls import group_metrics, report
+from jaxcls.evaluation import group_metrics
+from jaxcls.evaluation import report
 
 
 def test_single_label_groups_match_scikit_learn():
@@ -94,7 +95,7 @@ def test_report_markdown_shows_per_class_worst_classes_spread_and_groups(tmp_pat
 
 
 def test_arrays_source_groups_reach_the_training_report(tmp_path, make_config):
-  from jaxcls import train
+  from jaxcls.training import loop as train
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (160, 8, 8, 3), dtype=np.uint8)
   labels = rng.integers(0, 3, 160)

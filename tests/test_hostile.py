@@ -28,10 +28,17 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, folder_config, subprocess_env, tiny_config
-from jaxcls import config_check, errors, export, metrics, models, predict, report, tasks, train
-from jaxcls.config_base import get_base_config
-from jaxcls.data import folder_scan
-from jaxcls.errors import ConfigError, DataError, WorkdirError
+from jaxcls import models, tasks
+from jaxcls.config import check as config_check
+from jaxcls.core import errors
+from jaxcls.inference import exporter as export
+from jaxcls.core import metrics
+from jaxcls.inference import predictor as predict
+from jaxcls.evaluation import report
+from jaxcls.training import loop as train
+from jaxcls.config.base import get_base_config
+from jaxcls.data.sources import folder_scan
+from jaxcls.core.errors import ConfigError, DataError, WorkdirError
 
 NON_UTF8 = b"caf\xe9-\xff.png"  # Latin-1 bytes: not valid UTF-8
 
@@ -328,7 +335,7 @@ def test_export_onto_an_existing_file_or_export_is_one_line(tmp_path):
 
 
 def test_evaluate_keeps_the_cache_in_the_workdir_or_the_user_cache(tmp_path):
-  from jaxcls import evaluate
+  from jaxcls.evaluation import workdir_eval as evaluate
   workdir = tmp_path / "run"
   workdir.mkdir()
   os.symlink("/etc", workdir / "escape")
@@ -586,7 +593,7 @@ def test_unwritable_workdirs_are_one_line(python, tmp_path, workdir, words):
 
 def test_predict_inputs_that_are_not_regular_files_get_their_reason(tmp_path):
   """A FIFO named on predict's command line is never opened (it would hang); a folder or a gap is named as such."""
-  from jaxcls import preprocess  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
   from jaxcls.data import decode  # pylint: disable=g-import-not-at-top
   fifo = tmp_path / "pipe.png"
   os.mkfifo(fifo)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from jaxcls import data
-from jaxcls.config_base import get_base_config
-from jaxcls.data import idx
-from jaxcls.errors import ConfigError, DataError
+from jaxcls.config.base import get_base_config
+from jaxcls.data.sources import idx
+from jaxcls.core.errors import ConfigError, DataError
 
 
 def write_idx(path, array, compress):

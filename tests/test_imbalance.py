@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import Interrupted, InterruptedAt
-from jaxcls import data, tasks, train
-from jaxcls.errors import ConfigError
+from jaxcls import data, tasks
+from jaxcls.training import loop as train
+from jaxcls.core.errors import ConfigError
 from jaxcls.tasks.multiclass import resolve_class_weights
 
 

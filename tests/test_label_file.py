@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from jaxcls import data
-from jaxcls.config_base import get_base_config
-from jaxcls.errors import DataError
+from jaxcls.config.base import get_base_config
+from jaxcls.core.errors import DataError
 
 # Image i's pixels encode which of the three tags it carries (bit k of i % 8 -> tag k), so a model can learn it.
 TAGS = ("cat", "dog", "fox")
@@ -102,7 +102,7 @@ def test_bad_label_files_fail_clearly(tmp_path):
 
 
 def test_multilabel_folder_trains_with_a_missing_file_skipped_and_groups_aligned(tmp_path, make_config):
-  from jaxcls import train
+  from jaxcls.training import loop as train
   names = write_images(tmp_path, 64)
   rows = [(n, ";".join(tags_of(i)), "test" if i % 4 == 0 else "train", "north" if i % 8 < 4 else "south")
           for i, n in enumerate(names)]

@@ -1,4 +1,4 @@
-"""The launchers: jaxcls.cluster's SLURM decisions, launch/slurm.sbatch under a stand-in srun, the TPU dry run."""
+"""The launchers: jaxcls.core.cluster's SLURM decisions, launch/slurm.sbatch under a stand-in srun, the TPU dry run."""
 
 import json
 import os
@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO, saved_state, subprocess_env
-from jaxcls import cluster
-from jaxcls.errors import ConfigError
+from jaxcls.core import cluster
+from jaxcls.core.errors import ConfigError
 
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[003-004]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
          "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_NNODES": "2"}
 
 
-# --- jaxcls.cluster: what jax.distributed.initialize is given -----------------------------------------------------
+# --- jaxcls.core.cluster: what jax.distributed.initialize is given -----------------------------------------------------
 
 
 def test_one_task_per_node_keeps_every_local_device():

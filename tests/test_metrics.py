@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxcls import metrics
+from jaxcls.core import metrics
 
 
 def _random(n=400, k=6, seed=0, ties=False):

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from jaxcls import models
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 from jaxcls.models import alexnet
 from jaxcls.models import convnext
 from jaxcls.models import cost

@@ -13,9 +13,13 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from conftest import Interrupted, InterruptedAt, logged_losses, saved_state, tiny_config
-from jaxcls import convert, data, models, optim, train, transfer
-from jaxcls.config_base import get_base_config
-from jaxcls.errors import ConfigError
+from jaxcls import data, models
+from jaxcls.models import torchvision as convert
+from jaxcls.training import optim
+from jaxcls.training import loop as train
+from jaxcls.training import transfer
+from jaxcls.config.base import get_base_config
+from jaxcls.core.errors import ConfigError
 
 CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
                   "jax_persistent_cache_min_entry_size_bytes")

@@ -1,4 +1,4 @@
-"""Tests of jaxcls.optim: schedule values, the decay mask, SGDW and AdamW updates, clipping, config errors."""
+"""Tests of jaxcls.training.optim: schedule values, the decay mask, SGDW and AdamW updates, clipping, config errors."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcls import optim
-from jaxcls.config_base import get_base_config
-from jaxcls.errors import ConfigError
+from jaxcls.training import optim
+from jaxcls.config.base import get_base_config
+from jaxcls.core.errors import ConfigError
 
 
 def _config(**overrides):

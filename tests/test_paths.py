@@ -11,8 +11,11 @@ from etils import epath
 from tensorboard.backend.event_processing import event_accumulator
 
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
-from jaxcls import paths, report, restore, writers
-from jaxcls.errors import ConfigError
+from jaxcls.core import paths
+from jaxcls.evaluation import report
+from jaxcls.store import restore
+from jaxcls.training import writers
+from jaxcls.core.errors import ConfigError
 
 
 def _lines(url):
@@ -132,7 +135,7 @@ def test_create_writer_on_gs_writes_jsonl_and_events(gcs, tmp_path, monkeypatch)
 
 def test_report_and_plots_on_gs(gcs, tmp_path, monkeypatch):
   pytest.importorskip("matplotlib")
-  from jaxcls import plots  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
   url = gcs.url("run")
   epath.Path(url + "/metrics.jsonl").write_text('{"step": 1, "train/loss": 1.0}\n{"step": 2, "train/loss": 0.5}\n')
@@ -152,7 +155,7 @@ def test_report_and_plots_on_gs(gcs, tmp_path, monkeypatch):
 
 def test_checkpoint_on_gs_lists_and_restores(gcs):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
   url = gcs.url("run")
   with pytest.raises(Exception, match="holds no checkpoint"):
     restore.resolve_step(url, None)
@@ -213,7 +216,7 @@ def test_arrays_source_reads_a_folder_of_npy_objects(gcs):
 def test_idx_source_reads_gs_objects(gcs):
   import gzip  # pylint: disable=g-import-not-at-top
   from jaxcls import data  # pylint: disable=g-import-not-at-top
-  from jaxcls.data import idx  # pylint: disable=g-import-not-at-top
+  from jaxcls.data.sources import idx  # pylint: disable=g-import-not-at-top
   images, labels = _images_and_labels()
   url = gcs.url("idx")
 
@@ -256,7 +259,8 @@ def _upload_folder(local_root, url):
 @pytest.mark.parametrize("cache", ["memory", "none"])  # decoded up front, and streamed batch by batch
 def test_folder_source_reads_gs_images_as_local_ones(gcs, tmp_path, cache):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from jaxcls import config_base, data  # pylint: disable=g-import-not-at-top
+  from jaxcls import data  # pylint: disable=g-import-not-at-top
+  from jaxcls.config import base as config_base
   rng = np.random.default_rng(1)
   root = tmp_path / "images"
   for name in ("cat", "dog"):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
-from jaxcls import plots
+from jaxcls.evaluation import plots
 
 
 def _check_png(path, min_side=300, max_side=6000):
@@ -123,5 +123,5 @@ def test_write_all(tmp_path):
 
 
 def test_core_imports_without_matplotlib():
-  code = "import sys, jaxcls.plots; assert 'matplotlib' not in sys.modules"
+  code = "import sys, jaxcls.evaluation.plots; assert 'matplotlib' not in sys.modules"
   subprocess.run([sys.executable, "-c", code], check=True)

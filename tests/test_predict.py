@@ -15,9 +15,13 @@ from PIL import Image
 from sklearn.metrics import accuracy_score
 
 from conftest import REPO, eval_step_outputs, subprocess_env, tiny_config
-from jaxcls import predict, preprocess, restore, tasks, train
-from jaxcls.data import folder_scan
-from jaxcls.errors import CheckpointError, ConfigError, DataError
+from jaxcls import tasks
+from jaxcls.inference import predictor as predict
+from jaxcls.data import preprocess
+from jaxcls.store import restore
+from jaxcls.training import loop as train
+from jaxcls.data.sources import folder_scan
+from jaxcls.core.errors import CheckpointError, ConfigError, DataError
 
 CLASSES = ("cat", "dog", "fox")
 

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, logged_losses, saved_state, subprocess_env, tiny_config
-from jaxcls import checkpoint, data, preemption, train
+from jaxcls import data
+from jaxcls.store import checkpoint
+from jaxcls.training import preemption
+from jaxcls.training import loop as train
 
 LINE = re.compile(r"^jaxcls: preempted at step (\d+); checkpoint saved to (\S+); re-run the same command to "
                   r"resume\.$", re.M)

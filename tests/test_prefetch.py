@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxcls import parallel
+from jaxcls.core import parallel
 from jaxcls.data import prefetch
 
 

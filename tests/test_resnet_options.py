@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxcls import models
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 from jaxcls.models import layers
 from jaxcls.models import resnet
 

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from jaxcls import show_data
-from jaxcls.config_base import get_base_config
+from jaxcls.data import preview as show_data
+from jaxcls.config.base import get_base_config
 
 
 def test_captions_for_hard_and_soft_labels():

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcls import config_check, train
+from jaxcls.config import check as config_check
+from jaxcls.training import loop as train
 from conftest import REPO, set_keys
 
 

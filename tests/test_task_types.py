@@ -15,7 +15,7 @@ import pytest
 from sklearn import metrics as skm
 
 from jaxcls import tasks
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 from jaxcls.tasks import tree as tree_lib
 
 PAD = 7

@@ -6,7 +6,7 @@ import pytest
 from sklearn import metrics as skm
 
 from jaxcls import tasks
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 
 def _task(k=5, smoothing=0.0):

@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from jaxcls import convert  # noqa: E402
+from jaxcls.models import torchvision as convert  # noqa: E402
 from jaxcls import models  # noqa: E402
 
 _CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxcls import trace_summary
-from jaxcls.errors import ConfigError, DataError
+from jaxcls.perf import trace_summary
+from jaxcls.core.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("name, stats, expected", [

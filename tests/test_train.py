@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import Interrupted, InterruptedAt, logged_losses, saved_state
-from jaxcls import checkpoint, parallel, train
-from jaxcls.errors import CheckpointError, ConfigError, NonFiniteLossError
+from jaxcls.store import checkpoint
+from jaxcls.core import parallel
+from jaxcls.training import loop as train
+from jaxcls.core.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
 @pytest.mark.slow
@@ -38,7 +40,8 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   assert saved["num_examples"] == 100 and saved["step"] == 4
   assert {"loss", "accuracy", "top4_accuracy", "split"} <= set(saved)
   # Cross-check accuracy against predictions computed directly from the restored parameters.
-  from jaxcls import data, models, steps
+  from jaxcls import data, models
+  from jaxcls.training import steps
   ds = data.build(config)
   state = saved_state(str(tmp_path), 4)
   model = models.build(config.model, 4)
@@ -102,7 +105,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(make_config, tmp_path):
 @pytest.mark.slow
 def test_incompatible_checkpoint_is_refused(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=4), str(tmp_path))
-  # The workdir's config guard (jaxcls/workdir.py) refuses first; behind allow_config_change, the checkpoint's
+  # The workdir's config guard (jaxcls/store/workdir.py) refuses first; behind allow_config_change, the checkpoint's
   # shape fingerprint still refuses a state that cannot fit.
   with pytest.raises(ConfigError, match=r"dataset.num_classes: 4 -> 6"):
     train.train_and_evaluate(make_config(**{"dataset.num_classes": 6}), str(tmp_path))
@@ -153,7 +156,7 @@ def test_mixup_with_label_smoothing_trains_and_logs_the_data_wait(make_config, t
 def test_compiled_step_reports_flops_per_example():
   """FLOPs per example come from XLA's cost analysis of the partitioned program (per device / its examples)."""
   from jax.sharding import NamedSharding, PartitionSpec
-  from jaxcls import steps
+  from jaxcls.training import steps
   mesh = parallel.make_mesh()
   jitted = jax.jit(lambda w, x: x @ w, in_shardings=(NamedSharding(mesh, PartitionSpec()),
                                                      NamedSharding(mesh, PartitionSpec("data"))))

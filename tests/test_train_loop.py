@@ -7,8 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls import checkpoint, parallel, phases, step_metrics, tasks, train
-from jaxcls.errors import NonFiniteLossError
+from jaxcls import tasks
+from jaxcls.store import checkpoint
+from jaxcls.core import parallel
+from jaxcls.core import phases
+from jaxcls.training import step_metrics
+from jaxcls.training import loop as train
+from jaxcls.core.errors import NonFiniteLossError
 
 
 def metrics_lines(workdir):

@@ -14,8 +14,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env, tiny_config
-from jaxcls import checkpoint, config_check, convert, data, models, train, transfer
-from jaxcls.errors import CheckpointError, ConfigError
+from jaxcls import data, models
+from jaxcls.store import checkpoint
+from jaxcls.config import check as config_check
+from jaxcls.models import torchvision as convert
+from jaxcls.training import loop as train
+from jaxcls.training import transfer
+from jaxcls.core.errors import CheckpointError, ConfigError
 
 SOURCE_CLASSES = tuple("0123456789")
 TARGET_CLASSES = tuple(f"digit {k}" for k in range(10))

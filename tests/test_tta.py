@@ -1,4 +1,4 @@
-"""Test-time augmentation (`config.eval_tta`, jaxcls/tta.py): the views against numpy, airbench's weighting, and
+"""Test-time augmentation (`config.eval_tta`, jaxcls/models/tta.py): the views against numpy, airbench's weighting, and
 the same averaged logits in the eval step, the training report, `python -m jaxcls.evaluate`, predict and export."""
 
 import importlib.util
@@ -13,9 +13,18 @@ import pytest
 from sklearn.metrics import accuracy_score, log_loss
 
 from conftest import REPO, eval_step_outputs, tiny_config
-from jaxcls import config_check, data, evaluate, export, models, parallel, predict, restore, steps, tasks, train, tta
-from jaxcls.errors import ConfigError
-from jaxcls.state import TrainState
+from jaxcls import data, models, tasks
+from jaxcls.config import check as config_check
+from jaxcls.evaluation import workdir_eval as evaluate
+from jaxcls.inference import exporter as export
+from jaxcls.core import parallel
+from jaxcls.inference import predictor as predict
+from jaxcls.store import restore
+from jaxcls.training import steps
+from jaxcls.training import loop as train
+from jaxcls.models import tta
+from jaxcls.core.errors import ConfigError
+from jaxcls.training.state import TrainState
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 

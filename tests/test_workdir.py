@@ -1,4 +1,4 @@
-"""The workdir format (jaxcls/workdir.py): config files, the re-run guard and the workdir lock."""
+"""The workdir format (jaxcls/store/workdir.py): config files, the re-run guard and the workdir lock."""
 
 import json
 import logging
@@ -13,8 +13,10 @@ import pytest
 
 from conftest import REPO, subprocess_env, tiny_config
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
-from jaxcls import restore, train, workdir
-from jaxcls.errors import ConfigError, WorkdirBusyError
+from jaxcls.store import restore
+from jaxcls.training import loop as train
+from jaxcls.store import workdir
+from jaxcls.core.errors import ConfigError, WorkdirBusyError
 
 # ------------------------------------------------------------------------------------------- the re-run guard
 

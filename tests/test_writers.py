@@ -1,4 +1,4 @@
-"""Tests of jaxcls.writers: writers by name, TensorBoard events read back, JSONL and resume, progress, imports."""
+"""Tests of jaxcls.training.writers: writers by name, TensorBoard events read back, JSONL and resume, progress, imports."""
 
 import json
 import logging
@@ -15,8 +15,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from jaxcls import writers
-from jaxcls.errors import ConfigError
+from jaxcls.training import writers
+from jaxcls.core.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "clu", "tensorflow_datasets")
@@ -166,7 +166,7 @@ def test_default_writers_and_progress_import_no_tensorflow(tmp_path):
   out = _run_python(f"""
       import sys
       import numpy as np
-      from jaxcls import writers
+      from jaxcls.training import writers
       writer = writers.create_writer(sys.argv[1], is_main=True)
       writer.write_scalars(1, {{"loss": np.float64(0.5)}})
       writer.write_texts(1, {{"note": "no tf"}})
@@ -187,7 +187,7 @@ def test_default_training_imports_no_tensorflow_clu_or_tfds(tmp_path):
   out = _run_python(f"""
       import sys
       from conftest import tiny_config
-      from jaxcls import train
+      from jaxcls.training import loop as train
       config = tiny_config(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4)
       assert tuple(config.writers) == ("tensorboard", "jsonl", "log"), config.writers
       train.train_and_evaluate(config, sys.argv[1] + "/run")

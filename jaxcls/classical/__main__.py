@@ -7,7 +7,7 @@ instead of training. User errors print one line and exit non-zero.
 from absl import app, logging
 
 from jaxcls import main as cli
-from jaxcls.errors import JaxclsError
+from jaxcls.core.errors import JaxclsError
 
 
 # The flags and helpers of jaxcls.main are reused here, not copied.

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 FEATURES = ("hog", "color_hist", "pixels")
 _L2HYS_CLIP = 0.2

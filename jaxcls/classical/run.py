@@ -16,10 +16,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxcls import data, knn, report, tasks, train
-from jaxcls import workdir as workdir_lib
+from jaxcls import data, tasks
+from jaxcls.evaluation import knn
+from jaxcls.evaluation import report
+from jaxcls.training import loop as train
+from jaxcls.store import workdir as workdir_lib
 from jaxcls.classical import handcrafted, settings, svm
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 _MIN_VOTE_FRACTION = 1e-6
 MODEL_FILE = "classical_svm.npz"

@@ -1,6 +1,6 @@
 """The `config.classical` section: its keys with defaults, and their checks.
 
-The shared base config (jaxcls/config_base.py) holds the deep-learning keys; a classical config file adds this
+The shared base config (jaxcls/config/base.py) holds the deep-learning keys; a classical config file adds this
 section with `config.classical = settings.defaults()`. Its keys are checked here, with the same one-line
 'did you mean' errors as the rest of the config.
 """
@@ -9,10 +9,10 @@ import dataclasses
 
 import ml_collections
 
-from jaxcls import config_check
+from jaxcls.config import check as config_check
 from jaxcls.classical import handcrafted
-from jaxcls.errors import ConfigError
-from jaxcls.knn import METRICS
+from jaxcls.core.errors import ConfigError
+from jaxcls.evaluation.knn import METRICS
 
 CLASSIFIERS = ("svm", "knn")
 
@@ -63,7 +63,7 @@ def check(config: ml_collections.ConfigDict) -> Settings:
   for key in config_check.leaf_paths(section):
     if key not in known:
       message = config_check.unknown_key_message(key, known)
-      raise ConfigError(message.replace("jaxcls/config_base.py", "jaxcls/classical/settings.py")
+      raise ConfigError(message.replace("jaxcls/config/base.py", "jaxcls/classical/settings.py")
                         .replace(f"key {key!r}", f"key 'classical.{key}'"))
   merged = defaults()
   merged.update(section)

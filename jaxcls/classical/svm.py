@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,12 +10,12 @@ from jaxcls.data.in_memory import ArrayDataset, from_arrays
 from jaxcls.data.iterators import from_iterators
 
 # Sources register themselves in SOURCES on import.
-from jaxcls.data import arrays as _arrays  # pylint: disable=unused-import
-from jaxcls.data import digits as _digits  # pylint: disable=unused-import
-from jaxcls.data import folder as _folder  # pylint: disable=unused-import
-from jaxcls.data import idx as _idx  # pylint: disable=unused-import
-from jaxcls.data import synthetic as _synthetic  # pylint: disable=unused-import
-from jaxcls.data import tfds_source as _tfds_source  # pylint: disable=unused-import
+from jaxcls.data.sources import arrays as _arrays  # pylint: disable=unused-import
+from jaxcls.data.sources import digits as _digits  # pylint: disable=unused-import
+from jaxcls.data.sources import folder as _folder  # pylint: disable=unused-import
+from jaxcls.data.sources import idx as _idx  # pylint: disable=unused-import
+from jaxcls.data.sources import synthetic as _synthetic  # pylint: disable=unused-import
+from jaxcls.data.sources import tfds_source as _tfds_source  # pylint: disable=unused-import
 
 __all__ = ["SOURCES", "ArrayDataset", "Batch", "Dataset", "DatasetInfo", "build", "from_arrays", "from_iterators",
            "override_info"]

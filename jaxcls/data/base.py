@@ -7,8 +7,8 @@ import abc
 import dataclasses
 from typing import Iterator, Optional
 
-from jaxcls.errors import ConfigError, DataError
-from jaxcls.registry import Registry
+from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.core.registry import Registry
 
 # name -> loader(config, *, process_index, process_count) -> Dataset
 SOURCES = Registry("dataset")

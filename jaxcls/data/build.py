@@ -6,7 +6,7 @@ from typing import Optional
 import jax
 
 from jaxcls.data.base import SOURCES, Dataset, DatasetInfo
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 
 def build(config, *, process_index: Optional[int] = None, process_count: Optional[int] = None) -> Dataset:

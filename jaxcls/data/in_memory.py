@@ -15,7 +15,7 @@ import numpy as np
 from jaxcls.data import prepare
 from jaxcls.data import resize
 from jaxcls.data.base import Batch, Dataset, DatasetInfo, check_stream_args
-from jaxcls.errors import ConfigError, DataError
+from jaxcls.core.errors import ConfigError, DataError
 
 SAMPLINGS = ("uniform", "balanced")
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxcls.data.base import Batch, Dataset, DatasetInfo, check_stream_args
 from jaxcls.data.in_memory import pad_batch
-from jaxcls.errors import DataError
+from jaxcls.core.errors import DataError
 
 
 def from_iterators(info: DatasetInfo, train_fn: Callable[[int], Iterator[Mapping]],
@@ -40,7 +40,7 @@ def from_iterators(info: DatasetInfo, train_fn: Callable[[int], Iterator[Mapping
         yield {"image": x_val[start:start + 128], "label": y_val[start:start + 128]}
 
     dataset = jaxcls.data.from_iterators(info, train_fn, eval_fn)
-    jaxcls.train.train_and_evaluate(config, workdir, dataset=dataset)  # with config.batch_size = 128
+    jaxcls.training.loop.train_and_evaluate(config, workdir, dataset=dataset)  # with config.batch_size = 128
   """
   if not isinstance(info, DatasetInfo):
     raise DataError(f"from_iterators needs a jaxcls.data.DatasetInfo, not {type(info).__name__}.")

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from jaxcls import parallel
+from jaxcls.core import parallel
 
 _END = object()
 

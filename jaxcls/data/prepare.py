@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxcls.errors import DataError
+from jaxcls.core.errors import DataError
 
 _STATS_EXACT_PIXELS = 100_000_000  # beyond this, mean/std come from a sample (4 decimals need no more)
 _STATS_CHUNK = 4096  # images per step of the running sums: bounds memory

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 
 def parse_image_size(value: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:

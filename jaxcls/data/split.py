@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from jaxcls.errors import ConfigError, DataError
+from jaxcls.core.errors import ConfigError, DataError
 
 
 def held_out_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

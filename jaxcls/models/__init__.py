@@ -10,8 +10,8 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 
-from jaxcls.errors import ConfigError
-from jaxcls.registry import Registry, did_you_mean
+from jaxcls.core.errors import ConfigError
+from jaxcls.core.registry import Registry, did_you_mean
 
 MODELS = Registry("model")
 

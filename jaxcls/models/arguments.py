@@ -7,7 +7,7 @@ Only the standard library: `models.build` uses it, and the benchmark runs withou
 import typing
 from typing import Any, Mapping
 
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 
 def check_model_arguments(model: str, options: Mapping[str, Any], factory: Any) -> None:

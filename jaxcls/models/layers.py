@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls.errors import ConfigError
-from jaxcls.registry import did_you_mean
+from jaxcls.core.errors import ConfigError
+from jaxcls.core.registry import did_you_mean
 
 ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "gelu", "silu", "relu6")
 POOLINGS = ("max", "avg")

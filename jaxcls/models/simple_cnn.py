@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 from jaxcls.models import layers
 from jaxcls.models import MODELS
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 from jaxcls.models import MODELS
 from jaxcls.models import layers
 

@@ -7,8 +7,8 @@ A task is a small frozen dataclass registered by name; `config.task.type` picks 
 import dataclasses
 from typing import Any, Mapping
 
-from jaxcls.errors import ConfigError, DataError
-from jaxcls.registry import Registry, did_you_mean
+from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.core.registry import Registry, did_you_mean
 
 TASKS = Registry("task type")
 

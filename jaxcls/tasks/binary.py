@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcls import metrics
-from jaxcls.errors import ConfigError
+from jaxcls.core import metrics
+from jaxcls.core.errors import ConfigError
 from jaxcls.tasks import TASKS
 
 

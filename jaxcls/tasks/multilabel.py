@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import metrics
-from jaxcls.metrics import divide
-from jaxcls.errors import ConfigError
+from jaxcls.core import metrics
+from jaxcls.core.metrics import divide
+from jaxcls.core.errors import ConfigError
 from jaxcls.tasks import TASKS, binary, check_field
 
 LOSSES = ("bce", "focal", "asymmetric")

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from jaxcls.errors import ConfigError
+from jaxcls.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The foundation every layer uses: errors, registries, the path layer, device meshes, exact metric sums."""

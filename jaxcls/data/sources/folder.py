@@ -1,0 +1,250 @@
+"""The `folder` source: a user's own images, one subfolder per class (the ImageNet / Keras layout).
+
+  path/cats/a.jpg, path/dogs/b.png, ...            a seeded stratified split (test_fraction, val_fraction)
+  path/train/cats/..., path/val/..., path/test/... the given splits (classes come from train/)
+
+Class names are the subfolder names, sorted. Two ways to serve the images (`dataset.cache`):
+- 'memory' / 'file': every image is decoded once, in parallel, resized to `dataset.image_size` and kept as one
+  array (in memory, or as .npy files under `dataset.cache_dir`, reused by later runs while the folder is unchanged);
+  unreadable files are known at load time. 'auto' picks 'memory' when the decoded arrays fit `cache_limit_mb`.
+- 'none': images are decoded per batch in a thread pool, or in `dataset.decode_processes` worker processes
+  (`folder_stream`), which also allows the Inception-style `train_crop='random_resized'` on the full-resolution
+  image (docs/input_pipeline.md).
+Unreadable, truncated and oversized files are skipped and listed in `dataset.skipped_files` as (path, reason).
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import os
+from typing import Optional
+
+import numpy as np
+from absl import logging
+
+from jaxcls.core import paths as path_layer  # `paths` names file lists here
+from jaxcls.data import decode, prepare, resize
+from jaxcls.data.sources import folder_scan
+from jaxcls.data.sources import label_file
+from jaxcls.data.base import SOURCES, DatasetInfo
+from jaxcls.data.sources.folder_stream import FolderStreamDataset
+from jaxcls.data.in_memory import class_counts, from_arrays
+from jaxcls.core.errors import ConfigError, DataError
+
+CACHES = ("auto", "memory", "file", "none")
+_STATS_SAMPLE = 512  # images decoded to estimate mean / std when streaming
+
+
+def workers(dataset_config) -> int:
+  return int(dataset_config.workers) or os.cpu_count() or 1
+
+
+def decode_processes(dataset_config) -> int:
+  """Worker processes for streaming decode (0: threads); `dataset.decode_processes` where the config has it."""
+  value = dataset_config.get("decode_processes", 0)
+  if not isinstance(value, int) or value < 0:
+    raise ConfigError(f"dataset.decode_processes={value!r} is not valid; use 0 (decode in threads) or a number of "
+                      "worker processes.")
+  return value
+
+
+def crops(dataset_config, size: tuple[int, int]) -> tuple[decode.Crop, decode.Crop]:
+  """(train crop, eval crop) from the config, validated."""
+  ds = dataset_config
+  if ds.train_crop not in ("resize", "random_resized"):
+    raise ConfigError(f"dataset.train_crop={ds.train_crop!r} is not valid; use 'resize' or 'random_resized'.")
+  if ds.eval_crop not in ("resize", "center"):
+    raise ConfigError(f"dataset.eval_crop={ds.eval_crop!r} is not valid; use 'resize' or 'center'.")
+  if not 0 < ds.center_crop_fraction <= 1:
+    raise ConfigError(f"dataset.center_crop_fraction={ds.center_crop_fraction} must be in (0, 1].")
+  area, aspect = tuple(float(a) for a in ds.crop_area), tuple(float(a) for a in ds.crop_aspect)
+  if len(area) != 2 or not 0 < area[0] <= area[1] <= 1 or len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
+    raise ConfigError(f"dataset.crop_area={ds.crop_area} and crop_aspect={ds.crop_aspect} must be (low, high) "
+                      "with 0 < low <= high (and area <= 1).")
+  train = decode.Crop(size, ds.train_crop, ds.center_crop_fraction, area, aspect)
+  evaluation = decode.Crop(size, ds.eval_crop, ds.center_crop_fraction)
+  return train, evaluation
+
+
+@SOURCES.register("folder")
+def load(config, *, process_index: int, process_count: int):
+  """The folder at `dataset.path`, cached or streamed as `dataset.cache` says."""
+  ds = config.dataset
+  size = resize.parse_image_size(ds.image_size)
+  if size is None:
+    raise ConfigError("dataset.image_size is not set; a folder's images vary in size, so set the (height, width) "
+                      "the model should see, e.g. (224, 224).")
+  if ds.channels not in (1, 3):
+    raise ConfigError(f"dataset.channels={ds.channels} is not valid for a folder; use 3 (RGB) or 1 (grayscale).")
+  if ds.cache not in CACHES:
+    raise ConfigError(f"dataset.cache={ds.cache!r} is not valid; use one of {', '.join(CACHES)}.")
+  train_crop, eval_crop = crops(ds, size)
+  if ds.labels_file:
+    listing = label_file.scan(ds, multi_label=config.task.type == "multilabel")
+  else:
+    listing = folder_scan.scan(ds)
+  train, evaluation = folder_scan.chosen(listing, ds)
+  eval_groups = listing.groups.get(folder_scan.split_name(ds.eval_split))
+  cache = _resolve_cache(ds, size, len(train[0]) + len(evaluation[0]))
+  logging.info("Folder %s: %d classes, %d train / %d eval image files (%d non-image files ignored); cache=%s.",
+               ds.path, len(listing.class_names), len(train[0]), len(evaluation[0]), listing.ignored, cache)
+  if cache == "none":
+    skipped = list(listing.skipped)  # FIFOs, link loops, duplicates the walk left out (folder_scan.Walker)
+    stats = _sample_stats(train[0], eval_crop, ds, skipped)
+    _log_skipped(skipped)
+    info = DatasetInfo(num_classes=len(listing.class_names), class_names=listing.class_names,
+                       image_shape=size + (ds.channels,), num_train=len(train[0]), num_eval=len(evaluation[0]),
+                       mean=stats[0], std=stats[1],
+                       train_class_counts=tuple(class_counts(train[1], len(listing.class_names))))
+    return FolderStreamDataset(info, train, evaluation, train_crop=train_crop, eval_crop=eval_crop,
+                               max_pixels=int(ds.max_image_pixels), workers=workers(ds), skipped_files=skipped,
+                               eval_group_names=eval_groups, process_index=process_index,
+                               process_count=process_count, processes=decode_processes(ds))
+  if train_crop.mode != "resize":
+    raise ConfigError(f"dataset.train_crop={ds.train_crop!r} needs the full-size images, so it works only with "
+                      "dataset.cache='none' (or 'auto'); set one of those, or train_crop='resize'.")
+  arrays, skipped = _cached_arrays(ds, cache, train, evaluation, train_crop, eval_crop)
+  skipped = list(listing.skipped) + skipped  # what the walk left out, then what failed to decode
+  _log_skipped(skipped)
+  dataset = from_arrays(*arrays, class_names=listing.class_names, process_index=process_index,
+                        process_count=process_count, source=f"folder ({ds.path})")
+  dataset.skipped_files = skipped
+  if eval_groups is not None:  # rows of unreadable files are gone from the arrays: drop their groups too
+    bad = {path for path, _ in skipped}
+    dataset.eval_groups = eval_groups[[path not in bad for path in evaluation[0]]]
+  return dataset
+
+
+def _resolve_cache(ds, size: tuple[int, int], count: int) -> str:
+  if ds.cache != "auto":
+    return ds.cache
+  decoded_mb = count * size[0] * size[1] * ds.channels / 2**20
+  return "memory" if ds.train_crop == "resize" and decoded_mb <= ds.cache_limit_mb else "none"
+
+
+def decode_all(paths: list[str], crop: decode.Crop, channels: int, max_pixels: int, num_workers: int):
+  """(uint8 images of the readable files, indices of those files, [(path, reason)] of the others)."""
+  def one(path):
+    try:
+      return decode.decode(path, crop, channels, max_pixels), None
+    except decode.DecodeError as e:
+      return None, str(e)
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+    results = list(pool.map(one, paths, chunksize=1))
+  keep = [i for i, (image, _) in enumerate(results) if image is not None]
+  skipped = [(paths[i], reason) for i, (_, reason) in enumerate(results) if reason is not None]
+  images = np.zeros((len(keep),) + crop.size + (channels,), np.uint8)
+  for row, i in enumerate(keep):
+    images[row] = results[i][0]
+  return images, np.asarray(keep, np.int64), skipped
+
+
+def _decode_split(ds, files, crop, what: str):
+  paths, labels = files
+  images, keep, skipped = decode_all(paths, crop, ds.channels, int(ds.max_image_pixels), workers(ds))
+  labels = np.asarray(labels)[keep]
+  if len(labels) == 0:
+    raise DataError(f"None of the {len(paths)} {what} images in {ds.path} could be decoded (e.g. {paths[0]}: "
+                    f"{skipped[0][1]}); check that the files are images.")
+  return images, labels, skipped
+
+
+def _cached_arrays(ds, cache, train, evaluation, train_crop, eval_crop):
+  """(train_images, train_labels, eval_images, eval_labels) and the skipped files, decoded or from the cache."""
+  folder = None
+  if cache == "file":
+    folder = os.path.join(_cache_root(ds), "folder-" + _fingerprint(ds, train, evaluation))
+    loaded = _load_cache(folder)
+    if loaded is not None:
+      logging.info("Folder %s: decoded images read from the cache %s.", ds.path, folder)
+      return loaded
+  train_images, train_labels, skipped = _decode_split(ds, train, train_crop, "training")
+  if train[0] == evaluation[0] and train_crop == eval_crop:
+    eval_images, eval_labels, more = train_images, train_labels, []
+  else:
+    eval_images, eval_labels, more = _decode_split(ds, evaluation, eval_crop, "eval")
+  arrays = (train_images, train_labels, eval_images, eval_labels)
+  skipped = skipped + more
+  present = train_labels.any(0).nonzero()[0] if train_labels.ndim == 2 else train_labels
+  wanted = train[1].any(0).nonzero()[0] if train_labels.ndim == 2 else np.arange(int(np.max(train[1])) + 1)
+  missing = np.setdiff1d(wanted, present)
+  if len(missing):
+    raise DataError(f"Every training image of class {int(missing[0])} failed to decode (see skipped files); "
+                    "add readable images to that class.")
+  if folder is not None:
+    _save_cache(folder, arrays, skipped)
+  return arrays, skipped
+
+
+def _cache_root(ds) -> str:
+  return os.path.expanduser(ds.cache_dir) if ds.cache_dir else os.path.join(os.path.expanduser("~"), ".cache",
+                                                                            "jaxcls")
+
+
+def _fingerprint(ds, train, evaluation) -> str:
+  """A hash of everything the decoded arrays depend on: file names, sizes and times, and the decode settings."""
+  digest = hashlib.sha256()
+  settings = (tuple(ds.image_size), ds.channels, ds.eval_crop, ds.center_crop_fraction, int(ds.max_image_pixels))
+  digest.update(repr(settings).encode())
+  for paths, labels in (train, evaluation):
+    digest.update(b"|split|")
+    for path, label in zip(paths, labels):
+      size, mtime = _size_and_mtime(path)
+      digest.update(f"{path}\0{np.asarray(label).tolist()}\0{size}\0{mtime}\n".encode(  # a non-UTF-8 name:
+          "utf-8", "surrogateescape"))                                                # its own bytes
+  return digest.hexdigest()[:16]
+
+
+def _size_and_mtime(path: str) -> tuple[int, int]:
+  """A file's size and modification time (ns on a local disk, s for a gs:// object)."""
+  if path_layer.is_remote(path):
+    stat = path_layer.path(path).stat()
+    return stat.length, stat.mtime
+  stat = os.stat(path)
+  return stat.st_size, stat.st_mtime_ns
+
+
+_ARRAYS = ("train_images", "train_labels", "eval_images", "eval_labels")
+
+
+def _load_cache(folder: str) -> Optional[tuple]:
+  if not os.path.isfile(os.path.join(folder, "skipped.json")):
+    return None
+  arrays = tuple(np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r") for name in _ARRAYS)
+  with open(os.path.join(folder, "skipped.json")) as f:
+    skipped = [tuple(item) for item in json.load(f)]
+  return arrays, skipped
+
+
+def _save_cache(folder: str, arrays: tuple, skipped: list) -> None:
+  """Writes the arrays, then skipped.json last: its presence marks a complete cache."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+    for name, array in zip(_ARRAYS, arrays):
+      tmp = os.path.join(folder, f".{name}.{os.getpid()}.npy")
+      np.save(tmp, array)
+      os.replace(tmp, os.path.join(folder, f"{name}.npy"))
+    tmp = os.path.join(folder, f".skipped.{os.getpid()}.json")
+    with open(tmp, "w") as f:
+      json.dump(skipped, f)
+    os.replace(tmp, os.path.join(folder, "skipped.json"))
+  except OSError as e:
+    logging.warning("Could not write the decoded-image cache to %s (%s); continuing without it.", folder, e)
+
+
+def _sample_stats(paths: list[str], crop: decode.Crop, ds, skipped: list):
+  """Per-channel mean / std from a fixed random sample of training images (streaming has no full pass)."""
+  pick = np.random.default_rng(0).permutation(len(paths))[:_STATS_SAMPLE]
+  images, _, bad = decode_all([paths[i] for i in pick], crop, ds.channels, int(ds.max_image_pixels), workers(ds))
+  skipped.extend(bad)
+  if not len(images):
+    raise DataError(f"None of {len(pick)} sampled training images in {ds.path} could be decoded (e.g. "
+                    f"{bad[0][0]}: {bad[0][1]}); check that the files are images.")
+  return prepare.channel_stats(images)
+
+
+def _log_skipped(skipped: list) -> None:
+  if skipped:
+    shown = "; ".join(f"{path}: {reason}" for path, reason in skipped[:5])
+    logging.warning("Skipped %d unreadable image file(s) (listed in skipped_files.txt): %s%s", len(skipped), shown,
+                    " ..." if len(skipped) > 5 else "")

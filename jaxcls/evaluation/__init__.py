@@ -1,0 +1,1 @@
+"""Exact evaluation and what is built on it: reports, plots, group metrics, features, k-NN, few-shot, evaluators."""

@@ -1,0 +1,108 @@
+"""The final evaluation report: `report.json` for scripts and `report.md` for people."""
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxcls.core import paths
+
+
+def write(workdir: str, report: dict[str, Any], class_names: Sequence[str], plot_paths: Sequence[str] = ()) -> None:
+  """Writes DIR/report.json and DIR/report.md (atomically, so a kill never leaves half a file)."""
+  spread = recall_spread(report, class_names)
+  if spread:
+    report["recall_spread"] = spread
+  workdir = paths.path(workdir, "report folder")
+  paths.makedirs(workdir)
+  paths.write_text(workdir / "report.json", json.dumps(report, indent=1) + "\n")
+  plots = [_relative(p, workdir) for p in plot_paths]
+  paths.write_text(workdir / "report.md", markdown(report, class_names, plots))
+
+
+def _relative(target, folder) -> str:
+  """`target` relative to `folder` (both local, or both under one URL), for the report's links."""
+  target, folder = os.fspath(paths.path(target)), os.fspath(folder).rstrip("/")
+  if target.startswith(folder + "/"):
+    return target[len(folder) + 1:]
+  return target if paths.is_remote(target) else os.path.relpath(target, folder)
+
+
+def recall_spread(report: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any] | None:
+  """How unevenly the classes are served: the lowest and highest per-class recall, their gap and std."""
+  recall = report.get("per_class_recall") or report.get("recall")
+  if not recall:
+    return None
+  named = [(r, n) for r, n in zip(recall, class_names) if r is not None]
+  if not named:
+    return None
+  values = np.asarray([r for r, _ in named], np.float64)
+  low, high = min(named), max(named)
+  return {"min": low[0], "min_class": low[1], "max": high[0], "max_class": high[1],
+          "gap": float(high[0] - low[0]), "std": float(values.std())}
+
+
+def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence[str] = ()) -> str:
+  lines = [f"# Evaluation report: {report['split']} split, step {report['step']}", "",
+           "| metric | value |", "|---|---|"]
+  undefined = report.get("undefined") or {}
+  for key, value in report.items():
+    if key in undefined:  # a metric the eval data cannot define (tasks' finalize, metrics.mark_undefined)
+      lines.append(f"| {key} | undefined ({undefined[key]}) |")
+    elif isinstance(value, float):
+      lines.append(f"| {key} | {value:.4f} |")
+    elif isinstance(value, int) and key != "step":
+      lines.append(f"| {key} | {value} |")
+  lines += _per_class(report, class_names)
+  confusion = report.get("confusion_matrix")
+  if confusion:
+    pairs = [(confusion[i][j], class_names[i], class_names[j])
+             for i in range(len(confusion)) for j in range(len(confusion)) if i != j and confusion[i][j]]
+    if pairs:
+      lines += ["", "## Most confused (true -> predicted)", "", "| true | predicted | count |", "|---|---|---|"]
+      for count, true, pred in sorted(pairs, reverse=True)[:10]:
+        lines.append(f"| {true} | {pred} | {count} |")
+  lines += _per_group(report.get("per_group"))
+  if plots:
+    lines += ["", "## Figures", ""] + [f"![{os.path.basename(p)}]({p})" for p in plots]
+  return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+  return "n/a" if value is None else f"{value:.4f}"
+
+
+def _per_class(report: dict[str, Any], class_names: Sequence[str]) -> list[str]:
+  """The per-class table, the worst classes by F1, and the spread of per-class recall."""
+  f1, precision, support = report.get("f1"), report.get("precision"), report.get("support")
+  recall = report.get("per_class_recall") or report.get("recall")
+  if not (f1 and precision and recall and support) or len(f1) != len(class_names):
+    return []
+  lines = ["", "## Per class", "", "| class | examples | precision | recall | F1 |", "|---|---|---|---|---|"]
+  for name, n, p, r, f in zip(class_names, support, precision, recall, f1):
+    lines.append(f"| {name} | {n} | {_fmt(p)} | {_fmt(r)} | {_fmt(f)} |")
+  present = [(f, name, n) for f, name, n in zip(f1, class_names, support) if n]
+  worst = sorted(present)[:5]
+  if len(present) > 1:
+    lines += ["", "## Worst classes (lowest F1)", "", "| class | F1 | examples |", "|---|---|---|"]
+    lines += [f"| {name} | {f:.4f} | {n} |" for f, name, n in worst]
+  spread = recall_spread(report, class_names)
+  if spread and len(present) > 1:
+    lines += ["", f"Per-class recall ranges from {spread['min']:.4f} ({spread['min_class']}) to "
+              f"{spread['max']:.4f} ({spread['max_class']}): a gap of {spread['gap']:.4f} (std "
+              f"{spread['std']:.4f})."]
+  return lines
+
+
+def _per_group(groups: dict[str, Any] | None) -> list[str]:
+  if not groups:
+    return []
+  table = groups["groups"]
+  columns = [k for k in next(iter(table.values())) if k != "num_examples"]
+  lines = ["", "## Per group", "", "| group | examples | " + " | ".join(columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
+  for name, row in table.items():
+    lines.append(f"| {name} | {row['num_examples']} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+  lines += ["", f"Worst group by {groups['metric']}: {groups['worst_group']} ({groups['gap']:.4f} below the best)."]
+  return lines

@@ -1,0 +1,1 @@
+"""Using a trained model: predictions, exported artefacts, attributions and their figures."""

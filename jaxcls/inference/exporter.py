@@ -1,0 +1,156 @@
+"""`python -m jaxcls.export --workdir DIR --output MODEL_DIR [--step N|best] [--platforms cpu,cuda,tpu] [--overwrite]`.
+
+Writes a trained model as a self-contained inference function that runs without jaxcls (only jax and numpy):
+
+  MODEL_DIR/model.jax     `jax.export` serialization (StableHLO) of probabilities(weights, images): uint8 images
+                          [B, H, W, C] with a symbolic batch size B -> float32 probabilities ([B, K]; binary: [B])
+  MODEL_DIR/weights.npz   the weights, arrays w00000, w00001, ... in the order the function takes them
+  MODEL_DIR/model.json    class names, task, thresholds or class tree, and the preprocessing (size, crop)
+
+The function is the one `python -m jaxcls.predict` jits (`predict.inference_function`): normalisation, the
+eval-mode forward pass, the test-time augmentation views of the workdir's `eval_tta` (jaxcls/models/tta.py) and the task's
+probabilities are inside it, so a loader only decodes and resizes images
+(examples/serve_exported.py shows how). The weights are an argument rather than constants baked into the
+StableHLO: a serialized module has a 2 GB limit and embedding large constants multiplies the memory export needs,
+while an argument works for every model size and keeps the function file small.
+"""
+
+import io
+import json
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from jaxcls.core import paths
+from jaxcls.core.errors import ConfigError
+
+FUNCTION_FILE, WEIGHTS_FILE, METADATA_FILE = "model.jax", "weights.npz", "model.json"
+FORMAT = "jaxcls-export/1"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def task_metadata(task, class_names) -> dict:
+  """What a loader needs to turn probabilities into decisions, as predict does (see `predict.describe`)."""
+  from jaxcls.tasks import binary, hierarchical, multilabel  # pylint: disable=g-import-not-at-top
+  if isinstance(task, binary.Binary):
+    return {"output": "positive-class probability [B]", "threshold": task.threshold,
+            "positive_class": class_names[1]}
+  meta = {"output": "probabilities [B, K]"}
+  if isinstance(task, multilabel.MultiLabel):
+    meta["thresholds"] = [float(t) for t in np.broadcast_to(np.asarray(task.thresholds, np.float64),
+                                                            (len(class_names),))]
+  if isinstance(task, hierarchical.Hierarchical):
+    meta["tree"] = {"level_names": [list(names) for names in task.tree.level_names],
+                    "paths": [list(path) for path in task.tree.paths]}
+  return meta
+
+
+def check_output(output_dir: str, overwrite: bool = False):
+  """The output folder as a path, or a one-line ConfigError: it is a file, or it holds an export and not `overwrite`.
+
+  A file is never replaced, even with `overwrite`; an existing export is replaced only with `overwrite`
+  (--overwrite), so a second export cannot silently change a model someone serves.
+  """
+  folder = paths.path(output_dir, "--output")  # a local folder or a gs:// URL
+  if folder.exists() and not folder.is_dir():
+    raise ConfigError(f"--output={output_dir} is an existing file; give a folder (new or existing) to export into.")
+  held = [name for name in (FUNCTION_FILE, WEIGHTS_FILE, METADATA_FILE) if (folder / name).exists()]
+  if held and not overwrite:
+    raise ConfigError(f"--output={output_dir} already holds an export ({', '.join(held)}); pass --overwrite to "
+                      "replace it, or give a new folder.")
+  return folder
+
+
+def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"), overwrite: bool = False) -> dict:
+  """Writes the three files for `restored` (a `restore.Restored`) into `output_dir`; returns the metadata.
+
+  An `output_dir` that already holds an export is refused unless `overwrite` (see `check_output`).
+  """
+  check_output(output_dir, overwrite)  # before the slow part
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxcls.inference import predictor as predict  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import preprocess
+  from jaxcls.models import tta
+  platforms = tuple(p.strip().lower() for p in platforms if p.strip())
+  unknown = sorted(set(platforms) - set(PLATFORMS))
+  if not platforms or unknown:
+    raise ConfigError(f"--platforms={','.join(platforms)} is not valid; use some of {', '.join(PLATFORMS)}.")
+  preprocessing = preprocess.from_config(restored.config)
+  leaves, treedef = jax.tree.flatten(predict.model_variables(restored))
+  leaves = [np.asarray(leaf) for leaf in leaves]
+  probabilities = predict.inference_function(restored)
+  tta_kind = tta.from_config(restored.config)
+
+  def serve(weights, images):
+    return probabilities(jax.tree.unflatten(treedef, weights), images)
+
+  height, width = preprocessing.crop.size
+  image_spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {height}, {width}, {preprocessing.channels}"),
+                                    jnp.uint8)
+  weight_specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
+  exported = jax.export.export(jax.jit(serve), platforms=platforms)(weight_specs, image_spec)
+
+  names = list(restored.info.class_names)
+  metadata = {
+      "format": FORMAT,
+      "function": FUNCTION_FILE, "weights": WEIGHTS_FILE, "num_weights": len(leaves),
+      "platforms": list(exported.platforms),
+      "workdir": restored.workdir, "step": restored.step, "model": restored.config.model.name,
+      "dtype": restored.config.dtype, "task": restored.config.task.type, "class_names": names,
+      # Test-time augmentation runs inside the function; for reference, with the forward passes it costs per image.
+      "eval_tta": tta_kind, "forward_passes": tta.PASSES[tta_kind],
+      **task_metadata(restored.task, names),
+      # Normalisation (mean, std) happens inside the function; these are for reference only.
+      "preprocessing": {**preprocessing.to_json(), "mean": list(restored.info.mean), "std": list(restored.info.std)},
+  }
+  folder = check_output(output_dir, overwrite)
+  paths.makedirs(folder)
+  paths.write_bytes(folder / FUNCTION_FILE, exported.serialize())
+  weights = io.BytesIO()
+  np.savez(weights, **{f"w{i:05d}": leaf for i, leaf in enumerate(leaves)})
+  paths.write_bytes(folder / WEIGHTS_FILE, weights.getvalue())
+  paths.write_text(folder / METADATA_FILE, json.dumps(metadata, indent=1))
+  return metadata
+
+
+def export_workdir(workdir: str, output_dir: str, *, step: int | str | None = None,
+                   platforms=("cpu", "cuda", "tpu"), overwrite: bool = False) -> dict:
+  """Restores checkpoint `step` (default: latest) of `workdir` and exports it into `output_dir`."""
+  from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
+  check_output(output_dir, overwrite)  # before restoring
+  return export_model(restore.restore(workdir, step), output_dir, platforms=platforms, overwrite=overwrite)
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
+  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
+  flags.DEFINE_string("output", None, "Folder to write model.jax, weights.npz and model.json into.")
+  flags.DEFINE_string("step", None, "Checkpoint step to export: N, 'latest' (default) or 'best' (config.best_metric).")
+  flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
+                    "Platforms the exported function can run on (it is lowered for each).")
+  flags.DEFINE_bool("overwrite", False, "Replace an export already in --output (without it, that is an error).")
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  if not args.workdir or not args.output:
+    print("jaxcls: error: --workdir and --output are required.", file=sys.stderr)
+    sys.exit(2)
+  from jaxcls.core import errors  # pylint: disable=g-import-not-at-top
+  with errors.exit_on_user_error():
+    metadata = export_workdir(args.workdir, args.output, step=args.step, platforms=args.platforms,
+                              overwrite=args.overwrite)
+  size = metadata["preprocessing"]["image_size"]
+  message = (f"Exported {metadata['model']} (step {metadata['step']}, {metadata['task']}, "
+             f"{len(metadata['class_names'])} classes, {size[0]}x{size[1]} input) for "
+             f"{', '.join(metadata['platforms'])} to {paths.path(args.output)}")
+  logging.info("%s", message)
+  print(message)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,377 @@
+"""`python -m jaxcls.predict --workdir DIR PATH... [--step N|best] [--top_k 5] [--output predictions.csv|.json]`.
+
+Restores a trained model with its config and class names from a workdir, preprocesses image files exactly as that
+workdir's evaluation did (jaxcls/data/preprocess.py, then `steps.normalize` on the device), batches them across the
+local devices, and prints one line per file as soon as its batch is done: the top-k classes with probabilities (binary: the positive-class
+probability against the threshold; multi-label: the labels at or above their thresholds; hierarchical: the
+predicted path). Folders are searched recursively for image files. A file that cannot be read gets an error line
+(and an error row in --output) while the others go on; the exit status is non-zero only when every file failed.
+
+Files stream through in batches of --batch_size (decoded a bounded number of batches ahead, in threads that start
+while the model is still being restored and compiled), so memory does not grow with the number of files; a last
+line on stderr gives the images per second.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from absl import app, flags
+
+from jaxcls.core.errors import ConfigError
+
+OUTPUT_FORMATS = (".csv", ".json")
+
+
+def model_variables(restored) -> dict:
+  """The variables the eval step applies: params, and batch statistics only for models that keep them."""
+  from jaxcls.training import steps  # pylint: disable=g-import-not-at-top
+  return steps.model_variables(restored.variables["params"], restored.variables.get("batch_stats"))
+
+
+def inference_function(restored) -> Callable:
+  """probabilities(variables, uint8 images [B, H, W, C]) -> the probabilities the eval step computes.
+
+  The eval step's own forward pass (`steps.eval_logits`: normalisation, compute dtype, eval mode and the
+  workdir's `eval_tta` views), and the task's own `eval_outputs` turns logits into probabilities:
+  [B, K] (softmax, sigmoids or leaf probabilities) or [B] for a binary task (the positive class). Pure and not
+  jitted, so `predict` jits it and `export` exports it (views included).
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import steps  # pylint: disable=g-import-not-at-top
+  from jaxcls.models import tta
+  task, model, info = restored.task, restored.model, restored.info
+  tta_kind = tta.from_config(restored.config)
+
+  def probabilities(variables, images):
+    logits = steps.eval_logits(model, variables, images, mean=info.mean, std=info.std, dtype=restored.config.dtype,
+                               tta=tta_kind)
+    rows = images.shape[0]
+    return task.eval_outputs(logits, jnp.zeros((rows,), jnp.int32), jnp.ones((rows,), bool))["probs"]
+
+  return probabilities
+
+
+def padded_batch_size(config, batch_size: int | None, num_devices: int) -> int:
+  """Images per forward pass: `batch_size` (default: the config's eval batch size) rounded up to a multiple of
+  the device count, so every device gets the same share."""
+  per_batch = batch_size or config.eval_batch_size or config.batch_size
+  if per_batch < 1:
+    raise ConfigError(f"--batch_size={per_batch} must be at least 1.")
+  return math.ceil(per_batch / num_devices) * num_devices
+
+
+class Predictor:
+  """Probabilities for uint8 image batches, sharded over the local devices; compiled once per batch shape."""
+
+  def __init__(self, restored, *, batch_size: int | None = None, devices=None):
+    import jax  # pylint: disable=g-import-not-at-top
+    from jaxcls.core import parallel  # pylint: disable=g-import-not-at-top
+    self._mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
+    self._devices = self._mesh.devices.size
+    self.batch_size = padded_batch_size(restored.config, batch_size, self._devices)
+    self._sharded = parallel.batch_sharded(self._mesh)
+    self._variables = parallel.replicate(model_variables(restored), self._mesh)
+    self._forward = jax.jit(inference_function(restored),
+                            in_shardings=(parallel.replicated(self._mesh), self._sharded),
+                            out_shardings=parallel.replicated(self._mesh))
+
+  def dispatch(self, images: np.ndarray, rows: int | None = None):
+    """Starts the forward pass of at most `batch_size` uint8 images and returns its (not yet ready) result.
+
+    The batch is padded with zero images to `rows` rows (default: the next multiple of the device count); the
+    caller drops the padding rows (`fetch`). Giving every batch of a long run the same `rows` compiles it once.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    count = len(images)
+    if not 0 < count <= self.batch_size:
+      raise ValueError(f"A batch of {count} images does not fit batch_size={self.batch_size}.")
+    padded = max(rows or 0, math.ceil(count / self._devices) * self._devices)
+    if padded != count:
+      images = np.concatenate([images, np.zeros((padded - count,) + images.shape[1:], images.dtype)])
+    return self._forward(self._variables, jax.device_put(np.asarray(images), self._sharded))
+
+  @staticmethod
+  def fetch(result, count: int) -> np.ndarray:
+    """float32 probabilities of the first `count` rows of a `dispatch` result (waits for it)."""
+    return np.asarray(result, np.float32)[:count]
+
+  def __call__(self, images: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """float32 probabilities of uint8 [N, H, W, C] images, in order.
+
+    Full batches have `batch_size` rows; the last one is padded with zero images up to `rows` (default: only up
+    to a multiple of the device count), and the padding rows are dropped.
+    """
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      out.append(self.fetch(self.dispatch(chunk, rows), len(chunk)))
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def describe(task, class_names, probs: np.ndarray, top_k: int) -> dict:
+  """One image's prediction as a record, from its probabilities (one row of `Predictor` output).
+
+  Every record has `prediction` (a class name; multi-label: the labels joined by ';'), `probability` (of that
+  class; None for multi-label) and `top_k` ([[class, probability], ...], most probable first). Binary adds the
+  `threshold` and `positive` ([positive class, its probability]); multi-label the `labels` at or above their
+  thresholds; hierarchical the `hierarchy` (node names from the coarsest level to the leaf). Decisions compare
+  float32 probabilities with float32 thresholds, as the task's own `predict` does on the device.
+  """
+  from jaxcls.tasks import binary, hierarchical, multilabel  # pylint: disable=g-import-not-at-top
+  probs = np.asarray(probs, np.float32)
+  if isinstance(task, binary.Binary):
+    positive = float(probs)
+    pair = np.array([1.0 - positive, positive])
+    chosen = int(probs >= np.float32(task.threshold))
+    return {"prediction": class_names[chosen], "probability": float(pair[chosen]),
+            "top_k": _ranked(class_names, pair, top_k), "threshold": task.threshold,
+            "positive": [class_names[1], positive]}
+  ranked = _ranked(class_names, probs, top_k)
+  if isinstance(task, multilabel.MultiLabel):
+    above = np.flatnonzero(probs >= np.asarray(task.thresholds, np.float32))
+    above = above[np.argsort(-probs[above], kind="stable")]
+    labels = [[class_names[i], float(probs[i])] for i in above]
+    return {"prediction": ";".join(name for name, _ in labels), "probability": None, "top_k": ranked,
+            "labels": labels}
+  record = {"prediction": ranked[0][0], "probability": ranked[0][1], "top_k": ranked}
+  if isinstance(task, hierarchical.Hierarchical):
+    leaf = int(np.argmax(probs))
+    tree = task.tree
+    record["hierarchy"] = [tree.level_names[level][tree.paths[leaf][level]] for level in range(tree.depth)]
+  return record
+
+
+def _ranked(class_names, probs: np.ndarray, top_k: int) -> list:
+  order = np.argsort(-probs, kind="stable")[:top_k]
+  return [[class_names[i], float(probs[i])] for i in order]
+
+
+def predict_files(restored, paths: list[str], *, top_k: int = 5, batch_size: int | None = None,
+                  workers: int = 0) -> list[dict]:
+  """A record per image file under `paths` (see `describe`), in order, with `path` and `error` (None or why)."""
+  from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
+  check_top_k(top_k)
+  files = preprocess.find_images(list(paths))
+  predictor = Predictor(restored, batch_size=batch_size)
+  rows = full_rows(files, predictor.batch_size)
+  with decoding(restored.config, files, predictor.batch_size, workers) as decoded:
+    return list(predict_batches(restored, predictor, decoded, top_k=top_k, rows=rows))
+
+
+def check_top_k(top_k: int) -> None:
+  """A one-line ConfigError for a --top_k below 1 (before anything slow runs)."""
+  if top_k < 1:
+    raise ConfigError(f"--top_k={top_k} must be at least 1.")
+
+
+def decoding(config, files: list[str], batch_size: int, workers: int = 0):
+  """`preprocess.stream` of `files` with the workdir's eval preprocessing, as many batches ahead as fit its
+  memory budget: a context whose decoding threads start at once."""
+  from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
+  preprocessing = preprocess.from_config(config)
+  return preprocess.stream(files, preprocessing, batch_size, workers,
+                           ahead=preprocess.batches_ahead(batch_size, preprocessing))
+
+
+def full_rows(files: list[str], batch_size: int) -> int | None:
+  """Rows every batch is padded to: `batch_size` when there is more than one batch (one compiled shape for the
+  whole run, the short last batch included), else None (a single batch is padded only to the device count)."""
+  return batch_size if len(files) > batch_size else None
+
+
+def predict_batches(restored, predictor: Predictor, decoded: Iterable, *, top_k: int,
+                    rows: int | None = None) -> Iterator[dict]:
+  """The records of decoded batches ((paths, images, errors), see `preprocess.stream`), in order.
+
+  A batch's forward pass is dispatched before the previous batch's records are made, so the device works while
+  the host waits for decoding and formats lines.
+  """
+  names = list(restored.info.class_names)
+  previous = None
+  for paths, images, errors in decoded:
+    current = (paths, errors, predictor.dispatch(images, rows) if len(images) else None, len(images))
+    if previous is not None:
+      yield from _records(restored.task, names, previous, top_k)
+    previous = current
+  if previous is not None:
+    yield from _records(restored.task, names, previous, top_k)
+
+
+def _records(task, names, batch, top_k: int) -> Iterator[dict]:
+  """One batch's records, in file order: an error record for each unreadable file, `describe` for the others."""
+  paths, errors, result, count = batch
+  probs = iter(Predictor.fetch(result, count) if count else ())
+  for path, error in zip(paths, errors):
+    if error is not None:
+      yield {"path": path, "error": error}
+    else:
+      yield {"path": path, "error": None, **describe(task, names, next(probs), top_k)}
+
+
+def format_line(record: dict) -> str:
+  """One printed line per file (a non-UTF-8 byte of its name shown as \\xNN: see `folder_scan.display`)."""
+  from jaxcls.data.sources.folder_scan import display  # pylint: disable=g-import-not-at-top
+  path = display(record["path"])
+  if record["error"]:
+    return f"{path}: error: {display(record['error'])}"
+  ranked = ", ".join(f"{name} {p:.4f}" for name, p in record["top_k"])
+  if "threshold" in record:
+    name, p = record["positive"]
+    relation = ">=" if p >= record["threshold"] else "<"
+    return f"{path}: {record['prediction']} (P({name}) {p:.4f} {relation} threshold {record['threshold']:g})"
+  if "labels" in record:
+    shown = ", ".join(f"{name} {p:.4f}" for name, p in record["labels"]) or "no label at or above its threshold"
+    return f"{path}: {shown} (top: {ranked})"
+  if "hierarchy" in record:
+    return f"{path}: {' > '.join(record['hierarchy'])} {record['probability']:.4f} (top: {ranked})"
+  return f"{path}: {ranked}"
+
+
+def write_output(path: str, records: list[dict], header: dict) -> None:
+  """Writes the records as JSON ({**header, 'predictions': records}) or CSV (one row per file), to a local file
+  or a gs:// object, in one step."""
+  from jaxcls.core import paths as path_layer  # pylint: disable=g-import-not-at-top
+  from jaxcls.data.sources.folder_scan import display  # pylint: disable=g-import-not-at-top
+  target = path_layer.path(path, "--output")
+  path_layer.makedirs(target.parent)
+  # A file name that is not valid UTF-8 is written with each undecodable byte as \xNN (`folder_scan.display`,
+  # Python's 'backslashreplace') in both formats, so the output is valid UTF-8 that any reader opens.
+  records = [{**r, "path": display(r["path"]), "error": r["error"] and display(r["error"])} for r in records]
+  if path.lower().endswith(".json"):
+    text = json.dumps({**header, "predictions": records}, indent=1)
+  else:
+    text = _csv_text(records)
+  path_layer.write_text(target, text)
+
+
+def _csv_text(records: list[dict]) -> str:
+  top_k = max((len(r.get("top_k", ())) for r in records), default=0)
+  columns = ["path", "prediction", "probability"]
+  extras = [key for key in ("threshold", "labels", "hierarchy") if any(key in r for r in records)]
+  columns += extras
+  for rank in range(1, top_k + 1):
+    columns += [f"class_{rank}", f"probability_{rank}"]
+  columns.append("error")
+  f = io.StringIO(newline="")
+  writer = csv.writer(f)
+  writer.writerow(columns)
+  for record in records:
+    row = {"path": record["path"], "error": record["error"] or "", "prediction": record.get("prediction", ""),
+           "probability": _cell(record.get("probability"))}
+    row["threshold"] = _cell(record.get("threshold"))
+    row["labels"] = ";".join(f"{name}={p:.6g}" for name, p in record.get("labels", ()))
+    row["hierarchy"] = " > ".join(record.get("hierarchy", ()))
+    for rank, (name, p) in enumerate(record.get("top_k", ()), start=1):
+      row[f"class_{rank}"], row[f"probability_{rank}"] = name, _cell(p)
+    writer.writerow([row.get(column, "") for column in columns])
+  return f.getvalue()
+
+
+def _cell(value) -> str:
+  return "" if value is None else repr(float(value))
+
+
+def check_output_path(path: str | None) -> None:
+  if path and os.path.splitext(path)[1].lower() not in OUTPUT_FORMATS:
+    raise ConfigError(f"--output={path} must end in {' or '.join(OUTPUT_FORMATS)}.")
+
+
+def run(workdir: str, paths: list[str], *, step: int | str | None = None, top_k: int = 5, batch_size: int | None = None,
+        output: str | None = None, workers: int = 0, out=None, err=None) -> int:
+  """The command: prints a line per file as its batch finishes, writes --output, reports images/s on `err`
+  (stderr), and returns the exit status (1 when every file failed).
+
+  Decoding starts before the model is restored and compiled, and goes on while it is, a bounded number of
+  batches ahead; the records are kept only when --output needs them.
+  """
+  started = time.perf_counter()
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import restore
+  check_output_path(output)
+  check_top_k(top_k)
+  if not paths:
+    raise ConfigError("Give the image files or folders to predict on after the flags, e.g. "
+                      "`python -m jaxcls.predict --workdir DIR photo.jpg folder/`.")
+  out, err = out or sys.stdout, err or sys.stderr
+  config = restore.load_config(workdir)
+  files = preprocess.find_images(list(paths))
+  size = padded_batch_size(config, batch_size, jax.local_device_count())
+  records, counts, first = [], {"predicted": 0, "failed": 0}, None
+  with decoding(config, files, size, workers) as decoded:
+    restored = restore.restore(workdir, step)
+    predictor = Predictor(restored, batch_size=size)
+    for record in predict_batches(restored, predictor, decoded, top_k=top_k, rows=full_rows(files, size)):
+      first = first or time.perf_counter()
+      print(format_line(record), file=out, flush=False)
+      counts["failed" if record["error"] else "predicted"] += 1
+      if output:
+        records.append(record)
+  out.flush()
+  if output:
+    write_output(output, records, {"workdir": restored.workdir, "step": restored.step,
+                                   "task": restored.config.task.type, "model": restored.config.model.name})
+  print(throughput_line(counts["predicted"], started, first, time.perf_counter(), restored), file=err)
+  failed, total = counts["failed"], counts["failed"] + counts["predicted"]
+  if failed:
+    print(f"jaxcls: {failed} of {total} file(s) could not be read.", file=err)
+  return 1 if failed == total else 0
+
+
+def throughput_line(predicted: int, started: float, first: float | None, finished: float, restored) -> str:
+  """The images/s summary: over the whole command, and after start-up (restore and compilation, until the first
+  batch's lines), so a reader sees both what one call costs and what a long run sustains."""
+  total = finished - started
+  startup = (first or finished) - started
+  line = (f"jaxcls: predicted {predicted} image(s) with {restored.config.model.name} (step {restored.step}) in "
+          f"{total:.2f} s: {predicted / max(total, 1e-9):.1f} images/s")
+  return line + f" ({startup:.2f} s to the first batch, start-up included)."
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
+  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
+  flags.DEFINE_string("step", None, "Checkpoint step to use: N, 'latest' (default) or 'best' (config.best_metric).")
+  flags.DEFINE_integer("top_k", 5, "Classes listed per image (at most the number of classes).")
+  flags.DEFINE_integer("batch_size", None, "Images per forward pass, over all local devices (default: the config's "
+                       "eval batch size).")
+  flags.DEFINE_string("output", None, "Also write every prediction to this .csv or .json file.")
+  flags.DEFINE_integer("workers", 0, "Decoding threads (0 = one per CPU core).")
+
+
+def main(argv):
+  args = flags.FLAGS
+  if not args.workdir:
+    print("jaxcls: error: --workdir is required.", file=sys.stderr)
+    sys.exit(2)
+  from jaxcls.core import errors  # pylint: disable=g-import-not-at-top
+  with errors.exit_on_user_error():
+    status = run(args.workdir, argv[1:], step=args.step, top_k=args.top_k, batch_size=args.batch_size,
+                 output=args.output, workers=args.workers)
+  exit_now(status)
+
+
+def exit_now(status: int) -> None:
+  """Ends the finished command without the interpreter's teardown.
+
+  By now every line is printed, --output is written (in one step, `write_output`) and the decoding threads are
+  joined; finalizing the jax, orbax and flax modules and the XLA client would only add 0.3-0.8 s (2-core CPU) to
+  the command's wall time. Buffered output is flushed first.
+  """
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  std_logging.shutdown()  # absl's handlers too: flushes them
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Performance tools: the bare-step benchmark and the profiler trace summary."""

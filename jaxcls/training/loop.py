@@ -1,0 +1,468 @@
+"""The training loop: build everything from the config, step, evaluate, checkpoint, write.
+
+Re-running the same command on the same workdir resumes from the latest checkpoint; a run killed at any moment
+and resumed ends with the same parameters as one never interrupted, because every source of randomness and the
+data order are functions of (seed, step).
+"""
+
+import contextlib
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxcls import data, models, tasks
+from jaxcls.store import checkpoint
+from jaxcls.core import compile_cache
+from jaxcls.config import check as config_check
+from jaxcls.evaluation import group_metrics
+from jaxcls.training import optim
+from jaxcls.core import parallel
+from jaxcls.evaluation import report
+from jaxcls.training import steps
+from jaxcls.evaluation import evaluators
+from jaxcls.core import paths
+from jaxcls.core import phases
+from jaxcls.training import preemption
+from jaxcls.training import step_metrics
+from jaxcls.training import transfer
+from jaxcls.training import writers
+from jaxcls.store import workdir as workdir_lib
+from jaxcls.data import augment as augment_lib
+from jaxcls.data import prefetch
+from jaxcls.data.sources.folder_scan import display
+from jaxcls.data.in_memory import SAMPLINGS
+from jaxcls.core.errors import ConfigError
+from jaxcls.core.metrics import RowGatherer, SumAccumulator
+from jaxcls.training.state import eval_params
+from jaxcls.tasks.multiclass import resolve_class_weights
+
+
+def schedule_lengths(config, steps_per_epoch: int) -> tuple[int, int, int]:
+  """(num_train_steps, eval_every, checkpoint_every) resolved from epochs or steps."""
+  if config.num_train_steps > 0:
+    total = int(config.num_train_steps)
+  elif config.num_epochs > 0:
+    total = int(math.ceil(config.num_epochs * steps_per_epoch))
+  else:
+    raise ConfigError("Set config.num_epochs or config.num_train_steps to a positive value.")
+  def every(value: int) -> int:  # 0 = once per epoch, -1 = only at the end
+    return value if value > 0 else (total if value < 0 else steps_per_epoch)
+
+  return total, every(config.eval_every_steps), every(config.checkpoint_every_steps)
+
+
+def resolved_config(config, info: data.DatasetInfo, num_train_steps: int) -> ml_collections.ConfigDict:
+  """The config with the values the run derived (normalisation, image size, class names, steps) filled in."""
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.dataset.mean = tuple(info.mean)
+  resolved.dataset.std = tuple(info.std)
+  resolved.dataset.image_size = tuple(info.image_shape[:2])
+  resolved.dataset.class_names = tuple(info.class_names)
+  resolved.num_train_steps = num_train_steps
+  return resolved
+
+
+def evaluate(eval_step, state, dataset, task, batch_size: int, mesh,
+             prefetch_size: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Exact metrics over the whole eval split, and every valid example's outputs (padded rows masked out)."""
+  sums, rows = SumAccumulator(), RowGatherer()
+  with contextlib.closing(prefetch.to_device(dataset.eval_batches(batch_size), mesh, prefetch_size)) as batches:
+    for batch in batches:
+      batch_sums, outputs = eval_step(state, batch)
+      sums.add(batch_sums)
+      rows.add(outputs)
+  outputs = rows.result()
+  result = task.finalize(sums.result(), outputs or None)
+  groups = getattr(dataset, "eval_groups", None)
+  if groups is not None and outputs:
+    result["per_group"] = group_metrics.per_group(outputs, groups, task.num_classes,
+                                                  threshold=getattr(task, "threshold", 0.5),
+                                                  thresholds=getattr(task, "thresholds", None))
+  return result, outputs
+
+
+def build_task_and_model(config, info: data.DatasetInfo):
+  """(task, model, resolved task config) for the dataset: the head size comes from the task."""
+  tasks.check_classes(config.task.type, info.class_names, info.train_class_counts)  # one class: DataError
+  task_config = dict(config.task, class_names=info.class_names)
+  task_config["class_weights"] = resolve_class_weights(config.task.class_weights, info.train_class_counts,
+                                                       info.num_classes)
+  task = tasks.build(task_config, info.num_classes)
+  return task, models.build(config.model, task.num_outputs, config.dtype), task_config
+
+
+def misclassified_images(dataset, batch_size: int, wrong_rows: np.ndarray) -> np.ndarray:
+  """The eval images at `wrong_rows` (indices into the split's valid rows, in order), read again on the host."""
+  wanted, found, row = set(int(r) for r in wrong_rows), {}, 0
+  for batch in dataset.eval_batches(batch_size):
+    for image in batch["image"][batch["mask"]]:
+      if row in wanted:
+        found[row] = image
+      row += 1
+    if len(found) == len(wanted):
+      break
+  return np.stack([found[int(r)] for r in wrong_rows])
+
+
+def write_plots(workdir: str, final_report: dict, outputs: dict, class_names, metrics_dir: str | None = None,
+                dataset=None, batch_size: int | None = None, max_images: int = 36) -> list[str]:
+  """The report's figures in DIR/plots (skipped, with a warning, when matplotlib is not installed).
+
+  With the dataset, a single-process run also draws a grid of misclassified eval images (with several
+  processes each holds only its share of the images, so the grid is left out).
+  """
+  try:
+    import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    logging.warning("matplotlib is not installed, so DIR/plots is not written; pip install 'jaxcls[plots]'.")
+    return []
+  from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
+  plots_dir = os.fspath(paths.join(workdir, "plots"))
+  written = plots.write_all(plots_dir, final_report, outputs or None, class_names,
+                            os.fspath(paths.join(metrics_dir or workdir, writers.JSONL_NAME)))
+  predicted = group_metrics.single_label_predictions(outputs or {}, final_report.get("threshold", 0.5))
+  if dataset is not None and predicted is not None and jax.process_count() == 1:
+    labels = outputs["labels"]
+    wrong = np.flatnonzero(predicted != labels)[:max_images]
+    if len(wrong):
+      images = misclassified_images(dataset, batch_size, wrong)
+      written.append(plots.misclassified_grid(images, labels[wrong], predicted[wrong], class_names,
+                                              os.path.join(plots_dir, "misclassified.png"), max_images))
+  return written
+
+
+def write_skipped_files(workdir: str, dataset, is_main: bool) -> None:
+  """Lists the images a source could not read (path, reason) in DIR/skipped_files.txt, when there are any."""
+  skipped = getattr(dataset, "skipped_files", None)
+  if not is_main or not skipped:
+    return
+  listing = paths.join(workdir, "skipped_files.txt")
+  # A non-UTF-8 byte of a file name is written as \xNN (folder_scan.display), so the listing is valid UTF-8.
+  paths.write_text(listing, "".join(f"{display(path)}\t{display(reason)}\n" for path, reason in skipped))
+  logging.warning("%d unreadable images were skipped; they are listed in %s.", len(skipped), listing)
+
+
+def with_sampling(dataset, sampling: str):
+  """The dataset drawing training batches as `dataset.sampling` says ('balanced' needs an in-memory source)."""
+  if sampling not in SAMPLINGS:
+    raise ConfigError(f"config.dataset.sampling={sampling!r} is not valid; use one of {', '.join(SAMPLINGS)}.")
+  if sampling == "uniform":
+    return dataset
+  if not hasattr(dataset, "with_sampling"):
+    raise ConfigError(f"config.dataset.sampling={sampling!r} needs an in-memory source (digits, arrays, "
+                      f"synthetic, ...); {type(dataset).__name__} supports only 'uniform'.")
+  return dataset.with_sampling(sampling)
+
+
+def class_table(info: data.DatasetInfo, class_weights) -> str:
+  """The training class counts as a table (one row per class), with the loss weights when they are on."""
+  counts = info.train_class_counts
+  if counts is None:
+    return "Train class counts: unknown for this source."
+  total = max(sum(counts), 1)
+  weighted = not isinstance(class_weights, str)
+  width = max([len("class")] + [len(n) for n in info.class_names])
+  lines = [f"Train class counts ({len(counts)} classes, {total} examples; largest / smallest = "
+           f"{max(counts) / max(min(counts), 1):.1f}):",
+           f"  {'label':>5}  {'class':<{width}}  {'count':>8}  {'share':>6}" + ("  weight" if weighted else "")]
+  for k, (name, count) in enumerate(zip(info.class_names, counts)):
+    row = f"  {k:>5}  {name:<{width}}  {count:>8}  {count / total:>6.1%}"
+    lines.append(row + (f"  {class_weights[k]:.3f}" if weighted else ""))
+  return "\n".join(lines)
+
+
+def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+  return {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def prefetch_depth(setting: int) -> int:
+  """config.prefetch_to_device resolved: -1 (auto) is 2 on accelerators and 0 on CPU.
+
+  On a CPU the thread that copies batches ahead competes with the step for the same cores and the GIL, and the
+  copy is only a memcpy, so it costs more than it hides; on GPU/TPU it overlaps the transfer with the step.
+  """
+  if setting >= 0:
+    return int(setting)
+  return 0 if jax.default_backend() == "cpu" else 2
+
+
+TRANSFER_GUARDS = ("allow", "log", "disallow")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset: Any = None,
+                       devices: Sequence[jax.Device] | None = None,
+                       clock: phases.PhaseClock | None = None) -> dict[str, Any]:
+  """Trains (or resumes) as the config says and returns the final evaluation report.
+
+  Args:
+    config: a config built on `jaxcls.config.base.get_base_config()`.
+    workdir: where checkpoints, metrics, the resolved config and the report go.
+    dataset: optionally, the user's own data (see `jaxcls.data.from_iterators`) instead of
+      `config.dataset`.
+    devices: the devices of the data mesh (default: all devices of all processes).
+    clock: where the wall time of each phase is charged (`main --profile` logs its table); default: a new one.
+  """
+  config_check.validate(config)
+  writers.writer_names(config.writers)  # a misspelt writer fails now, not after the data has loaded
+  clock = clock if clock is not None else phases.PhaseClock()
+  # Process 0 holds DIR/lock.json throughout (a second run on the workdir fails fast); released on any exit.
+  with workdir_lib.locked(workdir, is_main=parallel.is_main_process(), num_processes=jax.process_count()):
+    return _train_and_evaluate(config, workdir, dataset=dataset, devices=devices, clock=clock)
+
+
+class _Cadence:
+  """When the loop logs, evaluates and checkpoints: every N steps, at the end, and by wall clock if asked."""
+
+  def __init__(self, config, num_train_steps: int, steps_per_epoch: int, eval_every: int, ckpt_every: int):
+    self.total = num_train_steps
+    self.log_every = config.log_every_steps or steps_per_epoch  # 0 = once per epoch
+    self.eval_every = eval_every
+    self.ckpt_every = ckpt_every
+    self.ckpt_every_secs = float(config.checkpoint_every_secs)
+    self.last_ckpt_time = time.monotonic()
+
+  def log(self, done: int) -> bool:
+    return done % self.log_every == 0 or done == self.total
+
+  def eval(self, done: int) -> bool:
+    return done % self.eval_every == 0 or done == self.total
+
+  def checkpoint(self, done: int) -> bool:
+    by_clock = self.ckpt_every_secs > 0 and time.monotonic() - self.last_ckpt_time >= self.ckpt_every_secs
+    return done % self.ckpt_every == 0 or done == self.total or by_clock
+
+
+def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str, Any]:
+  compile_cache.enable(config.compilation_cache_dir)
+  if config.dtype not in steps.DTYPES:
+    raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
+  workdir = os.fspath(paths.makedirs(workdir, "workdir"))  # absolute local path or gs:// URL, never ./gs:
+  mesh = parallel.make_mesh(devices)
+  is_main = parallel.is_main_process()
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+  depth = prefetch_depth(config.prefetch_to_device)
+  if config.transfer_guard not in TRANSFER_GUARDS:
+    raise ConfigError(f"config.transfer_guard={config.transfer_guard!r} is not valid; use one of "
+                      f"{', '.join(TRANSFER_GUARDS)}.")
+
+  with clock.phase("data"):
+    if not config.dataset.cache_dir and not paths.is_remote(workdir):  # a folder source's decoded-array cache
+      # lives with a local run; with a gs:// workdir it stays on the local disk (the source's default folder)
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.dataset.cache_dir = os.path.join(workdir, "cache")
+    dataset = dataset if dataset is not None else data.build(config)
+    write_skipped_files(workdir, dataset, is_main)
+    dataset = with_sampling(dataset, config.dataset.sampling)
+  info = dataset.info
+  task, model, task_config = build_task_and_model(config, info)
+  steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+  num_train_steps, eval_every, ckpt_every = schedule_lengths(config, steps_per_epoch)
+  cadence = _Cadence(config, num_train_steps, steps_per_epoch, eval_every, ckpt_every)
+  resolved = resolved_config(config, info, num_train_steps)
+  rerun = workdir_lib.check_rerun(workdir, resolved, allow=config.allow_config_change)  # before any restore
+  plan = transfer.Plan(config, task.num_outputs, info.image_shape, info.class_names)
+  tx, schedule = optim.build_optimizer(config.optimizer, num_train_steps, is_head=plan.is_head)
+  augment = augment_lib.build(config.augment, info.num_classes)
+
+  # Initialisation draws with the 'rbg' generator: on CPU, XLA compiles a threefry-based init of even a small
+  # CNN in ~10 s, rbg in ~1 s. Steps use threefry, whose draws do not depend on how the batch is sharded.
+  init_key = jax.random.key(config.seed, impl="rbg")
+  train_key = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), mesh)
+  init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
+                         use_ema=config.ema_decay > 0, mesh=mesh)
+  norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
+  eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, tta=config.eval_tta, **norm),
+                                        "Eval step (forward)", eval_batch_size / mesh.size)
+  periodic = evaluators.build_all(config, model, dataset, mesh, eval_every)  # config.evaluators, none by default
+
+  with clock.phase("init"):
+    ckpt = checkpoint.Checkpointer(
+        workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
+        fingerprint=dict(checkpoint.fingerprint(config, info.num_classes, info.image_shape), **plan.fingerprint()),
+        best_metric=config.best_metric, best_mode=config.best_mode)
+    resumed = ckpt.restore_latest(  # the newest intact step: damaged ones are moved aside, with a warning
+        lambda: checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh)))
+    last_saved = ckpt.latest_step()
+    if resumed is None:
+      state = plan.load_into(init(init_key), tx, mesh)
+      start_step = 0
+    else:
+      state, _ = resumed
+      start_step = int(parallel.to_host(state.step))
+      logging.info("Resuming from step %d of %d%s.", start_step, num_train_steps,
+                   " (config.init_from is not read again)" if config.init_from else "")
+    jax.block_until_ready(state)
+
+  writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step, names=config.writers)
+  if is_main:
+    workdir_lib.write_run_files(workdir, resolved, info.class_names, rerun)  # config.json, classes.json, history
+    params = parallel.to_host(state.params)
+    logging.info("Model %s, %d parameters:\n%s", config.model.name,
+                 sum(x.size for x in jax.tree.leaves(params)), writers.parameter_overview(params))
+    logging.info("Data: %d train / %d eval examples, %d classes, images %s, %s sampling.",
+                 info.num_train, info.num_eval, info.num_classes, info.image_shape, config.dataset.sampling)
+    logging.info("%s", class_table(info, task_config["class_weights"]))
+    if start_step == 0:
+      writer.write_hparams(resolved.to_dict())
+
+  progress = writers.create_progress(num_train_steps, writer, is_main=is_main)
+  # Host batches go to the devices `depth` steps ahead; the read-ahead ones are dropped at the end, and a resumed
+  # run restarts the stream at its checkpoint step, so exact resume does not depend on them.
+  host_batches = dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed)
+  first_batch = next(host_batches)
+  chunk_steps = prefetch.steps_per_chunk(first_batch)  # steps whose batches cross to the devices in one transfer
+  train_step = steps.CompiledOnFirstCall(
+      steps.make_train_step(plan.train_model(model), task, tx, schedule, augment, ema_decay=config.ema_decay,
+                            steps_per_chunk=chunk_steps, **norm),
+      "Train step (forward, backward, update)", config.batch_size / mesh.size)
+  window = step_metrics.Window(step_metrics.metric_names(task, task.num_outputs, first_batch["label"].shape,
+                                                         first_batch["label"].dtype), mesh, start_step)
+  batches = prefetch.to_device(prefetch.chunks(host_batches, chunk_steps, start_step, first=first_batch), mesh,
+                               depth, stacked=True)
+  final = None
+  stop = preemption.Watcher(ckpt)  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
+  chunk = None
+  guarded = config.transfer_guard != "allow"
+  try:
+    meter = _Throughput(clock)
+    for step in range(start_step, num_train_steps):
+      if chunk is None or step % chunk_steps == 0:  # step s trains on row s % chunk_steps of its chunk
+        t0 = time.perf_counter()
+        chunk = next(batches)
+        meter.data_wait(time.perf_counter() - t0)
+      done = step + 1
+      if guarded and step != start_step:  # the first call compiles and may place constants: not guarded
+        with jax.transfer_guard(config.transfer_guard):
+          state, window.value = train_step(state, window.value, chunk, train_key)
+      else:
+        state, window.value = train_step(state, window.value, chunk, train_key)
+      if step == start_step:
+        jax.block_until_ready(window.value)
+        clock.add("compile", train_step.compile_seconds or 0.0)
+        logging.info("First step (compilation included) took %.1f s.", time.perf_counter() - t0)
+        if train_step.flops_per_example and is_main:
+          writer.write_scalars(done, {"cost/train_gflop_per_example": train_step.flops_per_example / 1e9})
+        meter.restart(done)
+      progress(done)
+      log, evaluate_now = cadence.log(done), cadence.eval(done)
+      save_now = cadence.checkpoint(done)
+      if log or evaluate_now or save_now or any(e.due(done, num_train_steps) for e in periodic):
+        # A check point: the one blocking fetch since the last one, and the only place non-finite steps are seen.
+        window.check(done, last_saved, ckpt)
+        meter.steps_done(done)
+        if log:
+          scalars = {f"train/{k}": v for k, v in window.means().items()}
+          scalars.update(meter.scalars())
+          writer.write_scalars(done, scalars)
+          window.reset(done + 1)
+        if evaluate_now:
+          with meter.paused("eval"):
+            result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)
+          if eval_step.compile_seconds and not meter.eval_compile_charged:
+            clock.add("eval", -eval_step.compile_seconds)
+            clock.add("compile", eval_step.compile_seconds)
+            meter.eval_compile_charged = True
+          writer.write_scalars(done, _scalars(result, "eval/"))
+          ckpt.note_evaluation(done, _scalars(result, "eval/"))  # ranks this step's checkpoint by config.best_metric
+          final = (result, outputs) if done == num_train_steps else None
+        for evaluator in periodic:
+          if evaluator.due(done, num_train_steps):
+            with meter.paused("eval"):
+              writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
+        if save_now or ckpt.is_new_best(done):  # best: saved off cadence
+          with meter.paused("checkpoints"):
+            ckpt.save(done, state, {"next_batch": done}, force=True)
+          last_saved = done
+          cadence.last_ckpt_time = time.monotonic()
+        meter.restart(done)
+      if stop.reached(done):  # after any eval or save of this step; a flag read, or JAX's multi-process sync point
+        window.check(done, last_saved, ckpt)  # a second fetch of a window already fetched costs nothing new
+        with meter.paused("checkpoints"):
+          stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
+    if final is None:  # a finished workdir re-run: nothing to train, report again
+      with clock.phase("eval"):
+        final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)
+    final, final_outputs = final
+  finally:
+    stop.close()
+    write_skipped_files(workdir, dataset, is_main)  # streaming sources find bad files as they go
+    batches.close()
+    with clock.phase("checkpoints"):
+      ckpt.close()
+    writer.flush()
+
+  final_report = {"step": int(parallel.to_host(state.step)), "split": config.dataset.eval_split,
+                  "task": config.task.type, "model": config.model.name, **final}
+  if is_main:
+    with clock.phase("plots"):
+      plot_paths = write_plots(workdir, final_report, final_outputs, info.class_names, dataset=dataset,
+                               batch_size=eval_batch_size)
+    with clock.phase("report"):
+      report.write(workdir, final_report, info.class_names, plot_paths)
+      writers.write_figures(writer, final_report["step"], plot_paths)
+  logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", final_report["split"],
+               final_report["step"], final["loss"], final["accuracy"])
+  writer.close()
+  return final_report
+
+
+class _Throughput:
+  """Steady steps per second and the data-wait share between check points, with eval and checkpoints left out.
+
+  The interval runs from one check point's end to the next one's fetch, so the device time of every step in it
+  is counted (the fetch waits for the last step) and the time spent evaluating or saving is not.
+  """
+
+  def __init__(self, clock: phases.PhaseClock):
+    self._clock = clock
+    self._start_step = None
+    self._start_time = None
+    self._steps = 0
+    self._seconds = 0.0
+    self._wait = 0.0
+    self._pending_wait = 0.0
+    self.eval_compile_charged = False
+
+  def data_wait(self, seconds: float) -> None:
+    self._pending_wait += seconds
+
+  def restart(self, done: int) -> None:
+    """The clock of the next interval starts now, after step `done`."""
+    self._start_step, self._start_time = done, time.perf_counter()
+    self._pending_wait = 0.0
+
+  def steps_done(self, done: int) -> None:
+    """Closes the interval at step `done` (call right after the check point's fetch)."""
+    if self._start_time is None:
+      return
+    seconds = time.perf_counter() - self._start_time
+    self._steps += done - self._start_step
+    self._seconds += seconds
+    self._wait += self._pending_wait
+    self._clock.add("steps", seconds - self._pending_wait)
+    self._clock.add("data", self._pending_wait)
+    self._start_time = None
+    self._pending_wait = 0.0
+
+  def scalars(self) -> dict[str, float]:
+    """`train/steps_per_sec` and `train/data_wait_share` since the last log (empty before any steady step)."""
+    if not self._steps or self._seconds <= 0:
+      return {}
+    out = {"train/steps_per_sec": self._steps / self._seconds,
+           "train/data_wait_share": self._wait / self._seconds}
+    self._steps, self._seconds, self._wait = 0, 0.0, 0.0
+    return out
+
+  @contextlib.contextmanager
+  def paused(self, phase: str):
+    """Charges the block to `phase` (eval, checkpoints), outside every steps interval."""
+    with self._clock.phase(phase):
+      yield

@@ -1,0 +1,199 @@
+"""The jitted train and eval steps: pure functions of (state, batch, key), sharded over the 'data' mesh axis.
+
+State is replicated and donated; batches arrive sharded along their first axis. Batch-norm statistics are taken
+over the global batch because the step is written for the global array and XLA inserts the cross-device sums.
+"""
+
+import time
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from jaxcls.core import parallel
+from jaxcls.training import step_metrics
+from jaxcls.models import tta as tta_lib
+from jaxcls.training.state import TrainState, eval_params
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype) -> jax.Array:
+  """uint8 [B, H, W, C] -> (x/255 - mean) / std in the compute dtype (done on the device, not the host)."""
+  mean = jnp.asarray(mean, jnp.float32) * 255.0
+  inv_std = 1.0 / (jnp.asarray(std, jnp.float32) * 255.0)
+  return ((images.astype(jnp.float32) - mean) * inv_std).astype(dtype)
+
+
+def model_variables(params, batch_stats) -> dict:
+  """The variables a model applies: params, and batch statistics only for models that keep them."""
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  return variables
+
+
+def eval_logits(model: nn.Module, variables: dict, images: jax.Array, *, mean, std, dtype: str,
+                tta: str = "none") -> jax.Array:
+  """Eval-mode logits of uint8 images [B, H, W, C], normalised on the device in `dtype` and averaged over the
+  test-time augmentation views `tta` (jaxcls/models/tta.py).
+
+  The one forward pass that evaluation, `predict` and `export` share, so their probabilities agree.
+  """
+  compute_dtype = DTYPES[dtype]
+
+  def forward(views):
+    return model.apply(variables, normalize(views, mean, std, compute_dtype), train=False)
+
+  return tta_lib.apply_tta(forward, images, tta)
+
+
+def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropout_key=None):
+  variables = model_variables(params, batch_stats)
+  if not train:
+    return model.apply(variables, images, train=False), batch_stats
+  logits, updates = model.apply(variables, images, train=True, rngs={"dropout": dropout_key},
+                                mutable=["batch_stats"] if batch_stats else [])
+  return logits, updates.get("batch_stats", batch_stats)
+
+
+def _all_finite(tree) -> jax.Array:
+  """One boolean: every element of every leaf is finite (exact, unlike a norm, which overflows first)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
+                    schedule: Callable, augment: Callable, *, mean, std, dtype: str,
+                    ema_decay: float, mesh, steps_per_chunk: int | None = None) -> Callable:
+  """Returns train_step(state, acc, batch, key) -> (state, acc), jitted with shardings and donation.
+
+  With `steps_per_chunk=k`, `batch` holds k steps' batches stacked, [k, B, ...] (`data.prefetch.chunks`), and
+  the step trains on row `state.step % k`: batches then cross to the devices k at a time, with no per-step index.
+
+  `augment(key, images, labels, mask) -> (images, labels)` is `jaxcls.data.augment.build(...)`: uint8 images in
+  and out, so the step normalises exactly once, after it.
+
+  `acc` is the window of `jaxcls.training.step_metrics` (start from `step_metrics.zeros(names)` placed on the devices):
+  the step adds its scalars to it on the device, so the loop fetches metrics only at its log points. A step whose
+  loss, gradient or updated parameters are not finite, or any step after one in the same window, returns the
+  state unchanged and records the first such step in `acc`, so the loop stops with the last good state (and
+  checkpoint) intact.
+  """
+  compute_dtype = DTYPES[dtype]
+
+  def train_step(state: TrainState, acc: dict, batch: dict, key: jax.Array):
+    if steps_per_chunk is not None:
+      row = state.step % steps_per_chunk
+      batch = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, row, 0, keepdims=False), batch)
+    step_key = jax.random.fold_in(key, state.step)
+    augment_key, dropout_key = jax.random.split(step_key)
+    # Augmentations keep uint8 images (labels may become soft, [B, K]); normalisation happens here, once.
+    images, labels = augment(augment_key, batch["image"], batch["label"], batch["mask"])
+    images = normalize(images, mean, std, compute_dtype)
+    mask = batch["mask"].astype(jnp.float32)
+    num_valid = jnp.maximum(mask.sum(), 1.0)
+
+    def loss_fn(params):
+      logits, new_stats = _apply(model, params, state.batch_stats, images, train=True,
+                                 dropout_key=dropout_key)
+      per_example = task.loss(logits, labels)
+      return jnp.sum(per_example * mask) / num_valid, (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    new_ema = state.ema_params
+    if state.ema_params:
+      new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params)
+    new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
+                              opt_state=new_opt_state, ema_params=new_ema)
+    # The update itself can overflow (a huge learning rate on finite gradients), so the new parameters and batch
+    # statistics are checked too: a checkpoint is never written of a state that holds a NaN or an infinity.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((new_params, new_stats))
+    applied = finite & (acc["bad_step"] < 0)  # after a bad step, the rest of the window leaves the state alone
+    new_state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
+
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
+    for name, values in task.train_metrics(logits, labels).items():
+      metrics[name] = jnp.sum(values * mask) / num_valid
+    return new_state, step_metrics.add(acc, metrics, applied, state.step + 1)
+
+  return jax.jit(train_step,
+                 in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
+                               parallel.batch_sharded(mesh) if steps_per_chunk is None else
+                               parallel.chunk_sharded(mesh), parallel.replicated(mesh)),
+                 out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def make_eval_step(model: nn.Module, task, *, mean, std, dtype: str, mesh, tta: str = "none") -> Callable:
+  """Returns eval_step(state, batch) -> (sums over the valid rows, per-example outputs and mask).
+
+  No training augmentation, eval-mode batch norm; `tta` (config.eval_tta, see jaxcls/models/tta.py) averages the logits
+  over fixed views of each image, as predict and export do. The outputs (e.g. probabilities) come back replicated
+  so that every process can compute exact ranking metrics over the whole split; the mask says which rows are real.
+  """
+  tta_lib.check(tta)
+
+  def eval_step(state: TrainState, batch: dict):
+    logits = eval_logits(model, model_variables(eval_params(state), state.batch_stats), batch["image"], mean=mean,
+                         std=std, dtype=dtype, tta=tta)
+    outputs = task.eval_outputs(logits, batch["label"], batch["mask"]) if hasattr(task, "eval_outputs") else {}
+    outputs = dict(outputs, mask=batch["mask"])
+    return task.eval_sums(logits, batch["label"], batch["mask"]), outputs
+
+  return jax.jit(eval_step,
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 out_shardings=parallel.replicated(mesh))
+
+
+def make_init(model: nn.Module, tx: optax.GradientTransformation, *, image_shape, dtype: str,
+              use_ema: bool, mesh) -> Callable[[jax.Array], TrainState]:
+  """Returns init(key) -> a replicated TrainState, built directly on the devices."""
+  from jaxcls.training import state as state_lib
+
+  def init(key):
+    params_key, dropout_key = jax.random.split(key)
+    dummy = jnp.zeros((1,) + tuple(image_shape), DTYPES[dtype])
+    variables = model.init({"params": params_key, "dropout": dropout_key}, dummy, train=False)
+    return state_lib.create(variables, tx, use_ema)
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))
+
+
+class CompiledOnFirstCall:
+  """A jitted step compiled ahead of time at its first call, so its cost is known without compiling twice.
+
+  XLA's cost analysis of the compiled, partitioned program gives the FLOPs one device runs per call, and the bytes
+  its kernels read and write; divided by the examples each device processes, these are the FLOPs per example that
+  the throughput log is measured against and the bytes behind a step's memory floor (jaxcls.benchmark).
+  """
+
+  def __init__(self, jitted: Callable, name: str, examples_per_device: float):
+    self._jitted = jitted
+    self._compiled = None
+    self.name = name
+    self.examples_per_device = examples_per_device
+    self.compile_seconds = None
+    self.flops_per_example = None
+    self.bytes_per_example = None
+
+  def __call__(self, *args):
+    if self._compiled is None:
+      start = time.perf_counter()
+      self._compiled = self._jitted.lower(*args).compile()
+      self.compile_seconds = time.perf_counter() - start
+      analysis = self._compiled.cost_analysis()
+      analysis = (analysis[0] if isinstance(analysis, (list, tuple)) else analysis) or {}
+      flops, accessed = analysis.get("flops"), analysis.get("bytes accessed")
+      self.flops_per_example = flops / self.examples_per_device if flops else None
+      self.bytes_per_example = accessed / self.examples_per_device if accessed else None
+      logging.info("%s compiled in %.1f s; %s GFLOP per example (XLA cost analysis).", self.name,
+                   self.compile_seconds,
+                   "unknown" if self.flops_per_example is None else f"{self.flops_per_example / 1e9:.4f}")
+    return self._compiled(*args)
