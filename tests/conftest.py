@@ -16,6 +16,9 @@ import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# XLA options that compile a test's tiny programs several times faster (the numbers do not change).
+CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
 
 def tiny_config(**overrides):
   """A synthetic-data config with a small CNN: a few seconds per run on 2 CPU cores."""
@@ -88,13 +91,15 @@ def python():
 
 
 def pytest_collection_modifyitems(config, items):
-  """Marks every test that starts a jaxcls subprocess (it asks for the `python` fixture) as `slow`.
+  """Marks as `slow` every test under tests/e2e/ and every test that starts a jaxcls subprocess (it asks for the
+  `python` fixture).
 
   `pytest -m "not slow"` is then the quick inner loop: library-level tests only. CI runs both kinds.
   """
   del config
+  e2e = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e") + os.sep
   for item in items:
-    if "python" in getattr(item, "fixturenames", ()):
+    if "python" in getattr(item, "fixturenames", ()) or str(item.path).startswith(e2e):
       item.add_marker(pytest.mark.slow)
 
 

@@ -19,13 +19,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import CHEAP_COMPILE
+
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from jaxcls.models import torchvision as convert  # noqa: E402
 from jaxcls import models  # noqa: E402
 
-_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 NUM_CLASSES = 10
 # jaxcls name -> (torchvision builder, image side)
 FAMILIES = {
@@ -98,7 +99,7 @@ def _torch_model(builder: str, side: int):
 
 def _jax_logits(name, variables, images_nhwc):
   model = models.build({"name": name}, NUM_CLASSES)
-  fn = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images_nhwc).compile(_CHEAP_COMPILE)
+  fn = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images_nhwc).compile(CHEAP_COMPILE)
   return np.asarray(fn(variables, images_nhwc))
 
 

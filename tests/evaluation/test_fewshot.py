@@ -13,7 +13,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import CHEAP_COMPILE, REPO, subprocess_env, tiny_config
 from jaxcls import data, models
 from jaxcls.evaluation import evaluators
 from jaxcls.evaluation import features
@@ -29,7 +29,6 @@ from jaxcls.models import vit
 # --- Features -----------------------------------------------------------------------------------------------------
 
 # Test programs run once: a cheap compile beats a fast program.
-_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _features(model, variables, images):
@@ -41,7 +40,7 @@ def _features(model, variables, images):
     names.append(n)
     return f, l
 
-  f, l = jax.jit(run).lower(variables, images).compile(_CHEAP_COMPILE)(variables, images)
+  f, l = jax.jit(run).lower(variables, images).compile(CHEAP_COMPILE)(variables, images)
   return np.asarray(f), np.asarray(l), names[0]
 
 

@@ -18,7 +18,7 @@ from tensorboard.util import tensor_util
 from jaxcls.training import writers
 from jaxcls.core.errors import ConfigError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 HEAVY = ("tensorflow", "clu", "tensorflow_datasets")
 
 

@@ -14,17 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import CHEAP_COMPILE
+
 from jaxcls import models
 from jaxcls.core.errors import ConfigError
 from jaxcls.models import layers
 from jaxcls.models import resnet
 
-_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 TINY = dict(stage_sizes=(1,), width=8)  # 'imagenet' stem + one basic block: enough to exercise both options
 
 
 def run(fn, *args):
-  return jax.jit(fn).lower(*args).compile(_CHEAP_COMPILE)(*args)
+  return jax.jit(fn).lower(*args).compile(CHEAP_COMPILE)(*args)
 
 
 def _keys(seed=0):

@@ -14,6 +14,8 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import CHEAP_COMPILE
+
 from jaxcls import models
 from jaxcls.core.errors import ConfigError
 from jaxcls.models import alexnet
@@ -28,12 +30,11 @@ from jaxcls.models import vit
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TINY_RESNET = {"width": 8, "stem": "small"}
 # Test programs run once or twice: a cheap compile beats a fast program.
-_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def compiled(fn, *args):
   """`fn` jitted for the shapes of `args`, with the cheap compile options."""
-  return jax.jit(fn).lower(*args).compile(_CHEAP_COMPILE)
+  return jax.jit(fn).lower(*args).compile(CHEAP_COMPILE)
 
 
 def run(fn, *args):
