@@ -6,7 +6,6 @@ protos only), 'jsonl' (`workdir/metrics.jsonl`), 'log' (the console) and 'clu' (
 Only 'clu' imports TensorFlow and clu, when it is named, so a default run starts without them (docs/writers.md).
 """
 
-import contextlib
 import io
 import itertools
 import json
@@ -486,7 +485,6 @@ class Progress:
     self._previous: Optional[tuple[int, float]] = None
     self._reported = False
     self._t0 = time.monotonic()
-    self._time_per_part: dict[str, float] = {}
 
   def _due(self, step: int, t: float) -> bool:
     """Whether `step` (at time `t`) is a report point; see the class docstring."""
@@ -520,7 +518,7 @@ class Progress:
     return True
 
   def _message(self, step: int, t: float, steps_per_sec: float) -> str:
-    """'812.3 steps/s, 10.0% (66/659), 0m01s elapsed, ETA 0m07s (3.1% eval)'."""
+    """'812.3 steps/s, 10.0% (66/659), 0m01s elapsed, ETA 0m07s'."""
     start_step, start_t = self._start
     message = f"{steps_per_sec:.1f} steps/s"
     if self._num_train_steps and self._num_train_steps > 0:
@@ -528,21 +526,7 @@ class Progress:
       eta = (self._num_train_steps - step) / max(mean_rate, 1e-9)
       message += (f", {100 * step / self._num_train_steps:.1f}% ({step}/{self._num_train_steps}), "
                   f"{_format_secs(t - start_t)} elapsed, ETA {_format_secs(eta)}")
-    if self._time_per_part:
-      total = max(time.monotonic() - self._t0, 1e-9)
-      message += " (" + ", ".join(f"{100 * dt / total:.1f}% {name}"
-                                  for name, dt in sorted(self._time_per_part.items())) + ")"
     return message
-
-  @contextlib.contextmanager
-  def timed(self, name: str, wait_jax_async_dispatch: bool = True):
-    """Adds the time spent inside the block (e.g. 'eval') to the shares shown in the progress line."""
-    del wait_jax_async_dispatch  # Callers block on their results themselves; kept for clu's signature.
-    start = time.monotonic()
-    try:
-      yield
-    finally:
-      self._time_per_part[name] = self._time_per_part.get(name, 0.0) + time.monotonic() - start
 
 
 class _NoProgress:
@@ -551,14 +535,11 @@ class _NoProgress:
   def __call__(self, step: int, t: Optional[float] = None) -> bool:
     return False
 
-  def timed(self, name: str, wait_jax_async_dispatch: bool = True):
-    return contextlib.nullcontext()
-
 
 def create_progress(num_train_steps: int, writer: Any, *, is_main: bool, every_steps: Optional[int] = None,
                     every_secs: Optional[float] = 30.0) -> Any:
   """Called as `progress(step)` after every step: `Progress` on the main process (never clu's `ReportProgress`,
-  which imports TensorFlow), a no-op elsewhere. Both offer `with progress.timed('eval'):`."""
+  which imports TensorFlow), a no-op elsewhere."""
   if not is_main:
     return _NoProgress()
   return Progress(num_train_steps, writer, every_steps=every_steps, every_secs=every_secs)

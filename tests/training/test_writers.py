@@ -235,8 +235,6 @@ def test_non_main_writes_no_files(tmp_path):
   progress = writers.create_progress(10, writer, is_main=False)
   for step in range(1, 11):
     progress(step)
-  with progress.timed("eval"):
-    pass
   assert not workdir.exists()
 
 
@@ -291,7 +289,7 @@ def test_progress_reports_a_long_run_after_five_seconds_then_every_30():
   assert all(row["steps_per_sec"] == pytest.approx(4.0) for row in rows)
 
 
-def test_progress_every_steps_and_timed():
+def test_progress_every_steps():
   reported, rows = _reports(20, [step * 0.1 for step in range(1, 21)], every_steps=5, every_secs=None)
   assert reported == [3, 5, 10, 15, 20]  # 10% (2 steps) after the clock starts, then every 5 and the end
   assert rows[0]["steps_per_sec"] == pytest.approx(10.0)
@@ -301,13 +299,10 @@ def test_progress_every_steps_and_timed():
 def test_progress_line_shows_the_eta_from_the_measured_rate(caplog):
   caplog.set_level(logging.INFO)
   progress = writers.Progress(1000, writers.Writer())
-  with progress.timed("eval"):
-    pass
   progress(1, t=100.0)
   assert progress(101, t=102.0)  # 100 steps in 2 s: 900 steps left take 18 s
   line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Progress:")][-1]
-  assert "50.0 steps/s, 10.1% (101/1000), 0m02s elapsed, ETA 0m18s" in line
-  assert "% eval)" in line
+  assert line.endswith("50.0 steps/s, 10.1% (101/1000), 0m02s elapsed, ETA 0m18s")
 
 
 def test_progress_without_a_step_count_reports_the_rate_only():
