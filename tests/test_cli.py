@@ -158,3 +158,45 @@ def test_every_command_module_imports_together():
   for name in ("main", "evaluate", "predict", "export", "explain", "fewshot", "list_models", "convert",
                "show_data", "benchmark", "classical", "classical.__main__"):
     importlib.import_module(f"jaxcls.{name}")
+
+
+# --- jaxcls.cli: the one way every command runs -------------------------------------------------------------------
+
+def _run_in_process(monkeypatch, argv, main, define_flags=None, doc="`python -m jaxcls.toy --size N`: A toy."):
+  """cli.run as the command would call it, in this process: (exit code, stdout, stderr)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from jaxcls import cli  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr("sys.argv", ["toy", *argv])
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+    cli.run(main, define_flags=define_flags, doc=doc)
+  return exit_info.value.code, out.getvalue(), err.getvalue()
+
+
+def test_cli_run_turns_a_user_error_into_one_line_and_exit_2(monkeypatch):
+  from jaxcls.core.errors import DataError  # pylint: disable=g-import-not-at-top
+
+  def main(argv):
+    raise DataError(f"The folder {argv[1]!r} holds no images; give a folder of class subfolders.")
+
+  code, out, err = _run_in_process(monkeypatch, ["/no/images"], main)
+  assert code == 2 and out == ""
+  assert err == "jaxcls: error: The folder '/no/images' holds no images; give a folder of class subfolders.\n"
+
+
+def test_cli_run_help_exits_0_with_the_doc_and_only_this_commands_flags(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def define_flags():
+    if "toy_size" not in flags.FLAGS:
+      flags.DEFINE_integer("toy_size", 3, "How many toys to make.")
+
+  def main(argv):
+    raise AssertionError("--help must not run the command")
+
+  code, out, err = _run_in_process(monkeypatch, ["--toy_size=4", "--help"], main, define_flags)
+  assert code == 0 and err == ""
+  assert out.startswith("usage: python -m jaxcls.toy --size N\n\nA toy.\n"), out
+  assert "--toy_size\n      How many toys to make. (default: 3)" in out, out
+  assert "--verbosity" not in out and "--only_check_args" not in out  # absl's own flags are not this command's

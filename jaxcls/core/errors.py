@@ -115,7 +115,7 @@ def drop_closed_loop_noise() -> None:
 
 
 @contextlib.contextmanager
-def exit_on_user_error(code: int = 1):
+def exit_on_user_error(code: int = 2):
   """For commands: a JaxclsError or a disk fault inside ends the process with `jaxcls: error: ...` and `code`.
 
   Any other exception propagates with its traceback: it is a bug to report.
