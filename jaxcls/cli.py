@@ -75,8 +75,9 @@ def help_text(doc: str, names: list[str]) -> str:
   """The command's doc, then each of its flags (`names`) with its help and default: what --help prints."""
   text = textwrap.dedent(doc or "").strip()
   usage = re.match(r"`(python -m jaxcls[^`]*)`:?\s*", text)  # a doc that starts with its usage line
-  if usage:
-    text = f"usage: {usage.group(1)}\n\n{text[usage.end():]}"
+  if usage:  # its sentence may run on over the next lines: one paragraph under the usage line
+    summary, _, rest = text[usage.end():].partition("\n\n")
+    text = "\n".join([f"usage: {usage.group(1)}", "", textwrap.fill(" ".join(summary.split()), 116), "", rest])
   lines = [text.replace("`", ""), ""]
   if names:
     lines.append("Flags:")
@@ -88,7 +89,8 @@ def help_text(doc: str, names: list[str]) -> str:
     if flag.default not in (None, "", []):
       extra.append(f"default: {_shown(flag.default)}")
     lines.append(f"  {spelled}")
-    text = (flag.help or "").strip() + (f" ({'; '.join(extra)})" if extra else "")
+    text = re.sub(r"^<[^>]*>: ", "", (flag.help or "").strip())  # absl's "<a|b>: " before an enum's help
+    text += f" ({'; '.join(extra)})" if extra else ""
     lines.extend(textwrap.wrap(text, 116, initial_indent="      ", subsequent_indent="      "))
   return "\n".join(lines) + "\n"
 
@@ -149,7 +151,7 @@ def run(main: Callable[[list[str]], int | None], *, define_flags: Callable[[], N
     define_flags()
   if _wants_help(sys.argv):
     names = [name for name in flags.FLAGS if name not in before]
-    names = sorted(n for n in names if flags.FLAGS[n].name == n)  # short names (-n) are listed with their flag
+    names = [n for n in names if flags.FLAGS[n].name == n]  # short names (-n) are listed with their flag
     sys.stdout.write(help_text(doc, names))
     sys.stdout.flush()
     sys.exit(0)
@@ -246,7 +248,7 @@ def parse_config_flags(argv: list[str]) -> list[str]:
   except JaxclsError as e:
     _fail(e)
   except flags.Error as e:
-    _fail(e)
+    _fail(f"{e} (--help lists this command's flags).")
   except (KeyError, AttributeError, ValueError, TypeError) as e:
     _fail(f"Bad --config override: {str(e).strip(chr(39) + chr(34))}")
 

@@ -1,36 +1,32 @@
-"""`python -m jaxcls.classical --config configs/classical_digits.py --workdir DIR [--config.key=value ...]`.
+"""`python -m jaxcls.classical --config configs/classical_digits.py --workdir DIR [--config.key=value ...]`: Fits a
+classical model (an SVM on pixels or handcrafted features) instead of training a network.
 
-The same flags and config-override checks as `python -m jaxcls.main` (they are its own), then a classical run
-instead of training. User errors print one line and exit non-zero.
+The config file and its `--config.key=value` overrides work as for `python -m jaxcls.main`; DIR receives the report.
 """
 
-from absl import app, logging
+from absl import flags
 
-from jaxcls import main as cli
-from jaxcls.core.errors import JaxclsError
-
-
-# The flags and helpers of jaxcls.main are reused here, not copied.
-# pylint: disable=protected-access
+from jaxcls import cli
+from jaxcls.core.errors import ConfigError
 
 
-def main(argv):
+def define_flags() -> None:
+  """--config (with its overrides) and --workdir."""
+  cli.define_config_flag("configs/classical_digits.py")
+  flags.DEFINE_string("workdir", None, "Directory for the report and the fitted model.")
+
+
+def main(argv: list[str]) -> None:
+  """The config -> classical.run.run -> one summary line."""
   del argv
-  if cli._CONFIG.value is None or not cli._WORKDIR.value:
-    cli._exit("Both --config and --workdir are required, e.g. --config=configs/classical_digits.py "
-              "--workdir=/tmp/classical.", 2)
-  logging.get_absl_handler().addFilter(cli._QuietLibraries())
-  config = cli._CONFIG.value
-  for key, value in cli._model_args_from_argv.items():
-    config.model[key] = value
-  try:
-    from jaxcls.classical import run  # pylint: disable=g-import-not-at-top
-    final = run.run(config, cli._WORKDIR.value)
-  except JaxclsError as e:
-    cli._exit(str(e), 1)
+  if flags.FLAGS.config is None or not flags.FLAGS.workdir:
+    raise ConfigError("Both --config and --workdir are required, e.g. --config=configs/classical_digits.py "
+                      "--workdir=/tmp/classical.")
+  from jaxcls.classical import run  # pylint: disable=g-import-not-at-top
+  final = run.run(cli.config(), flags.FLAGS.workdir)
   print(f"{final['model']} on the {final['split']} split: accuracy {final['accuracy']:.4f}, "
         f"train {final['train_seconds']:.1f} s, eval {final['eval_seconds']:.1f} s.")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags=define_flags, doc=__doc__, flags_parser=cli.parse_config_flags)

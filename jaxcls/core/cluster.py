@@ -144,3 +144,21 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
     return int(value)
   except ValueError:
     raise ConfigError(f"{name}={value!r} is not a whole number; check the job's environment.") from None
+
+
+def initialize(env: Mapping[str, str], *, mode: str = "auto", coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None, timeout: int = 300) -> None:
+  """jax.distributed.initialize with `initialize_args` (main's --distributed flags), then one log line of what
+  each process got; nothing when the job is a single process."""
+  args = initialize_args(env, mode=mode, coordinator_address=coordinator_address, num_processes=num_processes,
+                         process_id=process_id)
+  if args is None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  (where initialize() records its devices)
+  jax.distributed.initialize(**args, initialization_timeout=timeout)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices, local_device_ids=%s "
+               "(jax_cuda_visible_devices=%s).", jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), ",".join(map(str, args.get("local_device_ids") or [])) or "all",
+               xla_bridge.CUDA_VISIBLE_DEVICES.value)
