@@ -12,6 +12,11 @@ from ml_collections import config_dict
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Your own modules, imported before anything is built, so the models, tasks, sources, augmentations, evaluators
+  # and writers they register (jaxcls.register_model, ...) can be named below: module names on the Python path
+  # (the current folder included) or .py files, e.g. ('my_models',) or 'my_models,lab.tasks' on the command line.
+  # Recorded in config.json, so evaluate, predict, export and fine-tuning import them too (docs/extensions.md).
+  config.imports = config_dict.FieldReference((), field_type=object)
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "digits"               # 'digits' | 'arrays' | 'synthetic' | 'tfds' | 'folder' | 'idx'

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 
 from jaxcls.config import base as config_base
+from jaxcls.core import extensions
 from jaxcls.core.errors import ConfigError
 from jaxcls.core.registry import closest
 
@@ -39,7 +40,12 @@ def unknown_key_message(path: str, known: list[str]) -> str:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Rejects keys that jaxcls does not read, so a typo never silently does nothing, and unknown TTA names."""
+  """Rejects keys that jaxcls does not read, so a typo never silently does nothing, and unknown TTA names.
+
+  First imports the modules `config.imports` names, so that names they register (a model, task, writer, ...)
+  are known to every check and build that follows.
+  """
+  extensions.import_extensions(config)
   known = leaf_paths(config_base.get_base_config())
   known_set = set(known) | {s for p in known for s in _parents(p)}
   for path in leaf_paths(config):
