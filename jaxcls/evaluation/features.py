@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls.core import parallel
-from jaxcls.training import steps
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.models import forward
 
 
 def apply_with_features(model: nn.Module, variables: dict, images: jax.Array) -> tuple[jax.Array, jax.Array, str]:
@@ -43,27 +43,6 @@ def apply_with_features(model: nn.Module, variables: dict, images: jax.Array) ->
   return features.reshape(features.shape[0], -1), logits, name
 
 
-def _model_variables(variables: dict) -> dict:
-  """{'params'} plus 'batch_stats' when the model has any (flax rejects an empty collection for some models)."""
-  out = {"params": variables["params"]}
-  if variables.get("batch_stats"):
-    out["batch_stats"] = variables["batch_stats"]
-  return out
-
-
-def head_name(model: nn.Module, variables: dict, image_shape) -> str:
-  """The name of the Dense layer whose input `apply_with_features` returns (traced abstractly, no compute)."""
-  names = []
-
-  def trace(v):
-    features, _, name = apply_with_features(model, v, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
-    names.append(name)
-    return features
-
-  jax.eval_shape(trace, _model_variables(variables))
-  return names[0]
-
-
 class FeatureExtractor:
   """Jitted, mesh-sharded penultimate features of uint8 batches {image, label, mask}; padding is dropped.
 
@@ -75,13 +54,11 @@ class FeatureExtractor:
   """
 
   def __init__(self, model: nn.Module, *, mean, std, dtype: str, mesh):
-    if dtype not in steps.DTYPES:
-      raise ConfigError(f"dtype={dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
+    compute_dtype = forward.compute_dtype(dtype, "dtype")
     self.mesh = mesh
-    compute_dtype = steps.DTYPES[dtype]
 
     def features_of(variables, batch):
-      images = steps.normalize(batch["image"], mean, std, compute_dtype)
+      images = forward.normalize(batch["image"], mean, std, compute_dtype)
       features, _, _ = apply_with_features(model, variables, images)
       return {"features": features.astype(jnp.float32), "label": batch["label"], "mask": batch["mask"]}
 
@@ -94,7 +71,7 @@ class FeatureExtractor:
 
     Every process gets the features of all processes' examples (global batch order).
     """
-    variables = _model_variables(variables)
+    variables = forward.model_variables(variables)
     outputs = [self._features_of(variables, parallel.to_global(batch, self.mesh)) for batch in batches]
     if not outputs:
       raise DataError("No batches to extract features from; the split is empty.")

@@ -7,8 +7,8 @@ error. Images are preprocessed exactly as the workdir's evaluation did (jaxcls/d
 be read gets an error line and the others go on; the exit status is non-zero only when every file failed.
 
 Attributions are computed in float32 whatever the training dtype, with respect to the normalised image. The class
-score explained is the logit (multiclass, multi-label), +/- the single logit (binary: class 1 / class 0), or the
-leaf log-probability (hierarchical).
+score explained is the task's `attribution_scores` (jaxcls/tasks/base.py): the logit (multiclass, multi-label),
++/- the single logit (binary: class 1 / class 0), or the leaf log-probability (hierarchical).
 """
 
 import dataclasses
@@ -61,30 +61,6 @@ class Settings:
   seed: int = 0
 
 
-def class_scores(task, logits):
-  """(scores [B, K] whose gradients are explained, probabilities [B, K]) of a task's logits."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls.tasks import binary, hierarchical, multilabel  # pylint: disable=g-import-not-at-top
-  logits = logits.astype(jnp.float32)
-  if isinstance(task, binary.Binary):
-    return jnp.concatenate([-logits, logits], axis=-1), jax.nn.sigmoid(jnp.concatenate([-logits, logits], -1))
-  if isinstance(task, multilabel.MultiLabel):
-    return logits, jax.nn.sigmoid(logits)
-  if isinstance(task, hierarchical.Hierarchical):
-    log_probs = task.leaf_log_probs(logits)
-    return log_probs, jnp.exp(log_probs)
-  return logits, jax.nn.softmax(logits)
-
-
-def predicted_class(task, probs: np.ndarray) -> int:
-  """The class the task predicts from one image's probabilities [K] (binary: at its threshold; else the top)."""
-  from jaxcls.tasks import binary  # pylint: disable=g-import-not-at-top
-  if isinstance(task, binary.Binary):
-    return int(np.float32(probs[1]) >= np.float32(task.threshold))
-  return int(np.argmax(probs))
-
-
 def resolve_classes(value: Optional[str], class_names: Sequence[str]) -> list[int]:
   """Indices of the comma-separated class names or indices in `value` (empty: the predicted class)."""
   from jaxcls.core.registry import did_you_mean  # pylint: disable=g-import-not-at-top
@@ -124,20 +100,19 @@ class Explainer:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from jaxcls import models  # pylint: disable=g-import-not-at-top
     from jaxcls.inference import attribution
-    from jaxcls.inference import predictor as predict
-    from jaxcls.training import steps
+    from jaxcls.models import forward
     self.restored, self.settings = restored, settings
     info = restored.info
     # float32 whatever the training dtype: bfloat16 gradients would make noisy maps.
     model = models.build(restored.config.model, restored.task.num_outputs, "float32")
-    variables = predict.model_variables(restored)
+    variables = forward.model_variables(restored.variables)
     task = restored.task
 
     def score_fn(images):
-      return class_scores(task, model.apply(variables, images, train=False))[0]
+      return task.attribution_scores(model.apply(variables, images, train=False))[0]
 
-    self._normalize = jax.jit(lambda images: steps.normalize(images, info.mean, info.std, jnp.float32))
-    self._forward = jax.jit(lambda images: class_scores(task, model.apply(variables, images, train=False)))
+    self._normalize = jax.jit(lambda images: forward.normalize(images, info.mean, info.std, jnp.float32))
+    self._forward = jax.jit(lambda images: task.attribution_scores(model.apply(variables, images, train=False)))
     if settings.baseline not in BASELINES:
       raise ConfigError(f"--baseline={settings.baseline!r} is not valid; choose {' or '.join(BASELINES)}.")
     # In normalised units the dataset mean is 0 and black is -mean/std.
@@ -209,7 +184,7 @@ def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None 
       logging.warning("%s: %s", path, error)
       continue
     i = next(readable)
-    predicted = predicted_class(restored.task, probs[i])
+    predicted = restored.task.explained_class(probs[i])
     rows = []
     for c in chosen or [predicted]:
       maps = explainer.maps(normalised[i], c, number)

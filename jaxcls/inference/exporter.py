@@ -30,22 +30,6 @@ FORMAT = "jaxcls-export/1"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
-def task_metadata(task, class_names) -> dict:
-  """What a loader needs to turn probabilities into decisions, as predict does (see `predict.describe`)."""
-  from jaxcls.tasks import binary, hierarchical, multilabel  # pylint: disable=g-import-not-at-top
-  if isinstance(task, binary.Binary):
-    return {"output": "positive-class probability [B]", "threshold": task.threshold,
-            "positive_class": class_names[1]}
-  meta = {"output": "probabilities [B, K]"}
-  if isinstance(task, multilabel.MultiLabel):
-    meta["thresholds"] = [float(t) for t in np.broadcast_to(np.asarray(task.thresholds, np.float64),
-                                                            (len(class_names),))]
-  if isinstance(task, hierarchical.Hierarchical):
-    meta["tree"] = {"level_names": [list(names) for names in task.tree.level_names],
-                    "paths": [list(path) for path in task.tree.paths]}
-  return meta
-
-
 def check_output(output_dir: str, overwrite: bool = False):
   """The output folder as a path, or a one-line ConfigError: it is a file, or it holds an export and not `overwrite`.
 
@@ -70,15 +54,15 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"),
   check_output(output_dir, overwrite)  # before the slow part
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls.inference import predictor as predict  # pylint: disable=g-import-not-at-top
-  from jaxcls.data import preprocess
-  from jaxcls.models import tta
+  from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
+  from jaxcls.inference import predictor as predict
+  from jaxcls.models import forward, tta
   platforms = tuple(p.strip().lower() for p in platforms if p.strip())
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if not platforms or unknown:
     raise ConfigError(f"--platforms={','.join(platforms)} is not valid; use some of {', '.join(PLATFORMS)}.")
   preprocessing = preprocess.from_config(restored.config)
-  leaves, treedef = jax.tree.flatten(predict.model_variables(restored))
+  leaves, treedef = jax.tree.flatten(forward.model_variables(restored.variables))
   leaves = [np.asarray(leaf) for leaf in leaves]
   probabilities = predict.inference_function(restored)
   tta_kind = tta.from_config(restored.config)
@@ -101,7 +85,7 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"),
       "dtype": restored.config.dtype, "task": restored.config.task.type, "class_names": names,
       # Test-time augmentation runs inside the function; for reference, with the forward passes it costs per image.
       "eval_tta": tta_kind, "forward_passes": tta.PASSES[tta_kind],
-      **task_metadata(restored.task, names),
+      **restored.task.export_metadata(names),  # the output's meaning, thresholds or tree
       # Normalisation (mean, std) happens inside the function; these are for reference only.
       "preprocessing": {**preprocessing.to_json(), "mean": list(restored.info.mean), "std": list(restored.info.std)},
   }

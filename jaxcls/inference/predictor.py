@@ -1,7 +1,7 @@
 """`python -m jaxcls.predict --workdir DIR PATH... [--step N|best] [--top_k 5] [--output predictions.csv|.json]`.
 
 Restores a trained model with its config and class names from a workdir, preprocesses image files exactly as that
-workdir's evaluation did (jaxcls/data/preprocess.py, then `steps.normalize` on the device), batches them across the
+workdir's evaluation did (jaxcls/data/preprocess.py, then `forward.normalize` on the device), batches them across the
 local devices, and prints one line per file as soon as its batch is done: the top-k classes with probabilities (binary: the positive-class
 probability against the threshold; multi-label: the labels at or above their thresholds; hierarchical: the
 predicted path). Folders are searched recursively for image files. A file that cannot be read gets an error line
@@ -29,31 +29,22 @@ from jaxcls.core.errors import ConfigError
 OUTPUT_FORMATS = (".csv", ".json")
 
 
-def model_variables(restored) -> dict:
-  """The variables the eval step applies: params, and batch statistics only for models that keep them."""
-  from jaxcls.training import steps  # pylint: disable=g-import-not-at-top
-  return steps.model_variables(restored.variables["params"], restored.variables.get("batch_stats"))
-
-
 def inference_function(restored) -> Callable:
   """probabilities(variables, uint8 images [B, H, W, C]) -> the probabilities the eval step computes.
 
-  The eval step's own forward pass (`steps.eval_logits`: normalisation, compute dtype, eval mode and the
-  workdir's `eval_tta` views), and the task's own `eval_outputs` turns logits into probabilities:
-  [B, K] (softmax, sigmoids or leaf probabilities) or [B] for a binary task (the positive class). Pure and not
-  jitted, so `predict` jits it and `export` exports it (views included).
+  The eval step's own forward pass (`jaxcls.models.forward.eval_logits`: normalisation, compute dtype, eval mode
+  and the workdir's `eval_tta` views), and the task's `probabilities` of the logits: [B, K] (softmax, sigmoids or
+  leaf probabilities) or [B] for a binary task (the positive class). Pure and not jitted, so `predict` jits it
+  and `export` exports it (views included). `variables` are `forward.model_variables(restored.variables)`.
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcls.training import steps  # pylint: disable=g-import-not-at-top
-  from jaxcls.models import tta
+  from jaxcls.models import forward, tta  # pylint: disable=g-import-not-at-top
   task, model, info = restored.task, restored.model, restored.info
   tta_kind = tta.from_config(restored.config)
 
   def probabilities(variables, images):
-    logits = steps.eval_logits(model, variables, images, mean=info.mean, std=info.std, dtype=restored.config.dtype,
-                               tta=tta_kind)
-    rows = images.shape[0]
-    return task.eval_outputs(logits, jnp.zeros((rows,), jnp.int32), jnp.ones((rows,), bool))["probs"]
+    logits = forward.eval_logits(model, variables, images, mean=info.mean, std=info.std,
+                                 dtype=restored.config.dtype, tta=tta_kind)
+    return task.probabilities(logits)
 
   return probabilities
 
@@ -73,11 +64,12 @@ class Predictor:
   def __init__(self, restored, *, batch_size: int | None = None, devices=None):
     import jax  # pylint: disable=g-import-not-at-top
     from jaxcls.core import parallel  # pylint: disable=g-import-not-at-top
+    from jaxcls.models import forward  # pylint: disable=g-import-not-at-top
     self._mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
     self._devices = self._mesh.devices.size
     self.batch_size = padded_batch_size(restored.config, batch_size, self._devices)
     self._sharded = parallel.batch_sharded(self._mesh)
-    self._variables = parallel.replicate(model_variables(restored), self._mesh)
+    self._variables = parallel.replicate(forward.model_variables(restored.variables), self._mesh)
     self._forward = jax.jit(inference_function(restored),
                             in_shardings=(parallel.replicated(self._mesh), self._sharded),
                             out_shardings=parallel.replicated(self._mesh))
@@ -115,47 +107,10 @@ class Predictor:
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def describe(task, class_names, probs: np.ndarray, top_k: int) -> dict:
-  """One image's prediction as a record, from its probabilities (one row of `Predictor` output).
-
-  Every record has `prediction` (a class name; multi-label: the labels joined by ';'), `probability` (of that
-  class; None for multi-label) and `top_k` ([[class, probability], ...], most probable first). Binary adds the
-  `threshold` and `positive` ([positive class, its probability]); multi-label the `labels` at or above their
-  thresholds; hierarchical the `hierarchy` (node names from the coarsest level to the leaf). Decisions compare
-  float32 probabilities with float32 thresholds, as the task's own `predict` does on the device.
-  """
-  from jaxcls.tasks import binary, hierarchical, multilabel  # pylint: disable=g-import-not-at-top
-  probs = np.asarray(probs, np.float32)
-  if isinstance(task, binary.Binary):
-    positive = float(probs)
-    pair = np.array([1.0 - positive, positive])
-    chosen = int(probs >= np.float32(task.threshold))
-    return {"prediction": class_names[chosen], "probability": float(pair[chosen]),
-            "top_k": _ranked(class_names, pair, top_k), "threshold": task.threshold,
-            "positive": [class_names[1], positive]}
-  ranked = _ranked(class_names, probs, top_k)
-  if isinstance(task, multilabel.MultiLabel):
-    above = np.flatnonzero(probs >= np.asarray(task.thresholds, np.float32))
-    above = above[np.argsort(-probs[above], kind="stable")]
-    labels = [[class_names[i], float(probs[i])] for i in above]
-    return {"prediction": ";".join(name for name, _ in labels), "probability": None, "top_k": ranked,
-            "labels": labels}
-  record = {"prediction": ranked[0][0], "probability": ranked[0][1], "top_k": ranked}
-  if isinstance(task, hierarchical.Hierarchical):
-    leaf = int(np.argmax(probs))
-    tree = task.tree
-    record["hierarchy"] = [tree.level_names[level][tree.paths[leaf][level]] for level in range(tree.depth)]
-  return record
-
-
-def _ranked(class_names, probs: np.ndarray, top_k: int) -> list:
-  order = np.argsort(-probs, kind="stable")[:top_k]
-  return [[class_names[i], float(probs[i])] for i in order]
-
-
 def predict_files(restored, paths: list[str], *, top_k: int = 5, batch_size: int | None = None,
                   workers: int = 0) -> list[dict]:
-  """A record per image file under `paths` (see `describe`), in order, with `path` and `error` (None or why)."""
+  """A record per image file under `paths` (the task's `prediction_record`), in order, with `path` and `error`
+  (None or why)."""
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
   check_top_k(top_k)
   files = preprocess.find_images(list(paths))
@@ -205,14 +160,15 @@ def predict_batches(restored, predictor: Predictor, decoded: Iterable, *, top_k:
 
 
 def _records(task, names, batch, top_k: int) -> Iterator[dict]:
-  """One batch's records, in file order: an error record for each unreadable file, `describe` for the others."""
+  """One batch's records, in file order: an error record for each unreadable file, the task's
+  `prediction_record` for the others."""
   paths, errors, result, count = batch
   probs = iter(Predictor.fetch(result, count) if count else ())
   for path, error in zip(paths, errors):
     if error is not None:
       yield {"path": path, "error": error}
     else:
-      yield {"path": path, "error": None, **describe(task, names, next(probs), top_k)}
+      yield {"path": path, "error": None, **task.prediction_record(names, next(probs), top_k)}
 
 
 def format_line(record: dict) -> str:

@@ -35,7 +35,3 @@ def forward_flops(model: nn.Module, image_shape: tuple[int, ...], batch_size: in
     analysis = analysis[0]
   return float(analysis.get("flops", 0.0)) / batch_size
 
-
-def model_cost(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[int, float]:
-  """(trainable parameters, forward FLOPs per image) of `model` on images of `image_shape` [H, W, C]."""
-  return count_params(model, image_shape), forward_flops(model, image_shape)

@@ -1,6 +1,7 @@
-"""Task types: each defines the head size, the loss, and the metric sums accumulated during evaluation.
+"""Task types: each defines the head size, the loss, its outputs and decisions, and its evaluation metrics.
 
-A task is a small frozen dataclass registered by name; `config.task.type` picks it and the other
+A task is a small frozen dataclass that subclasses `Task` (jaxcls/tasks/base.py, the contract the rest of jaxcls
+calls) and is registered by name with `@TASKS.register(name)`; `config.task.type` picks it and the other
 `config.task.*` keys are its fields.
 """
 
@@ -9,13 +10,14 @@ from typing import Any, Mapping
 
 from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.core.registry import Registry, did_you_mean
+from jaxcls.tasks.base import Task
 
 TASKS = Registry("task type")
 
 
-def build(task_config: Mapping[str, Any], num_classes: int):
+def build(task_config: Mapping[str, Any], num_classes: int) -> Task:
   """The task named by `task_config['type']`, configured by the other keys that it declares."""
-  cls = TASKS.get(task_config["type"])
+  cls = task_class(task_config["type"])
   fields = {f.name for f in dataclasses.fields(cls)} - {"num_classes"}
   kwargs = {}
   for key, value in task_config.items():
@@ -28,7 +30,13 @@ def build(task_config: Mapping[str, Any], num_classes: int):
   return cls(num_classes=num_classes, **kwargs)
 
 
-SINGLE_LABEL = ("multiclass", "binary", "hierarchical")
+def task_class(task_type: str) -> type[Task]:
+  """The registered class of `task_type`; a ConfigError names the known types, or says what a class lacks."""
+  cls = TASKS.get(task_type)
+  if not (isinstance(cls, type) and issubclass(cls, Task) and dataclasses.is_dataclass(cls)):
+    raise ConfigError(f"config.task.type={task_type!r} is registered as {cls!r}, which is not a dataclass "
+                      "subclassing jaxcls.tasks.Task (jaxcls/tasks/base.py); make it one to use it as a task.")
+  return cls
 
 
 def check_classes(task_type: str, class_names, train_class_counts=None) -> None:
@@ -39,7 +47,7 @@ def check_classes(task_type: str, class_names, train_class_counts=None) -> None:
   (Multi-label keeps one label: a sigmoid present/absent detector is a real model.)
   """
   names = [str(n) for n in class_names]
-  if task_type in SINGLE_LABEL and len(names) < 2:
+  if task_class(task_type).single_label and len(names) < 2:
     raise DataError(f"The dataset has {len(names)} class ({', '.join(repr(n) for n in names) or 'none'}); a "
                     f"{task_type} classifier needs at least 2 (with one, every prediction is that class and "
                     "nothing is learned): add images of another class, e.g. another class folder.")
@@ -56,6 +64,7 @@ def check_classes(task_type: str, class_names, train_class_counts=None) -> None:
 
 
 def check_field(name: str, value: Any, valid: Any) -> None:
+  """A ConfigError for a task field whose value is not one of `valid` (with the closest valid value)."""
   if value not in valid:
     raise ConfigError(f"config.task.{name}={value!r} is not valid.{did_you_mean(str(value), map(str, valid))}"
                       f" Valid: {', '.join(map(str, valid))}.")

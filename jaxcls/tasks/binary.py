@@ -16,11 +16,13 @@ import optax
 from jaxcls.core import metrics
 from jaxcls.core.errors import ConfigError
 from jaxcls.tasks import TASKS
+from jaxcls.tasks.base import Task, top_classes
 
 
 @TASKS.register("binary")
 @dataclasses.dataclass(frozen=True)
-class Binary:
+class Binary(Task):
+  """Two classes, one logit: the positive class (class 1) when its probability reaches the threshold."""
   num_classes: int
   threshold: float = 0.5
 
@@ -44,8 +46,16 @@ class Binary:
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.sigmoid_binary_cross_entropy(logits[:, 0].astype(jnp.float32), self.targets(labels))
 
+  def probabilities(self, logits: jax.Array) -> jax.Array:
+    """The positive-class probability [B]."""
+    return jax.nn.sigmoid(logits[:, 0].astype(jnp.float32))
+
   def predict(self, logits: jax.Array) -> jax.Array:
-    return (jax.nn.sigmoid(logits[:, 0].astype(jnp.float32)) >= self.threshold).astype(jnp.int32)
+    return (self.probabilities(logits) >= self.threshold).astype(jnp.int32)
+
+  def decide(self, probs: np.ndarray) -> np.ndarray:
+    """1 where the positive-class probability reaches the threshold (both in float32, as on the device)."""
+    return (np.asarray(probs, np.float32) >= np.float32(self.threshold)).astype(np.int64)
 
   def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     hard = (self.targets(labels) >= 0.5).astype(jnp.int32)
@@ -64,6 +74,31 @@ class Binary:
     del mask  # the loop keeps only the valid rows
     logit = logits[:, 0].astype(jnp.float32)
     return {"logits": logit, "probs": jax.nn.sigmoid(logit), "labels": labels.astype(jnp.int32)}
+
+  def decision_thresholds(self) -> dict:
+    return {"threshold": self.threshold}
+
+  def prediction_record(self, class_names, probs: np.ndarray, top_k: int) -> dict:
+    """The decided class and, for the line and CSV, the positive-class probability and the threshold."""
+    positive = float(np.float32(probs))
+    pair = np.array([1.0 - positive, positive])
+    chosen = int(self.decide(probs))
+    return {"prediction": class_names[chosen], "probability": float(pair[chosen]),
+            "top_k": top_classes(class_names, pair, top_k), "threshold": self.threshold,
+            "positive": [class_names[1], positive]}
+
+  def export_metadata(self, class_names) -> dict:
+    return {"output": "positive-class probability [B]", "threshold": self.threshold,
+            "positive_class": class_names[1]}
+
+  def attribution_scores(self, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """+/- the single logit: class 1's score is the logit, class 0's its negation (both rise with their class)."""
+    pair = jnp.concatenate([-logits, logits], axis=-1).astype(jnp.float32)
+    return pair, jax.nn.sigmoid(pair)
+
+  def explained_class(self, probs: np.ndarray) -> int:
+    """The decided class, from the (class 0, class 1) probabilities of `attribution_scores`."""
+    return int(self.decide(probs[1]))
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
     count = int(sums["count"])

@@ -21,11 +21,13 @@ import optax
 from jaxcls.core import metrics
 from jaxcls.core.errors import ConfigError
 from jaxcls.tasks import TASKS, tree as tree_lib
+from jaxcls.tasks.base import Task
 
 
 @TASKS.register("hierarchical")
 @dataclasses.dataclass(frozen=True)
-class Hierarchical:
+class Hierarchical(Task):
+  """One leaf class per example, predicted as a path of the class tree (one softmax per level)."""
   num_classes: int
   # Any form `tree.parse` accepts; replaced by the parsed (hashable) ClassTree.
   tree: Any = "folders"
@@ -73,12 +75,12 @@ class Hierarchical:
       total = total + self.level_weights[level] * optax.softmax_cross_entropy(block, leaf @ member)
     return total
 
+  def probabilities(self, logits: jax.Array) -> jax.Array:
+    """The leaf probabilities [B, K]: the tree-consistent joint distribution over the classes."""
+    return jnp.exp(self.leaf_log_probs(logits))
+
   def predict(self, logits: jax.Array) -> jax.Array:
     return jnp.argmax(self.leaf_log_probs(logits), -1)
-
-  def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-    return {"accuracy": (self.predict(logits) == hard).astype(jnp.float32)}
 
   def eval_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Per-level confusion matrices and the histogram of LCA heights, over the valid rows."""
@@ -98,10 +100,23 @@ class Hierarchical:
           true_path[:, level], pred_path[:, level]].add(valid)
     return sums
 
-  def eval_outputs(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """Leaf probabilities (the tree-consistent joint distribution) and labels, for the ranking metrics."""
-    del mask  # the loop keeps only the valid rows
-    return {"probs": jnp.exp(self.leaf_log_probs(logits)), "labels": labels.astype(jnp.int32)}
+  def prediction_record(self, class_names, probs: np.ndarray, top_k: int) -> dict:
+    """The single-label record plus the predicted path (`hierarchy`: node names, coarsest level first)."""
+    record = super().prediction_record(class_names, probs, top_k)
+    leaf = int(self.decide(probs))
+    record["hierarchy"] = [self.tree.level_names[level][self.tree.paths[leaf][level]]
+                           for level in range(self.tree.depth)]
+    return record
+
+  def export_metadata(self, class_names) -> dict:
+    return {**super().export_metadata(class_names),
+            "tree": {"level_names": [list(names) for names in self.tree.level_names],
+                     "paths": [list(path) for path in self.tree.paths]}}
+
+  def attribution_scores(self, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The leaf log-probabilities (a logit of one level alone would ignore the rest of the path)."""
+    log_probs = self.leaf_log_probs(logits)
+    return log_probs, jnp.exp(log_probs)
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
     count = int(sums["count"])

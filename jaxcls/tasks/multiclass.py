@@ -12,11 +12,13 @@ import optax
 from jaxcls.core import metrics
 from jaxcls.core.errors import ConfigError
 from jaxcls.tasks import TASKS
+from jaxcls.tasks.base import Task
 
 
 @TASKS.register("multiclass")
 @dataclasses.dataclass(frozen=True)
-class MultiClass:
+class MultiClass(Task):
+  """One class per example out of K: a softmax head (the default task)."""
   num_classes: int
   label_smoothing: float = 0.0
   # 'none', or one weight per class ('balanced' is turned into weights by `resolve_class_weights` first).
@@ -28,10 +30,6 @@ class MultiClass:
     if self.class_weights != "none":
       weights = check_class_weights(self.class_weights, self.num_classes)
       object.__setattr__(self, "class_weights", weights)
-
-  @property
-  def num_outputs(self) -> int:
-    return self.num_classes
 
   @property
   def top_k(self) -> int:
@@ -56,10 +54,13 @@ class MultiClass:
     weights = jnp.asarray(self.class_weights, jnp.float32)
     return per_example * (labels.astype(jnp.float32) @ weights if labels.ndim == 2 else weights[labels])
 
-  def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-    """Per-example values averaged into the training log."""
-    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-    return {"accuracy": (jnp.argmax(logits, -1) == hard).astype(jnp.float32)}
+  def probabilities(self, logits: jax.Array) -> jax.Array:
+    """Softmax over the classes [B, K]."""
+    return jax.nn.softmax(logits.astype(jnp.float32), -1)
+
+  def predict(self, logits: jax.Array) -> jax.Array:
+    """The top logit (the top probability, without the softmax's rounding)."""
+    return jnp.argmax(logits, -1)
 
   def eval_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Sums over the valid rows of one eval batch; counts are int32 so that totals stay exact."""
@@ -79,11 +80,6 @@ class MultiClass:
         "count": jnp.sum(mask).astype(jnp.int32),
         "confusion": confusion,
     }
-
-  def eval_outputs(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """Per-example class probabilities and labels, gathered over the split for the ranking metrics."""
-    del mask  # the loop keeps only the valid rows
-    return {"probs": jax.nn.softmax(logits.astype(jnp.float32), -1), "labels": labels.astype(jnp.int32)}
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
     """Host-side metrics from the summed values (and, when given, every example's outputs), in float64."""

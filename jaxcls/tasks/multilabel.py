@@ -8,7 +8,7 @@ multilabel definitions: subset (exact-match) accuracy, Hamming loss, per-label, 
 
 import ast
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +18,16 @@ from jaxcls.core import metrics
 from jaxcls.core.metrics import divide
 from jaxcls.core.errors import ConfigError
 from jaxcls.tasks import TASKS, binary, check_field
+from jaxcls.tasks.base import Task, top_classes
 
 LOSSES = ("bce", "focal", "asymmetric")
 
 
 @TASKS.register("multilabel")
 @dataclasses.dataclass(frozen=True)
-class MultiLabel:
+class MultiLabel(Task):
+  """A set of labels per example: K independent sigmoids, each label present at or above its threshold."""
+  single_label: ClassVar[bool] = False
   num_classes: int
   # Not `loss`: that name is the task's loss method.
   loss_type: str = "bce"
@@ -45,10 +48,6 @@ class MultiLabel:
       raise ConfigError(f"config.task.asl_clip={self.asl_clip!r} must be in [0, 1).")
     object.__setattr__(self, "thresholds", check_thresholds(self.thresholds, self.num_classes))
 
-  @property
-  def num_outputs(self) -> int:
-    return self.num_classes
-
   def loss(self, logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-example loss [B]: the chosen binary loss summed over labels."""
     x = logits.astype(jnp.float32)
@@ -68,8 +67,16 @@ class MultiLabel:
                     + (1 - y) * _power(p_neg, self.asl_gamma_neg) * log_not_p_neg)
     return jnp.sum(per_label, axis=-1)
 
+  def probabilities(self, logits: jax.Array) -> jax.Array:
+    """One sigmoid per label [B, K] (they need not sum to 1)."""
+    return jax.nn.sigmoid(logits.astype(jnp.float32))
+
   def predict(self, logits: jax.Array) -> jax.Array:
-    return jax.nn.sigmoid(logits.astype(jnp.float32)) >= jnp.asarray(self.thresholds, jnp.float32)
+    return self.probabilities(logits) >= jnp.asarray(self.thresholds, jnp.float32)
+
+  def decide(self, probs: np.ndarray) -> np.ndarray:
+    """The label set: True where a label's probability reaches its threshold (float32, as on the device)."""
+    return np.asarray(probs, np.float32) >= np.asarray(self.thresholds, np.float32)
 
   def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     wrong = self.predict(logits) != (labels >= 0.5)
@@ -94,6 +101,22 @@ class MultiLabel:
     del mask  # the loop keeps only the valid rows
     logits = logits.astype(jnp.float32)
     return {"logits": logits, "probs": jax.nn.sigmoid(logits), "labels": (labels >= 0.5).astype(jnp.int32)}
+
+  def decision_thresholds(self) -> dict:
+    return {"thresholds": self.thresholds}
+
+  def prediction_record(self, class_names, probs: np.ndarray, top_k: int) -> dict:
+    """The labels at or above their thresholds (most probable first) as `labels`, and the top-k for reference."""
+    probs = np.asarray(probs, np.float32)
+    above = np.flatnonzero(self.decide(probs))
+    above = above[np.argsort(-probs[above], kind="stable")]
+    labels = [[class_names[i], float(probs[i])] for i in above]
+    return {"prediction": ";".join(name for name, _ in labels), "probability": None,
+            "top_k": top_classes(class_names, probs, top_k), "labels": labels}
+
+  def export_metadata(self, class_names) -> dict:
+    thresholds = np.broadcast_to(np.asarray(self.thresholds, np.float64), (len(class_names),))
+    return {"output": "probabilities [B, K]", "thresholds": [float(t) for t in thresholds]}
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
     count = int(sums["count"])

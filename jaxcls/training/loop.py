@@ -82,8 +82,7 @@ def evaluate(eval_step, state, dataset, task, batch_size: int, mesh,
   groups = getattr(dataset, "eval_groups", None)
   if groups is not None and outputs:
     result["per_group"] = group_metrics.per_group(outputs, groups, task.num_classes,
-                                                  threshold=getattr(task, "threshold", 0.5),
-                                                  thresholds=getattr(task, "thresholds", None))
+                                                  **task.decision_thresholds())
   return result, outputs
 
 

@@ -5,7 +5,7 @@ over the global batch because the step is written for the global array and XLA i
 """
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -14,45 +14,15 @@ import optax
 from absl import logging
 
 from jaxcls.core import parallel
-from jaxcls.training import step_metrics
 from jaxcls.models import tta as tta_lib
+from jaxcls.models.forward import DTYPES, eval_logits, model_variables, normalize
+from jaxcls.training import step_metrics
 from jaxcls.training.state import TrainState, eval_params
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype) -> jax.Array:
-  """uint8 [B, H, W, C] -> (x/255 - mean) / std in the compute dtype (done on the device, not the host)."""
-  mean = jnp.asarray(mean, jnp.float32) * 255.0
-  inv_std = 1.0 / (jnp.asarray(std, jnp.float32) * 255.0)
-  return ((images.astype(jnp.float32) - mean) * inv_std).astype(dtype)
-
-
-def model_variables(params, batch_stats) -> dict:
-  """The variables a model applies: params, and batch statistics only for models that keep them."""
-  variables = {"params": params}
-  if batch_stats:
-    variables["batch_stats"] = batch_stats
-  return variables
-
-
-def eval_logits(model: nn.Module, variables: dict, images: jax.Array, *, mean, std, dtype: str,
-                tta: str = "none") -> jax.Array:
-  """Eval-mode logits of uint8 images [B, H, W, C], normalised on the device in `dtype` and averaged over the
-  test-time augmentation views `tta` (jaxcls/models/tta.py).
-
-  The one forward pass that evaluation, `predict` and `export` share, so their probabilities agree.
-  """
-  compute_dtype = DTYPES[dtype]
-
-  def forward(views):
-    return model.apply(variables, normalize(views, mean, std, compute_dtype), train=False)
-
-  return tta_lib.apply_tta(forward, images, tta)
 
 
 def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropout_key=None):
-  variables = model_variables(params, batch_stats)
+  variables = model_variables({"params": params, "batch_stats": batch_stats})
   if not train:
     return model.apply(variables, images, train=False), batch_stats
   logits, updates = model.apply(variables, images, train=True, rngs={"dropout": dropout_key},
@@ -134,17 +104,17 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
 def make_eval_step(model: nn.Module, task, *, mean, std, dtype: str, mesh, tta: str = "none") -> Callable:
   """Returns eval_step(state, batch) -> (sums over the valid rows, per-example outputs and mask).
 
-  No training augmentation, eval-mode batch norm; `tta` (config.eval_tta, see jaxcls/models/tta.py) averages the logits
+  The forward pass is `jaxcls.models.forward.eval_logits`, the one predict, export and explain apply too: no
+  training augmentation, eval-mode batch norm; `tta` (config.eval_tta, see jaxcls/models/tta.py) averages the logits
   over fixed views of each image, as predict and export do. The outputs (e.g. probabilities) come back replicated
   so that every process can compute exact ranking metrics over the whole split; the mask says which rows are real.
   """
   tta_lib.check(tta)
 
   def eval_step(state: TrainState, batch: dict):
-    logits = eval_logits(model, model_variables(eval_params(state), state.batch_stats), batch["image"], mean=mean,
-                         std=std, dtype=dtype, tta=tta)
-    outputs = task.eval_outputs(logits, batch["label"], batch["mask"]) if hasattr(task, "eval_outputs") else {}
-    outputs = dict(outputs, mask=batch["mask"])
+    variables = model_variables({"params": eval_params(state), "batch_stats": state.batch_stats})
+    logits = eval_logits(model, variables, batch["image"], mean=mean, std=std, dtype=dtype, tta=tta)
+    outputs = dict(task.eval_outputs(logits, batch["label"], batch["mask"]), mask=batch["mask"])
     return task.eval_sums(logits, batch["label"], batch["mask"]), outputs
 
   return jax.jit(eval_step,

@@ -20,7 +20,7 @@ from conftest import REPO, subprocess_env, tiny_config
 from jaxcls import models
 from jaxcls.inference import attribution
 from jaxcls.inference import explainer as explain
-from jaxcls.inference import predictor as predict
+from jaxcls.models import forward
 from jaxcls.store import restore
 from jaxcls.training import loop as train
 from jaxcls.core.errors import ConfigError
@@ -86,8 +86,8 @@ def test_integrated_gradients_are_complete(trained):
   explainer = explain.Explainer(restored, explain.Settings(methods=["integrated_gradients"]))
   images, labels, _ = patch_images(2, seed=11)
   normalised, scores, _ = explainer.scores(images)
-  variables = predict.model_variables(restored)
-  score_fn = lambda x: explain.class_scores(restored.task, restored.model.apply(variables, x, train=False))[0]
+  variables = forward.model_variables(restored.variables)
+  score_fn = lambda x: restored.task.attribution_scores(restored.model.apply(variables, x, train=False))[0]
   totals = {steps: jax.jit(lambda x, c, steps=steps: attribution.integrated_gradients(
       score_fn, x, c, explainer.baseline, num_steps=steps, batch_size=65).sum()) for steps in (2, 64)}
   for image, score, label in zip(normalised, scores, labels):

@@ -173,9 +173,9 @@ def test_export_command_and_its_errors(exported, tmp_path, python):
 
 
 def test_task_metadata_of_binary_and_multilabel():
-  meta = export.task_metadata(tasks.build({"type": "binary", "threshold": 0.3}, 2), ["ok", "defect"])
+  meta = tasks.build({"type": "binary", "threshold": 0.3}, 2).export_metadata(["ok", "defect"])
   assert meta == {"output": "positive-class probability [B]", "threshold": 0.3, "positive_class": "defect"}
-  meta = export.task_metadata(tasks.build({"type": "multilabel", "thresholds": 0.4}, 3), ["a", "b", "c"])
+  meta = tasks.build({"type": "multilabel", "thresholds": 0.4}, 3).export_metadata(["a", "b", "c"])
   assert meta == {"output": "probabilities [B, K]", "thresholds": [0.4, 0.4, 0.4]}
   loader = load_loader()
   line = loader.describe(np.array([0.5, 0.2, 0.9], np.float32), {"task": "multilabel", "class_names": ["a", "b", "c"],

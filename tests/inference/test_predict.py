@@ -222,12 +222,12 @@ def test_command_line(trained, tmp_path, python):
 
 def test_binary_record_compares_the_positive_probability_with_the_threshold():
   task = tasks.build({"type": "binary", "threshold": 0.7}, 2)
-  record = predict.describe(task, ["ok", "defect"], np.float32(0.65), top_k=5)
+  record = task.prediction_record(["ok", "defect"], np.float32(0.65), top_k=5)
   assert record["prediction"] == "ok" and record["probability"] == pytest.approx(0.35)
   assert record["top_k"] == [["defect", pytest.approx(0.65)], ["ok", pytest.approx(0.35)]]
   line = predict.format_line({"path": "x.png", "error": None, **record})
   assert line == "x.png: ok (P(defect) 0.6500 < threshold 0.7)"
-  assert predict.describe(task, ["ok", "defect"], np.float32(0.7), top_k=1)["prediction"] == "defect"
+  assert task.prediction_record(["ok", "defect"], np.float32(0.7), top_k=1)["prediction"] == "defect"
 
 
 def test_multilabel_record_lists_the_labels_at_or_above_their_thresholds(tmp_path):
@@ -236,13 +236,13 @@ def test_multilabel_record_lists_the_labels_at_or_above_their_thresholds(tmp_pat
   probs = np.array([0.6, 0.3, 0.8, 0.1], np.float32)
   # The task's own decision on the device (logits whose sigmoids are these probabilities) agrees.
   decided = np.asarray(task.predict(np.log(probs / (1 - probs))[None]))[0]
-  record = predict.describe(task, names, probs, top_k=2)
+  record = task.prediction_record(names, probs, top_k=2)
   assert [name for name, _ in record["labels"]] == ["sky", "tree"] == [n for n, d in zip(names, decided) if d]
   assert record["prediction"] == "sky;tree" and record["probability"] is None
   assert [name for name, _ in record["top_k"]] == ["car", "sky"]
   line = predict.format_line({"path": "p.jpg", "error": None, **record})
   assert line == "p.jpg: sky 0.6000, tree 0.3000 (top: car 0.8000, sky 0.6000)"
-  none = predict.describe(task, names, np.zeros(4, np.float32), top_k=1)
+  none = task.prediction_record(names, np.zeros(4, np.float32), top_k=1)
   assert none["prediction"] == "" and "no label at or above its threshold" in predict.format_line(
       {"path": "q.jpg", "error": None, **none})
   predict.write_output(str(tmp_path / "m.csv"), [{"path": "p.jpg", "error": None, **record}], {})
@@ -253,7 +253,7 @@ def test_multilabel_record_lists_the_labels_at_or_above_their_thresholds(tmp_pat
 def test_hierarchical_record_gives_the_predicted_path():
   names = ["animal/cat", "animal/dog", "vehicle/car"]
   task = tasks.build({"type": "hierarchical", "tree": "folders", "class_names": names}, 3)
-  record = predict.describe(task, names, np.array([0.2, 0.5, 0.3], np.float32), top_k=3)
+  record = task.prediction_record(names, np.array([0.2, 0.5, 0.3], np.float32), top_k=3)
   assert record["hierarchy"] == ["animal", "animal/dog"] and record["prediction"] == "animal/dog"
   line = predict.format_line({"path": "h.png", "error": None, **record})
   assert line == "h.png: animal > animal/dog 0.5000 (top: animal/dog 0.5000, vehicle/car 0.3000, animal/cat 0.2000)"

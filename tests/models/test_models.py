@@ -467,7 +467,7 @@ def test_convnext_layer_scale_and_vit_head_start_like_torchvision():
 
 def test_model_cost_counts_params_and_xla_flops():
   model = models.build({"name": "simple_cnn", "widths": (8,), "norm": "none"}, num_classes=2)
-  params, flops = cost.model_cost(model, (8, 8, 1))
+  params, flops = cost.count_params(model, (8, 8, 1)), cost.forward_flops(model, (8, 8, 1))
   assert params == (3 * 3 * 1 * 8 + 8) + (8 * 2 + 2)
   conv_flops = 2 * 8 * 8 * 3 * 3 * 8  # multiply-adds of the 3x3 conv over the 8x8 map
   assert conv_flops <= flops < 2 * conv_flops
