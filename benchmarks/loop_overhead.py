@@ -27,10 +27,9 @@ from jaxcls.training import loop as train
 
 
 def bare_steps_per_sec(args) -> float:
-  record = benchmark.run(benchmark.parse_args([
-      "--model", "simple_cnn", "--model_arg", f"widths=({args.widths},)", "--batch_size", str(args.batch_size),
-      "--image_size", "8", "--channels", "1", "--num_classes", "10", "--dtype", "float32", "--modes", "train",
-      "--warmup", "50", "--steps", str(args.steps // 3), "--repeats", "3"]))
+  record = benchmark.run(benchmark.Options(
+      model="simple_cnn", model_arg=(f"widths=({args.widths},)",), batch_size=args.batch_size, image_size=8,
+      channels=1, num_classes=10, dtype="float32", modes="train", warmup=50, steps=args.steps // 3, repeats=3))
   return 1e3 / record["train"]["step_ms"]
 
 

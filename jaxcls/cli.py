@@ -90,6 +90,9 @@ def help_text(doc: str, names: list[str]) -> str:
       extra.append(f"default: {_shown(flag.default)}")
     lines.append(f"  {spelled}")
     text = re.sub(r"^<[^>]*>: ", "", (flag.help or "").strip())  # absl's "<a|b>: " before an enum's help
+    if isinstance(flag, flags.MultiFlag):
+      text = re.sub(r";\s*repeat this option to specify a list of values$", "", text)
+      extra.append("repeatable")
     text += f" ({'; '.join(extra)})" if extra else ""
     lines.extend(textwrap.wrap(text, 116, initial_indent="      ", subsequent_indent="      "))
   return "\n".join(lines) + "\n"
@@ -188,6 +191,25 @@ def enable_compilation_cache(config, workdir: str | None = None) -> str:
                     "folder instead.", workdir, setting)
     setting = "auto"
   return compile_cache.enable(setting)
+
+
+def define_dataclass_flags(cls) -> None:
+  """One flag per field of the dataclass `cls` (its name, default and metadata['help']): a library's options
+  and the command's flags cannot drift apart. A tuple field is a repeatable flag."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+  for field in dataclasses.fields(cls):
+    if field.type in define:
+      define[field.type](field.name, field.default, field.metadata.get("help", ""))
+    else:  # tuple[str, ...]
+      flags.DEFINE_multi_string(field.name, list(field.default), field.metadata.get("help", ""))
+
+
+def dataclass_from_flags(cls):
+  """An instance of the dataclass `cls` with every field read from the flag of its name."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  values = {field.name: flags.FLAGS[field.name].value for field in dataclasses.fields(cls)}
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 # --- Commands that read a config file (main, classical, show_data) ----------------------------------------------

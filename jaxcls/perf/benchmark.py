@@ -12,7 +12,6 @@ analysis of the compiled step (`steps.CompiledOnFirstCall`). Only jax, flax and 
 TensorFlow, clu or ml_collections), so it runs wherever jax does, CPU included.
 """
 
-import argparse
 import ast
 import json
 import os
@@ -33,7 +32,8 @@ from jaxcls.training import step_metrics
 from jaxcls.training import steps
 from jaxcls.perf import trace_summary
 from jaxcls.data import augment as augment_lib
-from jaxcls.core.errors import ConfigError, JaxclsError
+from jaxcls.core.errors import ConfigError
+from jaxcls.perf.options import Options
 
 MODES = ("train", "infer")
 # ImageNet statistics: the values only scale the synthetic pixels, the cost is the same for any.
@@ -169,7 +169,7 @@ def summarize_mode(step_seconds: list[float], batch_size: int, num_devices: int,
   }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Options) -> dict[str, Any]:
   """Builds the model, state and batch once, then measures each requested mode; returns the JSON record."""
   started = time.perf_counter()
   modes = [m for m in args.modes.split(",") if m]
@@ -324,65 +324,24 @@ def table(records: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m jaxcls.benchmark", description=__doc__.split("\n\n")[0])
-  p.add_argument("--model", default="resnet50", help="registry name (python -m jaxcls.list_models)")
-  p.add_argument("--model_arg", action="append", default=[], metavar="KEY=VALUE",
-                 help="a model argument, e.g. stem=small (repeatable)")
-  p.add_argument("--batch_size", type=int, default=256, help="global batch, split over all devices")
-  p.add_argument("--image_size", type=int, default=224, help="square side in pixels")
-  p.add_argument("--channels", type=int, default=3)
-  p.add_argument("--num_classes", type=int, default=1000)
-  p.add_argument("--dtype", default="bfloat16", help="computation dtype: float32 | bfloat16")
-  p.add_argument("--augment", default="", help="device augmentations inside the train step, e.g. 'flip_lr'")
-  p.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
-  p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first (compiling) one")
-  p.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
-  p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
-  p.add_argument("--peak_tflops", type=float, default=0.0,
-                 help="the device's peak TFLOP/s for --dtype (e.g. 989 for H100/H200 dense bf16), for utilisation")
-  p.add_argument("--peak_gbps", type=float, default=0.0,
-                 help="the device's memory bandwidth in GB/s (e.g. 4300, an H200's measured copy rate), for the "
-                      "memory floor of a step from XLA's bytes accessed")
-  p.add_argument("--compilation_cache_dir", default="",
-                 help="persistent compilation cache; also reports the train step recompiled from it (warm)")
-  p.add_argument("--profile_dir", default="",
-                 help="after timing, trace --profile_steps steps of each mode into DIR/<mode> with the JAX profiler "
-                      "and print where the device time goes (also under \"profile\" in the JSON)")
-  p.add_argument("--profile_steps", type=int, default=5, help="steps per profiled mode")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--label", default="", help="name of this run in the table")
-  p.add_argument("--json", default="", help="write the record here")
-  p.add_argument("--summarize", nargs="+", metavar="JSON",
-                 help="print one table of these records (this script's and torch_peer.py's) and exit")
-  return p.parse_args(argv)
+def describe(record: dict[str, Any]) -> str:
+  """The line under the table: devices, init and time to the first train step (and the warm recompile)."""
+  return (f"devices: {record['num_devices']} x {record['device_kind']} ({record['backend']}); init "
+          f"{record['init_s']:.1f} s; time to first train step {_fmt(record['time_to_first_step_s'], '.1f')} s"
+          + (f"; train step recompiled from the cache in {record['compile_warm_s']:.1f} s"
+             if record["compile_warm_s"] is not None else ""))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  if args.summarize:
-    records = []
-    for path in args.summarize:
+def load_records(paths: Sequence[str]) -> list[dict[str, Any]]:
+  """The JSON records at `paths` (this module's and benchmarks/torch_peer.py's), for `table`."""
+  records = []
+  for path in paths:
+    try:
       with open(path) as f:
         records.append(json.load(f))
-    print(table(records))
-    return 0
-  try:
-    record = run(args)
-  except JaxclsError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    return 2
-  print(table([record]))
-  print(f"devices: {record['num_devices']} x {record['device_kind']} ({record['backend']}); init {record['init_s']:.1f}"
-        f" s; time to first train step {_fmt(record['time_to_first_step_s'], '.1f')} s"
-        + (f"; train step recompiled from the cache in {record['compile_warm_s']:.1f} s"
-           if record["compile_warm_s"] is not None else ""))
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(record, f, indent=1)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+    except OSError as e:
+      raise ConfigError(f"Cannot read the benchmark record {path!r} ({e.strerror}); give JSON files written by "
+                        "--json.") from None
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{path!r} is not a JSON benchmark record ({e.msg} at line {e.lineno}).") from None
+  return records

@@ -15,16 +15,13 @@ and per device. Device-busy time (the union of event intervals) against the span
 event shows the idle gaps: kernel-launch and host overhead.
 """
 
-import argparse
 import collections
 import glob
-import json
 import os
 import re
-import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
-from jaxcls.core.errors import ConfigError, DataError, JaxclsError
+from jaxcls.core.errors import ConfigError, DataError
 
 CATEGORIES = ("convolution", "matmul", "reduction", "elementwise", "layout", "pooling", "collective", "memcpy",
               "other")
@@ -339,32 +336,3 @@ def format_summary(summary: dict[str, Any], name_width: int = 70) -> str:
     lines.append(f"{name:<{name_width}} {op['ms_per_step']:>9.3f} {op['percent']:>5.1f}% "
                  f"{op['calls_per_step']:>6.1f}  {op['category']}")
   return "\n".join(lines)
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m jaxcls.trace_summary", description=__doc__.split("\n\n")[0])
-  p.add_argument("trace_dir", help="the folder given to jax.profiler.trace (searched recursively)")
-  p.add_argument("--steps", type=int, default=None,
-                 help="steps the trace covers (default: counted from StepTraceAnnotation events, else 1)")
-  p.add_argument("--top", type=int, default=20, help="how many kernels/ops to list")
-  p.add_argument("--json", default="", help="also write the numbers here")
-  return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    summary = summarize(args.trace_dir, args.steps, args.top)
-  except JaxclsError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    return 2
-  print(format_summary(summary))
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(summary, f, indent=1)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -1,8 +1,10 @@
 """Tests of `python -m jaxcls.benchmark`: a tiny CPU run in a subprocess that cannot import TensorFlow, clu or
 ml_collections (the GPU machine has none of them), its JSON record, the comparison table, and bad flags."""
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,10 +17,12 @@ BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
 RUNNER = ("import sys\n"
           f"for name in {BLOCKED!r}:\n"
           "  sys.modules[name] = None\n"
-          "from jaxcls import benchmark\n"
-          "code = benchmark.main(sys.argv[1:])\n"
-          f"assert not any(sys.modules.get(m) for m in {BLOCKED!r})\n"
-          "sys.exit(code)\n")
+          "import runpy\n"
+          "sys.argv[0] = 'jaxcls.benchmark'\n"
+          "try:\n"
+          "  runpy.run_module('jaxcls.benchmark', run_name='__main__')\n"
+          "finally:\n"
+          f"  assert not any(sys.modules.get(m) for m in {BLOCKED!r})\n")
 TINY = ["--model", "simple_cnn", "--model_arg", "widths=(4, 8)", "--model_arg", "dropout=0.1", "--batch_size", "8",
         "--image_size", "8", "--num_classes", "5", "--dtype", "float32", "--warmup", "1", "--steps", "2",
         "--repeats", "2", "--peak_tflops", "0.5", "--peak_gbps", "20"]
@@ -87,7 +91,7 @@ def test_compilation_cache_is_written_and_serves_the_recompile(record):
   assert 0 < r["compile_warm_s"] < r["train"]["compile_s"]
 
 
-def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(record, tmp_path, capsys):
+def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(record, tmp_path):
   from jaxcls.perf import benchmark
   r, _, _ = record
   peer = json.loads(json.dumps(r))
@@ -99,8 +103,7 @@ def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(reco
     paths.append(str(tmp_path / f"{i}.json"))
     with open(paths[-1], "w") as f:
       json.dump(rec, f)
-  assert benchmark.main(["--summarize", *paths]) == 0
-  rows = [line for line in capsys.readouterr().out.splitlines() if " train " in line]
+  rows = [line for line in benchmark.table(benchmark.load_records(paths)).splitlines() if " train " in line]
   assert len(rows) == 3
   assert rows[0].rstrip().endswith("2.00x")
   assert rows[1].rstrip().endswith("-") and rows[2].rstrip().endswith("-")
@@ -145,11 +148,26 @@ def test_a_failing_profile_is_reported_not_raised(tmp_path, capsys):
     (["--model", "resnet5"], "resnet50"),
     (["--profile_dir", "/tmp/unused", "--profile_steps", "0"], "--profile_steps"),
 ])
-def test_bad_flags_fail_with_one_clear_line(flags, message, capsys):
+def test_bad_options_raise_one_clear_config_error(flags, message):
+  """Each is checked before anything compiles (8 devices here, so a batch of 7 cannot be split)."""
+  from jaxcls.core.errors import ConfigError
   from jaxcls.perf import benchmark
-  assert benchmark.main(flags) == 2
-  err = capsys.readouterr().err
-  assert err.startswith("Error: ") and message in err
+  options = {name.lstrip("-"): value for name, value in zip(flags[::2], flags[1::2])}
+  types = {f.name: f.type for f in dataclasses.fields(benchmark.Options)}
+  options = {k: (v,) if k == "model_arg" else types[k](v) for k, v in options.items()}
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    benchmark.run(benchmark.Options(**options))
+
+
+def test_the_command_turns_a_bad_flag_and_unreadable_records_into_one_line(python, tmp_path):
+  for args, message in ((["--dtype", "float64"], "--dtype='float64' is not valid"),
+                        (["--steps", "two"], "flag --steps=two"),
+                        (["--summarize", str(tmp_path / "none.json")], "Cannot read the benchmark record"),
+                        (["--summarize"], "--summarize needs the JSON records")):
+    proc = subprocess.run([python, "-m", "jaxcls.benchmark", *args], env=subprocess_env(2), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"jaxcls: error: {message}"), (args, proc.stderr)
+    assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
 
 
 def test_model_args_are_literals_or_strings():

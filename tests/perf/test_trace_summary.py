@@ -4,12 +4,14 @@ whose every figure is known, and a real CPU trace of a jitted convolution follow
 import json
 import os
 import re
+import subprocess
 import time
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import subprocess_env
 from jaxcls.perf import trace_summary
 from jaxcls.core.errors import ConfigError, DataError
 
@@ -260,11 +262,13 @@ def test_cpu_trace_total_equals_a_direct_sum_of_the_hlo_op_events(cpu_trace):
   assert trace_summary.summarize(root)["device_op_ms_per_step"] == pytest.approx(total_ns / 3 / 1e6)
 
 
-def test_cli_prints_the_table_and_writes_the_same_numbers(cpu_trace, tmp_path, capsys):
+def test_cli_prints_the_table_and_writes_the_same_numbers(python, cpu_trace, tmp_path):
   root, _, _ = cpu_trace
   out = tmp_path / "summary.json"
-  assert trace_summary.main([root, "--top", "2", "--json", str(out)]) == 0
-  text = capsys.readouterr().out
+  proc = subprocess.run([python, "-m", "jaxcls.trace_summary", root, "--top", "2", "--json", str(out)],
+                        env=subprocess_env(1), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = proc.stdout
   assert "category" in text and "% idle" in text and "top 2 kernels/ops" in text
   saved = json.loads(out.read_text())
   assert len(saved["top"]) == 2 and saved["steps"] == 3
@@ -273,9 +277,16 @@ def test_cli_prints_the_table_and_writes_the_same_numbers(cpu_trace, tmp_path, c
   assert saved["top"][0]["name"] in text
 
 
-def test_missing_or_empty_trace_dirs_fail_with_one_clear_line(tmp_path, capsys):
-  assert trace_summary.main([str(tmp_path / "nope")]) == 2
-  assert capsys.readouterr().err.startswith("Error: Trace directory")
+def test_the_command_reports_a_missing_trace_dir_in_one_line(python, tmp_path):
+  proc = subprocess.run([python, "-m", "jaxcls.trace_summary", str(tmp_path / "nope")], env=subprocess_env(1),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stderr.startswith("jaxcls: error: Trace directory"), proc.stderr
+  assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+
+
+def test_missing_or_empty_trace_dirs_fail_with_one_clear_error(tmp_path):
+  with pytest.raises(DataError, match="Trace directory"):
+    trace_summary.summarize(str(tmp_path / "nope"))
   os.makedirs(tmp_path / "empty")
   with pytest.raises(DataError, match="No \\*.xplane.pb"):
     trace_summary.summarize(str(tmp_path / "empty"))
