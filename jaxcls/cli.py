@@ -116,12 +116,19 @@ def _wants_help(argv: list[str]) -> bool:
   return False
 
 
+def _flag_error(e: flags.Error) -> str:
+  """absl's message for a bad flag as one line ('--input is required' for a missing required flag)."""
+  text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+  text = re.sub(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.", r"--\1 is required", text)
+  return f"{text} (--help lists this command's flags)."
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with a bad flag (unknown, wrong type, missing value) as one line instead of usage + exit 1."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(f"{e} (--help lists this command's flags).")
+    _fail(_flag_error(e))
 
 
 def _guarded(parser: Callable[[list[str]], list[str]]) -> Callable[[list[str]], list[str]]:
@@ -270,7 +277,7 @@ def parse_config_flags(argv: list[str]) -> list[str]:
   except JaxclsError as e:
     _fail(e)
   except flags.Error as e:
-    _fail(f"{e} (--help lists this command's flags).")
+    _fail(_flag_error(e))
   except (KeyError, AttributeError, ValueError, TypeError) as e:
     _fail(f"Bad --config override: {str(e).strip(chr(39) + chr(34))}")
 

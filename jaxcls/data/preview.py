@@ -10,26 +10,15 @@ normalisation. Mixed (Mixup / CutMix) labels are captioned with their two larges
 
 import inspect
 import math
-import sys
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 from PIL import Image, ImageDraw, ImageFont
 
 from jaxcls import data
 from jaxcls.data import augment as augment_lib
-from jaxcls.core.errors import JaxclsError
-
-
-def define_flags() -> None:
-  """The command's flags, defined only when it runs (`main` defines --config too)."""
-  config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=False)
-  flags.DEFINE_string("output", "grid.png", "Where to write the PNG.")
-  flags.DEFINE_integer("num", 32, "Number of examples to show.")
 
 
 _CELL = 112  # pixels per image in the grid: small images are enlarged (nearest) so pixels stay visible
@@ -121,21 +110,3 @@ def write_grid(config, output: str, num: int = 32) -> str:
   grid.paste(after, (0, before.height + 8))
   grid.save(output)
   return output
-
-
-def main(argv):
-  del argv
-  if flags.FLAGS.config is None:
-    print("jaxcls.show_data: error: --config is required (e.g. --config configs/default.py).", file=sys.stderr)
-    sys.exit(2)
-  try:
-    path = write_grid(flags.FLAGS.config, flags.FLAGS.output, flags.FLAGS.num)
-  except JaxclsError as e:
-    print(f"jaxcls.show_data: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  print(f"Wrote {path}")
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)

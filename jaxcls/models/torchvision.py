@@ -14,10 +14,8 @@ flax path (joined by '.', with kernel/scale -> weight, mean/var -> running_mean/
 go OIHW -> HWIO, Linear weights are transposed. Any key left unmatched, or any shape mismatch, is an error.
 """
 
-import argparse
 import os
 import re
-import sys
 from typing import Any, Mapping
 
 import jax
@@ -25,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import models
-from jaxcls.core.errors import CheckpointError, ConfigError, JaxclsError
+from jaxcls.core.errors import CheckpointError, ConfigError
 
 _LEAVES = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "alpha"): "weight",
            ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
@@ -190,8 +188,13 @@ def load_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any])
   return jax.tree_util.tree_map_with_path(pick, dict(variables)), skipped
 
 
-def run(model_name: str, input_path: str, output: str, image_size: int = 224) -> str:
-  """Converts `input_path` for model `model_name` and writes it to `output` (a file, or a folder); returns the file."""
+def run(model_name: str, input_path: str, output: str, image_size: int = 224) -> tuple[str, int, int]:
+  """Converts `input_path` for model `model_name` and writes it to `output` (a file, or a folder).
+
+  Returns the file written, the class count read from the checkpoint's head and the number of parameters.
+  """
+  if model_name not in models.MODELS:
+    raise ConfigError(f"Unknown model {model_name!r}; known: {', '.join(models.model_names())}.")
   image_shape = (image_size, image_size, 3)
   state_dict = load_state_dict(input_path)
   num_classes = num_classes_of(model_name, state_dict, image_shape)
@@ -199,24 +202,4 @@ def run(model_name: str, input_path: str, output: str, image_size: int = 224) ->
   if os.path.isdir(output):
     output = os.path.join(output, f"{model_name}.msgpack")
   save(variables, output)
-  count = sum(v.size for v in jax.tree.leaves(variables["params"]))
-  print(f"Wrote {output}: {model_name}, {num_classes} classes, {count:,} parameters.")
-  return output
-
-
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m jaxcls.convert", description=__doc__.splitlines()[0])
-  parser.add_argument("--model", required=True, help="registered model name, e.g. resnet50")
-  parser.add_argument("--input", required=True, help="torchvision state_dict: .pth, .pt, .safetensors or .npz")
-  parser.add_argument("--output", required=True, help="output .msgpack (default format) or .npz file, or a folder")
-  parser.add_argument("--image_size", type=int, default=224, help="image side (only ViTs depend on it)")
-  args = parser.parse_args(argv)
-  try:
-    run(args.model, args.input, args.output, args.image_size)
-  except JaxclsError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(1)
-
-
-if __name__ == "__main__":
-  main()
+  return output, num_classes, sum(v.size for v in jax.tree.leaves(variables["params"]))

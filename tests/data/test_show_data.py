@@ -22,3 +22,20 @@ def test_writes_before_and_after_grid(tmp_path):
   assert image.width == 8 * show_data._CELL and image.height > 4 * show_data._CELL
   pixels = np.asarray(image.convert("L"))
   assert pixels.min() < 50 and pixels.max() > 200  # images and white background both drawn
+
+
+def test_the_command_writes_the_grid_and_checks_its_overrides(python, tmp_path):
+  """`python -m jaxcls.show_data` with a config override, then a misspelt key: one line and exit 2."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from conftest import REPO, subprocess_env  # pylint: disable=g-import-not-at-top
+  command = [python, "-m", "jaxcls.show_data", "--config", os.path.join(REPO, "configs", "default.py")]
+  output = tmp_path / "grid.png"
+  proc = subprocess.run([*command, f"--output={output}", "--num=4", "--config.augment=flip_lr"], cwd=REPO,
+                        env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout == f"Wrote {output}\n", proc.stderr[-3000:]
+  assert Image.open(output).width == 8 * show_data._CELL
+  proc = subprocess.run([*command, "--config.augmnt=flip_lr"], cwd=REPO, env=subprocess_env(1), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2 and proc.stderr.startswith("jaxcls: error: Unknown config key 'augmnt'. Did you mean "
+                                                         "'augment'?"), proc.stderr

@@ -473,10 +473,9 @@ def test_model_cost_counts_params_and_xla_flops():
   assert conv_flops <= flops < 2 * conv_flops
 
 
-def test_list_models_command_prints_params_and_gflops(capsys):
+def test_list_models_command_prints_params_and_gflops():
   from jaxcls import list_models  # pylint: disable=g-import-not-at-top
-  list_models.main(["--models", "lenet5,simple_cnn", "--image_size", "32", "--channels", "1", "--num_classes", "10"])
-  lines = capsys.readouterr().out.splitlines()
+  lines = list(list_models.table(["lenet5", "simple_cnn"], (32, 32, 1), 10))
   assert lines[0].split()[:3] == ["model", "params", "GFLOPs"]
   lenet = lines[1].split()
   assert lenet[0] == "lenet5" and lenet[1] == "61,706" and float(lenet[2]) > 0
