@@ -1,10 +1,8 @@
 """Errors meant for users: each message is one sentence naming the bad value and what would be valid.
 
-The entry points catch `JaxclsError` and print its message without a traceback; anything else is a bug.
+`jaxcls.cli.run` turns a `JaxclsError` into one line `jaxcls: error: <message>` and exit code 2; anything else is
+a bug and keeps its traceback.
 """
-
-import contextlib
-import sys
 
 
 class JaxclsError(Exception):
@@ -112,22 +110,3 @@ def drop_closed_loop_noise() -> None:
     default(unraisable)
 
   sys.unraisablehook = hook
-
-
-@contextlib.contextmanager
-def exit_on_user_error(code: int = 2):
-  """For commands: a JaxclsError or a disk fault inside ends the process with `jaxcls: error: ...` and `code`.
-
-  Any other exception propagates with its traceback: it is a bug to report.
-  """
-  try:
-    yield
-  except JaxclsError as e:
-    print(f"jaxcls: error: {e}", file=sys.stderr)
-    sys.exit(code)
-  except Exception as e:  # pylint: disable=broad-except  (a full disk or a read-only output: one line)
-    fault = disk_fault(e)
-    if fault is None:
-      raise
-    print(f"jaxcls: error: {fault}", file=sys.stderr)
-    sys.exit(code)

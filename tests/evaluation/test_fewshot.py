@@ -243,7 +243,7 @@ def test_command_prints_a_table_and_writes_json(trained, python):
   assert sorted(written["shots"]) == ["1", "5"] and sorted(written["knn"]) == ["3"] and written["step"] == 4
   bad = subprocess.run([python, "-m", "jaxcls.fewshot", "--workdir", trained, "--shots", "0,5"],
                        env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert bad.returncode == 1 and "fewshot.shots=(0, 5) must all be positive" in bad.stderr
+  assert bad.returncode == 2 and "fewshot.shots=(0, 5) must all be positive" in bad.stderr
 
 
 def test_base_config_section_matches_the_evaluator_defaults():

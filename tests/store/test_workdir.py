@@ -346,7 +346,7 @@ def test_two_concurrent_runs_on_one_workdir(tmp_path):
     assert first.poll() is None, "the first run ended before the second was refused; give it more steps"
     assert time.time() - started < 120
     errors = [line for line in second.stderr.splitlines() if line.startswith("jaxcls: error:")]
-    assert second.returncode == 1 and len(errors) == 1 and "Traceback" not in second.stderr, second.stderr
+    assert second.returncode == 2 and len(errors) == 1 and "Traceback" not in second.stderr, second.stderr
     assert f"is in use by another training run (host {socket.gethostname()}, pid {first.pid}, since" in errors[0]
     out, err = first.communicate(timeout=600)
   finally:
@@ -377,7 +377,7 @@ def test_a_busy_workdir_stops_every_process_of_a_multi_process_run(tmp_path):
         p.kill()
         p.wait()
   for p, err in zip(procs, outputs):
-    assert p.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert p.returncode == 2 and "Traceback" not in err, err[-3000:]
   assert "jaxcls: error: The workdir" in outputs[0] and "host tpu-worker-7, pid 4242" in outputs[0]
   assert "jaxcls: error: Process 0 could not take the workdir lock" in outputs[1]
   assert _lock_record(tmp_path / "run") == holder  # left as it was
