@@ -200,3 +200,106 @@ def test_cli_run_help_exits_0_with_the_doc_and_only_this_commands_flags(monkeypa
   assert out.startswith("usage: python -m jaxcls.toy --size N\n\nA toy.\n"), out
   assert "--toy_size\n      How many toys to make. (default: 3)" in out, out
   assert "--verbosity" not in out and "--only_check_args" not in out  # absl's own flags are not this command's
+
+
+def test_cli_run_keeps_the_traceback_of_a_bug_and_maps_a_disk_fault_to_one_line(monkeypatch, tmp_path):
+  """A bug propagates as itself (absl prints its traceback); a full disk is a user's problem: one line, exit 2."""
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def buggy(argv):
+    del argv
+    return {}["missing"]
+
+  with pytest.raises(KeyError, match="missing"):
+    _run_in_process(monkeypatch, [], buggy)
+
+  def full_disk(argv):
+    del argv
+    raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "report.json"))
+
+  code, out, err = _run_in_process(monkeypatch, [], full_disk)
+  assert code == 2 and out == "" and len(err.splitlines()) == 1
+  assert err.startswith(f"jaxcls: error: Cannot write {tmp_path / 'report.json'}: the disk is full (ENOSPC"), err
+
+
+def test_cli_run_reports_a_bad_flag_value_in_one_line_with_exit_2(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def define_flags():
+    if "toy_count" not in flags.FLAGS:
+      flags.DEFINE_integer("toy_count", 1, "How many.")
+
+  code, out, err = _run_in_process(monkeypatch, ["--toy_count=many"], lambda argv: 0, define_flags)
+  assert (code, out) == (2, "")
+  assert err == ("jaxcls: error: flag --toy_count=many: invalid literal for int() with base 10: 'many' (--help lists "
+                 "this command's flags).\n"), err
+  code, _, err = _run_in_process(monkeypatch, ["--toy_count=3"], lambda argv: len(argv) + 4, define_flags)
+  assert code == 5 and err == ""  # main's return value is the exit code
+
+
+def test_the_log_filter_drops_library_info_but_keeps_warnings_and_jaxcls_info():
+  """The records an absl handler sees: INFO from orbax or jax internals is dropped, jaxcls's own INFO and every
+  library warning stay, and the traceback of a failed background write (logged by asyncio) is cut."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from jaxcls import cli  # pylint: disable=g-import-not-at-top
+  site = os.path.join(os.sep, "venv", "lib", "site-packages")
+
+  def record(path, level=std_logging.INFO, exc_info=None):
+    return std_logging.LogRecord("absl", level, path, 1, "message", None, exc_info)
+
+  quiet = cli.QuietLibraries()
+  assert not quiet.filter(record(os.path.join(site, "orbax", "checkpoint", "checkpointer.py")))
+  assert not quiet.filter(record(os.path.join(site, "jax", "_src", "dispatch.py")))
+  assert quiet.filter(record(os.path.join(site, "orbax", "checkpoint", "checkpointer.py"), std_logging.WARNING))
+  assert quiet.filter(record(os.path.join(REPO, "jaxcls", "training", "loop.py")))
+  assert quiet.filter(record(os.path.join(os.sep, "home", "me", "my_models.py")))  # a researcher's own module
+  try:
+    raise OSError("disk full")
+  except OSError:
+    failed = record(os.path.join(os.sep, "usr", "lib", "python3", "asyncio", "base_events.py"), std_logging.ERROR,
+                    sys.exc_info())
+  assert quiet.filter(failed) and failed.exc_info is None
+
+
+COMMANDS = ("main", "evaluate", "predict", "export", "explain", "fewshot", "benchmark", "convert", "show_data",
+            "list_models", "trace_summary", "classical")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_exits_0_with_usage_for_users_without_importing_jax(python, command):
+  """--help is for users: the command's doc and its own flags on stdout, exit 0, and quick (jax is not imported)."""
+  proc = subprocess.run([python, "-X", "importtime", "-m", f"jaxcls.{command}", "--help"], env=subprocess_env(1),
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.startswith(f"usage: python -m jaxcls.{command} "), proc.stdout[:500]
+  assert "\nFlags:\n  --" in proc.stdout and "--verbosity" not in proc.stdout  # not absl's flags of every module
+  assert "Traceback" not in proc.stderr
+  imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+  assert "jax" not in imported and "tensorflow" not in imported, sorted(m for m in imported if "jax" in m)
+
+
+def test_help_spellings_and_a_user_error_of_a_thin_command(python):
+  for spelling in ("-h", "--helpfull"):
+    proc = subprocess.run([python, "-m", "jaxcls.list_models", spelling, "--models=nope"], env=subprocess_env(1),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m jaxcls.list_models"), proc.stderr
+  proc = subprocess.run([python, "-m", "jaxcls.list_models", "--models=resnet5"], env=subprocess_env(1), cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith("jaxcls: error: Unknown model(s) resnet5; known: ") and proc.stderr.count("\n") == 1
+
+
+def test_predict_logs_no_library_info_lines(python, tmp_path):
+  """Restoring a checkpoint logs dozens of orbax INFO lines; a command other than main shows none of them."""
+  import re  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  workdir = shutil.copytree(os.path.join(REPO, "tests", "fixtures", "workdir_0_1"), tmp_path / "run")
+  Image.fromarray(np.full((16, 16), 128, np.uint8)).save(tmp_path / "a.png")
+  proc = subprocess.run([python, "-m", "jaxcls.predict", "--workdir", str(workdir), str(tmp_path / "a.png")],
+                        env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.startswith(f"{tmp_path / 'a.png'}: "), proc.stderr[-3000:]
+  ours = {name for _, _, names in os.walk(os.path.join(REPO, "jaxcls")) for name in names if name.endswith(".py")}
+  info_from = re.findall(r"^I\d{4} [\d:.]+ +\d+ (\S+?):\d+\]", proc.stderr, re.MULTILINE)
+  assert all(name in ours for name in info_from), proc.stderr[-3000:]
