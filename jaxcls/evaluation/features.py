@@ -10,7 +10,7 @@ logits for several families.
 and drops padded rows.
 """
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import flax.linen as nn
 import jax

@@ -22,7 +22,7 @@ stays bounded for large models and many samples.
 """
 
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -89,7 +89,7 @@ def path_points(num_steps: int, rule: str = "trapezoid") -> tuple[jax.Array, jax
 
 
 def integrated_gradients_per_channel(score_fn: ScoreFn, image: jax.Array, class_index,
-                                     baseline: Optional[jax.Array] = None, *, num_steps: int = 32,
+                                     baseline: jax.Array | None = None, *, num_steps: int = 32,
                                      rule: str = "trapezoid", batch_size: int = 32) -> jax.Array:
   """[H, W, C] signed attributions whose sum approximates score(image) - score(baseline).
 
@@ -105,7 +105,7 @@ def integrated_gradients_per_channel(score_fn: ScoreFn, image: jax.Array, class_
   return (image - baseline) * jnp.tensordot(weights, grads, axes=1)
 
 
-def integrated_gradients(score_fn: ScoreFn, image: jax.Array, class_index, baseline: Optional[jax.Array] = None,
+def integrated_gradients(score_fn: ScoreFn, image: jax.Array, class_index, baseline: jax.Array | None = None,
                          *, num_steps: int = 32, rule: str = "trapezoid", batch_size: int = 32) -> jax.Array:
   """[H, W] integrated gradients summed over channels (signed; the map's total keeps the completeness sum)."""
   return jnp.sum(integrated_gradients_per_channel(score_fn, image, class_index, baseline, num_steps=num_steps,
@@ -166,7 +166,7 @@ def find_feature_map(score_fn: ScoreFn, image_shape: tuple[int, ...]) -> Feature
   return spatial[-1]
 
 
-def grad_cam(score_fn: ScoreFn, image: jax.Array, class_index, feature_map: Optional[FeatureMap] = None
+def grad_cam(score_fn: ScoreFn, image: jax.Array, class_index, feature_map: FeatureMap | None = None
              ) -> jax.Array:
   """[H, W] Grad-CAM of `class_index` at `feature_map` (default: `find_feature_map`), upsampled to the image."""
   image = image.astype(jnp.float32)

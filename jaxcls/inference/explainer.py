@@ -1,4 +1,4 @@
-"""`python -m jaxcls.explain --workdir DIR [--class NAME_OR_INDEX] [--methods ...] [--output_dir OUT] IMAGE...`.
+"""Attribution maps of a trained workdir's predictions: the library behind `python -m jaxcls.explain`.
 
 Writes, per image file (folders are searched recursively), one PNG: the input as the model sees it and a heat
 overlay per attribution method (jaxcls/inference/attribution.py) for each class explained (default: the predicted one),
@@ -15,14 +15,13 @@ import dataclasses
 import io
 import json
 import os
-import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
 from jaxcls.core import paths as path_layer  # `paths` names the image arguments here
-from jaxcls.core.errors import ConfigError, JaxclsError
+from jaxcls.core.errors import ConfigError
 
 METHODS = ("saliency", "smoothgrad", "integrated_gradients", "gradcam")
 BASELINES = ("black", "mean")
@@ -31,28 +30,10 @@ TITLES = {"saliency": "gradient saliency", "smoothgrad": "SmoothGrad", "integrat
 _SIGNED = ("integrated_gradients",)  # drawn red (for the class) / blue (against); the others are magnitudes
 
 
-def define_flags() -> None:
-  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
-  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-  flags.DEFINE_string("step", None, "Checkpoint step to explain: N, 'latest' (default) or 'best' (config.best_metric).")
-  flags.DEFINE_string("class", None, "Class(es) to explain, names or indices separated by commas "
-                      "(default: each image's predicted class).")
-  flags.DEFINE_string("methods", None, f"Comma-separated subset of {','.join(METHODS)} (default: all; "
-                      "gradcam only for convolutional models).")
-  flags.DEFINE_string("output_dir", None, "Where the PNGs and index go (default: WORKDIR/explanations).")
-  flags.DEFINE_enum("baseline", "black", BASELINES, "Integrated-gradients baseline: a black image or "
-                    "the dataset mean.")
-  flags.DEFINE_integer("ig_steps", 32, "Integrated gradients: intervals of the trapezoid rule.")
-  flags.DEFINE_integer("smoothgrad_samples", 32, "SmoothGrad: noisy copies averaged.")
-  flags.DEFINE_float("smoothgrad_noise", 0.15, "SmoothGrad: noise std as a fraction of the image's range.")
-  flags.DEFINE_integer("batch_size", 32, "Noisy copies or path points per model call.")
-  flags.DEFINE_integer("seed", 0, "Seed of the SmoothGrad noise.")
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """How the maps are computed (the command's flags)."""
-  methods: Optional[Sequence[str]] = None  # None: every method the model supports
+  methods: Sequence[str] | None = None  # None: every method the model supports
   baseline: str = "black"
   ig_steps: int = 32
   smoothgrad_samples: int = 32
@@ -61,7 +42,7 @@ class Settings:
   seed: int = 0
 
 
-def resolve_classes(value: Optional[str], class_names: Sequence[str]) -> list[int]:
+def resolve_classes(value: str | None, class_names: Sequence[str]) -> list[int]:
   """Indices of the comma-separated class names or indices in `value` (empty: the predicted class)."""
   from jaxcls.core.registry import did_you_mean  # pylint: disable=g-import-not-at-top
   if not value:
@@ -80,7 +61,7 @@ def resolve_classes(value: Optional[str], class_names: Sequence[str]) -> list[in
   return indices
 
 
-def resolve_methods(value: Optional[Sequence[str] | str]) -> Optional[list[str]]:
+def resolve_methods(value: Sequence[str] | str | None) -> list[str] | None:
   """The requested methods, validated; None when not given (every method the model supports)."""
   if value is None or value == "":
     return None
@@ -98,6 +79,7 @@ class Explainer:
   def __init__(self, restored, settings: Settings = Settings()):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
     from jaxcls import models  # pylint: disable=g-import-not-at-top
     from jaxcls.inference import attribution
     from jaxcls.models import forward
@@ -158,8 +140,8 @@ class Explainer:
     return float(np.asarray(self._forward(self.baseline[None])[0])[0, class_index])
 
 
-def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None = None, classes: Optional[str] = None,
-                  output_dir: Optional[str] = None, settings: Settings = Settings(), workers: int = 0) -> dict:
+def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None = None, classes: str | None = None,
+                  output_dir: str | None = None, settings: Settings = Settings(), workers: int = 0) -> dict:
   """Explains every image file under `paths`; writes OUT/<name>.png, OUT/index.json and OUT/index.md.
 
   Returns the index: {'workdir', 'step', 'model', 'methods', ..., 'images': [record per file]} where a record
@@ -201,9 +183,28 @@ def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None 
   index = {"workdir": restored.workdir, "step": restored.step, "model": restored.config.model.name,
            "methods": explainer.methods, "gradcam_layer": explainer.feature_map.module if explainer.feature_map
            else None, "gradcam_skipped": explainer.gradcam_skipped, "settings": dataclasses.asdict(settings),
-           "images": records}
+           "output_dir": output_dir, "images": records}
   write_index(output_dir, index)
   return index
+
+
+def summary_lines(index: dict) -> tuple[list[str], list[str]]:
+  """(lines for stdout, lines for stderr) the command prints for an `explain_files` index: one line per image
+  (its PNG, or on stderr its error), and a last line with the counts and where the index is."""
+  out, err = [], []
+  if index["gradcam_skipped"]:
+    err.append(f"Grad-CAM skipped: {index['gradcam_skipped']}")
+  failed = 0
+  for record in index["images"]:
+    if record["error"]:
+      failed += 1
+      err.append(f"{record['path']}: error: {record['error']}")
+    else:
+      explained = ", ".join(f"{row['class']} {row['probability']:.4f}" for row in record["explained"])
+      out.append(f"{record['path']}: predicted {record['predicted']} {record['probability']:.4f}; explained "
+                 f"{explained} -> {record['png']}")
+  out.append(f"{len(index['images']) - failed} explained, {failed} failed; index in {index['output_dir']}/index.md")
+  return out, err
 
 
 def _unique_name(path: str, used: set) -> str:
@@ -272,42 +273,3 @@ def write_index(output_dir: str, index: dict) -> None:
     lines.append(f"| `{record['path']}` | {record['predicted']} ({record['probability']:.1%}) | {explained} | "
                  f"[{name}]({name}) |")
   path_layer.write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
-
-
-def main(argv):
-  paths = argv[1:]
-  args = flags.FLAGS
-  if not args.workdir or not paths:
-    print("usage: python -m jaxcls.explain --workdir DIR [--class NAME_OR_INDEX] [--methods ...] IMAGE_OR_FOLDER...",
-          file=sys.stderr)
-    sys.exit(2)
-  settings = Settings(methods=resolve_methods(args.methods), baseline=args.baseline, ig_steps=args.ig_steps,
-                      smoothgrad_samples=args.smoothgrad_samples, smoothgrad_noise=args.smoothgrad_noise,
-                      batch_size=args.batch_size, seed=args.seed)
-  try:
-    index = explain_files(args.workdir, paths, step=args.step, classes=getattr(args, "class"),
-                          output_dir=args.output_dir, settings=settings)
-  except JaxclsError as e:
-    print(f"jaxcls: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  if index["gradcam_skipped"]:
-    print(f"Grad-CAM skipped: {index['gradcam_skipped']}", file=sys.stderr)
-  failed = 0
-  for record in index["images"]:
-    if record["error"]:
-      failed += 1
-      print(f"{record['path']}: error: {record['error']}", file=sys.stderr)
-    else:
-      explained = ", ".join(f"{row['class']} {row['probability']:.4f}" for row in record["explained"])
-      print(f"{record['path']}: predicted {record['predicted']} {record['probability']:.4f}; explained "
-            f"{explained} -> {record['png']}")
-  out = os.path.dirname(index["images"][0].get("png") or "") if index["images"] else ""
-  print(f"{len(index['images']) - failed} explained, {failed} failed; index in "
-        f"{out or args.output_dir or path_layer.join(args.workdir, 'explanations')}/index.md")
-  if failed == len(index["images"]):
-    sys.exit(1)
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)

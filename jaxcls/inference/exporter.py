@@ -1,4 +1,4 @@
-"""`python -m jaxcls.export --workdir DIR --output MODEL_DIR [--step N|best] [--platforms cpu,cuda,tpu] [--overwrite]`.
+"""A trained workdir as a self-contained model: the library behind `python -m jaxcls.export`.
 
 Writes a trained model as a self-contained inference function that runs without jaxcls (only jax and numpy):
 
@@ -7,20 +7,18 @@ Writes a trained model as a self-contained inference function that runs without 
   MODEL_DIR/weights.npz   the weights, arrays w00000, w00001, ... in the order the function takes them
   MODEL_DIR/model.json    class names, task, thresholds or class tree, and the preprocessing (size, crop)
 
-The function is the one `python -m jaxcls.predict` jits (`predict.inference_function`): normalisation, the
-eval-mode forward pass, the test-time augmentation views of the workdir's `eval_tta` (jaxcls/models/tta.py) and the task's
-probabilities are inside it, so a loader only decodes and resizes images
-(examples/serve_exported.py shows how). The weights are an argument rather than constants baked into the
+The function is the one `python -m jaxcls.predict` jits (`predictor.inference_function`): normalisation, the
+eval-mode forward pass, the test-time augmentation views of the workdir's `eval_tta` (jaxcls/models/tta.py) and
+the task's probabilities are inside it, so a loader only decodes and resizes images (examples/serve_exported.py
+shows how). The weights are an argument rather than constants baked into the
 StableHLO: a serialized module has a 2 GB limit and embedding large constants multiplies the memory export needs,
 while an argument works for every model size and keeps the function file small.
 """
 
 import io
 import json
-import sys
 
 import numpy as np
-from absl import app, flags, logging
 
 from jaxcls.core import paths
 from jaxcls.core.errors import ConfigError
@@ -54,6 +52,7 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"),
   check_output(output_dir, overwrite)  # before the slow part
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
   from jaxcls.inference import predictor as predict
   from jaxcls.models import forward, tta
@@ -105,36 +104,3 @@ def export_workdir(workdir: str, output_dir: str, *, step: int | str | None = No
   from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
   check_output(output_dir, overwrite)  # before restoring
   return export_model(restore.restore(workdir, step), output_dir, platforms=platforms, overwrite=overwrite)
-
-
-def define_flags() -> None:
-  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
-  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-  flags.DEFINE_string("output", None, "Folder to write model.jax, weights.npz and model.json into.")
-  flags.DEFINE_string("step", None, "Checkpoint step to export: N, 'latest' (default) or 'best' (config.best_metric).")
-  flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
-                    "Platforms the exported function can run on (it is lowered for each).")
-  flags.DEFINE_bool("overwrite", False, "Replace an export already in --output (without it, that is an error).")
-
-
-def main(argv):
-  del argv
-  args = flags.FLAGS
-  if not args.workdir or not args.output:
-    print("jaxcls: error: --workdir and --output are required.", file=sys.stderr)
-    sys.exit(2)
-  from jaxcls.core import errors  # pylint: disable=g-import-not-at-top
-  with errors.exit_on_user_error():
-    metadata = export_workdir(args.workdir, args.output, step=args.step, platforms=args.platforms,
-                              overwrite=args.overwrite)
-  size = metadata["preprocessing"]["image_size"]
-  message = (f"Exported {metadata['model']} (step {metadata['step']}, {metadata['task']}, "
-             f"{len(metadata['class_names'])} classes, {size[0]}x{size[1]} input) for "
-             f"{', '.join(metadata['platforms'])} to {paths.path(args.output)}")
-  logging.info("%s", message)
-  print(message)
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)

@@ -1,11 +1,12 @@
-"""`python -m jaxcls.predict --workdir DIR PATH... [--step N|best] [--top_k 5] [--output predictions.csv|.json]`.
+"""Predictions for image files from a trained workdir: the library behind `python -m jaxcls.predict`.
 
 Restores a trained model with its config and class names from a workdir, preprocesses image files exactly as that
-workdir's evaluation did (jaxcls/data/preprocess.py, then `forward.normalize` on the device), batches them across the
-local devices, and prints one line per file as soon as its batch is done: the top-k classes with probabilities (binary: the positive-class
-probability against the threshold; multi-label: the labels at or above their thresholds; hierarchical: the
-predicted path). Folders are searched recursively for image files. A file that cannot be read gets an error line
-(and an error row in --output) while the others go on; the exit status is non-zero only when every file failed.
+workdir's evaluation did (jaxcls/data/preprocess.py, then `forward.normalize` on the device), batches them across
+the local devices, and prints one line per file as soon as its batch is done: the task's `prediction_record`
+(top-k classes with probabilities; binary: the positive-class probability against the threshold; multi-label: the
+labels at or above their thresholds; hierarchical: the predicted path). Folders are searched recursively for
+image files. A file that cannot be read gets an error line (and an error row in --output) while the others go on;
+the exit status is non-zero only when every file failed.
 
 Files stream through in batches of --batch_size (decoded a bounded number of batches ahead, in threads that start
 while the model is still being restored and compiled), so memory does not grow with the number of files; a last
@@ -19,10 +20,9 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
-from absl import app, flags
 
 from jaxcls.core.errors import ConfigError
 
@@ -63,6 +63,7 @@ class Predictor:
 
   def __init__(self, restored, *, batch_size: int | None = None, devices=None):
     import jax  # pylint: disable=g-import-not-at-top
+
     from jaxcls.core import parallel  # pylint: disable=g-import-not-at-top
     from jaxcls.models import forward  # pylint: disable=g-import-not-at-top
     self._mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
@@ -235,6 +236,7 @@ def _cell(value) -> str:
 
 
 def check_output_path(path: str | None) -> None:
+  """A one-line ConfigError for an --output that is neither .csv nor .json (before anything slow runs)."""
   if path and os.path.splitext(path)[1].lower() not in OUTPUT_FORMATS:
     raise ConfigError(f"--output={path} must end in {' or '.join(OUTPUT_FORMATS)}.")
 
@@ -249,6 +251,7 @@ def run(workdir: str, paths: list[str], *, step: int | str | None = None, top_k:
   """
   started = time.perf_counter()
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
   from jaxcls.store import restore
   check_output_path(output)
@@ -289,45 +292,3 @@ def throughput_line(predicted: int, started: float, first: float | None, finishe
   line = (f"jaxcls: predicted {predicted} image(s) with {restored.config.model.name} (step {restored.step}) in "
           f"{total:.2f} s: {predicted / max(total, 1e-9):.1f} images/s")
   return line + f" ({startup:.2f} s to the first batch, start-up included)."
-
-
-def define_flags() -> None:
-  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
-  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-  flags.DEFINE_string("step", None, "Checkpoint step to use: N, 'latest' (default) or 'best' (config.best_metric).")
-  flags.DEFINE_integer("top_k", 5, "Classes listed per image (at most the number of classes).")
-  flags.DEFINE_integer("batch_size", None, "Images per forward pass, over all local devices (default: the config's "
-                       "eval batch size).")
-  flags.DEFINE_string("output", None, "Also write every prediction to this .csv or .json file.")
-  flags.DEFINE_integer("workers", 0, "Decoding threads (0 = one per CPU core).")
-
-
-def main(argv):
-  args = flags.FLAGS
-  if not args.workdir:
-    print("jaxcls: error: --workdir is required.", file=sys.stderr)
-    sys.exit(2)
-  from jaxcls.core import errors  # pylint: disable=g-import-not-at-top
-  with errors.exit_on_user_error():
-    status = run(args.workdir, argv[1:], step=args.step, top_k=args.top_k, batch_size=args.batch_size,
-                 output=args.output, workers=args.workers)
-  exit_now(status)
-
-
-def exit_now(status: int) -> None:
-  """Ends the finished command without the interpreter's teardown.
-
-  By now every line is printed, --output is written (in one step, `write_output`) and the decoding threads are
-  joined; finalizing the jax, orbax and flax modules and the XLA client would only add 0.3-0.8 s (2-core CPU) to
-  the command's wall time. Buffered output is flushed first.
-  """
-  import logging as std_logging  # pylint: disable=g-import-not-at-top
-  std_logging.shutdown()  # absl's handlers too: flushes them
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(status)  # pylint: disable=protected-access
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)

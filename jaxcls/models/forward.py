@@ -5,7 +5,7 @@ dtype, the model runs in eval mode, and the test-time augmentation views (jaxcls
 lives with the models, below training, evaluation and inference, because all three apply it.
 """
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax

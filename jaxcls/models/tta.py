@@ -14,7 +14,7 @@ Views are pixel permutations (mirror, reflect-padded shift), so they commute wit
 may be taken on uint8 or float images alike.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

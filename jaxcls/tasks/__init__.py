@@ -6,7 +6,8 @@ calls) and is registered by name with `@TASKS.register(name)`; `config.task.type
 """
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.core.registry import Registry, did_you_mean
@@ -70,7 +71,5 @@ def check_field(name: str, value: Any, valid: Any) -> None:
                       f" Valid: {', '.join(map(str, valid))}.")
 
 
-from jaxcls.tasks import multiclass  # noqa: E402,F401  (registers the task)
-from jaxcls.tasks import binary  # noqa: E402,F401  (registers the task)
-from jaxcls.tasks import multilabel  # noqa: E402,F401  (registers the task)
-from jaxcls.tasks import hierarchical  # noqa: E402,F401  (registers the task)
+# The built-in task types register themselves on import (after TASKS exists, hence at the end).
+from jaxcls.tasks import binary, hierarchical, multiclass, multilabel  # noqa: E402,F401,I001

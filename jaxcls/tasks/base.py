@@ -35,7 +35,8 @@ single-label task whose probabilities are [B, K] over the classes and whose deci
 """
 
 import abc
-from typing import Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +104,7 @@ class Task(abc.ABC):
     return {"probs": self.probabilities(logits), "labels": labels.astype(jnp.int32)}
 
   @abc.abstractmethod
-  def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
+  def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
     """The report's sections (report.json's keys: at least num_examples, loss and accuracy) from the summed
     accumulators and, when given, every example's `eval_outputs`; use `metrics.mark_undefined` for values the
     eval data cannot define."""

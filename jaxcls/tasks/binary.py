@@ -6,7 +6,6 @@ the eval split, so a user can pick a better operating point than the default 0.5
 """
 
 import dataclasses
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +99,7 @@ class Binary(Task):
     """The decided class, from the (class 0, class 1) probabilities of `attribution_scores`."""
     return int(self.decide(probs[1]))
 
-  def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
+  def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
     count = int(sums["count"])
     confusion = np.asarray(sums["confusion"], np.int64)
     (tn, fp), (fn, tp) = confusion

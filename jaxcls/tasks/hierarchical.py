@@ -11,7 +11,7 @@ predicted leaf (2 x the height of their lowest common ancestor; 0 for a correct 
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,8 @@ import optax
 
 from jaxcls.core import metrics
 from jaxcls.core.errors import ConfigError
-from jaxcls.tasks import TASKS, tree as tree_lib
+from jaxcls.tasks import TASKS
+from jaxcls.tasks import tree as tree_lib
 from jaxcls.tasks.base import Task
 
 
@@ -118,7 +119,7 @@ class Hierarchical(Task):
     log_probs = self.leaf_log_probs(logits)
     return log_probs, jnp.exp(log_probs)
 
-  def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
+  def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
     count = int(sums["count"])
     depth = self.tree.depth
     heights = np.asarray(sums["lca_height"], np.int64)

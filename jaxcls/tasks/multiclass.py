@@ -2,7 +2,7 @@
 
 import ast
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,7 @@ class MultiClass(Task):
         "confusion": confusion,
     }
 
-  def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
+  def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
     """Host-side metrics from the summed values (and, when given, every example's outputs), in float64."""
     count = int(sums["count"])
     confusion = np.asarray(sums["confusion"], np.int64)
@@ -117,7 +117,7 @@ def check_class_weights(weights: Sequence[float], num_classes: int) -> tuple[flo
   return values
 
 
-def resolve_class_weights(value, class_counts: Optional[Sequence[int]], num_classes: int) -> str | tuple:
+def resolve_class_weights(value, class_counts: Sequence[int] | None, num_classes: int) -> str | tuple:
   """'balanced' -> inverse-frequency weights from the training class counts; 'none' and tuples as given.
 
   Balanced weights are scikit-learn's n / (K * n_k) over the classes present (absent classes get 0): they

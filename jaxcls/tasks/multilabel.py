@@ -8,15 +8,15 @@ multilabel definitions: subset (exact-match) accuracy, Hamming loss, per-label, 
 
 import ast
 import dataclasses
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcls.core import metrics
-from jaxcls.core.metrics import divide
 from jaxcls.core.errors import ConfigError
+from jaxcls.core.metrics import divide
 from jaxcls.tasks import TASKS, binary, check_field
 from jaxcls.tasks.base import Task, top_classes
 
@@ -118,7 +118,7 @@ class MultiLabel(Task):
     thresholds = np.broadcast_to(np.asarray(self.thresholds, np.float64), (len(class_names),))
     return {"output": "probabilities [B, K]", "thresholds": [float(t) for t in thresholds]}
 
-  def finalize(self, sums: dict[str, np.ndarray], outputs: Optional[dict[str, np.ndarray]] = None) -> dict:
+  def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
     count = int(sums["count"])
     tp, fp, fn, tn = (np.asarray(sums[k], np.float64) for k in ("tp", "fp", "fn", "tn"))
     precision, recall = divide(tp, tp + fp), divide(tp, tp + fn)

@@ -15,7 +15,8 @@ level. Level 0 is the coarsest; the last level is the leaves themselves. `config
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def from_ancestors(ancestors: Sequence[Sequence[str]], leaf_names: Sequence[str]
   if len(depths) > 1 or depths[0] == 0:
     raise ConfigError(f"config.task.tree gives classes {' and '.join(map(str, depths))} ancestors; every class "
                       "needs the same number (at least one).")
-  parent_of: dict[tuple[int, str], Optional[str]] = {}
+  parent_of: dict[tuple[int, str], str | None] = {}
   for chain in chains:
     for level, name in enumerate(chain):
       parent = chain[level - 1] if level else None
@@ -77,7 +78,7 @@ def from_ancestors(ancestors: Sequence[Sequence[str]], leaf_names: Sequence[str]
   return ClassTree(tuple(level_names) + (tuple(map(str, leaf_names)),), paths)
 
 
-def from_parents(parents: Mapping[str, Optional[str]], leaf_names: Sequence[str]) -> ClassTree:
+def from_parents(parents: Mapping[str, str | None], leaf_names: Sequence[str]) -> ClassTree:
   """The tree given as {child: parent}; its leaves are the class names or the class ids as strings."""
   parents = {str(k): (None if v in (None, "") else str(v)) for k, v in parents.items()}
   inner = {p for p in parents.values() if p is not None}

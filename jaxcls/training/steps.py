@@ -5,7 +5,7 @@ over the global batch because the step is written for the global array and XLA i
 """
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -18,7 +18,6 @@ from jaxcls.models import tta as tta_lib
 from jaxcls.models.forward import DTYPES, eval_logits, model_variables, normalize
 from jaxcls.training import step_metrics
 from jaxcls.training.state import TrainState, eval_params
-
 
 
 def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropout_key=None):

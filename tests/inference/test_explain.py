@@ -14,16 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO, subprocess_env, tiny_config
 from PIL import Image
 
-from conftest import REPO, subprocess_env, tiny_config
 from jaxcls import models
+from jaxcls.core.errors import ConfigError
 from jaxcls.inference import attribution
 from jaxcls.inference import explainer as explain
 from jaxcls.models import forward
 from jaxcls.store import restore
 from jaxcls.training import loop as train
-from jaxcls.core.errors import ConfigError
 
 SIZE, PATCH = 16, 4
 COLOURS = ("red", "green", "blue")
@@ -185,6 +185,18 @@ def test_class_and_method_arguments():
   assert explain.resolve_methods("gradcam, saliency") == ["gradcam", "saliency"]
 
 
+def test_summary_lines_of_an_index():
+  """What the command prints: a line per explained image on stdout, errors and a skipped Grad-CAM on stderr."""
+  index = {"gradcam_skipped": "not convolutional", "output_dir": "/out", "images": [
+      {"path": "a.png", "error": None, "png": "/out/a.png", "predicted": "red", "probability": 0.5,
+       "explained": [{"class": "red", "probability": 0.5}, {"class": "blue", "probability": 0.25}]},
+      {"path": "b.png", "error": "no such file"}]}
+  out, err = explain.summary_lines(index)
+  assert out == ["a.png: predicted red 0.5000; explained red 0.5000, blue 0.2500 -> /out/a.png",
+                 "1 explained, 1 failed; index in /out/index.md"]
+  assert err == ["Grad-CAM skipped: not convolutional", "b.png: error: no such file"]
+
+
 def test_command_writes_one_png_per_image_and_an_index(trained, tmp_path, python):
   images, labels, _ = patch_images(2, seed=3)
   folder = tmp_path / "in"
@@ -197,7 +209,8 @@ def test_command_writes_one_png_per_image_and_an_index(trained, tmp_path, python
                          "--class", "green,red", "--smoothgrad_samples", "8", "--ig_steps", "8", str(folder)],
                         env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "2 explained, 1 failed" in proc.stdout and "broken.png: error: unreadable" in proc.stderr
+  assert f"2 explained, 1 failed; index in {out}/index.md" in proc.stdout
+  assert "broken.png: error: unreadable" in proc.stderr
   index = json.loads((out / "index.json").read_text())
   assert index["methods"] == list(explain.METHODS) and index["gradcam_layer"] == "SimpleCNN._act"
   assert index["gradcam_skipped"] is None

@@ -9,16 +9,16 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import REPO, subprocess_env, tiny_config
 from PIL import Image
 
-from conftest import REPO, subprocess_env, tiny_config
 from jaxcls import tasks
+from jaxcls.core.errors import ConfigError
+from jaxcls.data import preprocess
 from jaxcls.inference import exporter as export
 from jaxcls.inference import predictor as predict
-from jaxcls.data import preprocess
 from jaxcls.store import restore
 from jaxcls.training import loop as train
-from jaxcls.core.errors import ConfigError
 
 LOADER = os.path.join(REPO, "examples", "serve_exported.py")
 CLASSES = ("animal/cat", "animal/dog", "vehicle/car")
@@ -47,7 +47,7 @@ def write_new_images(folder, rng):
   Image.fromarray(np.dstack([noisy(rng, 60, (20, 24, 3)), noisy(rng, 128, (20, 24, 1))])).save(folder / "alpha.png")
   Image.fromarray(noisy(rng, 160, (18, 26, 3))).convert("P").save(folder / "palette.png")
   Image.fromarray(noisy(rng, 100, (22, 22, 1))[..., 0]).save(folder / "gray.jpg")
-  Image.fromarray((noisy(rng, 120, (16, 20, 1))[..., 0].astype(np.uint16) * 257)).save(folder / "deep.png")
+  Image.fromarray(noisy(rng, 120, (16, 20, 1))[..., 0].astype(np.uint16) * 257).save(folder / "deep.png")
   (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
   return sorted(str(folder / name) for name in os.listdir(folder))
 

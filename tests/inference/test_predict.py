@@ -11,17 +11,17 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import REPO, eval_step_outputs, subprocess_env, tiny_config
 from PIL import Image
 from sklearn.metrics import accuracy_score
 
-from conftest import REPO, eval_step_outputs, subprocess_env, tiny_config
 from jaxcls import tasks
-from jaxcls.inference import predictor as predict
+from jaxcls.core.errors import CheckpointError, ConfigError, DataError
 from jaxcls.data import preprocess
+from jaxcls.data.sources import folder_scan
+from jaxcls.inference import predictor as predict
 from jaxcls.store import restore
 from jaxcls.training import loop as train
-from jaxcls.data.sources import folder_scan
-from jaxcls.core.errors import CheckpointError, ConfigError, DataError
 
 CLASSES = ("cat", "dog", "fox")
 
@@ -214,7 +214,7 @@ def test_command_line(trained, tmp_path, python):
   assert re.search(r"jaxcls: predicted 8 image\(s\) .* images/s", proc.stderr)  # flushed before the prompt exit
   proc = subprocess.run([python, "-m", "jaxcls.predict", "--workdir", str(tmp_path / "nowhere"), "x.jpg"],
                         env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1 and "jaxcls: error: " in proc.stderr and "config.json does not exist" in proc.stderr
+  assert proc.returncode == 2 and "jaxcls: error: " in proc.stderr and "config.json does not exist" in proc.stderr
 
 
 # --- records of each task type (no training needed) ----------------------------------------------------------------

@@ -10,20 +10,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import REPO, eval_step_outputs, tiny_config
 from sklearn.metrics import accuracy_score, log_loss
 
-from conftest import REPO, eval_step_outputs, tiny_config
 from jaxcls import data, models, tasks
 from jaxcls.config import check as config_check
+from jaxcls.core import parallel
+from jaxcls.core.errors import ConfigError
 from jaxcls.evaluation import workdir_eval as evaluate
 from jaxcls.inference import exporter as export
-from jaxcls.core import parallel
 from jaxcls.inference import predictor as predict
-from jaxcls.store import restore
-from jaxcls.training import steps
-from jaxcls.training import loop as train
 from jaxcls.models import tta
-from jaxcls.core.errors import ConfigError
+from jaxcls.store import restore
+from jaxcls.training import loop as train
+from jaxcls.training import steps
 from jaxcls.training.state import TrainState
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
