@@ -18,7 +18,8 @@ import re
 import sys
 import textwrap
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags, logging
 

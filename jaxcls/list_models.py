@@ -6,7 +6,7 @@ compiled program with --compiled (minutes per large model on a small CPU). A mod
 (too small for its pooling, or a ViT patch that does not divide it) is listed with the reason instead.
 """
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import flags
 
@@ -27,8 +27,8 @@ def table(names: list[str], image_shape: tuple[int, int, int], num_classes: int,
           compiled: bool = False) -> Iterator[str]:
   """The header, then one line per model as soon as it is measured (name, parameters, GFLOPs, or the reason)."""
   from jaxcls import models  # pylint: disable=g-import-not-at-top
-  from jaxcls.models import cost  # pylint: disable=g-import-not-at-top
   from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxcls.models import cost  # pylint: disable=g-import-not-at-top
   unknown = [n for n in names if n not in models.MODELS]
   if unknown:
     raise ConfigError(f"Unknown model(s) {', '.join(unknown)}; known: {', '.join(models.model_names())}.")

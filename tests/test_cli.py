@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, saved_state, subprocess_env
 
 MAIN = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "default.py")]
@@ -128,7 +127,7 @@ def test_folder_of_images_trains_and_lists_unreadable_files(python, tmp_path):
   """A user's folder (two classes, mixed formats, a truncated JPEG, a non-image file) trains from the CLI."""
   from PIL import Image
   rng = np.random.default_rng(0)
-  for c, (name, tint) in enumerate((("cats", 40), ("dogs", 200))):
+  for name, tint in (("cats", 40), ("dogs", 200)):
     os.makedirs(tmp_path / "photos" / name)
     for i in range(12):
       pixels = np.clip(rng.normal(tint, 30, (20 + i, 24, 3)), 0, 255).astype(np.uint8)
@@ -166,6 +165,7 @@ def _run_in_process(monkeypatch, argv, main, define_flags=None, doc="`python -m 
   """cli.run as the command would call it, in this process: (exit code, stdout, stderr)."""
   import contextlib  # pylint: disable=g-import-not-at-top
   import io  # pylint: disable=g-import-not-at-top
+
   from jaxcls import cli  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr("sys.argv", ["toy", *argv])
   out, err = io.StringIO(), io.StringIO()
@@ -242,6 +242,7 @@ def test_the_log_filter_drops_library_info_but_keeps_warnings_and_jaxcls_info():
   library warning stay, and the traceback of a failed background write (logged by asyncio) is cut."""
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   from jaxcls import cli  # pylint: disable=g-import-not-at-top
   site = os.path.join(os.sep, "venv", "lib", "site-packages")
 
@@ -294,6 +295,7 @@ def test_predict_logs_no_library_info_lines(python, tmp_path):
   """Restoring a checkpoint logs dozens of orbax INFO lines; a command other than main shows none of them."""
   import re  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
+
   from PIL import Image  # pylint: disable=g-import-not-at-top
   workdir = shutil.copytree(os.path.join(REPO, "tests", "fixtures", "workdir_0_1"), tmp_path / "run")
   Image.fromarray(np.full((16, 16), 128, np.uint8)).save(tmp_path / "a.png")

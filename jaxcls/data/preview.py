@@ -10,7 +10,7 @@ normalisation. Mixed (Mixup / CutMix) labels are captioned with their two larges
 
 import inspect
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from jaxcls import data
 from jaxcls.data import augment as augment_lib
-
 
 _CELL = 112  # pixels per image in the grid: small images are enlarged (nearest) so pixels stay visible
 _CAPTION = 30  # pixels of text under each image

@@ -16,7 +16,8 @@ go OIHW -> HWIO, Linear weights are transposed. Any key left unmatched, or any s
 
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -153,7 +154,9 @@ def save(variables: Mapping[str, Any], path: str) -> None:
 def load(path: str) -> dict:
   """The {'params', 'batch_stats'} nested dict written by `save`, from a local path or a gs:// object."""
   import io  # pylint: disable=g-import-not-at-top
+
   from flax import serialization  # pylint: disable=g-import-not-at-top
+
   from jaxcls.core import paths  # pylint: disable=g-import-not-at-top
   raw = paths.path(path, "weights file").read_bytes()  # one read: an object store has no cheap seek
   if path.endswith(".npz"):

@@ -19,21 +19,19 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxcls import models, tasks
-from jaxcls.core import compile_cache
-from jaxcls.training import optim
-from jaxcls.core import parallel
-from jaxcls.training import step_metrics
-from jaxcls.training import steps
-from jaxcls.perf import trace_summary
-from jaxcls.data import augment as augment_lib
+from jaxcls.core import compile_cache, parallel
 from jaxcls.core.errors import ConfigError
+from jaxcls.data import augment as augment_lib
+from jaxcls.perf import trace_summary
 from jaxcls.perf.options import Options
+from jaxcls.training import optim, step_metrics, steps
 
 MODES = ("train", "infer")
 # ImageNet statistics: the values only scale the synthetic pixels, the cost is the same for any.

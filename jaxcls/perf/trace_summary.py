@@ -19,7 +19,8 @@ import collections
 import glob
 import os
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from jaxcls.core.errors import ConfigError, DataError
 

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from jaxcls.data import preview as show_data
 from jaxcls.config.base import get_base_config
+from jaxcls.data import preview as show_data
 
 
 def test_captions_for_hard_and_soft_labels():
@@ -28,6 +28,7 @@ def test_the_command_writes_the_grid_and_checks_its_overrides(python, tmp_path):
   """`python -m jaxcls.show_data` with a config override, then a misspelt key: one line and exit 2."""
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
+
   from conftest import REPO, subprocess_env  # pylint: disable=g-import-not-at-top
   command = [python, "-m", "jaxcls.show_data", "--config", os.path.join(REPO, "configs", "default.py")]
   output = tmp_path / "grid.png"

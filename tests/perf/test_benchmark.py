@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import subprocess_env
 
 BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")

@@ -10,10 +10,10 @@ import time
 import jax
 import jax.numpy as jnp
 import pytest
-
 from conftest import subprocess_env
-from jaxcls.perf import trace_summary
+
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.perf import trace_summary
 
 
 @pytest.mark.parametrize("name, stats, expected", [
