@@ -74,15 +74,26 @@ def test_readme_model_trains_by_name_and_config_json_records_the_imports(trained
   assert 0.0 <= report["accuracy"] <= 1.0
 
 
-def test_a_fresh_process_evaluates_the_workdir_importing_from_config_json(trained, python):
-  """No --config and no import in the command: the module must come from config.json's imports."""
+def test_fresh_processes_evaluate_predict_and_export_the_workdir_importing_from_config_json(trained, python):
+  """No --config and no import in the commands: the module must come from config.json's imports."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   folder, workdir, report = trained
-  proc = subprocess.run([python, "-m", "jaxcls.evaluate", "--workdir", str(workdir), "--output_dir",
-                         str(folder / "eval")], env=subprocess_env(2), cwd=folder, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "my_net at step 4 on the test split: num_examples 100" in proc.stdout
+
+  def run(*argv):
+    proc = subprocess.run([python, "-m", *argv], env=subprocess_env(2), cwd=folder, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+  out = run("jaxcls.evaluate", "--workdir", str(workdir), "--output_dir", str(folder / "eval"))
+  assert "my_net at step 4 on the test split: num_examples 100" in out
   assert json.loads((folder / "eval" / "report.json").read_text())["accuracy"] == report["accuracy"]
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / "new.png")
+  assert re.match(r".*new\.png: class_\d \d\.\d{4}, ", run("jaxcls.predict", "--workdir", str(workdir),
+                                                            str(folder / "new.png")))
+  run("jaxcls.export", "--workdir", str(workdir), "--output", str(folder / "exported"), "--platforms", "cpu")
+  assert json.loads((folder / "exported" / "model.json").read_text())["model"] == "my_net"
   # From another folder the module is not on the path: one line naming it and the fixes, exit 2.
   elsewhere = subprocess.run([python, "-m", "jaxcls.evaluate", "--workdir", str(workdir)], env=subprocess_env(2),
                              cwd=REPO, capture_output=True, text=True, timeout=300)
