@@ -23,7 +23,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from jaxcls.core import errors
+from jaxcls.core import errors, extensions
 from jaxcls.core.errors import ConfigError, JaxclsError
 
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpfull", "-helpfull", "--helpshort", "-helpshort")
@@ -290,4 +290,5 @@ def config(required: str = "--config=configs/default.py"):
     raise ConfigError(f"--config is required, e.g. {required}.")
   for key, arg in _model_args.items():
     value.model[key] = arg
+  extensions.import_extensions(value)  # config.imports: names they register are known to what the command builds
   return value

@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.core.registry import Registry
 
-# name -> loader(config, *, process_index, process_count) -> Dataset
+# name -> loader(config, *, process_index, process_count) -> Dataset; `jaxcls.register_source` files one's own
 SOURCES = Registry("dataset")
 
 Batch = dict  # {"image": uint8 [b, h, w, c], "label": int32 [b], "mask": bool [b]}, numpy, process-local

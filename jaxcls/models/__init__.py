@@ -2,7 +2,8 @@
 
 A registry entry is a callable returning a linen Module (a Module class, or a `functools.partial` of one that
 fixes some fields). Its keyword arguments, apart from `num_classes`, `dtype` and the ones a partial fixes, are
-the config's `model.*` keys, so adding a model never touches this file beyond one import.
+the config's `model.*` keys, so adding a model never touches this file beyond one import. A model of one's own
+registers from its own module with `jaxcls.register_model(name)` (this registry) and `config.imports`.
 """
 
 import inspect

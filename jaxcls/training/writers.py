@@ -379,6 +379,7 @@ def write_figures(writer: Writer, step: int, figure_paths: Iterable[str]) -> Non
 
 
 # --- The writers by name: `factory(workdir, resume_step) -> Writer`, `workdir` an epath on the path layer. ---
+# `jaxcls.register_writer` files one's own here (docs/extensions.md).
 
 WRITERS = Registry("writer")
 DEFAULT_WRITERS = ("tensorboard", "jsonl", "log")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxcls.core.registry import Registry
 
 # name -> factory(**params) -> Op. A factory with a `num_classes` parameter gets the dataset's class count.
+# `jaxcls.register_augmentation` files one's own here.
 AUGMENTATIONS = Registry("augmentation")
 
 Op = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
