@@ -20,6 +20,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from jaxcls import data, tasks
+from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.evaluation import workdir_eval
 from jaxcls.inference import exporter, predictor
 from jaxcls.store import restore
@@ -91,6 +92,20 @@ def test_the_contract_methods_of_the_toy_task():
   assert int(task.decide(np.array([0.4, 0.2, 0.4], np.float32))) == 1
   record = task.prediction_record(["a", "b", "c"], np.array([0.4, 0.2, 0.4], np.float32), top_k=2)
   assert record["prediction"] == "b" and record["probability"] == pytest.approx(0.2)
+
+
+def test_a_registered_class_that_is_not_a_task_is_refused_with_one_line():
+  @tasks.TASKS.register("test_not_a_task")
+  @dataclasses.dataclass(frozen=True)
+  class NotATask:  # pylint: disable=unused-variable
+    num_classes: int
+
+  with pytest.raises(ConfigError, match="'test_not_a_task' is registered as .* not a dataclass subclassing "
+                                        "jaxcls.tasks.Task"):
+    tasks.build({"type": "test_not_a_task"}, 3)
+  # One-class data is refused for a single-label task of any type, the toy one included.
+  with pytest.raises(DataError, match="a test_ordinal classifier needs at least 2"):
+    tasks.check_classes(NAME, ["only"])
 
 
 def test_a_task_registered_here_trains_evaluates_predicts_and_exports(tmp_path):
