@@ -409,3 +409,30 @@ def test_hierarchical_perfect_predictions_and_errors():
     _hierarchical(level_weights=(1.0, 1.0))
   with pytest.raises(ConfigError, match="5 entries|4 entries"):
     tasks.build({"type": "hierarchical", "tree": ANCESTORS[:4]}, 5)
+
+
+# --- the Task contract: the host and device views of each built-in task agree -------------------------------------
+
+
+@pytest.mark.parametrize("config, k", [
+    ({"type": "multiclass"}, 4), ({"type": "binary", "threshold": 0.3}, 2),
+    ({"type": "multilabel", "thresholds": (0.2, 0.5, 0.7)}, 3),
+    ({"type": "hierarchical", "tree": ("a", "a", "b", "b")}, 4)])
+def test_host_decisions_and_outputs_agree_with_the_device(config, k):
+  task = tasks.build(config, k)
+  assert isinstance(task, tasks.Task) and task.single_label == (config["type"] != "multilabel")
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(64, task.num_outputs)).astype(np.float32) * 2)
+  probs = np.asarray(task.probabilities(logits))
+  assert probs.shape == ((64,) if config["type"] == "binary" else (64, k))
+  np.testing.assert_array_equal(task.decide(probs), np.asarray(task.predict(logits)))
+  outputs = task.eval_outputs(logits, jnp.zeros(64, jnp.int32), jnp.ones(64, bool))
+  np.testing.assert_allclose(np.asarray(outputs["probs"]), probs, rtol=1e-6)
+  scores, shown = task.attribution_scores(logits)
+  assert scores.shape == shown.shape == (64, k)
+  if task.single_label:  # explain's default class is the decided one
+    assert [task.explained_class(row) for row in np.asarray(shown)] == list(task.decide(probs))
+  names = [f"c{i}" for i in range(k)]
+  record = task.prediction_record(names, probs[0], top_k=2)
+  assert len(record["top_k"]) == 2 and {"prediction", "probability"} <= set(record)
+  assert "output" in task.export_metadata(names)
+  assert set(task.decision_thresholds()) <= {"threshold", "thresholds"}
