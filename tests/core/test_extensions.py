@@ -74,6 +74,27 @@ def test_readme_model_trains_by_name_and_config_json_records_the_imports(trained
   assert 0.0 <= report["accuracy"] <= 1.0
 
 
+def test_fine_tuning_from_the_workdir_starts_from_its_weights(trained, tmp_path, monkeypatch):
+  """init_from the my_net workdir (restore reads its config.json, importing my_models): at learning rate 0 the
+  fine-tuned parameters are the source's exactly."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import loop  # pylint: disable=g-import-not-at-top
+  folder, workdir, _ = trained
+  monkeypatch.chdir(folder)
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  config = tiny_config(**{"model.name": "my_net", "optimizer.learning_rate": 0.0}, imports="my_models",
+                       init_from=str(workdir), num_train_steps=3, eval_every_steps=-1, checkpoint_every_steps=-1)
+  try:
+    loop.train_and_evaluate(config, str(tmp_path / "tuned"))
+    old, new = (restore.restore(str(w)).variables["params"] for w in (workdir, tmp_path / "tuned"))
+  finally:
+    sys.modules.pop("my_models", None)
+  for a, b in zip(jax.tree_util.tree_leaves(old), jax.tree_util.tree_leaves(new), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_fresh_processes_evaluate_predict_and_export_the_workdir_importing_from_config_json(trained, python):
   """No --config and no import in the commands: the module must come from config.json's imports."""
   import numpy as np  # pylint: disable=g-import-not-at-top
