@@ -12,6 +12,7 @@ jaxcls's defaults by `with_preprocessing`, before the data is built.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -381,6 +382,11 @@ def _torch_shape(name: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _leaves(model, image_shape) -> list[tuple[str, tuple[str, ...], tuple[int, ...], str]]:
   """(collection, path inside it, shape, torchvision key) of every variable of `model`."""
+  return _traced_leaves(model, tuple(int(d) for d in image_shape))
+
+
+@functools.lru_cache(maxsize=16)  # loading traces each model a few times (layout, head, mapping): once is enough
+def _traced_leaves(model, image_shape: tuple[int, ...]) -> list[tuple[str, tuple[str, ...], tuple[int, ...], str]]:
   renames = getattr(type(model), "TORCH_RENAMES", None)
   if renames is None:
     raise ConfigError(f"Model {type(model).__name__} has no torchvision or timm layout, so config.init_from cannot "
@@ -389,7 +395,7 @@ def _leaves(model, image_shape) -> list[tuple[str, tuple[str, ...], tuple[int, .
   for path, leaf in jax.tree_util.tree_leaves_with_path(tv.abstract_variables(model, tuple(image_shape))):
     names = tuple(p.key for p in path)
     out.append((names[0], names[1:], tuple(leaf.shape), tv.torch_key(names[0], names[1:], renames)))
-  return out
+  return sorted(out, key=lambda leaf: leaf[0] != "params")  # parameters first: problems read better
 
 
 def _layouts(model) -> dict[str, Any]:
@@ -405,6 +411,14 @@ def detect_layout(model, state_dict: Mapping[str, Any], image_shape) -> str:
   keys = [leaf[3] for leaf in _leaves(model, image_shape)]
   hits = {name: sum(rename(k) in state_dict for k in keys) for name, rename in _layouts(model).items()}
   return max(hits, key=lambda name: (hits[name], name == "torchvision"))
+
+
+def layout_name(model, layout: str, image_shape) -> str:
+  """`layout`, or 'timm/torchvision' where the two name every variable alike (ResNets)."""
+  keys = [leaf[3] for leaf in _leaves(model, image_shape)]
+  renames = list(_layouts(model).values())
+  same = len(renames) > 1 and all(len({rename(k) for rename in renames}) == 1 for k in keys)
+  return "timm/torchvision" if same else layout
 
 
 def head_classes(model, state_dict: Mapping[str, Any], image_shape) -> int:
@@ -428,6 +442,7 @@ def to_variables(model, state_dict: Mapping[str, np.ndarray], image_shape, what:
   layout = detect_layout(model, state_dict, image_shape)
   rename = _layouts(model)[layout]
   used, problems, out = set(), [], {}
+  what_layout = layout_name(model, layout, image_shape)
   for collection, inner, shape, torch_key in _leaves(model, image_shape):
     key = rename(torch_key)
     where = "/".join((collection, *inner))
@@ -451,11 +466,11 @@ def to_variables(model, state_dict: Mapping[str, np.ndarray], image_shape, what:
   if problems:
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     hint = _vit_hint(model, state_dict) if any("pos_embed" in p for p in problems) else ""
-    raise CheckpointError(f"{what} ({layout} layout) do not fit model {type(model).__name__} as configured: "
+    raise CheckpointError(f"{what} ({what_layout} layout) do not fit model {type(model).__name__} as configured: "
                           f"{'; '.join(problems[:5])}{more}.{hint} Set config.model to the weights' architecture "
                           "and settings.")
   out.setdefault("batch_stats", {})
-  return out, layout, skipped
+  return out, layout_name(model, layout, image_shape), skipped
 
 
 def _vit_hint(model, state_dict) -> str:
