@@ -239,6 +239,7 @@ class _Cadence:
 
 def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str, Any]:
   compile_cache.enable(config.compilation_cache_dir)
+  config = transfer.with_weights_preprocessing(config)  # hf-hub:/torchvision: weights' mean, std, size, crop
   if config.dtype not in steps.DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is not valid; use one of {', '.join(steps.DTYPES)}.")
   workdir = os.fspath(paths.makedirs(workdir, "workdir"))  # absolute local path or gs:// URL, never ./gs:

@@ -23,6 +23,7 @@ from absl import logging
 
 from jaxcls import models
 from jaxcls.models import torchvision as convert
+from jaxcls.models import pretrained
 from jaxcls.core import parallel
 from jaxcls.core import paths
 from jaxcls.store import restore
@@ -130,6 +131,22 @@ def read_source(path: str, step: int | str | None = -1) -> Source:
     raise CheckpointError(f"{path!r} holds no 'params'; it was not written by `python -m jaxcls.convert`.")
   return Source(description=f"weights file {path}", variables={"params": variables["params"],
                                                                 "batch_stats": variables.get("batch_stats") or {}})
+
+
+
+def pretrained_source(init_from: str, step, model_config, image_shape) -> Source:
+  """The pretrained weights `init_from` names (hf-hub:, torchvision: or a .safetensors file; see models/pretrained)."""
+  if restore.parse_step(step, "config.init_from_step") is not None:
+    raise ConfigError(f"config.init_from_step={step!r} applies to workdirs only; {init_from!r} names pretrained "
+                      "weights, so set init_from_step=-1.")
+  weights = pretrained.load(init_from, models.build(model_config, 1), image_shape, model_config["name"])
+  size = weights.preprocessing.image_size if weights.preprocessing else None
+  return Source(description=weights.description, variables=weights.variables,
+                image_shape=(*size, image_shape[-1]) if size else None)
+
+
+# The weights' preprocessing into the config's dataset keys left at their defaults, before the data is built.
+with_weights_preprocessing = pretrained.with_preprocessing
 
 
 def _model_differences(source: Source, model_config) -> str:
@@ -305,7 +322,8 @@ class Plan:
       logging.info("Parameter groups: %s", self.describe_groups(parallel.to_host(state.params)))
     if not self.init_from:
       return state
-    source = read_source(self.init_from, self.init_from_step)
+    source = (pretrained_source(self.init_from, self.init_from_step, self.model_config, self.image_shape)
+              if pretrained.handles(self.init_from) else read_source(self.init_from, self.init_from_step))
     fresh = {"params": parallel.to_host(state.params), "batch_stats": parallel.to_host(state.batch_stats)}
     merged = merge(fresh, source, self.head, self.policy, self.class_names, self.model_config)
     head_names = ", ".join("/".join(h) for h in self.head)
