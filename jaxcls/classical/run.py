@@ -17,15 +17,14 @@ import numpy as np
 from absl import logging
 
 from jaxcls import data, tasks
-from jaxcls.evaluation import knn
-from jaxcls.evaluation import report
-from jaxcls.training import loop as train
-from jaxcls.store import workdir as workdir_lib
 from jaxcls.classical import handcrafted, settings, svm
 from jaxcls.core.errors import ConfigError
+from jaxcls.evaluation import knn
+from jaxcls.evaluation import loop as eval_loop
+from jaxcls.store import workdir as workdir_lib
 
 _MIN_VOTE_FRACTION = 1e-6
-MODEL_FILE = "classical_svm.npz"
+MODEL_FILE = workdir_lib.CLASSICAL_MODEL_NAME
 
 
 def split_features(dataset, spec: handcrafted.FeatureSpec, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +55,7 @@ def _training_split_dataset(config):
 
 
 def model_name(options: settings.Settings) -> str:
+  """report.json's model name: the classifier and its features, e.g. 'svm[hog+color]'."""
   return f"{options.classifier}[{'+'.join(options.spec.names)}]"
 
 
@@ -65,9 +65,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_supported(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  if not config.dataset.cache_dir:  # a folder source's decoded-array cache lives with the run, as in train.py
+  if not config.dataset.cache_dir:  # a folder source's decoded-array cache lives with the run, as in training
     config = ml_collections.ConfigDict(config.to_dict())
-    config.dataset.cache_dir = os.path.join(workdir, "cache")
+    config.dataset.cache_dir = workdir_lib.cache_dir(workdir)
   start = time.perf_counter()
   eval_dataset = data.build(config)
   train_dataset = _training_split_dataset(config)
@@ -105,17 +105,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result, outputs = _score(config, info.num_classes, logits, eval_y)
   eval_seconds = time.perf_counter() - t0
 
-  final = {"step": 0, "split": config.dataset.eval_split, "task": config.task.type, "model": model_name(options),
-           **result, "num_features": int(train_x.shape[1]), "train_seconds": feature_seconds + fit_seconds,
-           "feature_seconds": feature_seconds, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
-           "run_seconds": time.perf_counter() - start, **fit_info}
+  final = eval_loop.final_report(0, config, result, model_name(options))
+  final.update({"num_features": int(train_x.shape[1]), "train_seconds": feature_seconds + fit_seconds,
+                "feature_seconds": feature_seconds, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
+                "run_seconds": time.perf_counter() - start, **fit_info})
   _write_run_files(workdir, config, info)
   if options.classifier == "svm":
     np.savez(os.path.join(workdir, MODEL_FILE), weights=model.weights, bias=model.bias,
              feature_mean=scaler.mean if scaler else np.zeros(0), feature_std=scaler.std if scaler else np.zeros(0))
-  plot_paths = train.write_plots(workdir, final, outputs, info.class_names, dataset=eval_dataset,
-                                 batch_size=options.batch_size)
-  report.write(workdir, final, info.class_names, plot_paths)
+  eval_loop.write_report(workdir, final, outputs, info.class_names, dataset=eval_dataset,
+                         batch_size=options.batch_size)
   logging.info("%s on the %s split: accuracy %.4f; train %.1f s (features %.1f s, fit %.1f s), eval %.1f s.",
                final["model"], final["split"], final["accuracy"], final["train_seconds"], feature_seconds,
                fit_seconds, eval_seconds)
@@ -138,6 +137,6 @@ def _sums_and_outputs(task, logits, labels, mask):
 
 def _write_run_files(workdir: str, config, info) -> None:
   """config.json (with the data's derived values) and classes.json, as a training run leaves them."""
-  resolved = train.resolved_config(config, info, num_train_steps=0)
+  resolved = workdir_lib.resolved_config(config, info, num_train_steps=0)
   workdir_lib.write_config(workdir, resolved)
   workdir_lib.write_classes(workdir, info.class_names)

@@ -135,7 +135,7 @@ def get_base_config() -> ml_collections.ConfigDict:
                                                # 'flip' (mirror; 2 passes) | 'flip_translate' (airbench: 6 passes);
                                                # logits are averaged (jaxcls/models/tta.py, docs/tta.md)
 
-  config.evaluators = config_dict.FieldReference((), field_type=object)  # periodic evaluators by name, e.g.
+  config.evaluators = config_dict.FieldReference(("classification",), field_type=object)  # evaluators by name:
                                                # ('fewshot',) or 'fewshot' on the command line; each reads its
                                                # own section below (jaxcls/evaluation/evaluators.py registers them)
   config.fewshot = ml_collections.ConfigDict()  # few-shot ridge + k-NN on penultimate features (docs/fewshot.md)

@@ -1,6 +1,4 @@
-"""Few-shot linear and k-NN evaluation of a model's penultimate features, periodically in training or as a command.
-
-`python -m jaxcls.fewshot --workdir DIR [--step N|best] [--shots 1,5,10,25] [--seeds 3] [--knn_k 1,10]`
+"""Few-shot linear and k-NN evaluation of a model's penultimate features, periodically in training or on a workdir.
 
 For n shots and seed s, n training examples per class are drawn (nested: the 1-shot set is inside the 5-shot
 set of the same seed), a closed-form ridge regression with one-vs-all targets in {-1, +1} is fitted to their
@@ -8,38 +6,32 @@ standardised features (as big_vision's few-shot evaluator does; the intercept is
 accuracy on the eval split is measured; mean and spread over the seeds are reported. k-NN accuracy uses every
 cached training example. The ridge classifier is scikit-learn's
 `make_pipeline(StandardScaler(), RidgeClassifier(alpha=l2_reg))` in closed form; tests check they agree.
+
+The settings and their defaults have one home, the `config.fewshot` section of `jaxcls.config.base`; the
+training evaluator, `evaluate_workdir` and `python -m jaxcls.fewshot` all read them from there.
 """
 
 import dataclasses
 import json
 import math
-import os
-import sys
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
 
-from jaxcls.evaluation import knn
-from jaxcls.core.errors import ConfigError, DataError, JaxclsError
-
-DEFAULT_SHOTS = (1, 5, 10, 25)
-RESULT_NAME = "fewshot.json"
+from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.evaluation import evaluators, knn
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `config.fewshot` section, read when `config.evaluators` lists 'fewshot'."""
-  c = ml_collections.ConfigDict()
-  c.every_steps = 0            # run every N training steps and at the end; 0 = with every evaluation
-  c.shots = DEFAULT_SHOTS      # training examples per class for the ridge classifier
-  c.seeds = 3                  # shot draws per shot count; the mean and std over them are reported
-  c.l2_reg = 1024.0            # ridge penalty on the standardised features (big_vision's default 2**10)
-  c.knn_k = (1, 10)            # neighbours for k-NN accuracy; () = no k-NN
-  c.knn_metric = "cosine"      # 'cosine' | 'euclidean'
-  c.train_examples = 10_000    # training examples kept (whole batches, in a fixed shuffled order); 0 = an epoch
-  c.batch_size = 0             # global batch for feature extraction; 0 = eval_batch_size (or batch_size)
-  return c
+  """The `config.fewshot` section with its defaults (jaxcls.config.base, the one place they are written)."""
+  from jaxcls.config import base as config_base  # pylint: disable=g-import-not-at-top
+  return config_base.get_base_config().fewshot
+
+
+def _defaults() -> dict[str, Any]:
+  return default_config().to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,6 +94,7 @@ def sample_shots(labels: np.ndarray, shots: Sequence[int], seed: int, num_classe
 
 
 def check_labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
+  """The labels as one class index per example in [0, num_classes); a DataError otherwise (e.g. multi-label)."""
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise DataError(f"Few-shot and k-NN evaluation need one integer class label per {what} example; got labels of "
@@ -112,6 +105,7 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
 
 
 def check_settings(shots: Sequence[int], seeds: int, knn_k: Sequence[int], knn_metric: str) -> None:
+  """Refuses settings that cannot run (before any feature is extracted), naming the fewshot key."""
   if not shots and not knn_k:
     raise ConfigError("Few-shot evaluation has nothing to do: give fewshot.shots and/or fewshot.knn_k.")
   if any(int(n) < 1 for n in shots):
@@ -125,13 +119,21 @@ def check_settings(shots: Sequence[int], seeds: int, knn_k: Sequence[int], knn_m
 
 
 def evaluate_features(train_features, train_labels, eval_features, eval_labels, *, num_classes: int,
-                      shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = 3, l2_reg: float = 1024.0,
-                      knn_k: Sequence[int] = (1, 10), knn_metric: str = "cosine", seed: int = 0) -> dict[str, Any]:
+                      shots: Sequence[int] | None = None, seeds: int | None = None, l2_reg: float | None = None,
+                      knn_k: Sequence[int] | None = None, knn_metric: str | None = None,
+                      seed: int = 0) -> dict[str, Any]:
   """Ridge few-shot accuracies per shot count and seed, and k-NN accuracies, from precomputed features.
 
-  Returns {"shots": {n: {"mean", "std", "per_seed": [...]}}, "knn": {k: accuracy}}. The std is over seeds with
-  ddof=1 (0 for one seed). Shot draw i uses `np.random.default_rng([seed, i])`.
+  A setting left None takes its `config.fewshot` default. Returns {"shots": {n: {"mean", "std", "per_seed":
+  [...]}}, "knn": {k: accuracy}}. The std is over seeds with ddof=1 (0 for one seed). Shot draw i uses
+  `np.random.default_rng([seed, i])`.
   """
+  d = _defaults()
+  shots = d["shots"] if shots is None else shots
+  seeds = d["seeds"] if seeds is None else seeds
+  l2_reg = d["l2_reg"] if l2_reg is None else l2_reg
+  knn_k = d["knn_k"] if knn_k is None else knn_k
+  knn_metric = d["knn_metric"] if knn_metric is None else knn_metric
   check_settings(shots, seeds, knn_k, knn_metric)
   train_labels = check_labels(train_labels, num_classes, "training")
   eval_labels = check_labels(eval_labels, num_classes, "eval")
@@ -187,7 +189,7 @@ def train_batches(dataset, batch_size: int, max_examples: int, seed: int) -> Ite
     yield next(stream)
 
 
-class FewShotEvaluator:
+class FewShotEvaluator(evaluators.Evaluator):
   """Few-shot ridge and k-NN accuracies of the current parameters, for the training loop.
 
   The training batches are read once, at construction, and kept on the host (uint8, about
@@ -199,14 +201,16 @@ class FewShotEvaluator:
   """
 
   def __init__(self, fewshot_config: Mapping[str, Any], model, dataset, mesh, dtype: str, *,
-               batch_size: int | None = None, seed: int = 0, every: int = 0):
-    from jaxcls.evaluation import features  # pylint: disable=g-import-not-at-top
+               batch_size: int | None = None, seed: int = 0, every: int = 0, prefix: str = "fewshot/"):
     from jaxcls.core import parallel
+    from jaxcls.evaluation import features  # pylint: disable=g-import-not-at-top
     given = fewshot_config.to_dict() if hasattr(fewshot_config, "to_dict") else dict(fewshot_config)
-    unknown = sorted(set(given) - set(default_config().to_dict()))
+    defaults = _defaults()
+    unknown = sorted(set(given) - set(defaults))
     if unknown:
-      raise ConfigError(f"Unknown fewshot config key(s) {unknown}; valid: {sorted(default_config().to_dict())}.")
-    self.config = c = dict(default_config().to_dict(), **given)
+      raise ConfigError(f"Unknown fewshot config key(s) {unknown}; valid: {sorted(defaults)}.")
+    self.config = c = dict(defaults, **given)
+    self.prefix = prefix
     check_settings(c["shots"], c["seeds"], c["knn_k"], c["knn_metric"])
     self.batch_size = int(c["batch_size"] or batch_size or 0)
     if self.batch_size < 1:
@@ -229,11 +233,8 @@ class FewShotEvaluator:
     self.num_train_examples = len(labels)
     self.every = int(c["every_steps"]) or int(every)  # its own cadence, else the loop's evaluation cadence
 
-  def due(self, step: int, last_step: int) -> bool:
-    """Whether the loop should evaluate after `step` (every `every` steps and at the last step)."""
-    return self.every > 0 and (step % self.every == 0 or step == last_step)
-
   def results(self, params, batch_stats=None) -> dict[str, Any]:
+    """{"shots": ..., "knn": ...} of these variables (see `evaluate_features`)."""
     variables = {"params": params, "batch_stats": batch_stats or {}}
     train_features, train_labels = self.extractor(variables, iter(self._train))
     eval_features, eval_labels = self.extractor(variables, self.dataset.eval_batches(self.batch_size))
@@ -243,36 +244,51 @@ class FewShotEvaluator:
                              knn_metric=c["knn_metric"], seed=self.seed)
 
   def __call__(self, params, batch_stats=None) -> dict[str, float]:
-    return scalars(self.results(params, batch_stats))
+    return scalars(self.results(params, batch_stats), self.prefix)
 
 
-def build_evaluator(config, model, dataset, mesh, eval_every: int = 0) -> FewShotEvaluator:
-  """The evaluator `config.fewshot` describes; it runs every `fewshot.every_steps`, or with each evaluation."""
-  return FewShotEvaluator(config.get("fewshot") or {}, model, dataset, mesh, config.dtype,
+def build_evaluator(config, model, dataset, mesh, eval_every: int = 0, *, knn_only: bool = False) -> FewShotEvaluator:
+  """The evaluator `config.fewshot` describes; it runs every `fewshot.every_steps`, or with each evaluation.
+
+  `knn_only` (the 'knn' evaluator) measures only the k-NN accuracies, logged as `knn/knn<k>`.
+  """
+  section = (config.get("fewshot") or ml_collections.ConfigDict()).to_dict()
+  if knn_only:
+    section["shots"] = ()
+  return FewShotEvaluator(section, model, dataset, mesh, config.dtype,
                           batch_size=config.eval_batch_size or config.batch_size, seed=config.seed,
-                          every=eval_every)
+                          every=eval_every, prefix="knn/" if knn_only else "fewshot/")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The command.
 
 
-def evaluate_workdir(workdir: str, *, step=None, shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = 3,
-                     knn_k: Sequence[int] = (1, 10), knn_metric: str = "cosine", l2_reg: float = 1024.0,
+def evaluate_workdir(workdir: str, *, step=None, shots: Sequence[int] | None = None, seeds: int | None = None,
+                     knn_k: Sequence[int] | None = None, knn_metric: str | None = None, l2_reg: float | None = None,
                      train_examples: int = 0, batch_size: int = 0) -> dict[str, Any]:
-  """Few-shot and k-NN accuracies of checkpoint `step` (default: latest) of `workdir`; writes DIR/fewshot.json."""
-  from jaxcls import data  # pylint: disable=g-import-not-at-top
-  from jaxcls.evaluation import features
-  from jaxcls.core import parallel
-  from jaxcls.core import paths
-  from jaxcls.store import restore
+  """Few-shot and k-NN accuracies of checkpoint `step` (default: latest) of `workdir`; writes DIR/fewshot.json.
 
+  A setting left None takes its `config.fewshot` default; `train_examples=0` uses the whole training split.
+  """
+  from jaxcls import data  # pylint: disable=g-import-not-at-top
+  from jaxcls.core import parallel, paths
+  from jaxcls.evaluation import features
+  from jaxcls.store import restore
+  from jaxcls.store import workdir as workdir_lib
+
+  d = _defaults()
+  shots = tuple(d["shots"] if shots is None else shots)
+  seeds = int(d["seeds"] if seeds is None else seeds)
+  knn_k = tuple(d["knn_k"] if knn_k is None else knn_k)
+  knn_metric = d["knn_metric"] if knn_metric is None else knn_metric
+  l2_reg = float(d["l2_reg"] if l2_reg is None else l2_reg)
   check_settings(shots, seeds, knn_k, knn_metric)
   restored = restore.restore(workdir, step)
   config = restored.config
   config.dataset.train_crop = "resize"  # no random host crops: the features of an example are fixed
-  if not config.dataset.cache_dir and not paths.is_remote(restored.workdir):  # as in train.py
-    config.dataset.cache_dir = os.path.join(restored.workdir, "cache")
+  if not config.dataset.cache_dir and not paths.is_remote(restored.workdir):  # where training keeps it
+    config.dataset.cache_dir = workdir_lib.cache_dir(restored.workdir)
   dataset = data.build(config)
   if dataset.info.num_classes != restored.info.num_classes:
     raise DataError(f"The dataset now has {dataset.info.num_classes} classes but the model in {workdir} was "
@@ -297,7 +313,7 @@ def evaluate_workdir(workdir: str, *, step=None, shots: Sequence[int] = DEFAULT_
            "knn": {str(k): acc for k, acc in results["knn"].items()},
            "metrics": scalars(results)}
   if parallel.is_main_process():
-    paths.write_text(paths.join(restored.workdir, RESULT_NAME), json.dumps(final, indent=1))
+    paths.write_text(workdir_lib.fewshot_path(restored.workdir), json.dumps(final, indent=1))
   return final
 
 
@@ -313,46 +329,3 @@ def table(final: Mapping[str, Any]) -> str:
     name = f"k-NN k={k} ({final['knn_metric']})"
     lines.append(f"{name:<26}{acc:>10.4f}")
   return "\n".join(lines)
-
-
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
-  try:
-    return tuple(int(v) for v in text.split(",") if v.strip())
-  except ValueError:
-    raise ConfigError(f"--{flag}={text!r} must be a comma-separated list of integers, e.g. 1,5,10,25.") from None
-
-
-def define_flags() -> None:
-  """The command's flags; defined on demand so that importing this module (train.py does) defines none."""
-  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-  flags.DEFINE_string("step", None, "Checkpoint step: N, 'latest' (default) or 'best' (config.best_metric).")
-  flags.DEFINE_string("shots", "1,5,10,25", "Training examples per class for the ridge classifier.")
-  flags.DEFINE_integer("seeds", 3, "Shot draws per shot count (mean and std over them).")
-  flags.DEFINE_string("knn_k", "1,10", "Neighbour counts for k-NN accuracy ('' = none).")
-  flags.DEFINE_enum("knn_metric", "cosine", list(knn.METRICS), "k-NN distance.")
-  flags.DEFINE_float("l2_reg", 1024.0, "Ridge penalty on the standardised features.")
-  flags.DEFINE_integer("train_examples", 0, "Training examples to use (0 = the whole split, rounded down to "
-                       "whole batches).")
-  flags.DEFINE_integer("batch_size", 0, "Feature-extraction batch (0 = the config's eval batch).")
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  if not f.workdir:
-    print("jaxcls: error: --workdir is required.", file=sys.stderr)
-    sys.exit(2)
-  try:
-    final = evaluate_workdir(f.workdir, step=f.step, shots=_int_list(f.shots, "shots"), seeds=f.seeds,
-                             knn_k=_int_list(f.knn_k, "knn_k"), knn_metric=f.knn_metric, l2_reg=f.l2_reg,
-                             train_examples=f.train_examples, batch_size=f.batch_size)
-  except JaxclsError as e:
-    print(f"jaxcls: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  logging.info("Few-shot results:\n%s", table(final))
-  print(table(final))
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)

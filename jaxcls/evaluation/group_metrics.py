@@ -6,7 +6,8 @@ array, a folder label file's `group` column) as one name per eval example, in sp
 order of the gathered eval outputs.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

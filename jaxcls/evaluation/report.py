@@ -2,11 +2,13 @@
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from jaxcls.core import paths
+from jaxcls.store import workdir as workdir_lib
 
 
 def write(workdir: str, report: dict[str, Any], class_names: Sequence[str], plot_paths: Sequence[str] = ()) -> None:
@@ -16,9 +18,10 @@ def write(workdir: str, report: dict[str, Any], class_names: Sequence[str], plot
     report["recall_spread"] = spread
   workdir = paths.path(workdir, "report folder")
   paths.makedirs(workdir)
-  paths.write_text(workdir / "report.json", json.dumps(report, indent=1) + "\n")
+  json_path, md_path = workdir_lib.report_paths(workdir)  # store.workdir owns the names
+  paths.write_text(json_path, json.dumps(report, indent=1) + "\n")
   plots = [_relative(p, workdir) for p in plot_paths]
-  paths.write_text(workdir / "report.md", markdown(report, class_names, plots))
+  paths.write_text(md_path, markdown(report, class_names, plots))
 
 
 def _relative(target, folder) -> str:
@@ -44,6 +47,7 @@ def recall_spread(report: dict[str, Any], class_names: Sequence[str]) -> dict[st
 
 
 def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence[str] = ()) -> str:
+  """report.md: the scalar metrics, per-class and per-group tables, the most confused pairs and the figures."""
   lines = [f"# Evaluation report: {report['split']} split, step {report['step']}", "",
            "| metric | value |", "|---|---|"]
   undefined = report.get("undefined") or {}

@@ -1,32 +1,16 @@
 """Evaluate a trained workdir on a split of its data, or on a folder of new labelled images.
 
-  python -m jaxcls.evaluate --workdir DIR [--split test] [--step N|best] [--output_dir OUT]
-  python -m jaxcls.evaluate --workdir DIR --data FOLDER [--labels_file F] [--step N|best] [--output_dir OUT]
-
 Restores the model and its resolved config (DIR/config.json) from a training workdir, evaluates exactly (every
-example once), and writes report.json, report.md and plots/, then prints a summary. A split's report goes into DIR
-(the same report training writes at its end) unless --output_dir says otherwise; a --data folder's report goes
-into DIR/eval_<folder name>, so the training report is kept.
+example once), and writes report.json, report.md and plots/. A split's report goes into DIR (the same report
+training writes at its end) unless `output_dir` says otherwise; a `data_dir` folder's report goes into
+DIR/eval_<folder name>, so the training report is kept. `python -m jaxcls.evaluate` is the command.
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import logging
 
 from jaxcls.core.errors import ConfigError
-
-def define_flags() -> None:
-  """The command's flags, defined only when it runs (several commands share names such as --workdir)."""
-  flags.DEFINE_string("workdir", None, "A jaxcls training workdir (holds config.json and checkpoints/).")
-  flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
-  flags.DEFINE_string("step", None, "Checkpoint step to evaluate: N, 'latest' (default) or 'best'.")
-  flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir; with --data, "
-                      "WORKDIR/eval_<folder name>).")
-  flags.DEFINE_string("data", None, "A folder of new labelled images to evaluate instead of a split: class "
-                      "subfolders named like the trained classes, or any layout with --labels_file.")
-  flags.DEFINE_string("labels_file", None, "With --data: a CSV/JSON of image paths (relative to --data) and "
-                      "labels, as for dataset.labels_file.")
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None = None,
@@ -38,17 +22,16 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   instead of a split of the training data, which then need not exist.
   """
   from jaxcls.core import paths  # pylint: disable=g-import-not-at-top
+  if labels_file and not data_dir:
+    raise ConfigError("--labels_file needs --data (the folder its paths are relative to).")
   workdir = os.fspath(paths.path(workdir, "--workdir"))  # a local folder or a gs:// URL; a bad URL fails at once
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxcls import data  # pylint: disable=g-import-not-at-top
   from jaxcls.core import parallel
-  from jaxcls.evaluation import report
-  from jaxcls.store import restore
-  from jaxcls.training import steps
-  from jaxcls.training import loop as train
+  from jaxcls.data.sources import labelled_folder
+  from jaxcls.evaluation import loop
   from jaxcls.models import tta
-  from jaxcls.data.sources import labelled_folder  # pylint: disable=g-import-not-at-top
-  from jaxcls.training.state import TrainState  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import build, restore
+  from jaxcls.store import workdir as workdir_lib
 
   config = restore.load_config(workdir)
   confine_cache_dir(config, workdir)
@@ -64,30 +47,22 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   else:
     dataset = data.build(config)
   info = dataset.info
-  if data_dir:  # no training class counts here: the loss is unweighted even if training weighted classes
-    task, model = restore.build_task_and_model(config, info)
-  else:
-    task, model, _ = train.build_task_and_model(config, info)
+  # A split of the training data has its class counts, so the loss is weighted as in training; a new folder has
+  # none, so its loss is unweighted even if training weighted classes.
+  task, model, _ = build.build_task_and_model(config, info, weighted=not data_dir)
   # Only what evaluation reads (the moving average when one was kept), so any optimizer's checkpoint fits.
-  variables = restore.read_variables(workdir, step)
-  state = parallel.replicate(TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
-                                        batch_stats=variables["batch_stats"], opt_state={}, ema_params={}), mesh)
-  eval_step = steps.CompiledOnFirstCall(
-      steps.make_eval_step(model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh,
-                           tta=tta.from_config(config)),
-      "Eval step (forward)", eval_batch_size / mesh.size)
-  result, outputs = train.evaluate(eval_step, state, dataset, task, eval_batch_size, mesh,
-                                   config.prefetch_to_device)
-  final = {"step": int(step), "split": config.dataset.eval_split, "task": config.task.type,
-           "model": config.model.name, **result}
+  variables = parallel.replicate(restore.read_variables(workdir, step), mesh)
+  eval_step = loop.make_eval_step(model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh,
+                                  tta=tta.from_config(config))
+  result, outputs = loop.evaluate(eval_step, variables, dataset, task, eval_batch_size, mesh,
+                                  config.prefetch_to_device)
+  final = loop.final_report(step, config, result)
   if parallel.is_main_process():
-    default = paths.join(workdir, "eval_" + os.path.basename(os.path.normpath(data_dir))) if data_dir else workdir
-    output_dir = os.fspath(paths.makedirs(output_dir or default, "--output_dir"))
+    output_dir = loop.output_folder(workdir, output_dir, data_dir)
     if data_dir:
-      train.write_skipped_files(output_dir, dataset, True)
-    plots = train.write_plots(output_dir, final, outputs, info.class_names, metrics_dir=workdir, dataset=dataset,
-                              batch_size=eval_batch_size)
-    report.write(output_dir, final, info.class_names, plots)
+      workdir_lib.write_skipped_files(output_dir, dataset, True)
+    loop.write_report(output_dir, final, outputs, info.class_names, dataset=dataset, batch_size=eval_batch_size,
+                      metrics_dir=workdir)
   return final
 
 
@@ -99,6 +74,7 @@ def confine_cache_dir(config, workdir: str) -> None:
   (an old machine's path, `/etc`, a link out of the workdir) is replaced by WORKDIR/cache, with a warning.
   """
   from jaxcls.core import paths  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   value = config.dataset.get("cache_dir", "") or ""
   if not value:
     return  # the folder source's default: the user's cache folder
@@ -109,36 +85,16 @@ def confine_cache_dir(config, workdir: str) -> None:
   real = "" if paths.is_remote(value) else os.path.realpath(os.path.expanduser(str(value)))
   if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots if real):
     return
-  replacement = "" if paths.is_remote(workdir) else os.path.join(workdir, "cache")
+  replacement = "" if paths.is_remote(workdir) else workdir_lib.cache_dir(workdir)
   logging.warning("The workdir's config.json sets dataset.cache_dir=%r, outside the workdir and %s; evaluate "
                   "uses %s instead.", value, user_cache, replacement or user_cache)
   config.dataset.cache_dir = replacement
 
 
 def summary(final: dict) -> str:
+  """The one line the command prints: model, step, split and the headline metrics."""
   keys = [k for k in ("num_examples", "loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1",
                       "macro_roc_auc", "ece") if k in final]
   values = ", ".join(f"{k} {final[k]:.4f}" if isinstance(final[k], float) else
                      f"{k} {'undefined' if final[k] is None else final[k]}" for k in keys)
   return f"{final['model']} at step {final['step']} on the {final['split']} split: {values}"
-
-
-def main(argv):
-  del argv
-  args = flags.FLAGS
-  if not args.workdir:
-    print("jaxcls: error: --workdir is required.", file=sys.stderr)
-    sys.exit(2)
-  from jaxcls.core import errors  # pylint: disable=g-import-not-at-top
-  with errors.exit_on_user_error():
-    if args.labels_file and not args.data:
-      raise ConfigError("--labels_file needs --data (the folder its paths are relative to).")
-    final = evaluate_workdir(args.workdir, split=args.split, step=args.step, output_dir=args.output_dir,
-                             data_dir=args.data, labels_file=args.labels_file)
-  logging.info("%s", summary(final))
-  print(summary(final))
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)

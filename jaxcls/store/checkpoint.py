@@ -22,7 +22,8 @@ import math
 import os
 import re
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -31,9 +32,10 @@ from etils import epath
 
 from jaxcls.core import paths
 from jaxcls.core.errors import CheckpointError, ConfigError
+from jaxcls.store import workdir as workdir_lib
 
 BEST_MODES = ("max", "min")
-CORRUPT_DIR = "corrupt_checkpoints"  # beside DIR/checkpoints, so orbax never lists or cleans what is moved there
+CORRUPT_DIR = workdir_lib.CORRUPT_CHECKPOINTS_NAME  # beside DIR/checkpoints: orbax never lists or cleans it
 METRICS_ITEM = "metrics"  # orbax's own item (and file) name for the metrics given to save()
 STEP_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")  # written by orbax when a save is committed
 # tensorstore reports a truncated, missing or garbled array file as a ValueError starting with one of these codes
@@ -80,6 +82,7 @@ def check_keep(keep) -> int:
 
 
 def check_best(metric: str, mode: str) -> None:
+  """Refuses a best_metric that names no logged scalar (no '/') or a mode other than max / min, at start-up."""
   if not isinstance(metric, str) or (metric and "/" not in metric):
     raise ConfigError(f"config.best_metric={metric!r} is not valid; name a logged evaluation scalar such as "
                       "'eval/accuracy' or 'eval/loss', or '' to keep no best checkpoint.")
@@ -210,7 +213,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int, async_save: bool, fingerprint: dict, best_metric: str = "",
                best_mode: str = "max"):
-    self.directory = os.fspath(paths.join(workdir, "checkpoints"))  # local, or a gs:// URL orbax opens itself
+    self.directory = os.fspath(workdir_lib.checkpoints_path(workdir))  # local, or a gs:// URL orbax opens itself
     self.fingerprint = _plain(fingerprint)
     self.keep = check_keep(keep)
     check_best(best_metric, best_mode)
@@ -435,7 +438,7 @@ class Checkpointer:
       return
     root = paths.path(self.directory)
     aside = root.parent / CORRUPT_DIR
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     if jax.process_index() == 0:
       aside.mkdir(parents=True, exist_ok=True)
       for step, problem in sorted(damaged.items(), reverse=True):

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import ml_collections
 
-from jaxcls.core import paths
-from jaxcls.store import workdir as workdir_lib
+from jaxcls.core import extensions, paths
 from jaxcls.core.errors import CheckpointError, ConfigError
+from jaxcls.store import build
+from jaxcls.store import workdir as workdir_lib
 
 if TYPE_CHECKING:
   from jaxcls import data
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run saved, as a ConfigDict (lists where the original had tuples)."""
-  return ml_collections.ConfigDict(workdir_lib.read_config(workdir))  # one-line ConfigError if missing or damaged
+  config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))  # one-line ConfigError if missing or damaged
+  extensions.import_extensions(config)  # the run's own modules (config.imports), before anything is built from it
+  return config
 
 
 def info_from_config(config) -> data.DatasetInfo:
@@ -45,13 +48,6 @@ def info_from_config(config) -> data.DatasetInfo:
                           num_train=0, num_eval=0, mean=tuple(config.dataset.mean), std=tuple(config.dataset.std))
 
 
-def build_task_and_model(config, info: data.DatasetInfo):
-  """The task the run trained and its model (class weights only shape the loss, so they are left uniform here)."""
-  from jaxcls import models, tasks  # pylint: disable=g-import-not-at-top
-  task = tasks.build(dict(config.task, class_names=info.class_names, class_weights="none"), info.num_classes)
-  return task, models.build(config.model, task.num_outputs, config.dtype)
-
-
 @dataclasses.dataclass
 class Restored:
   """A trained model ready to apply: `model.apply(variables, images, train=False)` on normalised images."""
@@ -64,14 +60,7 @@ class Restored:
   variables: dict  # {'params': ..., 'batch_stats': ...} (batch_stats empty for models without batch norm)
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-  """The steps of the finished checkpoints under workdir/checkpoints (local or gs://; orbax's unfinished
-  `<step>.orbax-checkpoint-tmp-*` folders are not digits, so they are left out)."""
-  return sorted(int(name) for name in _listdir(paths.join(workdir, "checkpoints")) if name.isdigit())
-
-
-def _listdir(folder) -> list[str]:
-  return [child.name for child in folder.iterdir()] if folder.is_dir() else []
+checkpoint_steps = workdir_lib.checkpoint_steps  # the one listing of DIR/checkpoints
 
 
 StepChoice = int | str | None  # a step, None / -1 / 'latest' for the newest, or 'best'
@@ -111,7 +100,7 @@ def best_step(workdir: str, steps: list[int] | None = None) -> int:
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   metric, mode = str(config.get("best_metric", "") or ""), str(config.get("best_mode", "max") or "max")
-  folder = paths.join(workdir, "checkpoints")
+  folder = workdir_lib.checkpoints_path(workdir)
   if not metric:
     raise CheckpointError(f"{folder} has no best checkpoint: the run was trained with config.best_metric='' (no "
                           "best is kept); pick a step or 'latest' instead.")
@@ -140,7 +129,7 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
   step = parse_step(step)
   available = checkpoint_steps(workdir)
-  folder = paths.join(workdir, "checkpoints")
+  folder = workdir_lib.checkpoints_path(workdir)
   if not available:
     raise CheckpointError(f"{folder} holds no checkpoint; train first with python -m jaxcls.main.")
   if step is None:
@@ -163,6 +152,7 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
 def read_variables(workdir: str, step: int, *, use_ema: bool = True) -> dict:
   """{'params', 'batch_stats'} of checkpoint `step` as host arrays (the moving average when one was kept)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
   ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False, fingerprint={})  # reads only; prunes nothing
   try:
@@ -179,7 +169,7 @@ def restore(workdir: str, step: StepChoice = None, *, use_ema: bool = True) -> R
   workdir = os.fspath(paths.path(workdir, "workdir"))
   config = load_config(workdir)
   info = info_from_config(config)
-  task, model = build_task_and_model(config, info)
+  task, model, _ = build.build_task_and_model(config, info, weighted=False)  # class weights shape only the loss
   step = resolve_step(workdir, step)
   variables = read_variables(workdir, step, use_ema=use_ema)
   return Restored(workdir=workdir, step=step, config=config, info=info, task=task, model=model,

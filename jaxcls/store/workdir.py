@@ -8,7 +8,15 @@ Files (all written through `jaxcls.core.paths`, so a `gs://` workdir works the s
 - `config_history.jsonl`: one JSON object per line, appended (buffer and rewrite: object stores have no append)
   whenever a re-run replaces `config.json` of a workdir that already holds a checkpoint; each record keeps the
   previous config whole, so no earlier experiment description is ever lost;
-- `lock.json`: who is training into the workdir now (host, pid, start, heartbeat).
+- `lock.json`: who is training into the workdir now (host, pid, start, heartbeat);
+- `checkpoints/<step>/` (orbax, `jaxcls.store.checkpoint`), and `corrupt_checkpoints/` for damaged steps moved aside;
+- `metrics.jsonl` (every logged scalar), `report.json`, `report.md` and `plots/` (the final evaluation),
+  `skipped_files.txt` (unreadable images), `cache/` (a folder source's decoded arrays), `fewshot.json`
+  (`python -m jaxcls.fewshot`), `eval_<folder>/` (`python -m jaxcls.evaluate --data FOLDER`), and
+  `classical_svm.npz` (the classical baseline's classifier).
+
+This module is the one place that knows these names: everything else asks it for a path or calls its read and
+write functions, so the format (which users and scripts rely on) cannot drift between a writer and a reader.
 
 Guard 1, the same experiment (`check_rerun`): a workdir with a config and a checkpoint is resumed only when the
 new resolved config equals the saved one on every key that changes training. The keys that only change reporting,
@@ -30,7 +38,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from absl import logging
 from etils import epath
@@ -43,6 +52,16 @@ CLASSES_NAME = "classes.json"
 HISTORY_NAME = "config_history.jsonl"
 LOCK_NAME = "lock.json"
 CHECKPOINTS_NAME = "checkpoints"
+CORRUPT_CHECKPOINTS_NAME = "corrupt_checkpoints"  # beside checkpoints/, so orbax never lists or cleans it
+METRICS_NAME = "metrics.jsonl"
+REPORT_JSON_NAME = "report.json"
+REPORT_MD_NAME = "report.md"
+PLOTS_NAME = "plots"
+SKIPPED_NAME = "skipped_files.txt"
+CACHE_NAME = "cache"
+FEWSHOT_NAME = "fewshot.json"
+EVAL_FOLDER_PREFIX = "eval_"
+CLASSICAL_MODEL_NAME = "classical_svm.npz"  # the classical baseline's fitted SVM (python -m jaxcls.classical)
 
 # Keys (or whole sections, with every key under them) that do not change what is trained, with the reason.
 NON_TRAINING_KEYS = {
@@ -83,23 +102,80 @@ IGNORED_KEYS = ("allow_config_change",)
 
 
 def workdir_path(workdir: paths.PathLike) -> epath.Path:
+  """The workdir on the path layer (local made absolute, or gs://); every file below is named from it."""
   return paths.path(workdir, "workdir")
 
 
 def config_path(workdir: paths.PathLike) -> epath.Path:
+  """DIR/config.json: the resolved config."""
   return workdir_path(workdir) / CONFIG_NAME
 
 
 def classes_path(workdir: paths.PathLike) -> epath.Path:
+  """DIR/classes.json: the class names in label order."""
   return workdir_path(workdir) / CLASSES_NAME
 
 
 def history_path(workdir: paths.PathLike) -> epath.Path:
+  """DIR/config_history.jsonl: the configs a changed re-run replaced."""
   return workdir_path(workdir) / HISTORY_NAME
 
 
 def lock_path(workdir: paths.PathLike) -> epath.Path:
+  """DIR/lock.json: the running training's claim on the workdir."""
   return workdir_path(workdir) / LOCK_NAME
+
+
+def checkpoints_path(workdir: paths.PathLike) -> epath.Path:
+  """DIR/checkpoints: orbax's folder of `<step>` checkpoints."""
+  return workdir_path(workdir) / CHECKPOINTS_NAME
+
+
+def corrupt_checkpoints_path(workdir: paths.PathLike) -> epath.Path:
+  """DIR/corrupt_checkpoints: where damaged steps are moved aside (kept for inspection, never read)."""
+  return workdir_path(workdir) / CORRUPT_CHECKPOINTS_NAME
+
+
+def metrics_path(workdir: paths.PathLike) -> epath.Path:
+  """DIR/metrics.jsonl: one JSON object per logged step (the 'jsonl' writer; plots read the curves back)."""
+  return workdir_path(workdir) / METRICS_NAME
+
+
+def report_paths(folder: paths.PathLike) -> tuple[epath.Path, epath.Path]:
+  """(report.json, report.md) in `folder`: the workdir, or an evaluation's --output_dir."""
+  folder = paths.path(folder, "report folder")
+  return folder / REPORT_JSON_NAME, folder / REPORT_MD_NAME
+
+
+def plots_path(folder: paths.PathLike) -> epath.Path:
+  """`folder`/plots: the report's figures."""
+  return paths.path(folder, "report folder") / PLOTS_NAME
+
+
+def skipped_path(folder: paths.PathLike) -> epath.Path:
+  """`folder`/skipped_files.txt: the images a source could not read."""
+  return paths.path(folder, "report folder") / SKIPPED_NAME
+
+
+def cache_dir(workdir: str) -> str:
+  """DIR/cache: the default home of a folder source's decoded arrays for a local run (a plain path string, as
+  `config.dataset.cache_dir` holds it)."""
+  return os.path.join(workdir, CACHE_NAME)
+
+
+def fewshot_path(workdir: paths.PathLike) -> epath.Path:
+  """DIR/fewshot.json: the result of `python -m jaxcls.fewshot`."""
+  return workdir_path(workdir) / FEWSHOT_NAME
+
+
+def eval_folder(workdir: paths.PathLike, data_dir: str) -> epath.Path:
+  """DIR/eval_<folder name>: where an evaluation of a folder of new images writes, so the training report stays."""
+  return workdir_path(workdir) / (EVAL_FOLDER_PREFIX + os.path.basename(os.path.normpath(data_dir)))
+
+
+def is_workdir(folder: paths.PathLike) -> bool:
+  """Whether `folder` holds a run's config.json (what makes a folder a workdir for init_from and commands)."""
+  return config_path(folder).is_file()
 
 
 # ------------------------------------------------------------------------------------------------- files
@@ -144,14 +220,60 @@ def config_json(resolved) -> str:
 
 
 def write_config(workdir: paths.PathLike, resolved) -> None:
+  """Writes config.json (atomically) from a resolved ConfigDict."""
   paths.write_text(config_path(workdir), config_json(resolved))
 
 
 def write_classes(workdir: paths.PathLike, class_names) -> None:
+  """Writes classes.json: the class names in label order."""
   paths.write_text(classes_path(workdir), json.dumps(list(class_names), indent=1))
 
 
+def read_classes(workdir: paths.PathLike) -> list[str]:
+  """The class names in label order from classes.json; ConfigError when missing or not a list of names."""
+  target = classes_path(workdir)
+  if not target.is_file():
+    raise ConfigError(f"{target} does not exist; --workdir must be a directory that `python -m jaxcls.main` "
+                      "trained into.")
+  try:
+    names = json.loads(_read_text(target))
+  except ValueError:
+    names = None
+  if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    raise ConfigError(f"{target} is damaged (not a JSON list of class names); restore it, or train into a new "
+                      "--workdir.")
+  return names
+
+
+def write_skipped_files(folder: paths.PathLike, dataset, is_main: bool = True) -> None:
+  """Lists the images a source could not read (path, reason) in `folder`/skipped_files.txt, when there are any.
+
+  A non-UTF-8 byte of a file name is written as \\xNN (folder_scan.display), so the listing is valid UTF-8.
+  """
+  skipped = getattr(dataset, "skipped_files", None)  # only sources that read files keep such a list
+  if not is_main or not skipped:
+    return
+  from jaxcls.data.sources.folder_scan import display  # pylint: disable=g-import-not-at-top
+  listing = skipped_path(folder)
+  paths.write_text(listing, "".join(f"{display(path)}\t{display(reason)}\n" for path, reason in skipped))
+  logging.warning("%d unreadable images were skipped; they are listed in %s.", len(skipped), listing)
+
+
+def resolved_config(config, info, num_train_steps: int):
+  """The config as config.json records it: with the values the run derived (normalisation, image size, class
+  names, steps) filled in, so a trained model can be rebuilt without its training data."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.dataset.mean = tuple(info.mean)
+  resolved.dataset.std = tuple(info.std)
+  resolved.dataset.image_size = tuple(info.image_shape[:2])
+  resolved.dataset.class_names = tuple(info.class_names)
+  resolved.num_train_steps = num_train_steps
+  return resolved
+
+
 def read_history(workdir: paths.PathLike) -> list[dict]:
+  """The records of config_history.jsonl, oldest first ([] when there is none)."""
   target = history_path(workdir)
   if not target.exists():
     return []
@@ -168,8 +290,9 @@ def append_history(workdir: paths.PathLike, record: dict) -> None:
 
 
 def checkpoint_steps(workdir: paths.PathLike) -> list[int]:
-  """The steps of the finished checkpoints in DIR/checkpoints (orbax's temporary folders are not digits)."""
-  folder = workdir_path(workdir) / CHECKPOINTS_NAME
+  """The steps of the finished checkpoints in DIR/checkpoints, local or gs:// (orbax's unfinished
+  `<step>.orbax-checkpoint-tmp-*` folders are not digits, so they are left out)."""
+  folder = checkpoints_path(workdir)
   if not folder.is_dir():
     return []
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
@@ -179,6 +302,7 @@ def checkpoint_steps(workdir: paths.PathLike) -> list[int]:
 
 
 def is_non_training(key: str) -> bool:
+  """Whether `key` (dotted) or a section above it is in NON_TRAINING_KEYS, so a change of it may resume."""
   parts = key.split(".")
   return any(".".join(parts[:i]) in NON_TRAINING_KEYS for i in range(1, len(parts) + 1))
 
@@ -301,11 +425,11 @@ def write_run_files(workdir: paths.PathLike, resolved, class_names, rerun: Rerun
 HEARTBEAT_EVERY_S = 60.0   # the holder rewrites its heartbeat this often (a background thread)
 STALE_AFTER_S = 900.0      # another host's lock whose heartbeat is older than this is stale
 _REREAD_AFTER_S = 1.0      # an unreadable lock is read again after this long before it counts as damaged
-_held: dict[str, "WorkdirLock"] = {}  # token -> lock held by this process
+_held: dict[str, WorkdirLock] = {}  # token -> lock held by this process
 
 
 def _utc(seconds: float) -> str:
-  return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+  return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _process_start(pid: int) -> str | None:
@@ -352,6 +476,7 @@ def stale_reason(holder: dict, now: float | None = None) -> str | None:
 
 
 def describe(holder: dict, now: float | None = None) -> str:
+  """Who holds a lock, for the messages: host, pid, start and the age of the last heartbeat."""
   now = time.time() if now is None else now
   beat = holder.get("heartbeat")
   since = holder.get("started")

@@ -9,38 +9,32 @@ import contextlib
 import math
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
-from jaxcls import data, models, tasks
-from jaxcls.store import checkpoint
-from jaxcls.core import compile_cache
+from jaxcls import data
 from jaxcls.config import check as config_check
-from jaxcls.evaluation import group_metrics
-from jaxcls.training import optim
-from jaxcls.core import parallel
-from jaxcls.evaluation import report
-from jaxcls.training import steps
-from jaxcls.evaluation import evaluators
-from jaxcls.core import paths
-from jaxcls.core import phases
-from jaxcls.training import preemption
-from jaxcls.training import step_metrics
-from jaxcls.training import transfer
-from jaxcls.training import writers
-from jaxcls.store import workdir as workdir_lib
+from jaxcls.core import compile_cache, parallel, paths, phases
+from jaxcls.core.errors import ConfigError
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
-from jaxcls.data.sources.folder_scan import display
 from jaxcls.data.in_memory import SAMPLINGS
-from jaxcls.core.errors import ConfigError
-from jaxcls.core.metrics import RowGatherer, SumAccumulator
+from jaxcls.evaluation import evaluators
+from jaxcls.evaluation import loop as eval_loop
+from jaxcls.store import checkpoint
+from jaxcls.store import workdir as workdir_lib
+from jaxcls.store.build import build_task_and_model
+from jaxcls.training import optim, preemption, step_metrics, steps, transfer, writers
 from jaxcls.training.state import eval_params
-from jaxcls.tasks.multiclass import resolve_class_weights
+
+# Old names of what moved down a layer, for callers not yet moved (tests/conftest.py, tests/e2e/test_hostile.py):
+# the eval loop is jaxcls.evaluation.loop, the skipped-files listing jaxcls.store.workdir.
+evaluate = eval_loop.evaluate
+write_skipped_files = workdir_lib.write_skipped_files
 
 
 def schedule_lengths(config, steps_per_epoch: int) -> tuple[int, int, int]:
@@ -55,96 +49,6 @@ def schedule_lengths(config, steps_per_epoch: int) -> tuple[int, int, int]:
     return value if value > 0 else (total if value < 0 else steps_per_epoch)
 
   return total, every(config.eval_every_steps), every(config.checkpoint_every_steps)
-
-
-def resolved_config(config, info: data.DatasetInfo, num_train_steps: int) -> ml_collections.ConfigDict:
-  """The config with the values the run derived (normalisation, image size, class names, steps) filled in."""
-  resolved = ml_collections.ConfigDict(config.to_dict())
-  resolved.dataset.mean = tuple(info.mean)
-  resolved.dataset.std = tuple(info.std)
-  resolved.dataset.image_size = tuple(info.image_shape[:2])
-  resolved.dataset.class_names = tuple(info.class_names)
-  resolved.num_train_steps = num_train_steps
-  return resolved
-
-
-def evaluate(eval_step, state, dataset, task, batch_size: int, mesh,
-             prefetch_size: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Exact metrics over the whole eval split, and every valid example's outputs (padded rows masked out)."""
-  sums, rows = SumAccumulator(), RowGatherer()
-  with contextlib.closing(prefetch.to_device(dataset.eval_batches(batch_size), mesh, prefetch_size)) as batches:
-    for batch in batches:
-      batch_sums, outputs = eval_step(state, batch)
-      sums.add(batch_sums)
-      rows.add(outputs)
-  outputs = rows.result()
-  result = task.finalize(sums.result(), outputs or None)
-  groups = getattr(dataset, "eval_groups", None)
-  if groups is not None and outputs:
-    result["per_group"] = group_metrics.per_group(outputs, groups, task.num_classes,
-                                                  **task.decision_thresholds())
-  return result, outputs
-
-
-def build_task_and_model(config, info: data.DatasetInfo):
-  """(task, model, resolved task config) for the dataset: the head size comes from the task."""
-  tasks.check_classes(config.task.type, info.class_names, info.train_class_counts)  # one class: DataError
-  task_config = dict(config.task, class_names=info.class_names)
-  task_config["class_weights"] = resolve_class_weights(config.task.class_weights, info.train_class_counts,
-                                                       info.num_classes)
-  task = tasks.build(task_config, info.num_classes)
-  return task, models.build(config.model, task.num_outputs, config.dtype), task_config
-
-
-def misclassified_images(dataset, batch_size: int, wrong_rows: np.ndarray) -> np.ndarray:
-  """The eval images at `wrong_rows` (indices into the split's valid rows, in order), read again on the host."""
-  wanted, found, row = set(int(r) for r in wrong_rows), {}, 0
-  for batch in dataset.eval_batches(batch_size):
-    for image in batch["image"][batch["mask"]]:
-      if row in wanted:
-        found[row] = image
-      row += 1
-    if len(found) == len(wanted):
-      break
-  return np.stack([found[int(r)] for r in wrong_rows])
-
-
-def write_plots(workdir: str, final_report: dict, outputs: dict, class_names, metrics_dir: str | None = None,
-                dataset=None, batch_size: int | None = None, max_images: int = 36) -> list[str]:
-  """The report's figures in DIR/plots (skipped, with a warning, when matplotlib is not installed).
-
-  With the dataset, a single-process run also draws a grid of misclassified eval images (with several
-  processes each holds only its share of the images, so the grid is left out).
-  """
-  try:
-    import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    logging.warning("matplotlib is not installed, so DIR/plots is not written; pip install 'jaxcls[plots]'.")
-    return []
-  from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
-  plots_dir = os.fspath(paths.join(workdir, "plots"))
-  written = plots.write_all(plots_dir, final_report, outputs or None, class_names,
-                            os.fspath(paths.join(metrics_dir or workdir, writers.JSONL_NAME)))
-  predicted = group_metrics.single_label_predictions(outputs or {}, final_report.get("threshold", 0.5))
-  if dataset is not None and predicted is not None and jax.process_count() == 1:
-    labels = outputs["labels"]
-    wrong = np.flatnonzero(predicted != labels)[:max_images]
-    if len(wrong):
-      images = misclassified_images(dataset, batch_size, wrong)
-      written.append(plots.misclassified_grid(images, labels[wrong], predicted[wrong], class_names,
-                                              os.path.join(plots_dir, "misclassified.png"), max_images))
-  return written
-
-
-def write_skipped_files(workdir: str, dataset, is_main: bool) -> None:
-  """Lists the images a source could not read (path, reason) in DIR/skipped_files.txt, when there are any."""
-  skipped = getattr(dataset, "skipped_files", None)
-  if not is_main or not skipped:
-    return
-  listing = paths.join(workdir, "skipped_files.txt")
-  # A non-UTF-8 byte of a file name is written as \xNN (folder_scan.display), so the listing is valid UTF-8.
-  paths.write_text(listing, "".join(f"{display(path)}\t{display(reason)}\n" for path, reason in skipped))
-  logging.warning("%d unreadable images were skipped; they are listed in %s.", len(skipped), listing)
 
 
 def with_sampling(dataset, sampling: str):
@@ -174,10 +78,6 @@ def class_table(info: data.DatasetInfo, class_weights) -> str:
     row = f"  {k:>5}  {name:<{width}}  {count:>8}  {count / total:>6.1%}"
     lines.append(row + (f"  {class_weights[k]:.3f}" if weighted else ""))
   return "\n".join(lines)
-
-
-def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-  return {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def prefetch_depth(setting: int) -> int:
@@ -216,21 +116,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
 
 
 class _Cadence:
-  """When the loop logs, evaluates and checkpoints: every N steps, at the end, and by wall clock if asked."""
+  """When the loop logs and checkpoints: every N steps, at the end, and by wall clock if asked (each evaluator
+  says itself when it is due; the classification report runs every `eval_every`)."""
 
-  def __init__(self, config, num_train_steps: int, steps_per_epoch: int, eval_every: int, ckpt_every: int):
+  def __init__(self, config, num_train_steps: int, steps_per_epoch: int, ckpt_every: int):
     self.total = num_train_steps
     self.log_every = config.log_every_steps or steps_per_epoch  # 0 = once per epoch
-    self.eval_every = eval_every
     self.ckpt_every = ckpt_every
     self.ckpt_every_secs = float(config.checkpoint_every_secs)
     self.last_ckpt_time = time.monotonic()
 
   def log(self, done: int) -> bool:
     return done % self.log_every == 0 or done == self.total
-
-  def eval(self, done: int) -> bool:
-    return done % self.eval_every == 0 or done == self.total
 
   def checkpoint(self, done: int) -> bool:
     by_clock = self.ckpt_every_secs > 0 and time.monotonic() - self.last_ckpt_time >= self.ckpt_every_secs
@@ -257,16 +154,16 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
     if not config.dataset.cache_dir and not paths.is_remote(workdir):  # a folder source's decoded-array cache
       # lives with a local run; with a gs:// workdir it stays on the local disk (the source's default folder)
       config = ml_collections.ConfigDict(config.to_dict())
-      config.dataset.cache_dir = os.path.join(workdir, "cache")
+      config.dataset.cache_dir = workdir_lib.cache_dir(workdir)
     dataset = dataset if dataset is not None else data.build(config)
-    write_skipped_files(workdir, dataset, is_main)
+    workdir_lib.write_skipped_files(workdir, dataset, is_main)
     dataset = with_sampling(dataset, config.dataset.sampling)
   info = dataset.info
   task, model, task_config = build_task_and_model(config, info)
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   num_train_steps, eval_every, ckpt_every = schedule_lengths(config, steps_per_epoch)
-  cadence = _Cadence(config, num_train_steps, steps_per_epoch, eval_every, ckpt_every)
-  resolved = resolved_config(config, info, num_train_steps)
+  cadence = _Cadence(config, num_train_steps, steps_per_epoch, ckpt_every)
+  resolved = workdir_lib.resolved_config(config, info, num_train_steps)
   rerun = workdir_lib.check_rerun(workdir, resolved, allow=config.allow_config_change)  # before any restore
   plan = transfer.Plan(config, task.num_outputs, info.image_shape, info.class_names)
   tx, schedule = optim.build_optimizer(config.optimizer, num_train_steps, is_head=plan.is_head)
@@ -279,9 +176,13 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
   init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
                          use_ema=config.ema_decay > 0, mesh=mesh)
   norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
-  eval_step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, tta=config.eval_tta, **norm),
+  eval_step = steps.CompiledOnFirstCall(eval_loop.make_eval_step(model, task, tta=config.eval_tta, **norm),
                                         "Eval step (forward)", eval_batch_size / mesh.size)
-  periodic = evaluators.build_all(config, model, dataset, mesh, eval_every)  # config.evaluators, none by default
+  context = evaluators.Context(
+      config=config, model=model, task=task, dataset=dataset, mesh=mesh, eval_every=eval_every,
+      batch_size=eval_batch_size, eval_step=eval_step, workdir=workdir, is_main=is_main, prefetch=depth,
+      clock=clock)
+  listed = evaluators.build_all(config, context)  # config.evaluators: the classification report first by default
 
   with clock.phase("init"):
     ckpt = checkpoint.Checkpointer(
@@ -327,7 +228,6 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
                                                          first_batch["label"].dtype), mesh, start_step)
   batches = prefetch.to_device(prefetch.chunks(host_batches, chunk_steps, start_step, first=first_batch), mesh,
                                depth, stacked=True)
-  final = None
   stop = preemption.Watcher(ckpt)  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
   chunk = None
   guarded = config.transfer_guard != "allow"
@@ -352,9 +252,9 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
           writer.write_scalars(done, {"cost/train_gflop_per_example": train_step.flops_per_example / 1e9})
         meter.restart(done)
       progress(done)
-      log, evaluate_now = cadence.log(done), cadence.eval(done)
-      save_now = cadence.checkpoint(done)
-      if log or evaluate_now or save_now or any(e.due(done, num_train_steps) for e in periodic):
+      log, save_now = cadence.log(done), cadence.checkpoint(done)
+      due = [e for e in listed if e.due(done, num_train_steps)]
+      if log or save_now or due:
         # A check point: the one blocking fetch since the last one, and the only place non-finite steps are seen.
         window.check(done, last_saved, ckpt)
         meter.steps_done(done)
@@ -363,20 +263,15 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
           scalars.update(meter.scalars())
           writer.write_scalars(done, scalars)
           window.reset(done + 1)
-        if evaluate_now:
+        for evaluator in due:
           with meter.paused("eval"):
-            result, outputs = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)
-          if eval_step.compile_seconds and not meter.eval_compile_charged:
-            clock.add("eval", -eval_step.compile_seconds)
-            clock.add("compile", eval_step.compile_seconds)
-            meter.eval_compile_charged = True
-          writer.write_scalars(done, _scalars(result, "eval/"))
-          ckpt.note_evaluation(done, _scalars(result, "eval/"))  # ranks this step's checkpoint by config.best_metric
-          final = (result, outputs) if done == num_train_steps else None
-        for evaluator in periodic:
-          if evaluator.due(done, num_train_steps):
-            with meter.paused("eval"):
-              writer.write_scalars(done, evaluator(eval_params(state), state.batch_stats))
+            measured = evaluator.run(done, eval_params(state), state.batch_stats)
+          compiling = evaluator.take_compile_seconds()  # compilation inside an evaluation counts as compile
+          if compiling:
+            clock.add("eval", -compiling)
+            clock.add("compile", compiling)
+          writer.write_scalars(done, measured)
+          ckpt.note_evaluation(done, measured)  # ranks this step's checkpoint by config.best_metric
         if save_now or ckpt.is_new_best(done):  # best: saved off cadence
           with meter.paused("checkpoints"):
             ckpt.save(done, state, {"next_batch": done}, force=True)
@@ -387,29 +282,26 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
         window.check(done, last_saved, ckpt)  # a second fetch of a window already fetched costs nothing new
         with meter.paused("checkpoints"):
           stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
-    if final is None:  # a finished workdir re-run: nothing to train, report again
-      with clock.phase("eval"):
-        final = evaluate(eval_step, state, dataset, task, eval_batch_size, mesh, depth)
-    final, final_outputs = final
+    last_step = int(parallel.to_host(state.step))
+    with clock.phase("eval"):  # a finished workdir re-run trains nothing: its evaluators run here
+      for evaluator in listed:
+        evaluator.conclude(last_step, eval_params(state), state.batch_stats)
   finally:
     stop.close()
-    write_skipped_files(workdir, dataset, is_main)  # streaming sources find bad files as they go
+    workdir_lib.write_skipped_files(workdir, dataset, is_main)  # streaming sources find bad files as they go
     batches.close()
     with clock.phase("checkpoints"):
       ckpt.close()
     writer.flush()
 
-  final_report = {"step": int(parallel.to_host(state.step)), "split": config.dataset.eval_split,
-                  "task": config.task.type, "model": config.model.name, **final}
-  if is_main:
-    with clock.phase("plots"):
-      plot_paths = write_plots(workdir, final_report, final_outputs, info.class_names, dataset=dataset,
-                               batch_size=eval_batch_size)
-    with clock.phase("report"):
-      report.write(workdir, final_report, info.class_names, plot_paths)
-      writers.write_figures(writer, final_report["step"], plot_paths)
-  logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", final_report["split"],
-               final_report["step"], final["loss"], final["accuracy"])
+  final_report = {}
+  for evaluator in listed:  # after the checkpoints are closed: the files of each evaluator, the report first
+    final = evaluator.write(last_step)
+    if final.report is not None and not final_report:
+      final_report = final.report
+    if is_main and final.figures:
+      with clock.phase("report"):
+        writers.write_figures(writer, last_step, final.figures)
   writer.close()
   return final_report
 
@@ -429,7 +321,6 @@ class _Throughput:
     self._seconds = 0.0
     self._wait = 0.0
     self._pending_wait = 0.0
-    self.eval_compile_charged = False
 
   def data_wait(self, seconds: float) -> None:
     self._pending_wait += seconds

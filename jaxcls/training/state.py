@@ -23,6 +23,7 @@ class TrainState:
 
 
 def create(variables: dict, tx: optax.GradientTransformation, use_ema: bool) -> TrainState:
+  """The state at step 0: fresh optimizer state, and the moving average starting at the initial parameters."""
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32),

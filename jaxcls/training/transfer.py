@@ -15,19 +15,20 @@ in inference mode, so batch-norm statistics stay those of the pretrained model (
 
 import dataclasses
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
 from jaxcls import models
-from jaxcls.models import torchvision as convert
-from jaxcls.models import pretrained
-from jaxcls.core import parallel
-from jaxcls.core import paths
-from jaxcls.store import restore
+from jaxcls.core import parallel, paths
 from jaxcls.core.errors import CheckpointError, ConfigError
+from jaxcls.models import pretrained
+from jaxcls.models import torchvision as convert
+from jaxcls.store import restore
+from jaxcls.store import workdir as workdir_lib
 
 HEAD_POLICIES = ("auto", "keep", "reinit")
 WEIGHT_FILES = (".msgpack", ".npz")
@@ -91,12 +92,12 @@ class Source:
 def _workdir_and_step(path: str, step: int | str | None) -> tuple[str, int | str | None]:
   """(workdir, step, 'best' or None for the latest) for a workdir or one of its checkpoints/<step> folders."""
   name, parent = os.path.basename(path), os.path.dirname(path)
-  if name.isdigit() and os.path.basename(parent) == "checkpoints":
+  if name.isdigit() and os.path.basename(parent) == workdir_lib.CHECKPOINTS_NAME:
     if step is not None and step != int(name):
       raise ConfigError(f"config.init_from={path!r} is the checkpoint of step {name} but config.init_from_step="
                         f"{step!r}; set init_from_step=-1 or point init_from at the workdir.")
     return os.path.dirname(parent), int(name)
-  if paths.join(path, "config.json").is_file():
+  if workdir_lib.is_workdir(path):
     return path, step
   raise ConfigError(f"config.init_from={path!r} is a folder but neither a jaxcls workdir (it has no config.json) "
                     "nor a workdir's checkpoints/<step> folder.")
@@ -131,7 +132,6 @@ def read_source(path: str, step: int | str | None = -1) -> Source:
     raise CheckpointError(f"{path!r} holds no 'params'; it was not written by `python -m jaxcls.convert`.")
   return Source(description=f"weights file {path}", variables={"params": variables["params"],
                                                                 "batch_stats": variables.get("batch_stats") or {}})
-
 
 
 def pretrained_source(init_from: str, step, model_config, image_shape) -> Source:

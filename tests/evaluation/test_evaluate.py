@@ -5,11 +5,11 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import REPO, subprocess_env
+
+from jaxcls.core.errors import CheckpointError, ConfigError
 from jaxcls.evaluation import workdir_eval as evaluate
 from jaxcls.training import loop as train
-from jaxcls.core.errors import CheckpointError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_command_prints_a_summary(trained, tmp_path, python):
 def folder_trained(tmp_path_factory):
   """A model trained on a train/ + test/ folder of 8x8 PNGs whose gray level gives the class."""
   import numpy as np
-  from PIL import Image
   from conftest import tiny_config
+  from PIL import Image
   root = tmp_path_factory.mktemp("images")
   rng = np.random.default_rng(0)
   for split, count in (("train", 12), ("test", 5)):

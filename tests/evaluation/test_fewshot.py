@@ -8,23 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CHEAP_COMPILE, REPO, subprocess_env, tiny_config
 from sklearn.linear_model import RidgeClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from conftest import CHEAP_COMPILE, REPO, subprocess_env, tiny_config
 from jaxcls import data, models
-from jaxcls.evaluation import evaluators
-from jaxcls.evaluation import features
-from jaxcls.evaluation import fewshot
 from jaxcls.core import parallel
-from jaxcls.store import restore
-from jaxcls.training import steps
-from jaxcls.training import loop as train
 from jaxcls.core.errors import ConfigError, DataError
-from jaxcls.models import vit
-
+from jaxcls.evaluation import evaluators, features, fewshot
+from jaxcls.models import forward, vit
+from jaxcls.store import restore
+from jaxcls.training import loop as train
 
 # --- Features -----------------------------------------------------------------------------------------------------
 
@@ -36,12 +32,12 @@ def _features(model, variables, images):
   names = []
 
   def run(v, x):
-    f, l, n = features.apply_with_features(model, v, x)
+    f, logits, n = features.apply_with_features(model, v, x)
     names.append(n)
-    return f, l
+    return f, logits
 
-  f, l = jax.jit(run).lower(variables, images).compile(CHEAP_COMPILE)(variables, images)
-  return np.asarray(f), np.asarray(l), names[0]
+  f, logits = jax.jit(run).lower(variables, images).compile(CHEAP_COMPILE)(variables, images)
+  return np.asarray(f), np.asarray(logits), names[0]
 
 
 def _random_variables(model, image_shape, seed=1):
@@ -85,7 +81,7 @@ def test_extractor_on_the_mesh_drops_padding_and_matches_one_device():
   feats, labels = extractor(variables, dataset.eval_batches(16))  # 21 rows: the second batch is 11 rows of padding
   assert feats.shape == (21, 8) and feats.dtype == np.float32
   np.testing.assert_array_equal(labels, np.arange(21) % 4)
-  images = steps.normalize(eval_images, dataset.info.mean, dataset.info.std, jnp.float32)
+  images = forward.normalize(eval_images, dataset.info.mean, dataset.info.std, jnp.float32)
   expected, _, _ = _features(model, variables, images)
   np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
 
@@ -223,14 +219,19 @@ def test_evaluator_rejects_impossible_settings(trained):
     fewshot.FewShotEvaluator(dict(shots=(1, 25), train_examples=32), model, dataset, mesh, "float32", batch_size=16)
   with pytest.raises(ConfigError, match="Unknown fewshot config key"):
     fewshot.FewShotEvaluator(dict(shot=(1,)), model, dataset, mesh, "float32", batch_size=16)
-  assert evaluators.build_all(tiny_config(), model, dataset, mesh, 4) == []  # none unless named
+  context = _context(model, dataset, mesh, eval_every=6)
+  assert evaluators.names(tiny_config()) == ("classification",)  # the report only, by default
   with pytest.raises(ConfigError, match="Unknown evaluator 'fewshots'. Did you mean 'fewshot'"):
-    evaluators.build_all(tiny_config(evaluators=("fewshots",)), model, dataset, mesh, 4)
-  # Without its own cadence it runs with every evaluation of the loop.
-  evaluator = evaluators.build_all(tiny_config(evaluators="fewshot", **{"fewshot.shots": (1,),
-                                                                        "fewshot.train_examples": 32}),
-                                   model, dataset, mesh, 6)[0]
+    evaluators.build_all(tiny_config(evaluators=("fewshots",)), context)
+  with pytest.raises(ConfigError, match="names an evaluator twice"):
+    evaluators.build_all(tiny_config(evaluators="fewshot,fewshot"), context)
+  # A list without the report gets it first; without its own cadence few-shot runs with every evaluation.
+  report, evaluator = evaluators.build_all(tiny_config(evaluators="fewshot", **{"fewshot.shots": (1,),
+                                                                                "fewshot.train_examples": 32}),
+                                           context)
+  assert isinstance(report, evaluators.Classification) and isinstance(evaluator, fewshot.FewShotEvaluator)
   assert evaluator.every == 6 and evaluator.due(12, 20) and evaluator.due(20, 20) and not evaluator.due(8, 20)
+  assert report.every == 6 and report.due(18, 20) and report.due(20, 20) and not report.due(8, 20)
 
 
 def test_command_prints_a_table_and_writes_json(trained, python):
@@ -246,8 +247,35 @@ def test_command_prints_a_table_and_writes_json(trained, python):
   assert bad.returncode == 2 and "fewshot.shots=(0, 5) must all be positive" in bad.stderr
 
 
-def test_base_config_section_matches_the_evaluator_defaults():
+def _context(model, dataset, mesh, eval_every):
+  """An evaluator context as the training loop builds it (the eval step is never called by these tests)."""
+  return evaluators.Context(config=tiny_config(), model=model, task=None, dataset=dataset, mesh=mesh,
+                            eval_every=eval_every, batch_size=16, eval_step=None)
+
+
+def test_fewshot_defaults_have_one_home():
   from jaxcls.config import base as config_base
-  base = config_base.get_base_config()
-  assert base.fewshot.to_dict() == fewshot.default_config().to_dict()
-  assert evaluators.build_all(base, None, None, None, 1) == []  # off by default: nothing is built
+  section = config_base.get_base_config().fewshot
+  assert fewshot.default_config().to_dict() == section.to_dict()
+  assert section.shots == (1, 5, 10, 25) and section.knn_k == (1, 10) and section.l2_reg == 1024.0
+  # evaluate_features without settings uses that section: the same numbers as with it spelled out.
+  x, y = _clustered(0, 3, 30, 4)
+  assert fewshot.evaluate_features(x, y, x, y, num_classes=3) == fewshot.evaluate_features(
+      x, y, x, y, num_classes=3, shots=section.shots, seeds=section.seeds, l2_reg=section.l2_reg,
+      knn_k=section.knn_k, knn_metric=section.knn_metric)
+
+
+def test_knn_evaluator_logs_only_knn_accuracies(trained):
+  config = restore.load_config(trained)
+  dataset = data.build(config)
+  restored = restore.restore(trained)
+  mesh = parallel.make_mesh()
+  config.evaluators = ("classification", "knn")
+  config.fewshot.knn_k = (3,)
+  config.fewshot.train_examples = 64
+  config.eval_batch_size = 16
+  knn_evaluator = evaluators.build_all(config, _context(restored.model, dataset, mesh, 4))[1]
+  params = parallel.replicate(restored.variables["params"], mesh)
+  stats = parallel.replicate(restored.variables["batch_stats"], mesh)
+  measured = knn_evaluator.run(4, params, stats)
+  assert sorted(measured) == ["knn/knn3"] and 0.0 <= measured["knn/knn3"] <= 1.0

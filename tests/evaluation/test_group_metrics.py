@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxcls.evaluation import group_metrics
-from jaxcls.evaluation import report
+from jaxcls.evaluation import group_metrics, report
 
 
 def test_single_label_groups_match_scikit_learn():

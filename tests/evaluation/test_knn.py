@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from jaxcls.evaluation import knn
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.evaluation import knn
 
 
 def _random_problem(seed, n=300, q=77, d=6, num_classes=5):

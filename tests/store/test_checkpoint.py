@@ -17,23 +17,20 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, saved_state, subprocess_env, tiny_config
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
+from PIL import Image
+
 from jaxcls import data
-from jaxcls.store import checkpoint
+from jaxcls.core import parallel
+from jaxcls.core.errors import CheckpointError, ConfigError
+from jaxcls.evaluation import fewshot
 from jaxcls.evaluation import workdir_eval as evaluate
 from jaxcls.inference import explainer as explain
 from jaxcls.inference import exporter as export
-from jaxcls.evaluation import fewshot
-from jaxcls.training import optim
-from jaxcls.core import parallel
-from jaxcls.store import restore
-from jaxcls.training import steps
+from jaxcls.store import build, checkpoint, restore
 from jaxcls.training import loop as train
-from jaxcls.training import transfer
-from jaxcls.core.errors import CheckpointError, ConfigError
+from jaxcls.training import optim, steps, transfer
 
 SETTINGS = dict(num_train_steps=12, eval_every_steps=2, checkpoint_every_steps=4, keep_checkpoints=2,
                 best_metric="eval/accuracy", best_mode="min")
@@ -77,7 +74,7 @@ def abstract_state(workdir):
   """The abstract train state of the fixture's config, as train_and_evaluate builds it."""
   cfg = config()
   dataset = data.build(cfg)
-  task, model, _ = train.build_task_and_model(cfg, dataset.info)
+  task, model, _ = build.build_task_and_model(cfg, dataset.info)
   tx, _ = optim.build_optimizer(cfg.optimizer, cfg.num_train_steps)
   mesh = parallel.make_mesh()
   init = steps.make_init(model, tx, image_shape=dataset.info.image_shape, dtype=cfg.dtype, use_ema=False, mesh=mesh)
@@ -325,7 +322,7 @@ def test_evaluate_on_a_damaged_step_names_it(run, kind, tmp_path):
   assert os.path.isdir(step_dir(run, 12))  # reading commands never move anything
 
 
-def test_damaged_step_in_a_bucket_is_moved_aside(run, gcs, caplog):
+def test_damaged_step_in_a_bucket_is_moved_aside(run, gcs, caplog):  # noqa: F811  (gcs: the fixture)
   """gs:// has no rename: the damaged step's objects are copied to corrupt_checkpoints/ and then removed."""
   from etils import epath
   from etils.epath import gpath

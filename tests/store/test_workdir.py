@@ -10,13 +10,12 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import REPO, subprocess_env, tiny_config
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
-from jaxcls.store import restore
-from jaxcls.training import loop as train
-from jaxcls.store import workdir
+
 from jaxcls.core.errors import ConfigError, WorkdirBusyError
+from jaxcls.store import restore, workdir
+from jaxcls.training import loop as train
 
 # ------------------------------------------------------------------------------------------- the re-run guard
 

@@ -6,12 +6,13 @@ import os
 import jax
 import numpy as np
 import pytest
-
 from conftest import Interrupted, InterruptedAt, logged_losses, saved_state
-from jaxcls.store import checkpoint
+
 from jaxcls.core import parallel
-from jaxcls.training import loop as train
 from jaxcls.core.errors import CheckpointError, ConfigError, NonFiniteLossError
+from jaxcls.evaluation import loop as eval_loop
+from jaxcls.store import checkpoint
+from jaxcls.training import loop as train
 
 
 @pytest.mark.slow
@@ -41,7 +42,7 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   assert {"loss", "accuracy", "top4_accuracy", "split"} <= set(saved)
   # Cross-check accuracy against predictions computed directly from the restored parameters.
   from jaxcls import data, models
-  from jaxcls.training import steps
+  from jaxcls.models import forward
   ds = data.build(config)
   state = saved_state(str(tmp_path), 4)
   model = models.build(config.model, 4)
@@ -49,7 +50,7 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   for batch in ds.eval_batches(48):
     images.append(batch["image"][batch["mask"]])
     labels.append(batch["label"][batch["mask"]])
-  x = steps.normalize(np.concatenate(images), ds.info.mean, ds.info.std, np.float32)
+  x = forward.normalize(np.concatenate(images), ds.info.mean, ds.info.std, np.float32)
   logits = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, x, train=False)
   expected = float(np.mean(np.argmax(logits, -1) == np.concatenate(labels)))
   assert result["accuracy"] == pytest.approx(expected)
@@ -63,7 +64,7 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
     assert os.path.getsize(tmp_path / "plots" / name) > 1000, name
   # The grid shows the right images: re-read on the host, they are the eval rows the model got wrong.
   wrong = np.flatnonzero(np.argmax(logits, -1) != y)[:36]
-  np.testing.assert_array_equal(train.misclassified_images(ds, 48, wrong), np.concatenate(images)[wrong])
+  np.testing.assert_array_equal(eval_loop.misclassified_images(ds, 48, wrong), np.concatenate(images)[wrong])
   assert "plots/confusion.png" in (tmp_path / "report.md").read_text()
 
 
@@ -156,6 +157,7 @@ def test_mixup_with_label_smoothing_trains_and_logs_the_data_wait(make_config, t
 def test_compiled_step_reports_flops_per_example():
   """FLOPs per example come from XLA's cost analysis of the partitioned program (per device / its examples)."""
   from jax.sharding import NamedSharding, PartitionSpec
+
   from jaxcls.training import steps
   mesh = parallel.make_mesh()
   jitted = jax.jit(lambda w, x: x @ w, in_shardings=(NamedSharding(mesh, PartitionSpec()),

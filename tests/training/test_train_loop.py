@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from jaxcls import tasks
-from jaxcls.store import checkpoint
-from jaxcls.core import parallel
-from jaxcls.core import phases
-from jaxcls.training import step_metrics
-from jaxcls.training import loop as train
+from jaxcls.core import parallel, phases
 from jaxcls.core.errors import NonFiniteLossError
+from jaxcls.evaluation import evaluators
+from jaxcls.store import checkpoint
+from jaxcls.training import loop as train
+from jaxcls.training import step_metrics
 
 
 def metrics_lines(workdir):
@@ -50,13 +50,13 @@ def test_metrics_jsonl_has_throughput_and_data_wait(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=8, log_every_steps=4, eval_every_steps=-1,
                                        checkpoint_every_steps=-1), str(tmp_path))
   lines = metrics_lines(tmp_path)
-  train_lines = [l for l in lines if "train/loss" in l]
-  assert [l["step"] for l in train_lines] == [4, 8]
+  train_lines = [row for row in lines if "train/loss" in row]
+  assert [row["step"] for row in train_lines] == [4, 8]
   for line in train_lines:
     assert line["train/steps_per_sec"] > 0
     assert 0.0 <= line["train/data_wait_share"] <= 1.0
   # -1: evaluated and checkpointed only at the end.
-  assert [l["step"] for l in lines if "eval/accuracy" in l] == [8]
+  assert [row["step"] for row in lines if "eval/accuracy" in row] == [8]
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3, async_save=False, fingerprint={})
   assert ckpt.all_steps() == [8]
   ckpt.close()
@@ -68,8 +68,8 @@ def test_logged_train_loss_is_the_mean_of_the_window(make_config, tmp_path):
   three = tmp_path / "three"
   train.train_and_evaluate(make_config(num_train_steps=6, log_every_steps=1), str(one))
   train.train_and_evaluate(make_config(num_train_steps=6, log_every_steps=3), str(three))
-  per_step = {l["step"]: l["train/loss"] for l in metrics_lines(one) if "train/loss" in l}
-  windows = {l["step"]: l["train/loss"] for l in metrics_lines(three) if "train/loss" in l}
+  per_step = {row["step"]: row["train/loss"] for row in metrics_lines(one) if "train/loss" in row}
+  windows = {row["step"]: row["train/loss"] for row in metrics_lines(three) if "train/loss" in row}
   assert windows[3] == pytest.approx(np.mean([per_step[s] for s in (1, 2, 3)]), rel=1e-5)
   assert windows[6] == pytest.approx(np.mean([per_step[s] for s in (4, 5, 6)]), rel=1e-5)
 
@@ -137,3 +137,63 @@ def test_phase_table_adds_up_to_the_wall_time():
   assert rows[-1] == ("total", 10.0, 1.0)
   table = clock.table(end=110.0)
   assert "steps" in table and "50.0%" in table
+
+
+# --- Evaluators: the loop runs the list the config names -----------------------------------------------------------
+
+class _ParamNorm(evaluators.Evaluator):
+  """A research extension's evaluator, defined in the test alone: the squared norm of the parameters, every 3
+  steps, and a file of its own at the end."""
+
+  def __init__(self, context):
+    self.context, self.every, self.seen = context, 3, []
+
+  def run(self, step, params, batch_stats):
+    self.seen.append(step)
+    return {"toy/param_sq": float(sum(np.sum(np.square(x)) for x in jax.tree.leaves(parallel.to_host(params))))}
+
+  def write(self, step):
+    if self.context.is_main:
+      with open(f"{self.context.workdir}/toy.json", "w") as f:
+        json.dump({"step": step, "seen": self.seen}, f)
+    return evaluators.Final()
+
+
+evaluators.EVALUATORS.register("test_param_norm")(_ParamNorm)
+
+
+class _Counter:
+  """The public factory contract's shape: `due` and `__call__(params, batch_stats)` only, no base class."""
+
+  def due(self, step, last_step):
+    return step == last_step
+
+  def __call__(self, params, batch_stats):
+    return {"toy/leaves": float(len(jax.tree.leaves(params)))}
+
+
+evaluators.EVALUATORS.register("test_counter")(lambda config, model, dataset, mesh, eval_every: _Counter())
+
+
+def test_an_evaluator_of_ones_own_runs_without_touching_the_loop(make_config, tmp_path):
+  config = make_config(num_train_steps=7, log_every_steps=7, eval_every_steps=-1, checkpoint_every_steps=-1,
+                       evaluators="test_param_norm,test_counter", best_metric="toy/param_sq", best_mode="min")
+  result = train.train_and_evaluate(config, str(tmp_path))
+  lines = metrics_lines(tmp_path)
+  assert [row["step"] for row in lines if "toy/param_sq" in row] == [3, 6, 7]
+  assert [row["step"] for row in lines if "toy/leaves" in row] == [7]
+  assert [row["step"] for row in lines if "eval/accuracy" in row] == [7]  # the report comes first, unlisted
+  assert json.loads((tmp_path / "toy.json").read_text()) == {"step": 7, "seen": [3, 6, 7]}
+  assert result["step"] == 7 and json.loads((tmp_path / "report.json").read_text())["accuracy"] == result["accuracy"]
+  # Its metric ranks the kept checkpoints like any evaluation's: the best step was saved off the cadence.
+  from jaxcls.store import restore
+  logged = {row["step"]: row["toy/param_sq"] for row in lines if "toy/param_sq" in row}
+  kept = restore.checkpoint_steps(str(tmp_path))
+  assert min(logged, key=logged.get) in kept
+  assert restore.best_step(str(tmp_path)) == min(logged, key=logged.get)
+
+
+def test_default_evaluators_are_the_report():
+  from jaxcls.config import base as config_base
+  assert evaluators.names(config_base.get_base_config()) == ("classification",)
+  assert evaluators.names(config_base.get_base_config().copy_and_resolve_references()) == ("classification",)

@@ -12,15 +12,16 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, subprocess_env, tiny_config
+
 from jaxcls import data, models
-from jaxcls.store import checkpoint
 from jaxcls.config import check as config_check
+from jaxcls.core.errors import CheckpointError, ConfigError
+from jaxcls.evaluation import loop as eval_loop
 from jaxcls.models import torchvision as convert
+from jaxcls.store import checkpoint
 from jaxcls.training import loop as train
 from jaxcls.training import transfer
-from jaxcls.core.errors import CheckpointError, ConfigError
 
 SOURCE_CLASSES = tuple("0123456789")
 TARGET_CLASSES = tuple(f"digit {k}" for k in range(10))
@@ -40,7 +41,7 @@ def _digits():
 def no_plots():
   """The report's figures cost seconds per run and are tested elsewhere."""
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train, "write_plots", lambda *args, **kwargs: [])
+    patch.setattr(eval_loop, "write_plots", lambda *args, **kwargs: [])
     yield
 
 

@@ -1,0 +1,138 @@
+"""The exact eval loop and the final report it feeds: every example once, padded rows masked out.
+
+Training (at its eval points and at the end), `python -m jaxcls.evaluate` and the classical baseline all
+evaluate and report through here, so a split evaluates to the same numbers and the same files whoever runs it.
+The eval step (`make_eval_step`) applies `jaxcls.models.forward`, the forward pass predict and export share.
+"""
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxcls.core import parallel, paths
+from jaxcls.core.metrics import RowGatherer, SumAccumulator
+from jaxcls.data import prefetch
+from jaxcls.evaluation import group_metrics
+from jaxcls.evaluation import report as report_lib
+from jaxcls.models import forward
+from jaxcls.models import tta as tta_lib
+from jaxcls.store import workdir as workdir_lib
+
+
+def make_eval_step(model, task, *, mean, std, dtype: str, mesh, tta: str = "none") -> Callable:
+  """Returns eval_step(variables, batch) -> (the task's sums over the valid rows, per-example outputs and mask).
+
+  `variables` is {'params', 'batch_stats'} (the moving average's params when one is kept). No training
+  augmentation, eval-mode batch norm; `tta` (config.eval_tta) averages the logits over fixed views of each image,
+  as predict and export do. The outputs come back replicated, so every process can compute exact ranking metrics
+  over the whole split; the mask says which rows are real.
+  """
+  tta_lib.check(tta)
+
+  def eval_step(variables, batch: dict):
+    logits = forward.eval_logits(model, forward.model_variables(variables), batch["image"], mean=mean, std=std,
+                                 dtype=dtype, tta=tta)
+    outputs = dict(task.eval_outputs(logits, batch["label"], batch["mask"]), mask=batch["mask"])
+    return task.eval_sums(logits, batch["label"], batch["mask"]), outputs
+
+  return jax.jit(eval_step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 out_shardings=parallel.replicated(mesh))
+
+
+def evaluate(eval_step, variables, dataset, task, batch_size: int, mesh,
+             prefetch_size: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Exact metrics over the whole eval split, and every valid example's outputs (padded rows masked out).
+
+  `eval_step(variables, batch)` is `make_eval_step`'s (or any step of that shape, e.g. one compiled ahead).
+  """
+  sums, rows = SumAccumulator(), RowGatherer()
+  with contextlib.closing(prefetch.to_device(dataset.eval_batches(batch_size), mesh, prefetch_size)) as batches:
+    for batch in batches:
+      batch_sums, outputs = eval_step(variables, batch)
+      sums.add(batch_sums)
+      rows.add(outputs)
+  outputs = rows.result()
+  result = task.finalize(sums.result(), outputs or None)
+  groups = getattr(dataset, "eval_groups", None)  # only sources with groups (a folder's group file) have them
+  if groups is not None and outputs:
+    result["per_group"] = group_metrics.per_group(outputs, groups, task.num_classes,
+                                                  **task.decision_thresholds())
+  return result, outputs
+
+
+def final_report(step: int, config, result: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
+  """report.json's content: which step, split, task and model were evaluated, then the task's metrics."""
+  return {"step": int(step), "split": config.dataset.eval_split, "task": config.task.type,
+          "model": model_name or config.model.name, **result}
+
+
+def misclassified_images(dataset, batch_size: int, wrong_rows: np.ndarray) -> np.ndarray:
+  """The eval images at `wrong_rows` (indices into the split's valid rows, in order), read again on the host."""
+  wanted, found, row = set(int(r) for r in wrong_rows), {}, 0
+  for batch in dataset.eval_batches(batch_size):
+    for image in batch["image"][batch["mask"]]:
+      if row in wanted:
+        found[row] = image
+      row += 1
+    if len(found) == len(wanted):
+      break
+  return np.stack([found[int(r)] for r in wrong_rows])
+
+
+def write_plots(folder: str, report: dict, outputs: dict, class_names, metrics_dir: str | None = None,
+                dataset=None, batch_size: int | None = None, max_images: int = 36) -> list[str]:
+  """The report's figures in `folder`/plots (skipped, with a warning, when matplotlib is not installed).
+
+  The training curves come from `metrics_dir`/metrics.jsonl (default: `folder`). With the dataset, a
+  single-process run also draws a grid of misclassified eval images (with several processes each holds only its
+  share of the images, so the grid is left out).
+  """
+  try:
+    import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    logging.warning("matplotlib is not installed, so DIR/plots is not written; pip install 'jaxcls[plots]'.")
+    return []
+  from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
+  plots_dir = os.fspath(workdir_lib.plots_path(folder))
+  written = plots.write_all(plots_dir, report, outputs or None, class_names,
+                            os.fspath(workdir_lib.metrics_path(metrics_dir or folder)))
+  predicted = group_metrics.single_label_predictions(outputs or {}, report.get("threshold", 0.5))
+  if dataset is not None and predicted is not None and jax.process_count() == 1:
+    labels = outputs["labels"]
+    wrong = np.flatnonzero(predicted != labels)[:max_images]
+    if len(wrong):
+      images = misclassified_images(dataset, batch_size, wrong)
+      written.append(plots.misclassified_grid(images, labels[wrong], predicted[wrong], class_names,
+                                              os.path.join(plots_dir, "misclassified.png"), max_images))
+  return written
+
+
+def write_report(folder: str, report: dict, outputs: dict, class_names: Sequence[str], *, dataset=None,
+                 batch_size: int | None = None, metrics_dir: str | None = None, clock=None) -> list[str]:
+  """report.json, report.md and plots/ in `folder` (call on the main process); returns the figures' paths.
+
+  `clock` (a `core.phases.PhaseClock`) is charged 'plots' and 'report' for the two parts, when given.
+  """
+  phase = clock.phase if clock is not None else (lambda name: contextlib.nullcontext())
+  with phase("plots"):
+    figures = write_plots(folder, report, outputs, class_names, metrics_dir=metrics_dir, dataset=dataset,
+                          batch_size=batch_size)
+  with phase("report"):
+    report_lib.write(folder, report, class_names, figures)
+  return figures
+
+
+def scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+  """The report's scalar metrics under `prefix` ('eval/accuracy', ...): what writers log and best_metric ranks."""
+  return {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def output_folder(workdir: str, output_dir: str | None, data_dir: str | None) -> str:
+  """Where an evaluation's report goes: `output_dir`, else the workdir for a split, DIR/eval_<folder> for data."""
+  default = workdir_lib.eval_folder(workdir, data_dir) if data_dir else workdir
+  return os.fspath(paths.makedirs(output_dir or default, "--output_dir"))

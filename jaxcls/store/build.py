@@ -1,0 +1,33 @@
+"""The task and model a config describes: one builder for training, evaluation, restore and fine-tuning.
+
+It lives in store/, the lowest layer that sees both tasks/ and models/, so that training (which builds a new
+model) and restore (which rebuilds a trained one from config.json) cannot drift apart: the head size comes from
+the task in both, and both check the classes the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+  from jaxcls import data
+
+
+def build_task_and_model(config, info: data.DatasetInfo, *, weighted: bool = True) -> tuple[Any, Any, dict]:
+  """(task, model, resolved task config) for the classes of `info`; the model's head size comes from the task.
+
+  Args:
+    config: a run's config (or a workdir's resolved config.json).
+    info: the dataset's DatasetInfo (class names, and the training class counts when known).
+    weighted: resolve `config.task.class_weights` ('balanced' needs `info.train_class_counts`). False leaves the
+      loss unweighted: class weights only shape the loss, so a restored model for evaluation or inference
+      without its training data needs none.
+  """
+  from jaxcls import models, tasks  # pylint: disable=g-import-not-at-top  (restore.load_config stays cheap)
+  from jaxcls.tasks.multiclass import resolve_class_weights  # pylint: disable=g-import-not-at-top
+  tasks.check_classes(config.task.type, info.class_names, info.train_class_counts)  # one class: DataError
+  task_config = dict(config.task, class_names=info.class_names)
+  task_config["class_weights"] = (resolve_class_weights(config.task.class_weights, info.train_class_counts,
+                                                        info.num_classes) if weighted else "none")
+  task = tasks.build(task_config, info.num_classes)
+  return task, models.build(config.model, task.num_outputs, config.dtype), task_config
