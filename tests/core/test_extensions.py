@@ -35,6 +35,23 @@ def readme_command() -> list[str]:
   return block.split("\n")[0].replace("\\", "").split()[2:] + block.split("\n")[1].split()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def registries_as_they_were():
+  """What these tests register (my_net, the docs' six) is dropped afterwards: other test modules list the known
+  names of a registry and must see jaxcls's own only."""
+  from jaxcls import data, models, tasks  # pylint: disable=g-import-not-at-top
+  from jaxcls.data.augment import base as augment_base  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import writers  # pylint: disable=g-import-not-at-top
+  kinds = (models.MODELS, tasks.TASKS, augment_base.AUGMENTATIONS, evaluators.EVALUATORS, writers.WRITERS,
+           data.SOURCES)
+  saved = [dict(registry._entries) for registry in kinds]  # pylint: disable=protected-access
+  yield
+  for registry, entries in zip(kinds, saved):
+    registry._entries.clear()  # pylint: disable=protected-access
+    registry._entries.update(entries)  # pylint: disable=protected-access
+
+
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch):
   """A folder outside the package holding my_models.py, as the current folder (a user runs from it).
