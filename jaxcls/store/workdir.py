@@ -10,10 +10,10 @@ Files (all written through `jaxcls.core.paths`, so a `gs://` workdir works the s
   previous config whole, so no earlier experiment description is ever lost;
 - `lock.json`: who is training into the workdir now (host, pid, start, heartbeat);
 - `checkpoints/<step>/` (orbax, `jaxcls.store.checkpoint`), and `corrupt_checkpoints/` for damaged steps moved aside;
-- `metrics.jsonl` (every logged scalar), `report.json`, `report.md` and `plots/` (the final evaluation),
-  `skipped_files.txt` (unreadable images), `cache/` (a folder source's decoded arrays), `fewshot.json`
-  (`python -m jaxcls.fewshot`), `eval_<folder>/` (`python -m jaxcls.evaluate --data FOLDER`), and
-  `classical_svm.npz` (the classical baseline's classifier).
+- `metrics.jsonl` (every logged scalar), `tensorboard/` (event files), `report.json`, `report.md` and `plots/`
+  (the final evaluation), `skipped_files.txt` (unreadable images), `cache/` (a folder source's decoded arrays),
+  `fewshot.json` (`python -m jaxcls.fewshot`), `eval_<folder>/` (`python -m jaxcls.evaluate --data FOLDER`),
+  and `classical_svm.npz` (the classical baseline's classifier).
 
 This module is the one place that knows these names: everything else asks it for a path or calls its read and
 write functions, so the format (which users and scripts rely on) cannot drift between a writer and a reader.
@@ -54,6 +54,7 @@ LOCK_NAME = "lock.json"
 CHECKPOINTS_NAME = "checkpoints"
 CORRUPT_CHECKPOINTS_NAME = "corrupt_checkpoints"  # beside checkpoints/, so orbax never lists or cleans it
 METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_NAME = "tensorboard"  # the 'tensorboard' writer's event files
 REPORT_JSON_NAME = "report.json"
 REPORT_MD_NAME = "report.md"
 PLOTS_NAME = "plots"

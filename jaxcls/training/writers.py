@@ -24,8 +24,7 @@ from jaxcls.core.errors import ConfigError
 from jaxcls.core import registry
 from jaxcls.core.registry import Registry
 
-JSONL_NAME = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from jaxcls.store.workdir import METRICS_NAME as JSONL_NAME, TENSORBOARD_NAME as TENSORBOARD_DIR  # one owner
 
 
 class Writer:
