@@ -20,20 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcls.config import check as config_check
 from jaxcls.core.errors import ConfigError
-from jaxcls.core.registry import did_you_mean
 
-KINDS = ("none", "flip", "flip_translate")
+KINDS = config_check.EVAL_TTA_KINDS  # the config layer owns the names, to check a config without jax
 # How many forward passes each kind costs.
 PASSES = {"none": 1, "flip": 2, "flip_translate": 6}
 
 
-def check(kind: str) -> str:
-  """`kind` when it names a TTA; otherwise a ConfigError listing the valid names."""
-  if kind not in KINDS:
-    raise ConfigError(f"config.eval_tta={kind!r} is not a test-time augmentation.{did_you_mean(str(kind), KINDS)} "
-                      f"Valid: {', '.join(repr(k) for k in KINDS)}.")
-  return kind
+check = config_check.check_eval_tta  # `kind` when it names a TTA; otherwise a ConfigError listing the valid names
 
 
 def from_config(config) -> str:
