@@ -50,7 +50,9 @@ _DECORATORS = {
     "register_evaluator": ("jaxcls.evaluation.evaluators", "EVALUATORS", """Registers a periodic evaluator under
     `name` for `config.evaluators`.
 
-    The object is a factory `factory(config, model, dataset, mesh, eval_every) -> evaluator`; the evaluator has
+    The object is a factory `factory(config, model, dataset, mesh, eval_every) -> evaluator`, or a subclass of
+    `jaxcls.evaluation.evaluators.Evaluator` (built as `cls(context)`, seeing the task, eval step, workdir, ...,
+    and able to write files at the end). The evaluator has
     `due(step, last_step) -> bool` and `__call__(params, batch_stats) -> {metric name: float}`, whose values the
     training loop writes as they are named (prefix them, e.g. 'mine/score'). `model` is the linen Module,
     `dataset` the run's `jaxcls.data.Dataset`, `mesh` the data mesh.

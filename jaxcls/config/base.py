@@ -10,6 +10,7 @@ from ml_collections import config_dict
 
 
 def get_base_config() -> ml_collections.ConfigDict:
+  """A fresh ConfigDict of every key with its default; configs/*.py change a few of them."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   # Your own modules, imported before anything is built, so the models, tasks, sources, augmentations, evaluators

@@ -7,7 +7,8 @@ config and are checked against the model's signature when it is built.
 
 import ast
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -32,6 +33,7 @@ def leaf_paths(config: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def unknown_key_message(path: str, known: list[str]) -> str:
+  """One line for a key jaxcls does not read, with the closest known keys (by whole path, then by last part)."""
   hint = closest(path, known)
   if not hint:
     hint = closest(path.split(".")[-1], known) or [p for p in known if p.endswith("." + path.split(".")[-1])]
@@ -234,7 +236,8 @@ def check_ranges(config) -> None:
     raise ConfigError(f"config.num_epochs={config['num_epochs']} and config.num_train_steps="
                       f"{config['num_train_steps']} train for no step; set one of them to a positive value.")
   ds = config.get("dataset")
-  if ds is not None and "test_fraction" in ds and "val_fraction" in ds and ds["test_fraction"] + ds["val_fraction"] >= 1:
+  if (ds is not None and "test_fraction" in ds and "val_fraction" in ds
+      and ds["test_fraction"] + ds["val_fraction"] >= 1):
     raise ConfigError(f"config.dataset.test_fraction={ds['test_fraction']} plus val_fraction={ds['val_fraction']} "
                       "leave nothing to train on; their sum must be below 1.")
 

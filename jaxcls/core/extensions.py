@@ -15,8 +15,9 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any
 
 from jaxcls.core.errors import ConfigError
 from jaxcls.core.registry import name_list
@@ -71,8 +72,9 @@ def _import_file(entry: str) -> ModuleType:
                       "next to your config and name it there.")
   path = os.path.realpath(os.path.expanduser(entry))
   if not path.endswith(".py") or not os.path.isfile(path):
-    raise ConfigError(f"config.imports names the file {entry!r}, which is not a .py file (relative paths start "
-                      f"at the current folder, {os.getcwd()}); give the path of your module's .py file.")
+    what = "does not exist" if not os.path.exists(path) else "is not a .py file"
+    raise ConfigError(f"config.imports names the file {entry!r}, which {what} (relative paths start at the "
+                      f"current folder, {os.getcwd()}); give the path of your module's .py file.")
   name = os.path.splitext(os.path.basename(path))[0]
   if not name.isidentifier():
     raise ConfigError(f"config.imports names the file {entry!r}, whose name {name!r} is not a Python module "

@@ -8,7 +8,8 @@ researcher's module registers exactly as jaxcls's own modules do.
 import ast
 import difflib
 import functools
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from jaxcls.core.errors import ConfigError
 

@@ -5,7 +5,7 @@ The trainer only sees this interface, so a new source is one module that registe
 
 import abc
 import dataclasses
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.core.registry import Registry
@@ -30,7 +30,7 @@ class DatasetInfo:
   num_eval: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  train_class_counts: Optional[tuple[int, ...]] = None
+  train_class_counts: tuple[int, ...] | None = None
 
   def __post_init__(self):
     # Accept lists and numpy scalars from users, but store hashable plain tuples.

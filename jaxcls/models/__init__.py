@@ -7,7 +7,8 @@ registers from its own module with `jaxcls.register_model(name)` (this registry)
 """
 
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 
@@ -21,6 +22,7 @@ _RESERVED = ("num_classes", "dtype", "parent", "name")
 
 
 def model_names() -> list[str]:
+  """The registered model names, sorted (built-ins and those of config.imports modules imported so far)."""
   return MODELS.names()
 
 
@@ -68,14 +70,16 @@ def build(model_config: Mapping[str, Any], num_classes: int, dtype: Any = "float
 
 
 # Importing a family registers it; they import MODELS from here, so these come last.
-from jaxcls.models import arguments  # noqa: E402
-from jaxcls.models import layers  # noqa: E402
-from jaxcls.models import resnet  # noqa: E402,F401
-from jaxcls.models import simple_cnn  # noqa: E402,F401
-from jaxcls.models import alexnet  # noqa: E402,F401
-from jaxcls.models import convnext  # noqa: E402,F401
-from jaxcls.models import lenet  # noqa: E402,F401
-from jaxcls.models import mobilenet  # noqa: E402,F401
-from jaxcls.models import vgg  # noqa: E402,F401
-from jaxcls.models import vit  # noqa: E402,F401
-from jaxcls.models import airbench  # noqa: E402,F401
+from jaxcls.models import (  # noqa: E402,F401  (arguments and layers are used above; the rest register)
+  airbench,
+  alexnet,
+  arguments,
+  convnext,
+  layers,
+  lenet,
+  mobilenet,
+  resnet,
+  simple_cnn,
+  vgg,
+  vit,
+)

@@ -13,18 +13,18 @@ import math
 import os
 import socket
 import time
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from absl import logging
 import jax
 import numpy as np
+from absl import logging
 
-from jaxcls.core import paths
+from jaxcls.core import paths, registry
 from jaxcls.core.errors import ConfigError
-from jaxcls.core import registry
 from jaxcls.core.registry import Registry
-
-from jaxcls.store.workdir import METRICS_NAME as JSONL_NAME, TENSORBOARD_NAME as TENSORBOARD_DIR  # one owner
+from jaxcls.store.workdir import METRICS_NAME as JSONL_NAME  # one owner
+from jaxcls.store.workdir import TENSORBOARD_NAME as TENSORBOARD_DIR
 
 
 class Writer:
@@ -43,7 +43,7 @@ class Writer:
     pass
 
   def write_histograms(self, step: int, arrays: Mapping[str, Any],
-                       num_buckets: Optional[Mapping[str, int]] = None):
+                       num_buckets: Mapping[str, int] | None = None):
     pass
 
   def write_hparams(self, hparams: Mapping[str, Any]):
@@ -226,8 +226,7 @@ class _EventWriter(Writer):
   """
 
   def __init__(self, resume_step: int | None = None):
-    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
     self._event_pb2 = event_pb2
     self._summary_pb2 = summary_pb2
     self._resume_step = resume_step
@@ -473,16 +472,16 @@ class Progress:
   they recur. The first call only starts the clock, so compilation is not counted.
   """
 
-  def __init__(self, num_train_steps: int, writer: Any, every_steps: Optional[int] = None,
-               every_secs: Optional[float] = 30.0, first_secs: float = 5.0, first_fraction: float = 0.1):
+  def __init__(self, num_train_steps: int, writer: Any, every_steps: int | None = None,
+               every_secs: float | None = 30.0, first_secs: float = 5.0, first_fraction: float = 0.1):
     self._num_train_steps = num_train_steps
     self._writer = writer
     self._every_steps = every_steps
     self._every_secs = every_secs
     self._first_secs = first_secs
     self._first_fraction = first_fraction
-    self._start: Optional[tuple[int, float]] = None
-    self._previous: Optional[tuple[int, float]] = None
+    self._start: tuple[int, float] | None = None
+    self._previous: tuple[int, float] | None = None
     self._reported = False
     self._t0 = time.monotonic()
 
@@ -501,7 +500,7 @@ class Progress:
       return t - start_t >= self._first_secs or (total > 0 and step - start_step >= self._first_fraction * total)
     return False
 
-  def __call__(self, step: int, t: Optional[float] = None) -> bool:
+  def __call__(self, step: int, t: float | None = None) -> bool:
     """Call after every step; returns whether it reported."""
     t = time.monotonic() if t is None else t
     if self._start is None:
@@ -532,12 +531,12 @@ class Progress:
 class _NoProgress:
   """The progress of non-main processes: nothing to report."""
 
-  def __call__(self, step: int, t: Optional[float] = None) -> bool:
+  def __call__(self, step: int, t: float | None = None) -> bool:
     return False
 
 
-def create_progress(num_train_steps: int, writer: Any, *, is_main: bool, every_steps: Optional[int] = None,
-                    every_secs: Optional[float] = 30.0) -> Any:
+def create_progress(num_train_steps: int, writer: Any, *, is_main: bool, every_steps: int | None = None,
+                    every_secs: float | None = 30.0) -> Any:
   """Called as `progress(step)` after every step: `Progress` on the main process (never clu's `ReportProgress`,
   which imports TensorFlow), a no-op elsewhere."""
   if not is_main:

@@ -10,9 +10,8 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, subprocess_env, tiny_config
+from PIL import Image
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "workdir_0_1")
 ACCURACY = 0.2861111111111111  # the fixture's report.json, written by the old code

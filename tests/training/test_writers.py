@@ -1,4 +1,5 @@
-"""Tests of jaxcls.training.writers: writers by name, TensorBoard events read back, JSONL and resume, progress, imports."""
+"""Tests of jaxcls.training.writers: writers by name, TensorBoard events read back, JSONL and resume, progress,
+imports."""
 
 import json
 import logging
@@ -15,8 +16,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from jaxcls.training import writers
 from jaxcls.core.errors import ConfigError
+from jaxcls.training import writers
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HEAVY = ("tensorflow", "clu", "tensorflow_datasets")

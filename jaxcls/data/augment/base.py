@@ -6,7 +6,7 @@ same input type, nothing can normalise twice (the train step normalises once, af
 rounding an op adds is at most half a grey level.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,7 @@ def with_probability(probability: float, fn: Callable[[jax.Array, jax.Array], ja
 
 
 def to_float(image: jax.Array) -> jax.Array:
+  """uint8 pixels as float32 in [0, 255] units, for ops that compute (rounded back by `to_uint8`)."""
   return image.astype(jnp.float32)
 
 
