@@ -16,7 +16,8 @@ import functools
 import json
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -207,8 +208,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 def _torchvision_weights(spec: Spec):
   """torchvision's weights object for `spec` (needs torch and torchvision)."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-    from torchvision import models as tv_models  # pylint: disable=g-import-not-at-top
+    from torchvision import models as tv_models  # pylint: disable=g-import-not-at-top  (imports torch)
   except ImportError as e:
     raise ConfigError(f"config.init_from={spec.text!r} needs torch and torchvision (pip install torch "
                       "torchvision); without them use the same weights from the hub, e.g. "
@@ -492,7 +492,7 @@ def state_dict(model, variables: Mapping[str, Any], layout: str = "timm", image_
   if layout not in layouts:
     raise ConfigError(f"Model {type(model).__name__} has no {layout!r} layout; it has: {', '.join(layouts)}.")
   rename, out = layouts[layout], {}
-  for collection, inner, shape, torch_key in _leaves(model, image_shape):
+  for collection, inner, _, torch_key in _leaves(model, image_shape):
     node = variables[collection]
     for name in inner:
       node = node[name]

@@ -19,7 +19,7 @@ efficientnet.py with _efficientnet_blocks.py), not guessed:
 """
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

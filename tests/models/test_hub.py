@@ -10,11 +10,14 @@ vision_transformer.py, vgg.py, efficientnet.py), independently of the mapping un
 import hashlib
 import json
 import os
+import subprocess
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import REPO, subprocess_env
+from PIL import Image
 
 pytest.importorskip("huggingface_hub")
 pytest.importorskip("safetensors")
@@ -28,6 +31,7 @@ from jaxcls.models.convnext import ConvNeXt  # noqa: E402
 from jaxcls.models.mobilenet import MobileNetV2  # noqa: E402
 from jaxcls.models.vgg import VGG  # noqa: E402
 from jaxcls.models.vit import VisionTransformer  # noqa: E402
+from jaxcls.store import restore  # noqa: E402
 from jaxcls.training import transfer  # noqa: E402
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -78,13 +82,20 @@ def timm_config(architecture: str, size: int = 32, crop: float = 0.95, mean=(0.5
 
 
 def random_state(model, layout: str, seed: int = 0) -> dict[str, np.ndarray]:
-  """A state_dict of `model` in `layout` with every tensor random (variances positive)."""
+  """A state_dict of `model` in `layout` with every tensor random, at scales that keep activations finite (weights
+  ~ 1/sqrt(fan-in), norm scales and variances near 1)."""
   state = pretrained.state_dict(model, zeros(model), layout, SHAPE)
   rng = np.random.default_rng(seed)
   out = {}
   for key, value in state.items():
-    value = rng.standard_normal(value.shape).astype(np.float32)
-    out[key] = np.abs(value) + 0.5 if key.endswith("running_var") else value
+    noise = rng.standard_normal(value.shape).astype(np.float32)
+    if value.ndim >= 2 and not key.endswith(("cls_token", "pos_embed")):
+      noise /= np.sqrt(np.prod(value.shape[1:]))
+    elif key.endswith(("running_var", "weight")):  # 1-D: norm scales and batch-norm variances
+      noise = 1.0 + 0.25 * np.abs(noise)
+    else:
+      noise *= 0.1
+    out[key] = noise.astype(np.float32)
   return out
 
 
@@ -341,3 +352,41 @@ def test_a_model_without_a_pretrained_layout_is_refused(tmp_path):
 def test_torchvision_without_torch_names_the_install():
   with pytest.raises(ConfigError, match=r"pip install torch torchvision.*hf-hub:timm/resnet50.tv_in1k"):
     pretrained.load("torchvision:resnet50", models.build(RESNET, 10), SHAPE)
+
+
+# ------------------------------------------------------------------------------------------------ one command
+
+
+def test_finetune_folder_config_from_an_offline_hub_cache(hub_cache, tmp_path, python):
+  """`configs/finetune_folder.py` as a user runs it, from a hub cache built offline: with the backbone frozen, the
+  checkpoint's backbone is the file's exactly, the head is new, and the workdir's config holds the weights'
+  preprocessing."""
+  state = random_state(models.build(RESNET, 10), "timm", seed=7)
+  write_repo(hub_cache, "timm/resnet18.tiny", {"model.safetensors": safetensors_bytes(state, tmp_path),
+                                               "config.json": timm_config("resnet18", size=32, crop=0.95)})
+  rng = np.random.default_rng(0)
+  for label in ("cat", "dog"):
+    (tmp_path / "images" / label).mkdir(parents=True)
+    for i in range(8):
+      pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+  workdir = tmp_path / "run"
+  env = dict(subprocess_env(), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub_cache))
+  result = subprocess.run(
+      [python, "-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "finetune_folder.py"),
+       "--workdir", str(workdir), f"--config.dataset.path={tmp_path / 'images'}",
+       "--config.init_from=hf-hub:timm/resnet18.tiny", "--config.model.name=resnet18", "--config.model.width=8",
+       "--config.optimizer.backbone_lr_factor=0", "--config.num_train_steps=2", "--config.optimizer.warmup_steps=0",
+       "--config.batch_size=8",
+       "--config.dataset.workers=2"],
+      env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "timm/torchvision layout, 102 of 102 tensors loaded" in result.stderr, result.stderr[-3000:]
+  run = restore.restore(str(workdir))
+  assert tuple(run.config.dataset.mean) == (0.5, 0.4, 0.3) and tuple(run.config.dataset.std) == (0.2, 0.25, 0.3)
+  assert tuple(run.config.dataset.image_size) == (32, 32) and run.config.dataset.center_crop_fraction == 0.95
+  loaded = pretrained.state_dict(models.build(RESNET, 2), run.variables, "timm", SHAPE)
+  for key, value in state.items():
+    if not key.startswith("fc."):
+      np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+  assert loaded["fc.weight"].shape == (2, 64)
