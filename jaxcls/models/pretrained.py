@@ -108,7 +108,7 @@ def _hub_library():
     from huggingface_hub import errors  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ConfigError("config.init_from=hf-hub:... needs the huggingface_hub and safetensors packages "
-                      "(pip install huggingface_hub safetensors, or pip install 'jaxcls[hub]').") from e
+                      "(pip install huggingface_hub safetensors).") from e
   return huggingface_hub, errors
 
 

@@ -390,3 +390,83 @@ def test_finetune_folder_config_from_an_offline_hub_cache(hub_cache, tmp_path, p
     if not key.startswith("fc."):
       np.testing.assert_array_equal(loaded[key], value, err_msg=key)
   assert loaded["fc.weight"].shape == (2, 64)
+
+
+# ------------------------------------------------------------------------ logit parity (where torch is installed)
+# CI has no torch, so these skip there; run them where torch, torchvision and timm are installed (see
+# tests/models/test_torch_parity.py for such an environment, plus `pip install timm huggingface_hub safetensors`).
+
+TIMM_MODELS = [("resnet18", "resnet18", 64), ("resnet50", "resnet50", 64), ("convnext_tiny", "convnext_tiny", 64),
+               ("vit_base_patch16_224", "vit_b16", 224), ("vgg11_bn", "vgg11_bn", 64),
+               ("mobilenetv2_100", "mobilenet_v2", 64)]
+
+
+def _randomised(torch, net, side: int):
+  """`net` with its constant tensors randomised and batch norm calibrated on random images, in eval mode."""
+  generator = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for name, tensor in net.state_dict().items():
+      if not tensor.is_floating_point():
+        continue
+      noise = torch.randn(tensor.shape, generator=generator) * 0.1
+      if tensor.numel() == 1 or bool(torch.all(tensor == tensor.flatten()[0])):
+        tensor.copy_((1.0 if name.endswith(("weight", "gamma")) and tensor.ndim == 1 else 0.0) + noise)
+      elif name.startswith(("head", "heads.head")):
+        tensor.copy_(noise)
+    for module in net.modules():  # the last norm of each residual block, scaled down as training leaves it
+      for attribute in ("bn3", "bn2"):
+        norm = getattr(module, attribute, None)
+        if type(module).__name__ in ("Bottleneck", "BasicBlock") and norm is not None:
+          norm.weight.mul_(0.2)
+          break
+  norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+  for m in norms:
+    m.reset_running_stats()
+    m.momentum = None
+  if norms:
+    net.train()
+    with torch.no_grad():
+      net(torch.from_numpy(np.random.default_rng(2).standard_normal((16, 3, side, side)).astype(np.float32)))
+  return net.eval()
+
+
+def _assert_parity(torch, net, model, variables, side: int) -> None:
+  images = np.random.default_rng(0).standard_normal((2, 3, side, side)).astype(np.float32)
+  with torch.no_grad():
+    expected = net(torch.from_numpy(images)).numpy()
+  logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images.transpose(0, 2, 3, 1)))
+  difference = float(np.max(np.abs(logits - expected)))
+  assert difference <= 1e-4, (difference, float(np.max(np.abs(expected))))
+
+
+@pytest.mark.parametrize("timm_name, name, side", TIMM_MODELS)
+def test_hub_weights_give_timms_logits(hub_cache, tmp_path, timm_name, name, side):
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  torch.manual_seed(0)
+  net = _randomised(torch, timm.create_model(timm_name, pretrained=False, num_classes=10), side)
+  state = {k: v.detach().cpu().contiguous().numpy() for k, v in net.state_dict().items()}
+  write_repo(hub_cache, f"timm/{timm_name}.parity", {"model.safetensors": safetensors_bytes(state, tmp_path)})
+  model = models.build({"name": name}, 10)
+  weights = pretrained.load(f"hf-hub:timm/{timm_name}.parity", model, (side, side, 3), name)
+  assert weights.layout in ("timm", "timm/torchvision") and weights.num_classes == 10
+  _assert_parity(torch, net, model, weights.variables, side)
+
+
+@pytest.mark.parametrize("tv_name, name, side", [("resnet18", "resnet18", 64), ("convnext_tiny", "convnext_tiny", 64)])
+def test_torchvision_spec_reads_torchs_weight_cache(tmp_path, monkeypatch, tv_name, name, side):
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+  torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+  weights = torchvision.models.get_model_weights(tv_name).DEFAULT
+  torch.manual_seed(0)
+  net = _randomised(torch, getattr(torchvision.models, tv_name)(weights=None), side)
+  cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(weights.url)
+  cached.parent.mkdir(parents=True)
+  torch.save(net.state_dict(), cached)  # torch.hub reads a cached file without downloading (or hashing) it
+  model = models.build({"name": name}, 1000)
+  loaded = pretrained.load(f"torchvision:{tv_name}", model, (side, side, 3), name)
+  assert loaded.layout in ("torchvision", "timm/torchvision") and loaded.num_classes == 1000
+  assert loaded.preprocessing.mean == (0.485, 0.456, 0.406) and loaded.preprocessing.eval_crop == "center"
+  _assert_parity(torch, net, model, loaded.variables, side)
