@@ -15,7 +15,8 @@ A registered object is a factory `factory(config, model, dataset, mesh, eval_eve
 `Evaluator` subclass, which is built as `cls(context)` and sees the whole `Context` (task, eval step, workdir...).
 An evaluator has `due(step, last_step)` and `__call__(params, batch_stats) -> {metric name: float}`; subclasses of
 `Evaluator` may also conclude at the last step and write files. What they return is logged as named and offered
-to `config.best_metric`.
+to `config.best_metric`. This module imports no jax (the eval loop is imported when an evaluator runs), so
+`jaxcls.register_evaluator` stays cheap.
 """
 
 import dataclasses
@@ -109,6 +110,14 @@ def names(config) -> tuple[str, ...]:
   if len(set(listed)) != len(listed):
     raise ConfigError(f"config.evaluators={tuple(listed)} names an evaluator twice; list each once.")
   return listed if REPORT in listed else (REPORT,) + listed
+
+
+def check_names(config) -> tuple[str, ...]:
+  """`names(config)`, each known (a misspelt evaluator fails at start-up, not after the data has loaded)."""
+  listed = names(config)
+  for name in listed:
+    EVALUATORS.get(name)
+  return listed
 
 
 def build_all(config, context: Context) -> list[Evaluator]:

@@ -109,6 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
   """
   config_check.validate(config)
   writers.writer_names(config.writers)  # a misspelt writer fails now, not after the data has loaded
+  evaluators.check_names(config)  # and so does a misspelt evaluator
   clock = clock if clock is not None else phases.PhaseClock()
   # Process 0 holds DIR/lock.json throughout (a second run on the workdir fails fast); released on any exit.
   with workdir_lib.locked(workdir, is_main=parallel.is_main_process(), num_processes=jax.process_count()):

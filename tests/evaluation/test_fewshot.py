@@ -223,6 +223,9 @@ def test_evaluator_rejects_impossible_settings(trained):
   assert evaluators.names(tiny_config()) == ("classification",)  # the report only, by default
   with pytest.raises(ConfigError, match="Unknown evaluator 'fewshots'. Did you mean 'fewshot'"):
     evaluators.build_all(tiny_config(evaluators=("fewshots",)), context)
+  with pytest.raises(ConfigError, match="Unknown evaluator 'knm'"):  # what training checks before loading data
+    evaluators.check_names(tiny_config(evaluators="classification,knm"))
+  assert evaluators.check_names(tiny_config(evaluators="knn,classification")) == ("knn", "classification")
   with pytest.raises(ConfigError, match="names an evaluator twice"):
     evaluators.build_all(tiny_config(evaluators="fewshot,fewshot"), context)
   # A list without the report gets it first; without its own cadence few-shot runs with every evaluation.
