@@ -48,6 +48,14 @@ def test_command_prints_a_summary(trained, tmp_path, python):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "simple_cnn at step 8 on the test split: num_examples 360" in proc.stdout
   assert json.loads((tmp_path / "report.json").read_text())["num_examples"] == 360
+  # User errors: one line on stderr and exit 2 (cli.run), before anything is restored.
+  for args, message in ((["--workdir", str(tmp_path / "nothing")], "config.json does not exist"),
+                        (["--workdir", trained, "--labels_file", "x.csv"], "--labels_file needs --data"),
+                        ([], "--workdir is required")):
+    proc = subprocess.run([python, "-m", "jaxcls.evaluate", *args], env=subprocess_env(1), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("jaxcls: error: ") and message in proc.stderr
 
 
 @pytest.fixture(scope="module")
