@@ -525,7 +525,17 @@ class Weights:
   preprocessing: Preprocessing | None = None
 
 
-def _check_architecture(spec: Spec, config: Mapping[str, Any] | None, model_name: str | None) -> None:
+_READABLE = {
+    "timm": "resnet18-152, wide_resnet50_2, resnext50_32x4d, convnext_tiny/small/base, vit_*_patch16_224, "
+            "vgg11-19(_bn) and mobilenetv2_100",
+    "torchvision": "resnet18-152, wide_resnet50_2, resnext50_32x4d, convnext_tiny/small/base, vit_b_16, "
+                   "vgg11-19(_bn), mobilenet_v2 and alexnet",
+}
+
+
+def _check_architecture(spec: Spec, config: Mapping[str, Any] | None, model_name: str | None,
+                        library: str = "timm") -> None:
+  """A ConfigError when the weights name an architecture other than config.model.name (before anything is read)."""
   if not config or not model_name:
     return
   if "architecture" not in config:
@@ -537,9 +547,8 @@ def _check_architecture(spec: Spec, config: Mapping[str, Any] | None, model_name
   architecture = str(config["architecture"])
   ours = timm_layouts.ARCHITECTURES.get(architecture, architecture)
   if ours not in models.model_names():
-    raise ConfigError(f"config.init_from={spec.text!r} holds a timm {architecture!r}, which jaxcls has no model for; "
-                      "jaxcls reads timm's resnet18-152, wide_resnet50_2, resnext50_32x4d, convnext_tiny/small/base, "
-                      "vit_*_patch16_224, vgg11-19(_bn) and mobilenetv2_100.")
+    raise ConfigError(f"config.init_from={spec.text!r} holds a {library} {architecture!r}, which jaxcls has no model "
+                      f"for; jaxcls reads {library}'s {_READABLE[library]}.")
   if ours != model_name:
     raise ConfigError(f"config.init_from={spec.text!r} holds a {architecture!r} but config.model.name="
                       f"{model_name!r}; set --config.model.name={ours}.")
@@ -557,9 +566,11 @@ def load(init_from: str, model, image_shape, model_name: str | None = None) -> W
     path = _hub_file(spec, WEIGHTS_FILE, required=True)
     config, _ = _hub_config(spec)
     commit = _commit_of(path)
-    description = f"{spec.text}{f' (commit {commit})' if commit and commit != spec.revision else ''}"
+    pinned = commit and spec.revision and spec.revision.startswith(commit)
+    description = f"{spec.text}{f' (commit {commit})' if commit and not pinned else ''}"
     state = read_safetensors(path)
   elif spec.kind == "torchvision":
+    _check_architecture(spec, {"architecture": spec.name}, model_name, "torchvision")
     state, description = _torchvision_state(spec)
   else:
     state = read_safetensors(spec.path)

@@ -306,6 +306,32 @@ def test_a_repo_of_another_architecture_is_named(hub_cache, tmp_path):
     transfer.pretrained_source("hf-hub:timm/resnet50.x", -1, ml_collections.ConfigDict(RESNET), SHAPE)
 
 
+def test_revisions_and_hf_home(tmp_path, monkeypatch):
+  """@COMMIT reads that snapshot, @BRANCH its ref; HF_HOME/hub is the cache when HF_HUB_CACHE is unset."""
+  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+  monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+  monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  cache = tmp_path / "home" / "hub"
+  model = models.build(RESNET, 10)
+  old, new = random_state(model, "timm", seed=1), random_state(model, "timm", seed=2)
+  other = "f" * 40
+  write_repo(cache, "timm/resnet18.rev", {"model.safetensors": safetensors_bytes(old, tmp_path)}, commit=other,
+             ref="v1")
+  write_repo(cache, "timm/resnet18.rev", {"model.safetensors": safetensors_bytes(new, tmp_path)})
+  assert pretrained.hub_cache_dir() == str(cache)
+  for spec, state in (("hf-hub:timm/resnet18.rev", new), (f"hf-hub:timm/resnet18.rev@{other}", old),
+                      ("hf-hub:timm/resnet18.rev@v1", old), (f"hf_hub:timm/resnet18.rev@{COMMIT}", new)):
+    weights = pretrained.load(spec, model, SHAPE, "resnet18")
+    np.testing.assert_array_equal(flat(weights.variables)["params/layer1_1/conv2/kernel"],
+                                  state["layer1.1.conv2.weight"].transpose(2, 3, 1, 0), err_msg=spec)
+
+
+def test_a_torchvision_name_of_another_architecture_is_named_before_reading():
+  with pytest.raises(ConfigError, match=r"'vit_b_16' but config.model.name='resnet18'.*--config.model.name=vit_b16"):
+    pretrained.load("torchvision:vit_b_16", models.build(RESNET, 10), SHAPE, "resnet18")
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 
