@@ -380,3 +380,54 @@ def test_a_busy_workdir_stops_every_process_of_a_multi_process_run(tmp_path):
   assert "jaxcls: error: The workdir" in outputs[0] and "host tpu-worker-7, pid 4242" in outputs[0]
   assert "jaxcls: error: Process 0 could not take the workdir lock" in outputs[1]
   assert _lock_record(tmp_path / "run") == holder  # left as it was
+
+
+# ------------------------------------------------------------------------------------- one owner of the file names
+
+def test_the_workdir_names_are_the_documented_ones_and_read_back(tmp_path):
+  """store.workdir is the one module that names the workdir's files: these names are a user-facing contract."""
+  from jaxcls import data  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path)
+  assert workdir.config_path(root).name == "config.json" and workdir.classes_path(root).name == "classes.json"
+  assert workdir.checkpoints_path(root).name == "checkpoints" and workdir.metrics_path(root).name == "metrics.jsonl"
+  assert [p.name for p in workdir.report_paths(root)] == ["report.json", "report.md"]
+  assert workdir.plots_path(root).name == "plots" and workdir.skipped_path(root).name == "skipped_files.txt"
+  assert workdir.fewshot_path(root).name == "fewshot.json"
+  assert workdir.eval_folder(root, "/data/new_images/").name == "eval_new_images"
+  assert workdir.cache_dir(root) == os.path.join(root, "cache")
+  from jaxcls.training import writers  # pylint: disable=g-import-not-at-top
+  assert writers.JSONL_NAME == "metrics.jsonl" and writers.TENSORBOARD_DIR == "tensorboard"  # named here too
+  assert not workdir.is_workdir(root)
+  with pytest.raises(ConfigError, match="classes.json does not exist"):
+    workdir.read_classes(root)
+  info = data.DatasetInfo(num_classes=2, class_names=("ant", "bee"), image_shape=(8, 8, 3), num_train=4,
+                          num_eval=2, mean=(0.5,) * 3, std=(0.25,) * 3)
+  resolved = workdir.resolved_config(tiny_config(), info, num_train_steps=7)
+  workdir.write_run_files(root, resolved, info.class_names)
+  assert workdir.is_workdir(root) and workdir.read_classes(root) == ["ant", "bee"]
+  saved = restore.load_config(root)
+  assert saved.num_train_steps == 7 and tuple(saved.dataset.image_size) == (8, 8)
+  assert tuple(saved.dataset.class_names) == ("ant", "bee") and tuple(saved.dataset.mean) == (0.5,) * 3
+  assert restore.info_from_config(saved) == data.DatasetInfo(
+      num_classes=2, class_names=("ant", "bee"), image_shape=(8, 8, 3), num_train=0, num_eval=0,
+      mean=(0.5,) * 3, std=(0.25,) * 3)
+  workdir.classes_path(root).write_text('{"not": "a list"}')
+  with pytest.raises(ConfigError, match="classes.json is damaged"):
+    workdir.read_classes(root)
+
+
+def test_one_builder_of_task_and_model_for_training_and_restore():
+  """Training (weighted loss from the class counts) and restore (no counts) build the same head and model."""
+  from jaxcls import data  # pylint: disable=g-import-not-at-top
+  from jaxcls.store import build  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"task.class_weights": "balanced"})
+  counted = data.DatasetInfo(num_classes=2, class_names=("ant", "bee"), image_shape=(8, 8, 3), num_train=4,
+                             num_eval=2, mean=(0.5,) * 3, std=(0.25,) * 3, train_class_counts=(3, 1))
+  task, model, task_config = build.build_task_and_model(config, counted)
+  assert task_config["class_weights"] == (4 / 6, 2.0)
+  restored_task, restored_model, restored_config = build.build_task_and_model(
+      config, restore.info_from_config(workdir.resolved_config(config, counted, 4)), weighted=False)
+  assert restored_config["class_weights"] == "none" and restored_task.num_outputs == task.num_outputs
+  assert restored_model == model
+  with pytest.raises(ConfigError, match="'balanced' needs the training class counts"):
+    build.build_task_and_model(config, restore.info_from_config(workdir.resolved_config(config, counted, 4)))
