@@ -5,34 +5,30 @@ the hub: a hub repo is read through `huggingface_hub` (its cache, `HF_HUB_CACHE`
 honoured) and `safetensors.numpy`; `torchvision:` uses torchvision's own weight cache and needs torch.
 
 A state_dict in timm's or torchvision's layout is detected by its key names and mapped onto the configured jaxcls
-model (torchvision's names through each model's `TORCH_RENAMES`, timm's through `timm_layouts`). The weights keep
-their own class count here; `training/transfer.py` re-initialises the head when the run's differs. A timm repo's
-`config.json` (`pretrained_cfg`) gives the preprocessing, written into the config's dataset keys that are still at
-jaxcls's defaults by `with_preprocessing`, before the data is built.
+model by `models/layouts.py`. The weights keep their own class count here; `training/transfer.py` re-initialises
+the head when the run's differs. A timm repo's `config.json` (`pretrained_cfg`) gives the preprocessing, written
+into the config's dataset keys that are still at jaxcls's defaults by `with_preprocessing`, before the data is
+built.
 """
 
 import dataclasses
-import functools
 import json
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
 from jaxcls.core.errors import CheckpointError, ConfigError
-from jaxcls.models import timm_layouts
-from jaxcls.models import torchvision as tv
+from jaxcls.models import layouts
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts both spellings
 TORCHVISION_PREFIX = "torchvision:"
 WEIGHTS_FILE = "model.safetensors"  # what timm pushes to the hub
 CONFIG_FILE = "config.json"
-_IGNORED = ("num_batches_tracked",)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TORCHVISION_ID = re.compile(r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_]+)?$")
 _EXAMPLES = ("hf-hub:timm/resnet50.a1_in1k, hf-hub:timm/resnet50.a1_in1k@<commit or branch>, "
@@ -368,148 +364,6 @@ def _plain(value):
   return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-# ------------------------------------------------------------------------------------------------ the mapping
-
-
-def _torch_shape(name: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-  if name == "kernel" and len(flax_shape) == 4:
-    h, w, i, o = flax_shape
-    return (o, i, h, w)
-  if name == "kernel" and len(flax_shape) == 2:
-    return (flax_shape[1], flax_shape[0])
-  return tuple(flax_shape)
-
-
-def _leaves(model, image_shape) -> list[tuple[str, tuple[str, ...], tuple[int, ...], str]]:
-  """(collection, path inside it, shape, torchvision key) of every variable of `model`."""
-  return _traced_leaves(model, tuple(int(d) for d in image_shape))
-
-
-@functools.lru_cache(maxsize=16)  # loading traces each model a few times (layout, head, mapping): once is enough
-def _traced_leaves(model, image_shape: tuple[int, ...]) -> list[tuple[str, tuple[str, ...], tuple[int, ...], str]]:
-  renames = getattr(type(model), "TORCH_RENAMES", None)
-  if renames is None:
-    raise ConfigError(f"Model {type(model).__name__} has no torchvision or timm layout, so config.init_from cannot "
-                      "name pretrained weights for it; use a ResNet, ConvNeXt, ViT, VGG, MobileNetV2 or AlexNet.")
-  out = []
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tv.abstract_variables(model, tuple(image_shape))):
-    names = tuple(p.key for p in path)
-    out.append((names[0], names[1:], tuple(leaf.shape), tv.torch_key(names[0], names[1:], renames)))
-  return sorted(out, key=lambda leaf: leaf[0] != "params")  # parameters first: problems read better
-
-
-def _layouts(model) -> dict[str, Any]:
-  """Layout name -> torchvision key to that layout's key."""
-  layouts = {"torchvision": lambda key: key}
-  if timm_layouts.family(model) is not None:
-    layouts["timm"] = lambda key: timm_layouts.timm_key(model, key)
-  return layouts
-
-
-def detect_layout(model, state_dict: Mapping[str, Any], image_shape) -> str:
-  """'torchvision' or 'timm': the layout whose key names cover more of `model`'s variables in `state_dict`."""
-  keys = [leaf[3] for leaf in _leaves(model, image_shape)]
-  hits = {name: sum(rename(k) in state_dict for k in keys) for name, rename in _layouts(model).items()}
-  return max(hits, key=lambda name: (hits[name], name == "torchvision"))
-
-
-def layout_name(model, layout: str, image_shape) -> str:
-  """`layout`, or 'timm/torchvision' where the two name every variable alike (ResNets)."""
-  keys = [leaf[3] for leaf in _leaves(model, image_shape)]
-  renames = list(_layouts(model).values())
-  same = len(renames) > 1 and all(len({rename(k) for rename in renames}) == 1 for k in keys)
-  return "timm/torchvision" if same else layout
-
-
-def head_classes(model, state_dict: Mapping[str, Any], image_shape) -> int:
-  """The class count of the weights: the length of the head bias (the one leaf whose shape varies with it)."""
-  one, two = (_leaves(model.clone(num_classes=n), image_shape) for n in (1, 2))
-  rename = _layouts(model)[detect_layout(model, state_dict, image_shape)]
-  for a, b in zip(one, two):
-    if a[2] != b[2] and a[1][-1] == "bias" and rename(a[3]) in state_dict:
-      return int(np.shape(state_dict[rename(a[3])])[0])
-  raise CheckpointError(f"Cannot find the classifier head of {type(model).__name__} in the weights (no "
-                        f"{rename(one[-1][3])!r} or similar); are they weights of this architecture?")
-
-
-def to_variables(model, state_dict: Mapping[str, np.ndarray], image_shape, what: str = "the weights"
-                 ) -> tuple[dict, str, list[str]]:
-  """({'params', 'batch_stats'} of `model` from `state_dict`, its layout, the keys skipped as not weights).
-
-  Every variable must be in the state_dict with its shape, and the state_dict must hold nothing else (apart from
-  batch norm's num_batches_tracked): a CheckpointError names the first differences in the file's own key names.
-  """
-  layout = detect_layout(model, state_dict, image_shape)
-  rename = _layouts(model)[layout]
-  used, problems, out = set(), [], {}
-  what_layout = layout_name(model, layout, image_shape)
-  for collection, inner, shape, torch_key in _leaves(model, image_shape):
-    key = rename(torch_key)
-    where = "/".join((collection, *inner))
-    if key not in state_dict:
-      problems.append(f"{where} needs {key}, which is missing")
-      continue
-    value = np.asarray(state_dict[key])
-    expected = _torch_shape(inner[-1], shape)
-    if value.ndim != len(expected) and value.size == int(np.prod(expected)):
-      value = value.reshape(expected)  # timm's VGG classifier as convs, ConvNeXt's layer scale [C] vs [C, 1, 1]
-    if value.shape != expected:
-      problems.append(f"{key} is {tuple(np.shape(state_dict[key]))} in the file, {where} needs {expected}")
-      continue
-    used.add(key)
-    node = out.setdefault(collection, {})
-    for name in inner[:-1]:
-      node = node.setdefault(name, {})
-    node[inner[-1]] = tv._to_flax(inner[-1], value, shape).astype(np.float32)  # pylint: disable=protected-access
-  skipped = sorted(k for k in state_dict if k not in used and k.endswith(_IGNORED))
-  problems += [f"unexpected key {k}" for k in sorted(state_dict) if k not in used and not k.endswith(_IGNORED)]
-  if problems:
-    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-    hint = _vit_hint(model, state_dict) if any("pos_embed" in p for p in problems) else ""
-    raise CheckpointError(f"{what} ({what_layout} layout) do not fit model {type(model).__name__} as configured: "
-                          f"{'; '.join(problems[:5])}{more}.{hint} Set config.model to the weights' architecture "
-                          "and settings.")
-  out.setdefault("batch_stats", {})
-  return out, layout_name(model, layout, image_shape), skipped
-
-
-def _vit_hint(model, state_dict) -> str:
-  for key in ("pos_embed", "encoder.pos_embedding"):
-    if key in state_dict and np.ndim(state_dict[key]) == 3:
-      side = int(round((state_dict[key].shape[1] - 1) ** 0.5)) * int(getattr(model, "patch_size", 16))
-      return (f" A ViT's position embedding fixes the image size: these weights need "
-              f"dataset.image_size=({side}, {side}).")
-  return ""
-
-
-def state_dict(model, variables: Mapping[str, Any], layout: str = "timm", image_shape=(224, 224, 3)
-               ) -> dict[str, np.ndarray]:
-  """`variables` of `model` as a state_dict in timm's or torchvision's layout (the inverse of `to_variables`).
-
-  For writing weights that timm or torchvision load, and for tests that build hub files from known values.
-  """
-  layouts = _layouts(model)
-  if layout not in layouts:
-    raise ConfigError(f"Model {type(model).__name__} has no {layout!r} layout; it has: {', '.join(layouts)}.")
-  rename, out = layouts[layout], {}
-  for collection, inner, _, torch_key in _leaves(model, image_shape):
-    node = variables[collection]
-    for name in inner:
-      node = node[name]
-    value = np.asarray(node, np.float32)
-    if inner[-1] == "kernel" and value.ndim == 4:
-      value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    elif inner[-1] == "kernel" and value.ndim == 2:
-      value = value.T
-    key = rename(torch_key)
-    if layout == "timm":
-      value = timm_layouts.timm_tensor(model, key, value)
-    elif key.endswith(".layer_scale"):
-      value = value.reshape(-1, 1, 1)  # torchvision's ConvNeXt stores it [C, 1, 1]
-    out[key] = np.ascontiguousarray(value)
-  return out
-
-
 # ------------------------------------------------------------------------------------------------ loading
 
 
@@ -545,7 +399,7 @@ def _check_architecture(spec: Spec, config: Mapping[str, Any] | None, model_name
     return
   from jaxcls import models  # pylint: disable=g-import-not-at-top
   architecture = str(config["architecture"])
-  ours = timm_layouts.ARCHITECTURES.get(architecture, architecture)
+  ours = layouts.ARCHITECTURES.get(architecture, architecture)
   if ours not in models.model_names():
     raise ConfigError(f"config.init_from={spec.text!r} holds a {library} {architecture!r}, which jaxcls has no model "
                       f"for; jaxcls reads {library}'s {_READABLE[library]}.")
@@ -579,8 +433,8 @@ def load(init_from: str, model, image_shape, model_name: str | None = None) -> W
   _check_architecture(spec, config, model_name)
   preprocessing = (_torchvision_preprocessing(spec) if spec.kind == "torchvision" else
                    timm_preprocessing(config, f"{spec.text}'s {CONFIG_FILE}") if config else None)
-  num_classes = head_classes(model, state, image_shape)
-  variables, layout, skipped = to_variables(model.clone(num_classes=num_classes), state, image_shape,
+  num_classes = layouts.head_classes(model, state, image_shape)
+  variables, layout, skipped = layouts.to_variables(model.clone(num_classes=num_classes), state, image_shape,
                                             f"The weights of {spec.text}")
   loaded = len(state) - len(skipped)
   skipped_text = f"skipped {len(skipped)} num_batches_tracked counters" if skipped else "skipped none"

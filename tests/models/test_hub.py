@@ -26,7 +26,7 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from jaxcls import models  # noqa: E402
 from jaxcls.core.errors import CheckpointError, ConfigError  # noqa: E402
-from jaxcls.models import pretrained  # noqa: E402
+from jaxcls.models import layouts, pretrained  # noqa: E402
 from jaxcls.models.convnext import ConvNeXt  # noqa: E402
 from jaxcls.models.mobilenet import MobileNetV2  # noqa: E402
 from jaxcls.models.vgg import VGG  # noqa: E402
@@ -84,7 +84,7 @@ def timm_config(architecture: str, size: int = 32, crop: float = 0.95, mean=(0.5
 def random_state(model, layout: str, seed: int = 0) -> dict[str, np.ndarray]:
   """A state_dict of `model` in `layout` with every tensor random, at scales that keep activations finite (weights
   ~ 1/sqrt(fan-in), norm scales and variances near 1)."""
-  state = pretrained.state_dict(model, zeros(model), layout, SHAPE)
+  state = layouts.state_dict(model, zeros(model), layout, SHAPE)
   rng = np.random.default_rng(seed)
   out = {}
   for key, value in state.items():
@@ -130,7 +130,7 @@ def test_resnet18_from_an_offline_hub_cache_equals_the_file(hub_cache, tmp_path)
   np.testing.assert_array_equal(loaded["batch_stats/layer4_1/bn2/var"], state["layer4.1.bn2.running_var"])
   np.testing.assert_array_equal(loaded["batch_stats/bn1/mean"], state["bn1.running_mean"])
   # Every tensor of the file, and nothing else, exactly.
-  back = pretrained.state_dict(model, source.variables, "timm", SHAPE)
+  back = layouts.state_dict(model, source.variables, "timm", SHAPE)
   weights = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
   assert sorted(back) == sorted(weights)
   for key, value in weights.items():
@@ -197,7 +197,7 @@ def test_tiny_convnext_from_the_hub_equals_the_file(hub_cache, tmp_path, layout)
   loaded = flat(weights.variables["params"])
   name = "stages.2.blocks.1.mlp.fc1.weight" if layout == "timm" else "features.5.1.block.3.weight"
   np.testing.assert_array_equal(loaded["features_5_1/block_3/kernel"], state[name].T)
-  back = pretrained.state_dict(model, weights.variables, layout, SHAPE)
+  back = layouts.state_dict(model, weights.variables, layout, SHAPE)
   assert sorted(back) == sorted(state)
   for key, value in state.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
@@ -218,7 +218,7 @@ def test_tiny_vit_from_the_hub_equals_the_file(hub_cache, tmp_path):
   np.testing.assert_array_equal(loaded["encoder_layer_1/self_attention/in_proj/kernel"],
                                 state["blocks.1.attn.qkv.weight"].T)
   np.testing.assert_array_equal(loaded["class_token"], state["cls_token"])
-  back = pretrained.state_dict(model, weights.variables, "timm", SHAPE)
+  back = layouts.state_dict(model, weights.variables, "timm", SHAPE)
   for key, value in state.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
   with pytest.raises(CheckpointError, match=r"pos_embed.*dataset.image_size=\(32, 32\)"):
@@ -411,7 +411,7 @@ def test_finetune_folder_config_from_an_offline_hub_cache(hub_cache, tmp_path, p
   run = restore.restore(str(workdir))
   assert tuple(run.config.dataset.mean) == (0.5, 0.4, 0.3) and tuple(run.config.dataset.std) == (0.2, 0.25, 0.3)
   assert tuple(run.config.dataset.image_size) == (32, 32) and run.config.dataset.center_crop_fraction == 0.95
-  loaded = pretrained.state_dict(models.build(RESNET, 2), run.variables, "timm", SHAPE)
+  loaded = layouts.state_dict(models.build(RESNET, 2), run.variables, "timm", SHAPE)
   for key, value in state.items():
     if not key.startswith("fc."):
       np.testing.assert_array_equal(loaded[key], value, err_msg=key)
