@@ -260,7 +260,7 @@ def to_variables(model, state_dict: Mapping[str, np.ndarray], image_shape, what:
     node = out.setdefault(collection, {})
     for name in inner[:-1]:
       node = node.setdefault(name, {})
-    node[inner[-1]] = torchvision._to_flax(inner[-1], value, shape).astype(np.float32)  # pylint: disable=protected-access
+    node[inner[-1]] = torchvision._to_flax(inner[-1], value, shape).astype(np.float32)  # noqa: SLF001
   skipped = sorted(k for k in state_dict if k not in used and k.endswith(_IGNORED))
   problems += [f"unexpected key {k}" for k in sorted(state_dict) if k not in used and not k.endswith(_IGNORED)]
   if problems:
@@ -270,7 +270,7 @@ def to_variables(model, state_dict: Mapping[str, np.ndarray], image_shape, what:
                           f"{'; '.join(problems[:5])}{more}.{hint} Set config.model to the weights' architecture "
                           "and settings.")
   out.setdefault("batch_stats", {})
-  return out, layout_name(model, layout, image_shape), skipped
+  return out, what_layout, skipped
 
 
 def _vit_hint(model, state_dict) -> str:

@@ -417,8 +417,9 @@ def load(init_from: str, model, image_shape, model_name: str | None = None) -> W
   spec = parse(init_from)
   config = None
   if spec.kind == "hub":
-    path = _hub_file(spec, WEIGHTS_FILE, required=True)
     config, _ = _hub_config(spec)
+    _check_architecture(spec, config, model_name)  # before the weights are downloaded
+    path = _hub_file(spec, WEIGHTS_FILE, required=True)
     commit = _commit_of(path)
     pinned = commit and spec.revision and spec.revision.startswith(commit)
     description = f"{spec.text}{f' (commit {commit})' if commit and not pinned else ''}"
@@ -435,7 +436,7 @@ def load(init_from: str, model, image_shape, model_name: str | None = None) -> W
                    timm_preprocessing(config, f"{spec.text}'s {CONFIG_FILE}") if config else None)
   num_classes = layouts.head_classes(model, state, image_shape)
   variables, layout, skipped = layouts.to_variables(model.clone(num_classes=num_classes), state, image_shape,
-                                            f"The weights of {spec.text}")
+                                                    f"The weights of {spec.text}")
   loaded = len(state) - len(skipped)
   skipped_text = f"skipped {len(skipped)} num_batches_tracked counters" if skipped else "skipped none"
   logging.info("init_from %s: %s layout, %d of %d tensors loaded into %s (%d-class head), %s.", description, layout,
