@@ -229,12 +229,16 @@ def _torchvision_state(spec: Spec) -> tuple[dict[str, np.ndarray], str]:
   import torch  # pylint: disable=g-import-not-at-top
   folder = os.path.join(torch.hub.get_dir(), "checkpoints")
   try:
-    state = weights.get_state_dict(progress=False, check_hash=True)  # torch.hub's cache, downloaded if missing
-  except Exception as e:  # urllib raises many types when offline
-    file = os.path.basename(weights.url)
-    raise ConfigError(f"config.init_from={spec.text!r}: {file} is not in torch's weight cache {folder} and could "
-                      f"not be downloaded ({type(e).__name__}); fetch {weights.url} into that folder "
-                      "(or set TORCH_HOME).") from e
+    # torch.hub's cache (downloaded, and its hash checked, only when missing), as weights.get_state_dict does.
+    state = torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True, map_location="cpu")
+  except Exception as e:  # urllib raises many types when offline, torch.load others on a damaged file
+    file = os.path.join(folder, os.path.basename(weights.url))
+    if os.path.isfile(file):
+      raise CheckpointError(f"config.init_from={spec.text!r}: torch cannot read its cached {file} "
+                            f"({type(e).__name__}: {str(e)[:200]}); delete it to download it again.") from e
+    raise ConfigError(f"config.init_from={spec.text!r}: {os.path.basename(file)} is not in torch's weight cache "
+                      f"{folder} and could not be downloaded ({type(e).__name__}); fetch {weights.url} into that "
+                      "folder (or set TORCH_HOME).") from e
   state = {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
   return state, f"{spec.text} ({type(weights).__name__}.{weights.name})"
 
