@@ -483,8 +483,7 @@ def test_hub_weights_give_timms_logits(hub_cache, tmp_path, timm_name, name, sid
 def test_torchvision_spec_reads_torchs_weight_cache(tmp_path, monkeypatch, tv_name, name, side):
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
-  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-  torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torch.hub.get_dir() reads it on every call
   weights = torchvision.models.get_model_weights(tv_name).DEFAULT
   torch.manual_seed(0)
   net = _randomised(torch, getattr(torchvision.models, tv_name)(weights=None), side)
