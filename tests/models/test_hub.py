@@ -257,6 +257,30 @@ def test_tiny_mobilenet_v2_reads_timms_efficientnet_names(hub_cache, tmp_path):
                                 state["blocks.1.0.bn3.running_var"])
 
 
+
+@pytest.mark.parametrize("name, side, shapes", [
+    ("resnet152", 32, {"layer3.35.conv3.weight": (1024, 256, 1, 1), "fc.weight": (1000, 2048)}),
+    ("convnext_tiny", 32, {"stages.3.blocks.2.mlp.fc1.weight": (3072, 768), "stages.3.blocks.2.gamma": (768,),
+                           "stages.3.downsample.1.weight": (768, 384, 2, 2), "head.fc.weight": (1000, 768)}),
+    ("vit_b16", 224, {"pos_embed": (1, 197, 768), "blocks.11.attn.qkv.weight": (2304, 768),
+                      "patch_embed.proj.weight": (768, 3, 16, 16), "head.weight": (1000, 768)}),
+    ("vgg16_bn", 32, {"pre_logits.fc1.weight": (4096, 512, 7, 7), "pre_logits.fc2.weight": (4096, 4096, 1, 1),
+                      "head.fc.weight": (1000, 4096)}),
+    ("mobilenet_v2", 32, {"blocks.6.0.conv_pwl.weight": (320, 960, 1, 1), "conv_head.weight": (1280, 320, 1, 1),
+                          "blocks.0.0.conv_dw.weight": (32, 1, 3, 3), "classifier.weight": (1000, 1280)}),
+])
+def test_full_size_models_have_timms_names_and_shapes(name, side, shapes):
+  """The registered ImageNet models, traced only: every variable has its own timm key, with timm's shapes."""
+  model = models.build({"name": name}, 1000)
+  keys = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  abstract = jax.eval_shape(lambda: model.init(keys, np.zeros((1, side, side, 3), np.float32), train=False))
+  variables = jax.tree.map(lambda a: np.zeros(a.shape, np.float32), dict(abstract))
+  state = layouts.state_dict(model, variables, "timm", (side, side, 3))
+  assert len(state) == len(jax.tree.leaves(variables))  # no two variables share a key
+  for key, shape in shapes.items():
+    assert state[key].shape == shape, key
+
+
 def test_a_local_safetensors_file_in_torchvision_layout(tmp_path):
   model = models.build(RESNET, 10)
   state = random_state(model, "torchvision", seed=4)
