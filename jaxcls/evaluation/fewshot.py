@@ -22,6 +22,9 @@ import numpy as np
 
 from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.evaluation import evaluators, knn
+from jaxcls.store import workdir as workdir_lib
+
+RESULT_NAME = workdir_lib.FEWSHOT_NAME  # DIR/fewshot.json, named by store.workdir
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -275,7 +278,6 @@ def evaluate_workdir(workdir: str, *, step=None, shots: Sequence[int] | None = N
   from jaxcls.core import parallel, paths
   from jaxcls.evaluation import features
   from jaxcls.store import restore
-  from jaxcls.store import workdir as workdir_lib
 
   d = _defaults()
   shots = tuple(d["shots"] if shots is None else shots)
