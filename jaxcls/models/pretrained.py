@@ -28,6 +28,7 @@ from jaxcls.models import layouts
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts both spellings
 TORCHVISION_PREFIX = "torchvision:"
 WEIGHTS_FILE = "model.safetensors"  # what timm pushes to the hub
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CONFIG_FILE = "config.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TORCHVISION_ID = re.compile(r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_]+)?$")
@@ -332,15 +333,17 @@ def with_preprocessing(config: ml_collections.ConfigDict) -> ml_collections.Conf
   """`config` with the weights' preprocessing in every dataset key it still has at jaxcls's default.
 
   A key the config sets (to other than the default) is kept, with a warning when it differs from the weights'.
-  Unchanged (the same object) when `config.init_from` names no pretrained weights or they ship no preprocessing.
+  Weights that ship no preprocessing get ImageNet's mean and std. Unchanged (the same object) when
+  `config.init_from` names no pretrained weights.
   """
   if not handles(config.get("init_from")):
     return config
   pre = read_preprocessing(config.init_from)
-  if pre is None:
-    logging.info("init_from %s ships no preprocessing config; dataset.mean/std/image_size are the config's.",
-                 config.init_from)
-    return config
+  if pre is None:  # timm's and torchvision's ImageNet weights expect ImageNet's statistics, not the data's own
+    logging.warning("init_from %s ships no preprocessing config; unset dataset.mean/std become ImageNet's.",
+                    config.init_from)
+    pre = Preprocessing(source="ImageNet's mean and std (the weights ship no config)", mean=IMAGENET_MEAN,
+                        std=IMAGENET_STD)
   from jaxcls.config import base  # pylint: disable=g-import-not-at-top
   defaults = base.get_base_config().dataset
   out = ml_collections.ConfigDict(config.to_dict())

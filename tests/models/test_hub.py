@@ -320,6 +320,11 @@ def test_the_weights_config_fills_the_preprocessing_left_at_defaults(hub_cache):
   assert tuple(kept.dataset.std) == (0.2, 0.25, 0.3)
   plain = _finetune_config("")
   assert transfer.with_weights_preprocessing(plain) is plain
+  # Weights with no config.json: ImageNet's statistics, the image size left to the config.
+  write_repo(hub_cache, "org/no-config", {"model.safetensors": b"unused here"})
+  bare = transfer.with_weights_preprocessing(_finetune_config("hf-hub:org/no-config"))
+  assert tuple(bare.dataset.mean) == pretrained.IMAGENET_MEAN and tuple(bare.dataset.std) == pretrained.IMAGENET_STD
+  assert bare.dataset.image_size is None
 
 
 def test_a_repo_of_another_architecture_is_named(hub_cache, tmp_path):
