@@ -2,8 +2,9 @@
 Draws which pixels made the trained model choose a class, one PNG per image file.
 
 Each PNG shows the input as the model sees it and a heat overlay per attribution method (saliency, SmoothGrad,
-integrated gradients, Grad-CAM) for each class explained (default: the predicted one); OUT/index.md and
-OUT/index.json list every file, its PNG or its error. Folders are searched recursively. A file that cannot be read
+integrated gradients, Grad-CAM) for each class explained (default: the predicted one; multi-label: each label at
+or above its threshold), titled with the prediction; OUT/index.md and OUT/index.json list every file, its PNG or its
+error. Folders are searched recursively. A file that cannot be read
 gets an error line and the others go on; the exit status is 1 only when every file failed.
 """
 
@@ -21,7 +22,7 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A trained run's directory (holds config.json and checkpoints/; local or gs://).")
   flags.DEFINE_string("step", None, "Checkpoint step to explain: N, 'latest' (default) or 'best' (config.best_metric).")
   flags.DEFINE_string("class", None, "Class(es) to explain, names or indices separated by commas "
-                      "(default: each image's predicted class).")
+                      "(default: each image's predicted class; multi-label: its predicted labels).")
   flags.DEFINE_string("methods", None, f"Comma-separated subset of {','.join(METHODS)} (default: all; gradcam "
                       "only for convolutional models).")
   flags.DEFINE_string("output_dir", None, "Where the PNGs and index go (default: WORKDIR/explanations).")

@@ -1,8 +1,9 @@
 """Attribution maps of a trained workdir's predictions: the library behind `python -m jaxcls.explain`.
 
 Writes, per image file (folders are searched recursively), one PNG: the input as the model sees it and a heat
-overlay per attribution method (jaxcls/inference/attribution.py) for each class explained (default: the predicted one),
-titled with the class and its probability; plus OUT/index.md and OUT/index.json listing every file, its PNG or its
+overlay per attribution method (jaxcls/inference/attribution.py) for each class explained (default: the predicted one;
+multi-label: every label at or above its threshold), titled with the prediction (multi-label: every such label) and
+its probability; plus OUT/index.md and OUT/index.json listing every file, its PNG or its
 error. Images are preprocessed exactly as the workdir's evaluation did (jaxcls/data/preprocess.py). A file that cannot
 be read gets an error line and the others go on; the exit status is non-zero only when every file failed.
 
@@ -167,8 +168,9 @@ def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None 
       continue
     i = next(readable)
     predicted = restored.task.explained_class(probs[i])
+    labels = label_set(restored.task, names, probs[i])
     rows = []
-    for c in chosen or [predicted]:
+    for c in chosen or [names.index(name) for name, _ in labels or ()] or [predicted]:
       maps = explainer.maps(normalised[i], c, number)
       row = {"class": names[c], "class_index": c, "probability": float(probs[i, c]), "score": float(scores[i, c])}
       if "integrated_gradients" in maps:
@@ -176,16 +178,33 @@ def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None 
         row["score_minus_baseline_score"] = row["score"] - explainer.baseline_score(c)
       rows.append((row, maps))
     png = os.path.join(output_dir, _unique_name(path, used) + ".png")
-    draw(png, images[i], rows, explainer.methods, os.path.basename(path), names[predicted],
-         float(probs[i, predicted]))
-    records.append({"path": path, "error": None, "png": png, "predicted": names[predicted],
-                    "probability": float(probs[i, predicted]), "explained": [row for row, _ in rows]})
+    record = {"path": path, "error": None, "png": png, "predicted": names[predicted],
+              "probability": float(probs[i, predicted]), "labels": labels, "explained": [row for row, _ in rows]}
+    draw(png, images[i], rows, explainer.methods, os.path.basename(path), prediction_text(record, percent=True))
+    records.append(record)
   index = {"workdir": restored.workdir, "step": restored.step, "model": restored.config.model.name,
            "methods": explainer.methods, "gradcam_layer": explainer.feature_map.module if explainer.feature_map
            else None, "gradcam_skipped": explainer.gradcam_skipped, "settings": dataclasses.asdict(settings),
            "output_dir": output_dir, "images": records}
   write_index(output_dir, index)
   return index
+
+
+def label_set(task, class_names: Sequence[str], probs: np.ndarray) -> list | None:
+  """[[label, probability], ...] at or above the task's thresholds, most probable first, for a task whose
+  prediction is a label set (multi-label: its `prediction_record` has `labels`); None for a single-label task."""
+  labels = task.prediction_record(list(class_names), probs, 1).get("labels")
+  return None if labels is None else [[name, float(p)] for name, p in labels]
+
+
+def prediction_text(record: dict, percent: bool = False) -> str:
+  """What a figure title, a printed line and index.md say was predicted: every label of a label set (or that
+  none reached its threshold), else the explained class; with its probability."""
+  number = (lambda p: f"({p:.1%})") if percent else (lambda p: f"{p:.4f}")
+  labels = record.get("labels")
+  if labels is None:
+    return f"{record['predicted']} {number(record['probability'])}"
+  return ", ".join(f"{name} {number(p)}" for name, p in labels) or "no label at or above its threshold"
 
 
 def summary_lines(index: dict) -> tuple[list[str], list[str]]:
@@ -201,7 +220,7 @@ def summary_lines(index: dict) -> tuple[list[str], list[str]]:
       err.append(f"{record['path']}: error: {record['error']}")
     else:
       explained = ", ".join(f"{row['class']} {row['probability']:.4f}" for row in record["explained"])
-      out.append(f"{record['path']}: predicted {record['predicted']} {record['probability']:.4f}; explained "
+      out.append(f"{record['path']}: predicted {prediction_text(record)}; explained "
                  f"{explained} -> {record['png']}")
   out.append(f"{len(index['images']) - failed} explained, {failed} failed; index in {index['output_dir']}/index.md")
   return out, err
@@ -223,16 +242,16 @@ def _display_range(values: np.ndarray, signed: bool) -> tuple[float, float]:
   return (-top, top) if signed else (0.0, top)
 
 
-def draw(path: str, image: np.ndarray, rows: list, methods: Sequence[str], filename: str, predicted: str,
-         probability: float) -> str:
-  """One row per explained class: the input, then each method's map over a dimmed grey copy of it."""
+def draw(path: str, image: np.ndarray, rows: list, methods: Sequence[str], filename: str, predicted: str) -> str:
+  """One row per explained class: the input, then each method's map over a dimmed grey copy of it; the title
+  names `filename` and `predicted` (`prediction_text`: every predicted label of a multi-label task)."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   ncols = 1 + len(methods)
   fig = Figure(figsize=(2.4 * ncols, 2.6 * len(rows) + 0.4), dpi=100, layout="constrained")
   axes = np.asarray(fig.subplots(len(rows), ncols, squeeze=False))
   rgb = image[..., 0] if image.shape[-1] == 1 else image
   grey = image.astype(np.float32).mean(-1)
-  fig.suptitle(f"{filename}: predicted {predicted} ({probability:.1%})", fontsize=10)
+  fig.suptitle(f"{filename}: predicted {predicted}", fontsize=10)
   for r, (row, maps) in enumerate(rows):
     axes[r, 0].imshow(rgb, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255,
                       interpolation="nearest")
@@ -270,6 +289,6 @@ def write_index(output_dir: str, index: dict) -> None:
       continue
     explained = ", ".join(f"{row['class']} ({row['probability']:.1%})" for row in record["explained"])
     name = os.path.basename(record["png"])
-    lines.append(f"| `{record['path']}` | {record['predicted']} ({record['probability']:.1%}) | {explained} | "
+    lines.append(f"| `{record['path']}` | {prediction_text(record, percent=True)} | {explained} | "
                  f"[{name}]({name}) |")
   path_layer.write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))

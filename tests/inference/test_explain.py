@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, subprocess_env, tiny_config
 from PIL import Image
 
-from jaxcls import models
+from jaxcls import models, tasks
 from jaxcls.core.errors import ConfigError
 from jaxcls.inference import attribution
 from jaxcls.inference import explainer as explain
@@ -195,6 +195,30 @@ def test_summary_lines_of_an_index():
   assert out == ["a.png: predicted red 0.5000; explained red 0.5000, blue 0.2500 -> /out/a.png",
                  "1 explained, 1 failed; index in /out/index.md"]
   assert err == ["Grad-CAM skipped: not convolutional", "b.png: error: no such file"]
+
+
+def test_multilabel_titles_name_every_label_at_or_above_its_threshold(tmp_path):
+  """Defect 8: a multi-label figure title, printed line and index.md name each predicted label (most probable
+  first), not only the top one; with none above its threshold they say so. Single-label tasks keep one class."""
+  names = ["cat", "dog", "car", "sky"]
+  task = tasks.build({"type": "multilabel", "thresholds": (0.5, 0.5, 0.3, 0.5)}, 4)
+  probs = np.array([0.6, 0.2, 0.3, 0.9], np.float32)  # car sits exactly on its own threshold 0.3
+  labels = explain.label_set(task, names, probs)
+  assert labels == [["sky", pytest.approx(0.9)], ["cat", pytest.approx(0.6)], ["car", pytest.approx(0.3)]]
+  record = {"path": "a.png", "error": None, "png": str(tmp_path / "a.png"), "predicted": "sky", "probability": 0.9,
+            "labels": labels, "explained": [{"class": "sky", "probability": 0.9}]}
+  assert explain.prediction_text(record, percent=True) == "sky (90.0%), cat (60.0%), car (30.0%)"
+  out, _ = explain.summary_lines({"gradcam_skipped": None, "output_dir": str(tmp_path), "images": [record]})
+  assert out[0] == f"a.png: predicted sky 0.9000, cat 0.6000, car 0.3000; explained sky 0.9000 -> {tmp_path}/a.png"
+  none = dict(record, labels=explain.label_set(task, names, np.array([0.4, 0.1, 0.2, 0.3], np.float32)))
+  assert explain.prediction_text(none) == "no label at or above its threshold"
+  explain.write_index(str(tmp_path), {"model": "m", "step": 1, "workdir": "w", "methods": ["saliency"],
+                                      "gradcam_layer": None, "images": [record, none]})
+  table = (tmp_path / "index.md").read_text()
+  assert "| sky (90.0%), cat (60.0%), car (30.0%) |" in table and "| no label at or above its threshold |" in table
+  single = tasks.build({"type": "multiclass"}, 4)
+  assert explain.label_set(single, names, probs / probs.sum()) is None
+  assert explain.prediction_text({"predicted": "sky", "probability": 0.45, "labels": None}) == "sky 0.4500"
 
 
 def test_command_writes_one_png_per_image_and_an_index(trained, tmp_path, python):
