@@ -1,6 +1,10 @@
-"""Runs a model written by `python -m jaxcls.export` on image files, without jaxcls: jax, numpy and Pillow only.
+"""Runs a model written by `python -m jaxcls.export` on image files, without jaxcls.
 
   python examples/serve_exported.py MODEL_DIR photo.jpg more.png [--top_k 5] [--batch_size 64] [--workers N]
+
+MODEL_DIR/requirements.txt lists what this needs, at the versions that wrote the model: for `--format jax`, jax,
+jaxlib, flatbuffers (jax.export.deserialize imports it), numpy and Pillow; for `--format onnx`, onnxruntime, numpy
+and Pillow (`pip install -r MODEL_DIR/requirements.txt`). A missing one is named in one line before anything runs.
 
 Prints one line per file: the top-k classes with probabilities (binary: the positive-class probability against the
 threshold; multi-label: the labels at or above their thresholds; hierarchical: the predicted path), as
@@ -12,22 +16,68 @@ ahead of the model, so memory holds a few batches however many files there are.
 
 import argparse
 import concurrent.futures
+import importlib.metadata
 import json
 import os
+import re
 import sys
 import time
 
 _STARTED = time.perf_counter()  # before importing jax: the images/s line counts the whole start-up
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-from PIL import Image, ImageOps  # pylint: disable=wrong-import-position
+try:  # a missing package is reported by `check_requirements`, naming MODEL_DIR/requirements.txt
+  import numpy as np  # pylint: disable=wrong-import-position
+  from PIL import Image, ImageOps  # pylint: disable=wrong-import-position
+except ImportError as _error:  # pylint: disable=invalid-name
+  _IMPORT_ERROR = _error
+else:
+  _IMPORT_ERROR = None
+
+
+class MissingRequirement(RuntimeError):
+  """A package that MODEL_DIR/requirements.txt declares is not installed."""
+
+
+def check_requirements(model_dir: str) -> list[str]:
+  """The requirements of MODEL_DIR (requirements.txt); raises MissingRequirement naming every one not installed.
+
+  Only presence is checked: the versions are the ones that wrote the model, and a newer jax still loads it (jax
+  keeps reading serialized exports for at least 6 months of releases).
+  """
+  path = os.path.join(model_dir, "requirements.txt")
+  if not os.path.exists(path):  # an export older than requirements.txt
+    return []
+  with open(path) as f:
+    requirements = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+  missing = []
+  for requirement in requirements:
+    name = re.split(r"[=<>!~;\[ ]", requirement, maxsplit=1)[0]
+    try:
+      importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      missing.append(requirement)
+  if missing:
+    raise MissingRequirement(f"{model_dir} needs {', '.join(missing)}, which is not installed here: "
+                             f"pip install -r {path}")
+  if _IMPORT_ERROR is not None:  # installed per its metadata, yet not importable
+    raise MissingRequirement(f"{_IMPORT_ERROR}; {path} lists what serving needs")
+  return requirements
 
 
 def load_model(model_dir: str):
-  """(model, metadata): model(uint8 images [B, H, W, C]) -> float32 probabilities, metadata from model.json."""
+  """(model, metadata): model(uint8 images [B, H, W, C]) -> float32 probabilities, metadata from model.json.
+
+  model.jax (`--format jax`) runs through jax; model.onnx (`--format onnx`) through onnxruntime.
+  """
+  check_requirements(model_dir)
   with open(os.path.join(model_dir, "model.json")) as f:
     meta = json.load(f)
+  if meta["format"].startswith("jaxcls-onnx/"):
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+    session = onnxruntime.InferenceSession(os.path.join(model_dir, meta["function"]),
+                                           providers=onnxruntime.get_available_providers())
+    return (lambda images: session.run(None, {meta["input"]: np.asarray(images, np.uint8)})[0]), meta
+  import jax  # pylint: disable=g-import-not-at-top
   with open(os.path.join(model_dir, meta["function"]), "rb") as f:
     exported = jax.export.deserialize(bytearray(f.read()))
   with np.load(os.path.join(model_dir, meta["weights"])) as npz:
@@ -175,7 +225,11 @@ def main():
   parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
   parser.add_argument("--workers", type=int, default=0, help="decoding threads (0 = one per CPU core)")
   args = parser.parse_args()
-  model, meta = load_model(args.model_dir)
+  try:
+    model, meta = load_model(args.model_dir)
+  except MissingRequirement as e:
+    print(f"serve_exported.py: error: {e}", file=sys.stderr)
+    sys.exit(2)
   predicted = serve(model, meta, args.images, args.top_k, args.batch_size, args.workers)
   sys.stdout.flush()
   seconds = time.perf_counter() - _STARTED

@@ -169,3 +169,35 @@ def saved_state(workdir, step: int | None = None):
     return ckpt.read_state(ckpt.latest_step() if step is None else step)
   finally:
     ckpt.close()
+
+
+def clean_python(folder, requirements, *, without=()) -> str:
+  """A `python -m venv --without-pip` interpreter in `folder` that sees only the distributions `requirements`
+  names (`name==version` lines, as an export's requirements.txt holds) and their own dependencies, linked from this
+  venv (no download), minus the distributions in `without`; returns its python. What a user's fresh venv holds
+  after `pip install -r requirements.txt`, nothing of jaxcls, flax or the test's venv."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
+  subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(folder)],
+                 check=True, capture_output=True)
+  site = subprocess.run([os.path.join(folder, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                         "['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
+  skip = {re.sub(r"[-_.]+", "-", name).lower() for name in without}
+  wanted, seen = [re.split(r"[=<>!~;\[ ]", line.strip(), maxsplit=1)[0] for line in requirements], set()
+  while wanted:
+    name = re.sub(r"[-_.]+", "-", wanted.pop()).lower()
+    if name in seen or name in skip:
+      continue
+    seen.add(name)
+    dist = importlib.metadata.distribution(name)
+    for requirement in map(Requirement, dist.requires or ()):
+      if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+        wanted.append(requirement.name)
+    tops = {str(f).split("/")[0] for f in dist.files if not str(f).startswith("..")} - {"__pycache__"}
+    for top in sorted(tops):
+      source = os.path.join(str(dist.locate_file("")), top)
+      if os.path.exists(source) and not os.path.exists(os.path.join(site, top)):
+        os.symlink(source, os.path.join(site, top))
+  return os.path.join(folder, "bin", "python")

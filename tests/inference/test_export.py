@@ -1,6 +1,7 @@
 """`python -m jaxcls.export` and examples/serve_exported.py: the exported function, reloaded without jaxcls, gives
 the same pixels, probabilities and printed lines as `python -m jaxcls.predict`."""
 
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -9,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import REPO, clean_python, subprocess_env, tiny_config
 from PIL import Image
 
 from jaxcls import tasks
@@ -75,9 +76,14 @@ def exported(tmp_path_factory):
 
 def test_metadata_says_how_to_use_the_function(exported):
   _, model_dir, _ = exported
-  assert sorted(os.listdir(model_dir)) == ["model.jax", "model.json", "weights.npz"]
+  assert sorted(os.listdir(model_dir)) == ["model.jax", "model.json", "requirements.txt", "weights.npz"]
   with open(os.path.join(model_dir, "model.json")) as f:
     meta = json.load(f)
+  with open(os.path.join(model_dir, "requirements.txt")) as f:
+    requirements = f.read().splitlines()
+  # Pinned to the versions that wrote it; flatbuffers because jax.export.deserialize imports it undeclared.
+  assert requirements == meta["requirements"] == [f"{name}=={importlib.metadata.version(name)}" for name in
+                                                  ("jax", "jaxlib", "flatbuffers", "numpy", "pillow")]
   assert meta["task"] == "hierarchical" and meta["class_names"] == list(CLASSES) and meta["step"] == 4
   assert meta["tree"]["level_names"] == [["animal", "vehicle"], list(CLASSES)]
   assert meta["platforms"] == ["cpu", "cuda", "tpu"]
@@ -156,15 +162,49 @@ def test_loader_command_runs_without_jaxcls(exported, python):
       assert line == predict.format_line(record)
 
 
+def serve_in(python_path, model_dir, files):
+  """examples/serve_exported.py run by `python_path` in isolated mode (-I: no PYTHONPATH, no user site)."""
+  env = {key: value for key, value in subprocess_env(1).items() if not key.startswith("PYTHON")}
+  return subprocess.run([python_path, "-I", LOADER, model_dir, *files, "--top_k", "3"], env=env,
+                        cwd=os.path.dirname(model_dir), capture_output=True, text=True, timeout=300)
+
+
+def test_export_serves_in_a_fresh_venv_with_only_its_requirements(exported, tmp_path, python):
+  """A venv holding exactly requirements.txt (and what those packages depend on) serves the export with predict's
+  lines; leaving out a declared package (flatbuffers) is a one-line error naming it, not a traceback."""
+  workdir, model_dir, files = exported
+  with open(os.path.join(model_dir, "requirements.txt")) as f:
+    requirements = f.read().splitlines()
+  clean = clean_python(tmp_path / "venv", requirements)
+  probe = subprocess.run([clean, "-I", "-c", "import importlib.util as u; print([m for m in ('jaxcls', 'flax', "
+                          "'orbax', 'tensorflow', 'jax', 'flatbuffers', 'PIL') if u.find_spec(m)])"],
+                         capture_output=True, text=True, check=True)
+  assert probe.stdout.strip() == "['jax', 'flatbuffers', 'PIL']"
+  proc = serve_in(clean, model_dir, files)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = predict.predict_files(restore.restore(workdir), files, top_k=3)
+  for line, record in zip(proc.stdout.splitlines(), records, strict=True):
+    assert line.startswith(f"{record['path']}: error: ") if record["error"] else line == predict.format_line(record)
+
+  lacking = clean_python(tmp_path / "lacking", requirements, without=["flatbuffers"])
+  proc = serve_in(lacking, model_dir, files)
+  assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+  assert proc.stderr.strip() == (f"serve_exported.py: error: {model_dir} needs flatbuffers=="
+                                 f"{importlib.metadata.version('flatbuffers')}, which is not installed here: "
+                                 f"pip install -r {os.path.join(model_dir, 'requirements.txt')}")
+
+
 def test_export_command_and_its_errors(exported, tmp_path, python):
   workdir, model_dir, _ = exported
   proc = subprocess.run([python, "-m", "jaxcls.export", "--workdir", workdir, "--output", str(tmp_path / "cpu"),
                          "--platforms", "cpu"], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "Exported simple_cnn (step 4, hierarchical, 3 classes, 8x8 input) for cpu to " in proc.stdout
+  assert "Exported simple_cnn (step 4, hierarchical, 3 classes, 8x8 input) as model.jax for cpu to " in proc.stdout
   with np.load(tmp_path / "cpu" / "weights.npz") as ours, np.load(os.path.join(model_dir, "weights.npz")) as theirs:
     assert ours.files == theirs.files and all(np.array_equal(ours[k], theirs[k]) for k in ours.files)
+  with pytest.raises(ConfigError, match="--format=tflite is not valid; use one of jax, onnx"):
+    export.export_workdir(workdir, str(tmp_path / "bad"), format="tflite")
   with pytest.raises(ConfigError, match="--platforms=gpu is not valid; use some of cpu, cuda, rocm, tpu"):
     export.export_workdir(workdir, str(tmp_path / "bad"), platforms=["gpu"])
   with pytest.raises(ConfigError, match="config.json does not exist"):
