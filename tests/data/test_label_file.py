@@ -101,6 +101,44 @@ def test_bad_label_files_fail_clearly(tmp_path):
     data.build(config_for(tmp_path, tmp_path / "bad.csv"))
 
 
+def test_space_separated_label_sets_are_refused_then_read_with_label_separator(tmp_path):
+  """Defect 4: 'cat dog' once became its own class (combined classes, accuracy 0); now it is asked about."""
+  names = write_images(tmp_path, 24)
+  write_csv(tmp_path / "spaces.csv", [(n, " ".join(tags_of(i)), "test" if i % 4 == 0 else "train", "")
+                                      for i, n in enumerate(names)])
+  with pytest.raises(DataError, match=r"dataset.label_separator=' ' if 'cat dog' means \['cat', 'dog'\]"):
+    data.build(config_for(tmp_path, tmp_path / "spaces.csv"))
+  dataset = data.build(config_for(tmp_path, tmp_path / "spaces.csv", label_separator=" "))
+  assert dataset.info.class_names == TAGS
+  batch = next(iter(dataset.eval_batches(8)))
+  expected = [[int(t in tags_of(i)) for t in TAGS] for i in range(0, 24, 4)]
+  np.testing.assert_array_equal(batch["label"][batch["mask"]], expected)
+  write_csv(tmp_path / "pipes.csv", [(n, "|".join(tags_of(i)), "train", "") for i, n in enumerate(names)])
+  with pytest.raises(DataError, match=r"dataset.label_separator='\|'"):
+    data.build(config_for(tmp_path, tmp_path / "pipes.csv", eval_split="train"))
+  dataset = data.build(config_for(tmp_path, tmp_path / "pipes.csv", eval_split="train", label_separator="|"))
+  assert dataset.info.class_names == TAGS
+
+
+def test_single_label_names_with_spaces_stay_whole_unless_they_look_like_lists(tmp_path):
+  names = write_images(tmp_path, 12)
+  breeds = ("golden retriever", "border collie", "pug")
+  write_csv(tmp_path / "breeds.csv", [(n, breeds[i % 3], "train", "") for i, n in enumerate(names)])
+  dataset = data.build(config_for(tmp_path, tmp_path / "breeds.csv", task="multiclass", eval_split="train"))
+  assert dataset.info.class_names == tuple(sorted(breeds))
+  # 'cat dog' beside 'cat' and 'dog': a list of labels that one combined class would hide.
+  write_csv(tmp_path / "lists.csv", [(n, ("cat", "dog", "cat dog")[i % 3], "train", "") for i, n in enumerate(names)])
+  with pytest.raises(DataError, match="looks like several labels separated by ' '.*task.type='multilabel'"):
+    data.build(config_for(tmp_path, tmp_path / "lists.csv", task="multiclass", eval_split="train"))
+  dataset = data.build(config_for(tmp_path, tmp_path / "lists.csv", task="multiclass", eval_split="train",
+                                  label_separator=";"))
+  assert dataset.info.class_names == ("cat", "cat dog", "dog")
+  # A multi-label file with names that dataset.class_names lists is not ambiguous.
+  write_csv(tmp_path / "named.csv", [(n, breeds[i % 3], "train", "") for i, n in enumerate(names)])
+  dataset = data.build(config_for(tmp_path, tmp_path / "named.csv", eval_split="train", class_names=breeds))
+  assert dataset.info.class_names == breeds
+
+
 def test_multilabel_folder_trains_with_a_missing_file_skipped_and_groups_aligned(tmp_path, make_config):
   from jaxcls.training import loop as train
   names = write_images(tmp_path, 64)

@@ -49,7 +49,8 @@ def load(config, info: DatasetInfo, path: str, labels_file: str = "") -> ArrayDa
   groups = None
   if labels_file:
     paths, labels, records, _ = label_file.read(labels_file, path, info.class_names,
-                                                multi_label=config.task.type == "multilabel")
+                                                multi_label=config.task.type == "multilabel",
+                                                separator=config.dataset.get("label_separator", ""))
     groups = label_file.groups_of(records)
   else:
     paths, labels = _from_class_folders(path, info.class_names, int(config.dataset.get("class_depth", 1)))
