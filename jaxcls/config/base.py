@@ -44,6 +44,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.val_fraction = 0.0            # folder without split folders: also hold out a 'val' split
   config.dataset.labels_file = ""              # folder: a CSV/JSON of image paths -> labels (multi-label sets,
                                                # groups, splits) instead of class subfolders; see data/label_file.py
+  config.dataset.label_separator = ""          # folder: what splits a CSV 'labels' field ('' = ';'; ' ' = spaces)
   config.dataset.class_depth = 1               # folder: 1 = class folders; 2 = coarse/fine/ folders (hierarchical)
   config.dataset.cache = "auto"                # folder: 'memory' | 'file' (decoded once into .npy files) | 'none'
   config.dataset.cache_limit_mb = 2048         #   'auto' = 'memory' below this decoded size, else 'none' (stream)
