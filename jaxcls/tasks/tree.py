@@ -8,7 +8,10 @@ level. Level 0 is the coarsest; the last level is the leaves themselves. `config
   tree is just `('animal', 'animal', 'vehicle')`. A name may have only one parent.
 - a mapping {child: parent} over names (a root maps to None or is simply not a key). Its leaves (names that are
   nobody's parent) are the class names, or the class ids written as strings ('0', '1', ...).
-- the path of a JSON file holding either of the above (a list or an object).
+- a mapping {parent: [children]}, flat (`{'animal': ['mammal', 'bird'], 'mammal': ['cat', 'dog'], ...}`) or
+  nested (`{'animal': {'mammal': ['cat', 'dog'], 'bird': ['owl']}}`): the form most tree files are written in,
+  told from {child: parent} by its list (or mapping) values.
+- the path of a JSON file holding any of the above (a list or an object).
 - 'folders': the class names are 'coarse/fine' paths (nested folders), split on '/'.
 """
 
@@ -78,6 +81,45 @@ def from_ancestors(ancestors: Sequence[Sequence[str]], leaf_names: Sequence[str]
   return ClassTree(tuple(level_names) + (tuple(map(str, leaf_names)),), paths)
 
 
+FORMS = ("{child: parent} (e.g. {'cat': 'mammal', 'mammal': 'animal'}) or {parent: [children]} (e.g. "
+         "{'animal': ['mammal'], 'mammal': ['cat', 'dog']})")
+
+
+def _is_children_form(mapping: Mapping) -> bool:
+  return any(isinstance(v, Mapping) or (isinstance(v, Sequence) and not isinstance(v, str)) for v in mapping.values())
+
+
+def parents_from_children(children: Mapping, parent: str | None = None,
+                          parents: dict[str, str | None] | None = None) -> dict[str, str | None]:
+  """{child: parent} from a flat or nested {parent: [children]} mapping (top-level keys are roots unless listed)."""
+  parents = {} if parents is None else parents
+
+  def link(child, to):
+    child = str(child)
+    if parents.setdefault(child, to) != to:
+      raise ConfigError(f"config.task.tree gives {child!r} two parents ({parents[child]!r} and {to!r}); use "
+                        "distinct names for distinct nodes.")
+
+  for name, kids in children.items():
+    name = str(name)
+    if parent is not None:
+      link(name, parent)
+    if kids is None:  # a node with no children: a leaf of a nested tree
+      continue
+    if isinstance(kids, Mapping):
+      parents_from_children(kids, name, parents)
+    elif isinstance(kids, Sequence) and not isinstance(kids, str):
+      for kid in kids:
+        if isinstance(kid, Mapping):
+          parents_from_children({str(k): v for k, v in kid.items()}, name, parents)
+        else:
+          link(kid, name)
+    else:
+      raise ConfigError(f"config.task.tree maps {name!r} to {kids!r}, but other entries map to lists of children; "
+                        f"write the whole tree in one form: {FORMS}.")
+  return parents
+
+
 def from_parents(parents: Mapping[str, str | None], leaf_names: Sequence[str]) -> ClassTree:
   """The tree given as {child: parent}; its leaves are the class names or the class ids as strings."""
   parents = {str(k): (None if v in (None, "") else str(v)) for k, v in parents.items()}
@@ -89,8 +131,9 @@ def from_parents(parents: Mapping[str, str | None], leaf_names: Sequence[str]) -
   if order is None:
     missing = sorted(set(names) - leaves)[:5]
     extra = sorted(leaves - set(names))[:5]
-    raise ConfigError(f"config.task.tree's leaves must be the class names {names[:5]}... (or ids '0'..'"
-                      f"{len(names) - 1}'); missing {missing}, unknown {extra}.")
+    raise ConfigError(f"config.task.tree's leaves (names that are nobody's parent) must be the class names "
+                      f"{names[:5]}... (or ids '0'..'{len(names) - 1}'); missing {missing}, unknown {extra}. A "
+                      f"mapping is read as {FORMS}.")
   chains = []
   for leaf in order:
     chain, node = [], parents[leaf]
@@ -111,7 +154,8 @@ def from_folders(relative_paths: Sequence[str]) -> ClassTree:
     parts = [p for p in str(path).replace(os.sep, "/").split("/") if p]
     if len(parts) < 2:
       raise ConfigError(f"Class {path!r} is not a nested folder 'coarse/fine'; a hierarchical folder dataset "
-                        "needs every class two or more folders deep (or give config.task.tree).")
+                        "needs every class two or more folders deep: set dataset.class_depth=2 so that "
+                        "coarse/fine/ folders are the classes, or give config.task.tree.")
     chains.append(tuple("/".join(parts[:level + 1]) for level in range(len(parts) - 1)))
   return from_ancestors(chains, relative_paths)
 
@@ -136,8 +180,10 @@ def parse(value: Any, class_names: Sequence[str]) -> ClassTree:
   if hasattr(value, "to_dict"):  # an ml_collections ConfigDict
     value = value.to_dict()
   if isinstance(value, Mapping):
+    if _is_children_form(value):
+      value = parents_from_children(value)
     return from_parents(value, class_names)
   if isinstance(value, Sequence) and not isinstance(value, str):
     return from_ancestors(value, class_names)
-  raise ConfigError(f"config.task.tree={value!r} is not valid; use 'folders', a JSON file, a {{child: parent}} "
-                    "mapping or one ancestor path per class.")
+  raise ConfigError(f"config.task.tree={value!r} is not valid; use 'folders', a JSON file, a mapping {FORMS}, "
+                    "or one ancestor path per class.")
