@@ -31,6 +31,8 @@ USER_ERROR_EXIT = 2
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _model_args: dict[str, Any] = {}  # model arguments named on the command line (--config.model.<arg>=...)
+_file_model: dict[str, Any] = {}  # the config file's own model section and the model keys the command line gives
+_model_keys_given: set[str] = set()  # (a model switched on the command line drops the file's: models.switch_model)
 
 
 class QuietLibraries:
@@ -268,11 +270,14 @@ def parse_config_flags(argv: list[str]) -> list[str]:
   """The flags_parser of config commands: the config file is loaded first, so that every --config.key override
   is checked against its keys (and --config.model.<arg> against the model's arguments) with one-line errors."""
   from jaxcls.config import check as config_check  # pylint: disable=g-import-not-at-top
-  global _model_args
+  global _model_args, _file_model, _model_keys_given
   try:
     path = _config_path(argv)
     if path is not None:
-      argv, _model_args = config_check.split_argv(argv, load_config_file(path))
+      file_config = load_config_file(path)
+      _file_model = dict(file_config.get("model") or {})
+      _model_keys_given = {a.split(".", 2)[2].partition("=")[0] for a in argv if a.startswith("--config.model.")}
+      argv, _model_args = config_check.split_argv(argv, file_config)
       sys.argv[:] = argv  # config_flags reads the override flags from sys.argv itself
     return flags.FLAGS(argv)
   except JaxclsError as e:
@@ -291,4 +296,7 @@ def config(required: str = "--config=configs/default.py"):
   for key, arg in _model_args.items():
     value.model[key] = arg
   extensions.import_extensions(value)  # config.imports: names they register are known to what the command builds
+  if _file_model and value.model.get("name") != _file_model.get("name"):
+    from jaxcls import models  # pylint: disable=g-import-not-at-top  (imports flax: only for a switched model)
+    models.switch_model(value.model, _file_model, _model_keys_given)
   return value
