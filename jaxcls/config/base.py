@@ -160,8 +160,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.head_modules = ()                     # the head's parameter modules, e.g. ('fc',); () = found by itself
                                                # (the layers whose shapes depend on the class count)
   # Metric writers by name, in order: 'tensorboard' (event files, tensorboard package, no TensorFlow),
-  # 'jsonl' (DIR/metrics.jsonl), 'log' (the log), 'clu' (clu's TensorFlow summary writer; needs the tf extra)
+  # 'jsonl' (DIR/metrics.jsonl), 'log' (the log), 'mlflow', 'wandb' (trackers, each with its section below),
+  # 'clu' (clu's TensorFlow summary writer; needs the tf extra)
   config.writers = config_dict.FieldReference(("tensorboard", "jsonl", "log"), field_type=object)
+  config.mlflow = ml_collections.ConfigDict({"tracking_uri": "", "experiment": "jaxcls"})  # 'mlflow' writer; '' =
+                                               # $MLFLOW_TRACKING_URI, else sqlite:///DIR/mlflow.db (docs/writers.md)
+  config.wandb = ml_collections.ConfigDict({"project": "jaxcls", "entity": ""})  # 'wandb' writer (WANDB_MODE=offline)
   config.compilation_cache_dir = "auto"        # JAX persistent compilation cache folder: reruns and resumed runs
                                                # load compiled steps from it instead of compiling. 'auto' =
                                                # $JAXCLS_CACHE_DIR or ~/.cache/jaxcls/xla (kept under 2 GiB);

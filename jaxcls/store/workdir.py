@@ -72,6 +72,7 @@ NON_TRAINING_KEYS = {
     "checkpoint_every_secs": "a wall-clock checkpoint cadence; resuming from any step is exact",
     "keep_checkpoints": "how many checkpoints are kept on disk",
     "writers": "where metrics are written, not what they are",
+    "mlflow": "where the 'mlflow' writer sends metrics", "wandb": "where the 'wandb' writer sends metrics",
     "transfer_guard": "a debugging check on the loop's host transfers; the computation is the same",
     "best_metric": "which evaluation picks the kept best checkpoint",
     "best_mode": "whether the best metric is maximised or minimised",

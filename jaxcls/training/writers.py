@@ -1,11 +1,13 @@
-"""Metric writers and progress reports for the training loop.
+"""Metric writers for the training loop: one small interface, and the writers `config.writers` names.
 
 `create_writer` builds the writers `config.writers` names, from `WRITERS`, behind one `MultiWriter` with clu's
 `MetricWriter` methods: 'tensorboard' (event files in `workdir/tensorboard/`, written with the tensorboard package's
-protos only), 'jsonl' (`workdir/metrics.jsonl`), 'log' (the console) and 'clu' (clu's TensorFlow summary writer).
-Only 'clu' imports TensorFlow and clu, when it is named, so a default run starts without them (docs/writers.md).
+protos only), 'jsonl' (`workdir/metrics.jsonl`), 'log' (short console lines), 'mlflow' and 'wandb' (the
+experiment trackers, `training/trackers.py`) and 'clu' (clu's TensorFlow summary writer). The trackers, clu and
+TensorFlow are imported only when named, so a default run starts without them (docs/writers.md).
 """
 
+import inspect
 import io
 import itertools
 import json
@@ -25,6 +27,8 @@ from jaxcls.core.errors import ConfigError
 from jaxcls.core.registry import Registry
 from jaxcls.store.workdir import METRICS_NAME as JSONL_NAME  # one owner
 from jaxcls.store.workdir import TENSORBOARD_NAME as TENSORBOARD_DIR
+from jaxcls.training import hparams as hparams_lib
+from jaxcls.training import progress as progress_lib
 
 
 class Writer:
@@ -123,18 +127,48 @@ class MultiWriter(Writer):
       writer.close()
 
 
+MAX_LOG_LINE = 200  # characters of one scalars line in the log; every value is in metrics.jsonl and the report
+# The metrics a log line shows first, in this order; the others follow while the line has room.
+HEADLINE = ("loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "f1", "macro_roc_auc", "roc_auc",
+            "mean_average_precision", "learning_rate", "steps_per_sec")
+
+
+def scalars_line(step: int, scalars: Mapping[str, Any], limit: int = MAX_LOG_LINE) -> str:
+  """'[300] eval: accuracy=0.2861 loss=2.116 ... (+12 more in metrics.jsonl)', at most `limit` characters.
+
+  Scalars sharing a prefix ('eval/', 'train/') are written once under it; the headline metrics come first and
+  the ones that do not fit are counted, not shown, so an evaluation with per-class values stays one short line.
+  """
+  prefixes = {k.split("/", 1)[0] for k in scalars if "/" in k}
+  prefix = prefixes.pop() if len(prefixes) == 1 and all("/" in k for k in scalars) else ""
+  names = {k: (k[len(prefix) + 1:] if prefix else k) for k in scalars}
+  order = sorted(scalars, key=lambda k: (HEADLINE.index(names[k]) if names[k] in HEADLINE else len(HEADLINE),
+                                         names[k].count("/")))
+  head = f"[{step}] {prefix}: " if prefix else f"[{step}] "
+  shown: list[str] = []
+  for i, key in enumerate(order):
+    part = f"{names[key]}={to_float(scalars[key]):.4g}"
+    rest = len(order) - i - 1
+    tail = f" (+{rest} more in metrics.jsonl)" if rest else ""
+    if len(head) + len(" ".join([*shown, part])) + len(tail) > limit:
+      return head + " ".join(shown) + f" (+{len(order) - i} more in metrics.jsonl)"
+    shown.append(part)
+  return head + " ".join(shown)
+
+
 class LogWriter(Writer):
-  """One absl log line per write, so a run can be followed from its console."""
+  """Short absl log lines, so a run can be followed from its console: one line of at most 200 characters per
+  `write_scalars`, and the hyper-parameters that apply in at most 10 lines (every key is in config.json)."""
 
   def write_scalars(self, step, scalars):
-    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+    logging.info("%s", scalars_line(step, scalars))
 
   def write_texts(self, step, texts):
     for key, text in texts.items():
       logging.info("[%d] %s: %s", step, key, text)
 
   def write_hparams(self, hparams):
-    logging.info("[Hyperparameters] %s", hparams)
+    logging.info("%s", hparams_lib.summary(hparams))
 
 
 class JsonlWriter(Writer):
@@ -377,7 +411,8 @@ def write_figures(writer: Writer, step: int, figure_paths: Iterable[str]) -> Non
 
 
 # --- The writers by name: `factory(workdir, resume_step) -> Writer`, `workdir` an epath on the path layer. ---
-# `jaxcls.register_writer` files one's own here (docs/extensions.md).
+# `jaxcls.register_writer` files one's own here (docs/extensions.md). A factory that also takes `config` gets the
+# run's config (the trackers read their `config.mlflow` / `config.wandb` section from it).
 
 WRITERS = Registry("writer")
 DEFAULT_WRITERS = ("tensorboard", "jsonl", "log")
@@ -404,6 +439,21 @@ def _log(workdir, resume_step: int | None) -> Writer:
   """The absl log (the console)."""
   del workdir, resume_step
   return LogWriter()
+
+
+@WRITERS.register("mlflow")
+def _mlflow(workdir, resume_step: int | None, config: Any = None) -> Writer:
+  """An MLflow run (`training/trackers.py`): params that apply, metrics per step, the report and config as
+  artifacts at the end; the store is `config.mlflow.tracking_uri`, $MLFLOW_TRACKING_URI or DIR/mlflow.db."""
+  from jaxcls.training import trackers  # pylint: disable=g-import-not-at-top
+  return trackers.MlflowWriter(workdir, resume_step, config)
+
+
+@WRITERS.register("wandb")
+def _wandb(workdir, resume_step: int | None, config: Any = None) -> Writer:
+  """A Weights & Biases run in DIR/wandb/ (`training/trackers.py`); offline when WANDB_MODE=offline."""
+  from jaxcls.training import trackers  # pylint: disable=g-import-not-at-top
+  return trackers.WandbWriter(workdir, resume_step, config)
 
 
 @WRITERS.register("clu")
@@ -441,107 +491,63 @@ def writer_names(value: Any = DEFAULT_WRITERS) -> tuple[str, ...]:
   return names
 
 
+def _takes_config(factory: Any) -> bool:
+  try:
+    return "config" in inspect.signature(factory).parameters
+  except (TypeError, ValueError):
+    return False
+
+
 def create_writer(workdir: str, *, is_main: bool, resume_step: int | None = None,
-                  names: Any = DEFAULT_WRITERS) -> Writer:
+                  names: Any = DEFAULT_WRITERS, config: Any = None) -> Writer:
   """The run's writer: the writers `names` lists (`config.writers`), in order, on the main process; a no-op
   elsewhere, so hosts never race on the same files (and do not even fetch the values).
 
   `resume_step` is the step a training run starts or resumes from (its later records are dropped), `None` for
-  entry points that only append.
+  entry points that only append. `config` reaches the factories that take it (the trackers' settings).
   """
   names = writer_names(names)
   if not is_main:
     return Writer()
   workdir = paths.path(workdir, "workdir")
   paths.makedirs(workdir)
-  return MultiWriter(WRITERS.get(name)(workdir, resume_step) for name in names)
+  made = []
+  try:
+    for name in names:
+      factory = WRITERS.get(name)
+      made.append(factory(workdir, resume_step, config=config) if _takes_config(factory)
+                  else factory(workdir, resume_step))
+  except BaseException:
+    for writer in made:  # a tracker that cannot start must not leave the others' files open
+      writer.close()
+    raise
+  return MultiWriter(made)
 
 
-def _format_secs(secs: float) -> str:
-  secs = max(0, int(round(secs)))
-  hours, rest = divmod(secs, 3600)
-  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+class _ProgressFeed(Writer):
+  """Hands the train scalars the loop writes to the progress display, which shows the last loss."""
+
+  def __init__(self, progress):
+    self._progress = progress
+
+  def write_scalars(self, step, scalars):
+    self._progress.note(step, scalars)
+
+  def close(self):
+    self._progress.close()
 
 
-class Progress:
-  """Logs throughput, progress and the ETA, and writes `steps_per_sec` (and `uptime`) as scalars.
-
-  Reports at the first of `first_secs` or `first_fraction` of the steps after the clock starts (so a short run
-  shows its rate early), then every `every_secs` or `every_steps`, and at the last step. `steps_per_sec` is the
-  rate since the previous report; the ETA uses the rate since the clock started, pauses for eval included, since
-  they recur. The first call only starts the clock, so compilation is not counted.
-  """
-
-  def __init__(self, num_train_steps: int, writer: Any, every_steps: int | None = None,
-               every_secs: float | None = 30.0, first_secs: float = 5.0, first_fraction: float = 0.1):
-    self._num_train_steps = num_train_steps
-    self._writer = writer
-    self._every_steps = every_steps
-    self._every_secs = every_secs
-    self._first_secs = first_secs
-    self._first_fraction = first_fraction
-    self._start: tuple[int, float] | None = None
-    self._previous: tuple[int, float] | None = None
-    self._reported = False
-    self._t0 = time.monotonic()
-
-  def _due(self, step: int, t: float) -> bool:
-    """Whether `step` (at time `t`) is a report point; see the class docstring."""
-    previous_step, previous_t = self._previous
-    if step == previous_step:
-      return False
-    if step == self._num_train_steps or (self._every_steps and step % self._every_steps == 0):
-      return True
-    if self._every_secs is not None and t - previous_t > self._every_secs:
-      return True
-    if not self._reported:
-      start_step, start_t = self._start
-      total = self._num_train_steps - start_step if self._num_train_steps and self._num_train_steps > 0 else 0
-      return t - start_t >= self._first_secs or (total > 0 and step - start_step >= self._first_fraction * total)
-    return False
-
-  def __call__(self, step: int, t: float | None = None) -> bool:
-    """Call after every step; returns whether it reported."""
-    t = time.monotonic() if t is None else t
-    if self._start is None:
-      self._start = self._previous = (step, t)
-      return False
-    if not self._due(step, t):
-      return False
-    previous_step, previous_t = self._previous
-    steps_per_sec = (step - previous_step) / max(t - previous_t, 1e-9)
-    logging.info("Progress: %s", self._message(step, t, steps_per_sec))
-    self._writer.write_scalars(step, {"steps_per_sec": steps_per_sec, "uptime": time.monotonic() - self._t0})
-    self._previous = (step, t)
-    self._reported = True
-    return True
-
-  def _message(self, step: int, t: float, steps_per_sec: float) -> str:
-    """'812.3 steps/s, 10.0% (66/659), 0m01s elapsed, ETA 0m07s'."""
-    start_step, start_t = self._start
-    message = f"{steps_per_sec:.1f} steps/s"
-    if self._num_train_steps and self._num_train_steps > 0:
-      mean_rate = (step - start_step) / max(t - start_t, 1e-9)
-      eta = (self._num_train_steps - step) / max(mean_rate, 1e-9)
-      message += (f", {100 * step / self._num_train_steps:.1f}% ({step}/{self._num_train_steps}), "
-                  f"{_format_secs(t - start_t)} elapsed, ETA {_format_secs(eta)}")
-    return message
-
-
-class _NoProgress:
-  """The progress of non-main processes: nothing to report."""
-
-  def __call__(self, step: int, t: float | None = None) -> bool:
-    return False
-
-
-def create_progress(num_train_steps: int, writer: Any, *, is_main: bool, every_steps: int | None = None,
-                    every_secs: float | None = 30.0) -> Any:
-  """Called as `progress(step)` after every step: `Progress` on the main process (never clu's `ReportProgress`,
-  which imports TensorFlow), a no-op elsewhere."""
+def create_progress(num_train_steps: int, writer: Any, *, is_main: bool, batch_size: int | None = None,
+                    steps_per_epoch: int | None = None, **kwargs) -> Any:
+  """Called as `progress(step)` after every step: `progress.Progress` on the main process (a bar on a terminal,
+  lines otherwise), fed the logged loss by `writer`; a no-op elsewhere. `kwargs` go to `Progress` (stream,
+  interactive, every_secs, clock, ...)."""
   if not is_main:
-    return _NoProgress()
-  return Progress(num_train_steps, writer, every_steps=every_steps, every_secs=every_secs)
+    return progress_lib.NoProgress()
+  shown = progress_lib.Progress(num_train_steps, batch_size=batch_size, steps_per_epoch=steps_per_epoch, **kwargs)
+  if isinstance(writer, MultiWriter):
+    writer.writers.append(_ProgressFeed(shown))
+  return shown
 
 
 def _path_name(path: tuple[Any, ...]) -> str:

@@ -69,7 +69,8 @@ def test_writer_names_parse_like_the_command_line(value, expected):
 
 
 @pytest.mark.parametrize("value, message", [
-    (("tensorboard", "mlflw"), r"Unknown writer 'mlflw'\. Known: clu, jsonl, log, tensorboard\."),
+    (("tensorboard", "mlflw"),
+     r"Unknown writer 'mlflw'\. Did you mean 'mlflow'\? Known: clu, jsonl, log, mlflow, tensorboard, wandb\."),
     ("jsonl,tensorbord", r"Did you mean 'tensorboard'\?"),
     (("jsonl", "jsonl"), "names a writer twice"),
     ("tensorboard,clu", "names both 'tensorboard' and 'clu'"),
@@ -258,58 +259,42 @@ def test_flatten_hparams():
       "optimizer.name": "sgd", "optimizer.nesterov": True, "optimizer.lr": 0.5}
 
 
-# --- Progress. ---
+# --- The log: short lines. ---
+
+EVAL = {"eval/num_examples": 360.0, "eval/loss": 2.1158, "eval/accuracy": 0.2861, "eval/top5_accuracy": 0.8556,
+        **{f"eval/{avg}_{m}": 0.3 for avg in ("macro", "weighted", "micro") for m in ("precision", "recall", "f1")},
+        **{f"eval/per_class/class_{k}/f1": 0.5 for k in range(100)}}
 
 
-def _reports(num_steps, times, **kwargs):
-  """The steps `Progress` reports at, given the time of each step 1..len(times), and the JSONL rows."""
-  rows = []
-
-  class Rows(writers.Writer):
-    def write_scalars(self, step, scalars):
-      rows.append({"step": step, **scalars})
-
-  progress = writers.create_progress(num_steps, Rows(), is_main=True, **kwargs)
-  reported = [step for step, t in enumerate(times, start=1) if progress(step, t=t)]
-  return reported, rows
-
-
-def test_progress_writes_steps_per_sec(tmp_path):
-  with writers.create_writer(str(tmp_path), is_main=True) as writer:
-    progress = writers.create_progress(100, writer, is_main=True, every_steps=None, every_secs=30.0)
-    for step in range(1, 101):
-      progress(step, t=step * 0.25)  # 4 steps/s
-  rates = [(r["step"], r["steps_per_sec"]) for r in _jsonl(tmp_path) if "steps_per_sec" in r]
-  assert [step for step, _ in rates] == [11, 100]  # 10% of the steps after the clock starts, then the end
-  assert all(rate == pytest.approx(4.0) for _, rate in rates)
-
-
-def test_progress_reports_a_long_run_after_five_seconds_then_every_30():
-  reported, rows = _reports(10_000, [step * 0.25 for step in range(1, 401)])  # 4 steps/s, 10% = 1,000 steps
-  assert reported == [21, 142, 263, 384]  # 5 s after step 1, then more than 30 s after each report
-  assert all(row["steps_per_sec"] == pytest.approx(4.0) for row in rows)
-
-
-def test_progress_every_steps():
-  reported, rows = _reports(20, [step * 0.1 for step in range(1, 21)], every_steps=5, every_secs=None)
-  assert reported == [3, 5, 10, 15, 20]  # 10% (2 steps) after the clock starts, then every 5 and the end
-  assert rows[0]["steps_per_sec"] == pytest.approx(10.0)
-  assert rows[0]["uptime"] >= 0
-
-
-def test_progress_line_shows_the_eta_from_the_measured_rate(caplog):
+def test_an_eval_log_line_is_short_and_leads_with_the_headline_metrics(caplog):
   caplog.set_level(logging.INFO)
-  progress = writers.Progress(1000, writers.Writer())
-  progress(1, t=100.0)
-  assert progress(101, t=102.0)  # 100 steps in 2 s: 900 steps left take 18 s
-  line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Progress:")][-1]
-  assert line.endswith("50.0 steps/s, 10.1% (101/1000), 0m02s elapsed, ETA 0m18s")
+  writers.LogWriter().write_scalars(300, EVAL)
+  (line,) = [r.getMessage() for r in caplog.records]
+  assert len(line) <= 200
+  assert line.startswith("[300] eval: loss=2.116 accuracy=0.2861 top5_accuracy=0.8556")
+  shown = line.count("=")
+  assert line.endswith(f"(+{len(EVAL) - shown} more in metrics.jsonl)")
 
 
-def test_progress_without_a_step_count_reports_the_rate_only():
-  reported, rows = _reports(0, [step * 1.0 for step in range(1, 12)])
-  assert reported == [6]
-  assert rows[0]["steps_per_sec"] == pytest.approx(1.0)
+def test_a_short_log_line_shows_every_value():
+  line = writers.scalars_line(5, {"train/loss": 0.5, "train/accuracy": 0.75})
+  assert line == "[5] train: loss=0.5 accuracy=0.75"
+  assert writers.scalars_line(5, {"steps_per_sec": 3.0, "train/loss": 1.0}) == "[5] steps_per_sec=3 train/loss=1"
+
+
+def test_the_hparams_log_is_a_short_summary(caplog):
+  caplog.set_level(logging.INFO)
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"optimizer.name": "adamw"})
+  with writers.create_writer("/nonexistent-unused", is_main=False) as writer:
+    writer.write_hparams(config)  # the non-main writer logs nothing
+  writers.MultiWriter([writers.LogWriter()]).write_hparams(config)
+  (text,) = [r.getMessage() for r in caplog.records]
+  lines = text.splitlines()
+  assert len(lines) <= 10 and all(len(line) <= 200 for line in lines)
+  assert "muon" not in text and "momentum" not in text  # AdamW reads neither
+  assert "  optimizer: adamw (learning_rate=0.05, b1=0.9, b2=0.999, eps=1e-08, weight_decay=0.0005)" in lines
+  assert "  model: simple_cnn (dropout=0.1, widths=(8, 16))" in lines
 
 
 def test_parameter_overview():
