@@ -134,23 +134,20 @@ class InterruptedAt:
 def eval_step_outputs(workdir: str, batch_size: int, tta: str = "none") -> dict:
   """Every eval example's outputs (probabilities, labels, ...) as training's eval step computes them for the
   latest checkpoint of `workdir`: the reference that predict and export are held to."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxcls import data  # pylint: disable=g-import-not-at-top
   from jaxcls.core import parallel
+  from jaxcls.evaluation import loop as eval_loop
   from jaxcls.store import restore
-  from jaxcls.training import steps
-  from jaxcls.training import loop as train
-  from jaxcls.training.state import TrainState  # pylint: disable=g-import-not-at-top
+  from jaxcls.store.build import build_task_and_model
   config = restore.load_config(workdir)
   dataset = data.build(config)
-  task, model, _ = train.build_task_and_model(config, dataset.info)
+  task, model, _ = build_task_and_model(config, dataset.info)
   variables = restore.read_variables(workdir, restore.resolve_step(workdir, None))
   mesh = parallel.make_mesh()
-  state = parallel.replicate(TrainState(step=jnp.asarray(0, jnp.int32), params=variables["params"],
-                                        batch_stats=variables["batch_stats"], opt_state={}, ema_params={}), mesh)
-  eval_step = steps.make_eval_step(model, task, mean=dataset.info.mean, std=dataset.info.std, dtype=config.dtype,
-                                   mesh=mesh, tta=tta)
-  return train.evaluate(eval_step, state, dataset, task, batch_size, mesh)[1]
+  variables = parallel.replicate({"params": variables["params"], "batch_stats": variables["batch_stats"]}, mesh)
+  eval_step = eval_loop.make_eval_step(model, task, mean=dataset.info.mean, std=dataset.info.std, dtype=config.dtype,
+                                       mesh=mesh, tta=tta)
+  return eval_loop.evaluate(eval_step, variables, dataset, task, batch_size, mesh)[1]
 
 
 def logged_losses(workdir) -> dict:

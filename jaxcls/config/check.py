@@ -13,9 +13,10 @@ from typing import Any
 import ml_collections
 
 from jaxcls.config import base as config_base
+from jaxcls.config.eval_tta import check_eval_tta
 from jaxcls.core import extensions
 from jaxcls.core.errors import ConfigError
-from jaxcls.core.registry import closest, did_you_mean
+from jaxcls.core.registry import closest
 
 OPEN_SECTIONS = ("model",)
 
@@ -58,19 +59,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_ranges(config)
   if "eval_tta" in config:  # before any data loads or anything compiles
     check_eval_tta(config.eval_tta)
-
-
-# config.eval_tta's values, owned here so that a config is checked without jax; jaxcls/models/tta.py implements
-# each (its KINDS and check are these).
-EVAL_TTA_KINDS = ("none", "flip", "flip_translate")
-
-
-def check_eval_tta(kind: str) -> str:
-  """`kind` when it names a test-time augmentation; otherwise a ConfigError listing the valid names."""
-  if kind not in EVAL_TTA_KINDS:
-    raise ConfigError(f"config.eval_tta={kind!r} is not a test-time augmentation."
-                      f"{did_you_mean(str(kind), EVAL_TTA_KINDS)} Valid: {', '.join(repr(k) for k in EVAL_TTA_KINDS)}.")
-  return kind
 
 
 def _parents(path: str) -> list[str]:

@@ -20,15 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.config import check as config_check
+from jaxcls.config import eval_tta
 from jaxcls.core.errors import ConfigError
 
-KINDS = config_check.EVAL_TTA_KINDS  # the config layer owns the names, to check a config without jax
+KINDS = eval_tta.EVAL_TTA_KINDS  # the config layer owns the names, to check a config without jax
 # How many forward passes each kind costs.
 PASSES = {"none": 1, "flip": 2, "flip_translate": 6}
 
 
-check = config_check.check_eval_tta  # `kind` when it names a TTA; otherwise a ConfigError listing the valid names
+check = eval_tta.check_eval_tta  # `kind` when it names a TTA; otherwise a ConfigError listing the valid names
 
 
 def from_config(config) -> str:

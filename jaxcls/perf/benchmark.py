@@ -5,10 +5,10 @@
     [--profile_dir DIR [--profile_steps 5]]   # then: where the device time goes (jaxcls.trace_summary)
   python -m jaxcls.benchmark --summarize a.json b.json ...   # one table, jaxcls vs PyTorch ratios
 
-What is timed is `steps.make_train_step` / `steps.make_eval_step` (forward, backward, SGD update, metrics),
+What is timed is `steps.make_train_step` / `evaluation.loop.make_eval_step` (forward, backward, SGD update, metrics),
 with the state built once on the devices and one uint8 batch sharded over the mesh, so the host input pipeline
 is out of the picture. Compilation is timed apart from the steady steps; FLOPs per image come from XLA's cost
-analysis of the compiled step (`steps.CompiledOnFirstCall`). Only jax, flax and optax are imported (no
+analysis of the compiled step (`core.compiled.CompiledOnFirstCall`). Only jax, flax and optax are imported (no
 TensorFlow, clu or ml_collections), so it runs wherever jax does, CPU included.
 """
 
@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcls import models, tasks
-from jaxcls.core import compile_cache, parallel
+from jaxcls.core import compile_cache, compiled, parallel
 from jaxcls.core.errors import ConfigError
 from jaxcls.data import augment as augment_lib
+from jaxcls.evaluation import loop as eval_loop
 from jaxcls.perf import trace_summary
 from jaxcls.perf.options import Options
 from jaxcls.training import optim, step_metrics, steps
@@ -200,7 +201,7 @@ def run(args: Options) -> dict[str, Any]:
   key = jax.random.key(0)
 
   def make_train():
-    return steps.CompiledOnFirstCall(steps.make_train_step(model, task, tx, schedule, augment, ema_decay=0.0,
+    return compiled.CompiledOnFirstCall(steps.make_train_step(model, task, tx, schedule, augment, ema_decay=0.0,
                                                            **norm), "train", args.batch_size / mesh.size)
 
   start = time.perf_counter()
@@ -222,11 +223,11 @@ def run(args: Options) -> dict[str, Any]:
         holder["state"], holder["acc"] = step(holder["state"], holder["acc"], batch, key)
         return holder["acc"]
     else:
-      step = steps.CompiledOnFirstCall(steps.make_eval_step(model, task, **norm), "infer",
+      step = compiled.CompiledOnFirstCall(eval_loop.make_eval_step(model, task, **norm), "infer",
                                        args.batch_size / mesh.size)
 
       def run_step(step=step):
-        return step(holder["state"], batch)
+        return step({"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}, batch)
     step_runners[mode] = run_step
 
     start = time.perf_counter()

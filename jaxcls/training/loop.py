@@ -18,7 +18,7 @@ from absl import logging
 
 from jaxcls import data
 from jaxcls.config import check as config_check
-from jaxcls.core import compile_cache, parallel, paths, phases
+from jaxcls.core import compile_cache, compiled, parallel, paths, phases
 from jaxcls.core.errors import ConfigError
 from jaxcls.data import augment as augment_lib
 from jaxcls.data import prefetch
@@ -33,8 +33,6 @@ from jaxcls.training.state import eval_params
 
 # Old names of what moved down a layer, for callers not yet moved (tests/conftest.py, tests/e2e/test_hostile.py):
 # the eval loop is jaxcls.evaluation.loop, the skipped-files listing jaxcls.store.workdir.
-evaluate = eval_loop.evaluate
-write_skipped_files = workdir_lib.write_skipped_files
 
 
 def schedule_lengths(config, steps_per_epoch: int) -> tuple[int, int, int]:
@@ -177,7 +175,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
   init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
                          use_ema=config.ema_decay > 0, mesh=mesh)
   norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
-  eval_step = steps.CompiledOnFirstCall(eval_loop.make_eval_step(model, task, tta=config.eval_tta, **norm),
+  eval_step = compiled.CompiledOnFirstCall(eval_loop.make_eval_step(model, task, tta=config.eval_tta, **norm),
                                         "Eval step (forward)", eval_batch_size / mesh.size)
   context = evaluators.Context(
       config=config, model=model, task=task, dataset=dataset, mesh=mesh, eval_every=eval_every,
@@ -221,7 +219,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
   host_batches = dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed)
   first_batch = next(host_batches)
   chunk_steps = prefetch.steps_per_chunk(first_batch)  # steps whose batches cross to the devices in one transfer
-  train_step = steps.CompiledOnFirstCall(
+  train_step = compiled.CompiledOnFirstCall(
       steps.make_train_step(plan.train_model(model), task, tx, schedule, augment, ema_decay=config.ema_decay,
                             steps_per_chunk=chunk_steps, **norm),
       "Train step (forward, backward, update)", config.batch_size / mesh.size)

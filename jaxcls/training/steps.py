@@ -1,23 +1,22 @@
-"""The jitted train and eval steps: pure functions of (state, batch, key), sharded over the 'data' mesh axis.
+"""The jitted train step and state init: pure functions of (state, batch, key), sharded over the 'data' mesh axis.
+
+The eval step is `jaxcls.evaluation.loop.make_eval_step` (evaluation, predict and export share its forward pass).
 
 State is replicated and donated; batches arrive sharded along their first axis. Batch-norm statistics are taken
 over the global batch because the step is written for the global array and XLA inserts the cross-device sums.
 """
 
-import time
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from absl import logging
 
 from jaxcls.core import parallel
-from jaxcls.models import tta as tta_lib
-from jaxcls.models.forward import DTYPES, eval_logits, model_variables, normalize
+from jaxcls.models.forward import DTYPES, model_variables, normalize
 from jaxcls.training import step_metrics
-from jaxcls.training.state import TrainState, eval_params
+from jaxcls.training.state import TrainState
 
 
 def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropout_key=None):
@@ -100,27 +99,6 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
                  donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Module, task, *, mean, std, dtype: str, mesh, tta: str = "none") -> Callable:
-  """Returns eval_step(state, batch) -> (sums over the valid rows, per-example outputs and mask).
-
-  The forward pass is `jaxcls.models.forward.eval_logits`, the one predict, export and explain apply too: no
-  training augmentation, eval-mode batch norm; `tta` (config.eval_tta, see jaxcls/models/tta.py) averages the logits
-  over fixed views of each image, as predict and export do. The outputs (e.g. probabilities) come back replicated
-  so that every process can compute exact ranking metrics over the whole split; the mask says which rows are real.
-  """
-  tta_lib.check(tta)
-
-  def eval_step(state: TrainState, batch: dict):
-    variables = model_variables({"params": eval_params(state), "batch_stats": state.batch_stats})
-    logits = eval_logits(model, variables, batch["image"], mean=mean, std=std, dtype=dtype, tta=tta)
-    outputs = dict(task.eval_outputs(logits, batch["label"], batch["mask"]), mask=batch["mask"])
-    return task.eval_sums(logits, batch["label"], batch["mask"]), outputs
-
-  return jax.jit(eval_step,
-                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh))
-
-
 def make_init(model: nn.Module, tx: optax.GradientTransformation, *, image_shape, dtype: str,
               use_ema: bool, mesh) -> Callable[[jax.Array], TrainState]:
   """Returns init(key) -> a replicated TrainState, built directly on the devices."""
@@ -133,36 +111,3 @@ def make_init(model: nn.Module, tx: optax.GradientTransformation, *, image_shape
     return state_lib.create(variables, tx, use_ema)
 
   return jax.jit(init, out_shardings=parallel.replicated(mesh))
-
-
-class CompiledOnFirstCall:
-  """A jitted step compiled ahead of time at its first call, so its cost is known without compiling twice.
-
-  XLA's cost analysis of the compiled, partitioned program gives the FLOPs one device runs per call, and the bytes
-  its kernels read and write; divided by the examples each device processes, these are the FLOPs per example that
-  the throughput log is measured against and the bytes behind a step's memory floor (jaxcls.benchmark).
-  """
-
-  def __init__(self, jitted: Callable, name: str, examples_per_device: float):
-    self._jitted = jitted
-    self._compiled = None
-    self.name = name
-    self.examples_per_device = examples_per_device
-    self.compile_seconds = None
-    self.flops_per_example = None
-    self.bytes_per_example = None
-
-  def __call__(self, *args):
-    if self._compiled is None:
-      start = time.perf_counter()
-      self._compiled = self._jitted.lower(*args).compile()
-      self.compile_seconds = time.perf_counter() - start
-      analysis = self._compiled.cost_analysis()
-      analysis = (analysis[0] if isinstance(analysis, (list, tuple)) else analysis) or {}
-      flops, accessed = analysis.get("flops"), analysis.get("bytes accessed")
-      self.flops_per_example = flops / self.examples_per_device if flops else None
-      self.bytes_per_example = accessed / self.examples_per_device if accessed else None
-      logging.info("%s compiled in %.1f s; %s GFLOP per example (XLA cost analysis).", self.name,
-                   self.compile_seconds,
-                   "unknown" if self.flops_per_example is None else f"{self.flops_per_example / 1e9:.4f}")
-    return self._compiled(*args)

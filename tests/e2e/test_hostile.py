@@ -35,6 +35,7 @@ from jaxcls.inference import exporter as export
 from jaxcls.core import metrics
 from jaxcls.inference import predictor as predict
 from jaxcls.evaluation import report
+from jaxcls.store import workdir as workdir_lib
 from jaxcls.training import loop as train
 from jaxcls.config.base import get_base_config
 from jaxcls.data.sources import folder_scan
@@ -251,7 +252,7 @@ def test_non_utf8_names_are_listed_and_written_as_valid_utf8(tmp_path):
 
   class Dataset:
     skipped_files = [(os.fsdecode(os.fsencode(root / "a") + NON_UTF8), "cannot be decoded")]
-  train.write_skipped_files(str(tmp_path), Dataset(), True)
+  workdir_lib.write_skipped_files(str(tmp_path), Dataset(), True)
   text = (tmp_path / "skipped_files.txt").read_bytes().decode("utf-8")  # strict: valid UTF-8
   assert "caf\\xe9-\\xff.png\tcannot be decoded" in text
 

@@ -23,8 +23,8 @@ from jaxcls.inference import predictor as predict
 from jaxcls.models import tta
 from jaxcls.store import restore
 from jaxcls.training import loop as train
-from jaxcls.training import steps
-from jaxcls.training.state import TrainState
+from jaxcls.evaluation import loop as eval_loop
+from jaxcls.models import forward as forward_lib
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -124,12 +124,12 @@ def test_eval_step_averages_the_logits_of_the_views():
   batch = {"image": rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), "label": np.arange(16) % 4,
            "mask": np.arange(16) < 13}
   mesh = parallel.make_mesh()
-  state = parallel.replicate(TrainState(step=jnp.asarray(0, jnp.int32), params=variables["params"],
-                                        batch_stats=variables["batch_stats"], opt_state={}, ema_params={}), mesh)
-  forward = jax.jit(lambda images: model.apply(variables, steps.normalize(images, MEAN, STD, jnp.float32),
+  replicated = parallel.replicate(variables, mesh)
+  forward = jax.jit(lambda images: model.apply(variables, forward_lib.normalize(images, MEAN, STD, jnp.float32),
                                                train=False))
-  eval_step = steps.make_eval_step(model, task, mean=MEAN, std=STD, dtype="float32", mesh=mesh, tta="flip_translate")
-  sums, outputs = eval_step(state, parallel.to_global(batch, mesh))
+  eval_step = eval_loop.make_eval_step(model, task, mean=MEAN, std=STD, dtype="float32", mesh=mesh,
+                                       tta="flip_translate")
+  sums, outputs = eval_step(replicated, parallel.to_global(batch, mesh))
   views, weights = numpy_views(batch["image"], "flip_translate")  # 'flip' is a subset of these views
   manual = sum(weight * np.asarray(forward(np.ascontiguousarray(view)), np.float64)
                for view, weight in zip(views, weights))
@@ -150,7 +150,7 @@ def test_unknown_names_fail_early_with_the_valid_ones(tmp_path):
     train.train_and_evaluate(tiny_config(eval_tta="flips"), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
   with pytest.raises(ConfigError, match="Valid"):
-    steps.make_eval_step(None, None, mean=MEAN, std=STD, dtype="float32", mesh=None, tta="Flip")
+    eval_loop.make_eval_step(None, None, mean=MEAN, std=STD, dtype="float32", mesh=None, tta="Flip")
   with pytest.raises(ConfigError, match="at least 2x2 pixels, got 1x5"):
     tta.views(jnp.zeros((1, 1, 5, 3)), "flip_translate")
   # A workdir trained before the key existed evaluates and predicts as it always did.

@@ -158,11 +158,11 @@ def test_compiled_step_reports_flops_per_example():
   """FLOPs per example come from XLA's cost analysis of the partitioned program (per device / its examples)."""
   from jax.sharding import NamedSharding, PartitionSpec
 
-  from jaxcls.training import steps
+  from jaxcls.core import compiled
   mesh = parallel.make_mesh()
   jitted = jax.jit(lambda w, x: x @ w, in_shardings=(NamedSharding(mesh, PartitionSpec()),
                                                      NamedSharding(mesh, PartitionSpec("data"))))
-  step = steps.CompiledOnFirstCall(jitted, "matmul", examples_per_device=64 / 8)
+  step = compiled.CompiledOnFirstCall(jitted, "matmul", examples_per_device=64 / 8)
   out = step(np.ones((32, 16), np.float32), np.ones((64, 32), np.float32))
   assert out.shape == (64, 16)
   assert step.flops_per_example == pytest.approx(2 * 32 * 16, rel=0.05)
