@@ -1,15 +1,14 @@
 """`build(config)`: the one entry point from a config to a `Dataset`, with the config's overrides applied."""
 
 import dataclasses
-from typing import Optional
 
 import jax
 
-from jaxcls.data.base import SOURCES, Dataset, DatasetInfo
 from jaxcls.core.errors import ConfigError
+from jaxcls.data.base import SOURCES, Dataset, DatasetInfo
 
 
-def build(config, *, process_index: Optional[int] = None, process_count: Optional[int] = None) -> Dataset:
+def build(config, *, process_index: int | None = None, process_count: int | None = None) -> Dataset:
   """The dataset `config.dataset.name`, serving this process's share of every batch.
 
   `process_index` / `process_count` default to JAX's (tests pass them to act as one of several hosts).
@@ -46,9 +45,19 @@ def override_info(info: DatasetInfo, dataset_config) -> DatasetInfo:
     if len(value) == 1:
       value *= channels
     if len(value) != channels:
-      raise ConfigError(f"dataset.{key}={dataset_config[key]} has {len(value)} values; give 1 or {channels} "
-                        "(one per channel).")
+      raise ConfigError(_channel_mismatch(key, value, channels))
     if key == "std" and min(value) <= 0:
       raise ConfigError(f"dataset.std={dataset_config[key]} must be positive.")
     changes[key] = value
   return dataclasses.replace(info, **changes) if changes else info
+
+
+def _channel_mismatch(key: str, value: tuple[float, ...], channels: int) -> str:
+  """One sentence for a mean/std whose length is not the images' channel count, with the two ways to fix it."""
+  given = f"dataset.{key}={value} has {len(value)} values"
+  if channels == 1:
+    average = round(sum(value) / len(value), 3)
+    return (f"{given}, but the images are read with 1 channel (dataset.channels=1, grayscale); give one value, e.g. "
+            f"dataset.{key}=({average},) (the average of those), or set dataset.channels=3 to read them as RGB.")
+  return (f"{given}, but the images have {channels} channels (dataset.channels={channels}); give {channels} values "
+          f"(one per channel) or one value for all of them.")

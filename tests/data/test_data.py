@@ -11,8 +11,8 @@ import pytest
 
 from jaxcls import data
 from jaxcls.config.base import get_base_config
-from jaxcls.data import resize, split
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.data import resize, split
 
 
 def make_config(name="digits", **dataset):
@@ -290,8 +290,14 @@ def test_config_overrides():
   assert rgb.mean == (0.5,) * 3 and rgb.std == (0.1, 0.2, 0.3)
   with pytest.raises(ConfigError, match="one name per class"):
     data.build(make_config(class_names=("a", "b")), process_index=0, process_count=1)
-  with pytest.raises(ConfigError, match="give 1 or 3"):
+  with pytest.raises(ConfigError, match=r"has 2 values, but the images have 3 channels .*give 3 values \(one per "
+                     r"channel\) or one value for all of them"):
     data.build(make_config("synthetic", mean=(0.5, 0.5)), process_index=0, process_count=1)
+  # Defect 7: ImageNet's RGB mean on grayscale images said "has 3 values; give 1 or 1".
+  with pytest.raises(ConfigError, match=r"dataset.mean=\(0.485, 0.456, 0.406\) has 3 values, but the images are "
+                     r"read with 1 channel \(dataset.channels=1, grayscale\); give one value, e.g. "
+                     r"dataset.mean=\(0.449,\) .* or set dataset.channels=3"):
+    data.build(make_config("synthetic", channels=1, mean=(0.485, 0.456, 0.406)), process_index=0, process_count=1)
   with pytest.raises(ConfigError, match="Unknown dataset 'digit'"):
     data.build(make_config("digit"), process_index=0, process_count=1)
 
@@ -483,6 +489,7 @@ def test_tfds_crop_needs_an_image_size_and_fast_mode_runs(mock_mnist):
 
 def test_digits_are_read_without_importing_sklearn_and_equal_load_digits():
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
   from jaxcls.data.sources import digits  # pylint: disable=g-import-not-at-top
   images, labels = digits.read_digits()
   reference = load_digits()
