@@ -690,6 +690,7 @@ def lost_data(before: Snapshot, workdir: str, search_root: str, *, keep: int | N
 
 @dataclasses.dataclass
 class Case:
+  """One fault to inject: what it is, how to provoke it, and what a correct run must do afterwards."""
   id: str
   category: str
   description: str
@@ -2119,6 +2120,7 @@ def _(c: CaseRun):
 
 @dataclasses.dataclass
 class Row:
+  """One line of the printed fault table: the case, what happened, and whether it passed."""
   id: str
   category: str
   case: str

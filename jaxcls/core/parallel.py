@@ -23,10 +23,12 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array: the train state, and eval outputs every process reads."""
   return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """The first axis split over the data axis: a global batch, each device holding its slice."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
@@ -89,4 +91,5 @@ def to_host(tree: Any) -> Any:
 
 
 def is_main_process() -> bool:
+  """Process 0 alone writes the workdir's shared files (reports, plots, config), so hosts never race."""
   return jax.process_index() == 0

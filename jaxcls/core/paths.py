@@ -39,6 +39,7 @@ def scheme(value: PathLike) -> str:
 
 
 def is_remote(value: PathLike) -> bool:
+  """Whether the path is on an object store (gs://...), where writes are uploads and there is no rename."""
   return bool(scheme(value))
 
 
@@ -86,6 +87,7 @@ def path(value: PathLike, what: str = "path") -> epath.Path:
 
 
 def join(base: PathLike, *parts: str) -> epath.Path:
+  """`base/parts...` for local and gs:// paths alike (never os.path.join on a workdir)."""
   return path(base).joinpath(*parts)
 
 
@@ -95,6 +97,7 @@ def write_text(target: PathLike, text: str) -> None:
 
 
 def write_bytes(target: PathLike, data: bytes) -> None:
+  """Writes a whole file so that a reader never sees half of it: a rename locally, one upload remotely."""
   target = path(target)
   if is_remote(target):  # an object upload is atomic already, and object stores have no rename
     target.write_bytes(data)
@@ -108,6 +111,7 @@ def write_bytes(target: PathLike, data: bytes) -> None:
 
 
 def read_text(target: PathLike) -> str:
+  """A small text file (JSON, a label list) from a local or gs:// path, as UTF-8."""
   return path(target).read_text(encoding="utf-8")
 
 

@@ -33,10 +33,12 @@ def check_activation(name: str) -> str:
 
 
 def check_pooling(name: str) -> str:
+  """`name` when it is a known pooling; otherwise a ConfigError listing the valid ones."""
   return _check_choice("pooling", name, POOLINGS)
 
 
 def check_norm(name: str) -> str:
+  """`name` when it is a known normalisation layer; otherwise a ConfigError listing the valid ones."""
   return _check_choice("norm", name, NORMS)
 
 

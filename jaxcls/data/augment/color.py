@@ -27,14 +27,17 @@ def blend(image: jax.Array, other: jax.Array, factor: jax.Array) -> jax.Array:
 
 
 def adjust_brightness(x, factor):
+  """Blends towards black: factor 1 keeps the image, 0 gives black (torchvision's definition)."""
   return blend(x, jnp.zeros_like(x), factor)
 
 
 def adjust_contrast(x, factor):
+  """Blends towards the mean grey level: factor 0 gives a flat grey image."""
   return blend(x, jnp.mean(gray(x)), factor)
 
 
 def adjust_saturation(x, factor):
+  """Blends towards the grey version (a no-op for one-channel images): factor 0 gives grey."""
   return x if x.shape[-1] != 3 else blend(x, gray(x), factor)
 
 

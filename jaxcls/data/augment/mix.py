@@ -14,6 +14,7 @@ from jaxcls.data.augment.erase import box_mask
 
 
 def soft_labels(labels: jax.Array, num_classes: int) -> jax.Array:
+  """Labels as [B, K] float rows, so mixing ops can blend them whether they came hard or already soft."""
   return labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
 
 
