@@ -469,7 +469,8 @@ class Checkpointer:
 def _step_reader() -> ocp.Checkpointer:
   """Reads one step folder's items as the manager wrote them (without a manager, so without listing the steps)."""
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
-                                                         meta=ocp.JsonCheckpointHandler()))
+                                                         meta=ocp.JsonCheckpointHandler(),
+                                                         metrics=ocp.JsonCheckpointHandler()))  # known: no warning
 
 
 def _move_folder(source: epath.Path, target: epath.Path) -> None:

@@ -55,17 +55,27 @@ class Progress:
     self._loss: float | None = None
     self._bar = None
     self._filter = None
+    self._final: tuple[int, float] | None = None  # the last step and its time, until its loss is noted
     self.lines: list[str] = []  # the plain lines logged so far (what a log file shows)
 
   # --- What is shown. ---
 
   def note(self, step: int, scalars: Mapping[str, Any]) -> None:
-    """Keeps the loss the loop just logged (the bar never fetches values from the devices itself)."""
-    del step
+    """Keeps the loss the loop just logged (the bar never fetches values from the devices itself); the last
+    step's line, held back by `__call__`, is logged with it."""
     for key in ("train/loss", "loss"):
       if key in scalars:
         self._loss = float(scalars[key])
+        if self._final is not None and step >= self._final[0]:
+          self._log_final()
         return
+
+  def _log_final(self) -> None:
+    step, t = self._final
+    self._final = None
+    text = self.line(step, t)
+    self.lines.append(text)
+    logging.info("%s", text)
 
   def rates(self, step: int, t: float) -> tuple[float, float]:
     """(steps/s over the recent window, mean steps/s since the clock started)."""
@@ -124,6 +134,9 @@ class Progress:
     while len(self._recent) > 2 and self._recent[1][1] <= t - self._window_secs:
       self._recent.popleft()
     last = self.num_train_steps > 0 and step >= self.num_train_steps
+    if last and not self.interactive:  # the last line waits for the loss the loop logs at this step
+      self._final = (step, t)
+      return False
     if not last and t < self._next_due:
       return False
     interval = self._refresh_secs if self.interactive else self._every_secs
@@ -157,7 +170,10 @@ class Progress:
     self._bar.refresh()
 
   def close(self) -> None:
-    """Leaves the bar's last state on the terminal and gives log lines their own lines again."""
+    """Leaves the bar's last state on the terminal and gives log lines their own lines again (or logs the last
+    line, if no loss came for it)."""
+    if self._final is not None:
+      self._log_final()
     if self._bar is not None:
       self._bar.close()
       logging.get_absl_handler().removeFilter(self._filter)

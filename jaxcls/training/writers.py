@@ -142,8 +142,11 @@ def scalars_line(step: int, scalars: Mapping[str, Any], limit: int = MAX_LOG_LIN
   prefixes = {k.split("/", 1)[0] for k in scalars if "/" in k}
   prefix = prefixes.pop() if len(prefixes) == 1 and all("/" in k for k in scalars) else ""
   names = {k: (k[len(prefix) + 1:] if prefix else k) for k in scalars}
-  order = sorted(scalars, key=lambda k: (HEADLINE.index(names[k]) if names[k] in HEADLINE else len(HEADLINE),
-                                         names[k].count("/")))
+  def rank(key: str) -> tuple[int, int]:  # headline first, counts (num_examples) and per-class values last
+    name = names[key]
+    return (HEADLINE.index(name) if name in HEADLINE else len(HEADLINE) + name.startswith("num_"), name.count("/"))
+
+  order = sorted(scalars, key=rank)
   head = f"[{step}] {prefix}: " if prefix else f"[{step}] "
   shown: list[str] = []
   for i, key in enumerate(order):

@@ -70,11 +70,23 @@ def test_plain_lines_come_on_a_steady_grid_the_first_within_10s(caplog):
       reported.append(clock.t - start)
   assert reported[0] <= 10
   # 55 s falls in the pause: that line comes with the first step after it, and the next one at 65 s again
-  assert [round(t) for t in reported[:-1]] == [5, 15, 25, 35, 45, 57, 65, 75, 85, 95, 105]
-  assert reported[-1] == pytest.approx(106.75)  # the last step always reports
+  assert [round(t) for t in reported] == [5, 15, 25, 35, 45, 57, 65, 75, 85, 95, 105]
+  shown.note(400, {"train/loss": 0.25})  # the last step's line waits for the loss logged at that step
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Progress:")]
-  assert lines == shown.lines and len(lines) == len(reported)
-  assert re.fullmatch(r"Progress: step 400/400 \(100\.0%\), 32 img/s, 1m47s elapsed, ETA 0m00s", lines[-1])
+  assert lines == shown.lines and len(lines) == len(reported) + 1
+  assert lines[-1] == "Progress: step 400/400 (100.0%), loss 0.25, 32 img/s, 1m47s elapsed, ETA 0m00s"
+  shown.close()
+  assert len(shown.lines) == len(lines)
+
+
+def test_the_last_line_comes_at_close_without_a_loss():
+  shown, clock = _plain(3)
+  for step in (1, 2, 3):
+    clock.t += 1.0
+    shown(step)
+  assert not shown.lines
+  shown.close()
+  assert shown.lines == ["Progress: step 3/3 (100.0%), 1.0 steps/s, 0m02s elapsed, ETA 0m00s"]
 
 
 def test_the_loss_the_loop_logs_reaches_the_line(tmp_path):
