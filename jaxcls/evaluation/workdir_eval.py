@@ -49,7 +49,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   info = dataset.info
   # A split of the training data has its class counts, so the loss is weighted as in training; a new folder has
   # none, so its loss is unweighted even if training weighted classes.
-  task, model, _ = build.build_task_and_model(config, info, weighted=not data_dir)
+  task, model, _ = build.build_task_and_model(config, info, weighted=not data_dir, new_run=False)
   # Only what evaluation reads (the moving average when one was kept), so any optimizer's checkpoint fits.
   variables = parallel.replicate(restore.read_variables(workdir, step), mesh)
   eval_step = loop.make_eval_step(model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh,
