@@ -4,6 +4,11 @@ The data come from `jaxcls.data.build(config)`, so any source works; the eval sp
 task's own `eval_sums` / `finalize`, so report.json and report.md carry the same keys as a CNN run. Scores become
 the task's logits: the SVM's one-vs-rest decision values (so 'loss' is the cross entropy of their softmax), or
 the log of k-NN vote fractions (floored at 1e-6, so 'loss' is the cross entropy of the vote fractions).
+
+`classical.standardize='auto'` (the default) standardises the SVM's features and lets validation decide for k-NN
+(`choose_standardize`): on digits pixels, standardising gives rare, nearly constant border pixels the weight of
+the strokes, and 1-NN falls from 98.96% to 96.53% on a held-out fifth of the training split (98.33% to 97.78% on
+the test split), while on other features it may help.
 """
 
 import functools
@@ -19,11 +24,13 @@ from absl import logging
 from jaxcls import data, tasks
 from jaxcls.classical import handcrafted, settings, svm
 from jaxcls.core.errors import ConfigError
+from jaxcls.data import split
 from jaxcls.evaluation import knn
 from jaxcls.evaluation import loop as eval_loop
 from jaxcls.store import workdir as workdir_lib
 
 _MIN_VOTE_FRACTION = 1e-6
+VALIDATION_FRACTION = 0.2  # of the training split, held out to choose k-NN's standardisation
 MODEL_FILE = workdir_lib.CLASSICAL_MODEL_NAME
 
 
@@ -54,6 +61,39 @@ def _training_split_dataset(config):
   return data.build(train_config)
 
 
+def _knn_accuracy(options, num_classes, train_x, train_y, query_x, query_y) -> float:
+  votes = knn.knn_scores(train_x, train_y, query_x, k=options.knn_k, num_classes=num_classes,
+                         metric=options.knn_metric, batch_size=options.batch_size)
+  return float(np.mean(np.argmax(votes, axis=1) == query_y))
+
+
+def choose_standardize(options: settings.Settings, features: np.ndarray, labels: np.ndarray, num_classes: int,
+                       seed: int) -> tuple[bool, dict]:
+  """(standardise?, what decided it for report.json) under `classical.standardize`.
+
+  True or False is used as given. 'auto': the SVM standardises (its one C and L-BFGS assume features of one
+  scale); k-NN holds out a seeded stratified fifth of the training split, scores the configured k and metric on
+  raw and on standardised features (statistics of the other four fifths), and keeps the better; a tie keeps raw.
+  """
+  if options.standardize != "auto":
+    return bool(options.standardize), {}
+  if options.classifier != "knn":
+    return True, {}
+  try:
+    keep, val = split.held_out_split(labels, VALIDATION_FRACTION, seed)
+  except ConfigError:  # too few training examples to hold any out: standardise, as before 'auto'
+    return True, {}
+  raw = _knn_accuracy(options, num_classes, features[keep], labels[keep], features[val], labels[val])
+  scaler = handcrafted.Standardizer.fit(features[keep])
+  scaled = _knn_accuracy(options, num_classes, scaler(features[keep]), labels[keep], scaler(features[val]),
+                         labels[val])
+  chosen = scaled > raw
+  logging.info("k-NN on a held-out fifth of the training split (%d images): accuracy %.4f on raw features, %.4f "
+               "standardised; using %s features (classical.standardize='auto').", len(val), raw, scaled,
+               "standardised" if chosen else "raw")
+  return chosen, {"standardize_validation": {"raw": raw, "standardized": scaled, "num_examples": int(len(val))}}
+
+
 def model_name(options: settings.Settings) -> str:
   """report.json's model name: the classifier and its features, e.g. 'svm[hog+color]'."""
   return f"{options.classifier}[{'+'.join(options.spec.names)}]"
@@ -79,11 +119,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   t0 = time.perf_counter()
   train_x, train_y = split_features(train_dataset, options.spec, options.batch_size)
-  scaler = handcrafted.Standardizer.fit(train_x) if options.standardize else None
+  standardize, choice = choose_standardize(options, train_x, train_y, info.num_classes,
+                                           int(config.dataset.split_seed) + 2)
+  scaler = handcrafted.Standardizer.fit(train_x) if standardize else None
   if scaler is not None:
     train_x = scaler(train_x)
   feature_seconds = time.perf_counter() - t0
-  fit_info = {}
+  fit_info = {"standardized": standardize, **choice}
   t0 = time.perf_counter()
   if options.classifier == "svm":
     model = svm.fit(train_x, train_y, info.num_classes, c=options.svm_c, max_iter=options.svm_max_iter,

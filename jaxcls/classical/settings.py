@@ -8,9 +8,10 @@ section with `config.classical = settings.defaults()`. Its keys are checked here
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
-from jaxcls.config import check as config_check
 from jaxcls.classical import handcrafted
+from jaxcls.config import check as config_check
 from jaxcls.core.errors import ConfigError
 from jaxcls.evaluation.knn import METRICS
 
@@ -26,7 +27,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.hog_cell_size = 4            # pixels per cell side
   c.hog_block_size = 2           # cells per block side (L2-Hys normalised, stride one cell)
   c.color_bins = 16              # color_hist: bins per channel
-  c.standardize = True           # scale each feature to zero mean, unit variance with training statistics
+  # Scale each feature to zero mean, unit variance with training statistics: True | False | 'auto' (the SVM:
+  # True, its L2 penalty and L-BFGS want comparable scales; k-NN: whichever of raw and standardised features
+  # scores higher on a held-out fifth of the training split, since scaling changes which neighbours are near).
+  c.standardize = config_dict.FieldReference("auto", field_type=object)
   c.svm_c = 1.0                  # inverse regularisation strength, as scikit-learn's LinearSVC C
   c.svm_max_iter = 500           # L-BFGS iterations at most
   c.svm_tol = 1e-4               # stop when the gradient norm of the objective falls below this
@@ -41,7 +45,7 @@ class Settings:
   """The checked `config.classical` values."""
   classifier: str
   spec: handcrafted.FeatureSpec
-  standardize: bool
+  standardize: bool | str  # True, False or 'auto' (run.choose_standardize decides)
   svm_c: float
   svm_max_iter: int
   svm_tol: float
@@ -66,7 +70,7 @@ def check(config: ml_collections.ConfigDict) -> Settings:
       raise ConfigError(message.replace("jaxcls/config/base.py", "jaxcls/classical/settings.py")
                         .replace(f"key {key!r}", f"key 'classical.{key}'"))
   merged = defaults()
-  merged.update(section)
+  merged.update(section.to_dict())  # values: the FieldReference of standardize cannot take another reference
   if merged.classifier not in CLASSIFIERS:
     raise ConfigError(f"classical.classifier={merged.classifier!r} is not valid; use one of "
                       f"{', '.join(CLASSIFIERS)}.")
@@ -78,10 +82,13 @@ def check(config: ml_collections.ConfigDict) -> Settings:
   if merged.svm_c <= 0 or merged.svm_tol < 0:
     raise ConfigError(f"classical.svm_c={merged.svm_c} must be positive and classical.svm_tol={merged.svm_tol} "
                       "non-negative.")
+  if not (isinstance(merged.standardize, bool) or merged.standardize == "auto"):
+    raise ConfigError(f"classical.standardize={merged.standardize!r} is not valid; use True, False or 'auto' (the "
+                      "SVM standardises, k-NN picks by validation).")
   names = tuple(n.strip() for n in str(merged.features).split(",") if n.strip())
   spec = handcrafted.FeatureSpec(names=names, hog_orientations=int(merged.hog_orientations),
                                  hog_cell_size=int(merged.hog_cell_size), hog_block_size=int(merged.hog_block_size),
                                  color_bins=int(merged.color_bins))
-  return Settings(classifier=merged.classifier, spec=spec, standardize=bool(merged.standardize),
+  return Settings(classifier=merged.classifier, spec=spec, standardize=merged.standardize,
                   svm_c=float(merged.svm_c), svm_max_iter=int(merged.svm_max_iter), svm_tol=float(merged.svm_tol),
                   knn_k=int(merged.knn_k), knn_metric=merged.knn_metric, batch_size=int(merged.batch_size))
