@@ -5,9 +5,11 @@ import logging
 import os
 import pty
 import re
+import subprocess
 import tty
 
 import pytest
+from conftest import REPO, subprocess_env
 
 from jaxcls.training import progress as progress_lib
 from jaxcls.training import writers
@@ -153,3 +155,31 @@ def test_a_pipe_is_not_a_terminal(tmp_path):
 def test_non_main_progress_shows_nothing():
   shown = writers.create_progress(10, writers.Writer(), is_main=False)
   assert not any(shown(step) for step in range(1, 11))
+
+
+ABSL = re.compile(r"^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+) +\d+ [\w.]+:\d+\] (.*)$")
+
+
+def test_the_default_run_reads_well_in_a_log_file(python, tmp_path):
+  """configs/default.py from the command line, its stderr a file (not a terminal), read as a user would."""
+  result = subprocess.run([python, "-m", "jaxcls.main", "--config", "configs/default.py", "--workdir",
+                           str(tmp_path / "run"), "--config.num_train_steps=400"], cwd=REPO, env=subprocess_env(1),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stderr.splitlines()
+  assert all(len(line) <= 200 for line in lines), max(lines, key=len)
+  assert "muon" not in result.stderr and "orbax" not in result.stderr.lower()
+  start = next(i for i, line in enumerate(lines) if "Hyper-parameters" in line)
+  end = next(i for i in range(start + 1, len(lines)) if ABSL.match(lines[i]))  # the next log record
+  assert end - start <= 10 and any(line.startswith("  optimizer: adamw (") for line in lines[start:end])
+  evals = [ABSL.match(line).group(4) for line in lines if "] [" in line and " eval: " in line]
+  assert evals and all("accuracy=" in e for e in evals)
+
+  def secs(line):
+    h, m, s = ABSL.match(line).groups()[:3]
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+  first_step = secs(next(line for line in lines if "First step" in line))
+  shown = [line for line in lines if "Progress: step" in line]
+  assert secs(shown[0]) - first_step <= 10
+  assert re.search(r"Progress: step 400/400 \(100\.0%\), epoch (\d+)/\1, loss [\d.]+, [\d,]+ img/s, ", shown[-1])
