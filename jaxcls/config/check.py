@@ -130,7 +130,7 @@ RANGES: dict[str, tuple[str, bool, tuple[Callable[[Any], bool], str], str]] = {
     "dataset.num_classes": ("int", False, _GE1, ""),
     "dataset.num_train_examples": ("int", False, _GE1, ""),
     "dataset.num_eval_examples": ("int", False, _GE1, ""),
-    "dataset.channels": ("int", False, _GE1, "3 = RGB, 1 = grayscale"),
+    "dataset.channels": ("int", False, _GE0, "3 = RGB, 1 = grayscale, 0 = a folder's own (1 if all grayscale)"),
     "task.label_smoothing": ("float", False, _UNIT_OPEN, "0 = off"),
     "task.focal_gamma": ("float", False, _GE0, ""),
     "task.asl_gamma_neg": ("float", False, _GE0, ""),

@@ -5,13 +5,13 @@ import os
 
 import numpy as np
 import pytest
+from conftest import folder_config
 from PIL import Image
 
-from conftest import folder_config
 from jaxcls import data
+from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.data import decode
 from jaxcls.data.sources import folder
-from jaxcls.core.errors import ConfigError, DataError
 
 RED = (200, 30, 30)
 
@@ -189,8 +189,10 @@ def test_empty_inputs_fail_clearly(tmp_path):
   write_classes(tmp_path / "tiny", per_class=1)
   with pytest.raises(DataError, match=r"leaves class '\w+' without images"):
     build(tmp_path / "tiny")
-  with pytest.raises(ConfigError, match="image_size is not set"):
-    build(tmp_path / "tiny", image_size=None)
+  write_classes(tmp_path / "mixed", per_class=3)
+  solid((20, 30), RED).save(tmp_path / "mixed" / "dog" / "wide.png")
+  with pytest.raises(ConfigError, match=r"image_size is not set and the images in .* differ \(9x12, 30x20\)"):
+    build(tmp_path / "mixed", image_size=None, test_fraction=0.5)
   with pytest.raises(DataError, match="not a folder"):
     build(tmp_path / "nope")
 
@@ -260,3 +262,35 @@ def test_nested_coarse_fine_folders_feed_the_hierarchical_task(tmp_path):
     build(tmp_path, class_depth=2)
   with pytest.raises(ConfigError, match="class_depth=3"):
     build(tmp_path, class_depth=3)
+
+
+# --- what an unset config takes from the images (defect 11) ----------------------------------------------------
+
+
+def test_unset_size_channels_and_normalisation_come_from_the_images(tmp_path):
+  """A folder of small grey images once needed image_size, channels=1 and its own mean/std set by hand."""
+  rng = np.random.default_rng(0)
+  for k, name in enumerate(("a", "b")):
+    os.makedirs(tmp_path / "grey" / name)
+    for i in range(6):
+      pixels = rng.integers(0, 60, (28, 28), dtype=np.uint8) + 100 * k
+      Image.fromarray(pixels, "L").save(tmp_path / "grey" / name / f"{i}.png")
+  for cache in ("memory", "none"):
+    dataset = build(tmp_path / "grey", image_size=None, channels=0, cache=cache, test_fraction=0.5)
+    assert dataset.info.image_shape == (28, 28, 1)
+    images = np.concatenate([b["image"][b["mask"]] for b in dataset.eval_batches(4)])
+    assert images.shape[1:] == (28, 28, 1)
+  memory = build(tmp_path / "grey", image_size=None, channels=0, cache="memory", test_fraction=0.5)
+  # Mean and std are the images' own (pixels 0..59 and 100..159: mean about 79.5 / 255), not ImageNet's.
+  assert len(memory.info.mean) == 1 and abs(memory.info.mean[0] - 79.5 / 255) < 0.03
+  assert len(memory.info.std) == 1 and 0.15 < memory.info.std[0] < 0.25
+  # Colour files give 3 channels; a channel count that is set is kept.
+  write_classes(tmp_path / "colour", per_class=4)
+  assert build(tmp_path / "colour", image_size=None, channels=0, test_fraction=0.5).info.image_shape == (9, 12, 3)
+  assert build(tmp_path / "grey", image_size=None, channels=3, test_fraction=0.5).info.image_shape == (28, 28, 3)
+  solid((300, 300), RED).save(tmp_path / "colour" / "cat" / "big.png")
+  for i in range(4):
+    solid((300, 300), RED).save(tmp_path / "colour" / "dog" / f"big{i}.png")
+  with pytest.raises(ConfigError, match="image_size is not set and the images in .* differ"):
+    build(tmp_path / "colour", image_size=None, test_fraction=0.5)
+

@@ -11,28 +11,33 @@ Class names are the subfolder names, sorted. Two ways to serve the images (`data
   (`folder_stream`), which also allows the Inception-style `train_crop='random_resized'` on the full-resolution
   image (docs/input_pipeline.md).
 Unreadable, truncated and oversized files are skipped and listed in `dataset.skipped_files` as (path, reason).
+
+What the config leaves unset is read off the images (`infer`), so a folder of 28x28 grey digits needs no
+overrides: `dataset.image_size=None` is the images' own size when a sample of their headers agrees on one (at most
+MAX_NATIVE_SIDE pixels a side), `dataset.channels=0` is 1 when every sampled image is grayscale and 3 otherwise,
+and `dataset.mean` / `std` unset are the training images' own per-channel statistics.
 """
 
 import concurrent.futures
 import hashlib
 import json
 import os
-from typing import Optional
 
+import ml_collections
 import numpy as np
 from absl import logging
 
 from jaxcls.core import paths as path_layer  # `paths` names file lists here
-from jaxcls.data import decode, prepare, resize
-from jaxcls.data.sources import folder_scan
-from jaxcls.data.sources import label_file
-from jaxcls.data.base import SOURCES, DatasetInfo
-from jaxcls.data.sources.folder_stream import FolderStreamDataset
-from jaxcls.data.in_memory import class_counts, from_arrays
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.data import decode, prepare, resize
+from jaxcls.data.base import SOURCES, DatasetInfo
+from jaxcls.data.in_memory import class_counts, from_arrays
+from jaxcls.data.sources import folder_scan, label_file
+from jaxcls.data.sources.folder_stream import FolderStreamDataset
 
 CACHES = ("auto", "memory", "file", "none")
 _STATS_SAMPLE = 512  # images decoded to estimate mean / std when streaming
+MAX_NATIVE_SIDE = 256  # an unset image_size takes the images' own size up to this many pixels a side
 
 
 def workers(dataset_config) -> int:
@@ -71,19 +76,19 @@ def load(config, *, process_index: int, process_count: int):
   """The folder at `dataset.path`, cached or streamed as `dataset.cache` says."""
   ds = config.dataset
   size = resize.parse_image_size(ds.image_size)
-  if size is None:
-    raise ConfigError("dataset.image_size is not set; a folder's images vary in size, so set the (height, width) "
-                      "the model should see, e.g. (224, 224).")
-  if ds.channels not in (1, 3):
-    raise ConfigError(f"dataset.channels={ds.channels} is not valid for a folder; use 3 (RGB) or 1 (grayscale).")
+  if ds.channels not in (0, 1, 3):
+    raise ConfigError(f"dataset.channels={ds.channels} is not valid for a folder; use 3 (RGB), 1 (grayscale) or 0 "
+                      "(1 when the images are grayscale, else 3).")
   if ds.cache not in CACHES:
     raise ConfigError(f"dataset.cache={ds.cache!r} is not valid; use one of {', '.join(CACHES)}.")
-  train_crop, eval_crop = crops(ds, size)
   if ds.labels_file:
     listing = label_file.scan(ds, multi_label=config.task.type == "multilabel")
   else:
     listing = folder_scan.scan(ds)
   train, evaluation = folder_scan.chosen(listing, ds)
+  ds = infer(ds, list(dict.fromkeys(train[0] + evaluation[0])))
+  size = resize.parse_image_size(ds.image_size)
+  train_crop, eval_crop = crops(ds, size)
   eval_groups = listing.groups.get(folder_scan.split_name(ds.eval_split))
   cache = _resolve_cache(ds, size, len(train[0]) + len(evaluation[0]))
   logging.info("Folder %s: %d classes, %d train / %d eval image files (%d non-image files ignored); cache=%s.",
@@ -113,6 +118,32 @@ def load(config, *, process_index: int, process_count: int):
     bad = {path for path, _ in skipped}
     dataset.eval_groups = eval_groups[[path not in bad for path in evaluation[0]]]
   return dataset
+
+
+def infer(ds, paths: list[str]):
+  """The dataset config with `image_size` (unset) and `channels` (0) read off a sample of the images' headers."""
+  if ds.image_size is not None and ds.channels:
+    return ds
+  seen = folder_scan.peek(paths)
+  if not seen.sizes:
+    raise DataError(f"None of the sampled images in {ds.path} could be opened (e.g. {paths[0]}); "
+                    "check that the files are images.")
+  resolved = ml_collections.ConfigDict(ds.to_dict())
+  notes = []
+  if ds.image_size is None:
+    sizes = sorted(set(seen.sizes))
+    if len(sizes) > 1 or max(sizes[0]) > MAX_NATIVE_SIDE:
+      shown = ", ".join(f"{h}x{w}" for h, w in sizes[:4]) + (" ..." if len(sizes) > 4 else "")
+      why = "differ" if len(sizes) > 1 else f"are larger than {MAX_NATIVE_SIDE} pixels a side"
+      raise ConfigError(f"dataset.image_size is not set and the images in {ds.path} {why} ({shown}); set the "
+                        "(height, width) the model should see, e.g. --config.dataset.image_size='(224, 224)'.")
+    resolved.image_size = sizes[0]
+    notes.append(f"image_size={sizes[0]}")
+  if not ds.channels:
+    resolved.channels = 1 if seen.grayscale else 3
+    notes.append(f"channels={resolved.channels} ({'grayscale' if seen.grayscale else 'colour'} images)")
+  logging.info("Folder %s: %s, read from %d image headers.", ds.path, ", ".join(notes), len(seen.sizes))
+  return resolved
 
 
 def _resolve_cache(ds, size: tuple[int, int], count: int) -> str:
@@ -207,7 +238,7 @@ def _size_and_mtime(path: str) -> tuple[int, int]:
 _ARRAYS = ("train_images", "train_labels", "eval_images", "eval_labels")
 
 
-def _load_cache(folder: str) -> Optional[tuple]:
+def _load_cache(folder: str) -> tuple | None:
   if not os.path.isfile(os.path.join(folder, "skipped.json")):
     return None
   arrays = tuple(np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r") for name in _ARRAYS)

@@ -21,8 +21,8 @@ import numpy as np
 from absl import logging
 
 from jaxcls.core import paths as paths_lib
-from jaxcls.data import decode, split
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.data import decode, split
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
@@ -297,3 +297,30 @@ def chosen(listing: Listing, dataset_config) -> tuple[tuple[list[str], np.ndarra
   """(train, eval) as (paths, labels) for the configured split names."""
   return (listing.splits[split_name(dataset_config.train_split)],
           listing.splits[split_name(dataset_config.eval_split)])
+
+
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+PEEK_FILES = 64  # headers read to infer a folder's image size and channels
+
+
+@dataclasses.dataclass(frozen=True)
+class Peek:
+  """What the headers of a sample of a folder's images say: their (height, width) sizes and whether all are grey."""
+  sizes: tuple[tuple[int, int], ...]
+  grayscale: bool
+
+
+def peek(paths: list[str], limit: int = PEEK_FILES) -> Peek:
+  """Sizes and modes of up to `limit` evenly spaced files, from their headers only (no pixel is decoded)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  picked = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(limit, len(paths))).astype(int))]
+  sizes, grey = [], True
+  for path in picked:
+    try:
+      with paths_lib.path(path).open("rb") as f, Image.open(f) as image:
+        sizes.append((image.height, image.width))
+        grey = grey and image.mode in GRAYSCALE_MODES and "transparency" not in image.info
+    except Exception:  # pylint: disable=broad-except  (unreadable: decoding skips and lists it later)
+      continue
+  return Peek(tuple(sizes), grey and bool(sizes))
+
