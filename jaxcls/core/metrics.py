@@ -67,7 +67,12 @@ def divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def precision_recall_f1(confusion: np.ndarray) -> dict[str, Any]:
-  """Per-class, macro, micro and support-weighted precision, recall and F1 from a [K, K] (true, pred) matrix."""
+  """Per-class, macro, micro and support-weighted precision, recall and F1 from a [K, K] (true, pred) matrix.
+
+  Macro averages are over the classes present in the true labels (`macro_classes` of them: scikit-learn's
+  `labels=` those classes), the rule balanced accuracy and the macro ROC-AUC / AP follow too: a folder holding a
+  few of the trained classes is not charged a zero for each class it does not contain.
+  """
   confusion = np.asarray(confusion, np.float64)
   tp = np.diag(confusion)
   support = confusion.sum(1)
@@ -77,10 +82,11 @@ def precision_recall_f1(confusion: np.ndarray) -> dict[str, Any]:
   f1 = divide(2 * precision * recall, precision + recall)
   weights = divide(support, np.full_like(support, support.sum()))
   micro = float(tp.sum() / max(confusion.sum(), 1))  # single-label: micro P = R = F1 = accuracy
+  present = support > 0
   out = {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
-         "support": support.astype(np.int64).tolist()}
+         "support": support.astype(np.int64).tolist(), "macro_classes": int(present.sum())}
   for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
-    out[f"macro_{name}"] = float(values.mean())
+    out[f"macro_{name}"] = float(values[present].mean()) if present.any() else float("nan")
     out[f"weighted_{name}"] = float((values * weights).sum())
     out[f"micro_{name}"] = micro
   return out

@@ -175,10 +175,18 @@ def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, class_names: Optional[S
   return _save(fig, path)
 
 
-def per_class_f1(f1: Sequence[float], class_names: Optional[Sequence[str]], path: str) -> str:
-  """Horizontal bars of per-class F1, worst first, so the classes that need work are on top."""
+def per_class_f1(f1: Sequence[float], class_names: Optional[Sequence[str]], path: str,
+                 support: Optional[Sequence[int]] = None) -> str:
+  """Horizontal bars of per-class F1, worst first, so the classes that need work are on top.
+
+  With `support`, classes without eval examples are left out, so the title's macro F1 is the report's (over the
+  classes present in the eval labels).
+  """
   f1 = np.asarray([np.nan if v is None else v for v in f1], np.float64)
   names = _names(class_names, len(f1))
+  if support is not None and len(support) == len(f1) and any(support):
+    present = np.flatnonzero(np.asarray(support) > 0)
+    f1, names = f1[present], [names[i] for i in present]
   order = np.argsort(np.nan_to_num(f1, nan=-1.0), kind="mergesort")
   k = len(f1)
   font = float(np.clip(300.0 / k, 4.0, 10.0))
@@ -253,11 +261,12 @@ def write_all(plots_dir: str, report: dict[str, Any], outputs: Optional[dict[str
     written.append(confusion_matrix(report["confusion_matrix"], names, os.path.join(plots_dir, "confusion.png")))
   f1 = report.get("f1")
   if isinstance(f1, list):
-    written.append(per_class_f1(f1, class_names, os.path.join(plots_dir, "per_class_f1.png")))
+    written.append(per_class_f1(f1, class_names, os.path.join(plots_dir, "per_class_f1.png"), report.get("support")))
   elif report.get("confusion_matrix") and len(report["confusion_matrix"]) > 2:
     from jaxcls.core import metrics  # pylint: disable=g-import-not-at-top
     scores = metrics.precision_recall_f1(np.asarray(report["confusion_matrix"]))
-    written.append(per_class_f1(scores["f1"], class_names, os.path.join(plots_dir, "per_class_f1.png")))
+    written.append(per_class_f1(scores["f1"], class_names, os.path.join(plots_dir, "per_class_f1.png"),
+                                scores["support"]))
   if outputs is not None and "probs" in outputs and len(outputs["probs"]):
     written.append(roc_pr_curves(outputs["probs"], outputs["labels"], class_names,
                                  os.path.join(plots_dir, "roc_pr.png")))

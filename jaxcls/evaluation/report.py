@@ -58,6 +58,7 @@ def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence
       lines.append(f"| {key} | {value:.4f} |")
     elif isinstance(value, int) and key != "step":
       lines.append(f"| {key} | {value} |")
+  lines += _macro_rule(report)
   lines += _per_class(report, class_names)
   confusion = report.get("confusion_matrix")
   if confusion:
@@ -71,6 +72,16 @@ def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence
   if plots:
     lines += ["", "## Figures", ""] + [f"![{os.path.basename(p)}]({p})" for p in plots]
   return "\n".join(lines) + "\n"
+
+
+def _macro_rule(report: dict[str, Any]) -> list[str]:
+  """The sentence saying which classes the macro averages are over (metrics.precision_recall_f1's rule)."""
+  averaged, support = report.get("macro_classes"), report.get("support")
+  if averaged is None or not support:
+    return []
+  return ["", f"Macro averages (precision, recall, F1, balanced accuracy, ROC-AUC, average precision) are over the "
+          f"{averaged} of {len(support)} classes present in the eval labels; a class with no eval example has "
+          "no recall to average."]
 
 
 def _fmt(value) -> str:
