@@ -3,7 +3,8 @@ Evaluates a trained model exactly (every example once) on a split of its data or
 images, writes report.json, report.md and plots/, and prints a one-line summary.
 
 A split's report goes into DIR (the report training writes at its end) unless --output_dir says otherwise; a
---data folder's report goes into DIR/eval_<folder name>, so the training report is kept.
+--data folder's report goes into DIR/eval_<parent>_<folder>_<hash>: one folder per data path, so neither the
+training report nor the report of another folder is overwritten.
 """
 
 from absl import flags
@@ -18,7 +19,7 @@ def define_flags() -> None:
   flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
   flags.DEFINE_string("step", None, "Checkpoint step to evaluate: N, 'latest' (default) or 'best'.")
   flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir; with --data, "
-                      "WORKDIR/eval_<folder name>).")
+                      "WORKDIR/eval_<parent>_<folder>_<hash>, one per data path).")
   flags.DEFINE_string("data", None, "A folder of new labelled images to evaluate instead of a split: class "
                       "subfolders named like the trained classes, or any layout with --labels_file.")
   flags.DEFINE_string("labels_file", None, "With --data: a CSV/JSON of image paths (relative to --data) and "

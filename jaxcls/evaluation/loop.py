@@ -133,6 +133,7 @@ def scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 def output_folder(workdir: str, output_dir: str | None, data_dir: str | None) -> str:
-  """Where an evaluation's report goes: `output_dir`, else the workdir for a split, DIR/eval_<folder> for data."""
+  """Where an evaluation's report goes: `output_dir`, else the workdir for a split, and for a data folder
+  DIR/eval_<parent>_<folder>_<hash> (`store.workdir.eval_folder`: one folder per data path, never shared)."""
   default = workdir_lib.eval_folder(workdir, data_dir) if data_dir else workdir
   return os.fspath(paths.makedirs(output_dir or default, "--output_dir"))

@@ -3,7 +3,8 @@
 Restores the model and its resolved config (DIR/config.json) from a training workdir, evaluates exactly (every
 example once), and writes report.json, report.md and plots/. A split's report goes into DIR (the same report
 training writes at its end) unless `output_dir` says otherwise; a `data_dir` folder's report goes into
-DIR/eval_<folder name>, so the training report is kept. `python -m jaxcls.evaluate` is the command.
+DIR/eval_<parent>_<folder>_<hash> (one per data path), so neither the training report nor another folder's is
+overwritten. `python -m jaxcls.evaluate` is the command.
 """
 
 import os
@@ -63,6 +64,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
       workdir_lib.write_skipped_files(output_dir, dataset, True)
     loop.write_report(output_dir, final, outputs, info.class_names, dataset=dataset, batch_size=eval_batch_size,
                       metrics_dir=workdir)
+    logging.info("Report written to %s.", output_dir)
   return final
 
 

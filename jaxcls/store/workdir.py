@@ -12,7 +12,7 @@ Files (all written through `jaxcls.core.paths`, so a `gs://` workdir works the s
 - `checkpoints/<step>/` (orbax, `jaxcls.store.checkpoint`), and `corrupt_checkpoints/` for damaged steps moved aside;
 - `metrics.jsonl` (every logged scalar), `tensorboard/` (event files), `report.json`, `report.md` and `plots/`
   (the final evaluation), `skipped_files.txt` (unreadable images), `cache/` (a folder source's decoded arrays),
-  `fewshot.json` (`python -m jaxcls.fewshot`), `eval_<folder>/` (`python -m jaxcls.evaluate --data FOLDER`),
+  `fewshot.json` (`python -m jaxcls.fewshot`), `eval_<parent>_<folder>_<hash>/` (`evaluate --data FOLDER`),
   and `classical_svm.npz` (the classical baseline's classifier).
 
 This module is the one place that knows these names: everything else asks it for a path or calls its read and
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -171,8 +172,18 @@ def fewshot_path(workdir: paths.PathLike) -> epath.Path:
 
 
 def eval_folder(workdir: paths.PathLike, data_dir: str) -> epath.Path:
-  """DIR/eval_<folder name>: where an evaluation of a folder of new images writes, so the training report stays."""
-  return workdir_path(workdir) / (EVAL_FOLDER_PREFIX + os.path.basename(os.path.normpath(data_dir)))
+  """DIR/eval_<parent>_<folder>_<hash>: where an evaluation of a folder of new images writes.
+
+  The training report stays, and two data folders never share a report folder: `A/new` and `B/new` differ in
+  their parent, and the 8 hex digits of the folder's absolute path (its real path when local) tell apart even
+  `x/A/new` and `y/A/new`. The same folder always maps to the same name, so evaluating it again updates its report.
+  """
+  text = str(data_dir).rstrip("/")
+  absolute = text if paths.is_remote(text) else os.path.realpath(os.path.expanduser(text))
+  parts = [p for p in absolute.split("://")[-1].split("/") if p][-2:]
+  readable = "_".join("".join(c if c.isalnum() or c in "-." else "-" for c in p) for p in parts) or "root"
+  digest = hashlib.sha256(absolute.encode("utf-8")).hexdigest()[:8]
+  return workdir_path(workdir) / f"{EVAL_FOLDER_PREFIX}{readable}_{digest}"
 
 
 def is_workdir(folder: paths.PathLike) -> bool:

@@ -9,6 +9,7 @@ from conftest import REPO, subprocess_env
 
 from jaxcls.core.errors import CheckpointError, ConfigError
 from jaxcls.evaluation import workdir_eval as evaluate
+from jaxcls.store import workdir as workdir_lib
 from jaxcls.training import loop as train
 
 
@@ -87,9 +88,15 @@ def test_a_folder_of_new_labelled_images(folder_trained, tmp_path):
   # The training test split, given as a new folder, reproduces the training report exactly.
   final = evaluate.evaluate_workdir(workdir, data_dir=str(root / "test"))
   assert final["num_examples"] == 15 and final["confusion_matrix"] == at_end_of_training["confusion_matrix"]
-  assert os.path.isfile(os.path.join(workdir, "eval_test", "report.md"))
+  test_report = workdir_lib.eval_folder(workdir, str(root / "test")) / "report.json"
+  assert test_report.parent.name.startswith("eval_") and (test_report.parent / "report.md").is_file()
   with open(os.path.join(workdir, "report.json")) as f:
     assert json.load(f)["split"] == "test"  # the training report is kept
+  # Another folder of the same name gets its own report folder, so the first report is kept (issue 16 defect 2).
+  shutil.copytree(root / "test" / "ant", tmp_path / "elsewhere" / "test" / "ant")
+  assert evaluate.evaluate_workdir(workdir, data_dir=str(tmp_path / "elsewhere" / "test"))["num_examples"] == 5
+  assert json.loads(test_report.read_text())["num_examples"] == 15
+  assert len([p for p in os.listdir(workdir) if p.startswith("eval_")]) == 2
 
   # A subset of the classes, a corrupt file, and per-image groups from a label file.
   new = tmp_path / "new"

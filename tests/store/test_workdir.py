@@ -393,7 +393,7 @@ def test_the_workdir_names_are_the_documented_ones_and_read_back(tmp_path):
   assert [p.name for p in workdir.report_paths(root)] == ["report.json", "report.md"]
   assert workdir.plots_path(root).name == "plots" and workdir.skipped_path(root).name == "skipped_files.txt"
   assert workdir.fewshot_path(root).name == "fewshot.json"
-  assert workdir.eval_folder(root, "/data/new_images/").name == "eval_new_images"
+  assert workdir.eval_folder(root, "/data/new_images/").name.startswith("eval_data_new_images_")
   assert workdir.cache_dir(root) == os.path.join(root, "cache")
   from jaxcls.training import writers  # pylint: disable=g-import-not-at-top
   assert writers.JSONL_NAME == "metrics.jsonl" and writers.TENSORBOARD_DIR == "tensorboard"  # named here too
