@@ -71,6 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'none' | 'balanced' (inverse frequency, averaging 1 over the training examples) | a tuple, one per class
   config.task.class_weights = config_dict.FieldReference("none", field_type=object)
   config.task.threshold = 0.5                  # binary: decision threshold on the sigmoid probability
+  config.task.positive_class = ""              # binary: the positive class's name ('' = the second, in name order)
   config.task.loss_type = "bce"                # multilabel: 'bce' | 'focal' | 'asymmetric'
   config.task.focal_gamma = 2.0                # multilabel, focal
   config.task.asl_gamma_neg = 4.0              # multilabel, asymmetric

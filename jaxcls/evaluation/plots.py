@@ -54,14 +54,26 @@ def pr_points(scores: np.ndarray, positive: np.ndarray):
   return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
 
 
-def _one_vs_rest(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Scores [N, K] and positives [N, K] from binary [N] scores, int labels [N] or multi-hot labels [N, K]."""
+def _one_vs_rest(probs: np.ndarray, labels: np.ndarray, positive_id: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """Scores [N, K] and positives [N, K] from binary [N] scores of class `positive_id` with class-id labels [N],
+  class probabilities [N, K] with int labels [N], or per-label probabilities [N, K] with multi-hot labels [N, K]."""
   probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
   if probs.ndim == 1:
-    return probs[:, None], labels.astype(bool)[:, None]
+    return probs[:, None], (labels == positive_id)[:, None]
   if labels.ndim == 1:
     return probs, labels[:, None] == np.arange(probs.shape[1])[None, :]
   return probs, labels.astype(bool)
+
+
+def positive_index(positive_class: Optional[str], class_names: Optional[Sequence[str]]) -> int:
+  """The class id of a binary report's `positive_class` name (1, the binary task's default, when unknown)."""
+  names = [str(n) for n in class_names or ()]
+  return names.index(str(positive_class)) if positive_class is not None and str(positive_class) in names else 1
+
+
+def binary_curve_label(positive_class: Optional[str], class_names: Optional[Sequence[str]]) -> str:
+  """The legend of a binary score's curves: the class it scores, e.g. 'face (positive class)'."""
+  return f"{_names(class_names, 2)[positive_index(positive_class, class_names)]} (positive class)"
 
 
 # --- Figures. ---
@@ -125,18 +137,19 @@ def confusion_matrix(confusion: np.ndarray, class_names: Optional[Sequence[str]]
 
 
 def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, class_names: Optional[Sequence[str]], path: str,
-                  max_classes: int = CURVES_MAX_CLASSES) -> str:
+                  max_classes: int = CURVES_MAX_CLASSES, positive_class: Optional[str] = None) -> str:
   """ROC and precision-recall curves per class (up to `max_classes`) plus the micro and macro averages.
 
   probs/labels: binary scores [N] with 0/1 labels, class probabilities [N, K] with int labels [N] (one vs rest),
   or per-label probabilities [N, K] with multi-hot labels [N, K]. The macro curves average the per-class curves
-  interpolated on a common grid over the classes with both outcomes.
+  interpolated on a common grid over the classes with both outcomes. Binary scores are of `positive_class` (a
+  class name, the report's; default: the second class), which the legend names.
   """
   from jaxcls.core import metrics  # pylint: disable=g-import-not-at-top
-  scores, positive = _one_vs_rest(probs, labels)
-  k = scores.shape[1]
   binary = np.asarray(probs).ndim == 1
-  names = ["positive"] if binary else _names(class_names, k)
+  scores, positive = _one_vs_rest(probs, labels, positive_index(positive_class, class_names))
+  k = scores.shape[1]
+  names = [binary_curve_label(positive_class, class_names)] if binary else _names(class_names, k)
   fig, (ax_roc, ax_pr) = _figure(13.0, 6.0, ncols=2)
   grid = np.linspace(0.0, 1.0, 201)
   roc_interp, pr_interp = [], []
@@ -269,7 +282,7 @@ def write_all(plots_dir: str, report: dict[str, Any], outputs: Optional[dict[str
                                 scores["support"]))
   if outputs is not None and "probs" in outputs and len(outputs["probs"]):
     written.append(roc_pr_curves(outputs["probs"], outputs["labels"], class_names,
-                                 os.path.join(plots_dir, "roc_pr.png")))
+                                 os.path.join(plots_dir, "roc_pr.png"), positive_class=report.get("positive_class")))
   if metrics_path and paths.path(metrics_path, "metrics file").exists():
     written.append(training_curves(metrics_path, os.path.join(plots_dir, "training_curves.png")))
   return written

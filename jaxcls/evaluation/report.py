@@ -59,6 +59,10 @@ def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence
     elif isinstance(value, int) and key != "step":
       lines.append(f"| {key} | {value} |")
   lines += _macro_rule(report)
+  if report.get("positive_class") is not None:  # a binary report
+    lines += ["", f"Positive class: **{report['positive_class']}** (`task.positive_class`): precision, recall, "
+              "specificity, F1, ROC-AUC and average precision are of this class, decided at probability >= "
+              f"{report.get('threshold', 0.5):g}."]
   lines += _per_class(report, class_names)
   confusion = report.get("confusion_matrix")
   if confusion:

@@ -1,7 +1,10 @@
 """Binary classification: one logit, sigmoid cross entropy, a configurable decision threshold.
 
 The threshold applies to the positive-class probability (positive when p >= threshold, as scikit-learn's curves
-count). With the gathered eval outputs, `finalize` adds the ranking metrics and the threshold that maximises F1 on
+count). The positive class is `config.task.positive_class` (a class name), by default the second class in name
+order, as before the key existed, so saved workdirs evaluate as they trained. Labels, decisions and confusion
+matrices stay class ids; only the single logit, its probability and the one-class metrics (precision, recall,
+F1, ROC-AUC, AP) are of the positive class. With the gathered eval outputs, `finalize` adds the ranking metrics and the threshold that maximises F1 on
 the eval split, so a user can pick a better operating point than the default 0.5.
 """
 
@@ -21,9 +24,12 @@ from jaxcls.tasks.base import Task, top_classes
 @TASKS.register("binary")
 @dataclasses.dataclass(frozen=True)
 class Binary(Task):
-  """Two classes, one logit: the positive class (class 1) when its probability reaches the threshold."""
+  """Two classes, one logit: the positive class when its probability reaches the threshold."""
   num_classes: int
   threshold: float = 0.5
+  # A class name; '' is the second class in name order (class 1), the choice before this key existed.
+  positive_class: str = ""
+  class_names: tuple = ()
 
   def __post_init__(self):
     if self.num_classes != 2:
@@ -32,15 +38,37 @@ class Binary(Task):
     if not 0.0 < float(self.threshold) < 1.0:
       raise ConfigError(f"config.task.threshold={self.threshold!r} must be a probability in (0, 1).")
     object.__setattr__(self, "threshold", float(self.threshold))
+    names = tuple(str(n) for n in self.class_names)
+    object.__setattr__(self, "class_names", names)
+    if self.positive_class not in ("", *names):
+      known = ", ".join(repr(n) for n in names) if names else "none are known without the dataset"
+      raise ConfigError(f"config.task.positive_class={self.positive_class!r} is not a class of this dataset; "
+                        f"use one of {known}.")
+
+  @property
+  def positive(self) -> int:
+    """The positive class's id: `positive_class` among the class names, else 1."""
+    return self.class_names.index(self.positive_class) if self.positive_class else 1
+
+  @property
+  def positive_name(self) -> str:
+    """The positive class's name ('1' without class names), for the report, plots and model.json."""
+    return self.class_names[self.positive] if self.class_names else str(self.positive)
+
+  def _class_of(self, is_positive):
+    """Class ids from positive/negative decisions (numpy or jax)."""
+    return is_positive.astype(jnp.int32) if self.positive == 1 else 1 - is_positive.astype(jnp.int32)
 
   @property
   def num_outputs(self) -> int:
     return 1
 
   def targets(self, labels: jax.Array) -> jax.Array:
-    """Positive-class probability [B] from int labels [B], soft labels [B] or two-class soft labels [B, 2]."""
+    """Positive-class probability [B] from int labels [B], soft labels [B] (of class 1) or soft labels [B, 2]."""
     labels = labels.astype(jnp.float32)
-    return labels[:, -1] if labels.ndim == 2 else labels
+    if labels.ndim == 2:
+      return labels[:, self.positive]
+    return labels if self.positive == 1 else 1.0 - labels
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.sigmoid_binary_cross_entropy(logits[:, 0].astype(jnp.float32), self.targets(labels))
@@ -50,15 +78,17 @@ class Binary(Task):
     return jax.nn.sigmoid(logits[:, 0].astype(jnp.float32))
 
   def predict(self, logits: jax.Array) -> jax.Array:
-    return (self.probabilities(logits) >= self.threshold).astype(jnp.int32)
+    """The class id: the positive class where its probability reaches the threshold, else the other."""
+    return self._class_of(self.probabilities(logits) >= self.threshold)
 
   def decide(self, probs: np.ndarray) -> np.ndarray:
-    """1 where the positive-class probability reaches the threshold (both in float32, as on the device)."""
-    return (np.asarray(probs, np.float32) >= np.float32(self.threshold)).astype(np.int64)
+    """The class id from the positive-class probability against the threshold (both in float32, as on the device)."""
+    is_positive = np.asarray(probs, np.float32) >= np.float32(self.threshold)
+    return (is_positive if self.positive == 1 else ~is_positive).astype(np.int64)
 
   def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-    hard = (self.targets(labels) >= 0.5).astype(jnp.int32)
-    return {"accuracy": (self.predict(logits) == hard).astype(jnp.float32)}
+    hard = self.targets(labels) >= 0.5
+    return {"accuracy": ((self.probabilities(logits) >= self.threshold) == hard).astype(jnp.float32)}
 
   def eval_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Loss sum and the 2x2 (true, predicted) confusion matrix at the threshold, over the valid rows."""
@@ -80,31 +110,33 @@ class Binary(Task):
   def prediction_record(self, class_names, probs: np.ndarray, top_k: int) -> dict:
     """The decided class and, for the line and CSV, the positive-class probability and the threshold."""
     positive = float(np.float32(probs))
-    pair = np.array([1.0 - positive, positive])
+    pair = np.array([positive, 1.0 - positive][::-1 if self.positive == 1 else 1])  # by class id
     chosen = int(self.decide(probs))
     return {"prediction": class_names[chosen], "probability": float(pair[chosen]),
             "top_k": top_classes(class_names, pair, top_k), "threshold": self.threshold,
-            "positive": [class_names[1], positive]}
+            "positive": [class_names[self.positive], positive]}
 
   def export_metadata(self, class_names) -> dict:
     return {"output": "positive-class probability [B]", "threshold": self.threshold,
-            "positive_class": class_names[1]}
+            "positive_class": class_names[self.positive]}
 
   def attribution_scores(self, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """+/- the single logit: class 1's score is the logit, class 0's its negation (both rise with their class)."""
-    pair = jnp.concatenate([-logits, logits], axis=-1).astype(jnp.float32)
+    """+/- the single logit by class id: the positive class's score is the logit, the other's its negation."""
+    sides = [-logits, logits] if self.positive == 1 else [logits, -logits]
+    pair = jnp.concatenate(sides, axis=-1).astype(jnp.float32)
     return pair, jax.nn.sigmoid(pair)
 
   def explained_class(self, probs: np.ndarray) -> int:
     """The decided class, from the (class 0, class 1) probabilities of `attribution_scores`."""
-    return int(self.decide(probs[1]))
+    return int(self.decide(probs[self.positive]))
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
     count = int(sums["count"])
-    confusion = np.asarray(sums["confusion"], np.int64)
-    (tn, fp), (fn, tp) = confusion
+    confusion = np.asarray(sums["confusion"], np.int64)  # (true, predicted) by class id
+    pos, neg = self.positive, 1 - self.positive
+    tn, fp, fn, tp = confusion[neg, neg], confusion[neg, pos], confusion[pos, neg], confusion[pos, pos]
     support = confusion.sum(1)
-    class_recall = np.array([tn, tp], np.float64) / np.maximum(support, 1)
+    class_recall = np.diag(confusion).astype(np.float64) / np.maximum(support, 1)
     precision = _ratio(tp, tp + fp)
     recall = _ratio(tp, tp + fn)
     result = {
@@ -112,6 +144,8 @@ class Binary(Task):
         "loss": float(sums["loss_sum"]) / max(count, 1),
         "accuracy": float(tn + tp) / max(count, 1),
         "threshold": self.threshold,
+        # The class that precision, recall, specificity, F1, ROC-AUC and AP are of.
+        "positive_class": self.positive_name,
         "precision": precision,
         "recall": recall,
         "specificity": _ratio(tn, tn + fp),
@@ -122,7 +156,7 @@ class Binary(Task):
         "confusion_matrix": confusion.tolist(),
     }
     if outputs is not None:
-      result.update(ranking_metrics(outputs["logits"], outputs["probs"], outputs["labels"]))
+      result.update(ranking_metrics(outputs["logits"], outputs["probs"], np.asarray(outputs["labels"]) == pos))
     return metrics.mark_undefined(result, {"best_f1_threshold": "the eval split has no positive example"},
                                   metrics.class_composition(support))
 
