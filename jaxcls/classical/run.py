@@ -156,7 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     np.savez(os.path.join(workdir, MODEL_FILE), weights=model.weights, bias=model.bias,
              feature_mean=scaler.mean if scaler else np.zeros(0), feature_std=scaler.std if scaler else np.zeros(0))
   eval_loop.write_report(workdir, final, outputs, info.class_names, dataset=eval_dataset,
-                         batch_size=options.batch_size)
+                         batch_size=options.batch_size, task=tasks.build(dict(config.task), info.num_classes))
   logging.info("%s on the %s split: accuracy %.4f; train %.1f s (features %.1f s, fit %.1f s), eval %.1f s.",
                final["model"], final["split"], final["accuracy"], final["train_seconds"], feature_seconds,
                fit_seconds, eval_seconds)

@@ -173,7 +173,7 @@ class Classification(Evaluator):
     figures = []
     if c.is_main:
       figures = loop.write_report(c.workdir, report, outputs, c.dataset.info.class_names, dataset=c.dataset,
-                                  batch_size=c.batch_size, clock=c.clock)
+                                  batch_size=c.batch_size, clock=c.clock, task=c.task)
     logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", report["split"], report["step"],
                  result["loss"], result["accuracy"])
     return Final(report=report, figures=figures)

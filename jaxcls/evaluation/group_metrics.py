@@ -48,11 +48,13 @@ def _multilabel_group(labels: np.ndarray, predicted: np.ndarray) -> dict[str, An
 
 
 def per_group(outputs: dict, groups: Sequence[str], num_classes: int, *, threshold: float = 0.5,
-              thresholds=None) -> dict[str, Any] | None:
+              thresholds=None, predicted: np.ndarray | None = None) -> dict[str, Any] | None:
   """{'groups': {name: metrics}, 'worst_group', 'gap'} for the eval outputs, or None without usable outputs.
 
-  `thresholds` (one per label, or one for all) turns multi-label probabilities into label sets; `threshold` is
-  the binary decision threshold. The headline metric is accuracy (subset accuracy for multi-label sets); `gap`
+  `predicted` is each example's decision (`task.decide` of its probabilities: class ids, or label sets); the eval
+  loop passes it so that groups are scored on the task's own decisions. Without it, `thresholds` (one per label,
+  or one for all) turns multi-label probabilities into label sets and `threshold` is the binary decision
+  threshold on the probability of class 1. The headline metric is accuracy (subset accuracy for multi-label sets); `gap`
   is its best minus its worst group value.
   """
   labels, probs = outputs.get("labels"), outputs.get("probs")
@@ -62,11 +64,11 @@ def per_group(outputs: dict, groups: Sequence[str], num_classes: int, *, thresho
   labels = np.asarray(labels)
   if labels.ndim == 2:  # multi-label sets
     cut = np.broadcast_to(np.asarray(0.5 if thresholds is None else thresholds, np.float64), labels.shape[1:])
-    predicted = np.asarray(probs) >= cut
+    predicted = np.asarray(probs) >= cut if predicted is None else np.asarray(predicted, bool)
     headline = "subset_accuracy"
     one = lambda rows: _multilabel_group(labels[rows], predicted[rows])
   else:
-    predicted = single_label_predictions(outputs, threshold)
+    predicted = single_label_predictions(outputs, threshold) if predicted is None else np.asarray(predicted, np.int64)
     headline = "accuracy"
     one = lambda rows: _single_label_group(labels[rows], predicted[rows], num_classes)
   table = {str(name): one(groups == name) for name in sorted(set(groups))}

@@ -61,7 +61,7 @@ def evaluate(eval_step, variables, dataset, task, batch_size: int, mesh,
   groups = getattr(dataset, "eval_groups", None)  # only sources with groups (a folder's group file) have them
   if groups is not None and outputs:
     result["per_group"] = group_metrics.per_group(outputs, groups, task.num_classes,
-                                                  **task.decision_thresholds())
+                                                  predicted=task.decide(outputs["probs"]))
   return result, outputs
 
 
@@ -84,13 +84,40 @@ def misclassified_images(dataset, batch_size: int, wrong_rows: np.ndarray) -> np
   return np.stack([found[int(r)] for r in wrong_rows])
 
 
+def select_misclassified(labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
+                         max_images: int = 36) -> np.ndarray:
+  """Rows of up to `max_images` mistakes for the misclassified grid: many true classes, the most confident first.
+
+  The mistakes of each true class are ranked by the confidence of the wrong decision; the grid takes each class's
+  most confident mistake, then each one's second, and so on (round-robin), with the classes in the order of their
+  most confident mistake. The first mistakes in eval order are often all of one class and say little.
+  """
+  labels, predicted = np.asarray(labels), np.asarray(predicted)
+  confidence = np.asarray(confidence, np.float64)
+  wrong = np.flatnonzero(predicted != labels)
+  queues: dict[int, list[int]] = {}  # true class -> its mistakes, most confident first
+  for row in wrong[np.argsort(-confidence[wrong], kind="stable")]:
+    queues.setdefault(int(labels[row]), []).append(int(row))
+  picked, depth = [], 0
+  while len(picked) < max_images and any(depth < len(q) for q in queues.values()):
+    picked += [q[depth] for q in queues.values() if depth < len(q)][:max_images - len(picked)]
+    depth += 1
+  return np.asarray(picked, np.int64)
+
+
+def decided_confidence(task, class_names: Sequence[str], probs: np.ndarray) -> np.ndarray:
+  """The probability of each example's decided class, as `predict` reports it (the task's prediction record)."""
+  return np.asarray([task.prediction_record(class_names, row, 1)["probability"] for row in probs], np.float64)
+
+
 def write_plots(folder: str, report: dict, outputs: dict, class_names, metrics_dir: str | None = None,
-                dataset=None, batch_size: int | None = None, max_images: int = 36) -> list[str]:
+                dataset=None, batch_size: int | None = None, max_images: int = 36, *, task) -> list[str]:
   """The report's figures in `folder`/plots (skipped, with a warning, when matplotlib is not installed).
 
   The training curves come from `metrics_dir`/metrics.jsonl (default: `folder`). With the dataset, a
-  single-process run also draws a grid of misclassified eval images (with several processes each holds only its
-  share of the images, so the grid is left out).
+  single-process run of a single-label task also draws a grid of misclassified eval images, decided by
+  `task.decide` as predict decides (with several processes each holds only its share of the images, so the grid
+  is left out).
   """
   try:
     import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
@@ -101,27 +128,33 @@ def write_plots(folder: str, report: dict, outputs: dict, class_names, metrics_d
   plots_dir = os.fspath(workdir_lib.plots_path(folder))
   written = plots.write_all(plots_dir, report, outputs or None, class_names,
                             os.fspath(workdir_lib.metrics_path(metrics_dir or folder)))
-  predicted = group_metrics.single_label_predictions(outputs or {}, report.get("threshold", 0.5))
-  if dataset is not None and predicted is not None and jax.process_count() == 1:
-    labels = outputs["labels"]
-    wrong = np.flatnonzero(predicted != labels)[:max_images]
-    if len(wrong):
-      images = misclassified_images(dataset, batch_size, wrong)
-      written.append(plots.misclassified_grid(images, labels[wrong], predicted[wrong], class_names,
-                                              os.path.join(plots_dir, "misclassified.png"), max_images))
+  labels, probs = (outputs or {}).get("labels"), (outputs or {}).get("probs")
+  if (dataset is not None and task.single_label and labels is not None and probs is not None and np.ndim(labels) == 1
+      and len(labels) and jax.process_count() == 1):
+    predicted = np.asarray(task.decide(probs))
+    confidence = np.zeros(len(labels))
+    wrong = np.flatnonzero(predicted != labels)
+    confidence[wrong] = decided_confidence(task, class_names, np.asarray(probs)[wrong])
+    rows = select_misclassified(labels, predicted, confidence, max_images)
+    if len(rows):
+      images = misclassified_images(dataset, batch_size, rows)
+      written.append(plots.misclassified_grid(images, labels[rows], predicted[rows], class_names,
+                                              os.path.join(plots_dir, "misclassified.png"), max_images,
+                                              confidence=confidence[rows]))
   return written
 
 
-def write_report(folder: str, report: dict, outputs: dict, class_names: Sequence[str], *, dataset=None,
+def write_report(folder: str, report: dict, outputs: dict, class_names: Sequence[str], *, task, dataset=None,
                  batch_size: int | None = None, metrics_dir: str | None = None, clock=None) -> list[str]:
   """report.json, report.md and plots/ in `folder` (call on the main process); returns the figures' paths.
 
-  `clock` (a `core.phases.PhaseClock`) is charged 'plots' and 'report' for the two parts, when given.
+  `task` decides the misclassified grid's examples; `clock` (a `core.phases.PhaseClock`) is charged 'plots' and
+  'report' for the two parts, when given.
   """
   phase = clock.phase if clock is not None else (lambda name: contextlib.nullcontext())
   with phase("plots"):
     figures = write_plots(folder, report, outputs, class_names, metrics_dir=metrics_dir, dataset=dataset,
-                          batch_size=batch_size)
+                          batch_size=batch_size, task=task)
   with phase("report"):
     report_lib.write(folder, report, class_names, figures)
   return figures

@@ -240,10 +240,13 @@ def training_curves(metrics_path: str, path: str) -> str:
 
 
 def misclassified_grid(images: np.ndarray, labels: Sequence[int], predictions: Sequence[int],
-                       class_names: Optional[Sequence[str]], path: str, max_images: int = 36) -> str:
-  """The first `max_images` eval images whose prediction is wrong, titled 'true -> predicted'.
+                       class_names: Optional[Sequence[str]], path: str, max_images: int = 36,
+                       confidence: Optional[Sequence[float]] = None) -> str:
+  """Up to `max_images` of the given images whose prediction is wrong, in the given order, each captioned with
+  its true and predicted class names (and the predicted class's probability, when `confidence` gives it).
 
-  images: uint8 [N, H, W, C] with C = 1 or 3, in the order of labels and predictions.
+  images: uint8 [N, H, W, C] with C = 1 or 3, in the order of labels and predictions (the eval loop passes
+  the mistakes `loop.select_misclassified` chose: many classes, the most confident first).
   """
   images = np.asarray(images)
   labels, predictions = np.asarray(labels), np.asarray(predictions)
@@ -252,7 +255,7 @@ def misclassified_grid(images: np.ndarray, labels: Sequence[int], predictions: S
   names = _names(class_names, len(class_names) if class_names is not None else num_names)
   cols = int(np.ceil(np.sqrt(max(len(wrong), 1))))
   rows = int(np.ceil(max(len(wrong), 1) / cols))
-  fig, axes = _figure(2.0 * cols, 2.2 * rows, ncols=cols, nrows=rows)
+  fig, axes = _figure(2.2 * cols, 2.6 * rows, ncols=cols, nrows=rows)
   for ax in axes:
     ax.axis("off")
   if not len(wrong):
@@ -261,7 +264,10 @@ def misclassified_grid(images: np.ndarray, labels: Sequence[int], predictions: S
     image = images[i]
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
               vmin=0, vmax=255)
-    ax.set_title(f"{names[labels[i]]} -> {names[predictions[i]]}", fontsize=8)
+    caption = f"true: {names[labels[i]]}\npredicted: {names[predictions[i]]}"
+    if confidence is not None:
+      caption += f" ({float(confidence[i]):.2f})"
+    ax.set_title(caption, fontsize=7)
   return _save(fig, path)
 
 

@@ -63,7 +63,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
     if data_dir:
       workdir_lib.write_skipped_files(output_dir, dataset, True)
     loop.write_report(output_dir, final, outputs, info.class_names, dataset=dataset, batch_size=eval_batch_size,
-                      metrics_dir=workdir)
+                      metrics_dir=workdir, task=task)
     logging.info("Report written to %s.", output_dir)
   return final
 

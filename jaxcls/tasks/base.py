@@ -14,11 +14,12 @@ Who calls what:
   head size                 `num_outputs`                         models.build (training and restore)
   training                  `loss`, `train_metrics`               training/steps.py, the train step
   outputs                   `probabilities`, `predict`            eval step, predict, export (on the device)
-  decision                  `decide`                              predict, explain, tests (on the host)
+  decision                  `decide`                              predict, explain, per-group metrics and the
+                                                                  misclassified grid (on the host)
   evaluation                `eval_sums` (exact sums, masked),     the eval step and loop: sums over batches,
                             `eval_outputs` (per-example rows),    rows gathered over the split, then `finalize`
                             `finalize` (the report's sections)    gives report.json's keys
-  group metrics             `decision_thresholds`                 evaluation of per-group metrics
+  group metrics             `decision_thresholds`                 group_metrics.per_group called without decisions
   one-class data            `single_label`                        tasks.check_classes
   predict                   `prediction_record`                   inference/predictor.py (lines, CSV, JSON)
   export                    `export_metadata`                     inference/exporter.py (model.json)
@@ -110,8 +111,9 @@ class Task(abc.ABC):
     eval data cannot define."""
 
   def decision_thresholds(self) -> dict[str, Any]:
-    """Keyword arguments of `group_metrics.per_group` that make its decisions this task's: {'threshold': t}
-    for a binary score, {'thresholds': t} for label sets; {} for the most probable class."""
+    """Keyword arguments of `group_metrics.per_group` that make its decisions this task's when it is not given
+    `decide`'s (the eval loop gives them): {'threshold': t} for a binary score, {'thresholds': t} for label sets;
+    {} for the most probable class."""
     return {}
 
   # The commands.

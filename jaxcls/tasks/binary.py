@@ -4,8 +4,8 @@ The threshold applies to the positive-class probability (positive when p >= thre
 count). The positive class is `config.task.positive_class` (a class name), by default the second class in name
 order, as before the key existed, so saved workdirs evaluate as they trained. Labels, decisions and confusion
 matrices stay class ids; only the single logit, its probability and the one-class metrics (precision, recall,
-F1, ROC-AUC, AP) are of the positive class. With the gathered eval outputs, `finalize` adds the ranking metrics and the threshold that maximises F1 on
-the eval split, so a user can pick a better operating point than the default 0.5.
+F1, ROC-AUC, AP) are of the positive class. With the gathered eval outputs, `finalize` adds the ranking metrics
+and the threshold that maximises F1 on the eval split, so a user can pick a better operating point than 0.5.
 """
 
 import dataclasses

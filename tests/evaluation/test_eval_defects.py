@@ -94,3 +94,47 @@ def test_each_data_path_has_its_own_stable_report_folder(tmp_path, monkeypatch):
   assert loop.output_folder(root, None, a) == os.fspath(workdir_lib.eval_folder(root, a))
   assert loop.output_folder(root, str(tmp_path / "mine"), a) == str(tmp_path / "mine")
   assert loop.output_folder(root, None, None) == root
+
+
+# ------------------------------------------------------------------ defect 3: which mistakes the grid shows
+
+
+def test_the_grid_takes_mistakes_of_many_classes_most_confident_first():
+  # 40 mistakes of class 0 come first in eval order; classes 1, 2 and 3 have a few each.
+  labels = np.r_[np.zeros(40, int), [1, 1, 1, 2, 2, 3, 3, 3], np.arange(4)]
+  predicted = np.r_[np.ones(40, int), [0, 2, 0, 0, 1, 0, 0, 1], np.arange(4)]  # the last 4 are right
+  confidence = np.r_[np.linspace(0.5, 0.9, 40), [0.6, 0.95, 0.7, 0.4, 0.8, 0.55, 0.65, 0.99], np.ones(4)]
+  rows = loop.select_misclassified(labels, predicted, confidence, max_images=9)
+  assert len(rows) == 9 and np.all(predicted[rows] != labels[rows])
+  # Round one: each class's most confident mistake, classes by that confidence; then the second of each, ...
+  assert rows[:4].tolist() == [47, 41, 39, 44]
+  assert rows[4:8].tolist() == [46, 42, 38, 43]
+  assert rows[8] == 45
+  assert set(labels[rows]) == {0, 1, 2, 3}
+  for k in range(4):  # within a class, the most confident first
+    mine = confidence[rows[labels[rows] == k]]
+    assert np.all(np.diff(mine) <= 0)
+  # Fewer mistakes than the grid holds: all of them, and none when nothing is wrong.
+  assert sorted(loop.select_misclassified(labels, predicted, confidence, 100).tolist()) == list(range(48))
+  assert loop.select_misclassified(labels, labels, confidence, 9).tolist() == []
+
+
+def test_the_grid_and_groups_use_the_tasks_decision_not_an_argmax():
+  names = ("cat", "dog")
+  task = tasks.build({"type": "binary", "threshold": 0.8, "positive_class": "cat", "class_names": names}, 2)
+  probs = np.array([0.9, 0.7, 0.2, 0.85], np.float32)  # P(cat)
+  labels = np.array([0, 0, 1, 1])
+  predicted = task.decide(probs)
+  assert predicted.tolist() == [0, 1, 1, 0]  # P(cat) 0.7 is below the 0.8 threshold: dog
+  confidence = loop.decided_confidence(task, names, probs)
+  np.testing.assert_allclose(confidence, [0.9, 0.3, 0.8, 0.85], rtol=1e-6)
+  rows = loop.select_misclassified(labels, predicted, confidence, 36)
+  assert rows.tolist() == [3, 1]  # dog taken for cat at 0.85, then cat for dog at 0.3
+  from jaxcls.evaluation import group_metrics
+  groups = ["a", "a", "b", "b"]
+  by_group = group_metrics.per_group({"labels": labels, "probs": probs}, groups, 2, predicted=predicted)
+  assert by_group["groups"]["a"]["accuracy"] == 0.5 and by_group["groups"]["b"]["accuracy"] == 0.5
+  # Multi-class: the probability of the decided class.
+  multi = tasks.build({"type": "multiclass"}, 3)
+  np.testing.assert_allclose(loop.decided_confidence(multi, "abc", np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])),
+                             [0.5, 0.6])

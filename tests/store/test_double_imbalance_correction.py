@@ -3,8 +3,8 @@
 import pytest
 from conftest import tiny_config
 
-from jaxcls.core.errors import ConfigError
 from jaxcls import data
+from jaxcls.core.errors import ConfigError
 from jaxcls.store import build
 from jaxcls.training import loop as train
 
