@@ -152,7 +152,8 @@ def describe(probs: np.ndarray, meta: dict, top_k: int) -> str:
   if meta["task"] == "binary":
     positive = float(probs)
     above = np.float32(positive) >= np.float32(meta["threshold"])
-    return (f"{names[int(above)]} (P({meta['positive_class']}) {positive:.4f} {'>=' if above else '<'} threshold "
+    chosen = names.index(meta["positive_class"]) if above else 1 - names.index(meta["positive_class"])
+    return (f"{names[chosen]} (P({meta['positive_class']}) {positive:.4f} {'>=' if above else '<'} threshold "
             f"{meta['threshold']:g})")
   order = np.argsort(-probs, kind="stable")[:top_k]
   ranked = ", ".join(f"{names[i]} {probs[i]:.4f}" for i in order)

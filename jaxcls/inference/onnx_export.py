@@ -15,6 +15,7 @@ whose ops jax2onnx or onnxruntime cannot run raise a ConfigError that names the 
 import contextlib
 import dataclasses
 import logging
+import os
 
 import numpy as np
 
@@ -88,16 +89,29 @@ def _plugin_fixes():
         plugin.binding_specs = original
 
 
+class _ConverterNoise(logging.Filter):
+  """Drops jax2onnx's and onnx_ir's records below ERROR: jax2onnx logs its arguments at INFO on the root logger,
+  onnx_ir a WARNING per untyped constant; a successful export prints one line."""
+  PARTS = (os.sep + "jax2onnx" + os.sep, os.sep + "onnx_ir" + os.sep)
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.ERROR or not any(part in (record.pathname or "") for part in self.PARTS)
+
+
 @contextlib.contextmanager
 def _quiet_converter():
-  """jax2onnx and onnx_ir log a WARNING per untyped constant; a successful export should print one line."""
+  """For the conversion only: jax2onnx's and onnx_ir's loggers (and their children) at ERROR, and
+  `_ConverterNoise` on the root logger, where jax2onnx's user_interface logs."""
+  noise, root = _ConverterNoise(), logging.getLogger()
   loggers = [logging.getLogger(name) for name in ("jax2onnx", "onnx_ir")]
   levels = [logger.level for logger in loggers]
   for logger in loggers:
     logger.setLevel(logging.ERROR)
+  root.addFilter(noise)
   try:
     yield
   finally:
+    root.removeFilter(noise)
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
 
@@ -120,21 +134,23 @@ def convert(probabilities, image_shape, *, family: str, model_name: str = "jaxcl
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  jax2onnx = _import_jax2onnx()
-  import onnxruntime  # pylint: disable=g-import-not-at-top
-  spec = jax.ShapeDtypeStruct(("B", *image_shape), jnp.uint8)
-  options = onnxruntime.SessionOptions()
-  options.log_severity_level = 3  # errors only: shape-merge notes are not the user's business
-  try:
-    with _plugin_fixes(), _quiet_converter():
-      proto = jax2onnx.to_onnx(probabilities, [spec], model_name=model_name, opset=OPSET, input_names=["images"],
-                               output_names=["probabilities"])
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session.run(None, {"images": np.zeros((1, *image_shape), np.uint8)})  # ops onnxruntime lacks fail here
-  except Exception as e:  # pylint: disable=broad-except  (whatever the converter or runtime raises)
-    reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-    raise ConfigError(f"model family {family!r} does not export to ONNX ({reason}); export it with --format jax "
-                      "instead (docs/export.md lists the families that convert).") from e
+  with _quiet_converter():  # jax2onnx logs at INFO while it imports its plugins, too
+    jax2onnx = _import_jax2onnx()
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+    spec = jax.ShapeDtypeStruct(("B", *image_shape), jnp.uint8)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: shape-merge notes are not the user's business
+    try:
+      with _plugin_fixes():
+        proto = jax2onnx.to_onnx(probabilities, [spec], model_name=model_name, opset=OPSET, input_names=["images"],
+                                 output_names=["probabilities"])
+      session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
+                                             providers=["CPUExecutionProvider"])
+      session.run(None, {"images": np.zeros((1, *image_shape), np.uint8)})  # ops onnxruntime lacks fail here
+    except Exception as e:  # pylint: disable=broad-except  (whatever the converter or runtime raises)
+      reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+      raise ConfigError(f"model family {family!r} does not export to ONNX ({reason}); export it with --format jax "
+                        "instead (docs/export.md lists the families that convert).") from e
   return proto
 
 

@@ -221,3 +221,10 @@ def test_task_metadata_of_binary_and_multilabel():
   line = loader.describe(np.array([0.5, 0.2, 0.9], np.float32), {"task": "multilabel", "class_names": ["a", "b", "c"],
                                                                  **meta}, 2)
   assert line == "c 0.9000, a 0.5000 (top: c 0.9000, a 0.5000)"
+  names = ["ok", "defect"]
+  for positive in names:  # the loader's binary line is predict's, whichever class is positive
+    task = tasks.build({"type": "binary", "threshold": 0.3, "positive_class": positive, "class_names": names}, 2)
+    for p in (0.2, 0.3, 0.7):
+      record = task.prediction_record(names, np.float32(p), 2)
+      shown = loader.describe(np.float32(p), {"task": "binary", "class_names": names, **task.export_metadata(names)}, 2)
+      assert f"x: {shown}" == predict.format_line({"path": "x", "error": None, **record})
