@@ -73,6 +73,10 @@ class Progress:
   def _log_final(self) -> None:
     step, t = self._final
     self._final = None
+    if self.interactive:
+      self._draw(step, t)
+      self._close_bar()
+      return
     text = self.line(step, t)
     self.lines.append(text)
     logging.info("%s", text)
@@ -134,9 +138,11 @@ class Progress:
     while len(self._recent) > 2 and self._recent[1][1] <= t - self._window_secs:
       self._recent.popleft()
     last = self.num_train_steps > 0 and step >= self.num_train_steps
-    if last and not self.interactive:  # the last line waits for the loss the loop logs at this step
+    if last:  # the last line waits for the loss the loop logs at this step (the bar is drawn at once too)
       self._final = (step, t)
-      return False
+      if self.interactive:
+        self._draw(step, t)
+      return self.interactive
     if not last and t < self._next_due:
       return False
     interval = self._refresh_secs if self.interactive else self._every_secs
@@ -144,8 +150,6 @@ class Progress:
       self._next_due += interval
     if self.interactive:
       self._draw(step, t)
-      if last:
-        self.close()
     else:
       text = self.line(step, t)
       self.lines.append(text)
@@ -156,12 +160,14 @@ class Progress:
     if self._bar is None:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       try:
-        columns = os.get_terminal_size(self._stream.fileno()).columns
+        columns, rows = os.get_terminal_size(self._stream.fileno())
       except (AttributeError, OSError, ValueError):
-        columns = 0
-      # A terminal that does not say its width (a fresh pty) gets 120 columns; tqdm would draw nothing.
+        columns, rows = 0, 0
+      # A terminal that does not say its size (a fresh pty, `script`) gets 120 columns and 24 rows: tqdm would
+      # draw nothing at all at width 0, and hides every bar at height 0.
       self._bar = tqdm(total=self.num_train_steps or None, initial=step, file=self._stream,
-                       ncols=None if columns > 0 else 120, dynamic_ncols=columns > 0, mininterval=0, leave=True,
+                       ncols=None if columns > 0 else 120, dynamic_ncols=columns > 0, nrows=rows if rows > 0 else 24,
+                       mininterval=0, leave=True, desc="  ".join(self.fields(step, t)),
                        bar_format="{percentage:3.0f}%|{bar}| {desc}" if self.num_train_steps > 0 else "{desc}")
       self._filter = _ClearBar(self._bar)
       logging.get_absl_handler().addFilter(self._filter)
@@ -174,6 +180,9 @@ class Progress:
     line, if no loss came for it)."""
     if self._final is not None:
       self._log_final()
+    self._close_bar()
+
+  def _close_bar(self) -> None:
     if self._bar is not None:
       self._bar.close()
       logging.get_absl_handler().removeFilter(self._filter)

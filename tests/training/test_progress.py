@@ -183,3 +183,34 @@ def test_the_default_run_reads_well_in_a_log_file(python, tmp_path):
   shown = [line for line in lines if "Progress: step" in line]
   assert secs(shown[0]) - first_step <= 10
   assert re.search(r"Progress: step 400/400 \(100\.0%\), epoch (\d+)/\1, loss [\d.]+, [\d,]+ img/s, ", shown[-1])
+
+
+def test_the_default_run_on_a_terminal_shows_a_bar(python, tmp_path):
+  """configs/default.py with stderr on a pty of unknown size (as under `script`): the bar is drawn, with log
+  lines on their own lines between its frames, and its last frame at 100%."""
+  master, slave = pty.openpty()
+  tty.setraw(slave)
+  process = subprocess.Popen([python, "-m", "jaxcls.main", "--config", "configs/default.py", "--workdir",
+                              str(tmp_path / "run"), "--config.num_train_steps=150"], cwd=REPO,
+                             env=subprocess_env(1), stdout=subprocess.DEVNULL, stderr=slave)
+  os.close(slave)
+  out = b""
+  while True:  # read as it comes, so the pty never fills
+    try:
+      chunk = os.read(master, 65536)
+    except OSError:  # EIO: the process closed its end
+      break
+    if not chunk:
+      break
+    out += chunk
+  os.close(master)
+  assert process.wait(timeout=600) == 0, out.decode("utf-8", "replace")[-3000:]
+  text = out.decode("utf-8", "replace")
+  frames = [f for f in re.split(r"[\r\n]", text) if "%|" in f]
+  assert len(frames) >= 3, text[-3000:]
+  later = [f for f in frames if not re.search(r"step 1/", f)]  # step 1 only starts the clock: no rate yet
+  assert later and all("img/s" in f and "ETA" in f and "epoch" in f for f in later), frames
+  assert "100%|" in frames[-1] and "step 150/150" in frames[-1]
+  lines = [line for line in re.split(r"[\r\n]", text) if " eval: " in line]
+  glued = [line for line in lines if not line.startswith("I") or "%|" in line]
+  assert lines and not glued, glued  # a log line never shares a line with a frame
