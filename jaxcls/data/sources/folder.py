@@ -41,6 +41,7 @@ MAX_NATIVE_SIDE = 256  # an unset image_size takes the images' own size up to th
 
 
 def workers(dataset_config) -> int:
+  """Decode threads: `dataset.workers`, or one per CPU core when it is 0."""
   return int(dataset_config.workers) or os.cpu_count() or 1
 
 

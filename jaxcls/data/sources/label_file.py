@@ -33,9 +33,9 @@ import os
 
 import numpy as np
 
+from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.data import decode, split
 from jaxcls.data.sources import folder_scan
-from jaxcls.core.errors import ConfigError, DataError
 
 SEPARATOR = ";"
 SUSPECT_SEPARATORS = (" ", ",", "|")  # what users separate labels with when they do not read the format

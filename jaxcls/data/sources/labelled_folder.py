@@ -11,13 +11,11 @@ import os
 import numpy as np
 
 from jaxcls.config import base as config_base
+from jaxcls.core.errors import DataError
 from jaxcls.data import decode
-from jaxcls.data.sources import folder
-from jaxcls.data.sources import folder_scan
-from jaxcls.data.sources import label_file
 from jaxcls.data.base import DatasetInfo
 from jaxcls.data.in_memory import ArrayDataset
-from jaxcls.core.errors import DataError
+from jaxcls.data.sources import folder, folder_scan, label_file
 
 
 def _from_class_folders(path: str, class_names: tuple[str, ...], depth: int) -> tuple[list[str], np.ndarray]:
