@@ -1,6 +1,7 @@
 """A trained workdir as a self-contained model: the library behind `python -m jaxcls.export`.
 
-Writes a trained model as a self-contained inference function that runs without jaxcls (only jax and numpy):
+Writes a trained model as a self-contained inference function that runs without jaxcls (the packages of its
+requirements.txt; `--format onnx` writes model.onnx instead, see jaxcls/inference/onnx_export.py):
 
   MODEL_DIR/model.jax     `jax.export` serialization (StableHLO) of probabilities(weights, images): uint8 images
                           [B, H, W, C] with a symbolic batch size B -> float32 probabilities ([B, K]; binary: [B])

@@ -221,6 +221,37 @@ def test_multilabel_titles_name_every_label_at_or_above_its_threshold(tmp_path):
   assert explain.prediction_text({"predicted": "sky", "probability": 0.45, "labels": None}) == "sky 0.4500"
 
 
+def test_multilabel_explain_names_and_explains_each_predicted_label(tmp_path):
+  """explain_files on a multi-label workdir: each image's record lists predict's label set, and by default every
+  label in it gets its own row of maps (thresholds low enough that an untrained model predicts several)."""
+  from jaxcls.inference import predictor  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (64, SIZE, SIZE, 3)).astype(np.uint8)
+  np.savez(tmp_path / "multi.npz", images=images, labels=rng.integers(0, 2, (64, 3)).astype(np.int32),
+           class_names=np.array(COLOURS))
+  config = tiny_config(**{"dataset.name": "arrays", "dataset.path": str(tmp_path / "multi.npz"),
+                          "dataset.image_size": (SIZE, SIZE), "task.type": "multilabel",
+                          "task.thresholds": (0.05, 0.05, 0.99)},
+                       augment="", num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  files = []
+  for k in range(2):
+    files.append(str(tmp_path / f"x{k}.png"))
+    Image.fromarray(images[k]).save(files[-1])
+  index = explain.explain_files(workdir, files, output_dir=str(tmp_path / "out"),
+                                settings=explain.Settings(methods=["saliency"]))
+  predicted = predictor.predict_files(restore.restore(workdir), files, top_k=3)
+  for record, expected in zip(index["images"], predicted, strict=True):
+    names = [name for name, _ in record["labels"]]
+    assert names == [name for name, _ in expected["labels"]] and sorted(names) == ["green", "red"]  # not blue: 0.99
+    assert [row["class"] for row in record["explained"]] == names  # most probable first, each one explained
+    np.testing.assert_allclose([p for _, p in record["labels"]], [p for _, p in expected["labels"]], atol=1e-5)
+  out, _ = explain.summary_lines(index)
+  first = index["images"][0]["labels"]
+  assert out[0].startswith(f"{files[0]}: predicted {first[0][0]} {first[0][1]:.4f}, {first[1][0]} {first[1][1]:.4f}; ")
+
+
 def test_command_writes_one_png_per_image_and_an_index(trained, tmp_path, python):
   images, labels, _ = patch_images(2, seed=3)
   folder = tmp_path / "in"
