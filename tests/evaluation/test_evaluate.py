@@ -104,6 +104,10 @@ def test_a_folder_of_new_labelled_images(folder_trained, tmp_path):
   (new / "bee" / "broken.png").write_bytes(b"not a png")
   final = evaluate.evaluate_workdir(workdir, data_dir=str(new), output_dir=str(tmp_path / "out"))
   assert final["num_examples"] == 5 and sum(final["confusion_matrix"][1]) == 5
+  # Macro averages are over the one class present (issue 16 defect 1), as balanced accuracy is.
+  assert final["macro_classes"] == 1 and final["macro_recall"] == final["balanced_accuracy"]
+  assert final["macro_f1"] == final["f1"][1]
+  assert "over the 1 of 3 classes present" in (tmp_path / "out" / "report.md").read_text()
   assert "broken.png" in (tmp_path / "out" / "skipped_files.txt").read_text()
   rows = [f"bee/{i}.png,bee,,{'day' if i < 2 else 'night'}" for i in range(5)]
   (tmp_path / "labels.csv").write_text("path,labels,split,group\n" + "\n".join(rows) + "\n")
