@@ -116,10 +116,17 @@ def _short(value: Any) -> str:
   return str(value)
 
 
+MAX_LINE = 130  # characters of one summary line (a per-class weight tuple is cut, config.json has it whole)
+
+
+def _cut(line: str) -> str:
+  return line if len(line) <= MAX_LINE else line[:MAX_LINE - 3] + "..."
+
+
 def _section(title: str, head: Any, rest: Mapping[str, Any]) -> str:
   """'optimizer: adamw (learning_rate=0.001, b1=0.9, ...)'."""
   args = ", ".join(f"{k}={_short(v)}" for k, v in rest.items())
-  return f"  {title}: {head}" + (f" ({args})" if args else "")
+  return _cut(f"  {title}: {head}" + (f" ({args})" if args else ""))
 
 
 def summary(config: Any, where: str = "config.json") -> str:
@@ -142,5 +149,5 @@ def summary(config: Any, where: str = "config.json") -> str:
            _section("task", task.pop("type", "?"), task),
            _section("optimizer", optimizer.pop("name", "?"), optimizer),
            _section("schedule", schedule.pop("schedule", "?"), schedule),
-           "  run: " + ", ".join(f"{k}={_short(v)}" for k, v in run.items())]
+           _cut("  run: " + ", ".join(f"{k}={_short(v)}" for k, v in run.items()))]
   return "\n".join(lines[:MAX_LINES])

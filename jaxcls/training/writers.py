@@ -565,9 +565,13 @@ def _path_name(path: tuple[Any, ...]) -> str:
   return "/".join(parts)
 
 
-def parameter_overview(params: Any) -> str:
-  """A table of every parameter (path, shape, size, dtype) and the total count, to log at the start of a run."""
-  rows = []
+def parameter_overview(params: Any, max_rows: int = 24) -> str:
+  """A table of the parameters (path, shape, size, dtype) and the total count, to log at the start of a run.
+
+  A model with more than `max_rows` arrays (a ResNet-50 has 161) is shown by module instead, as deep as fits in
+  `max_rows` rows ('layer1', 'layer2', ...: the number of arrays, their size and dtypes), so the log stays short.
+  """
+  leaves = []
   total = total_bytes = 0
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     shape = tuple(np.shape(leaf))
@@ -575,8 +579,20 @@ def parameter_overview(params: Any) -> str:
     size = math.prod(shape)
     total += size
     total_bytes += size * dtype.itemsize
-    rows.append((_path_name(path), str(shape), f"{size:,}", str(dtype)))
-  header = ("Name", "Shape", "Size", "Dtype")
+    leaves.append((_path_name(path), shape, size, dtype))
+  if len(leaves) <= max_rows:
+    header = ("Name", "Shape", "Size", "Dtype")
+    rows = [(name, str(shape), f"{size:,}", str(dtype)) for name, shape, size, dtype in leaves]
+  else:
+    depth = 1
+    while len({"/".join(n.split("/")[:depth + 1]) for n, *_ in leaves}) <= max_rows and depth < 8:
+      depth += 1
+    groups: dict[str, list] = {}
+    for name, _, size, dtype in leaves:
+      groups.setdefault("/".join(name.split("/")[:depth]), []).append((size, str(dtype)))
+    header = ("Module", "Arrays", "Size", "Dtype")
+    rows = [(name, str(len(items)), f"{sum(s for s, _ in items):,}", ",".join(sorted({d for _, d in items})))
+            for name, items in groups.items()]
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
 
   def line(cells):

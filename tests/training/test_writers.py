@@ -303,3 +303,19 @@ def test_parameter_overview():
   table = writers.parameter_overview(params)
   assert "conv/kernel" in table and "(3, 3, 3, 16)" in table and "bfloat16" in table
   assert "Total: 608 parameters" in table.splitlines()[-1]  # 432 + 16 + 160
+
+
+def test_a_large_model_is_shown_by_module():
+  """161 arrays in 4 stages of blocks: at most 24 rows, grouped as deep as fits, the total unchanged."""
+  params = {"stem": {"kernel": np.zeros((7, 7, 3, 64), np.float32)},
+            **{f"layer{i}": {f"block{j}": {"conv": {"kernel": np.zeros((3, 3, 8, 8), np.float32)},
+                                           "bn": {"scale": np.zeros((8,), np.float32),
+                                                  "bias": np.zeros((8,), np.float32)}}
+                             for j in range(10)} for i in range(1, 5)},
+            "head": {"kernel": np.zeros((8, 10), np.float32), "bias": np.zeros((10,), np.float32)}}
+  table = writers.parameter_overview(params)
+  lines = table.splitlines()
+  assert len(lines) <= 24 + 5 and "| Module" in lines[1]
+  assert any(line.startswith("| layer1 ") and "| 30 " in line for line in lines)  # 10 blocks x 3 arrays
+  total = 7 * 7 * 3 * 64 + 4 * 10 * (576 + 16) + 90
+  assert lines[-1].startswith(f"Total: {total:,} parameters")
