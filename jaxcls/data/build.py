@@ -45,19 +45,20 @@ def override_info(info: DatasetInfo, dataset_config) -> DatasetInfo:
     if len(value) == 1:
       value *= channels
     if len(value) != channels:
-      raise ConfigError(_channel_mismatch(key, value, channels))
+      raise ConfigError(_channel_mismatch(key, value, channels, dataset_config.get("channels")))
     if key == "std" and min(value) <= 0:
       raise ConfigError(f"dataset.std={dataset_config[key]} must be positive.")
     changes[key] = value
   return dataclasses.replace(info, **changes) if changes else info
 
 
-def _channel_mismatch(key: str, value: tuple[float, ...], channels: int) -> str:
+def _channel_mismatch(key: str, value: tuple[float, ...], channels: int, configured) -> str:
   """One sentence for a mean/std whose length is not the images' channel count, with the two ways to fix it."""
   given = f"dataset.{key}={value} has {len(value)} values"
   if channels == 1:
     average = round(sum(value) / len(value), 3)
-    return (f"{given}, but the images are read with 1 channel (dataset.channels=1, grayscale); give one value, e.g. "
+    why = "dataset.channels=0 found grayscale files" if configured == 0 else "dataset.channels=1, grayscale"
+    return (f"{given}, but the images are read with 1 channel ({why}); give one value, e.g. "
             f"dataset.{key}=({average},) (the average of those), or set dataset.channels=3 to read them as RGB.")
   return (f"{given}, but the images have {channels} channels (dataset.channels={channels}); give {channels} values "
           f"(one per channel) or one value for all of them.")
