@@ -82,11 +82,16 @@ class MlflowWriter(Writer):
       uri = "sqlite:///" + os.path.join(local, MLFLOW_DB_NAME)
       artifacts = "file://" + os.path.join(local, MLFLOW_ARTIFACTS_NAME)
     self.tracking_uri = uri
-    self.client = mlflow.MlflowClient(tracking_uri=uri)
     name = settings.get("experiment") or "jaxcls"
-    experiment = self.client.get_experiment_by_name(name)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else self.client.create_experiment(name, artifact_location=artifacts))
+    try:
+      self.client = mlflow.MlflowClient(tracking_uri=uri)
+      experiment = self.client.get_experiment_by_name(name)
+      experiment_id = (experiment.experiment_id if experiment is not None
+                       else self.client.create_experiment(name, artifact_location=artifacts))
+    except mlflow.exceptions.MlflowException as e:  # an unknown scheme, a store it cannot open
+      raise ConfigError(f"The 'mlflow' writer cannot use the tracking URI {uri!r} ({str(e).splitlines()[0][:200]}); "
+                        "set config.mlflow.tracking_uri or MLFLOW_TRACKING_URI to a store it can open "
+                        "(e.g. sqlite:///PATH/mlflow.db), or leave both unset for DIR/mlflow.db.") from e
     record = _read_json(workdir / MLFLOW_RUN_NAME)
     if resume_step and record.get("tracking_uri") == uri and record.get("run_id"):
       self.run_id = record["run_id"]
@@ -145,10 +150,14 @@ class WandbWriter(Writer):
     record = _read_json(workdir / WANDB_RUN_NAME)
     run_id = record.get("run_id") if resume_step else None
     os.makedirs(os.path.join(local, WANDB_DIR_NAME), exist_ok=True)
-    self.run = wandb.init(
-        project=settings.get("project") or "jaxcls", entity=settings.get("entity") or None, dir=local,
-        id=run_id, resume="allow" if run_id else None, name=os.path.basename(local.rstrip("/")),
-        settings=wandb.Settings(console="off", silent=True, save_code=False, disable_git=True))
+    try:
+      self.run = wandb.init(
+          project=settings.get("project") or "jaxcls", entity=settings.get("entity") or None, dir=local,
+          id=run_id, resume="allow" if run_id else None, name=os.path.basename(local.rstrip("/")),
+          settings=wandb.Settings(console="off", silent=True, save_code=False, disable_git=True))
+    except wandb.errors.UsageError as e:  # no API key, a bad entity: the user's to fix, in one line
+      raise ConfigError(f"The 'wandb' writer could not start a run ({e}); log in with `wandb login` (or set "
+                        "WANDB_API_KEY), or set WANDB_MODE=offline to keep the run in DIR/wandb/.") from e
     self.run_id = self.run.id
     paths.write_text(workdir / WANDB_RUN_NAME, json.dumps({"run_id": self.run_id, "project": self.run.project}) + "\n")
     self._closed = False

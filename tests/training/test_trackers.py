@@ -105,6 +105,26 @@ def test_mlflow_default_store_needs_a_local_workdir():
     trackers._local(trackers.paths.path("gs://bucket/run"), "mlflow", "its sqlite store")
 
 
+def test_a_store_mlflow_cannot_open_is_one_config_error(tmp_path):
+  config = tiny_config(**{"mlflow.tracking_uri": "nosuchscheme://x"})
+  with pytest.raises(ConfigError, match="cannot use the tracking URI 'nosuchscheme://x'") as error:
+    writers.create_writer(str(tmp_path), is_main=True, names=("jsonl", "mlflow"), config=config)
+  assert "\n" not in str(error.value)
+
+
+def test_wandb_without_a_login_or_offline_mode_is_one_config_error(tmp_path):
+  """A fresh HOME (no netrc), no API key, no WANDB_MODE, stdin not a terminal: wandb refuses, in one line."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+  env.update(HOME=str(tmp_path / "home"), PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  code = ("import sys\nfrom jaxcls.core.errors import ConfigError\nfrom jaxcls.training import writers\n"
+          "try:\n  writers.create_writer(sys.argv[1], is_main=True, names=('wandb',))\n"
+          "except ConfigError as e:\n  print(e)\n")
+  out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                       timeout=120, env=env, stdin=subprocess.DEVNULL)
+  assert "wandb login" in out.stdout and "WANDB_MODE=offline" in out.stdout, out.stderr[-2000:]
+  assert len(out.stdout.strip().splitlines()) == 1
+
+
 # --- W&B: the offline run folder, read with wandb's record protos. ---
 
 
@@ -190,3 +210,15 @@ def test_mlflow_and_wandb_after_a_training_run_and_its_resume(tmp_path, monkeypa
   client, run = _mlflow_run(workdir)
   assert run.info.run_id == run_id and run.info.status == "FINISHED"
   assert _steps(client, run_id, "train/loss") == list(range(1, 17))
+
+
+@pytest.mark.slow
+def test_the_loop_hands_config_mlflow_to_the_writer(tmp_path):
+  store = f"sqlite:///{tmp_path}/shared.db"
+  config = tiny_config(writers=("jsonl", "mlflow"), num_train_steps=4, eval_every_steps=4,
+                       **{"mlflow.tracking_uri": store, "mlflow.experiment": "team"})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "mlflow.db").exists()
+  client = mlflow.MlflowClient(tracking_uri=store)
+  (run,) = client.search_runs([client.get_experiment_by_name("team").experiment_id])
+  assert _steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4] and run.info.run_name == "run"
