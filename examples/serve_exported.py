@@ -219,6 +219,7 @@ def _run(model, images, rows):
 
 
 def main():
+  """The command line: load MODEL_DIR (exit 2 naming a missing requirement), serve the files, print images/s."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("model_dir")
   parser.add_argument("images", nargs="+")

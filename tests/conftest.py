@@ -176,6 +176,7 @@ def clean_python(folder, requirements, *, without=()) -> str:
   import importlib.metadata  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
+
   from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
   subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(folder)],
                  check=True, capture_output=True)

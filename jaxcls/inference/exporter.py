@@ -73,7 +73,8 @@ def check_output(output_dir: str, overwrite: bool = False, files=(FUNCTION_FILE,
 
 
 def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"), overwrite: bool = False) -> dict:
-  """Writes model.jax, weights.npz, model.json and requirements.txt for `restored` (a `restore.Restored`) into `output_dir`; returns the metadata.
+  """Writes model.jax, weights.npz, model.json and requirements.txt for `restored` (a `restore.Restored`) into
+  `output_dir`; returns the metadata.
 
   An `output_dir` that already holds an export is refused unless `overwrite` (see `check_output`).
   """

@@ -119,7 +119,7 @@ def _quiet_converter():
 def _import_jax2onnx():
   try:
     import jax2onnx  # pylint: disable=g-import-not-at-top
-    import onnxruntime  # pylint: disable=g-import-not-at-top,unused-import
+    import onnxruntime  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
     raise ConfigError(f"--format onnx needs jax2onnx and onnxruntime ({e.name} is not installed): "
                       "`pip install jax2onnx onnxruntime`, or use --format jax.") from e
@@ -156,8 +156,7 @@ def convert(probabilities, image_shape, *, family: str, model_name: str = "jaxcl
 
 def export_onnx(restored, output_dir: str, *, overwrite: bool = False) -> dict:
   """Writes model.onnx, model.json and requirements.txt for `restored` into `output_dir`; returns the metadata."""
-  from jaxcls.inference import exporter  # pylint: disable=g-import-not-at-top
-  from jaxcls.inference import predictor  # pylint: disable=g-import-not-at-top
+  from jaxcls.inference import exporter, predictor  # pylint: disable=g-import-not-at-top
   from jaxcls.models import forward  # pylint: disable=g-import-not-at-top
   folder = exporter.check_output(output_dir, overwrite, (ONNX_FILE,))
   variables = forward.model_variables(restored.variables)
