@@ -58,6 +58,7 @@ def test_mlflow_writer_round_trip(tmp_path):
 
 
 def test_mlflow_tracking_uri_from_the_config_and_the_environment(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a store of one's own is ./mlruns
   store = f"sqlite:///{tmp_path}/elsewhere.db"
   config = tiny_config(**{"mlflow.tracking_uri": store, "mlflow.experiment": "mine"})
   with writers.create_writer(str(tmp_path / "a"), is_main=True, names=("mlflow",), config=config) as w:
@@ -213,7 +214,8 @@ def test_mlflow_and_wandb_after_a_training_run_and_its_resume(tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_the_loop_hands_config_mlflow_to_the_writer(tmp_path):
+def test_the_loop_hands_config_mlflow_to_the_writer(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a store of one's own keeps MLflow's default artifact root: ./mlruns
   store = f"sqlite:///{tmp_path}/shared.db"
   config = tiny_config(writers=("jsonl", "mlflow"), num_train_steps=4, eval_every_steps=4,
                        **{"mlflow.tracking_uri": store, "mlflow.experiment": "team"})
@@ -222,3 +224,4 @@ def test_the_loop_hands_config_mlflow_to_the_writer(tmp_path):
   client = mlflow.MlflowClient(tracking_uri=store)
   (run,) = client.search_runs([client.get_experiment_by_name("team").experiment_id])
   assert _steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4] and run.info.run_name == "run"
+  assert "report.json" in _artifacts(client, run.info.run_id) and (tmp_path / "mlruns").is_dir()
