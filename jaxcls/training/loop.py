@@ -201,7 +201,8 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
                    " (config.init_from is not read again)" if config.init_from else "")
     jax.block_until_ready(state)
 
-  writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step, names=config.writers)
+  writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step, names=config.writers,
+                                 config=config)
   if is_main:
     workdir_lib.write_run_files(workdir, resolved, info.class_names, rerun)  # config.json, classes.json, history
     params = parallel.to_host(state.params)
@@ -213,7 +214,8 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
     if start_step == 0:
       writer.write_hparams(resolved.to_dict())
 
-  progress = writers.create_progress(num_train_steps, writer, is_main=is_main)
+  progress = writers.create_progress(num_train_steps, writer, is_main=is_main, batch_size=config.batch_size,
+                                     steps_per_epoch=steps_per_epoch)
   # Host batches go to the devices `depth` steps ahead; the read-ahead ones are dropped at the end, and a resumed
   # run restarts the stream at its checkpoint step, so exact resume does not depend on them.
   host_batches = dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed)

@@ -12,7 +12,8 @@ prescribes: orthogonalised steps suit matrices that map features to features, no
 """
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

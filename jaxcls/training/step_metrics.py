@@ -10,7 +10,8 @@ Once a step is non-finite, every later step of the window is a no-op (`steps.mak
 is never written of a state that saw a NaN or an infinity.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
