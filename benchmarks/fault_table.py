@@ -50,7 +50,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -72,6 +72,7 @@ REFERENCE_STEPS = 20
 @dataclasses.dataclass
 class Run:
   """One finished command: what it printed (stdout and stderr together) and how it ended."""
+
   name: str
   rc: int | None
   output: str
@@ -91,6 +92,7 @@ class Expect:
                   error line;
         'exit'    an exit code in `codes` (never killed by a signal), and `pattern` in the output.
   """
+
   kind: str
   pattern: str = ""
   codes: tuple = ()
@@ -99,8 +101,12 @@ class Expect:
   def describe(self) -> str:
     about = f" ~ /{self.pattern}/" if self.pattern else ""
     codes = f" (exit {'/'.join(map(str, self.codes))})" if self.codes else ""
-    return {"error": f"error{codes}{about}", "success": f"exit 0{' + warning' + about if about else ''}",
-            "either": f"warning or error{about}", "exit": f"exit{codes}{about}"}[self.kind]
+    return {
+      "error": f"error{codes}{about}",
+      "success": f"exit 0{' + warning' + about if about else ''}",
+      "either": f"warning or error{about}",
+      "exit": f"exit{codes}{about}",
+    }[self.kind]
 
 
 def error(pattern: str = "", codes: tuple = (), line: str = ERROR_LINE) -> Expect:
@@ -117,7 +123,7 @@ def either(pattern: str = "") -> Expect:
 
 def _last_exception(output: str) -> str:
   """The exception line that ends the last traceback in `output` (for the detail column)."""
-  tail = output[output.rfind(TRACEBACK):].splitlines()
+  tail = output[output.rfind(TRACEBACK) :].splitlines()
   for line in tail[1:]:
     if line and not line.startswith((" ", "\t")) and not line.startswith(TRACEBACK):
       return line.strip()[:160]
@@ -126,7 +132,7 @@ def _last_exception(output: str) -> str:
 
 def _short(text: str, limit: int = 160) -> str:
   text = " ".join(text.split())
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def classify_run(run: Run, expect: Expect | None) -> list[tuple[str, str]]:
@@ -147,8 +153,12 @@ def classify_run(run: Run, expect: Expect | None) -> list[tuple[str, str]]:
 
   def check_error():
     if rc == 0:
-      problems.append(("silent-wrong", f"{run.name}: exit 0, but an error{' ~ /' + expect.pattern + '/' if pattern else ''} "
-                                       "was expected"))
+      problems.append(
+        (
+          "silent-wrong",
+          f"{run.name}: exit 0, but an error{' ~ /' + expect.pattern + '/' if pattern else ''} was expected",
+        )
+      )
     elif rc is not None and rc < 0:
       problems.append(("unexpected", f"{run.name}: killed by {_signal_name(-rc)}"))
     elif expect.codes and rc not in expect.codes:
@@ -263,13 +273,15 @@ def last_logged_step(text: str) -> int:
   return max(steps) if steps else 0
 
 
-def execute(name: str, argv: list, *, cwd: str, env: dict, timeout: float, log_path: str,
-            signals: tuple = ()) -> Run:
+def execute(name: str, argv: list, *, cwd: str, env: dict, timeout: float, log_path: str, signals: tuple = ()) -> Run:
   """Runs `argv` in its own process group, sending each (trigger, signal) when its trigger fires."""
   start = time.monotonic()
   with open(log_path, "wb") as log:
-    proc = _started(subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True))
+    proc = _started(
+      subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+      )
+    )
   pending, sent, chunks, timed_out = list(signals), [], [], False
   decoder = codecs.getincrementaldecoder("utf-8")("replace")
   with open(log_path, "rb") as reader:
@@ -303,8 +315,9 @@ def execute(name: str, argv: list, *, cwd: str, env: dict, timeout: float, log_p
     chunks.append(reader.read())
   _kill_group(proc)  # anything the command left behind in its group
   output = b"".join(chunks).decode("utf-8", "replace")
-  return Run(name=name, rc=proc.returncode, output=output, seconds=time.monotonic() - start, timed_out=timed_out,
-             sent=sent)
+  return Run(
+    name=name, rc=proc.returncode, output=output, seconds=time.monotonic() - start, timed_out=timed_out, sent=sent
+  )
 
 
 _LIVE: set = set()  # every process group this script started and has not killed yet
@@ -356,10 +369,15 @@ def hide_matplotlib(root: str) -> None:
 
 def child_env(extra: dict | None = None) -> dict:
   env = dict(os.environ)
-  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join([*_HIDE_MATPLOTLIB, REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
-                                                                    else []))
+  env.update(
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    PYTHONUNBUFFERED="1",
+    JAX_PLATFORMS="cpu",
+  )
+  env["PYTHONPATH"] = os.pathsep.join(
+    [*_HIDE_MATPLOTLIB, REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+  )
   env.update(extra or {})
   return env
 
@@ -386,19 +404,24 @@ print("STATE-SHA256", digest.hexdigest())
 
 def _png(path, width: int, height: int, seed: int, mode: str = "RGB") -> None:
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   channels = {"RGB": 3, "L": 1}[mode]
   Image.frombytes(mode, (width, height), random.Random(seed).randbytes(width * height * channels)).save(
-      path, format="PNG")
+    path, format="PNG"
+  )
 
 
 def bomb_png(path, side: int = 40_000) -> None:
   """A tiny PNG file that declares a side x side RGB image (a decompression bomb)."""
+
   def chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
   header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
   with open(path, "wb") as f:
-    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    f.write(
+      b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _emulator_launcher() -> str:
@@ -434,18 +457,33 @@ class Table:
 
   # The training command every case starts from: digits, a tiny CNN, 20 steps (checkpoints 5 .. 20, keep 3).
   def base_flags(self, config: str = "default.py") -> list[str]:
-    return [f"--config={os.path.join(CONFIGS, config)}", f"--config.num_train_steps={REFERENCE_STEPS}",
-            "--config.model.widths=(8, 16)", "--config.optimizer.warmup_steps=2", "--config.log_every_steps=1",
-            "--config.checkpoint_every_steps=5", "--config.eval_every_steps=10",
-            f"--config.compilation_cache_dir={self.cache}"]
+    return [
+      f"--config={os.path.join(CONFIGS, config)}",
+      f"--config.num_train_steps={REFERENCE_STEPS}",
+      "--config.model.widths=(8, 16)",
+      "--config.optimizer.warmup_steps=2",
+      "--config.log_every_steps=1",
+      "--config.checkpoint_every_steps=5",
+      "--config.eval_every_steps=10",
+      f"--config.compilation_cache_dir={self.cache}",
+    ]
 
   def folder_flags(self, path: str) -> list[str]:
-    return [f"--config={os.path.join(CONFIGS, 'folder.py')}", f"--config.dataset.path={path}",
-            "--config.dataset.image_size=(8, 8)", "--config.model.name=simple_cnn", "--config.model.widths=(8, 16)",
-            "--config.dataset.cache=memory", "--config.dataset.train_crop=resize",
-            "--config.dataset.eval_crop=resize", "--config.batch_size=8", "--config.num_train_steps=2",
-            "--config.optimizer.warmup_steps=0", "--config.log_every_steps=1",
-            f"--config.compilation_cache_dir={self.cache}"]
+    return [
+      f"--config={os.path.join(CONFIGS, 'folder.py')}",
+      f"--config.dataset.path={path}",
+      "--config.dataset.image_size=(8, 8)",
+      "--config.model.name=simple_cnn",
+      "--config.model.widths=(8, 16)",
+      "--config.dataset.cache=memory",
+      "--config.dataset.train_crop=resize",
+      "--config.dataset.eval_crop=resize",
+      "--config.batch_size=8",
+      "--config.num_train_steps=2",
+      "--config.optimizer.warmup_steps=0",
+      "--config.log_every_steps=1",
+      f"--config.compilation_cache_dir={self.cache}",
+    ]
 
   def reference(self) -> str:
     """The uninterrupted reference run's workdir (trained on first use)."""
@@ -456,10 +494,14 @@ class Table:
           self._reference = workdir
           return workdir
         shutil.rmtree(workdir, ignore_errors=True)
-        run = execute("reference", [sys.executable, "-m", "jaxcls.main", f"--workdir={workdir}",
-                                    *self.base_flags()],
-                      cwd=self.root, env=child_env(), timeout=max(self.timeout, 600),
-                      log_path=os.path.join(self.root, "reference.log"))
+        run = execute(
+          "reference",
+          [sys.executable, "-m", "jaxcls.main", f"--workdir={workdir}", *self.base_flags()],
+          cwd=self.root,
+          env=child_env(),
+          timeout=max(self.timeout, 600),
+          log_path=os.path.join(self.root, "reference.log"),
+        )
         if run.rc != 0 or not os.path.isfile(os.path.join(workdir, "report.json")):
           raise HarnessError(f"the reference run failed (exit {run.rc}): {_short(run.output[-400:])}")
         self._reference = workdir
@@ -494,10 +536,24 @@ class Table:
         if importlib.util.find_spec("gcp_storage_emulator") is None:
           raise HarnessError("gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
         port = _free_port()
-        self._emulator = _started(subprocess.Popen(
-            [sys.executable, "-c", _emulator_launcher(), "start", "--host=localhost", f"--port={port}",
-             f"--default-bucket={BUCKET}", "-M"],
-            cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        self._emulator = _started(
+          subprocess.Popen(
+            [
+              sys.executable,
+              "-c",
+              _emulator_launcher(),
+              "start",
+              "--host=localhost",
+              f"--port={port}",
+              f"--default-bucket={BUCKET}",
+              "-M",
+            ],
+            cwd=self.root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+          )
+        )
         deadline = time.monotonic() + 30
         while True:
           try:
@@ -505,13 +561,19 @@ class Table:
             break
           except (urllib.error.URLError, ConnectionError, OSError):
             if time.monotonic() > deadline or self._emulator.poll() is not None:
-              raise HarnessError("the GCS emulator did not start")
+              raise HarnessError("the GCS emulator did not start") from None
             time.sleep(0.2)
         self._emulator_port = port
       port = self._emulator_port
-    return port, {"STORAGE_EMULATOR_HOST": f"http://localhost:{port}", "FSSPEC_GCS_TOKEN": "anon",
-                  "TENSORSTORE_GCS_HTTP_URL": f"http://localhost:{port}", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
-                  "NO_GCE_CHECK": "true", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "EPATH_USE_TF": "false"}
+    return port, {
+      "STORAGE_EMULATOR_HOST": f"http://localhost:{port}",
+      "FSSPEC_GCS_TOKEN": "anon",
+      "TENSORSTORE_GCS_HTTP_URL": f"http://localhost:{port}",
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
+      "NO_GCE_CHECK": "true",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+      "EPATH_USE_TF": "false",
+    }
 
   def close(self) -> None:
     if self._emulator is not None:
@@ -532,8 +594,9 @@ def state_hash(workdir: str, cwd: str, timeout: float, env_extra: dict | None = 
     step = steps[-1]
   path = f"{workdir.rstrip('/')}/checkpoints/{step}/state"
   log = tempfile.NamedTemporaryFile(dir=cwd, prefix="hash-", suffix=".log", delete=False).name
-  run = execute("hash", [sys.executable, "-c", _HASH_SCRIPT, path], cwd=cwd, env=child_env(env_extra),
-                timeout=timeout, log_path=log)
+  run = execute(
+    "hash", [sys.executable, "-c", _HASH_SCRIPT, path], cwd=cwd, env=child_env(env_extra), timeout=timeout, log_path=log
+  )
   found = re.search(r"STATE-SHA256 ([0-9a-f]{64})", run.output)
   return found.group(1) if found else None
 
@@ -560,14 +623,15 @@ def _gcs_base(env_extra: dict) -> str:
 
 def gcs_list(env_extra: dict, url: str) -> list[str]:
   """Object names under a gs:// prefix on the emulator (as gs://bucket/name)."""
-  bucket, _, prefix = url[len("gs://"):].partition("/")
+  bucket, _, prefix = url[len("gs://") :].partition("/")
   names, token = [], None
   while True:
     query = {"prefix": prefix}
     if token:
       query["pageToken"] = token
-    with urllib.request.urlopen(f"{_gcs_base(env_extra)}/storage/v1/b/{bucket}/o?"
-                                f"{urllib.parse.urlencode(query)}", timeout=30) as response:
+    with urllib.request.urlopen(
+      f"{_gcs_base(env_extra)}/storage/v1/b/{bucket}/o?{urllib.parse.urlencode(query)}", timeout=30
+    ) as response:
       listing = json.load(response)
     names += [f"gs://{bucket}/{item['name']}" for item in listing.get("items", [])]
     token = listing.get("nextPageToken")
@@ -576,10 +640,12 @@ def gcs_list(env_extra: dict, url: str) -> list[str]:
 
 
 def gcs_read(env_extra: dict, url: str) -> bytes | None:
-  bucket, _, name = url[len("gs://"):].partition("/")
+  bucket, _, name = url[len("gs://") :].partition("/")
   try:
-    with urllib.request.urlopen(f"{_gcs_base(env_extra)}/download/storage/v1/b/{bucket}/o/"
-                                f"{urllib.parse.quote(name, safe='')}?alt=media", timeout=30) as response:
+    with urllib.request.urlopen(
+      f"{_gcs_base(env_extra)}/download/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media",
+      timeout=30,
+    ) as response:
       return response.read()
   except urllib.error.HTTPError:
     return None
@@ -606,6 +672,7 @@ def _is_tmp(relpath: str) -> bool:
 @dataclasses.dataclass
 class Snapshot:
   """A workdir's checkpoint files (content hashes, by step) and its logged (step, key) values."""
+
   files: dict  # step -> {relative path: sha256}
   metrics: dict  # (step, key) -> value
 
@@ -655,8 +722,9 @@ def _hashes_under(root: str) -> set:
   return found
 
 
-def lost_data(before: Snapshot, workdir: str, search_root: str, *, keep: int | None = None,
-              skip_steps: tuple = ()) -> list[tuple[str, str]]:
+def lost_data(
+  before: Snapshot, workdir: str, search_root: str, *, keep: int | None = None, skip_steps: tuple = ()
+) -> list[tuple[str, str]]:
   """Checkpoint files and logged values of `before` that are gone now.
 
   A checkpoint file counts as kept when a file with the same bytes is anywhere under `search_root` (moved
@@ -675,13 +743,15 @@ def lost_data(before: Snapshot, workdir: str, search_root: str, *, keep: int | N
       continue
     if keep is not None and sum(1 for s in after_steps if s > step) >= keep:
       continue  # pruned after `keep` newer checkpoints: the documented keep_checkpoints behaviour
-    problems.append(("lost-data", f"checkpoint step {step}: {len(missing)} of {len(files)} files gone "
-                                  f"(e.g. {missing[0]})"))
+    problems.append(
+      ("lost-data", f"checkpoint step {step}: {len(missing)} of {len(files)} files gone (e.g. {missing[0]})")
+    )
   now = snapshot(workdir).metrics if os.path.isdir(workdir) else {}
   gone = sorted(k for k in before.metrics if k not in now)
   if gone:
-    problems.append(("lost-data", f"metrics.jsonl lost {len(gone)} logged values (e.g. step {gone[0][0]} "
-                                  f"{gone[0][1]})"))
+    problems.append(
+      ("lost-data", f"metrics.jsonl lost {len(gone)} logged values (e.g. step {gone[0][0]} {gone[0][1]})")
+    )
   return problems
 
 
@@ -691,6 +761,7 @@ def lost_data(before: Snapshot, workdir: str, search_root: str, *, keep: int | N
 @dataclasses.dataclass
 class Case:
   """One fault to inject: what it is, how to provoke it, and what a correct run must do afterwards."""
+
   id: str
   category: str
   description: str
@@ -708,6 +779,7 @@ def case(case_id: str, category: str, description: str, expected: str):
   def register(fn):
     CASES.append(Case(case_id, category, description, expected, fn))
     return fn
+
   return register
 
 
@@ -736,26 +808,50 @@ class CaseRun:
     return target
 
   # -- commands
-  def command(self, module: str, *args, expect: Expect | None = None, signals: tuple = (), name: str | None = None,
-              env: dict | None = None, wrap: list | None = None, timeout: float | None = None) -> Run:
+  def command(
+    self,
+    module: str,
+    *args,
+    expect: Expect | None = None,
+    signals: tuple = (),
+    name: str | None = None,
+    env: dict | None = None,
+    wrap: list | None = None,
+    timeout: float | None = None,
+  ) -> Run:
     name = name or f"{module.rsplit('.', 1)[-1]}#{len(self.runs) + 1}"
     argv = [sys.executable, "-m", module, *args]
     if wrap:
       argv = [*wrap, *argv]
-    run = execute(name, argv, cwd=self.dir, env=child_env(env), timeout=timeout or self.table.timeout,
-                  log_path=self.path(f"{name.replace('#', '-')}.log"), signals=signals)
+    run = execute(
+      name,
+      argv,
+      cwd=self.dir,
+      env=child_env(env),
+      timeout=timeout or self.table.timeout,
+      log_path=self.path(f"{name.replace('#', '-')}.log"),
+      signals=signals,
+    )
     self.runs.append(run)
     self.problems += classify_run(run, expect)
     return run
 
   def main(self, workdir: str | None, *overrides, expect: Expect | None = None, base: bool = True, **kw) -> Run:
     args = ([f"--workdir={workdir}"] if workdir is not None else []) + (self.table.base_flags() if base else [])
-    return self.command("jaxcls.main", *args, *overrides, expect=expect, name=kw.pop("name", None) or
-                        f"main#{len(self.runs) + 1}", **kw)
+    return self.command(
+      "jaxcls.main", *args, *overrides, expect=expect, name=kw.pop("name", None) or f"main#{len(self.runs) + 1}", **kw
+    )
 
   def folder_main(self, workdir: str, folder: str, *overrides, expect: Expect | None = None, **kw) -> Run:
-    return self.command("jaxcls.main", f"--workdir={workdir}", *self.table.folder_flags(folder), *overrides,
-                        expect=expect, name=kw.pop("name", None) or f"main#{len(self.runs) + 1}", **kw)
+    return self.command(
+      "jaxcls.main",
+      f"--workdir={workdir}",
+      *self.table.folder_flags(folder),
+      *overrides,
+      expect=expect,
+      name=kw.pop("name", None) or f"main#{len(self.runs) + 1}",
+      **kw,
+    )
 
   # -- findings
   def problem(self, label: str, detail: str) -> None:
@@ -784,13 +880,18 @@ class CaseRun:
     got = read_metrics(metrics_text)
     missing = sorted(k for k in want if k not in got)
     if missing:
-      self.problem("lost-data", f"metrics.jsonl lacks {len(missing)} of the reference's {len(want)} values "
-                                f"(e.g. step {missing[0][0]} {missing[0][1]})")
+      self.problem(
+        "lost-data",
+        f"metrics.jsonl lacks {len(missing)} of the reference's {len(want)} values "
+        f"(e.g. step {missing[0][0]} {missing[0][1]})",
+      )
     differ = sorted(k for k in want if k in got and got[k] != want[k])
     if differ:
       k = differ[0]
-      self.problem("silent-wrong", f"{len(differ)} logged values differ from the reference (step {k[0]} {k[1]}: "
-                                   f"{got[k]!r} vs {want[k]!r})")
+      self.problem(
+        "silent-wrong",
+        f"{len(differ)} logged values differ from the reference (step {k[0]} {k[1]}: {got[k]!r} vs {want[k]!r})",
+      )
     if report_bytes is None:
       self.problem("silent-wrong", "no report.json after the resumed run")
     else:
@@ -802,13 +903,13 @@ class CaseRun:
         got_report = {}
       for key in ("step", "num_examples", "loss", "accuracy"):
         if got_report.get(key) != want_report.get(key):
-          self.problem("silent-wrong", f"report.json {key} = {got_report.get(key)!r}, the reference's "
-                                       f"{want_report.get(key)!r}")
+          self.problem(
+            "silent-wrong", f"report.json {key} = {got_report.get(key)!r}, the reference's {want_report.get(key)!r}"
+          )
           break
     steps = checkpoint_steps(workdir, env_extra)
     if not steps or steps[-1] != REFERENCE_STEPS:
-      self.problem("silent-wrong", f"the last checkpoint is step {steps[-1] if steps else None}, not "
-                                   f"{REFERENCE_STEPS}")
+      self.problem("silent-wrong", f"the last checkpoint is step {steps[-1] if steps else None}, not {REFERENCE_STEPS}")
       return
     got_hash = state_hash(workdir, self.dir, self.table.timeout, env_extra)
     if got_hash is None:
@@ -859,6 +960,7 @@ def _data_counts(output: str):
 
 # --- config: each is a fresh workdir and one override that must be refused with a one-line error.
 
+
 def _config_case(case_id: str, overrides: tuple, pattern: str, description: str, base: bool = True):
   @case(case_id, "config", description, error(pattern).describe())
   def run(c: CaseRun):
@@ -870,31 +972,50 @@ def _config_case(case_id: str, overrides: tuple, pattern: str, description: str,
 
 
 _config_case("cfg-unknown-key", ("--config.no_such_key=1",), "no_such_key", "an override of a key that does not exist")
-_config_case("cfg-unknown-nested-key", ("--config.optimizer.lerning_rate=0.1",), "lerning_rate",
-             "a misspelt optimizer key")
+_config_case(
+  "cfg-unknown-nested-key", ("--config.optimizer.lerning_rate=0.1",), "lerning_rate", "a misspelt optimizer key"
+)
 _config_case("cfg-ema-1.5", ("--config.ema_decay=1.5",), "ema_decay", "ema_decay above 1 (was NaN, exit 0)")
 _config_case("cfg-ema-1.0", ("--config.ema_decay=1.0",), "ema_decay", "ema_decay 1 freezes the average at init")
 _config_case("cfg-ema-negative", ("--config.ema_decay=-0.1",), "ema_decay", "a negative ema_decay")
 _config_case("cfg-ema-nan", ("--config.ema_decay=nan",), "ema_decay", "ema_decay NaN (passes naive range checks)")
 _config_case("cfg-log-every-negative", ("--config.log_every_steps=-1",), "log_every_steps", "log_every_steps=-1")
 _config_case("cfg-eval-every-negative", ("--config.eval_every_steps=-5",), "eval_every_steps", "eval_every_steps=-5")
-_config_case("cfg-ckpt-every-negative", ("--config.checkpoint_every_steps=-1",), "checkpoint_every_steps",
-             "checkpoint_every_steps=-1")
-_config_case("cfg-keep-0", ("--config.keep_checkpoints=0",), "keep_checkpoints",
-             "keep_checkpoints=0 (deleted every checkpoint, exit 0)")
-_config_case("cfg-keep-negative", ("--config.keep_checkpoints=-1",), "keep_checkpoints",
-             "keep_checkpoints=-1 (a traceback)")
+_config_case(
+  "cfg-ckpt-every-negative",
+  ("--config.checkpoint_every_steps=-1",),
+  "checkpoint_every_steps",
+  "checkpoint_every_steps=-1",
+)
+_config_case(
+  "cfg-keep-0",
+  ("--config.keep_checkpoints=0",),
+  "keep_checkpoints",
+  "keep_checkpoints=0 (deleted every checkpoint, exit 0)",
+)
+_config_case(
+  "cfg-keep-negative", ("--config.keep_checkpoints=-1",), "keep_checkpoints", "keep_checkpoints=-1 (a traceback)"
+)
 _config_case("cfg-widths-abc", ("--config.model.widths=abc",), "widths", "model.widths=abc (a traceback)")
 _config_case("cfg-model-arg-type", ("--config.model.dropout=high",), "dropout", "a model argument of the wrong type")
-_config_case("cfg-model-arg-unknown", ("--config.model.no_such_arg=3",), "no_such_arg",
-             "a model argument the model does not take")
+_config_case(
+  "cfg-model-arg-unknown", ("--config.model.no_such_arg=3",), "no_such_arg", "a model argument the model does not take"
+)
 _config_case("cfg-batch-0", ("--config.batch_size=0",), "batch_size", "batch_size=0")
-_config_case("cfg-batch-not-multiple", ("--config.batch_size=12",), "batch_size",
-             "batch_size 12 is not a multiple of the 8 devices")
+_config_case(
+  "cfg-batch-not-multiple",
+  ("--config.batch_size=12",),
+  "batch_size",
+  "batch_size 12 is not a multiple of the 8 devices",
+)
 _config_case("cfg-batch-float", ("--config.batch_size=1.5",), "batch_size", "a float batch size")
 _config_case("cfg-steps-not-int", ("--config.num_train_steps=abc",), "num_train_steps", "num_train_steps=abc")
-_config_case("cfg-no-steps", ("--config.num_train_steps=0", "--config.num_epochs=0"), "num_epochs|num_train_steps",
-             "num_train_steps=0 and num_epochs=0")
+_config_case(
+  "cfg-no-steps",
+  ("--config.num_train_steps=0", "--config.num_epochs=0"),
+  "num_epochs|num_train_steps",
+  "num_train_steps=0 and num_epochs=0",
+)
 _config_case("cfg-unknown-optimizer", ("--config.optimizer.name=nope",), "nope|optimizer", "an unknown optimizer")
 _config_case("cfg-unknown-model", ("--config.model.name=nope",), "nope|model", "an unknown model")
 _config_case("cfg-unknown-task", ("--config.task.type=nope",), "nope|task", "an unknown task type")
@@ -902,34 +1023,57 @@ _config_case("cfg-unknown-dtype", ("--config.dtype=float7",), "float7|dtype", "a
 _config_case("cfg-unknown-eval-tta", ("--config.eval_tta=nope",), "nope|eval_tta", "an unknown eval_tta")
 _config_case("cfg-unknown-augment", ("--config.augment=nope(1)",), "nope|augment", "an unknown augmentation")
 _config_case("cfg-unknown-dataset", ("--config.dataset.name=nope",), "nope|dataset", "an unknown dataset source")
-_config_case("cfg-unknown-schedule", ("--config.optimizer.schedule=nope",), "nope|schedule",
-             "an unknown learning-rate schedule")
-_config_case("cfg-negative-lr", ("--config.optimizer.learning_rate=-0.1",), "learning_rate",
-             "a negative learning rate")
+_config_case(
+  "cfg-unknown-schedule", ("--config.optimizer.schedule=nope",), "nope|schedule", "an unknown learning-rate schedule"
+)
+_config_case("cfg-negative-lr", ("--config.optimizer.learning_rate=-0.1",), "learning_rate", "a negative learning rate")
 _config_case("cfg-nan-lr", ("--config.optimizer.learning_rate=nan",), "learning_rate", "learning rate NaN")
-_config_case("cfg-label-smoothing-1.5", ("--config.task.label_smoothing=1.5",), "label_smoothing",
-             "label_smoothing above 1")
+_config_case(
+  "cfg-label-smoothing-1.5", ("--config.task.label_smoothing=1.5",), "label_smoothing", "label_smoothing above 1"
+)
 _config_case("cfg-warmup-negative", ("--config.optimizer.warmup_steps=-1",), "warmup_steps", "warmup_steps=-1")
 _config_case("cfg-image-size-zero", ("--config.dataset.image_size=(0, 8)",), "image_size", "an image size of 0")
 _config_case("cfg-best-mode-foo", ("--config.best_mode=foo",), "best_mode", "best_mode=foo")
-_config_case("cfg-missing-config-file", ("--config=/nonexistent/config.py",), "nonexistent|exist",
-             "--config names a file that does not exist", base=False)
-_config_case("cfg-arrays-missing-path", ("--config.dataset.name=arrays", "--config.dataset.path=/nonexistent/d.npz"),
-             "nonexistent|d\\.npz", "an arrays source whose file does not exist")
-_config_case("cfg-config-not-a-file", ("--config=/dev/null",), "null|exist|config",
-             "--config names a device, not a config file", base=False)
+_config_case(
+  "cfg-missing-config-file",
+  ("--config=/nonexistent/config.py",),
+  "nonexistent|exist",
+  "--config names a file that does not exist",
+  base=False,
+)
+_config_case(
+  "cfg-arrays-missing-path",
+  ("--config.dataset.name=arrays", "--config.dataset.path=/nonexistent/d.npz"),
+  "nonexistent|d\\.npz",
+  "an arrays source whose file does not exist",
+)
+_config_case(
+  "cfg-config-not-a-file",
+  ("--config=/dev/null",),
+  "null|exist|config",
+  "--config names a device, not a config file",
+  base=False,
+)
 
 
-@case("cfg-config-syntax-error", "config", "--config names a Python file with a syntax error",
-      error("bad_config|syntax|config").describe())
+@case(
+  "cfg-config-syntax-error",
+  "config",
+  "--config names a Python file with a syntax error",
+  error("bad_config|syntax|config").describe(),
+)
 def _(c: CaseRun):
   path = c.path("bad_config.py")
   _garbage(path, b"def get_config(:\n  return 1\n")
   c.main(c.path("run"), f"--config={path}", expect=error("bad_config|syntax|config"), base=False)
 
 
-@case("cfg-config-no-get-config", "config", "--config names a Python file without get_config()",
-      error("get_config|config").describe())
+@case(
+  "cfg-config-no-get-config",
+  "config",
+  "--config names a Python file without get_config()",
+  error("get_config|config").describe(),
+)
 def _(c: CaseRun):
   path = c.path("empty_config.py")
   _garbage(path, b"x = 1\n")
@@ -941,8 +1085,12 @@ def _(c: CaseRun):
   c.main(None, expect=error("workdir"))
 
 
-@case("cfg-log-every-0", "config", "log_every_steps=0 means once per epoch (was a ZeroDivisionError)",
-      "exit 0, train/loss logged, not every step")
+@case(
+  "cfg-log-every-0",
+  "config",
+  "log_every_steps=0 means once per epoch (was a ZeroDivisionError)",
+  "exit 0, train/loss logged, not every step",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   run = c.main(workdir, "--config.log_every_steps=0", expect=success())
@@ -953,6 +1101,7 @@ def _(c: CaseRun):
 
 
 # --- workdir: where a run writes, and re-runs of an existing workdir.
+
 
 @case("wd-is-file", "workdir", "--workdir is an existing file", error("file|director").describe())
 def _(c: CaseRun):
@@ -975,14 +1124,22 @@ def _(c: CaseRun):
   c.main("/dev/null", expect=error("null|director|file"))
 
 
-@case("wd-under-proc", "workdir", "--workdir under /proc, where even root cannot write",
-      error("proc|writ|permission|creat").describe())
+@case(
+  "wd-under-proc",
+  "workdir",
+  "--workdir under /proc, where even root cannot write",
+  error("proc|writ|permission|creat").describe(),
+)
 def _(c: CaseRun):
   c.main("/proc/jaxcls-fault-table/run", expect=error("proc|writ|permission|creat"))
 
 
-@case("wd-proc-self", "workdir", "--workdir=/proc/self (exists, refuses writes)",
-      error("proc|writ|permission|creat").describe())
+@case(
+  "wd-proc-self",
+  "workdir",
+  "--workdir=/proc/self (exists, refuses writes)",
+  error("proc|writ|permission|creat").describe(),
+)
 def _(c: CaseRun):
   c.main("/proc/self", expect=error("proc|writ|permission|creat"))
 
@@ -998,21 +1155,30 @@ def _full_disk(c: CaseRun, kib: int):
   workdir = c.trained()
   before = snapshot(workdir)
   wrap = _size_limited(kib)
-  c.main(workdir, "--config.num_train_steps=30", expect=error("space|disk|large|writ|full|limit|EFBIG|errno"),
-         wrap=wrap)
+  c.main(
+    workdir, "--config.num_train_steps=30", expect=error("space|disk|large|writ|full|limit|EFBIG|errno"), wrap=wrap
+  )
   c.expect_kept(before, workdir)
   if not checkpoint_steps(workdir):
     c.problem("lost-data", "no checkpoint is left")
 
 
-@case("wd-full-disk-4k", "workdir", "files over 4 KiB cannot be written (a full disk) on a resumed run",
-      "error, checkpoints 10-20 intact")
+@case(
+  "wd-full-disk-4k",
+  "workdir",
+  "files over 4 KiB cannot be written (a full disk) on a resumed run",
+  "error, checkpoints 10-20 intact",
+)
 def _(c: CaseRun):
   _full_disk(c, 4)
 
 
-@case("wd-full-disk-12k", "workdir", "files over 12 KiB cannot be written: config and logs fit, checkpoints do not",
-      "error, checkpoints 10-20 intact")
+@case(
+  "wd-full-disk-12k",
+  "workdir",
+  "files over 12 KiB cannot be written: config and logs fit, checkpoints do not",
+  "error, checkpoints 10-20 intact",
+)
 def _(c: CaseRun):
   _full_disk(c, 12)
 
@@ -1023,8 +1189,12 @@ def _(c: CaseRun):
   c.main(c.path("run"), expect=error("space|disk|large|writ|full|limit|EFBIG|errno"), wrap=wrap)
 
 
-@case("wd-eval-garbage-config", "workdir", "evaluate a workdir whose config.json is garbage",
-      error("config\\.json").describe())
+@case(
+  "wd-eval-garbage-config",
+  "workdir",
+  "evaluate a workdir whose config.json is garbage",
+  error("config\\.json").describe(),
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _garbage(os.path.join(workdir, "config.json"))
@@ -1033,16 +1203,19 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("wd-eval-missing-config", "workdir", "evaluate a workdir without config.json",
-      error("config\\.json").describe())
+@case("wd-eval-missing-config", "workdir", "evaluate a workdir without config.json", error("config\\.json").describe())
 def _(c: CaseRun):
   workdir = c.trained()
   os.remove(os.path.join(workdir, "config.json"))
   c.command("jaxcls.evaluate", f"--workdir={workdir}", expect=error("config\\.json"))
 
 
-@case("wd-eval-config-is-dir", "workdir", "evaluate a workdir whose config.json is a folder",
-      error("config\\.json").describe())
+@case(
+  "wd-eval-config-is-dir",
+  "workdir",
+  "evaluate a workdir whose config.json is a folder",
+  error("config\\.json").describe(),
+)
 def _(c: CaseRun):
   workdir = c.trained()
   os.remove(os.path.join(workdir, "config.json"))
@@ -1050,8 +1223,12 @@ def _(c: CaseRun):
   c.command("jaxcls.evaluate", f"--workdir={workdir}", expect=error("config\\.json"))
 
 
-@case("wd-predict-garbage-config", "workdir", "predict with a workdir whose config.json is garbage",
-      error("config\\.json").describe())
+@case(
+  "wd-predict-garbage-config",
+  "workdir",
+  "predict with a workdir whose config.json is garbage",
+  error("config\\.json").describe(),
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _garbage(os.path.join(workdir, "config.json"))
@@ -1060,8 +1237,12 @@ def _(c: CaseRun):
   c.command("jaxcls.predict", f"--workdir={workdir}", image, expect=error("config\\.json"))
 
 
-@case("wd-resume-garbage-config", "workdir", "re-run main on a workdir whose config.json is garbage",
-      "one-line error naming config.json, or a resume with a warning; checkpoints intact")
+@case(
+  "wd-resume-garbage-config",
+  "workdir",
+  "re-run main on a workdir whose config.json is garbage",
+  "one-line error naming config.json, or a resume with a warning; checkpoints intact",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _garbage(os.path.join(workdir, "config.json"))
@@ -1070,8 +1251,12 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("wd-resume-missing-config", "workdir", "re-run main on a workdir whose config.json was deleted",
-      "exit 0 (the checkpoint's own fingerprint still guards) or a one-line error; checkpoints intact")
+@case(
+  "wd-resume-missing-config",
+  "workdir",
+  "re-run main on a workdir whose config.json was deleted",
+  "exit 0 (the checkpoint's own fingerprint still guards) or a one-line error; checkpoints intact",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   os.remove(os.path.join(workdir, "config.json"))
@@ -1113,8 +1298,7 @@ def _(c: CaseRun):
   _changed(c, "--config.seed=7", "seed")
 
 
-@case("wd-shorter-steps", "workdir", "re-run with fewer num_train_steps (not an extension)",
-      "error listing old -> new")
+@case("wd-shorter-steps", "workdir", "re-run with fewer num_train_steps (not an extension)", "error listing old -> new")
 def _(c: CaseRun):
   _changed(c, "--config.num_train_steps=10", "num_train_steps")
 
@@ -1127,13 +1311,22 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("wd-changed-lr-allowed", "workdir", "another learning rate with --config.allow_config_change=True",
-      "exit 0, config_history.jsonl written")
+@case(
+  "wd-changed-lr-allowed",
+  "workdir",
+  "another learning rate with --config.allow_config_change=True",
+  "exit 0, config_history.jsonl written",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   before = snapshot(workdir)
-  c.main(workdir, "--config.optimizer.learning_rate=0.01", "--config.allow_config_change=True",
-         "--config.num_train_steps=25", expect=success())
+  c.main(
+    workdir,
+    "--config.optimizer.learning_rate=0.01",
+    "--config.allow_config_change=True",
+    "--config.num_train_steps=25",
+    expect=success(),
+  )
   c.expect_file(os.path.join(workdir, "config_history.jsonl"), "config_history.jsonl")
   history = _read_text(os.path.join(workdir, "config_history.jsonl"))
   if history and "learning_rate" not in history:
@@ -1141,8 +1334,12 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir, keep=3)
 
 
-@case("wd-longer-steps", "workdir", "re-run with more num_train_steps (an extension, allowed)",
-      "exit 0, trains on to step 30, nothing lost")
+@case(
+  "wd-longer-steps",
+  "workdir",
+  "re-run with more num_train_steps (an extension, allowed)",
+  "exit 0, trains on to step 30, nothing lost",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   before = snapshot(workdir)
@@ -1152,13 +1349,19 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir, keep=3)
 
 
-@case("wd-changed-cadence", "workdir", "re-run with other log/eval/checkpoint cadences (allowed)",
-      "exit 0, nothing lost")
+@case(
+  "wd-changed-cadence", "workdir", "re-run with other log/eval/checkpoint cadences (allowed)", "exit 0, nothing lost"
+)
 def _(c: CaseRun):
   workdir = c.trained()
   before = snapshot(workdir)
-  c.main(workdir, "--config.log_every_steps=2", "--config.eval_every_steps=4", "--config.checkpoint_every_steps=3",
-         expect=success())
+  c.main(
+    workdir,
+    "--config.log_every_steps=2",
+    "--config.eval_every_steps=4",
+    "--config.checkpoint_every_steps=3",
+    expect=success(),
+  )
   c.expect_kept(before, workdir)
 
 
@@ -1178,8 +1381,12 @@ def _(c: CaseRun):
     c.problem("silent-wrong", "the re-run's report differs from the finished run's")
 
 
-@case("wd-stale-lock", "workdir", "SIGKILL a run after its first step (its lock stays), then re-run",
-      "exit 0 with a stale-lock warning; resume equals the reference")
+@case(
+  "wd-stale-lock",
+  "workdir",
+  "SIGKILL a run after its first step (its lock stays), then re-run",
+  "exit 0 with a stale-lock warning; resume equals the reference",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   c.main(workdir, signals=((OnOutput(r"\] \[3\] train/"), signal.SIGKILL),), expect=None, name="killed")
@@ -1190,15 +1397,22 @@ def _(c: CaseRun):
 def _write_lock(workdir: str, **record) -> None:
   """DIR/lock.json as a run writes it (host, pid, start, heartbeat, token; see jaxcls/store/workdir.py)."""
   now = time.time()
-  holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
-            "token": "fault-table", "command": "python -m jaxcls.main (fault table)"}
+  holder = {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "started": now,
+    "heartbeat": now,
+    "token": "fault-table",
+    "command": "python -m jaxcls.main (fault table)",
+  }
   holder.update(record)
   with open(os.path.join(workdir, "lock.json"), "w") as f:
     json.dump(holder, f)
 
 
-@case("wd-lock-garbage", "workdir", "lock.json holds garbage; re-run to 25 steps",
-      "exit 0 with a warning about the lock")
+@case(
+  "wd-lock-garbage", "workdir", "lock.json holds garbage; re-run to 25 steps", "exit 0 with a warning about the lock"
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _garbage(os.path.join(workdir, "lock.json"))
@@ -1207,8 +1421,12 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir, keep=3)
 
 
-@case("wd-lock-live-pid", "workdir", "lock.json of a live process on this host; re-run",
-      "one-line busy error naming the holder; nothing changed")
+@case(
+  "wd-lock-live-pid",
+  "workdir",
+  "lock.json of a live process on this host; re-run",
+  "one-line busy error naming the holder; nothing changed",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   holder = _started(subprocess.Popen(["sleep", "600"], start_new_session=True))
@@ -1224,8 +1442,12 @@ def _(c: CaseRun):
     holder.wait()
 
 
-@case("wd-lock-other-host-fresh", "workdir", "lock.json of another host with a fresh heartbeat; re-run",
-      "one-line busy error")
+@case(
+  "wd-lock-other-host-fresh",
+  "workdir",
+  "lock.json of another host with a fresh heartbeat; re-run",
+  "one-line busy error",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _write_lock(workdir, host="another-host.invalid", pid=1)
@@ -1234,8 +1456,12 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("wd-lock-other-host-stale", "workdir", "lock.json of another host, last heartbeat 2 hours ago; re-run",
-      "exit 0 with a stale-lock warning")
+@case(
+  "wd-lock-other-host-stale",
+  "workdir",
+  "lock.json of another host, last heartbeat 2 hours ago; re-run",
+  "exit 0 with a stale-lock warning",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   old = time.time() - 7200
@@ -1258,8 +1484,12 @@ def _(c: CaseRun):
   c.main(workdir, expect=error("checkpoints|file|director"))
 
 
-@case("wd-cache-dir-outside", "data", "evaluate a workdir whose crafted config.json points dataset.cache_dir outside",
-      "nothing written outside the workdir, data folder and user cache")
+@case(
+  "wd-cache-dir-outside",
+  "data",
+  "evaluate a workdir whose crafted config.json points dataset.cache_dir outside",
+  "nothing written outside the workdir, data folder and user cache",
+)
 def _(c: CaseRun):
   folder = c.images()
   workdir = c.path("run")
@@ -1278,8 +1508,13 @@ def _(c: CaseRun):
 
 # --- checkpoint: damaged checkpoints, missing steps, exports.
 
-@case("ck-truncated-latest", "checkpoint", "the latest step's largest array file is truncated; re-run main",
-      "warning naming step 20, moved aside, resumes from 15; result equals the reference")
+
+@case(
+  "ck-truncated-latest",
+  "checkpoint",
+  "the latest step's largest array file is truncated; re-run main",
+  "warning naming step 20, moved aside, resumes from 15; result equals the reference",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _truncate(_largest_file(os.path.join(workdir, "checkpoints", "20", "state")))
@@ -1289,8 +1524,12 @@ def _(c: CaseRun):
   c.expect_reference(workdir)
 
 
-@case("ck-truncated-evaluate", "checkpoint", "evaluate when the latest step is truncated",
-      "an error naming step 20, or a warning and step 15")
+@case(
+  "ck-truncated-evaluate",
+  "checkpoint",
+  "evaluate when the latest step is truncated",
+  "an error naming step 20, or a warning and step 15",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _truncate(_largest_file(os.path.join(workdir, "checkpoints", "20", "state")))
@@ -1299,8 +1538,12 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("ck-truncated-predict", "checkpoint", "predict when the latest step is truncated",
-      "an error naming step 20, or a warning and step 15")
+@case(
+  "ck-truncated-predict",
+  "checkpoint",
+  "predict when the latest step is truncated",
+  "an error naming step 20, or a warning and step 15",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _truncate(_largest_file(os.path.join(workdir, "checkpoints", "20", "state")))
@@ -1309,8 +1552,12 @@ def _(c: CaseRun):
   c.command("jaxcls.predict", f"--workdir={workdir}", image, expect=either(r"\b20\b"))
 
 
-@case("ck-deleted-state", "checkpoint", "the latest step's state/ item is deleted; re-run main",
-      "an error saying what is missing and what to do, or a fallback warning naming step 20")
+@case(
+  "ck-deleted-state",
+  "checkpoint",
+  "the latest step's state/ item is deleted; re-run main",
+  "an error saying what is missing and what to do, or a fallback warning naming step 20",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   shutil.rmtree(os.path.join(workdir, "checkpoints", "20", "state"))
@@ -1319,8 +1566,12 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("ck-deleted-meta", "checkpoint", "the latest step's meta/ item is deleted; re-run main (was a traceback)",
-      "an error saying what is missing, or a fallback warning naming step 20")
+@case(
+  "ck-deleted-meta",
+  "checkpoint",
+  "the latest step's meta/ item is deleted; re-run main (was a traceback)",
+  "an error saying what is missing, or a fallback warning naming step 20",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   shutil.rmtree(os.path.join(workdir, "checkpoints", "20", "meta"))
@@ -1329,8 +1580,12 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("ck-garbage-meta", "checkpoint", "the latest step's meta is garbage; re-run main (was a JSONDecodeError)",
-      "an error naming meta, or a fallback warning naming step 20")
+@case(
+  "ck-garbage-meta",
+  "checkpoint",
+  "the latest step's meta is garbage; re-run main (was a JSONDecodeError)",
+  "an error naming meta, or a fallback warning naming step 20",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _garbage(os.path.join(workdir, "checkpoints", "20", "meta", "metadata"))
@@ -1339,16 +1594,24 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir, skip_steps=(20,))
 
 
-@case("ck-garbage-meta-evaluate", "checkpoint", "evaluate when the latest step's meta is garbage",
-      "an error naming meta, or a warning naming step 20")
+@case(
+  "ck-garbage-meta-evaluate",
+  "checkpoint",
+  "evaluate when the latest step's meta is garbage",
+  "an error naming meta, or a warning naming step 20",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _garbage(os.path.join(workdir, "checkpoints", "20", "meta", "metadata"))
   c.command("jaxcls.evaluate", f"--workdir={workdir}", expect=either(r"meta|\b20\b"))
 
 
-@case("ck-garbage-state-metadata", "checkpoint", "the latest step's state/_METADATA is garbage; re-run main",
-      "a warning naming step 20 and a resume from 15, or an error")
+@case(
+  "ck-garbage-state-metadata",
+  "checkpoint",
+  "the latest step's state/_METADATA is garbage; re-run main",
+  "a warning naming step 20 and a resume from 15, or an error",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   _garbage(os.path.join(workdir, "checkpoints", "20", "state", "_METADATA"))
@@ -1357,8 +1620,12 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("ck-all-corrupt", "checkpoint", "every step's array file is truncated; re-run main",
-      "an error or warnings naming the steps; nothing deleted")
+@case(
+  "ck-all-corrupt",
+  "checkpoint",
+  "every step's array file is truncated; re-run main",
+  "an error or warnings naming the steps; nothing deleted",
+)
 def _(c: CaseRun):
   workdir = c.trained()
   for step in checkpoint_steps(workdir):
@@ -1368,12 +1635,17 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir)
 
 
-@case("ck-tmp-leftover", "checkpoint", "an orbax tmp folder left by a kill during a save; re-run main longer",
-      "exit 0, trains on to step 25")
+@case(
+  "ck-tmp-leftover",
+  "checkpoint",
+  "an orbax tmp folder left by a kill during a save; re-run main longer",
+  "exit 0, trains on to step 25",
+)
 def _(c: CaseRun):
   workdir = c.trained()
-  shutil.copytree(os.path.join(workdir, "checkpoints", "20"),
-                  os.path.join(workdir, "checkpoints", "25.orbax-checkpoint-tmp-1234"))
+  shutil.copytree(
+    os.path.join(workdir, "checkpoints", "20"), os.path.join(workdir, "checkpoints", "25.orbax-checkpoint-tmp-1234")
+  )
   before = snapshot(workdir)
   run = c.main(workdir, "--config.num_train_steps=25", expect=success())
   if run.rc == 0 and (checkpoint_steps(workdir) or [0])[-1] != 25:
@@ -1381,8 +1653,9 @@ def _(c: CaseRun):
   c.expect_kept(before, workdir, keep=3)
 
 
-@case("ck-empty-checkpoints", "checkpoint", "evaluate a workdir whose checkpoints/ is empty",
-      error("checkpoint").describe())
+@case(
+  "ck-empty-checkpoints", "checkpoint", "evaluate a workdir whose checkpoints/ is empty", error("checkpoint").describe()
+)
 def _(c: CaseRun):
   workdir = c.trained()
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
@@ -1409,8 +1682,9 @@ def _(c: CaseRun):
 
 @case("ck-export-step-999", "checkpoint", "export --step 999 (no such step)", error("999").describe())
 def _(c: CaseRun):
-  c.command("jaxcls.export", f"--workdir={c.trained()}", f"--output={c.path('model')}", "--step=999",
-            expect=error("999"))
+  c.command(
+    "jaxcls.export", f"--workdir={c.trained()}", f"--output={c.path('model')}", "--step=999", expect=error("999")
+  )
 
 
 def _without_best(c: CaseRun) -> str:
@@ -1424,31 +1698,48 @@ def _without_best(c: CaseRun) -> str:
   return workdir
 
 
-@case("ck-step-best-missing", "checkpoint", "evaluate --step best on a run trained with best_metric=''",
-      error("best").describe())
+@case(
+  "ck-step-best-missing",
+  "checkpoint",
+  "evaluate --step best on a run trained with best_metric=''",
+  error("best").describe(),
+)
 def _(c: CaseRun):
   c.command("jaxcls.evaluate", f"--workdir={_without_best(c)}", "--step=best", expect=error("best"))
 
 
-@case("ck-export-step-best-missing", "checkpoint", "export --step best on a run trained with best_metric=''",
-      error("best").describe())
+@case(
+  "ck-export-step-best-missing",
+  "checkpoint",
+  "export --step best on a run trained with best_metric=''",
+  error("best").describe(),
+)
 def _(c: CaseRun):
-  c.command("jaxcls.export", f"--workdir={_without_best(c)}", f"--output={c.path('model')}", "--step=best",
-            expect=error("best"))
+  c.command(
+    "jaxcls.export", f"--workdir={_without_best(c)}", f"--output={c.path('model')}", "--step=best", expect=error("best")
+  )
 
 
-@case("ck-step-best", "checkpoint", "best_metric=eval/accuracy with keep_checkpoints=1, then evaluate --step best",
-      "exit 0; the evaluated step has the best logged eval/accuracy")
+@case(
+  "ck-step-best",
+  "checkpoint",
+  "best_metric=eval/accuracy with keep_checkpoints=1, then evaluate --step best",
+  "exit 0; the evaluated step has the best logged eval/accuracy",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
-  run = c.main(workdir, "--config.best_metric=eval/accuracy", "--config.keep_checkpoints=1",
-               "--config.eval_every_steps=5", expect=success())
+  run = c.main(
+    workdir,
+    "--config.best_metric=eval/accuracy",
+    "--config.keep_checkpoints=1",
+    "--config.eval_every_steps=5",
+    expect=success(),
+  )
   if run.rc != 0:
     return
   accuracy = {s: v for (s, k), v in snapshot(workdir).metrics.items() if k == "eval/accuracy"}
   out_dir = c.path("best_eval")
-  ev = c.command("jaxcls.evaluate", f"--workdir={workdir}", "--step=best", f"--output_dir={out_dir}",
-                 expect=success())
+  ev = c.command("jaxcls.evaluate", f"--workdir={workdir}", "--step=best", f"--output_dir={out_dir}", expect=success())
   if ev.rc == 0 and accuracy:
     try:
       step = json.loads(_read_bytes(os.path.join(out_dir, "report.json")) or b"{}").get("step")
@@ -1458,8 +1749,12 @@ def _(c: CaseRun):
       c.problem("silent-wrong", f"--step best evaluated step {step}; eval/accuracy by step: {accuracy}")
 
 
-@case("ck-export-existing-file", "checkpoint", "export --output onto an existing file (was a FileExistsError)",
-      error("exist|file|director").describe())
+@case(
+  "ck-export-existing-file",
+  "checkpoint",
+  "export --output onto an existing file (was a FileExistsError)",
+  error("exist|file|director").describe(),
+)
 def _(c: CaseRun):
   target = c.path("model")
   _garbage(target, b"precious\n")
@@ -1468,8 +1763,12 @@ def _(c: CaseRun):
     c.problem("lost-data", "the existing file was overwritten")
 
 
-@case("ck-export-twice", "checkpoint", "export into a folder that already holds an export",
-      "one-line error naming --overwrite; the first export unchanged")
+@case(
+  "ck-export-twice",
+  "checkpoint",
+  "export into a folder that already holds an export",
+  "one-line error naming --overwrite; the first export unchanged",
+)
 def _(c: CaseRun):
   workdir, target = c.trained(), c.path("model")
   first = c.command("jaxcls.export", f"--workdir={workdir}", f"--output={target}", "--step=10", expect=success())
@@ -1485,16 +1784,24 @@ def _(c: CaseRun):
 def _(c: CaseRun):
   target = c.path("model")
   _garbage(target, b"precious\n")
-  c.command("jaxcls.export", f"--workdir={c.trained()}", f"--output={target}/sub",
-            expect=error("file|director|exist"))
+  c.command("jaxcls.export", f"--workdir={c.trained()}", f"--output={target}/sub", expect=error("file|director|exist"))
 
 
-@case("ck-nonfinite", "checkpoint", "learning rate 1e30: the loss goes non-finite after a checkpoint at step 1",
-      "one-line non-finite error; the last checkpoint evaluates to a finite loss")
+@case(
+  "ck-nonfinite",
+  "checkpoint",
+  "learning rate 1e30: the loss goes non-finite after a checkpoint at step 1",
+  "one-line non-finite error; the last checkpoint evaluates to a finite loss",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
-  c.main(workdir, "--config.optimizer.learning_rate=1e30", "--config.checkpoint_every_steps=1",
-         "--config.async_checkpointing=False", expect=error("finite|nan"))
+  c.main(
+    workdir,
+    "--config.optimizer.learning_rate=1e30",
+    "--config.checkpoint_every_steps=1",
+    "--config.async_checkpointing=False",
+    expect=error("finite|nan"),
+  )
   if not checkpoint_steps(workdir):
     c.problem("lost-data", "no checkpoint survived")
     return
@@ -1502,16 +1809,20 @@ def _(c: CaseRun):
   if ev.rc == 0:
     loss = json.loads(_read_bytes(c.path("eval", "report.json")) or b"{}").get("loss")
     if not isinstance(loss, float) or loss != loss or loss in (float("inf"), float("-inf")):
-      c.problem("silent-wrong", f"the kept checkpoint (step {checkpoint_steps(workdir)[-1]}) evaluates to loss "
-                                f"{'undefined' if loss is None else loss} (non-finite parameters were saved)")
+      c.problem(
+        "silent-wrong",
+        f"the kept checkpoint (step {checkpoint_steps(workdir)[-1]}) evaluates to loss "
+        f"{'undefined' if loss is None else loss} (non-finite parameters were saved)",
+      )
 
 
 # --- signal: real signals to a running `main`, then a resume that must equal the uninterrupted reference.
 
+
 def _documented_preempt_codes() -> tuple:
-  """0, and the exit code jaxcls documents for a preempted run (jaxcls/training/preemption.py's EXIT_CODE), read as text."""
+  """0, and the exit code jaxcls documents for a preempted run (EXIT_CODE in jaxcls/training/preemption.py)."""
   try:
-    with open(os.path.join(REPO, "jaxcls", "preemption.py")) as f:
+    with open(os.path.join(REPO, "jaxcls", "training", "preemption.py")) as f:
       found = re.search(r"^EXIT_CODE = (\d+)", f.read(), re.M)
   except OSError:
     found = None
@@ -1531,7 +1842,9 @@ def _preempted(c: CaseRun, run: Run, workdir: str) -> None:
     return
   if run.rc not in PREEMPT_CODES:
     c.problem("unexpected", f"{run.name}: exit {run.rc} after {run.sent[0][0]}")
-  lines = [l for l in run.output.splitlines() if re.search(PREEMPT_LINE, l, re.I) and "checkpoint" in l.lower()]
+  lines = [
+    line for line in run.output.splitlines() if re.search(PREEMPT_LINE, line, re.I) and "checkpoint" in line.lower()
+  ]
   steps = checkpoint_steps(workdir)
   at_signal = run.sent[0][2]
   if not lines:
@@ -1541,8 +1854,10 @@ def _preempted(c: CaseRun, run: Run, workdir: str) -> None:
     if named and int(named.group(1)) not in steps:
       c.problem("lost-data", f"{run.name}: says step {named.group(1)}, but checkpoints are {steps}")
   if at_signal and (not steps or steps[-1] < at_signal):
-    c.problem("lost-data", f"{run.name}: step {at_signal} was done at the signal, but the last checkpoint is "
-                           f"{steps[-1] if steps else None}")
+    c.problem(
+      "lost-data",
+      f"{run.name}: step {at_signal} was done at the signal, but the last checkpoint is {steps[-1] if steps else None}",
+    )
   c.note(f"signal at step {at_signal}, exit {run.rc}, checkpoints {steps}")
 
 
@@ -1554,32 +1869,52 @@ def _signal_case(c: CaseRun, trigger, sig, *, extra: tuple = ()):
   c.expect_reference(workdir)
 
 
-@case("sig-term-mid-run", "signal", "SIGTERM after step 7 is logged, then re-run",
-      "checkpoint at that step, one line, exit 0/75; resume equals the reference")
+@case(
+  "sig-term-mid-run",
+  "signal",
+  "SIGTERM after step 7 is logged, then re-run",
+  "checkpoint at that step, one line, exit 0/75; resume equals the reference",
+)
 def _(c: CaseRun):
   _signal_case(c, OnOutput(r"\] \[7\] train/"), signal.SIGTERM)
 
 
-@case("sig-int-mid-run", "signal", "SIGINT (Ctrl-C) after step 7 is logged, then re-run",
-      "checkpoint at that step, one line, exit 0/75; resume equals the reference")
+@case(
+  "sig-int-mid-run",
+  "signal",
+  "SIGINT (Ctrl-C) after step 7 is logged, then re-run",
+  "checkpoint at that step, one line, exit 0/75; resume equals the reference",
+)
 def _(c: CaseRun):
   _signal_case(c, OnOutput(r"\] \[7\] train/"), signal.SIGINT)
 
 
-@case("sig-term-twice", "signal", "two SIGTERMs 0.2 s apart after step 7",
-      "checkpoint, one line, clean exit; resume equals the reference")
+@case(
+  "sig-term-twice",
+  "signal",
+  "two SIGTERMs 0.2 s apart after step 7",
+  "checkpoint, one line, clean exit; resume equals the reference",
+)
 def _(c: CaseRun):
   _signal_case(c, OnOutput(r"\] \[7\] train/"), signal.SIGTERM, extra=((After(0.2), signal.SIGTERM),))
 
 
-@case("sig-term-eval", "signal", "SIGTERM while the step-10 evaluation runs",
-      "checkpoint at step >= 10, clean exit; resume equals the reference")
+@case(
+  "sig-term-eval",
+  "signal",
+  "SIGTERM while the step-10 evaluation runs",
+  "checkpoint at step >= 10, clean exit; resume equals the reference",
+)
 def _(c: CaseRun):
   _signal_case(c, OnOutput(r"\] \[10\] train/"), signal.SIGTERM)
 
 
-@case("sig-term-async-save", "signal", "SIGTERM while an async checkpoint is being written (tmp folder seen)",
-      "the save completes, clean exit; resume equals the reference")
+@case(
+  "sig-term-async-save",
+  "signal",
+  "SIGTERM while an async checkpoint is being written (tmp folder seen)",
+  "the save completes, clean exit; resume equals the reference",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   trigger = OnPath(os.path.join(workdir, "checkpoints"), r"tmp", or_output=r"\] \[12\] train/")
@@ -1591,8 +1926,12 @@ def _(c: CaseRun):
   c.expect_reference(workdir)
 
 
-@case("sig-term-startup", "signal", "SIGTERM before the first step (after the data is loaded)",
-      "clean exit, no traceback; resume equals the reference")
+@case(
+  "sig-term-startup",
+  "signal",
+  "SIGTERM before the first step (after the data is loaded)",
+  "clean exit, no traceback; resume equals the reference",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   run = c.main(workdir, signals=((OnOutput(r"Data: \d+ train"), signal.SIGTERM),), name="signalled")
@@ -1604,8 +1943,12 @@ def _(c: CaseRun):
   c.expect_reference(workdir)
 
 
-@case("sig-kill-mid-run", "signal", "SIGKILL after step 12 is logged, then re-run",
-      "resume equals the reference, every metrics line present")
+@case(
+  "sig-kill-mid-run",
+  "signal",
+  "SIGKILL after step 12 is logged, then re-run",
+  "resume equals the reference, every metrics line present",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   c.main(workdir, signals=((OnOutput(r"\] \[12\] train/"), signal.SIGKILL),), name="killed")
@@ -1613,8 +1956,12 @@ def _(c: CaseRun):
   c.expect_reference(workdir)
 
 
-@case("sig-kill-during-save", "signal", "SIGKILL while a checkpoint is being written (tmp folder seen)",
-      "resume equals the reference")
+@case(
+  "sig-kill-during-save",
+  "signal",
+  "SIGKILL while a checkpoint is being written (tmp folder seen)",
+  "resume equals the reference",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   trigger = OnPath(os.path.join(workdir, "checkpoints"), r"tmp", or_output=r"\] \[11\] train/")
@@ -1625,8 +1972,9 @@ def _(c: CaseRun):
   c.expect_reference(workdir)
 
 
-@case("sig-kill-twice", "signal", "SIGKILL at step 6, resume, SIGKILL at step 16, resume",
-      "resume equals the reference")
+@case(
+  "sig-kill-twice", "signal", "SIGKILL at step 6, resume, SIGKILL at step 16, resume", "resume equals the reference"
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   c.main(workdir, signals=((OnOutput(r"\] \[6\] train/"), signal.SIGKILL),), name="killed1")
@@ -1639,12 +1987,14 @@ def _(c: CaseRun):
 def _(c: CaseRun):
   workdir = c.trained()
   before = snapshot(workdir)
-  c.command("jaxcls.evaluate", f"--workdir={workdir}", signals=((OnOutput(r"Eval step|compiled"), signal.SIGTERM),),
-            timeout=120)
+  c.command(
+    "jaxcls.evaluate", f"--workdir={workdir}", signals=((OnOutput(r"Eval step|compiled"), signal.SIGTERM),), timeout=120
+  )
   c.expect_kept(before, workdir)
 
 
 # --- data: hostile image folders (configs/folder.py, 8x8 images, 2 steps).
+
 
 def _folder_run(c: CaseRun, folder: str, expect: Expect, *, listed: str | None = None, counts=None):
   workdir = c.path("run")
@@ -1669,8 +2019,12 @@ def _(c: CaseRun):
   _folder_run(c, c.images(), success(), counts=24)
 
 
-@case("data-symlink-loop", "data", "a symlink in a class folder pointing back at the root (was 41x listings)",
-      "exit 0, every image once")
+@case(
+  "data-symlink-loop",
+  "data",
+  "a symlink in a class folder pointing back at the root (was 41x listings)",
+  "exit 0, every image once",
+)
 def _(c: CaseRun):
   folder = c.images()
   os.symlink(folder, os.path.join(folder, "cat", "loop"))
@@ -1691,8 +2045,12 @@ def _(c: CaseRun):
   _folder_run(c, folder, success(), counts=24)
 
 
-@case("data-symlink-train-to-test", "data", "train/cat holds a link to the root (test images reachable from train)",
-      "exit 0, no test image counted in train")
+@case(
+  "data-symlink-train-to-test",
+  "data",
+  "train/cat holds a link to the root (test images reachable from train)",
+  "exit 0, no test image counted in train",
+)
 def _(c: CaseRun):
   base = c.images("flat")
   folder = c.path("split")
@@ -1708,8 +2066,12 @@ def _(c: CaseRun):
     c.problem("silent-wrong", f"{got[0]} train examples, but train/ holds 16 images (test images leaked?)")
 
 
-@case("data-fifo", "data", "a FIFO named like an image in a class folder (was a hang)",
-      "exit 0, the FIFO listed in skipped_files.txt")
+@case(
+  "data-fifo",
+  "data",
+  "a FIFO named like an image in a class folder (was a hang)",
+  "exit 0, the FIFO listed in skipped_files.txt",
+)
 def _(c: CaseRun):
   folder = c.images()
   os.mkfifo(os.path.join(folder, "cat", "pipe.png"))
@@ -1743,16 +2105,24 @@ def _(c: CaseRun):
   _folder_run(c, folder, success(), listed="sock.png", counts=24)
 
 
-@case("data-non-utf8-name", "data", "a valid image whose file name is not UTF-8 (was a crash)",
-      "exit 0, 25 examples or the file listed")
+@case(
+  "data-non-utf8-name",
+  "data",
+  "a valid image whose file name is not UTF-8 (was a crash)",
+  "exit 0, 25 examples or the file listed",
+)
 def _(c: CaseRun):
   folder = c.images()
   _png(os.path.join(os.fsencode(folder), b"cat", b"\xff\xfeimg.png"), 8, 8, 999)
   _folder_run(c, folder, success())
 
 
-@case("data-non-utf8-corrupt", "data", "a corrupt file with a non-UTF-8 name (crashed writing skipped_files.txt)",
-      "exit 0, listed in skipped_files.txt")
+@case(
+  "data-non-utf8-corrupt",
+  "data",
+  "a corrupt file with a non-UTF-8 name (crashed writing skipped_files.txt)",
+  "exit 0, listed in skipped_files.txt",
+)
 def _(c: CaseRun):
   folder = c.images()
   _garbage(os.path.join(os.fsencode(folder), b"cat", b"bad\xff.png"))
@@ -1793,8 +2163,12 @@ def _(c: CaseRun):
   _folder_run(c, folder, success(), listed="empty.png", counts=24)
 
 
-@case("data-bomb", "data", "a PNG declaring 40000x40000 pixels (a decompression bomb)",
-      "exit 0, refused and listed in skipped_files.txt")
+@case(
+  "data-bomb",
+  "data",
+  "a PNG declaring 40000x40000 pixels (a decompression bomb)",
+  "exit 0, refused and listed in skipped_files.txt",
+)
 def _(c: CaseRun):
   folder = c.images()
   bomb_png(os.path.join(folder, "cat", "bomb.png"))
@@ -1808,8 +2182,12 @@ def _(c: CaseRun):
   _folder_run(c, folder, success(), counts=24)
 
 
-@case("data-one-class", "data", "a folder with one class (was ROC-AUC NaN, no warning)",
-      "a warning (or error) about one class; no NaN in report.json")
+@case(
+  "data-one-class",
+  "data",
+  "a folder with one class (was ROC-AUC NaN, no warning)",
+  "a warning (or error) about one class; no NaN in report.json",
+)
 def _(c: CaseRun):
   folder = c.images()
   shutil.rmtree(os.path.join(folder, "dog"))
@@ -1826,8 +2204,14 @@ def _(c: CaseRun):
   for k, name in enumerate(("cat", "dog")):
     os.makedirs(os.path.join(folder, name))
     _png(os.path.join(folder, name, "only.png"), 8, 8, k)
-  _folder_run(c, folder, either(r"one example|1 example|per class|too few|only one|one image|1 image|"
-                                r"without images|1 in all"))
+  _folder_run(
+    c,
+    folder,
+    either(
+      r"one example|1 example|per class|too few|only one|one image|1 image|"
+      r"without images|1 in all"
+    ),
+  )
 
 
 @case("data-empty-class", "data", "a class folder with no images", "a warning or a one-line error naming it")
@@ -1865,6 +2249,7 @@ def _(c: CaseRun):
 
 
 # --- predict inputs (on the reference model).
+
 
 def _predict(c: CaseRun, files: list, expect: Expect, *extra) -> Run:
   return c.command("jaxcls.predict", f"--workdir={c.trained()}", *extra, *files, expect=expect)
@@ -1911,14 +2296,17 @@ def _(c: CaseRun):
   _predict(c, [c.path("nope.png")], error("nope\\.png|could not|exist", line=r"^jaxcls: |nope\.png"))
 
 
-@case("pr-non-utf8-csv", "data", "predict a non-UTF-8 file name with --output x.csv (was a crash)",
-      "exit 0, x.csv written with its row")
+@case(
+  "pr-non-utf8-csv",
+  "data",
+  "predict a non-UTF-8 file name with --output x.csv (was a crash)",
+  "exit 0, x.csv written with its row",
+)
 def _(c: CaseRun):
   name = os.path.join(os.fsencode(c.dir), b"img\xff.png")
   _png(name, 8, 8, 4, mode="L")
   out = c.path("x.csv")
-  run = c.command("jaxcls.predict", f"--workdir={c.trained()}", f"--output={out}", os.fsdecode(name),
-                  expect=success())
+  run = c.command("jaxcls.predict", f"--workdir={c.trained()}", f"--output={out}", os.fsdecode(name), expect=success())
   if run.rc == 0:
     rows = (_read_bytes(out) or b"").splitlines()
     if len(rows) != 2:
@@ -1930,8 +2318,7 @@ def _(c: CaseRun):
   name = os.path.join(os.fsencode(c.dir), b"img\xfe.png")
   _png(name, 8, 8, 4, mode="L")
   out = c.path("x.json")
-  run = c.command("jaxcls.predict", f"--workdir={c.trained()}", f"--output={out}", os.fsdecode(name),
-                  expect=success())
+  run = c.command("jaxcls.predict", f"--workdir={c.trained()}", f"--output={out}", os.fsdecode(name), expect=success())
   if run.rc == 0:
     try:
       json.loads(_read_bytes(out) or b"")
@@ -1978,24 +2365,41 @@ def _(c: CaseRun):
   _predict(c, [_good_image(c)], error("output|\\.csv"), f"--output={c.path('x.txt')}")
 
 
-@case("pr-output-missing-dir", "data", "predict --output into a folder that does not exist",
-      "exit 0 with the folder made, or a one-line error")
+@case(
+  "pr-output-missing-dir",
+  "data",
+  "predict --output into a folder that does not exist",
+  "exit 0 with the folder made, or a one-line error",
+)
 def _(c: CaseRun):
   _predict(c, [_good_image(c)], either("output|exist|director"), f"--output={c.path('no', 'such', 'x.csv')}")
 
 
 # --- concurrency.
 
+
 def _start(c: CaseRun, workdir: str, log_path: str, *overrides):
   """A training run left going in the background (its output in log_path)."""
   with open(log_path, "wb") as log:
-    return _started(subprocess.Popen(
-        [sys.executable, "-m", "jaxcls.main", f"--workdir={workdir}", *c.table.base_flags(), *overrides], cwd=c.dir,
-        env=child_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+    return _started(
+      subprocess.Popen(
+        [sys.executable, "-m", "jaxcls.main", f"--workdir={workdir}", *c.table.base_flags(), *overrides],
+        cwd=c.dir,
+        env=child_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+      )
+    )
 
 
-@case("cc-two-runs", "concurrency", "a second main on a workdir while a first one trains it (was trampling)",
-      "the second gets a one-line busy error; the first, then SIGTERMed, stops cleanly with a checkpoint")
+@case(
+  "cc-two-runs",
+  "concurrency",
+  "a second main on a workdir while a first one trains it (was trampling)",
+  "the second gets a one-line busy error; the first, then SIGTERMed, stops cleanly with a checkpoint",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   first_log = c.path("first.log")
@@ -2027,8 +2431,12 @@ def _(c: CaseRun):
     c.problem("silent-wrong", "lock.json is left behind after both runs ended")
 
 
-@case("cc-evaluate-while-training", "concurrency", "evaluate a workdir while main trains it",
-      "evaluate exits 0 or with a one-line error; training still equals the reference")
+@case(
+  "cc-evaluate-while-training",
+  "concurrency",
+  "evaluate a workdir while main trains it",
+  "evaluate exits 0 or with a one-line error; training still equals the reference",
+)
 def _(c: CaseRun):
   workdir = c.path("run")
   first_log = c.path("first.log")
@@ -2054,8 +2462,13 @@ def _(c: CaseRun):
 
 # --- storage: URL workdirs, and a real GCS API (gcp-storage-emulator on localhost).
 
-@case("st-gs-malformed", "storage", "--workdir gs:/bucket/run (one slash; made ./gs:/bucket/run before)",
-      "one-line error; no local gs: folder")
+
+@case(
+  "st-gs-malformed",
+  "storage",
+  "--workdir gs:/bucket/run (one slash; made ./gs:/bucket/run before)",
+  "one-line error; no local gs: folder",
+)
 def _(c: CaseRun):
   c.main("gs:/bucket/run", expect=error("gs:"))
   c.expect_no_file(c.path("gs:"), "a local folder named after the URL")
@@ -2086,12 +2499,15 @@ def _(c: CaseRun):
 
 @case("st-data-s3", "storage", "dataset.path=s3://bucket/d.npz (arrays source) without s3fs", error("s3").describe())
 def _(c: CaseRun):
-  c.main(c.path("run"), "--config.dataset.name=arrays", "--config.dataset.path=s3://bucket/d.npz",
-         expect=error("s3"))
+  c.main(c.path("run"), "--config.dataset.name=arrays", "--config.dataset.path=s3://bucket/d.npz", expect=error("s3"))
 
 
-@case("st-gcs-kill-resume", "storage", "train into gs:// on the GCS emulator, SIGKILL after step 12, resume",
-      "equals the local reference, every metrics.jsonl line present")
+@case(
+  "st-gcs-kill-resume",
+  "storage",
+  "train into gs:// on the GCS emulator, SIGKILL after step 12, resume",
+  "equals the local reference, every metrics.jsonl line present",
+)
 def _(c: CaseRun):
   _, env = c.table.emulator()
   workdir = f"gs://{BUCKET}/{os.path.basename(c.dir)}-run"
@@ -2100,16 +2516,25 @@ def _(c: CaseRun):
   c.expect_reference(workdir, env)
 
 
-@case("st-gcs-evaluate-missing", "storage", "evaluate a gs:// workdir that does not exist (emulator)",
-      error("config\\.json|exist|gs://").describe())
+@case(
+  "st-gcs-evaluate-missing",
+  "storage",
+  "evaluate a gs:// workdir that does not exist (emulator)",
+  error("config\\.json|exist|gs://").describe(),
+)
 def _(c: CaseRun):
   _, env = c.table.emulator()
-  c.command("jaxcls.evaluate", f"--workdir=gs://{BUCKET}/nothing-here", expect=error("config\\.json|exist|gs://"),
-            env=env)
+  c.command(
+    "jaxcls.evaluate", f"--workdir=gs://{BUCKET}/nothing-here", expect=error("config\\.json|exist|gs://"), env=env
+  )
 
 
-@case("st-gcs-missing-bucket", "storage", "--workdir into a bucket that does not exist (emulator)",
-      error("bucket|exist|gs://|404").describe())
+@case(
+  "st-gcs-missing-bucket",
+  "storage",
+  "--workdir into a bucket that does not exist (emulator)",
+  error("bucket|exist|gs://|404").describe(),
+)
 def _(c: CaseRun):
   _, env = c.table.emulator()
   c.main("gs://no-such-bucket-jaxcls/run", expect=error("bucket|exist|gs://|404|not found"), env=env)
@@ -2121,6 +2546,7 @@ def _(c: CaseRun):
 @dataclasses.dataclass
 class Row:
   """One line of the printed fault table: the case, what happened, and whether it passed."""
+
   id: str
   category: str
   case: str
@@ -2142,17 +2568,23 @@ def run_case(table: Table, spec: Case) -> Row:
   except Exception as e:  # pylint: disable=broad-except
     c.problem("harness", f"{type(e).__name__}: {e} ({traceback.format_exc().splitlines()[-3].strip()})")
   labels = labels_of(c.problems)
-  return Row(spec.id, spec.category, spec.description, spec.expected, "+".join(labels),
-             time.monotonic() - start, [f"{label}: {detail}" for label, detail in c.problems], c.notes)
+  return Row(
+    spec.id,
+    spec.category,
+    spec.description,
+    spec.expected,
+    "+".join(labels),
+    time.monotonic() - start,
+    [f"{label}: {detail}" for label, detail in c.problems],
+    c.notes,
+  )
 
 
 def format_table(rows: list[Row]) -> str:
   headers = ("id", "category", "case", "expected", "observed", "seconds")
-  cells = [(r.id, r.category, _short(r.case, 70), _short(r.expected, 60), r.observed, f"{r.seconds:.1f}")
-           for r in rows]
+  cells = [(r.id, r.category, _short(r.case, 70), _short(r.expected, 60), r.observed, f"{r.seconds:.1f}") for r in rows]
   widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-  lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)),
-           "-+-".join("-" * w for w in widths)]
+  lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)), "-+-".join("-" * w for w in widths)]
   lines += [" | ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
   return "\n".join(lines)
 
@@ -2160,31 +2592,43 @@ def format_table(rows: list[Row]) -> str:
 def totals(rows: list[Row]) -> list[str]:
   def count(label):
     return sum(1 for r in rows if label in r.observed.split("+"))
-  return [f"cases: {len(rows)}",
-          f"ok: {count('ok')}",
-          f"unexpected exits/messages: {count('unexpected')}",
-          f"harness failures: {count('harness')}",
-          f"tracebacks: {count('traceback')}",
-          f"hangs: {count('hang')}",
-          f"silent wrong results: {count('silent-wrong')}",
-          f"lost data: {count('lost-data')}"]
+
+  return [
+    f"cases: {len(rows)}",
+    f"ok: {count('ok')}",
+    f"unexpected exits/messages: {count('unexpected')}",
+    f"harness failures: {count('harness')}",
+    f"tracebacks: {count('traceback')}",
+    f"hangs: {count('hang')}",
+    f"silent wrong results: {count('silent-wrong')}",
+    f"lost data: {count('lost-data')}",
+  ]
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--only", action="append", default=[],
-                      help="run the cases whose id contains this substring (repeatable)")
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--only", action="append", default=[], help="run the cases whose id contains this substring (repeatable)"
+  )
   parser.add_argument("--list", action="store_true", help="list the cases and exit")
   parser.add_argument("--jobs", type=int, default=1, help="cases run at the same time (default 1)")
   parser.add_argument("--json", help="also write the rows (with details) to this JSON file")
-  parser.add_argument("--timeout", type=float, default=240.0,
-                      help="seconds one command may run before it counts as a hang (default 240)")
+  parser.add_argument(
+    "--timeout", type=float, default=240.0, help="seconds one command may run before it counts as a hang (default 240)"
+  )
   parser.add_argument("--keep", action="store_true", help="keep the temporary folders (their path is printed)")
-  parser.add_argument("--plots", action="store_true",
-                      help="let the commands draw the report's figures (matplotlib is hidden from them by default)")
-  parser.add_argument("--root", help="work in this folder and keep it; its reference run and compilation cache "
-                      "from an earlier table run are reused (for working on the table itself)")
+  parser.add_argument(
+    "--plots",
+    action="store_true",
+    help="let the commands draw the report's figures (matplotlib is hidden from them by default)",
+  )
+  parser.add_argument(
+    "--root",
+    help="work in this folder and keep it; its reference run and compilation cache "
+    "from an earlier table run are reused (for working on the table itself)",
+  )
   args = parser.parse_args(argv)
   if args.jobs < 1:
     parser.error(f"--jobs={args.jobs} must be at least 1")
@@ -2223,8 +2667,12 @@ def main(argv=None) -> int:
       for future in futures:
         row = future.result()
         rows.append(row)
-        print(f"[{len(rows)}/{len(selected)}] {row.id}: {row.observed} ({row.seconds:.0f} s)"
-              + "".join(f"\n    {d}" for d in row.details + row.notes), file=sys.stderr, flush=True)
+        print(
+          f"[{len(rows)}/{len(selected)}] {row.id}: {row.observed} ({row.seconds:.0f} s)"
+          + "".join(f"\n    {d}" for d in row.details + row.notes),
+          file=sys.stderr,
+          flush=True,
+        )
   finally:
     table.close()
     if args.keep:

@@ -52,6 +52,7 @@ CROP = decode.Crop(SIZE, "random_resized")
 def photos(count: int, seed: int = 0, upscale: float = 1.0) -> list[bytes]:
   """`count` JPEG crops of the two sample photos, 224 to 427 pixels a side (times `upscale`)."""
   from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+
   sources = load_sample_images().images
   rng = np.random.default_rng(seed)
   out = []
@@ -59,7 +60,7 @@ def photos(count: int, seed: int = 0, upscale: float = 1.0) -> list[bytes]:
     image = sources[i % len(sources)]
     h, w = rng.integers(224, min(image.shape[:2]) + 1, 2)
     top, left = rng.integers(0, image.shape[0] - h + 1), rng.integers(0, image.shape[1] - w + 1)
-    picture = Image.fromarray(image[top:top + h, left:left + w])
+    picture = Image.fromarray(image[top : top + h, left : left + w])
     if upscale != 1:
       picture = picture.resize((round(w * upscale), round(h * upscale)), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
@@ -79,8 +80,8 @@ def write_folder(root: str, jpegs: list[bytes]) -> str:
 def jpeg_files(root: str) -> list[str]:
   """Every .jpg / .jpeg under `root`, sorted."""
   found = []
-  for folder, _, names in os.walk(root):
-    found += [os.path.join(folder, n) for n in names if n.lower().endswith((".jpg", ".jpeg"))]
+  for parent, _, names in os.walk(root):
+    found += [os.path.join(parent, n) for n in names if n.lower().endswith((".jpg", ".jpeg"))]
   if not found:
     raise SystemExit(f"--folder {root} has no .jpg or .jpeg files; give a folder of class subfolders of JPEGs.")
   return sorted(found)
@@ -128,8 +129,17 @@ def timed(run, images: int, pids=()) -> Rate:
 def folder_dataset(root: str, workers: int, processes: int = 0):
   """The folder source streaming with `workers` threads, or `processes` worker processes (not yet warm)."""
   config = get_base_config()
-  config.dataset.update(dict(name="folder", path=root, image_size=SIZE, cache="none", workers=workers,
-                             train_crop="random_resized", eval_crop="center"))
+  config.dataset.update(
+    dict(
+      name="folder",
+      path=root,
+      image_size=SIZE,
+      cache="none",
+      workers=workers,
+      train_crop="random_resized",
+      eval_crop="center",
+    )
+  )
   if "decode_processes" in config.dataset:
     config.dataset.decode_processes = processes
   else:  # a base config without the key: set what folder.load would read from it
@@ -191,18 +201,27 @@ def _simplejpeg():
     height, width, _, _ = simplejpeg.decode_jpeg_header(raw)
     box = decode._box((width, height), CROP, rng)  # pylint: disable=protected-access
     scale = min((box[2] - box[0]) / SIZE[1], (box[3] - box[1]) / SIZE[0])  # any n/8 scale that keeps >= 224
-    pixels = simplejpeg.decode_jpeg(raw, "RGB", min_height=int(np.ceil(height / max(scale, 1))),
-                                    min_width=int(np.ceil(width / max(scale, 1))))
+    pixels = simplejpeg.decode_jpeg(
+      raw, "RGB", min_height=int(np.ceil(height / max(scale, 1))), min_width=int(np.ceil(width / max(scale, 1)))
+    )
     fy, fx = pixels.shape[0] / height, pixels.shape[1] / width
     image = Image.fromarray(pixels)
-    return np.asarray(image.resize(SIZE[::-1], Image.Resampling.BILINEAR,
-                                   box=(box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy), reducing_gap=None))
+    return np.asarray(
+      image.resize(
+        SIZE[::-1],
+        Image.Resampling.BILINEAR,
+        box=(box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy),
+        reducing_gap=None,
+      )
+    )
+
   return run
 
 
 def _tensorflow():
   """A tf.data pipeline (one private thread) reading the files: decode_and_crop_jpeg, then antialiased resize."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   tf.config.set_visible_devices([], "GPU")
 
   @tf.autograph.experimental.do_not_convert
@@ -222,6 +241,7 @@ def _tensorflow():
     dataset = tf.data.Dataset.from_tensor_slices((paths, windows)).map(crop_resize).batch(64).with_options(options)
     for _ in dataset:
       pass
+
   run_all.whole_list = True
   return run_all
 
@@ -230,10 +250,14 @@ def decoders() -> list[tuple[str, object]]:
   """(name, decode(path, rng)) for every decoder importable here."""
   simd = ".post" in Image.__version__  # pillow-simd's versions are Pillow's plus .postN
   pillow = f"pillow-simd {Image.__version__}" if simd else f"Pillow {Image.__version__}"
-  rows = [(f"{pillow}: full decode, crop + resize", _pillow_full),
-          (f"{pillow}: jaxcls decode (draft, crop first)", _jaxcls)]
-  for name, make in (("simplejpeg: n/8 DCT scale, Pillow resize", _simplejpeg),
-                     ("tf.data: decode_and_crop_jpeg + resize", _tensorflow)):
+  rows = [
+    (f"{pillow}: full decode, crop + resize", _pillow_full),
+    (f"{pillow}: jaxcls decode (draft, crop first)", _jaxcls),
+  ]
+  for name, make in (
+    ("simplejpeg: n/8 DCT scale, Pillow resize", _simplejpeg),
+    ("tf.data: decode_and_crop_jpeg + resize", _tensorflow),
+  ):
     try:
       rows.append((name, make()))
     except ImportError:
@@ -246,12 +270,14 @@ def compare(paths: list[str], rounds: int, per_round: int) -> list[tuple[str, Ra
   rows = decoders()
   picked = [paths[i % len(paths)] for i in range(per_round)]
   results = {name: [] for name, _ in rows}
+
   def all_files(run, seed, files):
     rngs = [np.random.default_rng([seed, i]) for i in range(len(files))]
     if getattr(run, "whole_list", False):  # a pipeline that takes the whole list at once (tf.data)
       return lambda: run(files, rngs)
     return lambda: [run(p, rng) for p, rng in zip(files, rngs)]
-  for name, run in rows:  # warm-up: imports, tracing, file cache
+
+  for _, run in rows:  # warm-up: imports, tracing, file cache
     all_files(run, 0, picked[:16])()
   for round_ in range(rounds):
     for name, run in rows:
@@ -272,8 +298,11 @@ def gil_share(paths: list[str], count: int = 128) -> tuple[float, float]:
     totals.append(time.thread_time() - start)
   profile = cProfile.Profile(time.thread_time)
   profile.runcall(run)
-  released = sum(v[2] for k, v in pstats.Stats(profile).stats.items()
-                 if k[2] in ("<method 'decode' of 'ImagingDecoder' objects>", "<method 'resize' of 'ImagingCore' objects>"))
+  released = sum(
+    v[2]
+    for k, v in pstats.Stats(profile).stats.items()
+    if k[2] in ("<method 'decode' of 'ImagingDecoder' objects>", "<method 'resize' of 'ImagingCore' objects>")
+  )
   total = min(totals)
   return 1e3 * total / count, max(0.0, 1 - released / total)
 
@@ -299,30 +328,51 @@ def tfds_source(root: str, jpegs: list[bytes], batch_size: int, batches: int) ->
   """imagenet2012 metadata with our split sizes, its examples served from `jpegs` by mock_data."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   tf.config.set_visible_devices([], "GPU")
   builder = tfds.builder("imagenet2012", data_dir=root)
   sizes = {"train": len(jpegs) * 8, "validation": len(jpegs)}
   template = lambda name: tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-      dataset_name="imagenet2012", split=name, filetype_suffix="tfrecord")
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0, filename_template=template(name))
-      for name, n in sizes.items()]))
+    data_dir=builder.data_path,
+    template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+    dataset_name="imagenet2012",
+    split=name,
+    filetype_suffix="tfrecord",
+  )
+  builder.info.set_splits(
+    tfds.core.SplitDict(
+      [
+        tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0, filename_template=template(name))
+        for name, n in sizes.items()
+      ]
+    )
+  )
   builder.data_path.mkdir(parents=True)
   builder.info.write_to_directory(builder.data_path)
   pool = tf.constant(jpegs)
 
   def as_dataset(self, split, **kwargs):
     del self, kwargs
-    n = sum(i.take if i.take >= 0 else i.examples_in_shard - i.skip
-            for i in builder.info.splits[split].file_instructions)
-    return tf.data.Dataset.range(n).map(lambda i: {"image": pool[i % len(jpegs)], "label": i % 1000,
-                                                   "file_name": tf.constant("x.jpg")})
+    n = sum(
+      i.take if i.take >= 0 else i.examples_in_shard - i.skip for i in builder.info.splits[split].file_instructions
+    )
+    return tf.data.Dataset.range(n).map(
+      lambda i: {"image": pool[i % len(jpegs)], "label": i % 1000, "file_name": tf.constant("x.jpg")}
+    )
 
   config = get_base_config()
-  config.dataset.update(dict(name="tfds", tfds_name="imagenet2012", data_dir=root, eval_split="validation",
-                             image_size=SIZE, train_crop="random_resized", eval_crop="center",
-                             shuffle_buffer=1024))
+  config.dataset.update(
+    dict(
+      name="tfds",
+      tfds_name="imagenet2012",
+      data_dir=root,
+      eval_split="validation",
+      image_size=SIZE,
+      train_crop="random_resized",
+      eval_crop="center",
+      shuffle_buffer=1024,
+    )
+  )
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=root, as_dataset_fn=as_dataset):
     stream = data.build(config, process_index=0, process_count=1).train_batches(batch_size, start_step=0, seed=0)
     next(stream)
@@ -335,21 +385,27 @@ def tfds_source(root: str, jpegs: list[bytes], batch_size: int, batches: int) ->
 def print_table(title: str, rows: list[tuple[str, Rate]], baseline: float = None) -> None:
   print(f"\n{title:<58} {'images/s':>9} {'per core-s':>11}" + ("   speed-up" if baseline else ""))
   for name, rate in rows:
-    print(f"{name:<58} {rate.per_second:>9.0f} {rate.per_core_second:>11.0f}"
-          + (f"   {rate.per_second / baseline:>8.2f}" if baseline else ""))
+    print(
+      f"{name:<58} {rate.per_second:>9.0f} {rate.per_core_second:>11.0f}"
+      + (f"   {rate.per_second / baseline:>8.2f}" if baseline else "")
+    )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--folder", help="class subfolders of JPEGs to measure (default: made from sample photos)")
-  parser.add_argument("--workers", default=str(os.cpu_count() or 1),
-                      help="comma-separated worker counts; the last one gives the headline")
+  parser.add_argument(
+    "--workers", default=str(os.cpu_count() or 1), help="comma-separated worker counts; the last one gives the headline"
+  )
   parser.add_argument("--batches", type=int, default=8)
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison (median)")
   parser.add_argument("--upscale", type=float, default=1.0, help="scale the made photos (not with --folder)")
-  parser.add_argument("--processes", action="store_true",
-                      help="the headline with worker processes (dataset.decode_processes) instead of threads")
+  parser.add_argument(
+    "--processes",
+    action="store_true",
+    help="the headline with worker processes (dataset.decode_processes) instead of threads",
+  )
   parser.add_argument("--compare", action="store_true", help="also compare decoders, single-threaded")
   parser.add_argument("--all_sources", action="store_true", help="also the idx and tfds sources")
   args = parser.parse_args()
@@ -363,13 +419,17 @@ def main():
       root = write_folder(os.path.join(tmp, "photos"), jpegs)
     paths = jpeg_files(root)
     sizes = np.array([Image.open(p).size for p in paths[:512]])
-    print(f"{len(paths)} JPEGs in {root}, median {int(np.median(sizes[:, 0]))}x{int(np.median(sizes[:, 1]))} px; "
-          f"{cores} CPU cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+      f"{len(paths)} JPEGs in {root}, median {int(np.median(sizes[:, 0]))}x{int(np.median(sizes[:, 1]))} px; "
+      f"{cores} CPU cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
     if args.compare:
       print_table("decoder (1 thread, random resized crop -> 224)", compare(paths, args.rounds, 128))
       ms, share = gil_share(paths)
-      print(f"jaxcls decode: {ms:.2f} ms per image, {100 * share:.0f}% of it holding the GIL: threads cap at "
-            f"about {1 / max(share, 1e-3):.0f}x one core's rate (Amdahl), worker processes do not")
+      print(
+        f"jaxcls decode: {ms:.2f} ms per image, {100 * share:.0f}% of it holding the GIL: threads cap at "
+        f"about {1 / max(share, 1e-3):.0f}x one core's rate (Amdahl), worker processes do not"
+      )
     if len(counts) > 1:
       table = scaling(root, counts, args.batch_size, args.batches, args.rounds)
       for kind in ("threads", "processes"):
@@ -377,17 +437,24 @@ def main():
         print_table(f"jaxcls folder stream, {kind}", rows, rows[0][1].per_second)
     if args.all_sources:
       rows = []
-      for name, run in (("idx (28x28, in memory)", lambda d: idx_source(d, args.batch_size, args.batches)),
-                        ("tfds mock (same JPEGs, decode_and_crop_jpeg -> 224)",
-                         lambda d: tfds_source(d, jpegs or [open(p, "rb").read() for p in paths[:256]],
-                                               args.batch_size, args.batches))):
+      for name, run in (
+        ("idx (28x28, in memory)", lambda d: idx_source(d, args.batch_size, args.batches)),
+        (
+          "tfds mock (same JPEGs, decode_and_crop_jpeg -> 224)",
+          lambda d: tfds_source(d, jpegs or [open(p, "rb").read() for p in paths[:256]], args.batch_size, args.batches),
+        ),
+      ):
         folder = os.path.join(tmp, name.split()[0])
         os.makedirs(folder)
         rows.append((name, run(folder)))
       print_table("other sources", rows)
     processes = counts[-1] if args.processes else 0
-    headline = median_rate([stream_rate(folder_dataset(root, counts[-1], processes), args.batch_size, args.batches)
-                            for _ in range(args.rounds)])
+    headline = median_rate(
+      [
+        stream_rate(folder_dataset(root, counts[-1], processes), args.batch_size, args.batches)
+        for _ in range(args.rounds)
+      ]
+    )
     kind = "processes" if processes else "threads"
     print_table(f"jaxcls folder stream, {counts[-1]} {kind}", [("random resized crop -> 224", headline)])
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -17,19 +17,30 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxcls.perf import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 from jaxcls.config import base as config_base
+from jaxcls.perf import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 from jaxcls.training import loop as train
 
 
 def bare_steps_per_sec(args) -> float:
-  record = benchmark.run(benchmark.Options(
-      model="simple_cnn", model_arg=(f"widths=({args.widths},)",), batch_size=args.batch_size, image_size=8,
-      channels=1, num_classes=10, dtype="float32", modes="train", warmup=50, steps=args.steps // 3, repeats=3))
+  record = benchmark.run(
+    benchmark.Options(
+      model="simple_cnn",
+      model_arg=(f"widths=({args.widths},)",),
+      batch_size=args.batch_size,
+      image_size=8,
+      channels=1,
+      num_classes=10,
+      dtype="float32",
+      modes="train",
+      warmup=50,
+      steps=args.steps // 3,
+      repeats=3,
+    )
+  )
   return 1e3 / record["train"]["step_ms"]
 
 
@@ -58,16 +69,21 @@ def main(argv=None) -> None:
   p.add_argument("--widths", default="8,16,32")
   args = p.parse_args(argv)
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   logging.set_verbosity(logging.WARNING)
   bare, loop = [], []
   with tempfile.TemporaryDirectory() as tmp:
     for r in range(args.rounds):
       bare.append(bare_steps_per_sec(args))
       loop.append(loop_steps_per_sec(args, os.path.join(tmp, f"run{r}")))
-      print(f"round {r + 1}: bare {bare[-1]:8.1f} steps/s   loop {loop[-1]:8.1f} steps/s   "
-            f"ratio {loop[-1] / bare[-1]:.3f}", flush=True)
-  print(f"load average {os.getloadavg()[0]:.2f}; median bare {statistics.median(bare):.1f} steps/s, "
-        f"loop {statistics.median(loop):.1f} steps/s")
+      print(
+        f"round {r + 1}: bare {bare[-1]:8.1f} steps/s   loop {loop[-1]:8.1f} steps/s   ratio {loop[-1] / bare[-1]:.3f}",
+        flush=True,
+      )
+  print(
+    f"load average {os.getloadavg()[0]:.2f}; median bare {statistics.median(bare):.1f} steps/s, "
+    f"loop {statistics.median(loop):.1f} steps/s"
+  )
   print(f"loop / bare steps per second: {statistics.median(loop) / statistics.median(bare):.3f}")
 
 

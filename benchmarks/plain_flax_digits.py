@@ -3,9 +3,10 @@
   python benchmarks/plain_flax_digits.py [--seed 0] [--widths 32,64,128] [--num_epochs 40] ...
 
 It does what `python -m jaxcls.main --config configs/default.py` does, without importing jaxcls: the stratified
-1,437 / 360 split of scikit-learn's digits (seed 0), pixels 0..16 scaled to uint8 and resized (Pillow bilinear), per-channel mean/std of the
-training images, jaxcls's simple_cnn, AdamW with decay on kernels only, linear warmup then cosine, random crop
-with zero padding, label smoothing, the same keys and batch order. One jitted step, no host sync until the final evaluation.
+1,437 / 360 split of scikit-learn's digits (seed 0), pixels 0..16 scaled to uint8 and resized (Pillow bilinear),
+per-channel mean/std of the training images, jaxcls's simple_cnn, AdamW with decay on kernels only, linear warmup
+then cosine, random crop with zero padding, label smoothing, the same keys and batch order. One jitted step, no host
+sync until the final evaluation.
 The flag defaults are configs/default.py's (tests/test_default_recipe.py keeps them equal). Last line: accuracy.
 """
 
@@ -28,15 +29,15 @@ def split(labels, test_fraction=0.2, seed=0):
   num_test = math.ceil(test_fraction * len(labels))
   shares = counts * num_test / len(labels)
   per_class = np.floor(shares).astype(int)
-  per_class[np.argsort(-(shares - per_class), kind="stable")[:num_test - per_class.sum()]] += 1
+  per_class[np.argsort(-(shares - per_class), kind="stable")[: num_test - per_class.sum()]] += 1
   rng = np.random.default_rng(seed)
-  test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
-                                 for c, k in zip(classes, per_class)]))
+  test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per_class)]))
   return np.setdiff1d(np.arange(len(labels)), test), test
 
 
 class CNN(nn.Module):
   """Per width: 3x3 conv, batch norm, ReLU, 2x2 max pool while the map is >= 2 px; global mean, dropout, head."""
+
   widths: tuple
   dropout: float
 
@@ -56,8 +57,7 @@ def load(size):
   digits = load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
   if size != images.shape[1]:
-    images = np.stack([np.asarray(Image.fromarray(x).resize((size, size), Image.Resampling.BILINEAR))
-                       for x in images])
+    images = np.stack([np.asarray(Image.fromarray(x).resize((size, size), Image.Resampling.BILINEAR)) for x in images])
   train, test = split(digits.target)
   pixels = images[train] / 255.0
   mean, std = round(float(pixels.mean()), 4), round(float(pixels.std()), 4)
@@ -71,13 +71,19 @@ def main(a):
   steps_per_epoch = len(y_train) // a.batch_size
   total = a.num_train_steps if a.num_train_steps > 0 else math.ceil(a.num_epochs * steps_per_epoch)
   decay = optax.cosine_decay_schedule(a.learning_rate, total - a.warmup_steps, alpha=a.end_learning_rate_factor)
-  schedule = optax.join_schedules([optax.linear_schedule(0.0, a.learning_rate, a.warmup_steps), decay],
-                                  [a.warmup_steps]) if a.warmup_steps else decay
+  schedule = (
+    optax.join_schedules([optax.linear_schedule(0.0, a.learning_rate, a.warmup_steps), decay], [a.warmup_steps])
+    if a.warmup_steps
+    else decay
+  )
   tx = optax.adamw(schedule, weight_decay=a.weight_decay, mask=lambda p: jax.tree.map(lambda v: v.ndim > 1, p))
   model = CNN(tuple(a.widths), a.dropout)
   params_key, dropout_key = jax.random.split(jax.random.key(a.seed, impl="rbg"))
-  variables = jax.jit(lambda: model.init({"params": params_key, "dropout": dropout_key},
-                                         jnp.zeros((1, a.image_size, a.image_size, 1)), train=False))()
+  variables = jax.jit(
+    lambda: model.init(
+      {"params": params_key, "dropout": dropout_key}, jnp.zeros((1, a.image_size, a.image_size, 1)), train=False
+    )
+  )()
   params, stats = variables["params"], variables["batch_stats"]
   state = (params, stats, tx.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), jnp.int32))
   train_key = jax.random.fold_in(jax.random.PRNGKey(a.seed), 1)
@@ -96,8 +102,9 @@ def main(a):
     targets = optax.smooth_labels(jax.nn.one_hot(labels, 10), a.label_smoothing)
 
     def loss_fn(params):
-      logits, new = model.apply({"params": params, "batch_stats": stats}, x, train=True,
-                                rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+      logits, new = model.apply(
+        {"params": params, "batch_stats": stats}, x, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
+      )
       return optax.softmax_cross_entropy(logits, targets).mean(), new["batch_stats"]
 
     grads, stats = jax.grad(loss_fn, has_aux=True)(params)
@@ -110,12 +117,13 @@ def main(a):
   for step in range(total):
     if step % steps_per_epoch == 0:
       order = np.random.default_rng([a.seed, step // steps_per_epoch]).permutation(len(y_train))
-    idx = order[(step % steps_per_epoch) * a.batch_size:][:a.batch_size]
+    idx = order[(step % steps_per_epoch) * a.batch_size :][: a.batch_size]
     state = train_step(state, x_train[idx], y_train[idx])
   params, stats, _, ema, _ = state
   eval_params = ema if a.ema_decay > 0 else params
   logits = jax.jit(lambda v, x: model.apply(v, normalize(x), train=False))(
-      {"params": eval_params, "batch_stats": stats}, x_test)
+    {"params": eval_params, "batch_stats": stats}, x_test
+  )
   predictions = np.asarray(logits).argmax(-1)
   correct = int((predictions == y_test).sum())
   print(f"steps {total}, errors {len(y_test) - correct}/{len(y_test)}")

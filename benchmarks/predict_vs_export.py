@@ -47,12 +47,29 @@ def write_images(folder: str, count: int, size=(150, 180), seed: int = 0) -> lis
 
 def train(workdir: str, photos: str) -> None:
   """A small folder-trained workdir: simple_cnn at 64x64, centre-cropped eval, a few steps."""
-  overrides = {"dataset.path": photos, "dataset.image_size": "(64, 64)", "dataset.cache": "memory",
-               "dataset.train_crop": "resize", "model.name": "simple_cnn", "model.widths": "(16, 32, 64)",
-               "num_train_steps": 20, "eval_every_steps": -1, "checkpoint_every_steps": -1, "batch_size": 32,
-               "augment": "flip_lr", "optimizer.warmup_steps": 2}
-  command = [sys.executable, "-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "folder.py"),
-             "--workdir", workdir] + [f"--config.{key}={value}" for key, value in overrides.items()]
+  overrides = {
+    "dataset.path": photos,
+    "dataset.image_size": "(64, 64)",
+    "dataset.cache": "memory",
+    "dataset.train_crop": "resize",
+    "model.name": "simple_cnn",
+    "model.widths": "(16, 32, 64)",
+    "num_train_steps": 20,
+    "eval_every_steps": -1,
+    "checkpoint_every_steps": -1,
+    "batch_size": 32,
+    "augment": "flip_lr",
+    "optimizer.warmup_steps": 2,
+  }
+  command = [
+    sys.executable,
+    "-m",
+    "jaxcls.main",
+    "--config",
+    os.path.join(REPO, "configs", "folder.py"),
+    "--workdir",
+    workdir,
+  ] + [f"--config.{key}={value}" for key, value in overrides.items()]
   proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
   if proc.returncode != 0:
     raise SystemExit(f"Training the benchmark's workdir failed:\n{proc.stderr[-3000:]}")
@@ -94,12 +111,28 @@ def main():
       if not os.path.exists(os.path.join(workdir, "checkpoints")):
         train(workdir, os.path.join(root, "images"))
     model_dir = os.path.join(root, "exported")
-    subprocess.run([sys.executable, "-m", "jaxcls.export", "--workdir", workdir, "--output", model_dir,
-                    "--platforms", "cpu", "--overwrite"], check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "jaxcls.export",
+        "--workdir",
+        workdir,
+        "--output",
+        model_dir,
+        "--platforms",
+        "cpu",
+        "--overwrite",
+      ],
+      check=True,
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.DEVNULL,
+    )
     common = ["--batch_size", str(args.batch_size), "--workers", str(args.workers), "--top_k", "3"]
     commands = {
-        "predict": [sys.executable, "-m", "jaxcls.predict", "--workdir", workdir, *common, *files],
-        "exported": [sys.executable, SERVE, model_dir, *files, *common],
+      "predict": [sys.executable, "-m", "jaxcls.predict", "--workdir", workdir, *common, *files],
+      "exported": [sys.executable, SERVE, model_dir, *files, *common],
     }
     walls = {name: [] for name in commands}
     cpus = {name: [] for name in commands}
@@ -113,18 +146,28 @@ def main():
         rss[name].append(peak)
         outputs[name] = out
         rate = [line for line in err.splitlines() if "images/s" in line]
-        print(f"run {repeat + 1} {name:8s} {wall:6.2f} s  CPU {cpu:6.2f} s  peak RSS {peak:5.0f} MiB  "
-              f"{rate[-1] if rate else ''}",
-              flush=True)
+        print(
+          f"run {repeat + 1} {name:8s} {wall:6.2f} s  CPU {cpu:6.2f} s  peak RSS {peak:5.0f} MiB  "
+          f"{rate[-1] if rate else ''}",
+          flush=True,
+        )
       if repeat == 0 and outputs["predict"].splitlines() != outputs["exported"].splitlines():
         raise SystemExit("predict and the exported model printed different lines; the comparison is not fair.")
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
-          f"{args.images} images, batch {args.batch_size}, {args.workers} decode threads, {args.repeats} runs each")
+    print(
+      f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
+      f"{args.images} images, batch {args.batch_size}, {args.workers} decode threads, {args.repeats} runs each"
+    )
     for name in commands:
-      print(f"{name:8s} median wall {statistics.median(walls[name]):6.2f} s  CPU {statistics.median(cpus[name]):6.2f} s"
-            f"  peak RSS {statistics.median(rss[name]):5.0f} MiB")
-    print(f"predict / exported CPU time: {statistics.median(cpus['predict']) / statistics.median(cpus['exported']):.3f}")
-    print(f"predict / exported wall time: {statistics.median(walls['predict']) / statistics.median(walls['exported']):.3f}")
+      print(
+        f"{name:8s} median wall {statistics.median(walls[name]):6.2f} s  CPU {statistics.median(cpus[name]):6.2f} s"
+        f"  peak RSS {statistics.median(rss[name]):5.0f} MiB"
+      )
+    print(
+      f"predict / exported CPU time: {statistics.median(cpus['predict']) / statistics.median(cpus['exported']):.3f}"
+    )
+    print(
+      f"predict / exported wall time: {statistics.median(walls['predict']) / statistics.median(walls['exported']):.3f}"
+    )
   finally:
     if not args.keep:
       shutil.rmtree(root, ignore_errors=True)

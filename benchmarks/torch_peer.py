@@ -67,16 +67,16 @@ def summarize_mode(step_seconds, batch_size, first_step_s, flops_per_image, peak
   median = statistics.median(rates)
   tflops = flops_per_image * median / 1e12 if flops_per_image else None
   return {
-      "images_per_s": median,
-      "images_per_s_mean": statistics.fmean(rates),
-      "images_per_s_per_device": median,
-      "images_per_s_repeats": rates,
-      "step_ms": batch_size / median * 1e3,  # of the median rate
-      "compile_s": max(first_step_s - batch_size / median, 0.0),
-      "first_step_s": first_step_s,
-      "gflop_per_image": flops_per_image / 1e9 if flops_per_image else None,
-      "tflops_per_device": tflops,
-      "utilization": tflops / peak_tflops if tflops and peak_tflops > 0 else None,
+    "images_per_s": median,
+    "images_per_s_mean": statistics.fmean(rates),
+    "images_per_s_per_device": median,
+    "images_per_s_repeats": rates,
+    "step_ms": batch_size / median * 1e3,  # of the median rate
+    "compile_s": max(first_step_s - batch_size / median, 0.0),
+    "first_step_s": first_step_s,
+    "gflop_per_image": flops_per_image / 1e9 if flops_per_image else None,
+    "tflops_per_device": tflops,
+    "utilization": tflops / peak_tflops if tflops and peak_tflops > 0 else None,
   }
 
 
@@ -106,12 +106,19 @@ def run(args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
   model = build_model(args.model, args.num_classes, args.stem).to(device, memory_format=torch.channels_last)
   fused = device.type == "cuda"
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                              fused=fused or None)
+  optimizer = torch.optim.SGD(
+    model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=fused or None
+  )
   loss_fn = torch.nn.CrossEntropyLoss()
   generator = torch.Generator(device).manual_seed(args.seed)
-  images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8,
-                         device=device, generator=generator).contiguous(memory_format=torch.channels_last)
+  images = torch.randint(
+    0,
+    256,
+    (args.batch_size, 3, args.image_size, args.image_size),
+    dtype=torch.uint8,
+    device=device,
+    generator=generator,
+  ).contiguous(memory_format=torch.channels_last)
   labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device, generator=generator)
   mean = torch.tensor(_MEAN, device=device).view(1, 3, 1, 1) * 255
   inv_std = 1.0 / (torch.tensor(_STD, device=device).view(1, 3, 1, 1) * 255)
@@ -138,7 +145,8 @@ def run(args: argparse.Namespace) -> dict:
   for mode in modes:
     model.train(mode == "train")
     step = train_step if mode == "train" else infer_step
-    flops = count_flops(lambda: step(model), args.batch_size)  # eager, one step: also a warm-up of the kernels
+    # Eager, one step, called at once (so the loop variable is current): also a warm-up of the kernels.
+    flops = count_flops(lambda: step(model), args.batch_size)  # noqa: B023
     sync(device)
     start = time.perf_counter()
     step()
@@ -153,30 +161,43 @@ def run(args: argparse.Namespace) -> dict:
 
   compiled = "compile" if args.compile else "eager"
   return {
-      "framework": "torch",
-      "label": args.label or " ".join(["torch", args.model, *([f"stem={args.stem}"] if args.stem != "imagenet" else []),
-                                       compiled, args.dtype, f"b{args.batch_size}", f"{args.image_size}px"]),
-      "model": args.model,
-      "model_args": {"stem": args.stem},
-      "batch_size": args.batch_size,
-      "image_size": args.image_size,
-      "channels": 3,
-      "num_classes": args.num_classes,
-      "dtype": args.dtype,
-      "backend": device.type,
-      "device_kind": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-      "num_devices": 1,
-      "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                   "python": platform.python_version()},
-      "torch_compile": bool(args.compile),
-      "fused_optimizer": fused,
-      "warmup_steps": args.warmup,
-      "steps_per_repeat": args.steps,
-      "repeats": args.repeats,
-      "peak_tflops": args.peak_tflops or None,
-      "time_to_first_step_s": time_to_first_step,
-      "flops_source": "torch_flop_counter",
-      **results,
+    "framework": "torch",
+    "label": args.label
+    or " ".join(
+      [
+        "torch",
+        args.model,
+        *([f"stem={args.stem}"] if args.stem != "imagenet" else []),
+        compiled,
+        args.dtype,
+        f"b{args.batch_size}",
+        f"{args.image_size}px",
+      ]
+    ),
+    "model": args.model,
+    "model_args": {"stem": args.stem},
+    "batch_size": args.batch_size,
+    "image_size": args.image_size,
+    "channels": 3,
+    "num_classes": args.num_classes,
+    "dtype": args.dtype,
+    "backend": device.type,
+    "device_kind": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    "num_devices": 1,
+    "versions": {
+      "torch": torch.__version__,
+      "torchvision": torchvision.__version__,
+      "python": platform.python_version(),
+    },
+    "torch_compile": bool(args.compile),
+    "fused_optimizer": fused,
+    "warmup_steps": args.warmup,
+    "steps_per_repeat": args.steps,
+    "repeats": args.repeats,
+    "peak_tflops": args.peak_tflops or None,
+    "time_to_first_step_s": time_to_first_step,
+    "flops_source": "torch_flop_counter",
+    **results,
   }
 
 
@@ -207,8 +228,10 @@ def main(argv=None) -> int:
   for mode in MODES:
     if mode in record:
       m = record[mode]
-      print(f"{record['label']} {mode}: {m['images_per_s']:,.0f} img/s, {m['step_ms']:.2f} ms/step, first step "
-            f"{m['first_step_s']:.1f} s, {m['gflop_per_image'] or 0:.3f} GFLOP/img")
+      print(
+        f"{record['label']} {mode}: {m['images_per_s']:,.0f} img/s, {m['step_ms']:.2f} ms/step, first step "
+        f"{m['first_step_s']:.1f} s, {m['gflop_per_image'] or 0:.3f} GFLOP/img"
+      )
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:

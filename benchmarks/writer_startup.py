@@ -2,8 +2,8 @@
 
   python benchmarks/writer_startup.py [--rounds 7] [--before REV]
 
-Each round runs two fresh processes, taking turns at going first: 'before' loads `jaxcls/training/writers.py` as it was at
-git revision REV (default 87a2f6a, where TensorBoard went through clu and TensorFlow whenever they were
+Each round runs two fresh processes, taking turns at going first: 'before' loads `jaxcls/training/writers.py` as
+it was at git revision REV (default 87a2f6a, where TensorBoard went through clu and TensorFlow whenever they were
 installed) and 'after' uses the working tree's; everything else is the working tree's. Each process times
 `import jaxcls.training.loop`, then `create_writer` + `create_progress` with the default writers, one scalar write and
 `close`, and lists whether TensorFlow, clu or TFDS got imported. Medians are printed; the last line is the
@@ -47,8 +47,9 @@ def run_once(before_path: str) -> dict:
   """One fresh process; its JSON line plus its whole wall time."""
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   start = __import__("time").perf_counter()
-  out = subprocess.run([sys.executable, "-c", CHILD, before_path], cwd=REPO, env=env, capture_output=True,
-                       text=True, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-c", CHILD, before_path], cwd=REPO, env=env, capture_output=True, text=True, check=True
+  ).stdout
   result = json.loads(out.strip().splitlines()[-1])
   result["process_s"] = __import__("time").perf_counter() - start
   return result
@@ -59,8 +60,9 @@ def main():
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--before", default="87a2f6a", help="git revision of the 'before' jaxcls/training/writers.py")
   args = parser.parse_args()
-  source = subprocess.run(["git", "show", f"{args.before}:jaxcls/training/writers.py"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout
+  source = subprocess.run(
+    ["git", "show", f"{args.before}:jaxcls/training/writers.py"], cwd=REPO, capture_output=True, text=True, check=True
+  ).stdout
   with tempfile.TemporaryDirectory() as tmp:
     before_path = os.path.join(tmp, "writers_before.py")
     with open(before_path, "w") as f:
@@ -69,13 +71,15 @@ def main():
     results = {"before": [], "after": []}
     for i in range(args.rounds):
       order = [("before", before_path), ("after", "")]
-      for name, path in (order if i % 2 == 0 else order[::-1]):
+      for name, path in order if i % 2 == 0 else order[::-1]:
         results[name].append(run_once(path))
   for name, rows in results.items():
-    print(f"{name:6s} writer {rows[0]['writer_class']}, progress {rows[0]['progress']}, imports {rows[0]['heavy']}: "
-          f"import jaxcls.training.loop {statistics.median(r['import_train_s'] for r in rows):.2f} s, "
-          f"create_writer+create_progress+write+close {statistics.median(r['writer_s'] for r in rows):.3f} s, "
-          f"whole process {statistics.median(r['process_s'] for r in rows):.2f} s (medians of {len(rows)})")
+    print(
+      f"{name:6s} writer {rows[0]['writer_class']}, progress {rows[0]['progress']}, imports {rows[0]['heavy']}: "
+      f"import jaxcls.training.loop {statistics.median(r['import_train_s'] for r in rows):.2f} s, "
+      f"create_writer+create_progress+write+close {statistics.median(r['writer_s'] for r in rows):.3f} s, "
+      f"whole process {statistics.median(r['process_s'] for r in rows):.2f} s (medians of {len(rows)})"
+    )
   saving = [b["writer_s"] - a["writer_s"] for b, a in zip(results["before"], results["after"])]
   print(f"writer set-up saving per run: {statistics.median(saving):.2f} s (median of {len(saving)} pairs)")
 

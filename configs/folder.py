@@ -57,6 +57,7 @@ def _look(path: str) -> tuple[int | None, int]:
   if not path or "://" in path or not os.path.isdir(os.path.expanduser(path)):
     return None, 0
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   sides, count = [], 0
   for root, folders, files in os.walk(os.path.expanduser(path)):
     folders.sort()

@@ -57,8 +57,9 @@ def check_requirements(model_dir: str) -> list[str]:
     except importlib.metadata.PackageNotFoundError:
       missing.append(requirement)
   if missing:
-    raise MissingRequirement(f"{model_dir} needs {', '.join(missing)}, which is not installed here: "
-                             f"pip install -r {path}")
+    raise MissingRequirement(
+      f"{model_dir} needs {', '.join(missing)}, which is not installed here: pip install -r {path}"
+    )
   if _IMPORT_ERROR is not None:  # installed per its metadata, yet not importable
     raise MissingRequirement(f"{_IMPORT_ERROR}; {path} lists what serving needs")
   return requirements
@@ -74,10 +75,13 @@ def load_model(model_dir: str):
     meta = json.load(f)
   if meta["format"].startswith("jaxcls-onnx/"):
     import onnxruntime  # pylint: disable=g-import-not-at-top
-    session = onnxruntime.InferenceSession(os.path.join(model_dir, meta["function"]),
-                                           providers=onnxruntime.get_available_providers())
+
+    session = onnxruntime.InferenceSession(
+      os.path.join(model_dir, meta["function"]), providers=onnxruntime.get_available_providers()
+    )
     return (lambda images: session.run(None, {meta["input"]: np.asarray(images, np.uint8)})[0]), meta
   import jax  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(model_dir, meta["function"]), "rb") as f:
     exported = jax.export.deserialize(bytearray(f.read()))
   with np.load(os.path.join(model_dir, meta["weights"])) as npz:
@@ -153,8 +157,10 @@ def describe(probs: np.ndarray, meta: dict, top_k: int) -> str:
     positive = float(probs)
     above = np.float32(positive) >= np.float32(meta["threshold"])
     chosen = names.index(meta["positive_class"]) if above else 1 - names.index(meta["positive_class"])
-    return (f"{names[chosen]} (P({meta['positive_class']}) {positive:.4f} {'>=' if above else '<'} threshold "
-            f"{meta['threshold']:g})")
+    return (
+      f"{names[chosen]} (P({meta['positive_class']}) {positive:.4f} {'>=' if above else '<'} threshold "
+      f"{meta['threshold']:g})"
+    )
   order = np.argsort(-probs, kind="stable")[:top_k]
   ranked = ", ".join(f"{names[i]} {probs[i]:.4f}" for i in order)
   if meta["task"] == "multilabel":
@@ -173,7 +179,7 @@ def batches(items, size):
   """Consecutive lists of at most `size` items: what is decoded, run and printed at once (bounded memory)."""
   if size < 1:
     raise ValueError(f"--batch_size={size} must be at least 1")
-  return [list(items[start:start + size]) for start in range(0, len(items), size)]
+  return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
 
 def _try_load(path, prep):
@@ -202,8 +208,7 @@ def serve(model, meta, paths, top_k=5, batch_size=64, workers=0, out=sys.stdout)
       images = [image for image, _ in results if image is not None]
       probs = iter(_run(model, images, rows))
       for path, (image, error) in zip(chunk, results):
-        print(f"{path}: error: {error}" if image is None else f"{path}: {describe(next(probs), meta, top_k)}",
-              file=out)
+        print(f"{path}: error: {error}" if image is None else f"{path}: {describe(next(probs), meta, top_k)}", file=out)
       predicted += len(images)
   return predicted
 
@@ -215,7 +220,7 @@ def _run(model, images, rows):
   batch = np.stack(images)
   if rows and rows > len(batch):
     batch = np.concatenate([batch, np.zeros((rows - len(batch),) + batch.shape[1:], np.uint8)])
-  return model(batch)[:len(images)]
+  return model(batch)[: len(images)]
 
 
 def main():
@@ -235,8 +240,9 @@ def main():
   predicted = serve(model, meta, args.images, args.top_k, args.batch_size, args.workers)
   sys.stdout.flush()
   seconds = time.perf_counter() - _STARTED
-  print(f"served {predicted} image(s) in {seconds:.2f} s: {predicted / max(seconds, 1e-9):.1f} images/s",
-        file=sys.stderr)
+  print(
+    f"served {predicted} image(s) in {seconds:.2f} s: {predicted / max(seconds, 1e-9):.1f} images/s", file=sys.stderr
+  )
   sys.exit(0 if predicted else 1)
 
 

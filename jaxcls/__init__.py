@@ -14,7 +14,10 @@ __version__ = "0.1.0"
 
 # public name -> (module holding the registry, registry attribute, the contract a registered object meets)
 _DECORATORS = {
-    "register_model": ("jaxcls.models", "MODELS", """Registers a model under `name` for `config.model.name`.
+  "register_model": (
+    "jaxcls.models",
+    "MODELS",
+    """Registers a model under `name` for `config.model.name`.
 
     The object is a flax linen Module class (or a function or `functools.partial` returning a Module) with the
     fields `num_classes: int` (the task's output count) and `dtype: Any = jnp.float32` (the computation dtype),
@@ -29,8 +32,12 @@ _DECORATORS = {
           dtype: Any = jnp.float32
           @nn.compact
           def __call__(self, x, train: bool = False): ...
-    """),
-    "register_task": ("jaxcls.tasks", "TASKS", """Registers a task type under `name` for `config.task.type`.
+    """,
+  ),
+  "register_task": (
+    "jaxcls.tasks",
+    "TASKS",
+    """Registers a task type under `name` for `config.task.type`.
 
     The object is a frozen dataclass subclassing `jaxcls.tasks.base.Task` (the Task protocol: loss, outputs and
     probabilities, decisions, metric sums and report sections, prediction rows, export outputs, attribution
@@ -38,16 +45,24 @@ _DECORATORS = {
     `config.task.*` keys it declares (others are ignored). Only `loss`, `probabilities`, `eval_sums` and
     `finalize` must be written; subclassing a built-in task (`jaxcls.tasks.multiclass.MultiClass`) and
     overriding one method is shorter still.
-    """),
-    "register_augmentation": ("jaxcls.data.augment.base", "AUGMENTATIONS", """Registers an augmentation op under
+    """,
+  ),
+  "register_augmentation": (
+    "jaxcls.data.augment.base",
+    "AUGMENTATIONS",
+    """Registers an augmentation op under
     `name` for `config.augment` ('my_op(strength=0.5)|flip_lr').
 
     The object is a factory `factory(**params) -> op`, called with the parameters written in the config (and
     `num_classes=K` if it declares that parameter). The op is a jittable `op(key, images, labels, mask) ->
     (images, labels)` over a whole batch: images uint8 [B, H, W, C] in and out, labels int [B] or soft float32
     [B, K]. `jaxcls.data.augment.base.per_example` lifts a per-image `fn(u, image)` to an op.
-    """),
-    "register_evaluator": ("jaxcls.evaluation.evaluators", "EVALUATORS", """Registers a periodic evaluator under
+    """,
+  ),
+  "register_evaluator": (
+    "jaxcls.evaluation.evaluators",
+    "EVALUATORS",
+    """Registers a periodic evaluator under
     `name` for `config.evaluators`.
 
     The object is a factory `factory(config, model, dataset, mesh, eval_every) -> evaluator`, or a subclass of
@@ -56,23 +71,32 @@ _DECORATORS = {
     `due(step, last_step) -> bool` and `__call__(params, batch_stats) -> {metric name: float}`, whose values the
     training loop writes as they are named (prefix them, e.g. 'mine/score'). `model` is the linen Module,
     `dataset` the run's `jaxcls.data.Dataset`, `mesh` the data mesh.
-    """),
-    "register_writer": ("jaxcls.training.writers", "WRITERS", """Registers a metric writer under `name` for
+    """,
+  ),
+  "register_writer": (
+    "jaxcls.training.writers",
+    "WRITERS",
+    """Registers a metric writer under `name` for
     `config.writers`.
 
     The object is a factory `factory(workdir, resume_step) -> writer`: workdir an `etils.epath.Path`,
     resume_step the step a run starts or resumes from (its later records should be dropped) or None. The writer
     subclasses `jaxcls.training.writers.Writer` and overrides what it records: `write_scalars(step, scalars)`,
     `write_texts`, `write_images`, `write_hparams`, `flush`, `close`. Only the main process gets one.
-    """),
-    "register_source": ("jaxcls.data", "SOURCES", """Registers a data source under `name` for
+    """,
+  ),
+  "register_source": (
+    "jaxcls.data",
+    "SOURCES",
+    """Registers a data source under `name` for
     `config.dataset.name`.
 
     The object is a loader `loader(config, *, process_index, process_count) -> jaxcls.data.Dataset`, reading the
     existing `config.dataset.*` keys (`path`, `image_size`, ...). The short way is to return
     `jaxcls.data.from_arrays(train_images, train_labels, eval_images, eval_labels, class_names=...,
     process_index=process_index, process_count=process_count)` with uint8 [N, H, W, C] images and int labels.
-    """),
+    """,
+  ),
 }
 
 __all__ = ["__version__", *_DECORATORS]

@@ -18,8 +18,12 @@ def define_flags() -> None:
   """One flag per field of perf.options.Options, plus where the record goes and --summarize."""
   cli.define_dataclass_flags(Options)
   flags.DEFINE_string("json", "", "Write the record here.")
-  flags.DEFINE_boolean("summarize", False, "Print one table of the JSON records given as arguments (this command's "
-                       "and benchmarks/torch_peer.py's) instead of measuring.")
+  flags.DEFINE_boolean(
+    "summarize",
+    False,
+    "Print one table of the JSON records given as arguments (this command's "
+    "and benchmarks/torch_peer.py's) instead of measuring.",
+  )
 
 
 def main(argv: list[str]) -> None:
@@ -27,6 +31,7 @@ def main(argv: list[str]) -> None:
   from jaxcls import perf  # pylint: disable=g-import-not-at-top
   from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxcls.perf import benchmark  # pylint: disable=g-import-not-at-top
+
   if flags.FLAGS.summarize:
     if len(argv) < 2:
       raise ConfigError("--summarize needs the JSON records to show, e.g. --summarize r50.json r50_torch.json.")

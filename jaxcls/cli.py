@@ -43,8 +43,23 @@ class QuietLibraries:
   the traceback is dropped, the one-line error of the command says why.
   """
 
-  NOISY = tuple(os.sep + name + os.sep for name in ("orbax", "jax", "jaxlib", "flax", "absl", "etils", "tensorstore",
-                                                    "tensorflow", "tensorflow_datasets", "chex", "optax", "clu"))
+  NOISY = tuple(
+    os.sep + name + os.sep
+    for name in (
+      "orbax",
+      "jax",
+      "jaxlib",
+      "flax",
+      "absl",
+      "etils",
+      "tensorstore",
+      "tensorflow",
+      "tensorflow_datasets",
+      "chex",
+      "optax",
+      "clu",
+    )
+  )
   TRACEBACK_NOISE = (os.sep + "orbax" + os.sep, os.sep + "asyncio" + os.sep)
 
   def filter(self, record) -> bool:
@@ -79,7 +94,7 @@ def help_text(doc: str, names: list[str]) -> str:
   text = textwrap.dedent(doc or "").strip()
   usage = re.match(r"`(python -m jaxcls[^`]*)`:?\s*", text)  # a doc that starts with its usage line
   if usage:  # its sentence may run on over the next lines: one paragraph under the usage line
-    summary, _, rest = text[usage.end():].partition("\n\n")
+    summary, _, rest = text[usage.end() :].partition("\n\n")
     text = "\n".join([f"usage: {usage.group(1)}", "", textwrap.fill(" ".join(summary.split()), 116), "", rest])
   lines = [text.replace("`", ""), ""]
   if names:
@@ -136,11 +151,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _guarded(parser: Callable[[list[str]], list[str]]) -> Callable[[list[str]], list[str]]:
   """A flags_parser whose JaxclsErrors (a bad config file or override) exit 2 with one line."""
+
   def parse(argv: list[str]) -> list[str]:
     try:
       return parser(argv)
     except JaxclsError as e:
       _fail(e)
+
   return parse
 
 
@@ -152,8 +169,13 @@ def _workdir_flag() -> str | None:
     return None
 
 
-def run(main: Callable[[list[str]], int | None], *, define_flags: Callable[[], None] | None = None, doc: str,
-        flags_parser: Callable[[list[str]], list[str]] | None = None) -> None:
+def run(
+  main: Callable[[list[str]], int | None],
+  *,
+  define_flags: Callable[[], None] | None = None,
+  doc: str,
+  flags_parser: Callable[[list[str]], list[str]] | None = None,
+) -> None:
   """Runs `main` as the command: flags, --help, the log filter, and user errors as one line with exit code 2.
 
   `main(argv)` gets the positional arguments (argv[0] is the program) and returns the exit code (None is 0).
@@ -194,11 +216,18 @@ def enable_compilation_cache(config, workdir: str | None = None) -> str:
   `jaxcls.core.compile_cache`; the training loop calls it directly.
   """
   from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top  (imports jax: not for --help)
+
   setting = config.get("compilation_cache_dir", "auto") if config is not None else "auto"
-  if workdir is not None and setting not in ("", "auto") and \
-      compile_cache.resolve(setting) != compile_cache.resolve("auto"):
-    logging.warning("%s/config.json sets compilation_cache_dir=%r; compiled programs go to the default cache "
-                    "folder instead.", workdir, setting)
+  if (
+    workdir is not None
+    and setting not in ("", "auto")
+    and compile_cache.resolve(setting) != compile_cache.resolve("auto")
+  ):
+    logging.warning(
+      "%s/config.json sets compilation_cache_dir=%r; compiled programs go to the default cache folder instead.",
+      workdir,
+      setting,
+    )
     setting = "auto"
   return compile_cache.enable(setting)
 
@@ -207,6 +236,7 @@ def define_dataclass_flags(cls) -> None:
   """One flag per field of the dataclass `cls` (its name, default and metadata['help']): a library's options
   and the command's flags cannot drift apart. A tuple field is a repeatable flag."""
   import dataclasses  # pylint: disable=g-import-not-at-top
+
   define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
   for field in dataclasses.fields(cls):
     if field.type in define:
@@ -218,18 +248,25 @@ def define_dataclass_flags(cls) -> None:
 def dataclass_from_flags(cls):
   """An instance of the dataclass `cls` with every field read from the flag of its name."""
   import dataclasses  # pylint: disable=g-import-not-at-top
+
   values = {field.name: flags.FLAGS[field.name].value for field in dataclasses.fields(cls)}
   return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 # --- Commands that read a config file (main, classical, show_data) ----------------------------------------------
 
+
 def define_config_flag(example: str = "configs/default.py") -> None:
   """--config: a config file (configs/*.py) whose keys `--config.key=value` overrides."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   config_flags.DEFINE_config_file(
-      "config", None, f"A config file, e.g. {example}. Any key of it can be overridden: --config.key=value "
-      "(e.g. --config.num_train_steps=100, --config.model.name=resnet18).", lock_config=False)
+    "config",
+    None,
+    f"A config file, e.g. {example}. Any key of it can be overridden: --config.key=value "
+    "(e.g. --config.num_train_steps=100, --config.model.name=resnet18).",
+    lock_config=False,
+  )
 
 
 def load_config_file(path: str):
@@ -242,16 +279,21 @@ def load_config_file(path: str):
   try:
     spec.loader.exec_module(module)
     if not callable(getattr(module, "get_config", None)):
-      raise ConfigError(f"Config file {path!r} defines no get_config(); a config file returns its ConfigDict from "
-                        "get_config() (see configs/default.py).")
+      raise ConfigError(
+        f"Config file {path!r} defines no get_config(); a config file returns its ConfigDict from "
+        "get_config() (see configs/default.py)."
+      )
     return module.get_config()
   except JaxclsError:
     raise
   except SyntaxError as e:
     raise ConfigError(f"Config file {path!r} is not valid Python: {e.msg} at line {e.lineno}.") from None
   except Exception as e:  # pylint: disable=broad-except  (the user's own code failed while building the config)
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if os.path.isfile(f.filename) and os.path.samefile(f.filename, path)]
+    frames = [
+      f
+      for f in traceback.extract_tb(e.__traceback__)
+      if os.path.isfile(f.filename) and os.path.samefile(f.filename, path)
+    ]
     where = f" at line {frames[-1].lineno}" if frames else ""
     raise ConfigError(f"Config file {path!r} failed{where}: {type(e).__name__}: {e}.") from None
 
@@ -270,6 +312,7 @@ def parse_config_flags(argv: list[str]) -> list[str]:
   """The flags_parser of config commands: the config file is loaded first, so that every --config.key override
   is checked against its keys (and --config.model.<arg> against the model's arguments) with one-line errors."""
   from jaxcls.config import check as config_check  # pylint: disable=g-import-not-at-top
+
   global _model_args, _file_model, _model_keys_given
   try:
     path = _config_path(argv)
@@ -298,5 +341,6 @@ def config(required: str = "--config=configs/default.py"):
   extensions.import_extensions(value)  # config.imports: names they register are known to what the command builds
   if _file_model and value.model.get("name") != _file_model.get("name"):
     from jaxcls import models  # pylint: disable=g-import-not-at-top  (imports flax: only for a switched model)
+
     models.switch_model(value.model, _file_model, _model_keys_given)
   return value

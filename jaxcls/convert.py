@@ -23,6 +23,7 @@ def main(argv: list[str]) -> None:
   """The flags -> models.torchvision.run -> one line naming the file written."""
   del argv
   from jaxcls.models import torchvision  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   output, num_classes, count = torchvision.run(f.model, f.input, f.output, f.image_size)
   print(f"Wrote {output}: {f.model}, {num_classes} classes, {count:,} parameters.")

@@ -15,15 +15,28 @@ from jaxcls.core.errors import ConfigError
 
 def define_flags() -> None:
   """Flags are defined only when this file runs as the command (so commands can be imported side by side)."""
-  flags.DEFINE_string("workdir", None, "A trained run's directory (holds config.json and checkpoints/; local or gs://).")
+  flags.DEFINE_string(
+    "workdir", None, "A trained run's directory (holds config.json and checkpoints/; local or gs://)."
+  )
   flags.DEFINE_string("split", None, "Split to evaluate (default: the config's dataset.eval_split).")
   flags.DEFINE_string("step", None, "Checkpoint step to evaluate: N, 'latest' (default) or 'best'.")
-  flags.DEFINE_string("output_dir", None, "Where the report and plots go (default: the workdir; with --data, "
-                      "WORKDIR/eval_<parent>_<folder>_<hash>, one per data path).")
-  flags.DEFINE_string("data", None, "A folder of new labelled images to evaluate instead of a split: class "
-                      "subfolders named like the trained classes, or any layout with --labels_file.")
-  flags.DEFINE_string("labels_file", None, "With --data: a CSV/JSON of image paths (relative to --data) and "
-                      "labels, as for dataset.labels_file.")
+  flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Where the report and plots go (default: the workdir; with --data, "
+    "WORKDIR/eval_<parent>_<folder>_<hash>, one per data path).",
+  )
+  flags.DEFINE_string(
+    "data",
+    None,
+    "A folder of new labelled images to evaluate instead of a split: class "
+    "subfolders named like the trained classes, or any layout with --labels_file.",
+  )
+  flags.DEFINE_string(
+    "labels_file",
+    None,
+    "With --data: a CSV/JSON of image paths (relative to --data) and labels, as for dataset.labels_file.",
+  )
 
 
 def main(argv: list[str]) -> int | None:
@@ -35,8 +48,10 @@ def main(argv: list[str]) -> int | None:
   from absl import logging  # pylint: disable=g-import-not-at-top
 
   from jaxcls.evaluation import workdir_eval  # pylint: disable=g-import-not-at-top  (jax: not for --help)
-  final = workdir_eval.evaluate_workdir(f.workdir, split=f.split, step=f.step, output_dir=f.output_dir,
-                                        data_dir=f.data, labels_file=f.labels_file)
+
+  final = workdir_eval.evaluate_workdir(
+    f.workdir, split=f.split, step=f.step, output_dir=f.output_dir, data_dir=f.data, labels_file=f.labels_file
+  )
   logging.info("%s", workdir_eval.summary(final))
   print(workdir_eval.summary(final))
 

@@ -16,12 +16,17 @@ from jaxcls.core.errors import ConfigError
 
 def define_flags() -> None:
   """Flags are defined only when this file runs as the command (so commands can be imported side by side)."""
-  flags.DEFINE_string("workdir", None, "A trained run's directory (holds config.json and checkpoints/; local or gs://).")
+  flags.DEFINE_string(
+    "workdir", None, "A trained run's directory (holds config.json and checkpoints/; local or gs://)."
+  )
   flags.DEFINE_string("output", None, "Folder to write the model, model.json and requirements.txt into.")
   flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax: jax.export (model.jax); onnx: model.onnx for onnxruntime.")
   flags.DEFINE_string("step", None, "Checkpoint step to export: N, 'latest' (default) or 'best' (config.best_metric).")
-  flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
-                    "--format jax: platforms the exported function can run on (it is lowered for each).")
+  flags.DEFINE_list(
+    "platforms",
+    ["cpu", "cuda", "tpu"],
+    "--format jax: platforms the exported function can run on (it is lowered for each).",
+  )
   flags.DEFINE_bool("overwrite", False, "Replace an export already in --output (without it, that is an error).")
 
 
@@ -30,17 +35,22 @@ def main(argv: list[str]) -> int | None:
   del argv
   f = flags.FLAGS
   if not f.workdir or not f.output:
-    raise ConfigError("--workdir and --output are required, e.g. `python -m jaxcls.export --workdir DIR "
-                      "--output MODEL_DIR`.")
+    raise ConfigError(
+      "--workdir and --output are required, e.g. `python -m jaxcls.export --workdir DIR --output MODEL_DIR`."
+    )
   from jaxcls.core import paths  # pylint: disable=g-import-not-at-top
   from jaxcls.inference import exporter  # pylint: disable=g-import-not-at-top  (jax: not for --help)
-  metadata = exporter.export_workdir(f.workdir, f.output, step=f.step, platforms=f.platforms, overwrite=f.overwrite,
-                                     format=f.format)
+
+  metadata = exporter.export_workdir(
+    f.workdir, f.output, step=f.step, platforms=f.platforms, overwrite=f.overwrite, format=f.format
+  )
   size = metadata["preprocessing"]["image_size"]
   where = ", ".join(metadata["platforms"]) if f.format == "jax" else "onnxruntime"
-  print(f"Exported {metadata['model']} (step {metadata['step']}, {metadata['task']}, "
-        f"{len(metadata['class_names'])} classes, {size[0]}x{size[1]} input) as {metadata['function']} for "
-        f"{where} to {paths.path(f.output)}")
+  print(
+    f"Exported {metadata['model']} (step {metadata['step']}, {metadata['task']}, "
+    f"{len(metadata['class_names'])} classes, {size[0]}x{size[1]} input) as {metadata['function']} for "
+    f"{where} to {paths.path(f.output)}"
+  )
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ def define_flags() -> None:
   flags.DEFINE_boolean("compiled", False, "FLOPs of the compiled program (slow on a CPU).")
 
 
-def table(names: list[str], image_shape: tuple[int, int, int], num_classes: int, flops: bool = True,
-          compiled: bool = False) -> Iterator[str]:
+def table(
+  names: list[str], image_shape: tuple[int, int, int], num_classes: int, flops: bool = True, compiled: bool = False
+) -> Iterator[str]:
   """The header, then one line per model as soon as it is measured (name, parameters, GFLOPs, or the reason)."""
   from jaxcls import models  # pylint: disable=g-import-not-at-top
   from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxcls.models import cost  # pylint: disable=g-import-not-at-top
+
   unknown = [n for n in names if n not in models.MODELS]
   if unknown:
     raise ConfigError(f"Unknown model(s) {', '.join(unknown)}; known: {', '.join(models.model_names())}.")
@@ -47,8 +49,13 @@ def main(argv: list[str]) -> None:
   """Prints the table, one model at a time."""
   del argv
   f = flags.FLAGS
-  for line in table([n for n in f.models.split(",") if n], (f.image_size, f.image_size, f.channels), f.num_classes,
-                    not f.no_flops, f.compiled):
+  for line in table(
+    [n for n in f.models.split(",") if n],
+    (f.image_size, f.image_size, f.channels),
+    f.num_classes,
+    not f.no_flops,
+    f.compiled,
+  ):
     print(line, flush=True)
 
 

@@ -21,15 +21,23 @@ def define_flags() -> None:
   """The training command's flags."""
   cli.define_config_flag()
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports (local or gs://).")
-  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                    "Initialise jax.distributed: 'auto' does so when the environment describes a multi-process job "
-                    "(SLURM with several tasks, a multi-host Cloud TPU) or --coordinator_address is given.")
+  flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "Initialise jax.distributed: 'auto' does so when the environment describes a multi-process job "
+    "(SLURM with several tasks, a multi-host Cloud TPU) or --coordinator_address is given.",
+  )
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for manual multi-host.")
   flags.DEFINE_integer("num_processes", None, "Number of processes (manual multi-host).")
   flags.DEFINE_integer("process_id", None, "This process's index (manual multi-host).")
   flags.DEFINE_integer("distributed_timeout", 300, "Seconds jax.distributed.initialize waits for every process.")
-  flags.DEFINE_boolean("profile", False, "Log a table of where the wall time went (imports, data, init, compile, "
-                       "steps, eval, checkpoints, plots, report) when training ends.")
+  flags.DEFINE_boolean(
+    "profile",
+    False,
+    "Log a table of where the wall time went (imports, data, init, compile, "
+    "steps, eval, checkpoints, plots, report) when training ends.",
+  )
 
 
 def main(argv: list[str]) -> int | None:
@@ -41,19 +49,29 @@ def main(argv: list[str]) -> int | None:
   config = cli.config()
   from jaxcls.core import cluster, paths, phases  # pylint: disable=g-import-not-at-top
   from jaxcls.training import preemption  # pylint: disable=g-import-not-at-top
+
   paths.path(f.workdir, "workdir")  # a bad or unsupported URL fails here, before jax is imported
   try:
-    cluster.initialize(os.environ, mode=f.distributed, coordinator_address=f.coordinator_address,
-                       num_processes=f.num_processes, process_id=f.process_id, timeout=f.distributed_timeout)
+    cluster.initialize(
+      os.environ,
+      mode=f.distributed,
+      coordinator_address=f.coordinator_address,
+      num_processes=f.num_processes,
+      process_id=f.process_id,
+      timeout=f.distributed_timeout,
+    )
     from jaxcls.training import loop  # pylint: disable=g-import-not-at-top
+
     clock = phases.PhaseClock(_STARTED)
     clock.add("imports", time.perf_counter() - _STARTED)
     loop.train_and_evaluate(config, f.workdir, clock=clock)
     if f.profile:
       from absl import logging  # pylint: disable=g-import-not-at-top
+
       logging.info("Where the wall time went (--profile; exit not included):\n%s", clock.table())
   except preemption.Preempted as e:
     import jax  # pylint: disable=g-import-not-at-top
+
     if jax.process_index() == 0:
       print(f"jaxcls: {e}", file=sys.stderr, flush=True)
     return preemption.EXIT_CODE

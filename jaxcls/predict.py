@@ -18,11 +18,14 @@ from jaxcls.core.errors import ConfigError
 
 def define_flags() -> None:
   """Flags are defined only when this file runs as the command (so commands can be imported side by side)."""
-  flags.DEFINE_string("workdir", None, "A trained run's directory (holds config.json and checkpoints/; local or gs://).")
+  flags.DEFINE_string(
+    "workdir", None, "A trained run's directory (holds config.json and checkpoints/; local or gs://)."
+  )
   flags.DEFINE_string("step", None, "Checkpoint step to use: N, 'latest' (default) or 'best' (config.best_metric).")
   flags.DEFINE_integer("top_k", 5, "Classes listed per image (at most the number of classes).")
-  flags.DEFINE_integer("batch_size", None, "Images per forward pass, over all local devices (default: the config's "
-                       "eval batch size).")
+  flags.DEFINE_integer(
+    "batch_size", None, "Images per forward pass, over all local devices (default: the config's eval batch size)."
+  )
   flags.DEFINE_string("output", None, "Also write every prediction to this .csv or .json file.")
   flags.DEFINE_integer("workers", 0, "Decoding threads (0 = one per CPU core).")
 
@@ -33,8 +36,10 @@ def main(argv: list[str]) -> int | None:
   if not f.workdir:
     raise ConfigError("--workdir is required, e.g. `python -m jaxcls.predict --workdir DIR photo.jpg folder/`.")
   from jaxcls.inference import predictor  # pylint: disable=g-import-not-at-top  (jax: not for --help)
-  status = predictor.run(f.workdir, argv[1:], step=f.step, top_k=f.top_k, batch_size=f.batch_size, output=f.output,
-                         workers=f.workers)
+
+  status = predictor.run(
+    f.workdir, argv[1:], step=f.step, top_k=f.top_k, batch_size=f.batch_size, output=f.output, workers=f.workers
+  )
   exit_now(status)
 
 
@@ -46,6 +51,7 @@ def exit_now(status: int) -> None:
   command's wall time. Buffered output is flushed first.
   """
   import logging as std_logging  # pylint: disable=g-import-not-at-top
+
   std_logging.shutdown()  # absl's handlers too: flushes them
   sys.stdout.flush()
   sys.stderr.flush()

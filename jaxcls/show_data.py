@@ -24,6 +24,7 @@ def main(argv: list[str]) -> None:
   del argv
   config = cli.config("--config=configs/default.py --output=grid.png")
   from jaxcls.data import preview  # pylint: disable=g-import-not-at-top
+
   print(f"Wrote {preview.write_grid(config, flags.FLAGS.output, flags.FLAGS.num)}")
 
 

@@ -13,8 +13,9 @@ from jaxcls import cli
 
 def define_flags() -> None:
   """--steps, --top and --json; the trace folder is the one argument."""
-  flags.DEFINE_integer("steps", None, "Steps the trace covers (default: counted from StepTraceAnnotation events, "
-                       "else 1).")
+  flags.DEFINE_integer(
+    "steps", None, "Steps the trace covers (default: counted from StepTraceAnnotation events, else 1)."
+  )
   flags.DEFINE_integer("top", 20, "How many kernels/ops to list.")
   flags.DEFINE_string("json", "", "Also write the numbers here.")
 
@@ -24,9 +25,11 @@ def main(argv: list[str]) -> None:
   from jaxcls import perf  # pylint: disable=g-import-not-at-top
   from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxcls.perf import trace_summary  # pylint: disable=g-import-not-at-top
+
   if len(argv) != 2:
-    raise ConfigError("Give one trace folder, e.g. python -m jaxcls.trace_summary /tmp/trace (what "
-                      "jax.profiler.trace wrote).")
+    raise ConfigError(
+      "Give one trace folder, e.g. python -m jaxcls.trace_summary /tmp/trace (what jax.profiler.trace wrote)."
+    )
   summary = trace_summary.summarize(argv[1], flags.FLAGS.steps, flags.FLAGS.top)
   print(trace_summary.format_summary(summary))
   if flags.FLAGS.json:

@@ -35,8 +35,9 @@ def workers(accelerator_type: str) -> int:
   (one host up to 8, then 4 per host)."""
   match = re.fullmatch(r"(v2|v3|v4|v5p|v5litepod|v5e|v6e)-(\d+)", accelerator_type)
   if not match:
-    raise LaunchError(f"--accelerator-type={accelerator_type!r} is not a TPU type such as v4-32, v5p-16, "
-                      f"v5litepod-8 or v6e-16.")
+    raise LaunchError(
+      f"--accelerator-type={accelerator_type!r} is not a TPU type such as v4-32, v5p-16, v5litepod-8 or v6e-16."
+    )
   family, n = match.group(1), int(match.group(2))
   if family in ("v2", "v3", "v4", "v5p"):
     return max(n // 8, 1)
@@ -44,6 +45,7 @@ def workers(accelerator_type: str) -> int:
 
 
 def parse_args(argv):
+  """The launcher's flags: which TPU VM, where, how to get capacity, and the jaxcls command to run on it."""
   parser = argparse.ArgumentParser(prog="launch/tpu_vm.py", description=__doc__.split("\n")[0])
   parser.add_argument("--name", required=True, help="TPU VM name (and queued-resource id with --queued).")
   parser.add_argument("--zone", required=True)
@@ -65,11 +67,15 @@ def parse_args(argv):
   n = workers(args.accelerator_type)
   if not args.workdir.startswith("gs://"):
     if n > 1:
-      raise LaunchError(f"--workdir={args.workdir} is not a gs:// bucket; the {n} workers of a "
-                        f"{args.accelerator_type} share no filesystem, so use --workdir=gs://BUCKET/PATH.")
+      raise LaunchError(
+        f"--workdir={args.workdir} is not a gs:// bucket; the {n} workers of a "
+        f"{args.accelerator_type} share no filesystem, so use --workdir=gs://BUCKET/PATH."
+      )
     if not args.keep:
-      raise LaunchError(f"--workdir={args.workdir} is on the TPU VM's own disk, which is deleted at the end; "
-                        f"use --workdir=gs://BUCKET/PATH, or --keep to keep the VM.")
+      raise LaunchError(
+        f"--workdir={args.workdir} is on the TPU VM's own disk, which is deleted at the end; "
+        f"use --workdir=gs://BUCKET/PATH, or --keep to keep the VM."
+      )
   if not os.path.isfile(args.config):
     raise LaunchError(f"--config={args.config} does not exist; pass a config file such as configs/default.py.")
   if args.wheel and not (args.wheel.endswith(".whl") and os.path.isfile(args.wheel)):
@@ -99,6 +105,7 @@ def _where(args) -> list[str]:
 
 
 def wheel_name() -> str:
+  """The file name of this checkout's wheel (from pyproject.toml's version), the one copied to every worker."""
   with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
     version = tomllib.load(f)["project"]["version"]
   return f"jaxcls-{version}-py3-none-any.whl"
@@ -113,39 +120,91 @@ def jax_requirement() -> str:
 
 
 def create(run: Runner, args) -> None:
+  """Creates the TPU VM (spot when asked); a queued resource is polled until it is ready or has failed."""
   capacity = ["--spot"] if args.spot else []
   if args.queued:
-    run(["gcloud", "compute", "tpus", "queued-resources", "create", args.name, f"--node-id={args.name}",
-         *_where(args), f"--accelerator-type={args.accelerator_type}", f"--runtime-version={args.version}",
-         *capacity])
+    run(
+      [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "create",
+        args.name,
+        f"--node-id={args.name}",
+        *_where(args),
+        f"--accelerator-type={args.accelerator_type}",
+        f"--runtime-version={args.version}",
+        *capacity,
+      ]
+    )
     while True:
-      state = run(["gcloud", "compute", "tpus", "queued-resources", "describe", args.name, *_where(args),
-                   "--format=value(state.state)"], capture=True).stdout.strip()
+      state = run(
+        [
+          "gcloud",
+          "compute",
+          "tpus",
+          "queued-resources",
+          "describe",
+          args.name,
+          *_where(args),
+          "--format=value(state.state)",
+        ],
+        capture=True,
+      ).stdout.strip()
       if state == READY:
         return
       if state in FAILED:
-        raise LaunchError(f"The queued resource {args.name} ended in state {state}; see `gcloud compute tpus "
-                          f"queued-resources describe {args.name} --zone={args.zone}`.")
+        raise LaunchError(
+          f"The queued resource {args.name} ended in state {state}; see `gcloud compute tpus "
+          f"queued-resources describe {args.name} --zone={args.zone}`."
+        )
       print(f"tpu_vm: queued resource {args.name} is {state or 'not ready'}; waiting.", file=sys.stderr)
       time.sleep(args.poll_seconds)
-  run(["gcloud", "compute", "tpus", "tpu-vm", "create", args.name, *_where(args),
-       f"--accelerator-type={args.accelerator_type}", f"--version={args.version}", *capacity])
+  run(
+    [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "create",
+      args.name,
+      *_where(args),
+      f"--accelerator-type={args.accelerator_type}",
+      f"--version={args.version}",
+      *capacity,
+    ]
+  )
 
 
 def delete(run: Runner, args) -> None:
+  """Deletes the TPU VM (or its queued resource), so a finished or failed run stops costing money."""
   if args.queued:
-    run(["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, *_where(args), "--force", "--quiet"],
-        check=False)
+    run(
+      ["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, *_where(args), "--force", "--quiet"],
+      check=False,
+    )
   else:
     run(["gcloud", "compute", "tpus", "tpu-vm", "delete", args.name, *_where(args), "--quiet"], check=False)
 
 
 def ssh_all(args, command: str) -> list[str]:
-  return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.name, *_where(args), "--worker=all",
-          f"--command={command}"]
+  """The gcloud command that runs `command` on every worker of the pod at once (a multi-host run needs all)."""
+  return [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    args.name,
+    *_where(args),
+    "--worker=all",
+    f"--command={command}",
+  ]
 
 
 def launch(args, run: Runner) -> int:
+  """Builds the wheel, creates the VM, copies the wheel and config to every worker and runs the same training there."""
   if args.wheel:
     local_wheel = args.wheel
   else:
@@ -154,33 +213,61 @@ def launch(args, run: Runner) -> int:
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", build_dir, REPO])
   wheel = os.path.basename(local_wheel)
   config_name = os.path.basename(args.config)
-  train = ["python3", "-m", "jaxcls.main", f"--config={config_name}", f"--workdir={args.workdir}",
-           f"--distributed={'on' if args.workers > 1 else 'auto'}", *args.overrides]
+  train = [
+    "python3",
+    "-m",
+    "jaxcls.main",
+    f"--config={config_name}",
+    f"--workdir={args.workdir}",
+    f"--distributed={'on' if args.workers > 1 else 'auto'}",
+    *args.overrides,
+  ]
   create(run, args)
   try:
-    run(ssh_all(args, f"mkdir -p \"$HOME/{REMOTE_DIR}\""))
-    run(["gcloud", "compute", "tpus", "tpu-vm", "scp", local_wheel, args.config,
-         f"{args.name}:~/{REMOTE_DIR}/", *_where(args), "--worker=all"])
-    run(ssh_all(args, f"python3 -m pip install -q {shlex.quote(jax_requirement())} "
-                      f"\"$HOME/{REMOTE_DIR}/{wheel}[gcs]\""))  # gcsfs: gs:// workdirs through etils.epath
-    code = run(ssh_all(args, f"cd \"$HOME/{REMOTE_DIR}\" && {shlex.join(train)}"), check=False).returncode
+    run(ssh_all(args, f'mkdir -p "$HOME/{REMOTE_DIR}"'))
+    run(
+      [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        local_wheel,
+        args.config,
+        f"{args.name}:~/{REMOTE_DIR}/",
+        *_where(args),
+        "--worker=all",
+      ]
+    )
+    run(
+      ssh_all(args, f'python3 -m pip install -q {shlex.quote(jax_requirement())} "$HOME/{REMOTE_DIR}/{wheel}[gcs]"')
+    )  # gcsfs: gs:// workdirs through etils.epath
+    code = run(ssh_all(args, f'cd "$HOME/{REMOTE_DIR}" && {shlex.join(train)}'), check=False).returncode
     if code == 75:
-      print(f"tpu_vm: the run was preempted after saving a checkpoint in {args.workdir}; run this command again "
-            f"to resume.", file=sys.stderr)
+      print(
+        f"tpu_vm: the run was preempted after saving a checkpoint in {args.workdir}; run this command again to resume.",
+        file=sys.stderr,
+      )
     elif code != 0:
-      print(f"tpu_vm: the run ended with exit code {code} (255: the VM went away, e.g. a spot preemption; run "
-            f"this command again to resume from {args.workdir}).", file=sys.stderr)
+      print(
+        f"tpu_vm: the run ended with exit code {code} (255: the VM went away, e.g. a spot preemption; run "
+        f"this command again to resume from {args.workdir}).",
+        file=sys.stderr,
+      )
     return code
   finally:
     if args.keep:
-      print(f"tpu_vm: keeping {args.name} (--keep); delete it with `gcloud compute tpus "
-            f"{'queued-resources' if args.queued else 'tpu-vm'} delete {args.name} --zone={args.zone}`.",
-            file=sys.stderr)
+      print(
+        f"tpu_vm: keeping {args.name} (--keep); delete it with `gcloud compute tpus "
+        f"{'queued-resources' if args.queued else 'tpu-vm'} delete {args.name} --zone={args.zone}`.",
+        file=sys.stderr,
+      )
     else:
       delete(run, args)
 
 
 def main(argv=None) -> int:
+  """Runs the launcher; its own errors are one line and exit 2, Ctrl-C exits 130."""
   try:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     return launch(args, Runner(args.dry_run))

@@ -9,8 +9,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("EPATH_USE_TF", "false")
 # One compilation cache for every test process of a run (config.compilation_cache_dir='auto' reads it): the many
 # runs of the same tiny configs compile once. Tests of the cache itself name their own folders.
-os.environ.setdefault("JAXCLS_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                       ".pytest_cache", "jaxcls-xla"))
+os.environ.setdefault(
+  "JAXCLS_CACHE_DIR",
+  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jaxcls-xla"),
+)
 
 import pytest  # noqa: E402
 
@@ -23,6 +25,7 @@ CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 def tiny_config(**overrides):
   """A synthetic-data config with a small CNN: a few seconds per run on 2 CPU cores."""
   from jaxcls.config import base as config_base
+
   config = config_base.get_base_config()
   config.dataset.name = "synthetic"
   config.dataset.image_size = (8, 8)
@@ -50,6 +53,7 @@ def tiny_config(**overrides):
 def folder_config(path, **dataset):
   """A base config reading the image folder at `path` (8x8, 2 decode threads), with `dataset.*` overrides."""
   from jaxcls.config.base import get_base_config  # pylint: disable=g-import-not-at-top
+
   config = get_base_config()
   config.dataset.name = "folder"
   config.dataset.path = str(path)
@@ -139,20 +143,23 @@ def eval_step_outputs(workdir: str, batch_size: int, tta: str = "none") -> dict:
   from jaxcls.evaluation import loop as eval_loop
   from jaxcls.store import restore
   from jaxcls.store.build import build_task_and_model
+
   config = restore.load_config(workdir)
   dataset = data.build(config)
   task, model, _ = build_task_and_model(config, dataset.info)
   variables = restore.read_variables(workdir, restore.resolve_step(workdir, None))
   mesh = parallel.make_mesh()
   variables = parallel.replicate({"params": variables["params"], "batch_stats": variables["batch_stats"]}, mesh)
-  eval_step = eval_loop.make_eval_step(model, task, mean=dataset.info.mean, std=dataset.info.std, dtype=config.dtype,
-                                       mesh=mesh, tta=tta)
+  eval_step = eval_loop.make_eval_step(
+    model, task, mean=dataset.info.mean, std=dataset.info.std, dtype=config.dtype, mesh=mesh, tta=tta
+  )
   return eval_loop.evaluate(eval_step, variables, dataset, task, batch_size, mesh)[1]
 
 
 def logged_losses(workdir) -> dict:
   """{step: train/loss} from a workdir's metrics.jsonl: what a resumed or re-sharded run is compared on."""
   import json  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
@@ -161,6 +168,7 @@ def logged_losses(workdir) -> dict:
 def saved_state(workdir, step: int | None = None):
   """The full train state a workdir's checkpoint `step` (default: the latest) holds, read on this process."""
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
+
   ckpt = checkpoint.Checkpointer(str(workdir), keep=3, async_save=False, fingerprint={})
   try:
     return ckpt.read_state(ckpt.latest_step() if step is None else step)
@@ -178,10 +186,18 @@ def clean_python(folder, requirements, *, without=()) -> str:
   import subprocess  # pylint: disable=g-import-not-at-top
 
   from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
-  subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(folder)],
-                 check=True, capture_output=True)
-  site = subprocess.run([os.path.join(folder, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                         "['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
+
+  subprocess.run(
+    [getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(folder)],
+    check=True,
+    capture_output=True,
+  )
+  site = subprocess.run(
+    [os.path.join(folder, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout.strip()
   skip = {re.sub(r"[-_.]+", "-", name).lower() for name in without}
   wanted, seen = [re.split(r"[=<>!~;\[ ]", line.strip(), maxsplit=1)[0] for line in requirements], set()
   while wanted:

@@ -1,9 +1,9 @@
 """A real GCS JSON API on localhost for tests: `gcp-storage-emulator` as a subprocess, one per pytest worker.
 
-Use the `gcs` fixture (`from gcs_emulator import gcs` in a test module): it starts the emulator on a free port with a default bucket,
-points gcsfs (under etils.epath) and tensorstore (orbax's array data) at it through the environment, and yields
-a `Gcs` with the bucket's URL and the environment for subprocesses. No mock: the clients speak HTTP to the server
-(which gets the generation headers real GCS sends, see `_LAUNCHER`).
+Use the `gcs` fixture (`from gcs_emulator import gcs` in a test module): it starts the emulator on a free port with
+a default bucket, points gcsfs (under etils.epath) and tensorstore (orbax's array data) at it through the
+environment, and yields a `Gcs` with the bucket's URL and the environment for subprocesses. No mock: the clients
+speak HTTP to the server (which gets the generation headers real GCS sends, see `_LAUNCHER`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ def emulator_env(port: int) -> dict[str, str]:
   """The variables that send every client jaxcls uses to the emulator (see docs/cloud_storage.md)."""
   url = f"http://localhost:{port}"
   return {
-      "STORAGE_EMULATOR_HOST": url,  # gcsfs
-      "FSSPEC_GCS_TOKEN": "anon",  # gcsfs: no credentials
-      "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (orbax's arrays)
-      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",  # tensorstore: no credentials
-      "NO_GCE_CHECK": "true",  # google-auth: do not probe the metadata server
-      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # gcsfs: no bucket-layout call the emulator lacks
-      "EPATH_USE_TF": "false",  # epath: gcsfs, not TensorFlow's GCS client (whose endpoint is compiled in)
+    "STORAGE_EMULATOR_HOST": url,  # gcsfs
+    "FSSPEC_GCS_TOKEN": "anon",  # gcsfs: no credentials
+    "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (orbax's arrays)
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",  # tensorstore: no credentials
+    "NO_GCE_CHECK": "true",  # google-auth: do not probe the metadata server
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # gcsfs: no bucket-layout call the emulator lacks
+    "EPATH_USE_TF": "false",  # epath: gcsfs, not TensorFlow's GCS client (whose endpoint is compiled in)
   }
 
 
@@ -85,15 +85,14 @@ class Gcs:
   def objects(self, url: str) -> list[str]:
     """The names of the objects under `url`, relative to it, asked of the server itself (gcsfs, under epath,
     caches listings within a process, so a test polling for a child's writes must not go through it)."""
-    bucket, _, prefix = url[len("gs://"):].partition("/")
+    bucket, _, prefix = url[len("gs://") :].partition("/")
     prefix = prefix.rstrip("/") + "/"
     names, token = [], ""
     while True:
       query = urllib.parse.urlencode({"prefix": prefix, **({"pageToken": token} if token else {})})
-      with urllib.request.urlopen(f"http://localhost:{self.port}/storage/v1/b/{bucket}/o?{query}",
-                                  timeout=10) as reply:
+      with urllib.request.urlopen(f"http://localhost:{self.port}/storage/v1/b/{bucket}/o?{query}", timeout=10) as reply:
         page = json.load(reply)
-      names += [item["name"][len(prefix):] for item in page.get("items", [])]
+      names += [item["name"][len(prefix) :] for item in page.get("items", [])]
       token = page.get("nextPageToken")
       if not token:
         return sorted(names)
@@ -101,6 +100,7 @@ class Gcs:
   def download(self, url: str, target: str) -> str:
     """Copies every object under `url` into the local folder `target` (for readers that need a local path)."""
     from etils import epath  # pylint: disable=g-import-not-at-top
+
     os.makedirs(target, exist_ok=True)
     for child in epath.Path(url).iterdir():
       local = os.path.join(target, child.name)
@@ -146,9 +146,21 @@ class _Server:
       port = _free_port()
       cls.log = tempfile.TemporaryFile("w+")  # the emulator logs every request: a pipe would fill up and stall it
       # `gcp-storage-emulator start ...`, through the launcher above
-      cls.proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, "start", "--host=localhost", f"--port={port}",
-                                   f"--default-bucket={BUCKET}", "-M"], stdout=cls.log, stderr=subprocess.STDOUT,
-                                  text=True)
+      cls.proc = subprocess.Popen(
+        [
+          sys.executable,
+          "-c",
+          _LAUNCHER,
+          "start",
+          "--host=localhost",
+          f"--port={port}",
+          f"--default-bucket={BUCKET}",
+          "-M",
+        ],
+        stdout=cls.log,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
       try:
         _wait_until_up(port, cls.proc, cls.log)
       except Exception:

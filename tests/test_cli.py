@@ -15,15 +15,24 @@ MAIN = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "default.
 
 
 def _run(python, args, device_count=2, timeout=600):
-  return subprocess.run([python, *MAIN, *args], env=subprocess_env(device_count), cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [python, *MAIN, *args], env=subprocess_env(device_count), cwd=REPO, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def test_default_config_end_to_end(python, tmp_path):
   """A short run of the shipped default: every file of the workdir contract appears."""
   workdir = str(tmp_path / "run")
-  proc = _run(python, ["--workdir", workdir, "--config.num_epochs=4", "--config.model.widths=(16, 32)",
-                           "--config.optimizer.warmup_steps=5"])
+  proc = _run(
+    python,
+    [
+      "--workdir",
+      workdir,
+      "--config.num_epochs=4",
+      "--config.model.widths=(16, 32)",
+      "--config.optimizer.warmup_steps=5",
+    ],
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("config.json", "classes.json", "metrics.jsonl", "report.json", "report.md"):
     assert os.path.isfile(os.path.join(workdir, name)), name
@@ -38,24 +47,29 @@ def test_default_config_end_to_end(python, tmp_path):
     assert json.load(f) == [str(i) for i in range(10)]
   assert os.listdir(os.path.join(workdir, "checkpoints"))
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
   events = glob.glob(os.path.join(workdir, "**", "events.out.tfevents.*"), recursive=True)
   assert events
   acc = EventAccumulator(os.path.dirname(events[0]))
   acc.Reload()
   tags = acc.Tags()["scalars"] + acc.Tags().get("tensors", [])
   assert any("train/loss" in t for t in tags) and any("eval/accuracy" in t for t in tags)
-  images = acc.Tags().get("images", []) + [t for t in acc.Tags().get("tensors", [])
-                                           if acc.SummaryMetadata(t).plugin_data.plugin_name == "images"]
+  images = acc.Tags().get("images", []) + [
+    t for t in acc.Tags().get("tensors", []) if acc.SummaryMetadata(t).plugin_data.plugin_name == "images"
+  ]
   assert any("figures/confusion" in t for t in images), images  # the report's figures, in TensorBoard too
 
 
-@pytest.mark.parametrize("override, expected", [
+@pytest.mark.parametrize(
+  "override, expected",
+  [
     ("--config.datset.name=x", "Unknown config key 'datset.name'. Did you mean 'dataset.name'"),
     ("--config.optimizer.learning_rat=0.1", "Did you mean 'optimizer.learning_rate'"),
     ("--config.model.widht=3", "Unknown argument 'widht' for model 'simple_cnn'"),
     ("--config.model.name=resnet19", "Unknown model 'resnet19'"),
     ("--config.dataset.name=digitz", "Unknown dataset 'digitz'"),
-])
+  ],
+)
 def test_bad_keys_fail_with_one_line(python, tmp_path, override, expected):
   proc = _run(python, ["--workdir", str(tmp_path), override], timeout=120)
   assert proc.returncode != 0
@@ -65,15 +79,24 @@ def test_bad_keys_fail_with_one_line(python, tmp_path, override, expected):
 
 
 def test_sigkill_and_rerun_matches_an_uninterrupted_run(python, tmp_path):
-  args = ["--config.num_epochs=6", "--config.checkpoint_every_steps=5", "--config.model.widths=(16, 32)",
-          "--config.async_checkpointing=True"]
+  args = [
+    "--config.num_epochs=6",
+    "--config.checkpoint_every_steps=5",
+    "--config.model.widths=(16, 32)",
+    "--config.async_checkpointing=True",
+  ]
   full = str(tmp_path / "full")
   proc = _run(python, ["--workdir", full, *args])
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   killed = str(tmp_path / "killed")
-  child = subprocess.Popen([python, *MAIN, "--workdir", killed, *args], env=subprocess_env(2), cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  child = subprocess.Popen(
+    [python, *MAIN, "--workdir", killed, *args],
+    env=subprocess_env(2),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 300
   ckpt_dir = os.path.join(killed, "checkpoints")
   while time.time() < deadline:
@@ -92,14 +115,16 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(python, tmp_path):
   assert step_a == step_b == 6 * (1437 // 64)
   for name in ("params", "batch_stats", "opt_state"):
     import jax
+
     for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name])):
       np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
   with open(os.path.join(full, "report.json")) as f1, open(os.path.join(killed, "report.json")) as f2:
     r1, r2 = json.load(f1), json.load(f2)
   assert r1["accuracy"] == r2["accuracy"] and r1["loss"] == pytest.approx(r2["loss"], rel=1e-6)
   steps_logged = [json.loads(line)["step"] for line in open(os.path.join(killed, "metrics.jsonl"))]
-  train_steps = [s for s, line in zip(steps_logged, open(os.path.join(killed, "metrics.jsonl")))
-                 if "train/loss" in line]
+  train_steps = [
+    s for s, line in zip(steps_logged, open(os.path.join(killed, "metrics.jsonl"))) if "train/loss" in line
+  ]
   assert train_steps == sorted(set(train_steps)), "metrics.jsonl holds duplicate train lines after resume"
 
 
@@ -109,7 +134,7 @@ def test_core_trains_without_tensorflow_or_clu(python, tmp_path):
 import sys
 for name in ("tensorflow", "tensorflow_datasets", "clu"):
   sys.modules[name] = None  # any import of these now fails
-sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+sys.path.insert(0, {os.path.join(REPO, "tests")!r})
 from conftest import tiny_config
 from jaxcls.training import loop as train
 report = train.train_and_evaluate(tiny_config(num_train_steps=4), {str(tmp_path)!r})
@@ -126,6 +151,7 @@ print("OK")
 def test_folder_of_images_trains_and_lists_unreadable_files(python, tmp_path):
   """A user's folder (two classes, mixed formats, a truncated JPEG, a non-image file) trains from the CLI."""
   from PIL import Image
+
   rng = np.random.default_rng(0)
   for name, tint in (("cats", 40), ("dogs", 200)):
     os.makedirs(tmp_path / "photos" / name)
@@ -136,13 +162,24 @@ def test_folder_of_images_trains_and_lists_unreadable_files(python, tmp_path):
   (tmp_path / "photos" / "cats" / "broken.jpg").write_bytes(good[: len(good) // 2])
   (tmp_path / "photos" / "dogs" / "notes.txt").write_text("not an image")
   workdir = tmp_path / "run"
-  args = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "folder.py"), "--workdir", str(workdir),
-          f"--config.dataset.path={tmp_path / 'photos'}", "--config.dataset.image_size=(16, 16)",
-          "--config.dataset.cache=memory", "--config.dataset.train_crop=resize", "--config.model.name=simple_cnn",
-          "--config.model.widths=(8, 16)", "--config.batch_size=8", "--config.num_train_steps=6",
-          "--config.optimizer.warmup_steps=1"]
-  proc = subprocess.run([python, *args], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True,
-                        timeout=600)
+  args = [
+    "-m",
+    "jaxcls.main",
+    "--config",
+    os.path.join(REPO, "configs", "folder.py"),
+    "--workdir",
+    str(workdir),
+    f"--config.dataset.path={tmp_path / 'photos'}",
+    "--config.dataset.image_size=(16, 16)",
+    "--config.dataset.cache=memory",
+    "--config.dataset.train_crop=resize",
+    "--config.model.name=simple_cnn",
+    "--config.model.widths=(8, 16)",
+    "--config.batch_size=8",
+    "--config.num_train_steps=6",
+    "--config.optimizer.warmup_steps=1",
+  ]
+  proc = subprocess.run([python, *args], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads((workdir / "classes.json").read_text()) == ["cats", "dogs"]
   skipped = (workdir / "skipped_files.txt").read_text()
@@ -154,12 +191,26 @@ def test_folder_of_images_trains_and_lists_unreadable_files(python, tmp_path):
 def test_every_command_module_imports_together():
   """Commands define their flags only when run, so one process (a notebook, a test) can import them all."""
   import importlib  # pylint: disable=g-import-not-at-top
-  for name in ("main", "evaluate", "predict", "export", "explain", "fewshot", "list_models", "convert",
-               "show_data", "benchmark", "classical", "classical.__main__"):
+
+  for name in (
+    "main",
+    "evaluate",
+    "predict",
+    "export",
+    "explain",
+    "fewshot",
+    "list_models",
+    "convert",
+    "show_data",
+    "benchmark",
+    "classical",
+    "classical.__main__",
+  ):
     importlib.import_module(f"jaxcls.{name}")
 
 
 # --- jaxcls.cli: the one way every command runs -------------------------------------------------------------------
+
 
 def _run_in_process(monkeypatch, argv, main, define_flags=None, doc="`python -m jaxcls.toy --size N`: A toy."):
   """cli.run as the command would call it, in this process: (exit code, stdout, stderr)."""
@@ -167,6 +218,7 @@ def _run_in_process(monkeypatch, argv, main, define_flags=None, doc="`python -m 
   import io  # pylint: disable=g-import-not-at-top
 
   from jaxcls import cli  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr("sys.argv", ["toy", *argv])
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
@@ -231,8 +283,10 @@ def test_cli_run_reports_a_bad_flag_value_in_one_line_with_exit_2(monkeypatch):
 
   code, out, err = _run_in_process(monkeypatch, ["--toy_count=many"], lambda argv: 0, define_flags)
   assert (code, out) == (2, "")
-  assert err == ("jaxcls: error: flag --toy_count=many: invalid literal for int() with base 10: 'many' (--help lists "
-                 "this command's flags).\n"), err
+  assert err == (
+    "jaxcls: error: flag --toy_count=many: invalid literal for int() with base 10: 'many' (--help lists "
+    "this command's flags).\n"
+  ), err
   code, _, err = _run_in_process(monkeypatch, ["--toy_count=3"], lambda argv: len(argv) + 4, define_flags)
   assert code == 5 and err == ""  # main's return value is the exit code
 
@@ -244,6 +298,7 @@ def test_the_log_filter_drops_library_info_but_keeps_warnings_and_jaxcls_info():
   import sys  # pylint: disable=g-import-not-at-top
 
   from jaxcls import cli  # pylint: disable=g-import-not-at-top
+
   site = os.path.join(os.sep, "venv", "lib", "site-packages")
 
   def record(path, level=std_logging.INFO, exc_info=None):
@@ -258,20 +313,39 @@ def test_the_log_filter_drops_library_info_but_keeps_warnings_and_jaxcls_info():
   try:
     raise OSError("disk full")
   except OSError:
-    failed = record(os.path.join(os.sep, "usr", "lib", "python3", "asyncio", "base_events.py"), std_logging.ERROR,
-                    sys.exc_info())
+    failed = record(
+      os.path.join(os.sep, "usr", "lib", "python3", "asyncio", "base_events.py"), std_logging.ERROR, sys.exc_info()
+    )
   assert quiet.filter(failed) and failed.exc_info is None
 
 
-COMMANDS = ("main", "evaluate", "predict", "export", "explain", "fewshot", "benchmark", "convert", "show_data",
-            "list_models", "trace_summary", "classical")
+COMMANDS = (
+  "main",
+  "evaluate",
+  "predict",
+  "export",
+  "explain",
+  "fewshot",
+  "benchmark",
+  "convert",
+  "show_data",
+  "list_models",
+  "trace_summary",
+  "classical",
+)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_help_exits_0_with_usage_for_users_without_importing_jax(python, command):
   """--help is for users: the command's doc and its own flags on stdout, exit 0, and quick (jax is not imported)."""
-  proc = subprocess.run([python, "-X", "importtime", "-m", f"jaxcls.{command}", "--help"], env=subprocess_env(1),
-                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [python, "-X", "importtime", "-m", f"jaxcls.{command}", "--help"],
+    env=subprocess_env(1),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.startswith(f"usage: python -m jaxcls.{command} "), proc.stdout[:500]
   assert "\nFlags:\n  --" in proc.stdout and "--verbosity" not in proc.stdout  # not absl's flags of every module
@@ -282,11 +356,23 @@ def test_every_command_help_exits_0_with_usage_for_users_without_importing_jax(p
 
 def test_help_spellings_and_a_user_error_of_a_thin_command(python):
   for spelling in ("-h", "--helpfull"):
-    proc = subprocess.run([python, "-m", "jaxcls.list_models", spelling, "--models=nope"], env=subprocess_env(1),
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+      [python, "-m", "jaxcls.list_models", spelling, "--models=nope"],
+      env=subprocess_env(1),
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m jaxcls.list_models"), proc.stderr
-  proc = subprocess.run([python, "-m", "jaxcls.list_models", "--models=resnet5"], env=subprocess_env(1), cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.list_models", "--models=resnet5"],
+    env=subprocess_env(1),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
   assert proc.stderr.startswith("jaxcls: error: Unknown model(s) resnet5; known: ") and proc.stderr.count("\n") == 1
 
@@ -297,10 +383,17 @@ def test_predict_logs_no_library_info_lines(python, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
 
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   workdir = shutil.copytree(os.path.join(REPO, "tests", "fixtures", "workdir_0_1"), tmp_path / "run")
   Image.fromarray(np.full((16, 16), 128, np.uint8)).save(tmp_path / "a.png")
-  proc = subprocess.run([python, "-m", "jaxcls.predict", "--workdir", str(workdir), str(tmp_path / "a.png")],
-                        env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.predict", "--workdir", str(workdir), str(tmp_path / "a.png")],
+    env=subprocess_env(1),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0 and proc.stdout.startswith(f"{tmp_path / 'a.png'}: "), proc.stderr[-3000:]
   ours = {name for _, _, names in os.walk(os.path.join(REPO, "jaxcls")) for name in names if name.endswith(".py")}
   info_from = re.findall(r"^I\d{4} [\d:.]+ +\d+ (\S+?):\d+\]", proc.stderr, re.MULTILINE)
@@ -312,6 +405,7 @@ def test_the_compilation_cache_switch_follows_the_config_and_distrusts_a_workdir
   workdir that may come from elsewhere) cannot point the cache at another folder; '' is off."""
   from jaxcls import cli  # pylint: disable=g-import-not-at-top
   from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top
+
   default = compile_cache.resolve("auto")
   try:
     assert cli.enable_compilation_cache({"compilation_cache_dir": str(tmp_path / "mine")}) == str(tmp_path / "mine")

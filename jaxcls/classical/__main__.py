@@ -20,12 +20,16 @@ def main(argv: list[str]) -> None:
   """The config -> classical.run.run -> one summary line."""
   del argv
   if flags.FLAGS.config is None or not flags.FLAGS.workdir:
-    raise ConfigError("Both --config and --workdir are required, e.g. --config=configs/classical_digits.py "
-                      "--workdir=/tmp/classical.")
+    raise ConfigError(
+      "Both --config and --workdir are required, e.g. --config=configs/classical_digits.py --workdir=/tmp/classical."
+    )
   from jaxcls.classical import run  # pylint: disable=g-import-not-at-top
+
   final = run.run(cli.config(), flags.FLAGS.workdir)
-  print(f"{final['model']} on the {final['split']} split: accuracy {final['accuracy']:.4f}, "
-        f"train {final['train_seconds']:.1f} s, eval {final['eval_seconds']:.1f} s.")
+  print(
+    f"{final['model']} on the {final['split']} split: accuracy {final['accuracy']:.4f}, "
+    f"train {final['train_seconds']:.1f} s, eval {final['eval_seconds']:.1f} s."
+  )
 
 
 if __name__ == "__main__":

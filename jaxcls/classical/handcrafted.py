@@ -23,19 +23,22 @@ _L2HYS_EPS = 1e-5
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
   """Which features to concatenate, in this order, and their settings."""
+
   names: tuple[str, ...] = ("hog",)
   hog_orientations: int = 9
-  hog_cell_size: int = 4        # pixels per cell side
-  hog_block_size: int = 2       # cells per block side
-  color_bins: int = 16          # per channel
+  hog_cell_size: int = 4  # pixels per cell side
+  hog_block_size: int = 2  # cells per block side
+  color_bins: int = 16  # per channel
 
   def __post_init__(self):
     if not self.names:
       raise ConfigError(f"classical.features is empty; choose one or more of {', '.join(FEATURES)}.")
     for name in self.names:
       if name not in FEATURES:
-        raise ConfigError(f"classical.features has unknown feature {name!r}; use one or more of "
-                          f"{', '.join(FEATURES)}, joined by ',' (e.g. 'hog,pixels').")
+        raise ConfigError(
+          f"classical.features has unknown feature {name!r}; use one or more of "
+          f"{', '.join(FEATURES)}, joined by ',' (e.g. 'hog,pixels')."
+        )
     if len(set(self.names)) != len(self.names):
       raise ConfigError(f"classical.features={','.join(self.names)!r} names a feature twice.")
     for key in ("hog_orientations", "hog_cell_size", "hog_block_size"):
@@ -50,15 +53,20 @@ class FeatureSpec:
       return
     need = self.hog_cell_size * self.hog_block_size
     if min(image_shape[:2]) < need:
-      raise ConfigError(f"HOG needs images of at least {need}x{need} pixels (hog_cell_size {self.hog_cell_size} x "
-                        f"hog_block_size {self.hog_block_size}), but they are {image_shape[0]}x{image_shape[1]}; "
-                        "lower classical.hog_cell_size or hog_block_size, or set dataset.image_size.")
+      raise ConfigError(
+        f"HOG needs images of at least {need}x{need} pixels (hog_cell_size {self.hog_cell_size} x "
+        f"hog_block_size {self.hog_block_size}), but they are {image_shape[0]}x{image_shape[1]}; "
+        "lower classical.hog_cell_size or hog_block_size, or set dataset.image_size."
+      )
 
   def num_features(self, image_shape: tuple[int, int, int]) -> int:
     """The length D of the concatenated feature vector for images of this shape."""
     height, width, channels = image_shape
-    sizes = {"hog": hog_size(height, width, self.hog_orientations, self.hog_cell_size, self.hog_block_size),
-             "color_hist": channels * self.color_bins, "pixels": height * width * channels}
+    sizes = {
+      "hog": hog_size(height, width, self.hog_orientations, self.hog_cell_size, self.hog_block_size),
+      "color_hist": channels * self.color_bins,
+      "pixels": height * width * channels,
+    }
     return sum(sizes[name] for name in self.names)
 
 
@@ -99,20 +107,21 @@ def hog(images: jax.Array, *, orientations: int = 9, cell_size: int = 4, block_s
   bins = jnp.clip(jnp.floor(angle / (180.0 / orientations)).astype(jnp.int32), 0, orientations - 1)
   votes = jax.nn.one_hot(bins, orientations, dtype=jnp.float32) * magnitude[..., None]  # [N, H, W, O]
   cells_r, cells_c = height // cell_size, width // cell_size
-  votes = votes[:, :cells_r * cell_size, :cells_c * cell_size]
+  votes = votes[:, : cells_r * cell_size, : cells_c * cell_size]
   cells = votes.reshape(n, cells_r, cell_size, cells_c, cell_size, orientations).mean(axis=(2, 4))
   blocks_r, blocks_c = cells_r - block_size + 1, cells_c - block_size + 1
-  blocks = jnp.stack([cells[:, dr:dr + blocks_r, dc:dc + blocks_c]
-                      for dr in range(block_size) for dc in range(block_size)], axis=3)  # [N, Br, Bc, b*b, O]
+  blocks = jnp.stack(
+    [cells[:, dr : dr + blocks_r, dc : dc + blocks_c] for dr in range(block_size) for dc in range(block_size)], axis=3
+  )  # [N, Br, Bc, b*b, O]
   blocks = blocks.reshape(n, blocks_r, blocks_c, -1)
   return _l2_hys(blocks).reshape(n, -1)
 
 
 def _l2_hys(blocks: jax.Array) -> jax.Array:
   """L2 normalise, clip at 0.2, L2 normalise again, over the last axis (Dalal and Triggs' L2-Hys)."""
-  out = blocks / jnp.sqrt(jnp.sum(blocks ** 2, axis=-1, keepdims=True) + _L2HYS_EPS ** 2)
+  out = blocks / jnp.sqrt(jnp.sum(blocks**2, axis=-1, keepdims=True) + _L2HYS_EPS**2)
   out = jnp.minimum(out, _L2HYS_CLIP)
-  return out / jnp.sqrt(jnp.sum(out ** 2, axis=-1, keepdims=True) + _L2HYS_EPS ** 2)
+  return out / jnp.sqrt(jnp.sum(out**2, axis=-1, keepdims=True) + _L2HYS_EPS**2)
 
 
 @functools.partial(jax.jit, static_argnames=("bins",))
@@ -138,8 +147,9 @@ def extract(images: jax.Array, spec: FeatureSpec) -> jax.Array:
   parts = []
   for name in spec.names:
     if name == "hog":
-      parts.append(hog(images, orientations=spec.hog_orientations, cell_size=spec.hog_cell_size,
-                       block_size=spec.hog_block_size))
+      parts.append(
+        hog(images, orientations=spec.hog_orientations, cell_size=spec.hog_cell_size, block_size=spec.hog_block_size)
+      )
     elif name == "color_hist":
       parts.append(color_histogram(images, bins=spec.color_bins))
     else:
@@ -150,6 +160,7 @@ def extract(images: jax.Array, spec: FeatureSpec) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class Standardizer:
   """Per-feature (x - mean) / std with statistics of the training features; constant features get std 1."""
+
   mean: np.ndarray
   std: np.ndarray
 
@@ -157,8 +168,7 @@ class Standardizer:
   def fit(cls, features: np.ndarray) -> "Standardizer":
     features = np.asarray(features, np.float64)
     std = features.std(axis=0)
-    return cls(mean=features.mean(axis=0).astype(np.float32),
-               std=np.where(std > 1e-8, std, 1.0).astype(np.float32))
+    return cls(mean=features.mean(axis=0).astype(np.float32), std=np.where(std > 1e-8, std, 1.0).astype(np.float32))
 
   def __call__(self, features: np.ndarray) -> np.ndarray:
     return ((np.asarray(features, np.float32) - self.mean) / self.std).astype(np.float32)

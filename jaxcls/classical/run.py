@@ -50,8 +50,10 @@ def _check_supported(config) -> None:
   if jax.process_count() > 1:
     raise ConfigError("The classical baseline runs in one process; start it without jax.distributed.")
   if config.dataset.sampling != "uniform" or config.task.class_weights != "none":
-    raise ConfigError("dataset.sampling and task.class_weights do not apply to the classical baseline; leave them "
-                      "at 'uniform' and 'none'.")
+    raise ConfigError(
+      "dataset.sampling and task.class_weights do not apply to the classical baseline; leave them "
+      "at 'uniform' and 'none'."
+    )
 
 
 def _training_split_dataset(config):
@@ -62,13 +64,21 @@ def _training_split_dataset(config):
 
 
 def _knn_accuracy(options, num_classes, train_x, train_y, query_x, query_y) -> float:
-  votes = knn.knn_scores(train_x, train_y, query_x, k=options.knn_k, num_classes=num_classes,
-                         metric=options.knn_metric, batch_size=options.batch_size)
+  votes = knn.knn_scores(
+    train_x,
+    train_y,
+    query_x,
+    k=options.knn_k,
+    num_classes=num_classes,
+    metric=options.knn_metric,
+    batch_size=options.batch_size,
+  )
   return float(np.mean(np.argmax(votes, axis=1) == query_y))
 
 
-def choose_standardize(options: settings.Settings, features: np.ndarray, labels: np.ndarray, num_classes: int,
-                       seed: int) -> tuple[bool, dict]:
+def choose_standardize(
+  options: settings.Settings, features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int
+) -> tuple[bool, dict]:
   """(standardise?, what decided it for report.json) under `classical.standardize`.
 
   True or False is used as given. 'auto': the SVM standardises (its one C and L-BFGS assume features of one
@@ -85,12 +95,16 @@ def choose_standardize(options: settings.Settings, features: np.ndarray, labels:
     return True, {}
   raw = _knn_accuracy(options, num_classes, features[keep], labels[keep], features[val], labels[val])
   scaler = handcrafted.Standardizer.fit(features[keep])
-  scaled = _knn_accuracy(options, num_classes, scaler(features[keep]), labels[keep], scaler(features[val]),
-                         labels[val])
+  scaled = _knn_accuracy(options, num_classes, scaler(features[keep]), labels[keep], scaler(features[val]), labels[val])
   chosen = scaled > raw
-  logging.info("k-NN on a held-out fifth of the training split (%d images): accuracy %.4f on raw features, %.4f "
-               "standardised; using %s features (classical.standardize='auto').", len(val), raw, scaled,
-               "standardised" if chosen else "raw")
+  logging.info(
+    "k-NN on a held-out fifth of the training split (%d images): accuracy %.4f on raw features, %.4f "
+    "standardised; using %s features (classical.standardize='auto').",
+    len(val),
+    raw,
+    scaled,
+    "standardised" if chosen else "raw",
+  )
   return chosen, {"standardize_validation": {"raw": raw, "standardized": scaled, "num_examples": int(len(val))}}
 
 
@@ -113,14 +127,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_dataset = _training_split_dataset(config)
   info = eval_dataset.info
   options.spec.check_image_shape(info.image_shape)
-  logging.info("Data: %d train / %d eval examples, %d classes, images %s; features %s (%d values).",
-               info.num_train, info.num_eval, info.num_classes, info.image_shape, ",".join(options.spec.names),
-               options.spec.num_features(info.image_shape))
+  logging.info(
+    "Data: %d train / %d eval examples, %d classes, images %s; features %s (%d values).",
+    info.num_train,
+    info.num_eval,
+    info.num_classes,
+    info.image_shape,
+    ",".join(options.spec.names),
+    options.spec.num_features(info.image_shape),
+  )
 
   t0 = time.perf_counter()
   train_x, train_y = split_features(train_dataset, options.spec, options.batch_size)
-  standardize, choice = choose_standardize(options, train_x, train_y, info.num_classes,
-                                           int(config.dataset.split_seed) + 2)
+  standardize, choice = choose_standardize(
+    options, train_x, train_y, info.num_classes, int(config.dataset.split_seed) + 2
+  )
   scaler = handcrafted.Standardizer.fit(train_x) if standardize else None
   if scaler is not None:
     train_x = scaler(train_x)
@@ -128,8 +149,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   fit_info = {"standardized": standardize, **choice}
   t0 = time.perf_counter()
   if options.classifier == "svm":
-    model = svm.fit(train_x, train_y, info.num_classes, c=options.svm_c, max_iter=options.svm_max_iter,
-                    tol=options.svm_tol)
+    model = svm.fit(
+      train_x, train_y, info.num_classes, c=options.svm_c, max_iter=options.svm_max_iter, tol=options.svm_tol
+    )
     fit_info = {"svm_iterations": model.iterations, "svm_objective": model.objective}
     logging.info("SVM: %d L-BFGS iterations, objective %.6g.", model.iterations, model.objective)
   fit_seconds = time.perf_counter() - t0
@@ -141,25 +163,59 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if options.classifier == "svm":
     logits = model.scores(eval_x)
   else:
-    votes = knn.knn_scores(train_x, train_y, eval_x, k=options.knn_k, num_classes=info.num_classes,
-                           metric=options.knn_metric, batch_size=options.batch_size)
+    votes = knn.knn_scores(
+      train_x,
+      train_y,
+      eval_x,
+      k=options.knn_k,
+      num_classes=info.num_classes,
+      metric=options.knn_metric,
+      batch_size=options.batch_size,
+    )
     logits = np.log(np.maximum(votes, _MIN_VOTE_FRACTION))
   result, outputs = _score(config, info.num_classes, logits, eval_y)
   eval_seconds = time.perf_counter() - t0
 
   final = eval_loop.final_report(0, config, result, model_name(options))
-  final.update({"num_features": int(train_x.shape[1]), "train_seconds": feature_seconds + fit_seconds,
-                "feature_seconds": feature_seconds, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
-                "run_seconds": time.perf_counter() - start, **fit_info})
+  final.update(
+    {
+      "num_features": int(train_x.shape[1]),
+      "train_seconds": feature_seconds + fit_seconds,
+      "feature_seconds": feature_seconds,
+      "fit_seconds": fit_seconds,
+      "eval_seconds": eval_seconds,
+      "run_seconds": time.perf_counter() - start,
+      **fit_info,
+    }
+  )
   _write_run_files(workdir, config, info)
   if options.classifier == "svm":
-    np.savez(os.path.join(workdir, MODEL_FILE), weights=model.weights, bias=model.bias,
-             feature_mean=scaler.mean if scaler else np.zeros(0), feature_std=scaler.std if scaler else np.zeros(0))
-  eval_loop.write_report(workdir, final, outputs, info.class_names, dataset=eval_dataset,
-                         batch_size=options.batch_size, task=tasks.build(dict(config.task), info.num_classes))
-  logging.info("%s on the %s split: accuracy %.4f; train %.1f s (features %.1f s, fit %.1f s), eval %.1f s.",
-               final["model"], final["split"], final["accuracy"], final["train_seconds"], feature_seconds,
-               fit_seconds, eval_seconds)
+    np.savez(
+      os.path.join(workdir, MODEL_FILE),
+      weights=model.weights,
+      bias=model.bias,
+      feature_mean=scaler.mean if scaler else np.zeros(0),
+      feature_std=scaler.std if scaler else np.zeros(0),
+    )
+  eval_loop.write_report(
+    workdir,
+    final,
+    outputs,
+    info.class_names,
+    dataset=eval_dataset,
+    batch_size=options.batch_size,
+    task=tasks.build(dict(config.task), info.num_classes),
+  )
+  logging.info(
+    "%s on the %s split: accuracy %.4f; train %.1f s (features %.1f s, fit %.1f s), eval %.1f s.",
+    final["model"],
+    final["split"],
+    final["accuracy"],
+    final["train_seconds"],
+    feature_seconds,
+    fit_seconds,
+    eval_seconds,
+  )
   return final
 
 

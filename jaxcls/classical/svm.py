@@ -22,6 +22,7 @@ from jaxcls.core.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class LinearSVM:
   """Fitted weights [D, K] and intercepts [K]; `scores` are the K one-vs-rest decision values."""
+
   weights: np.ndarray
   bias: np.ndarray
   iterations: int
@@ -44,8 +45,10 @@ def _objective(params, features, signs, l2):
 @functools.partial(jax.jit, static_argnames=("max_iter",))
 def _minimize(features, signs, l2, tol, *, max_iter: int):
   """L-BFGS (zoom line search) from zeros until the gradient norm is below `tol` or `max_iter` iterations."""
-  params = {"w": jnp.zeros((features.shape[1], signs.shape[1]), jnp.float32),
-            "b": jnp.zeros((signs.shape[1],), jnp.float32)}
+  params = {
+    "w": jnp.zeros((features.shape[1], signs.shape[1]), jnp.float32),
+    "b": jnp.zeros((signs.shape[1],), jnp.float32),
+  }
   fun = functools.partial(_objective, features=features, signs=signs, l2=l2)
   opt = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(fun)
@@ -66,8 +69,9 @@ def _minimize(features, signs, l2, tol, *, max_iter: int):
   return params, otu.tree_get(state, "count"), otu.tree_get(state, "value")
 
 
-def fit(features: np.ndarray, labels: np.ndarray, num_classes: int, *, c: float = 1.0, max_iter: int = 500,
-        tol: float = 1e-4) -> LinearSVM:
+def fit(
+  features: np.ndarray, labels: np.ndarray, num_classes: int, *, c: float = 1.0, max_iter: int = 500, tol: float = 1e-4
+) -> LinearSVM:
   """Trains one-vs-rest squared-hinge SVMs on features [N, D] (standardise them first) and labels [N] in 0..K-1."""
   if c <= 0:
     raise ConfigError(f"classical.svm_c={c} must be positive (larger means less regularisation).")
@@ -78,5 +82,6 @@ def fit(features: np.ndarray, labels: np.ndarray, num_classes: int, *, c: float 
   signs = jnp.asarray(2.0 * (labels[:, None] == np.arange(num_classes)[None, :]) - 1.0, jnp.float32)
   l2 = 1.0 / (c * len(labels))
   params, count, value = _minimize(features, signs, jnp.float32(l2), jnp.float32(tol), max_iter=int(max_iter))
-  return LinearSVM(weights=np.asarray(params["w"]), bias=np.asarray(params["b"]), iterations=int(count),
-                   objective=float(value))
+  return LinearSVM(
+    weights=np.asarray(params["w"]), bias=np.asarray(params["b"]), iterations=int(count), objective=float(value)
+  )

@@ -80,7 +80,7 @@ def split_argv(argv: list[str], config: ml_collections.ConfigDict) -> tuple[list
     if not arg.startswith("--config."):
       kept.append(arg)
       continue
-    path, _, raw = arg[len("--config."):].partition("=")
+    path, _, raw = arg[len("--config.") :].partition("=")
     if path in known_set:
       kept.append(arg)
     elif path.startswith("model.") and path.count(".") == 1 and raw:
@@ -114,66 +114,65 @@ _CADENCE_OR_END = (lambda v: v >= -1, ">= -1 (0 = once per epoch, -1 = only at t
 # key -> (type: 'int' | 'float' | 'bool', optional (None allowed), (test, words), hint or '').
 # Tuple-valued keys: the type and range apply to every element (`'ints'`, `'floats'`).
 RANGES: dict[str, tuple[str, bool, tuple[Callable[[Any], bool], str], str]] = {
-    "seed": ("int", False, _ANY, ""),
-    "dataset.test_fraction": ("float", False, _OPEN_UNIT, "e.g. 0.2"),
-    "dataset.val_fraction": ("float", False, _UNIT_OPEN, "0 = no 'val' split"),
-    "dataset.split_seed": ("int", False, _ANY, ""),
-    "dataset.shuffle_buffer": ("int", False, _GE1, "e.g. 16384"),
-    "dataset.download": ("bool", False, _ANY, ""),
-    "dataset.deterministic": ("bool", False, _ANY, ""),
-    "dataset.idx_transpose": ("bool", False, _ANY, ""),
-    "dataset.class_depth": ("int", False, (lambda v: v in (1, 2), "1 or 2"), "1 = class folders, 2 = coarse/fine"),
-    "dataset.cache_limit_mb": ("float", False, _GE0, ""),
-    "dataset.workers": ("int", False, _GE0, "0 = one per CPU core"),
-    "dataset.max_image_pixels": ("int", False, _GE1, ""),
-    "dataset.center_crop_fraction": ("float", False, _HALF_OPEN_UNIT, "e.g. 0.875"),
-    "dataset.num_classes": ("int", False, _GE1, ""),
-    "dataset.num_train_examples": ("int", False, _GE1, ""),
-    "dataset.num_eval_examples": ("int", False, _GE1, ""),
-    "dataset.channels": ("int", False, _GE0, "3 = RGB, 1 = grayscale, 0 = a folder's own (1 if all grayscale)"),
-    "task.label_smoothing": ("float", False, _UNIT_OPEN, "0 = off"),
-    "task.focal_gamma": ("float", False, _GE0, ""),
-    "task.asl_gamma_neg": ("float", False, _GE0, ""),
-    "task.asl_gamma_pos": ("float", False, _GE0, ""),
-    "task.asl_clip": ("float", False, _UNIT_OPEN, ""),
-    "task.level_weights": ("floats", False, _GE0, "() = all 1"),
-    "optimizer.learning_rate": ("float", False, _GE0, "e.g. 0.1"),
-    "optimizer.momentum": ("float", False, _UNIT_OPEN, "e.g. 0.9"),
-    "optimizer.nesterov": ("bool", False, _ANY, ""),
-    "optimizer.b1": ("float", False, _UNIT_OPEN, "e.g. 0.9"),
-    "optimizer.b2": ("float", False, _UNIT_OPEN, "e.g. 0.999"),
-    "optimizer.eps": ("float", False, _GT0, "e.g. 1e-8"),
-    "optimizer.weight_decay": ("float", False, _GE0, "0 = off"),
-    "optimizer.warmup_steps": ("int", False, _GE0, "0 = no warmup"),
-    "optimizer.end_learning_rate_factor": ("float", False, _GE0, "0 = decay to zero"),
-    "optimizer.step_boundaries": ("floats", False, _OPEN_UNIT, "fractions of training, e.g. (0.5, 0.75)"),
-    "optimizer.step_factor": ("float", False, _GT0, "e.g. 0.1"),
-    "optimizer.grad_clip_norm": ("float", False, _GE0, "0 = off"),
-    "optimizer.backbone_lr_factor": ("float", False, _GE0, "0 = frozen backbone"),
-    "optimizer.muon_momentum": ("float", False, _UNIT_OPEN, "e.g. 0.95"),
-    "optimizer.muon_ns_steps": ("int", False, _GE1, "e.g. 5"),
-    "optimizer.muon_fallback_learning_rate": ("float", True, _GE0, "None = learning_rate"),
-    "optimizer.muon_normalize_weights": ("bool", False, _ANY, ""),
-    "batch_size": ("int", False, _GE1, "the global batch, e.g. 128"),
-    "eval_batch_size": ("int", True, _GE1, "None = batch_size"),
-    "prefetch_to_device": ("int", False, (lambda v: v >= -1, ">= -1"), "0 = off, -1 = auto"),
-    "num_epochs": ("float", False, _GE0, "ignored when num_train_steps > 0"),
-    "num_train_steps": ("int", False, (lambda v: v >= -1, ">= -1"), "-1 or 0 = use num_epochs"),
-    "log_every_steps": ("int", False, _CADENCE, ""),
-    "eval_every_steps": ("int", False, _CADENCE_OR_END, ""),
-    "checkpoint_every_steps": ("int", False, _CADENCE_OR_END, ""),
-    "checkpoint_every_secs": ("float", False, _GE0, "0 = off"),
-    "keep_checkpoints": ("int", False, _GE1, "the newest N are kept; at least the last one must be"),
-    "async_checkpointing": ("bool", False, _ANY, ""),
-    "ema_decay": ("float", False, _UNIT_OPEN, "0 = off, e.g. 0.999; 1 would freeze the average at the initial "
-                                              "weights"),
-    "fewshot.every_steps": ("int", False, _GE0, "0 = with every evaluation"),
-    "fewshot.shots": ("ints", False, _GE1, "e.g. (1, 5, 10, 25)"),
-    "fewshot.seeds": ("int", False, _GE1, ""),
-    "fewshot.l2_reg": ("float", False, _GT0, "e.g. 1024"),
-    "fewshot.knn_k": ("ints", False, _GE1, "e.g. (1, 10); () = none"),
-    "fewshot.train_examples": ("int", False, _GE0, "0 = one epoch"),
-    "fewshot.batch_size": ("int", False, _GE0, "0 = eval_batch_size"),
+  "seed": ("int", False, _ANY, ""),
+  "dataset.test_fraction": ("float", False, _OPEN_UNIT, "e.g. 0.2"),
+  "dataset.val_fraction": ("float", False, _UNIT_OPEN, "0 = no 'val' split"),
+  "dataset.split_seed": ("int", False, _ANY, ""),
+  "dataset.shuffle_buffer": ("int", False, _GE1, "e.g. 16384"),
+  "dataset.download": ("bool", False, _ANY, ""),
+  "dataset.deterministic": ("bool", False, _ANY, ""),
+  "dataset.idx_transpose": ("bool", False, _ANY, ""),
+  "dataset.class_depth": ("int", False, (lambda v: v in (1, 2), "1 or 2"), "1 = class folders, 2 = coarse/fine"),
+  "dataset.cache_limit_mb": ("float", False, _GE0, ""),
+  "dataset.workers": ("int", False, _GE0, "0 = one per CPU core"),
+  "dataset.max_image_pixels": ("int", False, _GE1, ""),
+  "dataset.center_crop_fraction": ("float", False, _HALF_OPEN_UNIT, "e.g. 0.875"),
+  "dataset.num_classes": ("int", False, _GE1, ""),
+  "dataset.num_train_examples": ("int", False, _GE1, ""),
+  "dataset.num_eval_examples": ("int", False, _GE1, ""),
+  "dataset.channels": ("int", False, _GE0, "3 = RGB, 1 = grayscale, 0 = a folder's own (1 if all grayscale)"),
+  "task.label_smoothing": ("float", False, _UNIT_OPEN, "0 = off"),
+  "task.focal_gamma": ("float", False, _GE0, ""),
+  "task.asl_gamma_neg": ("float", False, _GE0, ""),
+  "task.asl_gamma_pos": ("float", False, _GE0, ""),
+  "task.asl_clip": ("float", False, _UNIT_OPEN, ""),
+  "task.level_weights": ("floats", False, _GE0, "() = all 1"),
+  "optimizer.learning_rate": ("float", False, _GE0, "e.g. 0.1"),
+  "optimizer.momentum": ("float", False, _UNIT_OPEN, "e.g. 0.9"),
+  "optimizer.nesterov": ("bool", False, _ANY, ""),
+  "optimizer.b1": ("float", False, _UNIT_OPEN, "e.g. 0.9"),
+  "optimizer.b2": ("float", False, _UNIT_OPEN, "e.g. 0.999"),
+  "optimizer.eps": ("float", False, _GT0, "e.g. 1e-8"),
+  "optimizer.weight_decay": ("float", False, _GE0, "0 = off"),
+  "optimizer.warmup_steps": ("int", False, _GE0, "0 = no warmup"),
+  "optimizer.end_learning_rate_factor": ("float", False, _GE0, "0 = decay to zero"),
+  "optimizer.step_boundaries": ("floats", False, _OPEN_UNIT, "fractions of training, e.g. (0.5, 0.75)"),
+  "optimizer.step_factor": ("float", False, _GT0, "e.g. 0.1"),
+  "optimizer.grad_clip_norm": ("float", False, _GE0, "0 = off"),
+  "optimizer.backbone_lr_factor": ("float", False, _GE0, "0 = frozen backbone"),
+  "optimizer.muon_momentum": ("float", False, _UNIT_OPEN, "e.g. 0.95"),
+  "optimizer.muon_ns_steps": ("int", False, _GE1, "e.g. 5"),
+  "optimizer.muon_fallback_learning_rate": ("float", True, _GE0, "None = learning_rate"),
+  "optimizer.muon_normalize_weights": ("bool", False, _ANY, ""),
+  "batch_size": ("int", False, _GE1, "the global batch, e.g. 128"),
+  "eval_batch_size": ("int", True, _GE1, "None = batch_size"),
+  "prefetch_to_device": ("int", False, (lambda v: v >= -1, ">= -1"), "0 = off, -1 = auto"),
+  "num_epochs": ("float", False, _GE0, "ignored when num_train_steps > 0"),
+  "num_train_steps": ("int", False, (lambda v: v >= -1, ">= -1"), "-1 or 0 = use num_epochs"),
+  "log_every_steps": ("int", False, _CADENCE, ""),
+  "eval_every_steps": ("int", False, _CADENCE_OR_END, ""),
+  "checkpoint_every_steps": ("int", False, _CADENCE_OR_END, ""),
+  "checkpoint_every_secs": ("float", False, _GE0, "0 = off"),
+  "keep_checkpoints": ("int", False, _GE1, "the newest N are kept; at least the last one must be"),
+  "async_checkpointing": ("bool", False, _ANY, ""),
+  "ema_decay": ("float", False, _UNIT_OPEN, "0 = off, e.g. 0.999; 1 would freeze the average at the initial weights"),
+  "fewshot.every_steps": ("int", False, _GE0, "0 = with every evaluation"),
+  "fewshot.shots": ("ints", False, _GE1, "e.g. (1, 5, 10, 25)"),
+  "fewshot.seeds": ("int", False, _GE1, ""),
+  "fewshot.l2_reg": ("float", False, _GT0, "e.g. 1024"),
+  "fewshot.knn_k": ("ints", False, _GE1, "e.g. (1, 10); () = none"),
+  "fewshot.train_examples": ("int", False, _GE0, "0 = one epoch"),
+  "fewshot.batch_size": ("int", False, _GE0, "0 = eval_batch_size"),
 }
 
 
@@ -212,22 +211,29 @@ def check_ranges(config) -> None:
     for item in values:
       if not _has_type(item, element):
         range_words = f", {words}" if element != "bool" and test is not _ANY[0] else ""
-        _range_error(path, value, _TYPE_WORDS[element] + ("" if kind == element else " in each element") +
-                     range_words, hint)
+        _range_error(
+          path, value, _TYPE_WORDS[element] + ("" if kind == element else " in each element") + range_words, hint
+        )
       if element != "bool" and not test(item):
         _range_error(path, value, words if kind == element else f"a tuple of numbers each {words}", hint)
   found, step = _lookup(config, "init_from_step")
   if found and not _is_step_choice(step):
-    _range_error("init_from_step", step, "a checkpoint step >= 0, -1 or 'latest', or 'best'",
-                 "restore.parse_step reads it")
+    _range_error(
+      "init_from_step", step, "a checkpoint step >= 0, -1 or 'latest', or 'best'", "restore.parse_step reads it"
+    )
   if config.get("num_train_steps", -1) <= 0 and config.get("num_epochs", 1) <= 0:
-    raise ConfigError(f"config.num_epochs={config['num_epochs']} and config.num_train_steps="
-                      f"{config['num_train_steps']} train for no step; set one of them to a positive value.")
+    raise ConfigError(
+      f"config.num_epochs={config['num_epochs']} and config.num_train_steps="
+      f"{config['num_train_steps']} train for no step; set one of them to a positive value."
+    )
   ds = config.get("dataset")
-  if (ds is not None and "test_fraction" in ds and "val_fraction" in ds
-      and ds["test_fraction"] + ds["val_fraction"] >= 1):
-    raise ConfigError(f"config.dataset.test_fraction={ds['test_fraction']} plus val_fraction={ds['val_fraction']} "
-                      "leave nothing to train on; their sum must be below 1.")
+  if (
+    ds is not None and "test_fraction" in ds and "val_fraction" in ds and ds["test_fraction"] + ds["val_fraction"] >= 1
+  ):
+    raise ConfigError(
+      f"config.dataset.test_fraction={ds['test_fraction']} plus val_fraction={ds['val_fraction']} "
+      "leave nothing to train on; their sum must be below 1."
+    )
 
 
 def _is_step_choice(value: Any) -> bool:

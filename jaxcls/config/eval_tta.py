@@ -14,6 +14,8 @@ EVAL_TTA_KINDS = ("none", "flip", "flip_translate")
 def check_eval_tta(kind: str) -> str:
   """`kind` when it names a test-time augmentation; otherwise a ConfigError listing the valid names."""
   if kind not in EVAL_TTA_KINDS:
-    raise ConfigError(f"config.eval_tta={kind!r} is not a test-time augmentation."
-                      f"{did_you_mean(str(kind), EVAL_TTA_KINDS)} Valid: {', '.join(repr(k) for k in EVAL_TTA_KINDS)}.")
+    raise ConfigError(
+      f"config.eval_tta={kind!r} is not a test-time augmentation."
+      f"{did_you_mean(str(kind), EVAL_TTA_KINDS)} Valid: {', '.join(repr(k) for k in EVAL_TTA_KINDS)}."
+    )
   return kind

@@ -15,7 +15,7 @@ The functions take the environment as a dict, so the decision is tested without 
 """
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from jaxcls.core.errors import ConfigError
 
@@ -34,8 +34,14 @@ def looks_multi_process(env: Mapping[str, str]) -> bool:
   return "," in env.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in env
 
 
-def initialize_args(env: Mapping[str, str], *, mode: str = "auto", coordinator_address: str | None = None,
-                    num_processes: int | None = None, process_id: int | None = None) -> dict | None:
+def initialize_args(
+  env: Mapping[str, str],
+  *,
+  mode: str = "auto",
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> dict | None:
   """Keyword arguments for `jax.distributed.initialize`, or None to stay a single process.
 
   `mode` is main's --distributed flag: 'off', 'on' (always initialise) or 'auto' (when the environment describes
@@ -43,8 +49,10 @@ def initialize_args(env: Mapping[str, str], *, mode: str = "auto", coordinator_a
   """
   if coordinator_address:
     if num_processes is None or process_id is None:
-      raise ConfigError(f"--coordinator_address={coordinator_address} needs --num_processes and --process_id too, "
-                        f"e.g. --num_processes=2 --process_id=0.")
+      raise ConfigError(
+        f"--coordinator_address={coordinator_address} needs --num_processes and --process_id too, "
+        f"e.g. --num_processes=2 --process_id=0."
+      )
     args = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
     return dict(args, **_user_device_ids(env))
   if mode == "off" or (mode == "auto" and not looks_multi_process(env)):
@@ -56,8 +64,12 @@ def initialize_args(env: Mapping[str, str], *, mode: str = "auto", coordinator_a
 
 def slurm_args(env: Mapping[str, str]) -> dict:
   """initialize() arguments for an srun task: explicit coordinator, count and id, and its local devices."""
-  args = dict(coordinator_address=slurm_coordinator(env), num_processes=_int(env, "SLURM_NTASKS"),
-              process_id=_int(env, "SLURM_PROCID"), cluster_detection_method="deactivate")
+  args = dict(
+    coordinator_address=slurm_coordinator(env),
+    num_processes=_int(env, "SLURM_NTASKS"),
+    process_id=_int(env, "SLURM_PROCID"),
+    cluster_detection_method="deactivate",
+  )
   ids = _user_device_ids(env)
   if not ids:
     ids = {"local_device_ids": slurm_local_device_ids(env)}
@@ -137,8 +149,9 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
   value = env.get(name)
   if value is None or value == "":
     if default is None:
-      raise ConfigError(f"{name} is not set; run jaxcls under srun, or pass --coordinator_address, "
-                        f"--num_processes and --process_id.")
+      raise ConfigError(
+        f"{name} is not set; run jaxcls under srun, or pass --coordinator_address, --num_processes and --process_id."
+      )
     return default
   try:
     return int(value)
@@ -146,19 +159,34 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
     raise ConfigError(f"{name}={value!r} is not a whole number; check the job's environment.") from None
 
 
-def initialize(env: Mapping[str, str], *, mode: str = "auto", coordinator_address: str | None = None,
-               num_processes: int | None = None, process_id: int | None = None, timeout: int = 300) -> None:
+def initialize(
+  env: Mapping[str, str],
+  *,
+  mode: str = "auto",
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  timeout: int = 300,
+) -> None:
   """jax.distributed.initialize with `initialize_args` (main's --distributed flags), then one log line of what
   each process got; nothing when the job is a single process."""
-  args = initialize_args(env, mode=mode, coordinator_address=coordinator_address, num_processes=num_processes,
-                         process_id=process_id)
+  args = initialize_args(
+    env, mode=mode, coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
   if args is None:
     return
   import jax  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  (where initialize() records its devices)
+
   jax.distributed.initialize(**args, initialization_timeout=timeout)
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices, local_device_ids=%s "
-               "(jax_cuda_visible_devices=%s).", jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), ",".join(map(str, args.get("local_device_ids") or [])) or "all",
-               xla_bridge.CUDA_VISIBLE_DEVICES.value)
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices, local_device_ids=%s "
+    "(jax_cuda_visible_devices=%s).",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    ",".join(map(str, args.get("local_device_ids") or [])) or "all",
+    xla_bridge.CUDA_VISIBLE_DEVICES.value,
+  )

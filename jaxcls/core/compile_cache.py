@@ -20,7 +20,8 @@ def resolve(setting: str) -> str:
     return ""
   if setting == "auto":
     setting = os.environ.get("JAXCLS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "jaxcls", "xla")
+      os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "jaxcls", "xla"
+    )
   return os.path.abspath(os.path.expanduser(setting))
 
 
@@ -36,11 +37,16 @@ def enable(setting: str) -> str:
   try:
     os.makedirs(directory, exist_ok=True)
   except OSError as e:
-    logging.warning("The compilation cache folder %s cannot be created (%s); compiling without it. Set "
-                    "config.compilation_cache_dir to a writable folder, or '' to silence this.", directory, e)
+    logging.warning(
+      "The compilation cache folder %s cannot be created (%s); compiling without it. Set "
+      "config.compilation_cache_dir to a writable folder, or '' to silence this.",
+      directory,
+      e,
+    )
     return ""
   if jax.config.jax_compilation_cache_dir != directory:
     from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
     compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -37,7 +37,10 @@ class CompiledOnFirstCall:
       flops, accessed = analysis.get("flops"), analysis.get("bytes accessed")
       self.flops_per_example = flops / self.examples_per_device if flops else None
       self.bytes_per_example = accessed / self.examples_per_device if accessed else None
-      logging.info("%s compiled in %.1f s; %s GFLOP per example (XLA cost analysis).", self.name,
-                   self.compile_seconds,
-                   "unknown" if self.flops_per_example is None else f"{self.flops_per_example / 1e9:.4f}")
+      logging.info(
+        "%s compiled in %.1f s; %s GFLOP per example (XLA cost analysis).",
+        self.name,
+        self.compile_seconds,
+        "unknown" if self.flops_per_example is None else f"{self.flops_per_example / 1e9:.4f}",
+      )
     return self._compiled(*args)

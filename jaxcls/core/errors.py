@@ -35,10 +35,14 @@ class WorkdirError(JaxclsError):
 
 # errno name -> what it means for a user writing a run's files (see `disk_fault`).
 DISK_FAULTS = {
-    "ENOSPC": "the disk is full", "EDQUOT": "the disk quota is used up",
-    "EFBIG": "the file size limit is reached (ulimit -f) or the disk is full",
-    "EROFS": "the file system is read-only", "EACCES": "permission is denied", "EPERM": "the operation is not permitted",
-    "ENOTDIR": "a part of the path is a file, not a folder", "EEXIST": "the path exists and is a file, not a folder",
+  "ENOSPC": "the disk is full",
+  "EDQUOT": "the disk quota is used up",
+  "EFBIG": "the file size limit is reached (ulimit -f) or the disk is full",
+  "EROFS": "the file system is read-only",
+  "EACCES": "permission is denied",
+  "EPERM": "the operation is not permitted",
+  "ENOTDIR": "a part of the path is a file, not a folder",
+  "EEXIST": "the path exists and is a file, not a folder",
 }
 
 
@@ -47,6 +51,7 @@ def _fault_errno(error: BaseException) -> tuple[int, str] | None:
   import errno as errno_lib  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
+
   codes = {getattr(errno_lib, name): name for name in DISK_FAULTS if hasattr(errno_lib, name)}
   if isinstance(error, OSError) and error.errno in codes:
     return error.errno, error.filename or ""
@@ -71,6 +76,7 @@ def disk_fault(error: BaseException, workdir: str | None = None) -> "WorkdirErro
   """
   import errno as errno_lib  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
+
   seen, current, found = set(), error, None
   while current is not None and id(current) not in seen and found is None:  # orbax wraps the OSError
     seen.add(id(current))
@@ -80,18 +86,28 @@ def disk_fault(error: BaseException, workdir: str | None = None) -> "WorkdirErro
     return None
   code, filename = found
   name = errno_lib.errorcode[code]
-  fix = ("free some space (or raise the limit) and run the same command again to resume"
-         if name in ("ENOSPC", "EDQUOT", "EFBIG") else "give a --workdir that is a writable folder (new or existing)")
+  fix = (
+    "free some space (or raise the limit) and run the same command again to resume"
+    if name in ("ENOSPC", "EDQUOT", "EFBIG")
+    else "give a --workdir that is a writable folder (new or existing)"
+  )
   steps = []
   if workdir and "://" not in str(workdir):
     try:
       steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
     except OSError:
       pass
-  kept = (f": the last checkpoint (step {steps[-1]}) is intact" if steps else
-          ": no checkpoint had been written" if workdir else "")
-  return WorkdirError(f"Cannot write {filename or workdir or 'a file'}: {DISK_FAULTS[name]} ({name}: "
-                      f"{os.strerror(code)}); {fix}. Files written before are left as they were{kept}.")
+  kept = (
+    f": the last checkpoint (step {steps[-1]}) is intact"
+    if steps
+    else ": no checkpoint had been written"
+    if workdir
+    else ""
+  )
+  return WorkdirError(
+    f"Cannot write {filename or workdir or 'a file'}: {DISK_FAULTS[name]} ({name}: "
+    f"{os.strerror(code)}); {fix}. Files written before are left as they were{kept}."
+  )
 
 
 def drop_closed_loop_noise() -> None:
@@ -102,6 +118,7 @@ def drop_closed_loop_noise() -> None:
   print dozens of tracebacks after the one-line error. Those are dropped; any other unraisable error is not.
   """
   import sys  # pylint: disable=g-import-not-at-top
+
   default = sys.unraisablehook
 
   def hook(unraisable):

@@ -47,8 +47,10 @@ def _import_one(entry: str) -> ModuleType:
   if _is_file(entry):
     return _import_file(entry)
   if not all(part.isidentifier() for part in entry.split(".")):
-    raise ConfigError(f"config.imports names {entry!r}, which is neither a module name (such as my_models or "
-                      "lab.models) nor a .py file; give one of those.")
+    raise ConfigError(
+      f"config.imports names {entry!r}, which is neither a module name (such as my_models or "
+      "lab.models) nor a .py file; give one of those."
+    )
   try:
     return importlib.import_module(entry)
   except ModuleNotFoundError as e:
@@ -68,24 +70,32 @@ def _import_one(entry: str) -> ModuleType:
 def _import_file(entry: str) -> ModuleType:
   """A .py file imported as the module named by its stem, so that `my_models.py` and `my_models` are one module."""
   if entry.startswith("gs://") or "://" in entry:
-    raise ConfigError(f"config.imports names {entry!r}; modules are imported from local files only. Copy it "
-                      "next to your config and name it there.")
+    raise ConfigError(
+      f"config.imports names {entry!r}; modules are imported from local files only. Copy it "
+      "next to your config and name it there."
+    )
   path = os.path.realpath(os.path.expanduser(entry))
   if not path.endswith(".py") or not os.path.isfile(path):
     what = "does not exist" if not os.path.exists(path) else "is not a .py file"
-    raise ConfigError(f"config.imports names the file {entry!r}, which {what} (relative paths start at the "
-                      f"current folder, {os.getcwd()}); give the path of your module's .py file.")
+    raise ConfigError(
+      f"config.imports names the file {entry!r}, which {what} (relative paths start at the "
+      f"current folder, {os.getcwd()}); give the path of your module's .py file."
+    )
   name = os.path.splitext(os.path.basename(path))[0]
   if not name.isidentifier():
-    raise ConfigError(f"config.imports names the file {entry!r}, whose name {name!r} is not a Python module "
-                      "name; rename it to letters, digits and underscores (e.g. my_models.py).")
+    raise ConfigError(
+      f"config.imports names the file {entry!r}, whose name {name!r} is not a Python module "
+      "name; rename it to letters, digits and underscores (e.g. my_models.py)."
+    )
   loaded = sys.modules.get(name)
   if loaded is not None:
     where = getattr(loaded, "__file__", None)
     if where and os.path.realpath(where) == path:
       return loaded
-    raise ConfigError(f"config.imports names the file {entry!r}, but a different module {name!r} is already "
-                      f"imported (from {where or 'a built-in'}); rename your file.")
+    raise ConfigError(
+      f"config.imports names the file {entry!r}, but a different module {name!r} is already "
+      f"imported (from {where or 'a built-in'}); rename your file."
+    )
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module
@@ -118,11 +128,14 @@ def _in_cwd(entry: str) -> bool:
 
 def _not_found(entry: str) -> ConfigError:
   return ConfigError(
-      f"config.imports names the module {entry!r}, which Python cannot find (searched: the current folder "
-      f"{os.getcwd()} and sys.path); run from the folder that holds {entry.split('.')[0]}.py, add that folder to "
-      f"PYTHONPATH, or give the file itself, e.g. --config.imports=/path/to/{entry.split('.')[-1]}.py.")
+    f"config.imports names the module {entry!r}, which Python cannot find (searched: the current folder "
+    f"{os.getcwd()} and sys.path); run from the folder that holds {entry.split('.')[0]}.py, add that folder to "
+    f"PYTHONPATH, or give the file itself, e.g. --config.imports=/path/to/{entry.split('.')[-1]}.py."
+  )
 
 
 def _missing_dependency(entry: str, error: ModuleNotFoundError) -> ConfigError:
-  return ConfigError(f"config.imports names {entry!r}, which imports {error.name!r}, and that is not installed "
-                     f"({error}); install it, or remove that import from your module.")
+  return ConfigError(
+    f"config.imports names {entry!r}, which imports {error.name!r}, and that is not installed "
+    f"({error}); install it, or remove that import from your module."
+  )

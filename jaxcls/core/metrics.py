@@ -83,8 +83,13 @@ def precision_recall_f1(confusion: np.ndarray) -> dict[str, Any]:
   weights = divide(support, np.full_like(support, support.sum()))
   micro = float(tp.sum() / max(confusion.sum(), 1))  # single-label: micro P = R = F1 = accuracy
   present = support > 0
-  out = {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
-         "support": support.astype(np.int64).tolist(), "macro_classes": int(present.sum())}
+  out = {
+    "precision": precision.tolist(),
+    "recall": recall.tolist(),
+    "f1": f1.tolist(),
+    "support": support.astype(np.int64).tolist(),
+    "macro_classes": int(present.sum()),
+  }
   for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
     out[f"macro_{name}"] = float(values[present].mean()) if present.any() else float("nan")
     out[f"weighted_{name}"] = float((values * weights).sum())
@@ -141,10 +146,14 @@ def one_vs_rest_curves(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
 
   as_list = lambda values: [None if np.isnan(v) else float(v) for v in values]
-  return {"roc_auc": as_list(auc), "average_precision": as_list(ap),
-          "macro_roc_auc": mean(auc), "macro_average_precision": mean(ap),
-          "micro_roc_auc": roc_auc(probs.ravel(), onehot.ravel()),
-          "micro_average_precision": average_precision(probs.ravel(), onehot.ravel())}
+  return {
+    "roc_auc": as_list(auc),
+    "average_precision": as_list(ap),
+    "macro_roc_auc": mean(auc),
+    "macro_average_precision": mean(ap),
+    "micro_roc_auc": roc_auc(probs.ravel(), onehot.ravel()),
+    "micro_average_precision": average_precision(probs.ravel(), onehot.ravel()),
+  }
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
@@ -183,6 +192,7 @@ def mark_undefined(result: dict[str, Any], reasons: dict[str, str], default: str
   if key not in _warned:
     _warned.add(key)
     from absl import logging  # pylint: disable=g-import-not-at-top
+
     by_reason: dict[str, list[str]] = {}
     for name, why in undefined.items():
       by_reason.setdefault(why, []).append(name)

@@ -4,7 +4,8 @@ One 1-D mesh axis, 'data', over every device of every process: state is replicat
 their first axis. The same code serves 1 CPU, 8 GPUs and a multi-host pod.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -42,11 +43,11 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> N
   n = mesh.devices.size
   if batch_size <= 0 or batch_size % n:
     raise ConfigError(
-        f"config.{name}={batch_size} must be a positive multiple of the {n} devices in use; "
-        f"try {max(n, round(batch_size / n) * n)}.")
+      f"config.{name}={batch_size} must be a positive multiple of the {n} devices in use; "
+      f"try {max(n, round(batch_size / n) * n)}."
+    )
   if batch_size % jax.process_count():
-    raise ConfigError(
-        f"config.{name}={batch_size} must be divisible by the {jax.process_count()} processes.")
+    raise ConfigError(f"config.{name}={batch_size} must be divisible by the {jax.process_count()} processes.")
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh, *, stacked: bool = False) -> dict[str, jax.Array]:
@@ -63,7 +64,7 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh, *, stacked: bool = False
 
   def one(x):
     x = np.asarray(x)
-    global_shape = x.shape[:axis] + (x.shape[axis] * nproc,) + x.shape[axis + 1:]
+    global_shape = x.shape[:axis] + (x.shape[axis] * nproc,) + x.shape[axis + 1 :]
     return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
   return {k: one(v) for k, v in batch.items()}
@@ -81,10 +82,18 @@ def to_host(tree: Any) -> Any:
   round trip, not one per leaf. Arrays split over other processes are gathered (every process must call it).
   """
   leaves, treedef = jax.tree.flatten(tree)
-  local = [x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable
-           and x.sharding.is_fully_replicated else x for x in leaves]
-  gathered = [np.asarray(multihost_utils.process_allgather(x, tiled=True))
-              if isinstance(x, jax.Array) and not x.is_fully_addressable else None for x in local]
+  local = [
+    x.addressable_data(0)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and x.sharding.is_fully_replicated
+    else x
+    for x in leaves
+  ]
+  gathered = [
+    np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable
+    else None
+    for x in local
+  ]
   fetched = jax.device_get([x for x, g in zip(local, gathered) if g is None])
   it = iter(fetched)
   return jax.tree.unflatten(treedef, [np.asarray(next(it)) if g is None else g for g in gathered])

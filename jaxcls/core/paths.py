@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Union
 
 from etils import epath
 
 from jaxcls.core.errors import ConfigError
 
-PathLike = Union[str, os.PathLike, epath.Path]
+PathLike = str | os.PathLike | epath.Path
 
 # scheme -> (module that provides it, pip extra / package that installs it)
 _BACKENDS = {
-    "gs": ("gcsfs", "pip install 'jaxcls[gcs]' (gcsfs)"),
-    "s3": ("s3fs", "pip install s3fs"),
+  "gs": ("gcsfs", "pip install 'jaxcls[gcs]' (gcsfs)"),
+  "s3": ("s3fs", "pip install s3fs"),
 }
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
 
@@ -50,16 +49,17 @@ def _check_url(text: str, what: str) -> None:
   if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]", text):
     raise ConfigError(f"The {what} {text!r} is not a valid URL; write it as {name}://BUCKET/PATH.")
   if name not in _BACKENDS:
-    raise ConfigError(f"The {what} {text!r} uses the unsupported scheme {name}://; use a local path or "
-                      f"one of {', '.join(s + '://' for s in _BACKENDS)}.")
+    raise ConfigError(
+      f"The {what} {text!r} uses the unsupported scheme {name}://; use a local path or "
+      f"one of {', '.join(s + '://' for s in _BACKENDS)}."
+    )
   module, install = _BACKENDS[name]
   if name == "gs" and _tensorflow_routes_gcs():
     return
   try:
     __import__(module)
   except ImportError:
-    raise ConfigError(f"The {what} {text!r} needs the {module} package, which is not installed; "
-                      f"{install}.") from None
+    raise ConfigError(f"The {what} {text!r} needs the {module} package, which is not installed; {install}.") from None
 
 
 def _tensorflow_routes_gcs() -> bool:
@@ -67,6 +67,7 @@ def _tensorflow_routes_gcs() -> bool:
   if os.environ.get("EPATH_USE_TF", "").lower() in ("0", "false", "no"):
     return False
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   return importlib.util.find_spec("tensorflow") is not None
 
 

@@ -8,7 +8,7 @@ appears where the loop waits for it (at log points), which is why the loop fetch
 
 import contextlib
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 # The order rows are shown in; phases not listed here follow in the order they were first charged.
 ORDER = ("imports", "data", "init", "compile", "steps", "eval", "checkpoints", "plots", "report")

@@ -60,16 +60,21 @@ class Registry:
     def decorate(obj):
       old = self._entries.get(name)
       if old is not None and old is not obj and _origin(old) != _origin(obj):
-        raise ConfigError(f"{self.kind} {name!r} is already registered (by {_origin(old)[0]}); register "
-                          f"{_origin(obj)[1]} of {_origin(obj)[0]} under another name.")
+        raise ConfigError(
+          f"{self.kind} {name!r} is already registered (by {_origin(old)[0]}); register "
+          f"{_origin(obj)[1]} of {_origin(obj)[0]} under another name."
+        )
       self._entries[name] = obj
       return obj
+
     return decorate
 
   def decorator(self, public_name: str, doc: str) -> Callable[[str], Callable[[Any], Any]]:
     """`register` under a public name with its own docstring (the contract of this kind), for `jaxcls.<name>`."""
+
     def register(name: str) -> Callable[[Any], Any]:
       return self.register(name)
+
     register.__name__ = register.__qualname__ = public_name
     register.__module__ = "jaxcls"
     register.__doc__ = doc
@@ -78,9 +83,10 @@ class Registry:
   def get(self, name: str) -> Any:
     if name not in self._entries:
       raise ConfigError(
-          f"Unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
-          f"Known: {', '.join(sorted(self._entries))}. (One of your own? Name the module that registers it in "
-          "config.imports, e.g. --config.imports=my_module.)")
+        f"Unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
+        f"Known: {', '.join(sorted(self._entries))}. (One of your own? Name the module that registers it in "
+        "config.imports, e.g. --config.imports=my_module.)"
+      )
     return self._entries[name]
 
   def names(self) -> list[str]:

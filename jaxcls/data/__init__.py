@@ -10,12 +10,21 @@ from jaxcls.data.in_memory import ArrayDataset, from_arrays
 from jaxcls.data.iterators import from_iterators
 
 # Sources register themselves in SOURCES on import.
-from jaxcls.data.sources import arrays as _arrays  # pylint: disable=unused-import
-from jaxcls.data.sources import digits as _digits  # pylint: disable=unused-import
-from jaxcls.data.sources import folder as _folder  # pylint: disable=unused-import
-from jaxcls.data.sources import idx as _idx  # pylint: disable=unused-import
-from jaxcls.data.sources import synthetic as _synthetic  # pylint: disable=unused-import
-from jaxcls.data.sources import tfds_source as _tfds_source  # pylint: disable=unused-import
+from jaxcls.data.sources import arrays as _arrays  # noqa: F401
+from jaxcls.data.sources import digits as _digits  # noqa: F401
+from jaxcls.data.sources import folder as _folder  # noqa: F401
+from jaxcls.data.sources import idx as _idx  # noqa: F401
+from jaxcls.data.sources import synthetic as _synthetic  # noqa: F401
+from jaxcls.data.sources import tfds_source as _tfds_source  # noqa: F401
 
-__all__ = ["SOURCES", "ArrayDataset", "Batch", "Dataset", "DatasetInfo", "build", "from_arrays", "from_iterators",
-           "override_info"]
+__all__ = [
+  "SOURCES",
+  "ArrayDataset",
+  "Batch",
+  "Dataset",
+  "DatasetInfo",
+  "build",
+  "from_arrays",
+  "from_iterators",
+  "override_info",
+]

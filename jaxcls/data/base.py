@@ -23,6 +23,7 @@ class DatasetInfo:
   `image_shape` is (height, width, channels) as the model sees it (after any resize). `mean` and `std` are per
   channel in [0, 1] units (one value is used for every channel): the device normalises with (x / 255 - mean) / std.
   """
+
   num_classes: int
   class_names: tuple[str, ...]
   image_shape: tuple[int, int, int]
@@ -42,8 +43,10 @@ class DatasetInfo:
     if self.train_class_counts is not None:
       fix("train_class_counts", tuple(int(c) for c in self.train_class_counts))
     if len(self.class_names) != self.num_classes:
-      raise DataError(f"DatasetInfo has {len(self.class_names)} class_names for num_classes={self.num_classes}; "
-                      "give exactly one name per class.")
+      raise DataError(
+        f"DatasetInfo has {len(self.class_names)} class_names for num_classes={self.num_classes}; "
+        "give exactly one name per class."
+      )
     if len(self.image_shape) != 3 or min(self.image_shape) < 1:
       raise DataError(f"DatasetInfo.image_shape={self.image_shape} is invalid; use (height, width, channels).")
     channels = self.image_shape[2]
@@ -71,8 +74,10 @@ class Dataset(abc.ABC):
   def local_batch_size(self, global_batch_size: int) -> int:
     """This process's share of a global batch; every process gets the same share."""
     if global_batch_size < 1 or global_batch_size % self.process_count:
-      raise ConfigError(f"Global batch size {global_batch_size} must be a positive multiple of the process count "
-                        f"({self.process_count}); change batch_size or eval_batch_size.")
+      raise ConfigError(
+        f"Global batch size {global_batch_size} must be a positive multiple of the process count "
+        f"({self.process_count}); change batch_size or eval_batch_size."
+      )
     return global_batch_size // self.process_count
 
   def steps_per_epoch(self, global_batch_size: int) -> int:
@@ -80,8 +85,10 @@ class Dataset(abc.ABC):
     self.local_batch_size(global_batch_size)
     steps = self.info.num_train // global_batch_size
     if steps == 0:
-      raise DataError(f"Batch size {global_batch_size} is larger than the training split ({self.info.num_train} "
-                      "examples); lower batch_size.")
+      raise DataError(
+        f"Batch size {global_batch_size} is larger than the training split ({self.info.num_train} "
+        "examples); lower batch_size."
+      )
     return steps
 
   @abc.abstractmethod

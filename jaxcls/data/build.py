@@ -33,8 +33,10 @@ def override_info(info: DatasetInfo, dataset_config) -> DatasetInfo:
   if dataset_config.class_names is not None:
     names = tuple(str(c) for c in dataset_config.class_names)
     if len(names) != info.num_classes:
-      raise ConfigError(f"dataset.class_names has {len(names)} names but the dataset has {info.num_classes} "
-                        "classes; give one name per class.")
+      raise ConfigError(
+        f"dataset.class_names has {len(names)} names but the dataset has {info.num_classes} "
+        "classes; give one name per class."
+      )
     changes["class_names"] = names
   channels = info.image_shape[2]
   for key in ("mean", "std"):
@@ -58,7 +60,11 @@ def _channel_mismatch(key: str, value: tuple[float, ...], channels: int, configu
   if channels == 1:
     average = round(sum(value) / len(value), 3)
     why = "dataset.channels=0 found grayscale files" if configured == 0 else "dataset.channels=1, grayscale"
-    return (f"{given}, but the images are read with 1 channel ({why}); give one value, e.g. "
-            f"dataset.{key}=({average},) (the average of those), or set dataset.channels=3 to read them as RGB.")
-  return (f"{given}, but the images have {channels} channels (dataset.channels={channels}); give {channels} values "
-          f"(one per channel) or one value for all of them.")
+    return (
+      f"{given}, but the images are read with 1 channel ({why}); give one value, e.g. "
+      f"dataset.{key}=({average},) (the average of those), or set dataset.channels=3 to read them as RGB."
+    )
+  return (
+    f"{given}, but the images have {channels} channels (dataset.channels={channels}); give {channels} values "
+    f"(one per channel) or one value for all of them."
+  )

@@ -8,7 +8,6 @@ them and reports the reason.
 
 import dataclasses
 import io
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -30,6 +29,7 @@ class Crop:
   'random_resized' takes the Inception-style crop (a random box of `area` x the image and `aspect` ratio) drawn
   from the numpy generator passed to `decode`.
   """
+
   size: tuple[int, int]
   mode: str = "resize"
   fraction: float = 0.875
@@ -37,8 +37,7 @@ class Crop:
   aspect: tuple[float, float] = (0.75, 4 / 3)
 
 
-def decode(path: str, crop: Crop, channels: int, max_pixels: int,
-           rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def decode(path: str, crop: Crop, channels: int, max_pixels: int, rng: np.random.Generator | None = None) -> np.ndarray:
   """uint8 [height, width, channels] of the image at `path`, cropped and resized as `crop` says.
 
   Raises DecodeError for unreadable, truncated (Pillow's default: never padded with grey), oversized
@@ -48,8 +47,10 @@ def decode(path: str, crop: Crop, channels: int, max_pixels: int,
     with Image.open(_source(path)) as image:
       width, height = image.size
       if width * height > max_pixels:
-        raise DecodeError(f"refused as a possible decompression bomb: {width}x{height} pixels is more than "
-                          f"dataset.max_image_pixels={max_pixels}")
+        raise DecodeError(
+          f"refused as a possible decompression bomb: {width}x{height} pixels is more than "
+          f"dataset.max_image_pixels={max_pixels}"
+        )
       upright = _orientation(image) in (0, 1)
       box = _box(image.size, crop, rng) if upright else None
       # Let JPEG decode at 1/2, 1/4 or 1/8 scale when the crop is still at least the target size afterwards:
@@ -126,7 +127,7 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
   return image if image.mode == target else image.convert(target)  # convert() to the same mode copies
 
 
-def _box(size: tuple[int, int], crop: Crop, rng: Optional[np.random.Generator]) -> tuple[float, ...]:
+def _box(size: tuple[int, int], crop: Crop, rng: np.random.Generator | None) -> tuple[float, ...]:
   """(left, top, right, bottom) of the source region for `crop`, in the image's pixel coordinates."""
   width, height = size
   if crop.mode == "resize":

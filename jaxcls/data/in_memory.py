@@ -8,14 +8,13 @@ present is equally likely, so resume stays exact.
 
 import copy
 import math
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from jaxcls.data import prepare
-from jaxcls.data import resize
-from jaxcls.data.base import Batch, Dataset, DatasetInfo, check_stream_args
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.data import prepare, resize
+from jaxcls.data.base import Batch, Dataset, DatasetInfo, check_stream_args
 
 SAMPLINGS = ("uniform", "balanced")
 
@@ -23,9 +22,15 @@ SAMPLINGS = ("uniform", "balanced")
 class ArrayDataset(Dataset):
   """Batches from uint8 [N, H, W, C] images and int32 [N] labels; process p takes slice p of each global batch."""
 
-  def __init__(self, info: DatasetInfo, train_arrays: tuple[np.ndarray, np.ndarray],
-               eval_arrays: tuple[np.ndarray, np.ndarray],
-               *, process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    info: DatasetInfo,
+    train_arrays: tuple[np.ndarray, np.ndarray],
+    eval_arrays: tuple[np.ndarray, np.ndarray],
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     self.info = info
     self.process_index = process_index
     self.process_count = process_count
@@ -61,7 +66,7 @@ class ArrayDataset(Dataset):
         epoch = step // steps
         order = self._epoch_order(np.random.default_rng([seed, epoch]), steps * global_batch_size)
       start = (step % steps) * global_batch_size + offset
-      idx = order[start:start + local]
+      idx = order[start : start + local]
       yield {"image": _take(self._train_images, idx), "label": self._train_labels[idx], "mask": mask.copy()}
       step += 1
 
@@ -71,8 +76,10 @@ class ArrayDataset(Dataset):
     if self.sampling == "uniform":
       return rng.permutation(len(labels))
     if labels.ndim != 1:
-      raise ConfigError("dataset.sampling='balanced' needs one label per image; these are multi-label sets "
-                        "(use task.class_weights or task.loss_type='asymmetric' for imbalanced labels).")
+      raise ConfigError(
+        "dataset.sampling='balanced' needs one label per image; these are multi-label sets "
+        "(use task.class_weights or task.loss_type='asymmetric' for imbalanced labels)."
+      )
     counts = np.bincount(labels)
     p = 1.0 / (np.count_nonzero(counts) * counts[labels])
     return rng.choice(len(labels), size=size, replace=True, p=p / p.sum())
@@ -86,8 +93,14 @@ class ArrayDataset(Dataset):
     for i in range(total):
       start = min(i * global_batch_size + self.process_index * local, n)
       stop = min(start + local, n)
-      yield pad_batch({"image": np.asarray(self._eval_images[start:stop]), "label": self._eval_labels[start:stop],
-                       "mask": np.ones(stop - start, bool)}, local)
+      yield pad_batch(
+        {
+          "image": np.asarray(self._eval_images[start:stop]),
+          "label": self._eval_labels[start:stop],
+          "mask": np.ones(stop - start, bool),
+        },
+        local,
+      )
 
   def num_eval_batches(self, global_batch_size: int) -> int:
     self.local_batch_size(global_batch_size)
@@ -113,10 +126,18 @@ def pad_batch(batch: Batch, size: int) -> Batch:
   return {key: pad(np.asarray(value)) for key, value in batch.items()}
 
 
-def from_arrays(train_images: np.ndarray, train_labels: np.ndarray, eval_images: np.ndarray,
-                eval_labels: np.ndarray, *, class_names: Optional[Sequence[str]] = None,
-                image_size: Optional[Sequence[int]] = None, process_index: int = 0, process_count: int = 1,
-                source: str = "arrays") -> ArrayDataset:
+def from_arrays(
+  train_images: np.ndarray,
+  train_labels: np.ndarray,
+  eval_images: np.ndarray,
+  eval_labels: np.ndarray,
+  *,
+  class_names: Sequence[str] | None = None,
+  image_size: Sequence[int] | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  source: str = "arrays",
+) -> ArrayDataset:
   """A dataset from in-memory (or memory-mapped) arrays; the in-memory sources all end here.
 
   Images are [N, H, W] or [N, H, W, C], uint8 (or float in [0, 1], or ints in 0..255); labels are ints
@@ -128,11 +149,15 @@ def from_arrays(train_images: np.ndarray, train_labels: np.ndarray, eval_images:
   train_labels = prepare.as_labels(train_labels, len(train_images), what=f"{source} training labels")
   eval_labels = prepare.as_labels(eval_labels, len(eval_images), what=f"{source} eval labels")
   if len(train_labels) == 0 or len(eval_labels) == 0:
-    raise DataError(f"The {source} dataset has {len(train_labels)} training and {len(eval_labels)} eval examples; "
-                    "both splits need at least one.")
+    raise DataError(
+      f"The {source} dataset has {len(train_labels)} training and {len(eval_labels)} eval examples; "
+      "both splits need at least one."
+    )
   if train_images.shape[1:] != eval_images.shape[1:]:
-    raise DataError(f"The {source} training images are {train_images.shape[1:]} but the eval images are "
-                    f"{eval_images.shape[1:]}; both splits need the same image shape.")
+    raise DataError(
+      f"The {source} training images are {train_images.shape[1:]} but the eval images are "
+      f"{eval_images.shape[1:]}; both splits need the same image shape."
+    )
   num_classes = prepare.check_labels(train_labels, eval_labels, class_names, what=source)
   if class_names is None:
     class_names = [str(k) for k in range(num_classes)]
@@ -141,11 +166,23 @@ def from_arrays(train_images: np.ndarray, train_labels: np.ndarray, eval_images:
     train_images = resize.resize_images(train_images, size)
     eval_images = resize.resize_images(eval_images, size)
   mean, std = prepare.channel_stats(train_images)
-  info = DatasetInfo(num_classes=num_classes, class_names=tuple(class_names), image_shape=train_images.shape[1:],
-                     num_train=len(train_labels), num_eval=len(eval_labels), mean=mean, std=std,
-                     train_class_counts=tuple(class_counts(train_labels, num_classes)))
-  return ArrayDataset(info, (train_images, train_labels), (eval_images, eval_labels),
-                      process_index=process_index, process_count=process_count)
+  info = DatasetInfo(
+    num_classes=num_classes,
+    class_names=tuple(class_names),
+    image_shape=train_images.shape[1:],
+    num_train=len(train_labels),
+    num_eval=len(eval_labels),
+    mean=mean,
+    std=std,
+    train_class_counts=tuple(class_counts(train_labels, num_classes)),
+  )
+  return ArrayDataset(
+    info,
+    (train_images, train_labels),
+    (eval_images, eval_labels),
+    process_index=process_index,
+    process_count=process_count,
+  )
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:

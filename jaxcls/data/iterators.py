@@ -3,19 +3,25 @@
 This is the escape hatch for data no source covers (a database, a custom decoder, a streaming service).
 """
 
-from typing import Callable, Iterable, Iterator, Mapping, Optional
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
 
+from jaxcls.core.errors import DataError
 from jaxcls.data.base import Batch, Dataset, DatasetInfo, check_stream_args
 from jaxcls.data.in_memory import pad_batch
-from jaxcls.core.errors import DataError
 
 
-def from_iterators(info: DatasetInfo, train_fn: Callable[[int], Iterator[Mapping]],
-                   eval_fn: Callable[[], Iterable[Mapping]], *, num_eval_batches: Optional[int] = None,
-                   process_index: Optional[int] = None, process_count: Optional[int] = None) -> Dataset:
+def from_iterators(
+  info: DatasetInfo,
+  train_fn: Callable[[int], Iterator[Mapping]],
+  eval_fn: Callable[[], Iterable[Mapping]],
+  *,
+  num_eval_batches: int | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Dataset:
   """A `Dataset` from two functions that yield this process's numpy batches.
 
   `train_fn(start_step)` yields training batches from global step `start_step` on, forever (or for as long as
@@ -44,16 +50,22 @@ def from_iterators(info: DatasetInfo, train_fn: Callable[[int], Iterator[Mapping
   """
   if not isinstance(info, DatasetInfo):
     raise DataError(f"from_iterators needs a jaxcls.data.DatasetInfo, not {type(info).__name__}.")
-  return IteratorDataset(info, train_fn, eval_fn, num_eval_batches=num_eval_batches,
-                         process_index=jax.process_index() if process_index is None else process_index,
-                         process_count=jax.process_count() if process_count is None else process_count)
+  return IteratorDataset(
+    info,
+    train_fn,
+    eval_fn,
+    num_eval_batches=num_eval_batches,
+    process_index=jax.process_index() if process_index is None else process_index,
+    process_count=jax.process_count() if process_count is None else process_count,
+  )
 
 
 class IteratorDataset(Dataset):
   """A `Dataset` over user functions; see `from_iterators`."""
 
-  def __init__(self, info: DatasetInfo, train_fn, eval_fn, *, num_eval_batches: Optional[int], process_index: int,
-               process_count: int):
+  def __init__(
+    self, info: DatasetInfo, train_fn, eval_fn, *, num_eval_batches: int | None, process_index: int, process_count: int
+  ):
     self.info = info
     self.process_index, self.process_count = process_index, process_count
     self._train_fn, self._eval_fn = train_fn, eval_fn
@@ -81,8 +93,11 @@ class IteratorDataset(Dataset):
         raise DataError(f"eval_fn yielded more than num_eval_batches={total} batches; pass the right count.")
       yield pad_batch(self._check(batch, local, f"eval_fn batch {count - 1}", exact=False), local)
     for _ in range(total - count):
-      yield {"image": np.zeros((local,) + self.info.image_shape, np.uint8), "label": np.zeros(local, np.int32),
-             "mask": np.zeros(local, bool)}
+      yield {
+        "image": np.zeros((local,) + self.info.image_shape, np.uint8),
+        "label": np.zeros(local, np.int32),
+        "mask": np.zeros(local, bool),
+      }
 
   def num_eval_batches(self, global_batch_size: int) -> int:
     self.local_batch_size(global_batch_size)
@@ -99,22 +114,30 @@ class IteratorDataset(Dataset):
     image, label = np.asarray(batch["image"]), np.asarray(batch["label"])
     rows = len(label) if label.ndim else 0
     if image.dtype != np.uint8:
-      raise DataError(f"{where}: 'image' has dtype {image.dtype}; yield uint8 images (0..255), the device "
-                      "normalises them.")
+      raise DataError(
+        f"{where}: 'image' has dtype {image.dtype}; yield uint8 images (0..255), the device normalises them."
+      )
     if image.shape != (rows,) + self.info.image_shape:
-      raise DataError(f"{where}: 'image' has shape {image.shape} for {rows} labels; expected "
-                      f"[{rows}, {', '.join(map(str, self.info.image_shape))}] (info.image_shape).")
+      raise DataError(
+        f"{where}: 'image' has shape {image.shape} for {rows} labels; expected "
+        f"[{rows}, {', '.join(map(str, self.info.image_shape))}] (info.image_shape)."
+      )
     if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
-      raise DataError(f"{where}: 'label' has dtype {label.dtype} and shape {label.shape}; yield integer class "
-                      "ids of shape [batch].")
+      raise DataError(
+        f"{where}: 'label' has dtype {label.dtype} and shape {label.shape}; yield integer class ids of shape [batch]."
+      )
     mask = np.ones(rows, bool) if batch.get("mask") is None else np.asarray(batch["mask"])
     if mask.shape != (rows,) or mask.dtype != np.bool_:
       raise DataError(f"{where}: 'mask' has dtype {mask.dtype} and shape {mask.shape}; yield bool [batch].")
     real = label[mask]  # padding rows may carry any label
     if len(real) and (real.min() < 0 or real.max() >= self.info.num_classes):
-      raise DataError(f"{where}: labels span {real.min()}..{real.max()}; they must be 0.."
-                      f"{self.info.num_classes - 1} (info.num_classes).")
+      raise DataError(
+        f"{where}: labels span {real.min()}..{real.max()}; they must be 0.."
+        f"{self.info.num_classes - 1} (info.num_classes)."
+      )
     if (rows != local) if exact else not 0 < rows <= local:
-      raise DataError(f"{where} has {rows} rows; expected {'' if exact else 'at most '}{local} (the global batch "
-                      f"size divided by {self.process_count} processes).")
+      raise DataError(
+        f"{where} has {rows} rows; expected {'' if exact else 'at most '}{local} (the global batch "
+        f"size divided by {self.process_count} processes)."
+      )
     return {"image": image, "label": label.astype(np.int32), "mask": mask}

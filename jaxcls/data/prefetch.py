@@ -10,7 +10,8 @@ every process: multi-host array assembly stays in step across processes.
 import itertools
 import queue
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

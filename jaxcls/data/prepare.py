@@ -4,7 +4,7 @@ Every rejection names the array, what was found and how to fix it, because malfo
 way a user's first run fails.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,14 +33,18 @@ def as_uint8_images(images: np.ndarray, *, what: str) -> np.ndarray:
   if np.issubdtype(images.dtype, np.integer):
     low, high = (int(images.min()), int(images.max())) if images.size else (0, 0)
     if low < 0 or high > 255:
-      raise DataError(f"{what} are {images.dtype} with values in [{low}, {high}]; integer images must lie in "
-                      "0..255 (rescale them, or store uint8).")
+      raise DataError(
+        f"{what} are {images.dtype} with values in [{low}, {high}]; integer images must lie in "
+        "0..255 (rescale them, or store uint8)."
+      )
     return images.astype(np.uint8)
   if np.issubdtype(images.dtype, np.floating):
     low, high = (float(np.min(images)), float(np.max(images))) if images.size else (0.0, 0.0)
     if not (0.0 <= low and high <= 1.0):  # also catches NaN
-      raise DataError(f"{what} are {images.dtype} with values in [{low:g}, {high:g}]; float images must lie in "
-                      "[0, 1] (divide 0..255 data by 255, or store uint8).")
+      raise DataError(
+        f"{what} are {images.dtype} with values in [{low:g}, {high:g}]; float images must lie in "
+        "[0, 1] (divide 0..255 data by 255, or store uint8)."
+      )
     return np.round(images * 255.0).astype(np.uint8)
   raise DataError(f"{what} have dtype {images.dtype}; use uint8 (or floats in [0, 1]).")
 
@@ -54,8 +58,10 @@ def as_labels(labels: np.ndarray, count: int, *, what: str) -> np.ndarray:
     if labels.dtype != bool and not np.issubdtype(labels.dtype, np.integer):
       raise DataError(f"{what} have dtype {labels.dtype}; multi-label sets must be 0/1 integers or booleans [N, K].")
     if len(labels) and not np.isin(labels, (0, 1)).all():
-      raise DataError(f"{what} are a [N, K] array with values other than 0 and 1; a multi-label set is one 0/1 "
-                      "column per class (multi-hot).")
+      raise DataError(
+        f"{what} are a [N, K] array with values other than 0 and 1; a multi-label set is one 0/1 "
+        "column per class (multi-hot)."
+      )
     return labels.astype(np.int32)
   if labels.ndim != 1 or len(labels) != count:
     raise DataError(f"{what} have shape {labels.shape}; expected [{count}] (one integer label per image).")
@@ -66,8 +72,9 @@ def as_labels(labels: np.ndarray, count: int, *, what: str) -> np.ndarray:
   return labels.astype(np.int32)
 
 
-def check_labels(train_labels: np.ndarray, eval_labels: np.ndarray, class_names: Optional[Sequence[str]], *,
-                 what: str) -> int:
+def check_labels(
+  train_labels: np.ndarray, eval_labels: np.ndarray, class_names: Sequence[str] | None, *, what: str
+) -> int:
   """The number of classes, after checking that labels are 0..K-1 (contiguous unless class_names fixes K).
 
   Multi-hot [N, K] label sets have K classes: one column each.
@@ -75,26 +82,34 @@ def check_labels(train_labels: np.ndarray, eval_labels: np.ndarray, class_names:
   if train_labels.ndim == 2 or eval_labels.ndim == 2:
     widths = {labels.shape[1] if labels.ndim == 2 else None for labels in (train_labels, eval_labels)}
     if len(widths) != 1 or None in widths:
-      raise DataError(f"The {what} training and eval labels must both be multi-hot [N, K] with the same K, or both "
-                      "one integer per image.")
+      raise DataError(
+        f"The {what} training and eval labels must both be multi-hot [N, K] with the same K, or both "
+        "one integer per image."
+      )
     num_classes = widths.pop()
     if class_names is not None and len(class_names) != num_classes:
-      raise DataError(f"The {what} label sets have {num_classes} columns but there are {len(class_names)} class "
-                      "names; give one name per column.")
+      raise DataError(
+        f"The {what} label sets have {num_classes} columns but there are {len(class_names)} class "
+        "names; give one name per column."
+      )
     return num_classes
   largest = int(max(train_labels.max(initial=0), eval_labels.max(initial=0)))
   if class_names is not None:
     num_classes = len(class_names)
     if largest >= num_classes:
-      raise DataError(f"The {what} labels go up to {largest} but there are {num_classes} class names; labels must "
-                      f"be 0..{num_classes - 1}.")
+      raise DataError(
+        f"The {what} labels go up to {largest} but there are {num_classes} class names; labels must "
+        f"be 0..{num_classes - 1}."
+      )
     return num_classes
   num_classes = largest + 1
   missing = np.setdiff1d(np.arange(num_classes), train_labels)
   if len(missing):
     shown = ", ".join(str(m) for m in missing[:10]) + (", ..." if len(missing) > 10 else "")
-    raise DataError(f"The {what} training labels skip {shown} of 0..{largest}; labels must be contiguous ids "
-                    "0..K-1 (remap them, or give class_names to declare classes without training examples).")
+    raise DataError(
+      f"The {what} training labels skip {shown} of 0..{largest}; labels must be contiguous ids "
+      "0..K-1 (remap them, or give class_names to declare classes without training examples)."
+    )
   return num_classes
 
 
@@ -109,13 +124,13 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     pick = np.sort(np.random.default_rng(0).choice(count, _STATS_EXACT_PIXELS // images[0].size, replace=False))
   histogram = np.zeros((channels, 256), np.int64)
   for start in range(0, count if pick is None else len(pick), _STATS_CHUNK):
-    chunk = images[start:start + _STATS_CHUNK] if pick is None else images[pick[start:start + _STATS_CHUNK]]
+    chunk = images[start : start + _STATS_CHUNK] if pick is None else images[pick[start : start + _STATS_CHUNK]]
     chunk = np.asarray(chunk)
     for c in range(channels):
       histogram[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
   values = np.arange(256) / 255.0
   weights = histogram / histogram.sum(1, keepdims=True)
   mean = weights @ values
-  std = np.sqrt(np.maximum(weights @ values ** 2 - mean ** 2, 0.0))
+  std = np.sqrt(np.maximum(weights @ values**2 - mean**2, 0.0))
   std = np.where(std < 1e-3, 1.0, std)  # constant channels: normalising would divide by ~0
   return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)

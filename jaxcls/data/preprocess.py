@@ -16,15 +16,14 @@ import contextlib
 import dataclasses
 import itertools
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from jaxcls.core import paths as path_layer
-from jaxcls.data import decode, resize
-from jaxcls.data.sources import folder
-from jaxcls.data.sources import folder_scan
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.data import decode, resize
+from jaxcls.data.sources import folder, folder_scan
 
 # Sources whose eval path honours dataset.eval_crop; the others resize whole images (data/resize.py).
 _CROPPING_SOURCES = ("folder", "tfds")
@@ -33,15 +32,22 @@ _CROPPING_SOURCES = ("folder", "tfds")
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
   """How one file becomes a model input: the eval crop, the channel count and the pixel limit."""
+
   crop: decode.Crop
   channels: int
   max_pixels: int
 
   def to_json(self) -> dict:
     """The settings a standalone loader needs to reproduce `load` (see examples/serve_exported.py)."""
-    return {"image_size": list(self.crop.size), "channels": self.channels, "crop": self.crop.mode,
-            "center_crop_fraction": self.crop.fraction, "max_image_pixels": self.max_pixels,
-            "resample": "bilinear", "jpeg_draft": True}
+    return {
+      "image_size": list(self.crop.size),
+      "channels": self.channels,
+      "crop": self.crop.mode,
+      "center_crop_fraction": self.crop.fraction,
+      "max_image_pixels": self.max_pixels,
+      "resample": "bilinear",
+      "jpeg_draft": True,
+    }
 
 
 def from_config(config) -> Preprocessing:
@@ -49,12 +55,16 @@ def from_config(config) -> Preprocessing:
   ds = config.dataset
   size = resize.parse_image_size(ds.image_size)
   if size is None or not ds.mean:
-    raise ConfigError("The workdir's config.json lacks the resolved image size or normalisation; it was not written "
-                      "by `python -m jaxcls.main` (train into a new workdir).")
+    raise ConfigError(
+      "The workdir's config.json lacks the resolved image size or normalisation; it was not written "
+      "by `python -m jaxcls.main` (train into a new workdir)."
+    )
   channels = len(ds.mean)
   if channels not in (1, 3):
-    raise ConfigError(f"The model takes {channels}-channel images; image files decode only to 1 (grayscale) or 3 "
-                      "(RGB) channels, so predict on arrays with this model instead.")
+    raise ConfigError(
+      f"The model takes {channels}-channel images; image files decode only to 1 (grayscale) or 3 "
+      "(RGB) channels, so predict on arrays with this model instead."
+    )
   if ds.name in _CROPPING_SOURCES:
     _, crop = folder.crops(ds, size)
   else:
@@ -77,8 +87,10 @@ def find_images(paths: list[str]) -> list[str]:
     else:
       found.append(path)
   if not found:
-    raise DataError(f"No image files in {', '.join(paths) or 'the paths given'} (looked for "
-                    f"{', '.join(decode.EXTENSIONS)}); pass image files or folders holding them.")
+    raise DataError(
+      f"No image files in {', '.join(paths) or 'the paths given'} (looked for "
+      f"{', '.join(decode.EXTENSIONS)}); pass image files or folders holding them."
+    )
   return found
 
 
@@ -88,11 +100,11 @@ def batches(items: Sequence, size: int) -> Iterator[list]:
   if size < 1:
     raise ConfigError(f"--batch_size={size} must be at least 1.")
   for start in range(0, len(items), size):
-    yield list(items[start:start + size])
+    yield list(items[start : start + size])
 
 
 Decoded = tuple[list[str], np.ndarray, list]  # (the batch's paths, uint8 images of the readable ones, per path: None
-                                              # or why it could not be read)
+# or why it could not be read)
 
 
 def batches_ahead(batch_size: int, preprocessing: Preprocessing, budget_bytes: int = 64 << 20) -> int:
@@ -103,8 +115,9 @@ def batches_ahead(batch_size: int, preprocessing: Preprocessing, budget_bytes: i
 
 
 @contextlib.contextmanager
-def stream(paths: Sequence[str], preprocessing: Preprocessing, batch_size: int, workers: int = 0,
-           ahead: int = 2) -> Iterator[Iterator[Decoded]]:
+def stream(
+  paths: Sequence[str], preprocessing: Preprocessing, batch_size: int, workers: int = 0, ahead: int = 2
+) -> Iterator[Iterator[Decoded]]:
   """An iterator of `Decoded` batches of `batch_size` paths (the last may be shorter), in order.
 
   Decoding starts on entering the context, in a pool of `workers` threads (0 = one per CPU), and stays at most
@@ -163,8 +176,11 @@ def load(paths: list[str], preprocessing: Preprocessing, workers: int = 0) -> tu
   return np.zeros((0,) + preprocessing.crop.size + (preprocessing.channels,), np.uint8), []
 
 
-_UNREADABLE = {"missing": "no such file", "folder": "a folder, not an image file",
-               "special": "not a regular file (a FIFO, socket or device is never opened)"}
+_UNREADABLE = {
+  "missing": "no such file",
+  "folder": "a folder, not an image file",
+  "special": "not a regular file (a FIFO, socket or device is never opened)",
+}
 
 
 def _kind(path: str) -> str:

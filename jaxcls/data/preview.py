@@ -100,10 +100,16 @@ def write_grid(config, output: str, num: int = 32) -> str:
   after_images, after_labels = augment_batch(config, batch["image"], batch["label"], info.num_classes)
   font = _font(11)
   name = config.dataset.name + (f" {config.dataset.tfds_name}" if config.dataset.tfds_name else "")
-  before = _block(batch["image"], batch["label"], info.class_names,
-                  f"Before augmentation: {name}, {num} training examples, images {info.image_shape}", font)
-  after = _block(after_images, after_labels, info.class_names,
-                 f"After augmentation: {config.augment or '(none)'}", font)
+  before = _block(
+    batch["image"],
+    batch["label"],
+    info.class_names,
+    f"Before augmentation: {name}, {num} training examples, images {info.image_shape}",
+    font,
+  )
+  after = _block(
+    after_images, after_labels, info.class_names, f"After augmentation: {config.augment or '(none)'}", font
+  )
   grid = Image.new("RGB", (before.width, before.height + after.height + 8), (180, 180, 180))
   grid.paste(before, (0, 0))
   grid.paste(after, (0, before.height + 8))

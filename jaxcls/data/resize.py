@@ -4,7 +4,7 @@ Pillow's bilinear filter widens its support when shrinking, so downscaling is an
 result matches what users get when they resize their own images with Pillow.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -12,7 +12,7 @@ from PIL import Image
 from jaxcls.core.errors import ConfigError
 
 
-def parse_image_size(value: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:
+def parse_image_size(value: Sequence[int] | None) -> tuple[int, int] | None:
   """`dataset.image_size` as (height, width), or None to keep the native size."""
   if value is None:
     return None
@@ -38,6 +38,7 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
       out[i] = np.asarray(Image.fromarray(np.asarray(image)).resize((width, height), Image.Resampling.BILINEAR))
     else:  # Pillow has no mode for arbitrary channel counts: resize each channel as its own grayscale image
       for c in range(image.shape[2]):
-        out[i, :, :, c] = np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c])).resize(
-            (width, height), Image.Resampling.BILINEAR))
+        out[i, :, :, c] = np.asarray(
+          Image.fromarray(np.ascontiguousarray(image[:, :, c])).resize((width, height), Image.Resampling.BILINEAR)
+        )
   return out

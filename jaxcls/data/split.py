@@ -23,12 +23,13 @@ def held_out_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple
   classes, counts = np.unique(labels, return_counts=True)
   num_test = math.ceil(test_fraction * len(labels))
   if num_test >= len(labels):
-    raise ConfigError(f"dataset.test_fraction={test_fraction} leaves no training examples out of {len(labels)}; "
-                      "lower it.")
+    raise ConfigError(
+      f"dataset.test_fraction={test_fraction} leaves no training examples out of {len(labels)}; lower it."
+    )
   shares = counts * num_test / len(labels)
   per_class = np.floor(shares).astype(int)
   remainder_order = np.argsort(-(shares - per_class), kind="stable")
-  per_class[remainder_order[:num_test - per_class.sum()]] += 1
+  per_class[remainder_order[: num_test - per_class.sum()]] += 1
   rng = np.random.default_rng(seed)
   test = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per_class)]
   test = np.sort(np.concatenate(test))
@@ -48,8 +49,10 @@ def held_out_parts(strata: np.ndarray, dataset_config) -> dict[str, np.ndarray]:
   if ds.val_fraction > 0:
     fraction = ds.val_fraction / (1.0 - ds.test_fraction)
     if not 0 < fraction < 1:
-      raise ConfigError(f"dataset.val_fraction={ds.val_fraction} with test_fraction={ds.test_fraction} leaves no "
-                        "training images; lower them.")
+      raise ConfigError(
+        f"dataset.val_fraction={ds.val_fraction} with test_fraction={ds.test_fraction} leaves no "
+        "training images; lower them."
+      )
     keep, val = held_out_split(np.asarray(strata)[train], fraction, ds.split_seed + 1)
     parts["val"], train = train[val], train[keep]
   parts["train"] = train
@@ -67,8 +70,10 @@ def select_indices(dataset_config, labels: np.ndarray) -> tuple[np.ndarray, np.n
   for key in ("train_split", "eval_split"):
     name = dataset_config[key]
     if name not in parts:
-      raise ConfigError(f"dataset.{key}={name!r} is not a split of this single-array source; use 'train' or "
-                        "'test' (the held-out dataset.test_fraction).")
+      raise ConfigError(
+        f"dataset.{key}={name!r} is not a split of this single-array source; use 'train' or "
+        "'test' (the held-out dataset.test_fraction)."
+      )
     chosen.append(parts[name])
   return chosen[0], chosen[1]
 
@@ -79,8 +84,10 @@ def check_labels(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
   if len(images) != len(labels) or labels.ndim not in (1, 2):
-    raise DataError(f"There are {len(images)} images but labels of shape {np.shape(labels)}; give one integer "
-                    "label per image, or one multi-hot row [K] per image.")
+    raise DataError(
+      f"There are {len(images)} images but labels of shape {np.shape(labels)}; give one integer "
+      "label per image, or one multi-hot row [K] per image."
+    )
   return labels
 
 

@@ -36,23 +36,25 @@ REPORT = "classification"  # the evaluator that writes report.json: part of ever
 @dataclasses.dataclass
 class Context:
   """What the loop hands every evaluator: the run's parts, built once."""
+
   config: Any
   model: Any
   task: Any
   dataset: Any
   mesh: Any
-  eval_every: int                     # the loop's evaluation cadence (config.eval_every_steps resolved)
-  batch_size: int                     # the eval batch (config.eval_batch_size or batch_size)
-  eval_step: Callable                 # evaluation.loop.make_eval_step's (variables, batch) -> (sums, outputs)
+  eval_every: int  # the loop's evaluation cadence (config.eval_every_steps resolved)
+  batch_size: int  # the eval batch (config.eval_batch_size or batch_size)
+  eval_step: Callable  # evaluation.loop.make_eval_step's (variables, batch) -> (sums, outputs)
   workdir: str = ""
   is_main: bool = True
-  prefetch: int = 0                   # batches copied to the devices ahead
-  clock: Any = None                   # a core.phases.PhaseClock charged for the final report's parts
+  prefetch: int = 0  # batches copied to the devices ahead
+  clock: Any = None  # a core.phases.PhaseClock charged for the final report's parts
 
 
 @dataclasses.dataclass
 class Final:
   """What an evaluator leaves at the end: its report (returned by training) and figures for the writers."""
+
   report: dict | None = None
   figures: list = dataclasses.field(default_factory=list)
 
@@ -63,6 +65,7 @@ class Evaluator:
   `conclude` runs once after the last step while the devices are still in use (evaluate there if the last step
   was not evaluated); `write` runs after training has closed its checkpoints and writes the files.
   """
+
   every: int = 0
 
   def due(self, step: int, last_step: int) -> bool:
@@ -145,9 +148,11 @@ class Classification(Evaluator):
 
   def run(self, step: int, params, batch_stats) -> dict[str, float]:
     from jaxcls.evaluation import loop  # pylint: disable=g-import-not-at-top
+
     c = self.context
-    result, outputs = loop.evaluate(c.eval_step, {"params": params, "batch_stats": batch_stats}, c.dataset,
-                                    c.task, c.batch_size, c.mesh, c.prefetch)
+    result, outputs = loop.evaluate(
+      c.eval_step, {"params": params, "batch_stats": batch_stats}, c.dataset, c.task, c.batch_size, c.mesh, c.prefetch
+    )
     self._last = (int(step), result, outputs)
     return loop.scalars(result, "eval/")
 
@@ -167,15 +172,29 @@ class Classification(Evaluator):
 
   def write(self, step: int) -> Final:
     from jaxcls.evaluation import loop  # pylint: disable=g-import-not-at-top
+
     c = self.context
     _, result, outputs = self._last
     report = loop.final_report(step, c.config, result)
     figures = []
     if c.is_main:
-      figures = loop.write_report(c.workdir, report, outputs, c.dataset.info.class_names, dataset=c.dataset,
-                                  batch_size=c.batch_size, clock=c.clock, task=c.task)
-    logging.info("Final %s metrics at step %d: loss %.6f, accuracy %.6f.", report["split"], report["step"],
-                 result["loss"], result["accuracy"])
+      figures = loop.write_report(
+        c.workdir,
+        report,
+        outputs,
+        c.dataset.info.class_names,
+        dataset=c.dataset,
+        batch_size=c.batch_size,
+        clock=c.clock,
+        task=c.task,
+      )
+    logging.info(
+      "Final %s metrics at step %d: loss %.6f, accuracy %.6f.",
+      report["split"],
+      report["step"],
+      result["loss"],
+      result["accuracy"],
+    )
     return Final(report=report, figures=figures)
 
 
@@ -183,6 +202,7 @@ class Classification(Evaluator):
 def _fewshot(config, model, dataset, mesh, eval_every: int):
   """Few-shot ridge and k-NN accuracies of the penultimate features (evaluation/fewshot.py, config.fewshot)."""
   from jaxcls.evaluation import fewshot  # pylint: disable=g-import-not-at-top
+
   return fewshot.build_evaluator(config, model, dataset, mesh, eval_every)
 
 
@@ -190,4 +210,5 @@ def _fewshot(config, model, dataset, mesh, eval_every: int):
 def _knn(config, model, dataset, mesh, eval_every: int):
   """k-NN accuracies only, of the same features and cached training examples as 'fewshot' (config.fewshot)."""
   from jaxcls.evaluation import fewshot  # pylint: disable=g-import-not-at-top
+
   return fewshot.build_evaluator(config, model, dataset, mesh, eval_every, knn_only=True)

@@ -28,17 +28,23 @@ def apply_with_features(model: nn.Module, variables: dict, images: jax.Array) ->
 
   def capture_head_input(next_fun, args, kwargs, context):
     module = context.module
-    if (context.method_name == "__call__" and isinstance(module, nn.Dense) and module.scope is not None
-        and len(module.scope.path) == 1):
+    if (
+      context.method_name == "__call__"
+      and isinstance(module, nn.Dense)
+      and module.scope is not None
+      and len(module.scope.path) == 1
+    ):
       captured.append((module.name, args[0]))
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(capture_head_input):
     logits = model.apply(variables, images, train=False)
   if not captured:
-    raise ConfigError(f"Model {type(model).__name__} has no Dense layer directly under it, so its classification "
-                      "head (and the penultimate features) cannot be found; give the model a top-level nn.Dense "
-                      "head.")
+    raise ConfigError(
+      f"Model {type(model).__name__} has no Dense layer directly under it, so its classification "
+      "head (and the penultimate features) cannot be found; give the model a top-level nn.Dense "
+      "head."
+    )
   name, features = captured[-1]
   return features.reshape(features.shape[0], -1), logits, name
 
@@ -62,9 +68,11 @@ class FeatureExtractor:
       features, _, _ = apply_with_features(model, variables, images)
       return {"features": features.astype(jnp.float32), "label": batch["label"], "mask": batch["mask"]}
 
-    self._features_of = jax.jit(features_of,
-                                in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                                out_shardings=parallel.batch_sharded(mesh))
+    self._features_of = jax.jit(
+      features_of,
+      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+      out_shardings=parallel.batch_sharded(mesh),
+    )
 
   def __call__(self, variables: dict, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(features float32 [N, D], labels [N]) of the valid rows of `batches` (process-local host batches), in order.

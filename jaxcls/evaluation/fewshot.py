@@ -30,6 +30,7 @@ RESULT_NAME = workdir_lib.FEWSHOT_NAME  # DIR/fewshot.json, named by store.workd
 def default_config() -> ml_collections.ConfigDict:
   """The `config.fewshot` section with its defaults (jaxcls.config.base, the one place they are written)."""
   from jaxcls.config import base as config_base  # pylint: disable=g-import-not-at-top
+
   return config_base.get_base_config().fewshot
 
 
@@ -44,10 +45,11 @@ def _defaults() -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class RidgeClassifier:
   """A fitted one-vs-all ridge classifier: scores = ((x - mean) / scale) @ weights + bias."""
-  mean: np.ndarray     # [D]
-  scale: np.ndarray    # [D]
+
+  mean: np.ndarray  # [D]
+  scale: np.ndarray  # [D]
   weights: np.ndarray  # [D, C]
-  bias: np.ndarray     # [C]
+  bias: np.ndarray  # [C]
 
   def scores(self, features: np.ndarray) -> np.ndarray:
     return ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.weights + self.bias
@@ -88,9 +90,11 @@ def sample_shots(labels: np.ndarray, shots: Sequence[int], seed: int, num_classe
   most = max(shots)
   if counts.min() < most:
     short = [c for c in range(num_classes) if counts[c] < most]
-    raise DataError(f"{most}-shot evaluation needs {most} training examples of every class, but class(es) "
-                    f"{short[:10]} have only {counts[short[:10]].tolist()} among the {len(labels)} cached; raise "
-                    "fewshot.train_examples (0 = a whole epoch) or use fewer shots.")
+    raise DataError(
+      f"{most}-shot evaluation needs {most} training examples of every class, but class(es) "
+      f"{short[:10]} have only {counts[short[:10]].tolist()} among the {len(labels)} cached; raise "
+      "fewshot.train_examples (0 = a whole epoch) or use fewer shots."
+    )
   rng = np.random.default_rng(seed)
   order = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
   return {n: np.sort(np.concatenate([o[:n] for o in order])) for n in shots}
@@ -100,8 +104,10 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
   """The labels as one class index per example in [0, num_classes); a DataError otherwise (e.g. multi-label)."""
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise DataError(f"Few-shot and k-NN evaluation need one integer class label per {what} example; got labels of "
-                    f"shape {labels.shape} and dtype {labels.dtype} (multi-label sets are not supported).")
+    raise DataError(
+      f"Few-shot and k-NN evaluation need one integer class label per {what} example; got labels of "
+      f"shape {labels.shape} and dtype {labels.dtype} (multi-label sets are not supported)."
+    )
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise DataError(f"{what} labels range over [{labels.min()}, {labels.max()}], outside [0, {num_classes}).")
   return labels
@@ -121,10 +127,20 @@ def check_settings(shots: Sequence[int], seeds: int, knn_k: Sequence[int], knn_m
     raise ConfigError(f"fewshot.knn_metric={knn_metric!r} is unknown; use one of {knn.METRICS}.")
 
 
-def evaluate_features(train_features, train_labels, eval_features, eval_labels, *, num_classes: int,
-                      shots: Sequence[int] | None = None, seeds: int | None = None, l2_reg: float | None = None,
-                      knn_k: Sequence[int] | None = None, knn_metric: str | None = None,
-                      seed: int = 0) -> dict[str, Any]:
+def evaluate_features(
+  train_features,
+  train_labels,
+  eval_features,
+  eval_labels,
+  *,
+  num_classes: int,
+  shots: Sequence[int] | None = None,
+  seeds: int | None = None,
+  l2_reg: float | None = None,
+  knn_k: Sequence[int] | None = None,
+  knn_metric: str | None = None,
+  seed: int = 0,
+) -> dict[str, Any]:
   """Ridge few-shot accuracies per shot count and seed, and k-NN accuracies, from precomputed features.
 
   A setting left None takes its `config.fewshot` default. Returns {"shots": {n: {"mean", "std", "per_seed":
@@ -151,11 +167,15 @@ def evaluate_features(train_features, train_labels, eval_features, eval_labels, 
       per_shot[n].append(float(np.mean(ridge.predict(eval_features) == eval_labels)))
   results = {"shots": {}, "knn": {}}
   for n, accs in per_shot.items():
-    results["shots"][n] = {"mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1) if len(accs) > 1 else 0.0),
-                           "per_seed": accs}
+    results["shots"][n] = {
+      "mean": float(np.mean(accs)),
+      "std": float(np.std(accs, ddof=1) if len(accs) > 1 else 0.0),
+      "per_seed": accs,
+    }
   for k in sorted({int(k) for k in knn_k}):
-    scores = knn.knn_scores(train_features, train_labels, eval_features, k=k, num_classes=num_classes,
-                            metric=knn_metric)
+    scores = knn.knn_scores(
+      train_features, train_labels, eval_features, k=k, num_classes=num_classes, metric=knn_metric
+    )
     results["knn"][k] = float(np.mean(scores.argmax(-1) == eval_labels))
   return results
 
@@ -203,10 +223,22 @@ class FewShotEvaluator(evaluators.Evaluator):
   {'fewshot/1shot_mean': ..., 'fewshot/1shot_std': ..., 'fewshot/knn10': ..., ...}.
   """
 
-  def __init__(self, fewshot_config: Mapping[str, Any], model, dataset, mesh, dtype: str, *,
-               batch_size: int | None = None, seed: int = 0, every: int = 0, prefix: str = "fewshot/"):
+  def __init__(
+    self,
+    fewshot_config: Mapping[str, Any],
+    model,
+    dataset,
+    mesh,
+    dtype: str,
+    *,
+    batch_size: int | None = None,
+    seed: int = 0,
+    every: int = 0,
+    prefix: str = "fewshot/",
+  ):
     from jaxcls.core import parallel
     from jaxcls.evaluation import features  # pylint: disable=g-import-not-at-top
+
     given = fewshot_config.to_dict() if hasattr(fewshot_config, "to_dict") else dict(fewshot_config)
     defaults = _defaults()
     unknown = sorted(set(given) - set(defaults))
@@ -221,18 +253,22 @@ class FewShotEvaluator(evaluators.Evaluator):
     parallel.check_batch_size(self.batch_size, mesh, "fewshot.batch_size")
     self.dataset, self.seed = dataset, int(seed)
     self.num_classes = dataset.info.num_classes
-    self.extractor = features.FeatureExtractor(model, mean=dataset.info.mean, std=dataset.info.std, dtype=dtype,
-                                               mesh=mesh)
+    self.extractor = features.FeatureExtractor(
+      model, mean=dataset.info.mean, std=dataset.info.std, dtype=dtype, mesh=mesh
+    )
     self._train = list(train_batches(dataset, self.batch_size, int(c["train_examples"]), self.seed))
     # Check now, not at the first evaluation, that every class has enough examples and k fits.
-    labels = np.concatenate([parallel.to_host(parallel.to_global({"label": b["label"]}, mesh))["label"]
-                             for b in self._train])
+    labels = np.concatenate(
+      [parallel.to_host(parallel.to_global({"label": b["label"]}, mesh))["label"] for b in self._train]
+    )
     labels = check_labels(labels, self.num_classes, "training")
     if c["shots"]:
       sample_shots(labels, [int(n) for n in c["shots"]], 0, self.num_classes)
     if c["knn_k"] and max(c["knn_k"]) > len(labels):
-      raise ConfigError(f"fewshot.knn_k={tuple(c['knn_k'])} exceeds the {len(labels)} cached training examples; "
-                        "lower k or raise fewshot.train_examples.")
+      raise ConfigError(
+        f"fewshot.knn_k={tuple(c['knn_k'])} exceeds the {len(labels)} cached training examples; "
+        "lower k or raise fewshot.train_examples."
+      )
     self.num_train_examples = len(labels)
     self.every = int(c["every_steps"]) or int(every)  # its own cadence, else the loop's evaluation cadence
 
@@ -242,9 +278,19 @@ class FewShotEvaluator(evaluators.Evaluator):
     train_features, train_labels = self.extractor(variables, iter(self._train))
     eval_features, eval_labels = self.extractor(variables, self.dataset.eval_batches(self.batch_size))
     c = self.config
-    return evaluate_features(train_features, train_labels, eval_features, eval_labels, num_classes=self.num_classes,
-                             shots=c["shots"], seeds=c["seeds"], l2_reg=c["l2_reg"], knn_k=c["knn_k"],
-                             knn_metric=c["knn_metric"], seed=self.seed)
+    return evaluate_features(
+      train_features,
+      train_labels,
+      eval_features,
+      eval_labels,
+      num_classes=self.num_classes,
+      shots=c["shots"],
+      seeds=c["seeds"],
+      l2_reg=c["l2_reg"],
+      knn_k=c["knn_k"],
+      knn_metric=c["knn_metric"],
+      seed=self.seed,
+    )
 
   def __call__(self, params, batch_stats=None) -> dict[str, float]:
     return scalars(self.results(params, batch_stats), self.prefix)
@@ -258,18 +304,35 @@ def build_evaluator(config, model, dataset, mesh, eval_every: int = 0, *, knn_on
   section = (config.get("fewshot") or ml_collections.ConfigDict()).to_dict()
   if knn_only:
     section["shots"] = ()
-  return FewShotEvaluator(section, model, dataset, mesh, config.dtype,
-                          batch_size=config.eval_batch_size or config.batch_size, seed=config.seed,
-                          every=eval_every, prefix="knn/" if knn_only else "fewshot/")
+  return FewShotEvaluator(
+    section,
+    model,
+    dataset,
+    mesh,
+    config.dtype,
+    batch_size=config.eval_batch_size or config.batch_size,
+    seed=config.seed,
+    every=eval_every,
+    prefix="knn/" if knn_only else "fewshot/",
+  )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The command.
 
 
-def evaluate_workdir(workdir: str, *, step=None, shots: Sequence[int] | None = None, seeds: int | None = None,
-                     knn_k: Sequence[int] | None = None, knn_metric: str | None = None, l2_reg: float | None = None,
-                     train_examples: int = 0, batch_size: int = 0) -> dict[str, Any]:
+def evaluate_workdir(
+  workdir: str,
+  *,
+  step=None,
+  shots: Sequence[int] | None = None,
+  seeds: int | None = None,
+  knn_k: Sequence[int] | None = None,
+  knn_metric: str | None = None,
+  l2_reg: float | None = None,
+  train_examples: int = 0,
+  batch_size: int = 0,
+) -> dict[str, Any]:
   """Few-shot and k-NN accuracies of checkpoint `step` (default: latest) of `workdir`; writes DIR/fewshot.json.
 
   A setting left None takes its `config.fewshot` default; `train_examples=0` uses the whole training split.
@@ -293,27 +356,45 @@ def evaluate_workdir(workdir: str, *, step=None, shots: Sequence[int] | None = N
     config.dataset.cache_dir = workdir_lib.cache_dir(restored.workdir)
   dataset = data.build(config)
   if dataset.info.num_classes != restored.info.num_classes:
-    raise DataError(f"The dataset now has {dataset.info.num_classes} classes but the model in {workdir} was "
-                    f"trained on {restored.info.num_classes}; point the config at the training data.")
+    raise DataError(
+      f"The dataset now has {dataset.info.num_classes} classes but the model in {workdir} was "
+      f"trained on {restored.info.num_classes}; point the config at the training data."
+    )
   mesh = parallel.make_mesh()
   batch_size = int(batch_size or config.eval_batch_size or config.batch_size)
   parallel.check_batch_size(batch_size, mesh, "batch_size")
   info = restored.info
   extractor = features.FeatureExtractor(restored.model, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
   variables = parallel.replicate(restored.variables, mesh)
-  train_features, train_labels = extractor(variables, train_batches(dataset, batch_size, train_examples,
-                                                                    config.seed))
+  train_features, train_labels = extractor(variables, train_batches(dataset, batch_size, train_examples, config.seed))
   eval_features, eval_labels = extractor(variables, dataset.eval_batches(batch_size))
-  results = evaluate_features(train_features, train_labels, eval_features, eval_labels,
-                              num_classes=info.num_classes, shots=shots, seeds=seeds, l2_reg=l2_reg, knn_k=knn_k,
-                              knn_metric=knn_metric, seed=config.seed)
-  final = {"step": restored.step, "model": config.model.name, "split": config.dataset.eval_split,
-           "feature_dim": int(train_features.shape[1]), "num_train_examples": int(len(train_labels)),
-           "num_eval_examples": int(len(eval_labels)), "seeds": int(seeds), "l2_reg": float(l2_reg),
-           "knn_metric": knn_metric,
-           "shots": {str(n): r for n, r in results["shots"].items()},
-           "knn": {str(k): acc for k, acc in results["knn"].items()},
-           "metrics": scalars(results)}
+  results = evaluate_features(
+    train_features,
+    train_labels,
+    eval_features,
+    eval_labels,
+    num_classes=info.num_classes,
+    shots=shots,
+    seeds=seeds,
+    l2_reg=l2_reg,
+    knn_k=knn_k,
+    knn_metric=knn_metric,
+    seed=config.seed,
+  )
+  final = {
+    "step": restored.step,
+    "model": config.model.name,
+    "split": config.dataset.eval_split,
+    "feature_dim": int(train_features.shape[1]),
+    "num_train_examples": int(len(train_labels)),
+    "num_eval_examples": int(len(eval_labels)),
+    "seeds": int(seeds),
+    "l2_reg": float(l2_reg),
+    "knn_metric": knn_metric,
+    "shots": {str(n): r for n, r in results["shots"].items()},
+    "knn": {str(k): acc for k, acc in results["knn"].items()},
+    "metrics": scalars(results),
+  }
   if parallel.is_main_process():
     paths.write_text(workdir_lib.fewshot_path(restored.workdir), json.dumps(final, indent=1))
   return final
@@ -321,9 +402,11 @@ def evaluate_workdir(workdir: str, *, step=None, shots: Sequence[int] | None = N
 
 def table(final: Mapping[str, Any]) -> str:
   """The results as a small text table."""
-  lines = [f"{final['model']} at step {final['step']}: {final['feature_dim']}-d features, "
-           f"{final['num_train_examples']} train / {final['num_eval_examples']} {final['split']} examples",
-           f"{'evaluator':<26}{'accuracy':>10}{'std':>9}"]
+  lines = [
+    f"{final['model']} at step {final['step']}: {final['feature_dim']}-d features, "
+    f"{final['num_train_examples']} train / {final['num_eval_examples']} {final['split']} examples",
+    f"{'evaluator':<26}{'accuracy':>10}{'std':>9}",
+  ]
   for n, r in final["shots"].items():
     name = f"ridge {n}-shot ({final['seeds']} seeds)"
     lines.append(f"{name:<26}{r['mean']:>10.4f}{r['std']:>9.4f}")

@@ -33,8 +33,12 @@ def _single_label_group(labels: np.ndarray, predicted: np.ndarray, num_classes: 
   recall = np.diag(confusion)[present] / support[present]
   scores = metrics.precision_recall_f1(confusion)
   # Macro F1 over the classes present in this group's labels: the report's one rule for macro averages.
-  return {"num_examples": int(len(labels)), "accuracy": float(np.mean(labels == predicted)),
-          "balanced_accuracy": float(recall.mean()), "macro_f1": scores["macro_f1"]}
+  return {
+    "num_examples": int(len(labels)),
+    "accuracy": float(np.mean(labels == predicted)),
+    "balanced_accuracy": float(recall.mean()),
+    "macro_f1": scores["macro_f1"],
+  }
 
 
 def _multilabel_group(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
@@ -43,12 +47,23 @@ def _multilabel_group(labels: np.ndarray, predicted: np.ndarray) -> dict[str, An
   fp = (~labels & predicted).sum(0)
   fn = (labels & ~predicted).sum(0)
   f1 = metrics.divide(2 * tp, 2 * tp + fp + fn)
-  return {"num_examples": int(len(labels)), "subset_accuracy": float(np.mean(np.all(labels == predicted, 1))),
-          "hamming_loss": float(np.mean(labels != predicted)), "macro_f1": float(f1.mean())}
+  return {
+    "num_examples": int(len(labels)),
+    "subset_accuracy": float(np.mean(np.all(labels == predicted, 1))),
+    "hamming_loss": float(np.mean(labels != predicted)),
+    "macro_f1": float(f1.mean()),
+  }
 
 
-def per_group(outputs: dict, groups: Sequence[str], num_classes: int, *, threshold: float = 0.5,
-              thresholds=None, predicted: np.ndarray | None = None) -> dict[str, Any] | None:
+def per_group(
+  outputs: dict,
+  groups: Sequence[str],
+  num_classes: int,
+  *,
+  threshold: float = 0.5,
+  thresholds=None,
+  predicted: np.ndarray | None = None,
+) -> dict[str, Any] | None:
   """{'groups': {name: metrics}, 'worst_group', 'gap'} for the eval outputs, or None without usable outputs.
 
   `predicted` is each example's decision (`task.decide` of its probabilities: class ids, or label sets); the eval
@@ -74,5 +89,4 @@ def per_group(outputs: dict, groups: Sequence[str], num_classes: int, *, thresho
   table = {str(name): one(groups == name) for name in sorted(set(groups))}
   values = {name: row[headline] for name, row in table.items()}
   worst = min(values, key=values.get)
-  return {"metric": headline, "groups": table, "worst_group": worst,
-          "gap": float(max(values.values()) - values[worst])}
+  return {"metric": headline, "groups": table, "worst_group": worst, "gap": float(max(values.values()) - values[worst])}

@@ -18,8 +18,16 @@ METRICS = ("euclidean", "cosine")
 _TRAIN_CHUNK = 16384  # Training examples compared with a query batch at once: 1024 x 16384 float32 is 64 MiB.
 
 
-def knn_scores(train_features, train_labels, query_features, *, k: int, num_classes: int,
-               metric: str = "euclidean", batch_size: int = 1024) -> np.ndarray:
+def knn_scores(
+  train_features,
+  train_labels,
+  query_features,
+  *,
+  k: int,
+  num_classes: int,
+  metric: str = "euclidean",
+  batch_size: int = 1024,
+) -> np.ndarray:
   """The fraction of each query's k nearest training examples in each class.
 
   Args:
@@ -51,14 +59,16 @@ def knn_scores(train_features, train_labels, query_features, *, k: int, num_clas
     train_features = _unit_rows(train_features)
     query_features = _unit_rows(query_features)
 
-  chunks = (jnp.asarray(train_features.reshape(num_chunks, chunk, -1)),
-            jnp.asarray(train_labels.reshape(num_chunks, chunk)),
-            jnp.asarray(train_valid.reshape(num_chunks, chunk)))
+  chunks = (
+    jnp.asarray(train_features.reshape(num_chunks, chunk, -1)),
+    jnp.asarray(train_labels.reshape(num_chunks, chunk)),
+    jnp.asarray(train_valid.reshape(num_chunks, chunk)),
+  )
   num_queries = query_features.shape[0]
   batch_size = min(batch_size, max(num_queries, 1))
   out = []
   for start in range(0, num_queries, batch_size):
-    queries = query_features[start:start + batch_size]
+    queries = query_features[start : start + batch_size]
     valid = queries.shape[0]
     queries = np.pad(queries, ((0, batch_size - valid), (0, 0)))  # One compiled shape for every batch.
     scores = _batch_scores(jnp.asarray(queries), chunks, k=k, num_classes=num_classes, metric=metric)
@@ -72,25 +82,34 @@ def _check_inputs(train_features, train_labels, query_features, k, num_classes, 
   if metric not in METRICS:
     raise ConfigError(f"k-NN metric {metric!r} is unknown; use one of {METRICS}.")
   if train_features.ndim != 2 or query_features.ndim != 2:
-    raise DataError(f"k-NN features must be 2-D [examples, dims]; got train {train_features.shape} and "
-                    f"query {query_features.shape}.")
+    raise DataError(
+      f"k-NN features must be 2-D [examples, dims]; got train {train_features.shape} and query {query_features.shape}."
+    )
   if train_features.shape[1] != query_features.shape[1]:
-    raise DataError(f"k-NN train features have {train_features.shape[1]} dims but query features have "
-                    f"{query_features.shape[1]}; extract both with the same model.")
+    raise DataError(
+      f"k-NN train features have {train_features.shape[1]} dims but query features have "
+      f"{query_features.shape[1]}; extract both with the same model."
+    )
   if train_labels.shape != (train_features.shape[0],):
-    raise DataError(f"k-NN train labels have shape {train_labels.shape}; expected ({train_features.shape[0]},), "
-                    "one integer label per train feature row.")
+    raise DataError(
+      f"k-NN train labels have shape {train_labels.shape}; expected ({train_features.shape[0]},), "
+      "one integer label per train feature row."
+    )
   if not np.issubdtype(train_labels.dtype, np.integer):
     raise DataError(f"k-NN train labels must be integers, got dtype {train_labels.dtype}.")
   if num_classes < 1:
     raise ConfigError(f"k-NN num_classes={num_classes} must be at least 1.")
   if train_labels.size and (train_labels.min() < 0 or train_labels.max() >= num_classes):
-    raise DataError(f"k-NN train labels range over [{train_labels.min()}, {train_labels.max()}], outside "
-                    f"[0, {num_classes}); pass the dataset's num_classes.")
+    raise DataError(
+      f"k-NN train labels range over [{train_labels.min()}, {train_labels.max()}], outside "
+      f"[0, {num_classes}); pass the dataset's num_classes."
+    )
   n = train_features.shape[0]
   if not isinstance(k, (int, np.integer)) or k < 1 or k > n:
-    raise ConfigError(f"k-NN k={k} must be an integer between 1 and the {n} training examples; "
-                      f"use a smaller k or more training examples.")
+    raise ConfigError(
+      f"k-NN k={k} must be an integer between 1 and the {n} training examples; "
+      f"use a smaller k or more training examples."
+    )
   if batch_size < 1:
     raise ConfigError(f"k-NN batch_size={batch_size} must be positive.")
 

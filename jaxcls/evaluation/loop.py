@@ -35,17 +35,22 @@ def make_eval_step(model, task, *, mean, std, dtype: str, mesh, tta: str = "none
   tta_lib.check(tta)
 
   def eval_step(variables, batch: dict):
-    logits = forward.eval_logits(model, forward.model_variables(variables), batch["image"], mean=mean, std=std,
-                                 dtype=dtype, tta=tta)
+    logits = forward.eval_logits(
+      model, forward.model_variables(variables), batch["image"], mean=mean, std=std, dtype=dtype, tta=tta
+    )
     outputs = dict(task.eval_outputs(logits, batch["label"], batch["mask"]), mask=batch["mask"])
     return task.eval_sums(logits, batch["label"], batch["mask"]), outputs
 
-  return jax.jit(eval_step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+  return jax.jit(
+    eval_step,
+    in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+    out_shardings=parallel.replicated(mesh),
+  )
 
 
-def evaluate(eval_step, variables, dataset, task, batch_size: int, mesh,
-             prefetch_size: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate(
+  eval_step, variables, dataset, task, batch_size: int, mesh, prefetch_size: int = 0
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Exact metrics over the whole eval split, and every valid example's outputs (padded rows masked out).
 
   `eval_step(variables, batch)` is `make_eval_step`'s (or any step of that shape, e.g. one compiled ahead).
@@ -60,15 +65,21 @@ def evaluate(eval_step, variables, dataset, task, batch_size: int, mesh,
   result = task.finalize(sums.result(), outputs or None)
   groups = getattr(dataset, "eval_groups", None)  # only sources with groups (a folder's group file) have them
   if groups is not None and outputs:
-    result["per_group"] = group_metrics.per_group(outputs, groups, task.num_classes,
-                                                  predicted=task.decide(outputs["probs"]))
+    result["per_group"] = group_metrics.per_group(
+      outputs, groups, task.num_classes, predicted=task.decide(outputs["probs"])
+    )
   return result, outputs
 
 
 def final_report(step: int, config, result: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
   """report.json's content: which step, split, task and model were evaluated, then the task's metrics."""
-  return {"step": int(step), "split": config.dataset.eval_split, "task": config.task.type,
-          "model": model_name or config.model.name, **result}
+  return {
+    "step": int(step),
+    "split": config.dataset.eval_split,
+    "task": config.task.type,
+    "model": model_name or config.model.name,
+    **result,
+  }
 
 
 def misclassified_images(dataset, batch_size: int, wrong_rows: np.ndarray) -> np.ndarray:
@@ -84,8 +95,9 @@ def misclassified_images(dataset, batch_size: int, wrong_rows: np.ndarray) -> np
   return np.stack([found[int(r)] for r in wrong_rows])
 
 
-def select_misclassified(labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
-                         max_images: int = 36) -> np.ndarray:
+def select_misclassified(
+  labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, max_images: int = 36
+) -> np.ndarray:
   """Rows of up to `max_images` mistakes for the misclassified grid: many true classes, the most confident first.
 
   The mistakes of each true class are ranked by the confidence of the wrong decision; the grid takes each class's
@@ -100,7 +112,7 @@ def select_misclassified(labels: np.ndarray, predicted: np.ndarray, confidence: 
     queues.setdefault(int(labels[row]), []).append(int(row))
   picked, depth = [], 0
   while len(picked) < max_images and any(depth < len(q) for q in queues.values()):
-    picked += [q[depth] for q in queues.values() if depth < len(q)][:max_images - len(picked)]
+    picked += [q[depth] for q in queues.values() if depth < len(q)][: max_images - len(picked)]
     depth += 1
   return np.asarray(picked, np.int64)
 
@@ -110,8 +122,18 @@ def decided_confidence(task, class_names: Sequence[str], probs: np.ndarray) -> n
   return np.asarray([task.prediction_record(class_names, row, 1)["probability"] for row in probs], np.float64)
 
 
-def write_plots(folder: str, report: dict, outputs: dict, class_names, metrics_dir: str | None = None,
-                dataset=None, batch_size: int | None = None, max_images: int = 36, *, task) -> list[str]:
+def write_plots(
+  folder: str,
+  report: dict,
+  outputs: dict,
+  class_names,
+  metrics_dir: str | None = None,
+  dataset=None,
+  batch_size: int | None = None,
+  max_images: int = 36,
+  *,
+  task,
+) -> list[str]:
   """The report's figures in `folder`/plots (skipped, with a warning, when matplotlib is not installed).
 
   The training curves come from `metrics_dir`/metrics.jsonl (default: `folder`). With the dataset, a
@@ -125,12 +147,21 @@ def write_plots(folder: str, report: dict, outputs: dict, class_names, metrics_d
     logging.warning("matplotlib is not installed, so DIR/plots is not written; pip install 'jaxcls[plots]'.")
     return []
   from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
+
   plots_dir = os.fspath(workdir_lib.plots_path(folder))
-  written = plots.write_all(plots_dir, report, outputs or None, class_names,
-                            os.fspath(workdir_lib.metrics_path(metrics_dir or folder)))
+  written = plots.write_all(
+    plots_dir, report, outputs or None, class_names, os.fspath(workdir_lib.metrics_path(metrics_dir or folder))
+  )
   labels, probs = (outputs or {}).get("labels"), (outputs or {}).get("probs")
-  if (dataset is not None and task.single_label and labels is not None and probs is not None and np.ndim(labels) == 1
-      and len(labels) and jax.process_count() == 1):
+  if (
+    dataset is not None
+    and task.single_label
+    and labels is not None
+    and probs is not None
+    and np.ndim(labels) == 1
+    and len(labels)
+    and jax.process_count() == 1
+  ):
     predicted = np.asarray(task.decide(probs))
     confidence = np.zeros(len(labels))
     wrong = np.flatnonzero(predicted != labels)
@@ -138,14 +169,32 @@ def write_plots(folder: str, report: dict, outputs: dict, class_names, metrics_d
     rows = select_misclassified(labels, predicted, confidence, max_images)
     if len(rows):
       images = misclassified_images(dataset, batch_size, rows)
-      written.append(plots.misclassified_grid(images, labels[rows], predicted[rows], class_names,
-                                              os.path.join(plots_dir, "misclassified.png"), max_images,
-                                              confidence=confidence[rows]))
+      written.append(
+        plots.misclassified_grid(
+          images,
+          labels[rows],
+          predicted[rows],
+          class_names,
+          os.path.join(plots_dir, "misclassified.png"),
+          max_images,
+          confidence=confidence[rows],
+        )
+      )
   return written
 
 
-def write_report(folder: str, report: dict, outputs: dict, class_names: Sequence[str], *, task, dataset=None,
-                 batch_size: int | None = None, metrics_dir: str | None = None, clock=None) -> list[str]:
+def write_report(
+  folder: str,
+  report: dict,
+  outputs: dict,
+  class_names: Sequence[str],
+  *,
+  task,
+  dataset=None,
+  batch_size: int | None = None,
+  metrics_dir: str | None = None,
+  clock=None,
+) -> list[str]:
   """report.json, report.md and plots/ in `folder` (call on the main process); returns the figures' paths.
 
   `task` decides the misclassified grid's examples; `clock` (a `core.phases.PhaseClock`) is charged 'plots' and
@@ -153,8 +202,9 @@ def write_report(folder: str, report: dict, outputs: dict, class_names: Sequence
   """
   phase = clock.phase if clock is not None else (lambda name: contextlib.nullcontext())
   with phase("plots"):
-    figures = write_plots(folder, report, outputs, class_names, metrics_dir=metrics_dir, dataset=dataset,
-                          batch_size=batch_size, task=task)
+    figures = write_plots(
+      folder, report, outputs, class_names, metrics_dir=metrics_dir, dataset=dataset, batch_size=batch_size, task=task
+    )
   with phase("report"):
     report_lib.write(folder, report, class_names, figures)
   return figures

@@ -8,7 +8,8 @@ points (`roc_points`, `pr_points`) are numpy only and match scikit-learn's `roc_
 import io
 import json
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,13 +66,13 @@ def _one_vs_rest(probs: np.ndarray, labels: np.ndarray, positive_id: int = 1) ->
   return probs, labels.astype(bool)
 
 
-def positive_index(positive_class: Optional[str], class_names: Optional[Sequence[str]]) -> int:
+def positive_index(positive_class: str | None, class_names: Sequence[str] | None) -> int:
   """The class id of a binary report's `positive_class` name (1, the binary task's default, when unknown)."""
   names = [str(n) for n in class_names or ()]
   return names.index(str(positive_class)) if positive_class is not None and str(positive_class) in names else 1
 
 
-def binary_curve_label(positive_class: Optional[str], class_names: Optional[Sequence[str]]) -> str:
+def binary_curve_label(positive_class: str | None, class_names: Sequence[str] | None) -> str:
   """The legend of a binary score's curves: the class it scores, e.g. 'face (positive class)'."""
   return f"{_names(class_names, 2)[positive_index(positive_class, class_names)]} (positive class)"
 
@@ -79,8 +80,9 @@ def binary_curve_label(positive_class: Optional[str], class_names: Optional[Sequ
 # --- Figures. ---
 
 
-def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, layout: Optional[str] = "constrained"):
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, layout: str | None = "constrained"):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   fig = Figure(figsize=(width, height), dpi=100, layout=layout)
   axes = fig.subplots(nrows, ncols, squeeze=False)
   return fig, axes.ravel()
@@ -96,13 +98,15 @@ def _save(fig, path: str) -> str:
   return path
 
 
-def _names(class_names: Optional[Sequence[str]], k: int) -> list[str]:
-  return [str(n) for n in class_names] if class_names is not None and len(class_names) == k else [
-      str(i) for i in range(k)]
+def _names(class_names: Sequence[str] | None, k: int) -> list[str]:
+  return (
+    [str(n) for n in class_names] if class_names is not None and len(class_names) == k else [str(i) for i in range(k)]
+  )
 
 
-def confusion_matrix(confusion: np.ndarray, class_names: Optional[Sequence[str]], path: str,
-                     title: str = "Confusion matrix") -> str:
+def confusion_matrix(
+  confusion: np.ndarray, class_names: Sequence[str] | None, path: str, title: str = "Confusion matrix"
+) -> str:
   """Counts and row-normalised (recall) matrices side by side; the figure and font scale with the classes."""
   confusion = np.asarray(confusion, np.int64)
   k = len(confusion)
@@ -113,8 +117,13 @@ def confusion_matrix(confusion: np.ndarray, class_names: Optional[Sequence[str]]
   label = max(map(len, names)) * font / 72 * 0.6 + 0.5
   width, height = 2 * (side + label + 1.4), side + label + 0.8
   fig, (ax_counts, ax_norm) = _figure(width, height, ncols=2, layout=None)
-  fig.subplots_adjust(left=label / width, right=1 - 1.2 / width, bottom=label / height, top=1 - 0.6 / height,
-                      wspace=(label + 1.4) / (side + 0.1))
+  fig.subplots_adjust(
+    left=label / width,
+    right=1 - 1.2 / width,
+    bottom=label / height,
+    top=1 - 0.6 / height,
+    wspace=(label + 1.4) / (side + 0.1),
+  )
   rows = confusion.sum(1, keepdims=True)
   normalised = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
   for ax, values, caption in ((ax_counts, confusion, "count"), (ax_norm, normalised, "fraction of the true class")):
@@ -129,15 +138,22 @@ def confusion_matrix(confusion: np.ndarray, class_names: Optional[Sequence[str]]
       for i in range(k):
         for j in range(k):
           text = f"{values[i, j]}" if values is confusion else f"{values[i, j]:.2f}"
-          ax.text(j, i, text, ha="center", va="center", fontsize=font * 0.8,
-                  color="white" if values[i, j] > high else "black")
+          ax.text(
+            j, i, text, ha="center", va="center", fontsize=font * 0.8, color="white" if values[i, j] > high else "black"
+          )
   ax_counts.set_title(f"{title}: counts")
   ax_norm.set_title(f"{title}: normalised by row")
   return _save(fig, path)
 
 
-def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, class_names: Optional[Sequence[str]], path: str,
-                  max_classes: int = CURVES_MAX_CLASSES, positive_class: Optional[str] = None) -> str:
+def roc_pr_curves(
+  probs: np.ndarray,
+  labels: np.ndarray,
+  class_names: Sequence[str] | None,
+  path: str,
+  max_classes: int = CURVES_MAX_CLASSES,
+  positive_class: str | None = None,
+) -> str:
   """ROC and precision-recall curves per class (up to `max_classes`) plus the micro and macro averages.
 
   probs/labels: binary scores [N] with 0/1 labels, class probabilities [N, K] with int labels [N] (one vs rest),
@@ -146,6 +162,7 @@ def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, class_names: Optional[S
   class name, the report's; default: the second class), which the legend names.
   """
   from jaxcls.core import metrics  # pylint: disable=g-import-not-at-top
+
   binary = np.asarray(probs).ndim == 1
   scores, positive = _one_vs_rest(probs, labels, positive_index(positive_class, class_names))
   k = scores.shape[1]
@@ -172,10 +189,15 @@ def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, class_names: Optional[S
     if flat_positive.any() and not flat_positive.all():
       fpr, tpr, _ = roc_points(flat_scores, flat_positive)
       precision, recall, _ = pr_points(flat_scores, flat_positive)
-      ax_roc.plot(fpr, tpr, "k--", lw=2,
-                  label=f"micro (AUC {metrics.roc_auc(flat_scores, flat_positive):.3f})")
-      ax_pr.step(recall, precision, "k--", where="post", lw=2,
-                 label=f"micro (AP {metrics.average_precision(flat_scores, flat_positive):.3f})")
+      ax_roc.plot(fpr, tpr, "k--", lw=2, label=f"micro (AUC {metrics.roc_auc(flat_scores, flat_positive):.3f})")
+      ax_pr.step(
+        recall,
+        precision,
+        "k--",
+        where="post",
+        lw=2,
+        label=f"micro (AP {metrics.average_precision(flat_scores, flat_positive):.3f})",
+      )
     if roc_interp:
       ax_roc.plot(grid, np.mean(roc_interp, 0), "k:", lw=2, label="macro (interpolated)")
       ax_pr.plot(grid, np.mean(pr_interp, 0), "k:", lw=2, label="macro (interpolated)")
@@ -188,8 +210,9 @@ def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, class_names: Optional[S
   return _save(fig, path)
 
 
-def per_class_f1(f1: Sequence[float], class_names: Optional[Sequence[str]], path: str,
-                 support: Optional[Sequence[int]] = None) -> str:
+def per_class_f1(
+  f1: Sequence[float], class_names: Sequence[str] | None, path: str, support: Sequence[int] | None = None
+) -> str:
   """Horizontal bars of per-class F1, worst first, so the classes that need work are on top.
 
   With `support`, classes without eval examples are left out, so the title's macro F1 is the report's (over the
@@ -239,9 +262,15 @@ def training_curves(metrics_path: str, path: str) -> str:
   return _save(fig, path)
 
 
-def misclassified_grid(images: np.ndarray, labels: Sequence[int], predictions: Sequence[int],
-                       class_names: Optional[Sequence[str]], path: str, max_images: int = 36,
-                       confidence: Optional[Sequence[float]] = None) -> str:
+def misclassified_grid(
+  images: np.ndarray,
+  labels: Sequence[int],
+  predictions: Sequence[int],
+  class_names: Sequence[str] | None,
+  path: str,
+  max_images: int = 36,
+  confidence: Sequence[float] | None = None,
+) -> str:
   """Up to `max_images` of the given images whose prediction is wrong, in the given order, each captioned with
   its true and predicted class names (and the predicted class's probability, when `confidence` gives it).
 
@@ -262,8 +291,9 @@ def misclassified_grid(images: np.ndarray, labels: Sequence[int], predictions: S
     axes[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
   for ax, i in zip(axes, wrong):
     image = images[i]
-    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
-              vmin=0, vmax=255)
+    ax.imshow(
+      image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255
+    )
     caption = f"true: {names[labels[i]]}\npredicted: {names[predictions[i]]}"
     if confidence is not None:
       caption += f" ({float(confidence[i]):.2f})"
@@ -271,8 +301,13 @@ def misclassified_grid(images: np.ndarray, labels: Sequence[int], predictions: S
   return _save(fig, path)
 
 
-def write_all(plots_dir: str, report: dict[str, Any], outputs: Optional[dict[str, np.ndarray]] = None,
-              class_names: Optional[Sequence[str]] = None, metrics_path: Optional[str] = None) -> list[str]:
+def write_all(
+  plots_dir: str,
+  report: dict[str, Any],
+  outputs: dict[str, np.ndarray] | None = None,
+  class_names: Sequence[str] | None = None,
+  metrics_path: str | None = None,
+) -> list[str]:
   """Every figure the report and the gathered eval outputs allow, into `plots_dir`; returns the paths."""
   written = []
   if report.get("confusion_matrix"):
@@ -283,12 +318,21 @@ def write_all(plots_dir: str, report: dict[str, Any], outputs: Optional[dict[str
     written.append(per_class_f1(f1, class_names, os.path.join(plots_dir, "per_class_f1.png"), report.get("support")))
   elif report.get("confusion_matrix") and len(report["confusion_matrix"]) > 2:
     from jaxcls.core import metrics  # pylint: disable=g-import-not-at-top
+
     scores = metrics.precision_recall_f1(np.asarray(report["confusion_matrix"]))
-    written.append(per_class_f1(scores["f1"], class_names, os.path.join(plots_dir, "per_class_f1.png"),
-                                scores["support"]))
+    written.append(
+      per_class_f1(scores["f1"], class_names, os.path.join(plots_dir, "per_class_f1.png"), scores["support"])
+    )
   if outputs is not None and "probs" in outputs and len(outputs["probs"]):
-    written.append(roc_pr_curves(outputs["probs"], outputs["labels"], class_names,
-                                 os.path.join(plots_dir, "roc_pr.png"), positive_class=report.get("positive_class")))
+    written.append(
+      roc_pr_curves(
+        outputs["probs"],
+        outputs["labels"],
+        class_names,
+        os.path.join(plots_dir, "roc_pr.png"),
+        positive_class=report.get("positive_class"),
+      )
+    )
   if metrics_path and paths.path(metrics_path, "metrics file").exists():
     written.append(training_curves(metrics_path, os.path.join(plots_dir, "training_curves.png")))
   return written

@@ -28,7 +28,7 @@ def _relative(target, folder) -> str:
   """`target` relative to `folder` (both local, or both under one URL), for the report's links."""
   target, folder = os.fspath(paths.path(target)), os.fspath(folder).rstrip("/")
   if target.startswith(folder + "/"):
-    return target[len(folder) + 1:]
+    return target[len(folder) + 1 :]
   return target if paths.is_remote(target) else os.path.relpath(target, folder)
 
 
@@ -42,14 +42,24 @@ def recall_spread(report: dict[str, Any], class_names: Sequence[str]) -> dict[st
     return None
   values = np.asarray([r for r, _ in named], np.float64)
   low, high = min(named), max(named)
-  return {"min": low[0], "min_class": low[1], "max": high[0], "max_class": high[1],
-          "gap": float(high[0] - low[0]), "std": float(values.std())}
+  return {
+    "min": low[0],
+    "min_class": low[1],
+    "max": high[0],
+    "max_class": high[1],
+    "gap": float(high[0] - low[0]),
+    "std": float(values.std()),
+  }
 
 
 def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence[str] = ()) -> str:
   """report.md: the scalar metrics, per-class and per-group tables, the most confused pairs and the figures."""
-  lines = [f"# Evaluation report: {report['split']} split, step {report['step']}", "",
-           "| metric | value |", "|---|---|"]
+  lines = [
+    f"# Evaluation report: {report['split']} split, step {report['step']}",
+    "",
+    "| metric | value |",
+    "|---|---|",
+  ]
   undefined = report.get("undefined") or {}
   for key, value in report.items():
     if key in undefined:  # a metric the eval data cannot define (tasks' finalize, metrics.mark_undefined)
@@ -60,14 +70,21 @@ def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence
       lines.append(f"| {key} | {value} |")
   lines += _macro_rule(report)
   if report.get("positive_class") is not None:  # a binary report
-    lines += ["", f"Positive class: **{report['positive_class']}** (`task.positive_class`): precision, recall, "
-              "specificity, F1, ROC-AUC and average precision are of this class, decided at probability >= "
-              f"{report.get('threshold', 0.5):g}."]
+    lines += [
+      "",
+      f"Positive class: **{report['positive_class']}** (`task.positive_class`): precision, recall, "
+      "specificity, F1, ROC-AUC and average precision are of this class, decided at probability >= "
+      f"{report.get('threshold', 0.5):g}.",
+    ]
   lines += _per_class(report, class_names)
   confusion = report.get("confusion_matrix")
   if confusion:
-    pairs = [(confusion[i][j], class_names[i], class_names[j])
-             for i in range(len(confusion)) for j in range(len(confusion)) if i != j and confusion[i][j]]
+    pairs = [
+      (confusion[i][j], class_names[i], class_names[j])
+      for i in range(len(confusion))
+      for j in range(len(confusion))
+      if i != j and confusion[i][j]
+    ]
     if pairs:
       lines += ["", "## Most confused (true -> predicted)", "", "| true | predicted | count |", "|---|---|---|"]
       for count, true, pred in sorted(pairs, reverse=True)[:10]:
@@ -83,9 +100,12 @@ def _macro_rule(report: dict[str, Any]) -> list[str]:
   averaged, support = report.get("macro_classes"), report.get("support")
   if averaged is None or not support:
     return []
-  return ["", f"Macro averages (precision, recall, F1, balanced accuracy, ROC-AUC, average precision) are over the "
-          f"{averaged} of {len(support)} classes present in the eval labels; a class with no eval example has "
-          "no recall to average."]
+  return [
+    "",
+    f"Macro averages (precision, recall, F1, balanced accuracy, ROC-AUC, average precision) are over the "
+    f"{averaged} of {len(support)} classes present in the eval labels; a class with no eval example has "
+    "no recall to average.",
+  ]
 
 
 def _fmt(value) -> str:
@@ -108,9 +128,12 @@ def _per_class(report: dict[str, Any], class_names: Sequence[str]) -> list[str]:
     lines += [f"| {name} | {f:.4f} | {n} |" for f, name, n in worst]
   spread = recall_spread(report, class_names)
   if spread and len(present) > 1:
-    lines += ["", f"Per-class recall ranges from {spread['min']:.4f} ({spread['min_class']}) to "
-              f"{spread['max']:.4f} ({spread['max_class']}): a gap of {spread['gap']:.4f} (std "
-              f"{spread['std']:.4f})."]
+    lines += [
+      "",
+      f"Per-class recall ranges from {spread['min']:.4f} ({spread['min_class']}) to "
+      f"{spread['max']:.4f} ({spread['max_class']}): a gap of {spread['gap']:.4f} (std "
+      f"{spread['std']:.4f}).",
+    ]
   return lines
 
 
@@ -119,8 +142,13 @@ def _per_group(groups: dict[str, Any] | None) -> list[str]:
     return []
   table = groups["groups"]
   columns = [k for k in next(iter(table.values())) if k != "num_examples"]
-  lines = ["", "## Per group", "", "| group | examples | " + " | ".join(columns) + " |",
-           "|---|---|" + "---|" * len(columns)]
+  lines = [
+    "",
+    "## Per group",
+    "",
+    "| group | examples | " + " | ".join(columns) + " |",
+    "|---|---|" + "---|" * len(columns),
+  ]
   for name, row in table.items():
     lines.append(f"| {name} | {row['num_examples']} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
   lines += ["", f"Worst group by {groups['metric']}: {groups['worst_group']} ({groups['gap']:.4f} below the best)."]

@@ -14,15 +14,22 @@ from absl import logging
 from jaxcls.core.errors import ConfigError
 
 
-def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None = None,
-                     output_dir: str | None = None, data_dir: str | None = None,
-                     labels_file: str | None = None) -> dict:
+def evaluate_workdir(
+  workdir: str,
+  *,
+  split: str | None = None,
+  step: int | None = None,
+  output_dir: str | None = None,
+  data_dir: str | None = None,
+  labels_file: str | None = None,
+) -> dict:
   """Evaluates checkpoint `step` (default: latest) of `workdir` on `split`; writes and returns the report.
 
   With `data_dir`, the images of that folder (labelled by class subfolders or `labels_file`) are evaluated
   instead of a split of the training data, which then need not exist.
   """
   from jaxcls.core import paths  # pylint: disable=g-import-not-at-top
+
   if labels_file and not data_dir:
     raise ConfigError("--labels_file needs --data (the folder its paths are relative to).")
   workdir = os.fspath(paths.path(workdir, "--workdir"))  # a local folder or a gs:// URL; a bad URL fails at once
@@ -53,17 +60,25 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, step: int | None
   task, model, _ = build.build_task_and_model(config, info, weighted=not data_dir, new_run=False)
   # Only what evaluation reads (the moving average when one was kept), so any optimizer's checkpoint fits.
   variables = parallel.replicate(restore.read_variables(workdir, step), mesh)
-  eval_step = loop.make_eval_step(model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh,
-                                  tta=tta.from_config(config))
-  result, outputs = loop.evaluate(eval_step, variables, dataset, task, eval_batch_size, mesh,
-                                  config.prefetch_to_device)
+  eval_step = loop.make_eval_step(
+    model, task, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh, tta=tta.from_config(config)
+  )
+  result, outputs = loop.evaluate(eval_step, variables, dataset, task, eval_batch_size, mesh, config.prefetch_to_device)
   final = loop.final_report(step, config, result)
   if parallel.is_main_process():
     output_dir = loop.output_folder(workdir, output_dir, data_dir)
     if data_dir:
       workdir_lib.write_skipped_files(output_dir, dataset, True)
-    loop.write_report(output_dir, final, outputs, info.class_names, dataset=dataset, batch_size=eval_batch_size,
-                      metrics_dir=workdir, task=task)
+    loop.write_report(
+      output_dir,
+      final,
+      outputs,
+      info.class_names,
+      dataset=dataset,
+      batch_size=eval_batch_size,
+      metrics_dir=workdir,
+      task=task,
+    )
     logging.info("Report written to %s.", output_dir)
   return final
 
@@ -77,6 +92,7 @@ def confine_cache_dir(config, workdir: str) -> None:
   """
   from jaxcls.core import paths  # pylint: disable=g-import-not-at-top
   from jaxcls.store import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
   value = config.dataset.get("cache_dir", "") or ""
   if not value:
     return  # the folder source's default: the user's cache folder
@@ -88,15 +104,33 @@ def confine_cache_dir(config, workdir: str) -> None:
   if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots if real):
     return
   replacement = "" if paths.is_remote(workdir) else workdir_lib.cache_dir(workdir)
-  logging.warning("The workdir's config.json sets dataset.cache_dir=%r, outside the workdir and %s; evaluate "
-                  "uses %s instead.", value, user_cache, replacement or user_cache)
+  logging.warning(
+    "The workdir's config.json sets dataset.cache_dir=%r, outside the workdir and %s; evaluate uses %s instead.",
+    value,
+    user_cache,
+    replacement or user_cache,
+  )
   config.dataset.cache_dir = replacement
 
 
 def summary(final: dict) -> str:
   """The one line the command prints: model, step, split and the headline metrics."""
-  keys = [k for k in ("num_examples", "loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1",
-                      "macro_roc_auc", "ece") if k in final]
-  values = ", ".join(f"{k} {final[k]:.4f}" if isinstance(final[k], float) else
-                     f"{k} {'undefined' if final[k] is None else final[k]}" for k in keys)
+  keys = [
+    k
+    for k in (
+      "num_examples",
+      "loss",
+      "accuracy",
+      "top5_accuracy",
+      "balanced_accuracy",
+      "macro_f1",
+      "macro_roc_auc",
+      "ece",
+    )
+    if k in final
+  ]
+  values = ", ".join(
+    f"{k} {final[k]:.4f}" if isinstance(final[k], float) else f"{k} {'undefined' if final[k] is None else final[k]}"
+    for k in keys
+  )
   return f"{final['model']} at step {final['step']} on the {final['split']} split: {values}"

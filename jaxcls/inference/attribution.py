@@ -56,16 +56,23 @@ def saliency(score_fn: ScoreFn, image: jax.Array, class_index) -> jax.Array:
   return jnp.max(jnp.abs(grads), axis=-1)
 
 
-def smoothgrad(score_fn: ScoreFn, image: jax.Array, class_index, key: jax.Array, *, noise_level: float = 0.15,
-               num_samples: int = 32, batch_size: int = 32) -> jax.Array:
+def smoothgrad(
+  score_fn: ScoreFn,
+  image: jax.Array,
+  class_index,
+  key: jax.Array,
+  *,
+  noise_level: float = 0.15,
+  num_samples: int = 32,
+  batch_size: int = 32,
+) -> jax.Array:
   """[H, W] saliency of the gradient averaged over `num_samples` copies of `image` plus Gaussian noise.
 
   The noise's standard deviation is `noise_level` times the image's value range (max - min), the paper's recipe
   (10-20% works best there), so the same setting suits any normalisation.
   """
   if num_samples < 1 or noise_level < 0:
-    raise ConfigError(f"SmoothGrad needs num_samples >= 1 and noise_level >= 0; got {num_samples} and "
-                      f"{noise_level}.")
+    raise ConfigError(f"SmoothGrad needs num_samples >= 1 and noise_level >= 0; got {num_samples} and {noise_level}.")
   image = image.astype(jnp.float32)
   sigma = noise_level * (jnp.max(image) - jnp.min(image))
   noisy = image[None] + sigma * jax.random.normal(key, (num_samples,) + image.shape, jnp.float32)
@@ -88,28 +95,46 @@ def path_points(num_steps: int, rule: str = "trapezoid") -> tuple[jax.Array, jax
   return (jnp.arange(m, dtype=jnp.float32) + offset) / m, jnp.full((m,), 1.0 / m, jnp.float32)
 
 
-def integrated_gradients_per_channel(score_fn: ScoreFn, image: jax.Array, class_index,
-                                     baseline: jax.Array | None = None, *, num_steps: int = 32,
-                                     rule: str = "trapezoid", batch_size: int = 32) -> jax.Array:
+def integrated_gradients_per_channel(
+  score_fn: ScoreFn,
+  image: jax.Array,
+  class_index,
+  baseline: jax.Array | None = None,
+  *,
+  num_steps: int = 32,
+  rule: str = "trapezoid",
+  batch_size: int = 32,
+) -> jax.Array:
   """[H, W, C] signed attributions whose sum approximates score(image) - score(baseline).
 
   `baseline` (default zeros: the dataset mean, once normalised) is a normalised image of the same shape; a
   black image is `(0 - mean) / std`.
   """
   image = image.astype(jnp.float32)
-  baseline = jnp.zeros_like(image) if baseline is None else jnp.broadcast_to(baseline, image.shape).astype(
-      jnp.float32)
+  baseline = jnp.zeros_like(image) if baseline is None else jnp.broadcast_to(baseline, image.shape).astype(jnp.float32)
   alphas, weights = path_points(num_steps, rule)
   points = baseline[None] + alphas[:, None, None, None] * (image - baseline)[None]
   grads = _batched_gradients(score_fn, points, class_index, batch_size)
   return (image - baseline) * jnp.tensordot(weights, grads, axes=1)
 
 
-def integrated_gradients(score_fn: ScoreFn, image: jax.Array, class_index, baseline: jax.Array | None = None,
-                         *, num_steps: int = 32, rule: str = "trapezoid", batch_size: int = 32) -> jax.Array:
+def integrated_gradients(
+  score_fn: ScoreFn,
+  image: jax.Array,
+  class_index,
+  baseline: jax.Array | None = None,
+  *,
+  num_steps: int = 32,
+  rule: str = "trapezoid",
+  batch_size: int = 32,
+) -> jax.Array:
   """[H, W] integrated gradients summed over channels (signed; the map's total keeps the completeness sum)."""
-  return jnp.sum(integrated_gradients_per_channel(score_fn, image, class_index, baseline, num_steps=num_steps,
-                                                  rule=rule, batch_size=batch_size), axis=-1)
+  return jnp.sum(
+    integrated_gradients_per_channel(
+      score_fn, image, class_index, baseline, num_steps=num_steps, rule=rule, batch_size=batch_size
+    ),
+    axis=-1,
+  )
 
 
 # --- Grad-CAM. ---
@@ -118,6 +143,7 @@ def integrated_gradients(score_fn: ScoreFn, image: jax.Array, class_index, basel
 @dataclasses.dataclass(frozen=True)
 class FeatureMap:
   """The module output Grad-CAM uses: its position among all watched outputs, its module path and shape."""
+
   index: int
   module: str
   shape: tuple[int, ...]
@@ -156,18 +182,21 @@ def find_feature_map(score_fn: ScoreFn, image_shape: tuple[int, ...]) -> Feature
   jax.eval_shape(run, jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32))
   tokens = [o for o in outputs if len(o.shape) == 3]
   if tokens:
-    raise ConfigError(f"Grad-CAM needs a convolutional model: this one turns its image into token sequences "
-                      f"({tokens[0].module} outputs shape {tokens[0].shape}), as a vision transformer does; use "
-                      "saliency, smoothgrad or integrated_gradients.")
+    raise ConfigError(
+      f"Grad-CAM needs a convolutional model: this one turns its image into token sequences "
+      f"({tokens[0].module} outputs shape {tokens[0].shape}), as a vision transformer does; use "
+      "saliency, smoothgrad or integrated_gradients."
+    )
   spatial = [o for o in outputs if len(o.shape) == 4 and o.shape[1] * o.shape[2] > 1]
   if not spatial:
-    raise ConfigError("Grad-CAM needs a convolutional model: this model has no spatial feature map larger than "
-                      "1x1 at this image size; use saliency, smoothgrad or integrated_gradients.")
+    raise ConfigError(
+      "Grad-CAM needs a convolutional model: this model has no spatial feature map larger than "
+      "1x1 at this image size; use saliency, smoothgrad or integrated_gradients."
+    )
   return spatial[-1]
 
 
-def grad_cam(score_fn: ScoreFn, image: jax.Array, class_index, feature_map: FeatureMap | None = None
-             ) -> jax.Array:
+def grad_cam(score_fn: ScoreFn, image: jax.Array, class_index, feature_map: FeatureMap | None = None) -> jax.Array:
   """[H, W] Grad-CAM of `class_index` at `feature_map` (default: `find_feature_map`), upsampled to the image."""
   image = image.astype(jnp.float32)
   target = feature_map or find_feature_map(score_fn, image.shape)

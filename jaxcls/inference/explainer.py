@@ -26,14 +26,19 @@ from jaxcls.core.errors import ConfigError
 
 METHODS = ("saliency", "smoothgrad", "integrated_gradients", "gradcam")
 BASELINES = ("black", "mean")
-TITLES = {"saliency": "gradient saliency", "smoothgrad": "SmoothGrad", "integrated_gradients": "integrated gradients",
-          "gradcam": "Grad-CAM"}
+TITLES = {
+  "saliency": "gradient saliency",
+  "smoothgrad": "SmoothGrad",
+  "integrated_gradients": "integrated gradients",
+  "gradcam": "Grad-CAM",
+}
 _SIGNED = ("integrated_gradients",)  # drawn red (for the class) / blue (against); the others are magnitudes
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """How the maps are computed (the command's flags)."""
+
   methods: Sequence[str] | None = None  # None: every method the model supports
   baseline: str = "black"
   ig_steps: int = 32
@@ -46,6 +51,7 @@ class Settings:
 def resolve_classes(value: str | None, class_names: Sequence[str]) -> list[int]:
   """Indices of the comma-separated class names or indices in `value` (empty: the predicted class)."""
   from jaxcls.core.registry import did_you_mean  # pylint: disable=g-import-not-at-top
+
   if not value:
     return []
   names = list(class_names)
@@ -57,8 +63,10 @@ def resolve_classes(value: str | None, class_names: Sequence[str]) -> list[int]:
       indices.append(int(item))
     else:
       shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-      raise ConfigError(f"--class {item!r} is neither a class name nor an index in [0, {len(names)})."
-                        f"{did_you_mean(item, names)} Classes: {shown}.")
+      raise ConfigError(
+        f"--class {item!r} is neither a class name nor an index in [0, {len(names)})."
+        f"{did_you_mean(item, names)} Classes: {shown}."
+      )
   return indices
 
 
@@ -84,6 +92,7 @@ class Explainer:
     from jaxcls import models  # pylint: disable=g-import-not-at-top
     from jaxcls.inference import attribution
     from jaxcls.models import forward
+
     self.restored, self.settings = restored, settings
     info = restored.info
     # float32 whatever the training dtype: bfloat16 gradients would make noisy maps.
@@ -113,13 +122,14 @@ class Explainer:
     self.methods = requested or [m for m in METHODS if m != "gradcam" or self.feature_map is not None]
     s = settings
     functions = {
-        "saliency": lambda x, c, key: attribution.saliency(score_fn, x, c),
-        "smoothgrad": lambda x, c, key: attribution.smoothgrad(
-            score_fn, x, c, key, noise_level=s.smoothgrad_noise, num_samples=s.smoothgrad_samples,
-            batch_size=s.batch_size),
-        "integrated_gradients": lambda x, c, key: attribution.integrated_gradients(
-            score_fn, x, c, jnp.asarray(self.baseline), num_steps=s.ig_steps, batch_size=s.batch_size),
-        "gradcam": lambda x, c, key: attribution.grad_cam(score_fn, x, c, self.feature_map),
+      "saliency": lambda x, c, key: attribution.saliency(score_fn, x, c),
+      "smoothgrad": lambda x, c, key: attribution.smoothgrad(
+        score_fn, x, c, key, noise_level=s.smoothgrad_noise, num_samples=s.smoothgrad_samples, batch_size=s.batch_size
+      ),
+      "integrated_gradients": lambda x, c, key: attribution.integrated_gradients(
+        score_fn, x, c, jnp.asarray(self.baseline), num_steps=s.ig_steps, batch_size=s.batch_size
+      ),
+      "gradcam": lambda x, c, key: attribution.grad_cam(score_fn, x, c, self.feature_map),
     }
     self._maps = {m: jax.jit(functions[m]) for m in self.methods}
     self._key = jax.random.key(settings.seed)
@@ -133,6 +143,7 @@ class Explainer:
   def maps(self, image: np.ndarray, class_index: int, image_number: int) -> dict[str, np.ndarray]:
     """{method: [H, W] map} of one normalised image; SmoothGrad's noise depends on `image_number` only."""
     import jax  # pylint: disable=g-import-not-at-top
+
     key = jax.random.fold_in(self._key, image_number)
     return {m: np.asarray(f(image, class_index, key), np.float32) for m, f in self._maps.items()}
 
@@ -141,8 +152,16 @@ class Explainer:
     return float(np.asarray(self._forward(self.baseline[None])[0])[0, class_index])
 
 
-def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None = None, classes: str | None = None,
-                  output_dir: str | None = None, settings: Settings = Settings(), workers: int = 0) -> dict:
+def explain_files(
+  workdir: str,
+  paths: Sequence[str],
+  *,
+  step: int | str | None = None,
+  classes: str | None = None,
+  output_dir: str | None = None,
+  settings: Settings = Settings(),
+  workers: int = 0,
+) -> dict:
   """Explains every image file under `paths`; writes OUT/<name>.png, OUT/index.json and OUT/index.md.
 
   Returns the index: {'workdir', 'step', 'model', 'methods', ..., 'images': [record per file]} where a record
@@ -151,14 +170,16 @@ def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None 
   """
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
   from jaxcls.store import restore
+
   restored = restore.restore(workdir, step)
   names = list(restored.info.class_names)
   chosen = resolve_classes(classes, names)
   explainer = Explainer(restored, settings)
   files = preprocess.find_images(list(paths))
   images, errors = preprocess.load(files, preprocess.from_config(restored.config), workers)
-  output_dir = os.fspath(path_layer.makedirs(output_dir or path_layer.join(restored.workdir, "explanations"),
-                                             "--output_dir"))  # a local folder or a gs:// URL
+  output_dir = os.fspath(
+    path_layer.makedirs(output_dir or path_layer.join(restored.workdir, "explanations"), "--output_dir")
+  )  # a local folder or a gs:// URL
   records, used, readable = [], set(), iter(range(len(images)))
   normalised, scores, probs = explainer.scores(images) if len(images) else (None, None, None)
   for number, (path, error) in enumerate(zip(files, errors)):
@@ -178,14 +199,28 @@ def explain_files(workdir: str, paths: Sequence[str], *, step: int | str | None 
         row["score_minus_baseline_score"] = row["score"] - explainer.baseline_score(c)
       rows.append((row, maps))
     png = os.path.join(output_dir, _unique_name(path, used) + ".png")
-    record = {"path": path, "error": None, "png": png, "predicted": names[predicted],
-              "probability": float(probs[i, predicted]), "labels": labels, "explained": [row for row, _ in rows]}
+    record = {
+      "path": path,
+      "error": None,
+      "png": png,
+      "predicted": names[predicted],
+      "probability": float(probs[i, predicted]),
+      "labels": labels,
+      "explained": [row for row, _ in rows],
+    }
     draw(png, images[i], rows, explainer.methods, os.path.basename(path), prediction_text(record, percent=True))
     records.append(record)
-  index = {"workdir": restored.workdir, "step": restored.step, "model": restored.config.model.name,
-           "methods": explainer.methods, "gradcam_layer": explainer.feature_map.module if explainer.feature_map
-           else None, "gradcam_skipped": explainer.gradcam_skipped, "settings": dataclasses.asdict(settings),
-           "output_dir": output_dir, "images": records}
+  index = {
+    "workdir": restored.workdir,
+    "step": restored.step,
+    "model": restored.config.model.name,
+    "methods": explainer.methods,
+    "gradcam_layer": explainer.feature_map.module if explainer.feature_map else None,
+    "gradcam_skipped": explainer.gradcam_skipped,
+    "settings": dataclasses.asdict(settings),
+    "output_dir": output_dir,
+    "images": records,
+  }
   write_index(output_dir, index)
   return index
 
@@ -220,8 +255,7 @@ def summary_lines(index: dict) -> tuple[list[str], list[str]]:
       err.append(f"{record['path']}: error: {record['error']}")
     else:
       explained = ", ".join(f"{row['class']} {row['probability']:.4f}" for row in record["explained"])
-      out.append(f"{record['path']}: predicted {prediction_text(record)}; explained "
-                 f"{explained} -> {record['png']}")
+      out.append(f"{record['path']}: predicted {prediction_text(record)}; explained {explained} -> {record['png']}")
   out.append(f"{len(index['images']) - failed} explained, {failed} failed; index in {index['output_dir']}/index.md")
   return out, err
 
@@ -246,6 +280,7 @@ def draw(path: str, image: np.ndarray, rows: list, methods: Sequence[str], filen
   """One row per explained class: the input, then each method's map over a dimmed grey copy of it; the title
   names `filename` and `predicted` (`prediction_text`: every predicted label of a multi-label task)."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   ncols = 1 + len(methods)
   fig = Figure(figsize=(2.4 * ncols, 2.6 * len(rows) + 0.4), dpi=100, layout="constrained")
   axes = np.asarray(fig.subplots(len(rows), ncols, squeeze=False))
@@ -253,15 +288,20 @@ def draw(path: str, image: np.ndarray, rows: list, methods: Sequence[str], filen
   grey = image.astype(np.float32).mean(-1)
   fig.suptitle(f"{filename}: predicted {predicted}", fontsize=10)
   for r, (row, maps) in enumerate(rows):
-    axes[r, 0].imshow(rgb, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255,
-                      interpolation="nearest")
+    axes[r, 0].imshow(rgb, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255, interpolation="nearest")
     axes[r, 0].set_title(f"input\nclass {row['class']} ({row['probability']:.1%})", fontsize=8)
     for ax, method in zip(axes[r, 1:], methods):
       signed = method in _SIGNED
       low, high = _display_range(maps[method], signed)
       ax.imshow(grey, cmap="gray", vmin=0, vmax=255 * 2, interpolation="nearest")  # dimmed to half brightness
-      shown = ax.imshow(maps[method], cmap="RdBu_r" if signed else "inferno", vmin=low, vmax=high, alpha=0.7,
-                        interpolation="bilinear" if method == "gradcam" else "nearest")
+      shown = ax.imshow(
+        maps[method],
+        cmap="RdBu_r" if signed else "inferno",
+        vmin=low,
+        vmax=high,
+        alpha=0.7,
+        interpolation="bilinear" if method == "gradcam" else "nearest",
+      )
       fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
       ax.set_title(f"{TITLES[method]}\n{row['class']} ({row['probability']:.1%})", fontsize=8)
     for ax in axes[r]:
@@ -279,16 +319,21 @@ def write_index(output_dir: str, index: dict) -> None:
   """index.json (everything) and index.md (a table a person reads, with the PNGs linked)."""
   folder = path_layer.path(output_dir, "--output_dir")
   path_layer.write_bytes(folder / "index.json", json.dumps(index, indent=1).encode("utf-8", "surrogateescape"))
-  lines = [f"# Explanations: {index['model']} at step {index['step']}", "",
-           f"Workdir: `{index['workdir']}`. Methods: {', '.join(TITLES[m] for m in index['methods'])}"
-           + (f" (Grad-CAM on `{index['gradcam_layer']}`)" if index["gradcam_layer"] else "") + ".", "",
-           "| file | predicted | explained | figure |", "|---|---|---|---|"]
+  lines = [
+    f"# Explanations: {index['model']} at step {index['step']}",
+    "",
+    f"Workdir: `{index['workdir']}`. Methods: {', '.join(TITLES[m] for m in index['methods'])}"
+    + (f" (Grad-CAM on `{index['gradcam_layer']}`)" if index["gradcam_layer"] else "")
+    + ".",
+    "",
+    "| file | predicted | explained | figure |",
+    "|---|---|---|---|",
+  ]
   for record in index["images"]:
     if record["error"]:
       lines.append(f"| `{record['path']}` | error: {record['error']} | | |")
       continue
     explained = ", ".join(f"{row['class']} ({row['probability']:.1%})" for row in record["explained"])
     name = os.path.basename(record["png"])
-    lines.append(f"| `{record['path']}` | {prediction_text(record, percent=True)} | {explained} | "
-                 f"[{name}]({name}) |")
+    lines.append(f"| `{record['path']}` | {prediction_text(record, percent=True)} | {explained} | [{name}]({name}) |")
   path_layer.write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))

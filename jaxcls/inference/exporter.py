@@ -67,8 +67,10 @@ def check_output(output_dir: str, overwrite: bool = False, files=(FUNCTION_FILE,
     raise ConfigError(f"--output={output_dir} is an existing file; give a folder (new or existing) to export into.")
   held = [name for name in (*files, METADATA_FILE) if (folder / name).exists()]
   if held and not overwrite:
-    raise ConfigError(f"--output={output_dir} already holds an export ({', '.join(held)}); pass --overwrite to "
-                      "replace it, or give a new folder.")
+    raise ConfigError(
+      f"--output={output_dir} already holds an export ({', '.join(held)}); pass --overwrite to "
+      "replace it, or give a new folder."
+    )
   return folder
 
 
@@ -85,6 +87,7 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"),
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
   from jaxcls.inference import predictor as predict
   from jaxcls.models import forward
+
   platforms = tuple(p.strip().lower() for p in platforms if p.strip())
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if not platforms or unknown:
@@ -98,15 +101,19 @@ def export_model(restored, output_dir: str, *, platforms=("cpu", "cuda", "tpu"),
     return probabilities(jax.tree.unflatten(treedef, weights), images)
 
   height, width = preprocessing.crop.size
-  image_spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {height}, {width}, {preprocessing.channels}"),
-                                    jnp.uint8)
+  image_spec = jax.ShapeDtypeStruct(
+    jax.export.symbolic_shape(f"b, {height}, {width}, {preprocessing.channels}"), jnp.uint8
+  )
   weight_specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
   exported = jax.export.export(jax.jit(serve), platforms=platforms)(weight_specs, image_spec)
   described, _ = describe(restored)
   metadata = {
-      "format": FORMAT,
-      "function": FUNCTION_FILE, "weights": WEIGHTS_FILE, "num_weights": len(leaves),
-      "platforms": list(exported.platforms), **described,
+    "format": FORMAT,
+    "function": FUNCTION_FILE,
+    "weights": WEIGHTS_FILE,
+    "num_weights": len(leaves),
+    "platforms": list(exported.platforms),
+    **described,
   }
   folder = check_output(output_dir, overwrite)
   paths.makedirs(folder)
@@ -122,32 +129,47 @@ def describe(restored) -> tuple[dict, object]:
   """(model.json's fields that every export format shares, the preprocessing the function expects)."""
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
   from jaxcls.models import tta  # pylint: disable=g-import-not-at-top
+
   preprocessing = preprocess.from_config(restored.config)
   tta_kind = tta.from_config(restored.config)
   names = list(restored.info.class_names)
   return {
-      "workdir": restored.workdir, "step": restored.step, "model": restored.config.model.name,
-      "dtype": restored.config.dtype, "task": restored.config.task.type, "class_names": names,
-      # Test-time augmentation runs inside the function; for reference, with the forward passes it costs per image.
-      "eval_tta": tta_kind, "forward_passes": tta.PASSES[tta_kind],
-      **restored.task.export_metadata(names),  # the output's meaning, thresholds or tree
-      # Normalisation (mean, std) happens inside the function; these are for reference only.
-      "preprocessing": {**preprocessing.to_json(), "mean": list(restored.info.mean), "std": list(restored.info.std)},
+    "workdir": restored.workdir,
+    "step": restored.step,
+    "model": restored.config.model.name,
+    "dtype": restored.config.dtype,
+    "task": restored.config.task.type,
+    "class_names": names,
+    # Test-time augmentation runs inside the function; for reference, with the forward passes it costs per image.
+    "eval_tta": tta_kind,
+    "forward_passes": tta.PASSES[tta_kind],
+    **restored.task.export_metadata(names),  # the output's meaning, thresholds or tree
+    # Normalisation (mean, std) happens inside the function; these are for reference only.
+    "preprocessing": {**preprocessing.to_json(), "mean": list(restored.info.mean), "std": list(restored.info.std)},
   }, preprocessing
 
 
 FORMATS = ("jax", "onnx")
 
 
-def export_workdir(workdir: str, output_dir: str, *, step: int | str | None = None,
-                   platforms=("cpu", "cuda", "tpu"), overwrite: bool = False, format: str = "jax") -> dict:  # pylint: disable=redefined-builtin
+def export_workdir(
+  workdir: str,
+  output_dir: str,
+  *,
+  step: int | str | None = None,
+  platforms=("cpu", "cuda", "tpu"),
+  overwrite: bool = False,
+  format: str = "jax",
+) -> dict:  # pylint: disable=redefined-builtin
   """Restores checkpoint `step` (default: latest) of `workdir` and exports it into `output_dir` as `format`:
   'jax' (model.jax + weights.npz, see above) or 'onnx' (model.onnx, see onnx_export)."""
   from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
+
   if format not in FORMATS:
     raise ConfigError(f"--format={format} is not valid; use one of {', '.join(FORMATS)}.")
   if format == "onnx":
     from jaxcls.inference import onnx_export  # pylint: disable=g-import-not-at-top
+
     check_output(output_dir, overwrite, (onnx_export.ONNX_FILE,))  # before restoring
     return onnx_export.export_onnx(restore.restore(workdir, step), output_dir, overwrite=overwrite)
   check_output(output_dir, overwrite)  # before restoring

@@ -51,6 +51,7 @@ def _pool_adapter(patched, pad_value):
 def _pad_axis(x, axis: int, low: int, high: int, fill):
   """x padded with `fill` on `axis` by concatenation: jax2onnx's lax.pad lowering needs a constant batch size."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   edge = lambda width: jnp.full_like(jnp.take(x, jnp.arange(width), axis=axis), fill)
   parts = ([edge(low)] if low else []) + [x] + ([edge(high)] if high else [])
   return jnp.concatenate(parts, axis=axis) if len(parts) > 1 else x
@@ -62,8 +63,12 @@ def _plugin_fixes():
   drops its linen BatchNorm shim (its NCHW BatchNormalization node feeds a residual Add un-transposed, which
   onnxruntime refuses: MobileNetV2), so batch norm lowers as the elementwise ops flax computes."""
   from jax2onnx.plugins.flax.linen import avg_pool, batch_norm, max_pool  # pylint: disable=g-import-not-at-top
-  changes = [(getattr(max_pool, "MaxPoolPlugin", None), "min"), (getattr(avg_pool, "AvgPoolPlugin", None), "zero"),
-             (getattr(batch_norm, "BatchNormPlugin", None), None)]
+
+  changes = [
+    (getattr(max_pool, "MaxPoolPlugin", None), "min"),
+    (getattr(avg_pool, "AvgPoolPlugin", None), "zero"),
+    (getattr(batch_norm, "BatchNormPlugin", None), None),
+  ]
   saved = []
   for plugin, pad_value in changes:
     if plugin is None:
@@ -74,9 +79,12 @@ def _plugin_fixes():
     def specs(cls, original=original, pad_value=pad_value):
       if pad_value is None:
         return []
-      return [dataclasses.replace(s, make_value=lambda orig, make=s.make_value: _pool_adapter(make(orig), pad_value))
-              if getattr(s, "attr", None) in ("max_pool", "avg_pool") else s
-              for s in original(cls)]
+      return [
+        dataclasses.replace(s, make_value=lambda orig, make=s.make_value: _pool_adapter(make(orig), pad_value))
+        if getattr(s, "attr", None) in ("max_pool", "avg_pool")
+        else s
+        for s in original(cls)
+      ]
 
     plugin.binding_specs = classmethod(specs)
   try:
@@ -92,6 +100,7 @@ def _plugin_fixes():
 class _ConverterNoise(logging.Filter):
   """Drops jax2onnx's and onnx_ir's records below ERROR: jax2onnx logs its arguments at INFO on the root logger,
   onnx_ir a WARNING per untyped constant; a successful export prints one line."""
+
   PARTS = (os.sep + "jax2onnx" + os.sep, os.sep + "onnx_ir" + os.sep)
 
   def filter(self, record) -> bool:
@@ -121,8 +130,10 @@ def _import_jax2onnx():
     import jax2onnx  # pylint: disable=g-import-not-at-top
     import onnxruntime  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
-    raise ConfigError(f"--format onnx needs jax2onnx and onnxruntime ({e.name} is not installed): "
-                      "`pip install jax2onnx onnxruntime`, or use --format jax.") from e
+    raise ConfigError(
+      f"--format onnx needs jax2onnx and onnxruntime ({e.name} is not installed): "
+      "`pip install jax2onnx onnxruntime`, or use --format jax."
+    ) from e
   return jax2onnx
 
 
@@ -134,23 +145,32 @@ def convert(probabilities, image_shape, *, family: str, model_name: str = "jaxcl
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   with _quiet_converter():  # jax2onnx logs at INFO while it imports its plugins, too
     jax2onnx = _import_jax2onnx()
     import onnxruntime  # pylint: disable=g-import-not-at-top
+
     spec = jax.ShapeDtypeStruct(("B", *image_shape), jnp.uint8)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: shape-merge notes are not the user's business
     try:
       with _plugin_fixes():
-        proto = jax2onnx.to_onnx(probabilities, [spec], model_name=model_name, opset=OPSET, input_names=["images"],
-                                 output_names=["probabilities"])
-      session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
-                                             providers=["CPUExecutionProvider"])
+        proto = jax2onnx.to_onnx(
+          probabilities,
+          [spec],
+          model_name=model_name,
+          opset=OPSET,
+          input_names=["images"],
+          output_names=["probabilities"],
+        )
+      session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
       session.run(None, {"images": np.zeros((1, *image_shape), np.uint8)})  # ops onnxruntime lacks fail here
     except Exception as e:  # pylint: disable=broad-except  (whatever the converter or runtime raises)
       reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-      raise ConfigError(f"model family {family!r} does not export to ONNX ({reason}); export it with --format jax "
-                        "instead (docs/export.md lists the families that convert).") from e
+      raise ConfigError(
+        f"model family {family!r} does not export to ONNX ({reason}); export it with --format jax "
+        "instead (docs/export.md lists the families that convert)."
+      ) from e
   return proto
 
 
@@ -158,15 +178,26 @@ def export_onnx(restored, output_dir: str, *, overwrite: bool = False) -> dict:
   """Writes model.onnx, model.json and requirements.txt for `restored` into `output_dir`; returns the metadata."""
   from jaxcls.inference import exporter, predictor  # pylint: disable=g-import-not-at-top
   from jaxcls.models import forward  # pylint: disable=g-import-not-at-top
+
   folder = exporter.check_output(output_dir, overwrite, (ONNX_FILE,))
   variables = forward.model_variables(restored.variables)
   probabilities = predictor.inference_function(restored)
   metadata, preprocessing = exporter.describe(restored)
   height, width = preprocessing.crop.size
-  proto = convert(lambda images: probabilities(variables, images), (height, width, preprocessing.channels),
-                  family=restored.config.model.name, model_name=restored.config.model.name)
-  metadata = {"format": FORMAT, "function": ONNX_FILE, "input": "images", "output_name": "probabilities",
-              "opset": OPSET, **metadata}
+  proto = convert(
+    lambda images: probabilities(variables, images),
+    (height, width, preprocessing.channels),
+    family=restored.config.model.name,
+    model_name=restored.config.model.name,
+  )
+  metadata = {
+    "format": FORMAT,
+    "function": ONNX_FILE,
+    "input": "images",
+    "output_name": "probabilities",
+    "opset": OPSET,
+    **metadata,
+  }
   paths.makedirs(folder)
   _save(proto, folder / ONNX_FILE)
   exporter.write_metadata(folder, metadata, SERVING_PACKAGES)
@@ -176,12 +207,21 @@ def export_onnx(restored, output_dir: str, *, overwrite: bool = False) -> dict:
 def _save(proto, path) -> None:
   """model.onnx as one file (local or gs://); a model over protobuf's 2 GB cap keeps its tensors over 1 MB in
   model.onnx.data beside it, which onnx writes to a local folder only."""
-  if proto.ByteSize() < 2 ** 31 - 2 ** 24:
+  if proto.ByteSize() < 2**31 - 2**24:
     paths.write_bytes(path, proto.SerializeToString())
     return
   import onnx  # pylint: disable=g-import-not-at-top
+
   if str(path).startswith("gs://"):
-    raise ConfigError(f"The ONNX model is over 2 GB, which onnx saves only to a local folder; give a local --output "
-                      f"instead of {path}, or use --format jax.")
-  onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=ONNX_FILE + ".data", size_threshold=2 ** 20)
+    raise ConfigError(
+      f"The ONNX model is over 2 GB, which onnx saves only to a local folder; give a local --output "
+      f"instead of {path}, or use --format jax."
+    )
+  onnx.save_model(
+    proto,
+    str(path),
+    save_as_external_data=True,
+    all_tensors_to_one_file=True,
+    location=ONNX_FILE + ".data",
+    size_threshold=2**20,
+  )

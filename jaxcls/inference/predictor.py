@@ -38,12 +38,14 @@ def inference_function(restored) -> Callable:
   and `export` exports it (views included). `variables` are `forward.model_variables(restored.variables)`.
   """
   from jaxcls.models import forward, tta  # pylint: disable=g-import-not-at-top
+
   task, model, info = restored.task, restored.model, restored.info
   tta_kind = tta.from_config(restored.config)
 
   def probabilities(variables, images):
-    logits = forward.eval_logits(model, variables, images, mean=info.mean, std=info.std,
-                                 dtype=restored.config.dtype, tta=tta_kind)
+    logits = forward.eval_logits(
+      model, variables, images, mean=info.mean, std=info.std, dtype=restored.config.dtype, tta=tta_kind
+    )
     return task.probabilities(logits)
 
   return probabilities
@@ -66,14 +68,17 @@ class Predictor:
 
     from jaxcls.core import parallel  # pylint: disable=g-import-not-at-top
     from jaxcls.models import forward  # pylint: disable=g-import-not-at-top
+
     self._mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
     self._devices = self._mesh.devices.size
     self.batch_size = padded_batch_size(restored.config, batch_size, self._devices)
     self._sharded = parallel.batch_sharded(self._mesh)
     self._variables = parallel.replicate(forward.model_variables(restored.variables), self._mesh)
-    self._forward = jax.jit(inference_function(restored),
-                            in_shardings=(parallel.replicated(self._mesh), self._sharded),
-                            out_shardings=parallel.replicated(self._mesh))
+    self._forward = jax.jit(
+      inference_function(restored),
+      in_shardings=(parallel.replicated(self._mesh), self._sharded),
+      out_shardings=parallel.replicated(self._mesh),
+    )
 
   def dispatch(self, images: np.ndarray, rows: int | None = None):
     """Starts the forward pass of at most `batch_size` uint8 images and returns its (not yet ready) result.
@@ -82,6 +87,7 @@ class Predictor:
     caller drops the padding rows (`fetch`). Giving every batch of a long run the same `rows` compiles it once.
     """
     import jax  # pylint: disable=g-import-not-at-top
+
     count = len(images)
     if not 0 < count <= self.batch_size:
       raise ValueError(f"A batch of {count} images does not fit batch_size={self.batch_size}.")
@@ -103,16 +109,18 @@ class Predictor:
     """
     out = []
     for start in range(0, len(images), self.batch_size):
-      chunk = images[start:start + self.batch_size]
+      chunk = images[start : start + self.batch_size]
       out.append(self.fetch(self.dispatch(chunk, rows), len(chunk)))
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def predict_files(restored, paths: list[str], *, top_k: int = 5, batch_size: int | None = None,
-                  workers: int = 0) -> list[dict]:
+def predict_files(
+  restored, paths: list[str], *, top_k: int = 5, batch_size: int | None = None, workers: int = 0
+) -> list[dict]:
   """A record per image file under `paths` (the task's `prediction_record`), in order, with `path` and `error`
   (None or why)."""
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
+
   check_top_k(top_k)
   files = preprocess.find_images(list(paths))
   predictor = Predictor(restored, batch_size=batch_size)
@@ -131,9 +139,11 @@ def decoding(config, files: list[str], batch_size: int, workers: int = 0):
   """`preprocess.stream` of `files` with the workdir's eval preprocessing, as many batches ahead as fit its
   memory budget: a context whose decoding threads start at once."""
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
+
   preprocessing = preprocess.from_config(config)
-  return preprocess.stream(files, preprocessing, batch_size, workers,
-                           ahead=preprocess.batches_ahead(batch_size, preprocessing))
+  return preprocess.stream(
+    files, preprocessing, batch_size, workers, ahead=preprocess.batches_ahead(batch_size, preprocessing)
+  )
 
 
 def full_rows(files: list[str], batch_size: int) -> int | None:
@@ -142,8 +152,9 @@ def full_rows(files: list[str], batch_size: int) -> int | None:
   return batch_size if len(files) > batch_size else None
 
 
-def predict_batches(restored, predictor: Predictor, decoded: Iterable, *, top_k: int,
-                    rows: int | None = None) -> Iterator[dict]:
+def predict_batches(
+  restored, predictor: Predictor, decoded: Iterable, *, top_k: int, rows: int | None = None
+) -> Iterator[dict]:
   """The records of decoded batches ((paths, images, errors), see `preprocess.stream`), in order.
 
   A batch's forward pass is dispatched before the previous batch's records are made, so the device works while
@@ -175,6 +186,7 @@ def _records(task, names, batch, top_k: int) -> Iterator[dict]:
 def format_line(record: dict) -> str:
   """One printed line per file (a non-UTF-8 byte of its name shown as \\xNN: see `folder_scan.display`)."""
   from jaxcls.data.sources.folder_scan import display  # pylint: disable=g-import-not-at-top
+
   path = display(record["path"])
   if record["error"]:
     return f"{path}: error: {display(record['error'])}"
@@ -196,6 +208,7 @@ def write_output(path: str, records: list[dict], header: dict) -> None:
   or a gs:// object, in one step."""
   from jaxcls.core import paths as path_layer  # pylint: disable=g-import-not-at-top
   from jaxcls.data.sources.folder_scan import display  # pylint: disable=g-import-not-at-top
+
   target = path_layer.path(path, "--output")
   path_layer.makedirs(target.parent)
   # A file name that is not valid UTF-8 is written with each undecodable byte as \xNN (`folder_scan.display`,
@@ -220,8 +233,12 @@ def _csv_text(records: list[dict]) -> str:
   writer = csv.writer(f)
   writer.writerow(columns)
   for record in records:
-    row = {"path": record["path"], "error": record["error"] or "", "prediction": record.get("prediction", ""),
-           "probability": _cell(record.get("probability"))}
+    row = {
+      "path": record["path"],
+      "error": record["error"] or "",
+      "prediction": record.get("prediction", ""),
+      "probability": _cell(record.get("probability")),
+    }
     row["threshold"] = _cell(record.get("threshold"))
     row["labels"] = ";".join(f"{name}={p:.6g}" for name, p in record.get("labels", ()))
     row["hierarchy"] = " > ".join(record.get("hierarchy", ()))
@@ -241,8 +258,18 @@ def check_output_path(path: str | None) -> None:
     raise ConfigError(f"--output={path} must end in {' or '.join(OUTPUT_FORMATS)}.")
 
 
-def run(workdir: str, paths: list[str], *, step: int | str | None = None, top_k: int = 5, batch_size: int | None = None,
-        output: str | None = None, workers: int = 0, out=None, err=None) -> int:
+def run(
+  workdir: str,
+  paths: list[str],
+  *,
+  step: int | str | None = None,
+  top_k: int = 5,
+  batch_size: int | None = None,
+  output: str | None = None,
+  workers: int = 0,
+  out=None,
+  err=None,
+) -> int:
   """The command: prints a line per file as its batch finishes, writes --output, reports images/s on `err`
   (stderr), and returns the exit status (1 when every file failed).
 
@@ -254,11 +281,14 @@ def run(workdir: str, paths: list[str], *, step: int | str | None = None, top_k:
 
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
   from jaxcls.store import restore
+
   check_output_path(output)
   check_top_k(top_k)
   if not paths:
-    raise ConfigError("Give the image files or folders to predict on after the flags, e.g. "
-                      "`python -m jaxcls.predict --workdir DIR photo.jpg folder/`.")
+    raise ConfigError(
+      "Give the image files or folders to predict on after the flags, e.g. "
+      "`python -m jaxcls.predict --workdir DIR photo.jpg folder/`."
+    )
   out, err = out or sys.stdout, err or sys.stderr
   config = restore.load_config(workdir)
   files = preprocess.find_images(list(paths))
@@ -275,8 +305,16 @@ def run(workdir: str, paths: list[str], *, step: int | str | None = None, top_k:
         records.append(record)
   out.flush()
   if output:
-    write_output(output, records, {"workdir": restored.workdir, "step": restored.step,
-                                   "task": restored.config.task.type, "model": restored.config.model.name})
+    write_output(
+      output,
+      records,
+      {
+        "workdir": restored.workdir,
+        "step": restored.step,
+        "task": restored.config.task.type,
+        "model": restored.config.model.name,
+      },
+    )
   print(throughput_line(counts["predicted"], started, first, time.perf_counter(), restored), file=err)
   failed, total = counts["failed"], counts["failed"] + counts["predicted"]
   if failed:
@@ -289,6 +327,8 @@ def throughput_line(predicted: int, started: float, first: float | None, finishe
   batch's lines), so a reader sees both what one call costs and what a long run sustains."""
   total = finished - started
   startup = (first or finished) - started
-  line = (f"jaxcls: predicted {predicted} image(s) with {restored.config.model.name} (step {restored.step}) in "
-          f"{total:.2f} s: {predicted / max(total, 1e-9):.1f} images/s")
+  line = (
+    f"jaxcls: predicted {predicted} image(s) with {restored.config.model.name} (step {restored.step}) in "
+    f"{total:.2f} s: {predicted / max(total, 1e-9):.1f} images/s"
+  )
   return line + f" ({startup:.2f} s to the first batch, start-up included)."

@@ -32,20 +32,23 @@ def model_arguments(name: str) -> dict[str, Any]:
   factory = MODELS.get(name)
   fixed = getattr(factory, "keywords", {})  # set by a functools.partial
   params = inspect.signature(factory).parameters
-  return {k: p.default for k, p in params.items()
-          if k not in _RESERVED and k not in fixed
-          and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+  return {
+    k: p.default
+    for k, p in params.items()
+    if k not in _RESERVED and k not in fixed and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+  }
 
 
 def _check_arguments(name: str, given: Mapping[str, Any], valid: Mapping[str, Any]) -> None:
   listing = ", ".join(sorted(valid)) or "(none)"
   for key in sorted(given):
     if key in _RESERVED:
-      raise ConfigError(f"Argument {key!r} of model {name!r} is set by jaxcls, not by the config; "
-                        f"remove it from config.model (valid: {listing}).")
+      raise ConfigError(
+        f"Argument {key!r} of model {name!r} is set by jaxcls, not by the config; "
+        f"remove it from config.model (valid: {listing})."
+      )
     if key not in valid:
-      raise ConfigError(f"Unknown argument {key!r} for model {name!r}.{did_you_mean(key, valid)} "
-                        f"Valid: {listing}.")
+      raise ConfigError(f"Unknown argument {key!r} for model {name!r}.{did_you_mean(key, valid)} Valid: {listing}.")
   missing = [k for k, v in valid.items() if v is inspect.Parameter.empty and k not in given]
   if missing:
     raise ConfigError(f"Model {name!r} needs the argument(s) {', '.join(missing)} in config.model.")
@@ -80,13 +83,20 @@ def switch_model(model_config: Any, file_model: Mapping[str, Any], given: set[st
   a, b = family(old), family(new)
   same_family = isinstance(a, type) and isinstance(b, type) and (issubclass(a, b) or issubclass(b, a))
   takes = model_arguments(new) if same_family else {}
-  dropped = [key for key in file_model if key != "name" and key not in given and key in model_config
-             and key not in takes]
+  dropped = [
+    key for key in file_model if key != "name" and key not in given and key in model_config and key not in takes
+  ]
   if dropped:
     shown = ", ".join(f"{key}={_to_tuples(model_config[key])!r}" for key in dropped)
     why = "arguments it does not take" if same_family else f"set for {old}, another model family"
-    logging.warning("config.model.name=%s replaces the config file's %s: its model arguments %s are dropped (%s); "
-                    "give them on the command line to keep them.", new, old, shown, why)
+    logging.warning(
+      "config.model.name=%s replaces the config file's %s: its model arguments %s are dropped (%s); "
+      "give them on the command line to keep them.",
+      new,
+      old,
+      shown,
+      why,
+    )
     for key in dropped:
       del model_config[key]
   return dropped

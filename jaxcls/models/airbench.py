@@ -9,7 +9,8 @@ What jaxcls does not reproduce: airbench sets the stem from the whitening (PCA) 
 freezes it; here the stem is learned from the default init, because initialisation does not see the data.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,6 +36,7 @@ def dirac_then_default(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.fl
 
 class ConvGroup(nn.Module):
   """conv -> max pool 2 -> BN -> GELU -> conv -> BN -> GELU (airbench's ConvGroup)."""
+
   features: int
   dtype: Any = jnp.float32
 
@@ -42,21 +44,37 @@ class ConvGroup(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     def bn(name):
       # No scale; torch momentum 0.4 is flax momentum 0.6; statistics in float32 as airbench keeps its BNs.
-      return nn.BatchNorm(use_running_average=not train, momentum=0.6, epsilon=1e-12, use_scale=False,
-                          dtype=jnp.float32, name=name)
+      return nn.BatchNorm(
+        use_running_average=not train, momentum=0.6, epsilon=1e-12, use_scale=False, dtype=jnp.float32, name=name
+      )
 
-    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_then_default,
-                dtype=self.dtype, name="conv1")(x)
+    x = nn.Conv(
+      self.features,
+      (3, 3),
+      padding="SAME",
+      use_bias=False,
+      kernel_init=dirac_then_default,
+      dtype=self.dtype,
+      name="conv1",
+    )(x)
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = nn.gelu(bn("norm1")(x).astype(self.dtype), approximate=False)
-    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_then_default,
-                dtype=self.dtype, name="conv2")(x)
+    x = nn.Conv(
+      self.features,
+      (3, 3),
+      padding="SAME",
+      use_bias=False,
+      kernel_init=dirac_then_default,
+      dtype=self.dtype,
+      name="conv2",
+    )(x)
     return nn.gelu(bn("norm2")(x).astype(self.dtype), approximate=False)
 
 
 @MODELS.register("airbench94")
 class Airbench(nn.Module):
   """Stem (2x2 conv with bias, 2*C*4 filters) -> three ConvGroups -> 3x3 max pool -> Dense (no bias) x scale."""
+
   num_classes: int
   widths: Sequence[int] = (64, 256, 256)
   stem_kernel: int = 2
@@ -74,8 +92,10 @@ class Airbench(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     k = self.stem_kernel
     if min(x.shape[1:3]) - k + 1 < 8:
-      raise ConfigError(f"airbench94 needs images of at least {k + 7}x{k + 7} pixels (three 2x2 max pools "
-                        f"after the {k}x{k} stem); got {x.shape[1]}x{x.shape[2]}.")
+      raise ConfigError(
+        f"airbench94 needs images of at least {k + 7}x{k + 7} pixels (three 2x2 max pools "
+        f"after the {k}x{k} stem); got {x.shape[1]}x{x.shape[2]}."
+      )
     stem_width = 2 * x.shape[-1] * k * k  # airbench: the whitening eigenvectors and their negatives
     x = nn.Conv(stem_width, (k, k), padding="VALID", use_bias=True, dtype=self.dtype, name="stem")(x)
     x = nn.gelu(x, approximate=False)
@@ -85,4 +105,3 @@ class Airbench(nn.Module):
     x = jnp.max(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, name="head")(x)
     return (x * self.scale).astype(jnp.float32)
-

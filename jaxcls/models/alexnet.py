@@ -6,15 +6,15 @@ torchvision does, so any input size from 63x63 up works; the 'small' variant (a 
 pool + single Dense head) suits 32x32 images.
 """
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxcls.core.errors import ConfigError
-from jaxcls.models import MODELS
-from jaxcls.models import layers
+from jaxcls.models import MODELS, layers
 
 VARIANTS = ("imagenet", "small")
 
@@ -22,6 +22,7 @@ VARIANTS = ("imagenet", "small")
 @MODELS.register("alexnet")
 class AlexNet(nn.Module):
   """Five convs with three max pools -> (adaptive 6x6 pool -> 3 Dense with dropout) or (global pool -> Dense)."""
+
   num_classes: int
   variant: str = "imagenet"  # 'imagenet' (torchvision) | 'small' (32x32 inputs)
   widths: Sequence[int] = (64, 192, 384, 256, 256)
@@ -49,11 +50,22 @@ class AlexNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     imagenet = self.variant == "imagenet"
     # (kernel, stride, padding, max pool after) of each conv, keyed by its torchvision index.
-    specs = {0: (11, 4, 2, True) if imagenet else (3, 1, 1, True), 3: (5, 1, 2, True), 6: (3, 1, 1, False),
-             8: (3, 1, 1, False), 10: (3, 1, 1, True)}
+    specs = {
+      0: (11, 4, 2, True) if imagenet else (3, 1, 1, True),
+      3: (5, 1, 2, True),
+      6: (3, 1, 1, False),
+      8: (3, 1, 1, False),
+      10: (3, 1, 1, True),
+    }
     for width, (index, (kernel, stride, pad, pool)) in zip(self.widths, specs.items()):
-      x = nn.Conv(width, (kernel, kernel), strides=(stride, stride), padding=[(pad, pad), (pad, pad)],
-                  dtype=self.dtype, name=f"features_{index}")(x)
+      x = nn.Conv(
+        width,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=[(pad, pad), (pad, pad)],
+        dtype=self.dtype,
+        name=f"features_{index}",
+      )(x)
       x = self._act(x)
       if pool:
         x = layers.pool(x, "max", window=3, stride=2)

@@ -5,7 +5,8 @@ Only the standard library: `models.build` uses it, and the benchmark runs withou
 """
 
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from jaxcls.core.errors import ConfigError
 
@@ -20,8 +21,9 @@ def check_model_arguments(model: str, options: Mapping[str, Any], factory: Any) 
   for key, value in options.items():
     expected = hints.get(key)
     if expected is not None and not _fits(value, expected):
-      raise ConfigError(f"config.model.{key}={value!r} is not valid for model {model!r}; it must be "
-                        f"{_describe(expected)}.")
+      raise ConfigError(
+        f"config.model.{key}={value!r} is not valid for model {model!r}; it must be {_describe(expected)}."
+      )
 
 
 def _annotations(factory: Any) -> dict[str, Any]:
@@ -47,6 +49,7 @@ def _fits(value: Any, expected: Any) -> bool:
   if expected is str:
     return isinstance(value, str)
   import collections.abc  # pylint: disable=g-import-not-at-top
+
   if origin in (tuple, list, collections.abc.Sequence):
     if not isinstance(value, (tuple, list)):
       return False
@@ -58,8 +61,13 @@ def _fits(value: Any, expected: Any) -> bool:
 
 def _describe(expected: Any, plural: bool = False) -> str:
   origin, args = typing.get_origin(expected), typing.get_args(expected)
-  names = {bool: ("True or False", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
-           str: ("a string", "strings"), type(None): ("None", "None")}
+  names = {
+    bool: ("True or False", "booleans"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+    type(None): ("None", "None"),
+  }
   if expected in names:
     return names[expected][plural]
   if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":

@@ -7,15 +7,15 @@ defaults: 0.1 tiny, 0.4 small, 0.5 base). The 'small' variant patchifies 2x2 ins
 """
 
 import functools
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxcls.core.errors import ConfigError
-from jaxcls.models import MODELS
-from jaxcls.models import layers
+from jaxcls.models import MODELS, layers
 
 VARIANTS = ("imagenet", "small")
 _init = nn.initializers.truncated_normal(0.02)
@@ -23,6 +23,7 @@ _init = nn.initializers.truncated_normal(0.02)
 
 class CNBlock(nn.Module):
   """x + layer_scale * MLP(LayerNorm(depthwise7x7(x))), the MLP expanding 4x."""
+
   activation: str = "gelu"
   negative_slope: float = 0.01
   layer_scale: float = 1e-6
@@ -32,8 +33,15 @@ class CNBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     dim = x.shape[-1]
-    y = nn.Conv(dim, (7, 7), padding=[(3, 3), (3, 3)], feature_group_count=dim, kernel_init=_init,
-                dtype=self.dtype, name="block_0")(x)
+    y = nn.Conv(
+      dim,
+      (7, 7),
+      padding=[(3, 3), (3, 3)],
+      feature_group_count=dim,
+      kernel_init=_init,
+      dtype=self.dtype,
+      name="block_0",
+    )(x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="block_2")(y)
     y = nn.Dense(4 * dim, kernel_init=_init, dtype=self.dtype, name="block_3")(y)
     y = layers.Activation(self.activation, self.negative_slope, dtype=self.dtype)(y)
@@ -45,6 +53,7 @@ class CNBlock(nn.Module):
 
 class ConvNeXt(nn.Module):
   """Stem -> four stages of CNBlocks with LayerNorm + 2x2/2 conv downsampling between -> pool, LN, Dense."""
+
   num_classes: int
   depths: Sequence[int] = (3, 3, 9, 3)
   dims: Sequence[int] = (96, 192, 384, 768)
@@ -74,18 +83,32 @@ class ConvNeXt(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     patch = 4 if self.variant == "imagenet" else 2
-    x = nn.Conv(self.dims[0], (patch, patch), strides=(patch, patch), padding="VALID", kernel_init=_init,
-                dtype=self.dtype, name="features_0_0")(x)
+    x = nn.Conv(
+      self.dims[0],
+      (patch, patch),
+      strides=(patch, patch),
+      padding="VALID",
+      kernel_init=_init,
+      dtype=self.dtype,
+      name="features_0_0",
+    )(x)
     x = self._ln("features_0_1")(x)
     rates = iter(layers.drop_path_rates(self.stochastic_depth, sum(self.depths)))
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       if i > 0:
         x = self._ln(f"features_{2 * i}_0")(x)
-        x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_init, dtype=self.dtype,
-                    name=f"features_{2 * i}_1")(x)
+        x = nn.Conv(
+          dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_init, dtype=self.dtype, name=f"features_{2 * i}_1"
+        )(x)
       for j in range(depth):
-        x = CNBlock(self.activation, self.negative_slope, self.layer_scale, next(rates), self.dtype,
-                    name=f"features_{2 * i + 1}_{j}")(x, train)
+        x = CNBlock(
+          self.activation,
+          self.negative_slope,
+          self.layer_scale,
+          next(rates),
+          self.dtype,
+          name=f"features_{2 * i + 1}_{j}",
+        )(x, train)
     x = self._ln("classifier_0")(layers.global_avg_pool(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, kernel_init=_init, dtype=self.dtype, name="classifier_2")(x)
@@ -103,7 +126,5 @@ class _ConvNeXtBase(ConvNeXt):
 
 
 MODELS.register("convnext_tiny")(functools.partial(ConvNeXt, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)))
-MODELS.register("convnext_small")(
-    functools.partial(_ConvNeXtSmall, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)))
-MODELS.register("convnext_base")(
-    functools.partial(_ConvNeXtBase, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)))
+MODELS.register("convnext_small")(functools.partial(_ConvNeXtSmall, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)))
+MODELS.register("convnext_base")(functools.partial(_ConvNeXtBase, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)))

@@ -24,8 +24,7 @@ def count_params(model: nn.Module, image_shape: tuple[int, ...]) -> int:
   return int(sum(p.size for p in jax.tree.leaves(variables.get("params", {}))))
 
 
-def forward_flops(model: nn.Module, image_shape: tuple[int, ...], batch_size: int = 1,
-                  compiled: bool = False) -> float:
+def forward_flops(model: nn.Module, image_shape: tuple[int, ...], batch_size: int = 1, compiled: bool = False) -> float:
   """FLOPs per image of the eval-mode forward pass, from XLA's cost analysis (of the compiled program if asked)."""
   x = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(_keys(), x, train=False), x)
@@ -34,4 +33,3 @@ def forward_flops(model: nn.Module, image_shape: tuple[int, ...], batch_size: in
   if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
     analysis = analysis[0]
   return float(analysis.get("flops", 0.0)) / batch_size
-

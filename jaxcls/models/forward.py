@@ -40,8 +40,9 @@ def model_variables(variables: Mapping) -> dict:
   return applied
 
 
-def eval_logits(model: nn.Module, variables: dict, images: jax.Array, *, mean, std, dtype: str,
-                tta: str = "none") -> jax.Array:
+def eval_logits(
+  model: nn.Module, variables: dict, images: jax.Array, *, mean, std, dtype: str, tta: str = "none"
+) -> jax.Array:
   """Eval-mode logits of uint8 images [B, H, W, C], normalised on the device in `dtype` and averaged over the
   test-time augmentation views `tta` (`variables` as `model_variables` gives them); jittable."""
   dtype = compute_dtype(dtype)

@@ -64,6 +64,7 @@ class Activation(nn.Module):
   stored as the float32 parameter 'alpha' of shape [C]; per-channel slopes cost nothing and are what
   converted torch checkpoints most often hold. `gelu` is the exact (erf) form, as in torch.
   """
+
   kind: str = "relu"
   negative_slope: float = 0.01  # leaky_relu only
   dtype: Any = jnp.float32
@@ -93,8 +94,7 @@ class Activation(nn.Module):
     return nn.silu(x)
 
 
-def pool(x: jax.Array, kind: str, window: int = 2, stride: int = 2,
-         padding: int = 0) -> jax.Array:
+def pool(x: jax.Array, kind: str, window: int = 2, stride: int = 2, padding: int = 0) -> jax.Array:
   """Max or average pooling over the two spatial axes of [B, H, W, C], with torch-style explicit padding."""
   pads = ((padding, padding), (padding, padding))
   if check_pooling(kind) == "max":
@@ -130,9 +130,18 @@ def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jnp.concatenate(cols, axis=2)
 
 
-def norm(kind: str, train: bool, *, channels: int, dtype: Any, name: str | None = None,
-         zero_init: bool = False, epsilon: float = 1e-5, groups: int = 32,
-         float32_reductions: bool = True) -> nn.Module:
+def norm(
+  kind: str,
+  train: bool,
+  *,
+  channels: int,
+  dtype: Any,
+  name: str | None = None,
+  zero_init: bool = False,
+  epsilon: float = 1e-5,
+  groups: int = 32,
+  float32_reductions: bool = True,
+) -> nn.Module:
   """A batch, group or layer norm over the channel axis (the last), named `name` so torch weights map.
 
   Group norm uses `groups` groups, or the largest count under it that divides `channels` (so narrow test
@@ -153,11 +162,19 @@ def norm(kind: str, train: bool, *, channels: int, dtype: Any, name: str | None 
   """
   scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
   if check_norm(kind) == "batch":
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype,
-                        scale_init=scale_init, force_float32_reductions=float32_reductions, name=name)
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=epsilon,
+      dtype=dtype,
+      scale_init=scale_init,
+      force_float32_reductions=float32_reductions,
+      name=name,
+    )
   if not float32_reductions:
-    raise ConfigError(f"float32_reductions=False applies to batch norm only, not to norm {kind!r}; "
-                      "keep it True or use norm='batch'.")
+    raise ConfigError(
+      f"float32_reductions=False applies to batch norm only, not to norm {kind!r}; keep it True or use norm='batch'."
+    )
   if kind == "group":
     num_groups = max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
     return nn.GroupNorm(num_groups=num_groups, epsilon=epsilon, dtype=dtype, scale_init=scale_init, name=name)
@@ -169,6 +186,7 @@ class DropPath(nn.Module):
 
   Same as torchvision's `StochasticDepth(rate, 'row')`; the mask comes from the 'dropout' rng.
   """
+
   rate: float = 0.0
 
   @nn.compact

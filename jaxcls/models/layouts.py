@@ -43,7 +43,7 @@ def _convnext(key: str, model) -> str:
   head = {"classifier.0.": "head.norm.", "classifier.2.": "head.fc."}
   for old, timm in head.items():
     if key.startswith(old):
-      return timm + key[len(old):]
+      return timm + key[len(old) :]
   match = re.match(r"features\.(\d+)\.(\d+)\.(.*)$", key)
   if not match:
     return key
@@ -52,11 +52,16 @@ def _convnext(key: str, model) -> str:
     return f"stem.{sub}.{rest}"
   if index % 2 == 0:  # the norm + conv between stages
     return f"stages.{index // 2}.downsample.{sub}.{rest}"
-  block = {"block.0.": "conv_dw.", "block.2.": "norm.", "block.3.": "mlp.fc1.", "block.5.": "mlp.fc2.",
-           "layer_scale": "gamma"}
+  block = {
+    "block.0.": "conv_dw.",
+    "block.2.": "norm.",
+    "block.3.": "mlp.fc1.",
+    "block.5.": "mlp.fc2.",
+    "layer_scale": "gamma",
+  }
   for old, timm in block.items():
     if rest.startswith(old):
-      rest = timm + rest[len(old):]
+      rest = timm + rest[len(old) :]
       break
   return f"stages.{index // 2}.blocks.{sub}.{rest}"
 
@@ -69,17 +74,23 @@ def _vit(key: str, model) -> str:
   prefixes = {"conv_proj.": "patch_embed.proj.", "encoder.ln.": "norm.", "heads.head.": "head."}
   for old, timm in prefixes.items():
     if key.startswith(old):
-      return timm + key[len(old):]
+      return timm + key[len(old) :]
   match = re.match(r"encoder\.layers\.encoder_layer_(\d+)\.(.*)$", key)
   if not match:
     return key
   rest = match[2]
-  parts = {"ln_1.": "norm1.", "ln_2.": "norm2.", "self_attention.in_proj_weight": "attn.qkv.weight",
-           "self_attention.in_proj_bias": "attn.qkv.bias", "self_attention.out_proj.": "attn.proj.",
-           "mlp.0.": "mlp.fc1.", "mlp.3.": "mlp.fc2."}
+  parts = {
+    "ln_1.": "norm1.",
+    "ln_2.": "norm2.",
+    "self_attention.in_proj_weight": "attn.qkv.weight",
+    "self_attention.in_proj_bias": "attn.qkv.bias",
+    "self_attention.out_proj.": "attn.proj.",
+    "mlp.0.": "mlp.fc1.",
+    "mlp.3.": "mlp.fc2.",
+  }
   for old, timm in parts.items():
     if rest.startswith(old):
-      rest = timm + rest[len(old):]
+      rest = timm + rest[len(old) :]
       break
   return f"blocks.{match[1]}.{rest}"
 
@@ -89,7 +100,7 @@ def _vgg(key: str, model) -> str:
   head = {"classifier.0.": "pre_logits.fc1.", "classifier.3.": "pre_logits.fc2.", "classifier.6.": "head.fc."}
   for old, timm in head.items():
     if key.startswith(old):
-      return timm + key[len(old):]
+      return timm + key[len(old) :]
   return key
 
 
@@ -97,7 +108,7 @@ def _mobilenet(key: str, model) -> str:
   repeats = [int(n) for _, _, n, _ in model.settings]
   expansions = [int(t) for t, _, _, _ in model.settings]
   if key.startswith("classifier.1."):
-    return "classifier." + key[len("classifier.1."):]
+    return "classifier." + key[len("classifier.1.") :]
   match = re.match(r"features\.(\d+)\.(.*)$", key)
   if not match:
     return key
@@ -113,21 +124,27 @@ def _mobilenet(key: str, model) -> str:
   if expansions[stage] == 1:  # timm's DepthwiseSeparableConv
     names = {"conv.0.0.": "conv_dw.", "conv.0.1.": "bn1.", "conv.1.": "conv_pw.", "conv.2.": "bn2."}
   else:  # timm's InvertedResidual
-    names = {"conv.0.0.": "conv_pw.", "conv.0.1.": "bn1.", "conv.1.0.": "conv_dw.", "conv.1.1.": "bn2.",
-             "conv.2.": "conv_pwl.", "conv.3.": "bn3."}
+    names = {
+      "conv.0.0.": "conv_pw.",
+      "conv.0.1.": "bn1.",
+      "conv.1.0.": "conv_dw.",
+      "conv.1.1.": "bn2.",
+      "conv.2.": "conv_pwl.",
+      "conv.3.": "bn3.",
+    }
   for old, timm in names.items():
     if rest.startswith(old):
-      return f"blocks.{stage}.{block}.{timm}{rest[len(old):]}"
+      return f"blocks.{stage}.{block}.{timm}{rest[len(old) :]}"
   return key
 
 
 # Checked in this order, so a subclass (e.g. VGGBatchNorm, the ConvNeXt sizes) finds its family.
 _FAMILIES: tuple[tuple[type, str, Callable[[str, object], str]], ...] = (
-    (resnet.ResNet, "resnet", _resnet),
-    (convnext.ConvNeXt, "convnext", _convnext),
-    (vit.VisionTransformer, "vit", _vit),
-    (vgg.VGG, "vgg", _vgg),
-    (mobilenet.MobileNetV2, "mobilenet_v2", _mobilenet),
+  (resnet.ResNet, "resnet", _resnet),
+  (convnext.ConvNeXt, "convnext", _convnext),
+  (vit.VisionTransformer, "vit", _vit),
+  (vgg.VGG, "vgg", _vgg),
+  (mobilenet.MobileNetV2, "mobilenet_v2", _mobilenet),
 )
 
 
@@ -163,8 +180,12 @@ def timm_tensor(model, timm_key_: str, torchvision_tensor: np.ndarray) -> np.nda
 # timm's `architecture` (config.json) and torchvision's model names -> jaxcls model names, where they differ only
 # in spelling; a name not listed maps to itself if jaxcls has it.
 ARCHITECTURES = {
-    "vit_tiny_patch16_224": "vit_ti16", "vit_small_patch16_224": "vit_s16", "vit_base_patch16_224": "vit_b16",
-    "vit_base_patch16_384": "vit_b16", "vit_b_16": "vit_b16", "mobilenetv2_100": "mobilenet_v2",
+  "vit_tiny_patch16_224": "vit_ti16",
+  "vit_small_patch16_224": "vit_s16",
+  "vit_base_patch16_224": "vit_b16",
+  "vit_base_patch16_384": "vit_b16",
+  "vit_b_16": "vit_b16",
+  "mobilenetv2_100": "mobilenet_v2",
 }
 
 
@@ -189,8 +210,10 @@ def _leaves(model, image_shape) -> list[tuple[str, tuple[str, ...], tuple[int, .
 def _traced_leaves(model, image_shape: tuple[int, ...]) -> list[tuple[str, tuple[str, ...], tuple[int, ...], str]]:
   renames = getattr(type(model), "TORCH_RENAMES", None)
   if renames is None:
-    raise ConfigError(f"Model {type(model).__name__} has no torchvision or timm layout, so config.init_from cannot "
-                      "name pretrained weights for it; use a ResNet, ConvNeXt, ViT, VGG, MobileNetV2 or AlexNet.")
+    raise ConfigError(
+      f"Model {type(model).__name__} has no torchvision or timm layout, so config.init_from cannot "
+      "name pretrained weights for it; use a ResNet, ConvNeXt, ViT, VGG, MobileNetV2 or AlexNet."
+    )
   out = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(torchvision.abstract_variables(model, tuple(image_shape))):
     names = tuple(p.key for p in path)
@@ -228,12 +251,15 @@ def head_classes(model, state_dict: Mapping[str, Any], image_shape) -> int:
   for a, b in zip(one, two):
     if a[2] != b[2] and a[1][-1] == "bias" and rename(a[3]) in state_dict:
       return int(np.shape(state_dict[rename(a[3])])[0])
-  raise CheckpointError(f"Cannot find the classifier head of {type(model).__name__} in the weights (no "
-                        f"{rename(one[-1][3])!r} or similar); are they weights of this architecture?")
+  raise CheckpointError(
+    f"Cannot find the classifier head of {type(model).__name__} in the weights (no "
+    f"{rename(one[-1][3])!r} or similar); are they weights of this architecture?"
+  )
 
 
-def to_variables(model, state_dict: Mapping[str, np.ndarray], image_shape, what: str = "the weights"
-                 ) -> tuple[dict, str, list[str]]:
+def to_variables(
+  model, state_dict: Mapping[str, np.ndarray], image_shape, what: str = "the weights"
+) -> tuple[dict, str, list[str]]:
   """({'params', 'batch_stats'} of `model` from `state_dict`, its layout, the keys skipped as not weights).
 
   Every variable must be in the state_dict with its shape, and the state_dict must hold nothing else (apart from
@@ -266,9 +292,11 @@ def to_variables(model, state_dict: Mapping[str, np.ndarray], image_shape, what:
   if problems:
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     hint = _vit_hint(model, state_dict) if any("pos_embed" in p for p in problems) else ""
-    raise CheckpointError(f"{what} ({what_layout} layout) do not fit model {type(model).__name__} as configured: "
-                          f"{'; '.join(problems[:5])}{more}.{hint} Set config.model to the weights' architecture "
-                          "and settings.")
+    raise CheckpointError(
+      f"{what} ({what_layout} layout) do not fit model {type(model).__name__} as configured: "
+      f"{'; '.join(problems[:5])}{more}.{hint} Set config.model to the weights' architecture "
+      "and settings."
+    )
   out.setdefault("batch_stats", {})
   return out, what_layout, skipped
 
@@ -277,13 +305,15 @@ def _vit_hint(model, state_dict) -> str:
   for key in ("pos_embed", "encoder.pos_embedding"):
     if key in state_dict and np.ndim(state_dict[key]) == 3:
       side = int(round((state_dict[key].shape[1] - 1) ** 0.5)) * int(getattr(model, "patch_size", 16))
-      return (f" A ViT's position embedding fixes the image size: these weights need "
-              f"dataset.image_size=({side}, {side}).")
+      return (
+        f" A ViT's position embedding fixes the image size: these weights need dataset.image_size=({side}, {side})."
+      )
   return ""
 
 
-def state_dict(model, variables: Mapping[str, Any], layout: str = "timm", image_shape=(224, 224, 3)
-               ) -> dict[str, np.ndarray]:
+def state_dict(
+  model, variables: Mapping[str, Any], layout: str = "timm", image_shape=(224, 224, 3)
+) -> dict[str, np.ndarray]:
   """`variables` of `model` as a state_dict in timm's or torchvision's layout (the inverse of `to_variables`).
 
   For writing weights that timm or torchvision load, and for tests that build hub files from known values.

@@ -11,13 +11,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls.models import MODELS
-from jaxcls.models import layers
+from jaxcls.models import MODELS, layers
 
 
 @MODELS.register("lenet5")
 class LeNet5(nn.Module):
   """conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> conv 120@5x5 -> global pool -> Dense 84 -> Dense."""
+
   num_classes: int
   activation: str = "relu"
   negative_slope: float = 0.01  # leaky_relu only
@@ -36,10 +36,10 @@ class LeNet5(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = layers.pool(self._act(nn.Conv(6, (5, 5), padding=[(2, 2), (2, 2)], dtype=self.dtype, name="c1")(x)),
-                    self.pooling)
-    x = layers.pool(self._act(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="c3")(x)),
-                    self.pooling)
+    x = layers.pool(
+      self._act(nn.Conv(6, (5, 5), padding=[(2, 2), (2, 2)], dtype=self.dtype, name="c1")(x)), self.pooling
+    )
+    x = layers.pool(self._act(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="c3")(x)), self.pooling)
     x = self._act(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(layers.global_avg_pool(x))
     x = self._act(nn.Dense(84, dtype=self.dtype, name="f6")(x))

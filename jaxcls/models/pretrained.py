@@ -32,8 +32,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CONFIG_FILE = "config.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TORCHVISION_ID = re.compile(r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_]+)?$")
-_EXAMPLES = ("hf-hub:timm/resnet50.a1_in1k, hf-hub:timm/resnet50.a1_in1k@<commit or branch>, "
-             "torchvision:resnet50, torchvision:resnet50.IMAGENET1K_V2 or /path/to/model.safetensors")
+_EXAMPLES = (
+  "hf-hub:timm/resnet50.a1_in1k, hf-hub:timm/resnet50.a1_in1k@<commit or branch>, "
+  "torchvision:resnet50, torchvision:resnet50.IMAGENET1K_V2 or /path/to/model.safetensors"
+)
 
 
 def handles(init_from: Any) -> bool:
@@ -45,6 +47,7 @@ def handles(init_from: Any) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A parsed `init_from`: a hub repo (and revision), a torchvision model (and weights) or a local file."""
+
   text: str
   kind: str  # 'hub' | 'torchvision' | 'file'
   repo: str = ""
@@ -59,16 +62,20 @@ def parse(init_from: str) -> Spec:
   text = str(init_from).strip()
   for prefix in HUB_PREFIXES:
     if text.startswith(prefix):
-      repo, at, revision = text[len(prefix):].partition("@")
+      repo, at, revision = text[len(prefix) :].partition("@")
       if not _HUB_ID.match(repo) or (at and not revision.strip()) or " " in revision:
-        raise ConfigError(f"config.init_from={text!r} is not a hub name; write hf-hub:ORG/NAME or "
-                          f"hf-hub:ORG/NAME@REVISION, e.g. {_EXAMPLES}.")
+        raise ConfigError(
+          f"config.init_from={text!r} is not a hub name; write hf-hub:ORG/NAME or "
+          f"hf-hub:ORG/NAME@REVISION, e.g. {_EXAMPLES}."
+        )
       return Spec(text=text, kind="hub", repo=repo, revision=revision or None)
   if text.startswith(TORCHVISION_PREFIX):
-    name = text[len(TORCHVISION_PREFIX):]
+    name = text[len(TORCHVISION_PREFIX) :]
     if not _TORCHVISION_ID.match(name):
-      raise ConfigError(f"config.init_from={text!r} is not a torchvision name; write torchvision:MODEL or "
-                        f"torchvision:MODEL.WEIGHTS, e.g. {_EXAMPLES}.")
+      raise ConfigError(
+        f"config.init_from={text!r} is not a torchvision name; write torchvision:MODEL or "
+        f"torchvision:MODEL.WEIGHTS, e.g. {_EXAMPLES}."
+      )
     model, _, weights = name.partition(".")
     return Spec(text=text, kind="torchvision", name=model, weights=weights)
   if text.lower().endswith(".safetensors"):
@@ -82,6 +89,7 @@ def parse(init_from: str) -> Spec:
 def hub_cache_dir() -> str:
   """The hub cache folder huggingface_hub uses, read from the environment now (its constants are read at import)."""
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+
   for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
     if os.environ.get(name):
       return os.path.expanduser(os.environ[name])
@@ -93,6 +101,7 @@ def hub_cache_dir() -> str:
 def hub_offline() -> bool:
   """Whether `HF_HUB_OFFLINE` forbids network calls (read now, like `hub_cache_dir`)."""
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+
   value = os.environ.get("HF_HUB_OFFLINE")
   if value is not None:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
@@ -104,8 +113,10 @@ def _hub_library():
     import huggingface_hub  # pylint: disable=g-import-not-at-top
     from huggingface_hub import errors  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ConfigError("config.init_from=hf-hub:... needs the huggingface_hub and safetensors packages "
-                      "(pip install huggingface_hub safetensors).") from e
+    raise ConfigError(
+      "config.init_from=hf-hub:... needs the huggingface_hub and safetensors packages "
+      "(pip install huggingface_hub safetensors)."
+    ) from e
   return huggingface_hub, errors
 
 
@@ -127,43 +138,60 @@ def _hub_file(spec: Spec, filename: str, required: bool) -> str | None:
     if isinstance(found, str):
       return found
     if found is None:  # never fetched (as opposed to known to be absent)
-      logging.warning("init_from %s: %s is not in the hub cache %s (HF_HUB_OFFLINE is set), so its preprocessing "
-                      "is unknown; the config's dataset keys are used.", spec.text, filename, cache)
+      logging.warning(
+        "init_from %s: %s is not in the hub cache %s (HF_HUB_OFFLINE is set), so its preprocessing "
+        "is unknown; the config's dataset keys are used.",
+        spec.text,
+        filename,
+        cache,
+      )
     return None
   try:
-    return hub.hf_hub_download(spec.repo, filename, revision=spec.revision, cache_dir=cache,
-                               local_files_only=offline)
+    return hub.hf_hub_download(spec.repo, filename, revision=spec.revision, cache_dir=cache, local_files_only=offline)
   except errors.LocalEntryNotFoundError as e:
     if not required:
-      logging.warning("init_from %s: cannot reach the hub for %s and it is not in the cache %s; the config's "
-                      "dataset keys are used.", spec.text, filename, cache)
+      logging.warning(
+        "init_from %s: cannot reach the hub for %s and it is not in the cache %s; the config's dataset keys are used.",
+        spec.text,
+        filename,
+        cache,
+      )
       return None
-    why = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else
-           "the hub could not be reached")
+    why = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else "the hub could not be reached"
     raise ConfigError(
-        f"config.init_from={spec.text!r}: {filename} of {spec.repo}, {_revision_text(spec)}, is not in the Hugging "
-        f"Face cache {cache} and {why}; on a machine online run `{_download_command(spec)}` (with HF_HUB_CACHE or "
-        f"HF_HOME pointing at the cache you copy here), or unset HF_HUB_OFFLINE.") from e
+      f"config.init_from={spec.text!r}: {filename} of {spec.repo}, {_revision_text(spec)}, is not in the Hugging "
+      f"Face cache {cache} and {why}; on a machine online run `{_download_command(spec)}` (with HF_HUB_CACHE or "
+      f"HF_HOME pointing at the cache you copy here), or unset HF_HUB_OFFLINE."
+    ) from e
   except errors.RemoteEntryNotFoundError as e:
     if not required:
       return None
-    raise ConfigError(f"config.init_from={spec.text!r}: {spec.repo} ({_revision_text(spec)}) has no {filename}; "
-                      "jaxcls reads timm-style repos holding model.safetensors (e.g. the timm/ organisation's), "
-                      "or give a local .safetensors file.") from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r}: {spec.repo} ({_revision_text(spec)}) has no {filename}; "
+      "jaxcls reads timm-style repos holding model.safetensors (e.g. the timm/ organisation's), "
+      "or give a local .safetensors file."
+    ) from e
   except errors.RevisionNotFoundError as e:
-    raise ConfigError(f"config.init_from={spec.text!r}: {spec.repo} has no {_revision_text(spec)}; give a branch, "
-                      "tag or commit of the repo after '@', or none for its default branch.") from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r}: {spec.repo} has no {_revision_text(spec)}; give a branch, "
+      "tag or commit of the repo after '@', or none for its default branch."
+    ) from e
   except errors.GatedRepoError as e:
-    raise ConfigError(f"config.init_from={spec.text!r}: {spec.repo} is gated; accept its terms on huggingface.co "
-                      "and log in (`hf auth login`, or set HF_TOKEN).") from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r}: {spec.repo} is gated; accept its terms on huggingface.co "
+      "and log in (`hf auth login`, or set HF_TOKEN)."
+    ) from e
   except errors.RepositoryNotFoundError as e:
-    raise ConfigError(f"config.init_from={spec.text!r}: the hub has no repo {spec.repo!r} (or it is private: log "
-                      "in with `hf auth login` or set HF_TOKEN); check ORG/NAME.") from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r}: the hub has no repo {spec.repo!r} (or it is private: log "
+      "in with `hf auth login` or set HF_TOKEN); check ORG/NAME."
+    ) from e
   except (errors.HFValidationError, ValueError) as e:
     raise ConfigError(f"config.init_from={spec.text!r} is not a valid hub name ({e}); e.g. {_EXAMPLES}.") from e
   except errors.HfHubHTTPError as e:
-    raise ConfigError(f"config.init_from={spec.text!r}: the hub refused {filename} of {spec.repo} "
-                      f"({str(e).splitlines()[0][:200]}).") from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r}: the hub refused {filename} of {spec.repo} ({str(e).splitlines()[0][:200]})."
+    ) from e
 
 
 def _commit_of(path: str) -> str:
@@ -195,8 +223,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   except Exception as e:  # the Rust reader raises SafetensorError (and others) on a damaged file
     raise CheckpointError(f"Cannot read the safetensors file {path!r} ({type(e).__name__}: {str(e)[:200]}).") from e
   state = {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
-  return {k: v.astype(np.float32) if v.dtype.kind == "f" or str(v.dtype) == "bfloat16" else v
-          for k, v in state.items()}
+  return {k: v.astype(np.float32) if v.dtype.kind == "f" or str(v.dtype) == "bfloat16" else v for k, v in state.items()}
 
 
 # -------------------------------------------------------------------------------------------- torchvision
@@ -207,27 +234,34 @@ def _torchvision_weights(spec: Spec):
   try:
     from torchvision import models as tv_models  # pylint: disable=g-import-not-at-top  (imports torch)
   except ImportError as e:
-    raise ConfigError(f"config.init_from={spec.text!r} needs torch and torchvision (pip install torch "
-                      "torchvision); without them use the same weights from the hub, e.g. "
-                      f"hf-hub:timm/{spec.name}.tv_in1k, which needs no torch.") from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r} needs torch and torchvision (pip install torch "
+      "torchvision); without them use the same weights from the hub, e.g. "
+      f"hf-hub:timm/{spec.name}.tv_in1k, which needs no torch."
+    ) from e
   try:
     enum = tv_models.get_model_weights(spec.name)
   except (ValueError, KeyError) as e:
-    raise ConfigError(f"config.init_from={spec.text!r}: torchvision has no model {spec.name!r} with weights; "
-                      "e.g. resnet50, convnext_tiny, vit_b_16, vgg16, mobilenet_v2.") from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r}: torchvision has no model {spec.name!r} with weights; "
+      "e.g. resnet50, convnext_tiny, vit_b_16, vgg16, mobilenet_v2."
+    ) from e
   if not spec.weights:
     return enum.DEFAULT
   try:
     return enum[spec.weights]
   except KeyError as e:
     names = ", ".join(m.name for m in enum)
-    raise ConfigError(f"config.init_from={spec.text!r}: torchvision's {spec.name} has no weights "
-                      f"{spec.weights!r}; it has: {names} (or leave it out for DEFAULT).") from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r}: torchvision's {spec.name} has no weights "
+      f"{spec.weights!r}; it has: {names} (or leave it out for DEFAULT)."
+    ) from e
 
 
 def _torchvision_state(spec: Spec) -> tuple[dict[str, np.ndarray], str]:
   weights = _torchvision_weights(spec)
   import torch  # pylint: disable=g-import-not-at-top
+
   folder = os.path.join(torch.hub.get_dir(), "checkpoints")
   try:
     # torch.hub's cache (downloaded, and its hash checked, only when missing), as weights.get_state_dict does.
@@ -235,11 +269,15 @@ def _torchvision_state(spec: Spec) -> tuple[dict[str, np.ndarray], str]:
   except Exception as e:  # urllib raises many types when offline, torch.load others on a damaged file
     file = os.path.join(folder, os.path.basename(weights.url))
     if os.path.isfile(file):
-      raise CheckpointError(f"config.init_from={spec.text!r}: torch cannot read its cached {file} "
-                            f"({type(e).__name__}: {str(e)[:200]}); delete it to download it again.") from e
-    raise ConfigError(f"config.init_from={spec.text!r}: {os.path.basename(file)} is not in torch's weight cache "
-                      f"{folder} and could not be downloaded ({type(e).__name__}); fetch {weights.url} into that "
-                      "folder (or set TORCH_HOME).") from e
+      raise CheckpointError(
+        f"config.init_from={spec.text!r}: torch cannot read its cached {file} "
+        f"({type(e).__name__}: {str(e)[:200]}); delete it to download it again."
+      ) from e
+    raise ConfigError(
+      f"config.init_from={spec.text!r}: {os.path.basename(file)} is not in torch's weight cache "
+      f"{folder} and could not be downloaded ({type(e).__name__}); fetch {weights.url} into that "
+      "folder (or set TORCH_HOME)."
+    ) from e
   state = {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
   return state, f"{spec.text} ({type(weights).__name__}.{weights.name})"
 
@@ -250,6 +288,7 @@ def _torchvision_state(spec: Spec) -> tuple[dict[str, np.ndarray], str]:
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
   """What the weights were trained and evaluated with, in jaxcls's dataset terms (None: not stated)."""
+
   source: str  # where it was read, for the log
   mean: tuple[float, ...] | None = None
   std: tuple[float, ...] | None = None
@@ -275,26 +314,40 @@ def timm_preprocessing(config: Mapping[str, Any], source: str) -> Preprocessing 
   eval_crop = {"center": "center", "squash": "resize"}.get(mode)
   crop = cfg.get("crop_pct") if eval_crop == "center" else None
   floats = lambda v: tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else None
-  return Preprocessing(source=source, mean=floats(cfg.get("mean")), std=floats(cfg.get("std")),
-                       image_size=image_size, eval_crop=eval_crop,
-                       center_crop_fraction=float(crop) if crop is not None else None,
-                       interpolation=cfg.get("interpolation"))
+  return Preprocessing(
+    source=source,
+    mean=floats(cfg.get("mean")),
+    std=floats(cfg.get("std")),
+    image_size=image_size,
+    eval_crop=eval_crop,
+    center_crop_fraction=float(crop) if crop is not None else None,
+    interpolation=cfg.get("interpolation"),
+  )
 
 
 def _torchvision_preprocessing(spec: Spec) -> Preprocessing:
   import inspect  # pylint: disable=g-import-not-at-top
+
   weights = _torchvision_weights(spec)
   transform = weights.transforms  # functools.partial(ImageClassification, crop_size=..., resize_size=...)
-  settings = {k: p.default for k, p in inspect.signature(transform.func).parameters.items()
-              if p.default is not inspect.Parameter.empty}
+  settings = {
+    k: p.default
+    for k, p in inspect.signature(transform.func).parameters.items()
+    if p.default is not inspect.Parameter.empty
+  }
   settings.update(transform.keywords)
   crop = int(settings["crop_size"][0] if isinstance(settings["crop_size"], (list, tuple)) else settings["crop_size"])
   resize = settings["resize_size"]
   resize = int(resize[0] if isinstance(resize, (list, tuple)) else resize)
-  return Preprocessing(source=f"torchvision's {type(weights).__name__}.{weights.name}.transforms",
-                       mean=tuple(map(float, settings["mean"])), std=tuple(map(float, settings["std"])),
-                       image_size=(crop, crop), eval_crop="center", center_crop_fraction=crop / resize,
-                       interpolation=str(getattr(settings.get("interpolation"), "value", "bilinear")))
+  return Preprocessing(
+    source=f"torchvision's {type(weights).__name__}.{weights.name}.transforms",
+    mean=tuple(map(float, settings["mean"])),
+    std=tuple(map(float, settings["std"])),
+    image_size=(crop, crop),
+    eval_crop="center",
+    center_crop_fraction=crop / resize,
+    interpolation=str(getattr(settings.get("interpolation"), "value", "bilinear")),
+  )
 
 
 def _hub_config(spec: Spec) -> tuple[dict | None, str | None]:
@@ -340,11 +393,14 @@ def with_preprocessing(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return config
   pre = read_preprocessing(config.init_from)
   if pre is None:  # timm's and torchvision's ImageNet weights expect ImageNet's statistics, not the data's own
-    logging.warning("init_from %s ships no preprocessing config; unset dataset.mean/std become ImageNet's.",
-                    config.init_from)
-    pre = Preprocessing(source="ImageNet's mean and std (the weights ship no config)", mean=IMAGENET_MEAN,
-                        std=IMAGENET_STD)
+    logging.warning(
+      "init_from %s ships no preprocessing config; unset dataset.mean/std become ImageNet's.", config.init_from
+    )
+    pre = Preprocessing(
+      source="ImageNet's mean and std (the weights ship no config)", mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
   from jaxcls.config import base  # pylint: disable=g-import-not-at-top
+
   defaults = base.get_base_config().dataset
   out = ml_collections.ConfigDict(config.to_dict())
   applied, kept = [], []
@@ -355,15 +411,22 @@ def with_preprocessing(config: ml_collections.ConfigDict) -> ml_collections.Conf
       applied.append(f"dataset.{key}={value!r}")
     elif not _same(current, value):
       kept.append(f"dataset.{key}={_plain(current)!r} (the weights': {value!r})")
-  logging.info("init_from %s: preprocessing from %s: %s%s.", config.init_from, pre.source,
-               ", ".join(applied) or "nothing applied",
-               f"; kept from the config: {', '.join(kept)}" if kept else "")
+  logging.info(
+    "init_from %s: preprocessing from %s: %s%s.",
+    config.init_from,
+    pre.source,
+    ", ".join(applied) or "nothing applied",
+    f"; kept from the config: {', '.join(kept)}" if kept else "",
+  )
   if kept:
-    logging.warning("init_from: the config sets %s; the pretrained weights expect otherwise, which usually costs "
-                    "accuracy.", ", ".join(kept))
+    logging.warning(
+      "init_from: the config sets %s; the pretrained weights expect otherwise, which usually costs accuracy.",
+      ", ".join(kept),
+    )
   if pre.interpolation and pre.interpolation != "bilinear":
-    logging.info("init_from: the weights were evaluated with %s resizing; jaxcls resizes bilinearly.",
-                 pre.interpolation)
+    logging.info(
+      "init_from: the weights were evaluated with %s resizing; jaxcls resizes bilinearly.", pre.interpolation
+    )
   return out
 
 
@@ -377,6 +440,7 @@ def _plain(value):
 @dataclasses.dataclass(frozen=True)
 class Weights:
   """Pretrained variables for a model, and what is known of them (for the transfer log and the config)."""
+
   description: str
   variables: dict  # {'params': ..., 'batch_stats': ...} of NumPy arrays, with the weights' own head
   layout: str
@@ -387,32 +451,40 @@ class Weights:
 
 
 _READABLE = {
-    "timm": "resnet18-152, wide_resnet50_2, resnext50_32x4d, convnext_tiny/small/base, vit_*_patch16_224, "
-            "vgg11-19(_bn) and mobilenetv2_100",
-    "torchvision": "resnet18-152, wide_resnet50_2, resnext50_32x4d, convnext_tiny/small/base, vit_b_16, "
-                   "vgg11-19(_bn), mobilenet_v2 and alexnet",
+  "timm": "resnet18-152, wide_resnet50_2, resnext50_32x4d, convnext_tiny/small/base, vit_*_patch16_224, "
+  "vgg11-19(_bn) and mobilenetv2_100",
+  "torchvision": "resnet18-152, wide_resnet50_2, resnext50_32x4d, convnext_tiny/small/base, vit_b_16, "
+  "vgg11-19(_bn), mobilenet_v2 and alexnet",
 }
 
 
-def _check_architecture(spec: Spec, config: Mapping[str, Any] | None, model_name: str | None,
-                        library: str = "timm") -> None:
+def _check_architecture(
+  spec: Spec, config: Mapping[str, Any] | None, model_name: str | None, library: str = "timm"
+) -> None:
   """A ConfigError when the weights name an architecture other than config.model.name (before anything is read)."""
   if not config or not model_name:
     return
   if "architecture" not in config:
     if "architectures" in config or "model_type" in config:
-      raise ConfigError(f"config.init_from={spec.text!r} is a transformers model ({config.get('model_type')!r}), "
-                        "whose layout jaxcls does not read; use the same weights from the timm/ organisation.")
+      raise ConfigError(
+        f"config.init_from={spec.text!r} is a transformers model ({config.get('model_type')!r}), "
+        "whose layout jaxcls does not read; use the same weights from the timm/ organisation."
+      )
     return
   from jaxcls import models  # pylint: disable=g-import-not-at-top
+
   architecture = str(config["architecture"])
   ours = layouts.ARCHITECTURES.get(architecture, architecture)
   if ours not in models.model_names():
-    raise ConfigError(f"config.init_from={spec.text!r} holds a {library} {architecture!r}, which jaxcls has no model "
-                      f"for; jaxcls reads {library}'s {_READABLE[library]}.")
+    raise ConfigError(
+      f"config.init_from={spec.text!r} holds a {library} {architecture!r}, which jaxcls has no model "
+      f"for; jaxcls reads {library}'s {_READABLE[library]}."
+    )
   if ours != model_name:
-    raise ConfigError(f"config.init_from={spec.text!r} holds a {architecture!r} but config.model.name="
-                      f"{model_name!r}; set --config.model.name={ours}.")
+    raise ConfigError(
+      f"config.init_from={spec.text!r} holds a {architecture!r} but config.model.name="
+      f"{model_name!r}; set --config.model.name={ours}."
+    )
 
 
 def load(init_from: str, model, image_shape, model_name: str | None = None) -> Weights:
@@ -439,14 +511,35 @@ def load(init_from: str, model, image_shape, model_name: str | None = None) -> W
     config, _ = _file_config(spec)
     description = f"weights file {spec.path}"
   _check_architecture(spec, config, model_name)
-  preprocessing = (_torchvision_preprocessing(spec) if spec.kind == "torchvision" else
-                   timm_preprocessing(config, f"{spec.text}'s {CONFIG_FILE}") if config else None)
+  preprocessing = (
+    _torchvision_preprocessing(spec)
+    if spec.kind == "torchvision"
+    else timm_preprocessing(config, f"{spec.text}'s {CONFIG_FILE}")
+    if config
+    else None
+  )
   num_classes = layouts.head_classes(model, state, image_shape)
-  variables, layout, skipped = layouts.to_variables(model.clone(num_classes=num_classes), state, image_shape,
-                                                    f"The weights of {spec.text}")
+  variables, layout, skipped = layouts.to_variables(
+    model.clone(num_classes=num_classes), state, image_shape, f"The weights of {spec.text}"
+  )
   loaded = len(state) - len(skipped)
   skipped_text = f"skipped {len(skipped)} num_batches_tracked counters" if skipped else "skipped none"
-  logging.info("init_from %s: %s layout, %d of %d tensors loaded into %s (%d-class head), %s.", description, layout,
-               loaded, len(state), model_name or type(model).__name__, num_classes, skipped_text)
-  return Weights(description=f"{description}, {layout} layout", variables=variables, layout=layout,
-                 num_classes=num_classes, loaded=loaded, skipped=tuple(skipped), preprocessing=preprocessing)
+  logging.info(
+    "init_from %s: %s layout, %d of %d tensors loaded into %s (%d-class head), %s.",
+    description,
+    layout,
+    loaded,
+    len(state),
+    model_name or type(model).__name__,
+    num_classes,
+    skipped_text,
+  )
+  return Weights(
+    description=f"{description}, {layout} layout",
+    variables=variables,
+    layout=layout,
+    num_classes=num_classes,
+    loaded=loaded,
+    skipped=tuple(skipped),
+    preprocessing=preprocessing,
+  )

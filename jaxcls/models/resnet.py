@@ -7,16 +7,16 @@ module names follow torchvision so results compare and torch weights map one-to-
 """
 
 import functools
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
-from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 from jaxcls.core.errors import ConfigError
-from jaxcls.models import MODELS
-from jaxcls.models import layers
+from jaxcls.models import MODELS, layers
 
 STEMS = ("imagenet", "small")
 
@@ -26,6 +26,7 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 class _Block(nn.Module):
   """Shared fields and helpers of the two residual block types."""
+
   filters: int
   strides: int = 1
   activation: str = "relu"
@@ -40,15 +41,29 @@ class _Block(nn.Module):
 
   def conv(self, features: int, kernel: int, strides: int, name: str, groups: int = 1) -> nn.Conv:
     pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=[(pad, pad), (pad, pad)],
-                   feature_group_count=groups, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                   name=name)
+    return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding=[(pad, pad), (pad, pad)],
+      feature_group_count=groups,
+      use_bias=False,
+      kernel_init=_conv_init,
+      dtype=self.dtype,
+      name=name,
+    )
 
   def bn(self, x: jax.Array, train: bool, name: str, last: bool = False) -> jax.Array:
     # Zero-initialising the last scale makes each block start as the identity (Goyal et al. 2017).
-    return layers.norm(self.norm, train, channels=x.shape[-1], dtype=self.dtype, name=name,
-                       zero_init=last and self.zero_init_residual,
-                       float32_reductions=self.norm_float32_reductions)(x)
+    return layers.norm(
+      self.norm,
+      train,
+      channels=x.shape[-1],
+      dtype=self.dtype,
+      name=name,
+      zero_init=last and self.zero_init_residual,
+      float32_reductions=self.norm_float32_reductions,
+    )(x)
 
   def act(self, x: jax.Array, name: str) -> jax.Array:
     return layers.Activation(self.activation, self.negative_slope, dtype=self.dtype, name=name)(x)
@@ -67,6 +82,7 @@ class _Block(nn.Module):
 
 class BasicBlock(_Block):
   """Two 3x3 convs (ResNet-18/34)."""
+
   expansion = 1
 
   @nn.compact
@@ -78,6 +94,7 @@ class BasicBlock(_Block):
 
 class Bottleneck(_Block):
   """1x1 reduce, strided (grouped) 3x3, 1x1 expand by 4; v1.5 puts the stride on the 3x3."""
+
   expansion = 4
 
   @nn.compact
@@ -124,6 +141,7 @@ class SpaceToDepthStemConv(nn.Module):
   H/2 outputs from H/2 blocks need 2 + pad_after = 4 - 1, so the padding is (2, 1). An odd H or W gets one
   zero row or column at the end first: the plain conv reads zeros there too, so outputs stay exact.
   """
+
   features: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -133,12 +151,18 @@ class SpaceToDepthStemConv(nn.Module):
     kernel = self.param("kernel", _conv_init, (7, 7, x.shape[-1], self.features), self.param_dtype)
     x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
     x = jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)))
-    return jax.lax.conv_general_dilated(space_to_depth(x), space_to_depth_stem_kernel(kernel), (1, 1),
-                                        ((2, 1), (2, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+      space_to_depth(x),
+      space_to_depth_stem_kernel(kernel),
+      (1, 1),
+      ((2, 1), (2, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
 
 class ResNet(nn.Module):
   """Stem -> four stages of residual blocks (channels width, 2w, 4w, 8w) -> global average pool -> Dense."""
+
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: type[_Block] = BasicBlock
@@ -159,9 +183,11 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   # flax module path -> torchvision state_dict key (see jaxcls.convert).
-  TORCH_RENAMES: ClassVar = ((r"^layer(\d)_(\d+)\.", r"layer\1.\2."),
-                             (r"\.downsample_conv\.", ".downsample.0."),
-                             (r"\.downsample_bn\.", ".downsample.1."))
+  TORCH_RENAMES: ClassVar = (
+    (r"^layer(\d)_(\d+)\.", r"layer\1.\2."),
+    (r"\.downsample_conv\.", ".downsample.0."),
+    (r"\.downsample_bn\.", ".downsample.1."),
+  )
 
   def __post_init__(self):
     layers.check_activation(self.activation)
@@ -174,11 +200,15 @@ class ResNet(nn.Module):
       if not isinstance(getattr(self, field), bool):
         raise ConfigError(f"ResNet {field} must be True or False, got {getattr(self, field)!r}.")
     if self.space_to_depth_stem and self.stem != "imagenet":
-      raise ConfigError(f"space_to_depth_stem rewrites the 'imagenet' stem's 7x7/2 conv; stem {self.stem!r} has "
-                        "none. Set stem='imagenet' or space_to_depth_stem=False.")
+      raise ConfigError(
+        f"space_to_depth_stem rewrites the 'imagenet' stem's 7x7/2 conv; stem {self.stem!r} has "
+        "none. Set stem='imagenet' or space_to_depth_stem=False."
+      )
     if not self.norm_float32_reductions and self.norm != "batch":
-      raise ConfigError(f"norm_float32_reductions=False applies to batch norm only, not norm {self.norm!r}; "
-                        "set norm='batch' or norm_float32_reductions=True.")
+      raise ConfigError(
+        f"norm_float32_reductions=False applies to batch norm only, not norm {self.norm!r}; "
+        "set norm='batch' or norm_float32_reductions=True."
+      )
     super().__post_init__()
 
   @nn.compact
@@ -188,10 +218,24 @@ class ResNet(nn.Module):
     else:
       kernel, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
       pad = kernel // 2
-      x = nn.Conv(self.width, (kernel, kernel), strides=(stride, stride), padding=[(pad, pad), (pad, pad)],
-                  use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
-    x = layers.norm(self.norm, train, channels=self.width, dtype=self.dtype, name="bn1",
-                    float32_reductions=self.norm_float32_reductions)(x)
+      x = nn.Conv(
+        self.width,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=[(pad, pad), (pad, pad)],
+        use_bias=False,
+        kernel_init=_conv_init,
+        dtype=self.dtype,
+        name="conv1",
+      )(x)
+    x = layers.norm(
+      self.norm,
+      train,
+      channels=self.width,
+      dtype=self.dtype,
+      name="bn1",
+      float32_reductions=self.norm_float32_reductions,
+    )(x)
     x = layers.Activation(self.activation, self.negative_slope, dtype=self.dtype, name="act1")(x)
     if self.stem == "imagenet":
       x = layers.pool(x, "max", window=3, stride=2, padding=1)
@@ -199,18 +243,19 @@ class ResNet(nn.Module):
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = self.block(
-            filters=self.width * 2**i,
-            strides=2 if i > 0 and j == 0 else 1,
-            activation=self.activation,
-            negative_slope=self.negative_slope,
-            zero_init_residual=self.zero_init_residual,
-            norm=self.norm,
-            drop_path=next(rates),
-            groups=self.groups,
-            width_per_group=self.width_per_group,
-            norm_float32_reductions=self.norm_float32_reductions,
-            dtype=self.dtype,
-            name=f"layer{i + 1}_{j}")(x, train=train)
+          filters=self.width * 2**i,
+          strides=2 if i > 0 and j == 0 else 1,
+          activation=self.activation,
+          negative_slope=self.negative_slope,
+          zero_init_residual=self.zero_init_residual,
+          norm=self.norm,
+          drop_path=next(rates),
+          groups=self.groups,
+          width_per_group=self.width_per_group,
+          norm_float32_reductions=self.norm_float32_reductions,
+          dtype=self.dtype,
+          name=f"layer{i + 1}_{j}",
+        )(x, train=train)
     x = layers.global_avg_pool(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
@@ -220,13 +265,13 @@ class ResNet(nn.Module):
 # Each name fixes the depth, block and grouping; the remaining ResNet fields are its config arguments.
 _BASIC, _BOTTLENECK = dict(block=BasicBlock), dict(block=Bottleneck)
 _VARIANTS = {
-    "resnet18": dict(stage_sizes=(2, 2, 2, 2), **_BASIC),
-    "resnet34": dict(stage_sizes=(3, 4, 6, 3), **_BASIC),
-    "resnet50": dict(stage_sizes=(3, 4, 6, 3), **_BOTTLENECK),
-    "resnet101": dict(stage_sizes=(3, 4, 23, 3), **_BOTTLENECK),
-    "resnet152": dict(stage_sizes=(3, 8, 36, 3), **_BOTTLENECK),
-    "wide_resnet50_2": dict(stage_sizes=(3, 4, 6, 3), width_per_group=128, **_BOTTLENECK),
-    "resnext50_32x4d": dict(stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4, **_BOTTLENECK),
+  "resnet18": dict(stage_sizes=(2, 2, 2, 2), **_BASIC),
+  "resnet34": dict(stage_sizes=(3, 4, 6, 3), **_BASIC),
+  "resnet50": dict(stage_sizes=(3, 4, 6, 3), **_BOTTLENECK),
+  "resnet101": dict(stage_sizes=(3, 4, 23, 3), **_BOTTLENECK),
+  "resnet152": dict(stage_sizes=(3, 8, 36, 3), **_BOTTLENECK),
+  "wide_resnet50_2": dict(stage_sizes=(3, 4, 6, 3), width_per_group=128, **_BOTTLENECK),
+  "resnext50_32x4d": dict(stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4, **_BOTTLENECK),
 }
 for _name, _fixed in _VARIANTS.items():
   _fixed.setdefault("groups", 1)

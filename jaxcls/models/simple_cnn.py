@@ -6,15 +6,15 @@ The features are then global-average-pooled (rather than flattened) so the same 
 for digits the map is 1x1 by then and the two are identical.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxcls.core.errors import ConfigError
-from jaxcls.models import layers
-from jaxcls.models import MODELS
+from jaxcls.models import MODELS, layers
 
 NORMS = ("batch", "none")
 
@@ -22,6 +22,7 @@ NORMS = ("batch", "none")
 @MODELS.register("simple_cnn")
 class SimpleCNN(nn.Module):
   """Conv blocks -> global average pool -> optional hidden Dense layers -> Dense head (float32 logits)."""
+
   num_classes: int
   widths: Sequence[int] = (32, 64, 128)  # conv channels of each block
   convs_per_block: int = 1

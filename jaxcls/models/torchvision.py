@@ -26,8 +26,13 @@ import numpy as np
 from jaxcls import models
 from jaxcls.core.errors import CheckpointError, ConfigError
 
-_LEAVES = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "alpha"): "weight",
-           ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+_LEAVES = {
+  ("params", "kernel"): "weight",
+  ("params", "scale"): "weight",
+  ("params", "alpha"): "weight",
+  ("batch_stats", "mean"): "running_mean",
+  ("batch_stats", "var"): "running_var",
+}
 _IGNORED = ("num_batches_tracked",)
 
 
@@ -120,8 +125,7 @@ def convert(model, state_dict: Mapping[str, np.ndarray], image_shape=(224, 224, 
   problems += [f"unexpected key {k}" for k in unused]
   if problems:
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-    raise CheckpointError(f"The state_dict does not fit model {type(model).__name__}: "
-                          f"{'; '.join(problems[:5])}{more}.")
+    raise CheckpointError(f"The state_dict does not fit model {type(model).__name__}: {'; '.join(problems[:5])}{more}.")
   out.setdefault("batch_stats", {})
   return out
 
@@ -141,10 +145,12 @@ def num_classes_of(name: str, state_dict: Mapping[str, np.ndarray], image_shape)
 def save(variables: Mapping[str, Any], path: str) -> None:
   """Writes {'params', 'batch_stats'} as flax msgpack, or as flat '/'-joined keys if `path` ends in .npz."""
   from flax import serialization  # pylint: disable=g-import-not-at-top
+
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.endswith(".npz"):
-    flat = {"/".join(p.key for p in path_): np.asarray(v)
-            for path_, v in jax.tree_util.tree_leaves_with_path(variables)}
+    flat = {
+      "/".join(p.key for p in path_): np.asarray(v) for path_, v in jax.tree_util.tree_leaves_with_path(variables)
+    }
     np.savez(path, **flat)
     return
   with open(path, "wb") as f:
@@ -158,6 +164,7 @@ def load(path: str) -> dict:
   from flax import serialization  # pylint: disable=g-import-not-at-top
 
   from jaxcls.core import paths  # pylint: disable=g-import-not-at-top
+
   raw = paths.path(path, "weights file").read_bytes()  # one read: an object store has no cheap seek
   if path.endswith(".npz"):
     out: dict = {"params": {}, "batch_stats": {}}

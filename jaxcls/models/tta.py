@@ -44,10 +44,12 @@ def _translate(images: jax.Array, offset: int) -> jax.Array:
   """The image read at (offset, offset) from a 1-pixel reflect-padded copy: offset 0 moves it down-right."""
   height, width = images.shape[1], images.shape[2]
   if min(height, width) < 2:
-    raise ConfigError(f"eval_tta='flip_translate' needs images of at least 2x2 pixels, got {height}x{width}; "
-                      "use eval_tta='flip' or 'none'.")
+    raise ConfigError(
+      f"eval_tta='flip_translate' needs images of at least 2x2 pixels, got {height}x{width}; "
+      "use eval_tta='flip' or 'none'."
+    )
   padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-  return padded[:, offset:offset + height, offset:offset + width, :]
+  return padded[:, offset : offset + height, offset : offset + width, :]
 
 
 def views(images: jax.Array, kind: str) -> tuple[list[jax.Array], np.ndarray]:
@@ -81,6 +83,7 @@ def apply_tta(apply_fn: Callable[[jax.Array], jax.Array], images: jax.Array, kin
     return total + weight * apply_fn(view).astype(jnp.float32), None
 
   logits = jax.eval_shape(apply_fn, images)
-  total, _ = jax.lax.scan(add_view, jnp.zeros(logits.shape, jnp.float32),
-                          (jnp.stack(images_per_view), jnp.asarray(weights, jnp.float32)))
+  total, _ = jax.lax.scan(
+    add_view, jnp.zeros(logits.shape, jnp.float32), (jnp.stack(images_per_view), jnp.asarray(weights, jnp.float32))
+  )
   return total

@@ -7,15 +7,15 @@ three-layer 25088-wide classifier by a global pool and one Dense layer, the usua
 """
 
 import functools
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxcls.core.errors import ConfigError
-from jaxcls.models import MODELS
-from jaxcls.models import layers
+from jaxcls.models import MODELS, layers
 
 VARIANTS = ("imagenet", "small")
 NORMS = ("none",) + layers.NORMS
@@ -26,6 +26,7 @@ _dense_init = nn.initializers.normal(0.01)
 
 class VGG(nn.Module):
   """Stages of 3x3 convs, each stage ending in a 2x2 max pool -> classifier."""
+
   num_classes: int
   stages: Sequence[Sequence[int]] = ((64,), (128,), (256, 256), (512, 512), (512, 512))
   variant: str = "imagenet"  # 'imagenet' (torchvision) | 'small' (global pool + one Dense)
@@ -55,8 +56,9 @@ class VGG(nn.Module):
     index = 0  # position in torchvision's `features` Sequential
     for stage in self.stages:
       for width in stage:
-        x = nn.Conv(width, (3, 3), padding=[(1, 1), (1, 1)], kernel_init=_conv_init, dtype=self.dtype,
-                    name=f"features_{index}")(x)
+        x = nn.Conv(
+          width, (3, 3), padding=[(1, 1), (1, 1)], kernel_init=_conv_init, dtype=self.dtype, name=f"features_{index}"
+        )(x)
         index += 1
         if self.norm != "none":
           x = layers.norm(self.norm, train, channels=width, dtype=self.dtype, name=f"features_{index}")(x)
@@ -79,14 +81,15 @@ class VGG(nn.Module):
 
 class VGGBatchNorm(VGG):
   """The `_bn` variants: the same network with batch norm after every conv by default."""
+
   norm: str = "batch"
 
 
 _STAGES = {
-    11: ((64,), (128,), (256,) * 2, (512,) * 2, (512,) * 2),
-    13: ((64,) * 2, (128,) * 2, (256,) * 2, (512,) * 2, (512,) * 2),
-    16: ((64,) * 2, (128,) * 2, (256,) * 3, (512,) * 3, (512,) * 3),
-    19: ((64,) * 2, (128,) * 2, (256,) * 4, (512,) * 4, (512,) * 4),
+  11: ((64,), (128,), (256,) * 2, (512,) * 2, (512,) * 2),
+  13: ((64,) * 2, (128,) * 2, (256,) * 2, (512,) * 2, (512,) * 2),
+  16: ((64,) * 2, (128,) * 2, (256,) * 3, (512,) * 3, (512,) * 3),
+  19: ((64,) * 2, (128,) * 2, (256,) * 4, (512,) * 4, (512,) * 4),
 }
 for _depth, _stages in _STAGES.items():
   MODELS.register(f"vgg{_depth}")(functools.partial(VGG, stages=_stages))

@@ -16,14 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxcls.core.errors import ConfigError
-from jaxcls.models import MODELS
-from jaxcls.models import layers
+from jaxcls.models import MODELS, layers
 
 _xavier = nn.initializers.xavier_uniform()
 
 
 class SelfAttention(nn.Module):
   """Multi-head self-attention with torch's fused q/k/v projection (`in_proj`), so its weights map directly."""
+
   num_heads: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
@@ -43,6 +43,7 @@ class SelfAttention(nn.Module):
 
 class EncoderBlock(nn.Module):
   """x + attention(LN(x)), then + MLP(LN(x)); each branch with dropout and stochastic depth."""
+
   num_heads: int
   mlp_dim: int
   activation: str = "gelu"
@@ -68,6 +69,7 @@ class EncoderBlock(nn.Module):
 
 class VisionTransformer(nn.Module):
   """Patchify conv -> [class token; patches] + position embedding -> encoder blocks -> LN -> head on the token."""
+
   num_classes: int
   patch_size: int = 16
   hidden_dim: int = 768
@@ -81,12 +83,14 @@ class VisionTransformer(nn.Module):
   stochastic_depth: float = 0.0  # drop rate of the last block's branches; earlier blocks rise linearly to it
   dtype: Any = jnp.float32
 
-  TORCH_RENAMES: ClassVar = ((r"^pos_embedding$", "encoder.pos_embedding"),
-                             (r"^encoder_layer_(\d+)\.", r"encoder.layers.encoder_layer_\1."),
-                             (r"\.mlp_(\d+)\.", r".mlp.\1."),
-                             (r"\.self_attention\.in_proj\.(weight|bias)$", r".self_attention.in_proj_\1"),
-                             (r"^ln\.", "encoder.ln."),
-                             (r"^head\.", "heads.head."))
+  TORCH_RENAMES: ClassVar = (
+    (r"^pos_embedding$", "encoder.pos_embedding"),
+    (r"^encoder_layer_(\d+)\.", r"encoder.layers.encoder_layer_\1."),
+    (r"\.mlp_(\d+)\.", r".mlp.\1."),
+    (r"\.self_attention\.in_proj\.(weight|bias)$", r".self_attention.in_proj_\1"),
+    (r"^ln\.", "encoder.ln."),
+    (r"^head\.", "heads.head."),
+  )
 
   def __post_init__(self):
     layers.check_activation(self.activation)
@@ -103,8 +107,15 @@ class VisionTransformer(nn.Module):
     if height % p or width % p:
       raise ConfigError(f"ViT image size {height}x{width} is not divisible by its patch_size {p}.")
     fan_in = p * p * x.shape[-1]
-    x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=nn.initializers.truncated_normal((1.0 / fan_in) ** 0.5), name="conv_proj")(x)
+    x = nn.Conv(
+      self.hidden_dim,
+      (p, p),
+      strides=(p, p),
+      padding="VALID",
+      dtype=self.dtype,
+      kernel_init=nn.initializers.truncated_normal((1.0 / fan_in) ** 0.5),
+      name="conv_proj",
+    )(x)
     x = x.reshape(batch, -1, self.hidden_dim)
     token = self.param("class_token", nn.initializers.zeros, (1, 1, self.hidden_dim), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(token.astype(self.dtype), (batch, 1, self.hidden_dim)), x], axis=1)
@@ -112,23 +123,34 @@ class VisionTransformer(nn.Module):
     if self.has_variable("params", "pos_embedding"):
       stored = self.get_variable("params", "pos_embedding").shape[1]
       if stored != length:
-        raise ConfigError(f"This ViT was initialised for {stored - 1} patches, not {length - 1}: "
-                          "use the image size it was initialised (or converted) with.")
+        raise ConfigError(
+          f"This ViT was initialised for {stored - 1} patches, not {length - 1}: "
+          "use the image size it was initialised (or converted) with."
+        )
     pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, length, self.hidden_dim), jnp.float32)
     x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(self.dtype))
     rates = layers.drop_path_rates(self.stochastic_depth, self.num_layers)
     for i in range(self.num_layers):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.activation, self.negative_slope, self.dropout,
-                       self.attention_dropout, rates[i], self.dtype, name=f"encoder_layer_{i}")(x, train)
+      x = EncoderBlock(
+        self.num_heads,
+        self.mlp_dim,
+        self.activation,
+        self.negative_slope,
+        self.dropout,
+        self.attention_dropout,
+        rates[i],
+        self.dtype,
+        name=f"encoder_layer_{i}",
+      )(x, train)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln")(x)
     x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")(x[:, 0])
     return x.astype(jnp.float32)
 
 
 _SIZES = {
-    "vit_ti16": dict(hidden_dim=192, num_layers=12, num_heads=3, mlp_dim=768),
-    "vit_s16": dict(hidden_dim=384, num_layers=12, num_heads=6, mlp_dim=1536),
-    "vit_b16": dict(hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072),
+  "vit_ti16": dict(hidden_dim=192, num_layers=12, num_heads=3, mlp_dim=768),
+  "vit_s16": dict(hidden_dim=384, num_layers=12, num_heads=6, mlp_dim=1536),
+  "vit_b16": dict(hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072),
 }
 for _name, _size in _SIZES.items():
   MODELS.register(_name)(functools.partial(VisionTransformer, **_size))

@@ -52,9 +52,21 @@ class _Options(dict):
 def optimizer_config(learning_rate: float = 0.1) -> _Options:
   """SGD with Nesterov momentum and decoupled weight decay: config_base's optimizer, without ml_collections."""
   return _Options(
-      name="sgd", learning_rate=learning_rate, momentum=0.9, nesterov=True, b1=0.9, b2=0.999, eps=1e-8,
-      weight_decay=5e-4, schedule="cosine", warmup_steps=0, end_learning_rate_factor=0.0,
-      step_boundaries=(0.5, 0.75), step_factor=0.1, grad_clip_norm=0.0)
+    name="sgd",
+    learning_rate=learning_rate,
+    momentum=0.9,
+    nesterov=True,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=5e-4,
+    schedule="cosine",
+    warmup_steps=0,
+    end_learning_rate_factor=0.0,
+    step_boundaries=(0.5, 0.75),
+    step_factor=0.1,
+    grad_clip_norm=0.0,
+  )
 
 
 def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
@@ -77,9 +89,11 @@ def synthetic_batch(batch_size: int, image_shape: tuple[int, int, int], num_clas
 
   def make(key):
     image_key, label_key = jax.random.split(key)
-    return {"image": jax.random.randint(image_key, (batch_size, *image_shape), 0, 256, jnp.int32).astype(jnp.uint8),
-            "label": jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32),
-            "mask": jnp.ones((batch_size,), bool)}
+    return {
+      "image": jax.random.randint(image_key, (batch_size, *image_shape), 0, 256, jnp.int32).astype(jnp.uint8),
+      "label": jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32),
+      "mask": jnp.ones((batch_size,), bool),
+    }
 
   return jax.jit(make, out_shardings=sharding)(jax.random.key(0, impl="rbg"))
 
@@ -126,26 +140,43 @@ def profile_mode(run_step: Callable[[], Any], mode: str, num_steps: int, trace_d
   return record
 
 
-def roofline(step_ms: float, images_per_device: float, flops_per_image: float | None,
-             bytes_per_image: float | None, peak_tflops: float, peak_gbps: float) -> dict[str, Any]:
+def roofline(
+  step_ms: float,
+  images_per_device: float,
+  flops_per_image: float | None,
+  bytes_per_image: float | None,
+  peak_tflops: float,
+  peak_gbps: float,
+) -> dict[str, Any]:
   """The two floors of a step (its FLOPs at the peak rate, its bytes at the peak bandwidth) and how near it runs.
 
   The bytes are XLA's count over the compiled program (each fusion's operands and outputs), so the memory floor
   assumes nothing stays in cache between kernels: it is what the step would cost if it were purely memory-bound.
   `roofline_fraction` is the larger floor over the measured step time: 1.0 would be at the hardware limit.
   """
-  compute = flops_per_image * images_per_device / (peak_tflops * 1e12) * 1e3 if flops_per_image and peak_tflops > 0 \
-      else None
-  memory = bytes_per_image * images_per_device / (peak_gbps * 1e9) * 1e3 if bytes_per_image and peak_gbps > 0 \
-      else None
+  compute = (
+    flops_per_image * images_per_device / (peak_tflops * 1e12) * 1e3 if flops_per_image and peak_tflops > 0 else None
+  )
+  memory = bytes_per_image * images_per_device / (peak_gbps * 1e9) * 1e3 if bytes_per_image and peak_gbps > 0 else None
   floors = [f for f in (compute, memory) if f is not None]
-  return {"compute_floor_ms": compute, "memory_floor_ms": memory,
-          "roofline_fraction": max(floors) / step_ms if floors else None}
+  return {
+    "compute_floor_ms": compute,
+    "memory_floor_ms": memory,
+    "roofline_fraction": max(floors) / step_ms if floors else None,
+  }
 
 
-def summarize_mode(step_seconds: list[float], batch_size: int, num_devices: int, compile_s: float | None,
-                   first_step_s: float, flops_per_image: float | None, peak_tflops: float,
-                   bytes_per_image: float | None = None, peak_gbps: float = 0.0) -> dict[str, Any]:
+def summarize_mode(
+  step_seconds: list[float],
+  batch_size: int,
+  num_devices: int,
+  compile_s: float | None,
+  first_step_s: float,
+  flops_per_image: float | None,
+  peak_tflops: float,
+  bytes_per_image: float | None = None,
+  peak_gbps: float = 0.0,
+) -> dict[str, Any]:
   """The per-mode record (same fields as benchmarks/torch_peer.py writes, plus XLA's bytes and the floors)."""
   rates = [batch_size / s for s in step_seconds]
   median = statistics.median(rates)
@@ -153,18 +184,18 @@ def summarize_mode(step_seconds: list[float], batch_size: int, num_devices: int,
   tflops = flops_per_image * per_device / 1e12 if flops_per_image else None
   step_ms = batch_size / median * 1e3
   return {
-      "images_per_s": median,
-      "images_per_s_mean": statistics.fmean(rates),
-      "images_per_s_per_device": per_device,
-      "images_per_s_repeats": rates,
-      "step_ms": step_ms,  # of the median rate
-      "compile_s": compile_s,
-      "first_step_s": first_step_s,
-      "gflop_per_image": flops_per_image / 1e9 if flops_per_image else None,
-      "tflops_per_device": tflops,
-      "utilization": tflops / peak_tflops if tflops and peak_tflops > 0 else None,
-      "gbytes_per_image": bytes_per_image / 1e9 if bytes_per_image else None,
-      **roofline(step_ms, batch_size / num_devices, flops_per_image, bytes_per_image, peak_tflops, peak_gbps),
+    "images_per_s": median,
+    "images_per_s_mean": statistics.fmean(rates),
+    "images_per_s_per_device": per_device,
+    "images_per_s_repeats": rates,
+    "step_ms": step_ms,  # of the median rate
+    "compile_s": compile_s,
+    "first_step_s": first_step_s,
+    "gflop_per_image": flops_per_image / 1e9 if flops_per_image else None,
+    "tflops_per_device": tflops,
+    "utilization": tflops / peak_tflops if tflops and peak_tflops > 0 else None,
+    "gbytes_per_image": bytes_per_image / 1e9 if bytes_per_image else None,
+    **roofline(step_ms, batch_size / num_devices, flops_per_image, bytes_per_image, peak_tflops, peak_gbps),
   }
 
 
@@ -201,8 +232,11 @@ def run(args: Options) -> dict[str, Any]:
   key = jax.random.key(0)
 
   def make_train():
-    return compiled.CompiledOnFirstCall(steps.make_train_step(model, task, tx, schedule, augment, ema_decay=0.0,
-                                                           **norm), "train", args.batch_size / mesh.size)
+    return compiled.CompiledOnFirstCall(
+      steps.make_train_step(model, task, tx, schedule, augment, ema_decay=0.0, **norm),
+      "train",
+      args.batch_size / mesh.size,
+    )
 
   start = time.perf_counter()
   state = jax.block_until_ready(init(jax.random.key(args.seed, impl="rbg")))
@@ -223,11 +257,13 @@ def run(args: Options) -> dict[str, Any]:
         holder["state"], holder["acc"] = step(holder["state"], holder["acc"], batch, key)
         return holder["acc"]
     else:
-      step = compiled.CompiledOnFirstCall(eval_loop.make_eval_step(model, task, **norm), "infer",
-                                       args.batch_size / mesh.size)
+      step = compiled.CompiledOnFirstCall(
+        eval_loop.make_eval_step(model, task, **norm), "infer", args.batch_size / mesh.size
+      )
 
       def run_step(step=step):
         return step({"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}, batch)
+
     step_runners[mode] = run_step
 
     start = time.perf_counter()
@@ -238,13 +274,27 @@ def run(args: Options) -> dict[str, Any]:
     if args.warmup:
       time_steps(run_step, args.warmup, 1)
     seconds = time_steps(run_step, args.steps, args.repeats)
-    results[mode] = summarize_mode(seconds, args.batch_size, mesh.size, step.compile_seconds, first_step_s,
-                                   step.flops_per_example, args.peak_tflops, step.bytes_per_example,
-                                   args.peak_gbps)
+    results[mode] = summarize_mode(
+      seconds,
+      args.batch_size,
+      mesh.size,
+      step.compile_seconds,
+      first_step_s,
+      step.flops_per_example,
+      args.peak_tflops,
+      step.bytes_per_example,
+      args.peak_gbps,
+    )
 
   # Traced only once every mode is timed, so the profiler cannot touch the timed figures.
-  profile = {mode: profile_mode(run_step, mode, args.profile_steps, os.path.join(args.profile_dir, mode))
-             for mode, run_step in step_runners.items()} if args.profile_dir else None
+  profile = (
+    {
+      mode: profile_mode(run_step, mode, args.profile_steps, os.path.join(args.profile_dir, mode))
+      for mode, run_step in step_runners.items()
+    }
+    if args.profile_dir
+    else None
+  )
   state = holder["state"]
   compile_warm_s = None
   if args.compilation_cache_dir and "train" in results:
@@ -255,35 +305,35 @@ def run(args: Options) -> dict[str, Any]:
 
   device = jax.devices()[0]
   return {
-      "framework": "jaxcls",
-      "label": args.label or " ".join(["jaxcls", args.model, *args.model_arg, args.dtype, f"b{args.batch_size}",
-                                        f"{args.image_size}px"]),
-      "model": args.model,
-      "model_args": model_config,
-      "batch_size": args.batch_size,
-      "image_size": args.image_size,
-      "channels": args.channels,
-      "num_classes": args.num_classes,
-      "dtype": args.dtype,
-      "augment": args.augment,
-      "backend": jax.default_backend(),
-      "device_kind": device.device_kind,
-      "num_devices": mesh.size,
-      "versions": {"jax": jax.__version__, "python": platform.python_version()},
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "warmup_steps": args.warmup,
-      "steps_per_repeat": args.steps,
-      "repeats": args.repeats,
-      "peak_tflops": args.peak_tflops or None,
-      "peak_gbps": args.peak_gbps or None,
-      "init_s": init_s,
-      "time_to_first_step_s": time_to_first_step,
-      "compilation_cache_dir": args.compilation_cache_dir or None,
-      "compilation_cache_entries_at_start": cache_entries,
-      "compile_warm_s": compile_warm_s,
-      "flops_source": "xla_cost_analysis",
-      **results,
-      **({"profile": profile} if profile else {}),
+    "framework": "jaxcls",
+    "label": args.label
+    or " ".join(["jaxcls", args.model, *args.model_arg, args.dtype, f"b{args.batch_size}", f"{args.image_size}px"]),
+    "model": args.model,
+    "model_args": model_config,
+    "batch_size": args.batch_size,
+    "image_size": args.image_size,
+    "channels": args.channels,
+    "num_classes": args.num_classes,
+    "dtype": args.dtype,
+    "augment": args.augment,
+    "backend": jax.default_backend(),
+    "device_kind": device.device_kind,
+    "num_devices": mesh.size,
+    "versions": {"jax": jax.__version__, "python": platform.python_version()},
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "warmup_steps": args.warmup,
+    "steps_per_repeat": args.steps,
+    "repeats": args.repeats,
+    "peak_tflops": args.peak_tflops or None,
+    "peak_gbps": args.peak_gbps or None,
+    "init_s": init_s,
+    "time_to_first_step_s": time_to_first_step,
+    "compilation_cache_dir": args.compilation_cache_dir or None,
+    "compilation_cache_entries_at_start": cache_entries,
+    "compile_warm_s": compile_warm_s,
+    "flops_source": "xla_cost_analysis",
+    **results,
+    **({"profile": profile} if profile else {}),
   }
 
 
@@ -294,6 +344,7 @@ def _fmt(value: Any, spec: str) -> str:
 def table(records: Sequence[dict[str, Any]]) -> str:
   """One row per (record, mode); jaxcls train rows also get their speed over the PyTorch run of the same model,
   stem, batch, size and dtype (its torch.compile run when there is one, else its eager run)."""
+
   def shape(r):
     stem = (r.get("model_args") or {}).get("stem") or "imagenet"
     return r["model"], stem, r["batch_size"], r["image_size"], r["dtype"]
@@ -302,8 +353,10 @@ def table(records: Sequence[dict[str, Any]]) -> str:
   for r in sorted(records, key=lambda r: not r.get("torch_compile", False)):
     if r.get("framework") != "jaxcls" and "train" in r:
       peers.setdefault(shape(r), r)
-  header = (f"{'run':<50} {'mode':<5} {'img/s':>10} {'img/s/dev':>10} {'ms/step':>8} {'compile s':>9} "
-            f"{'GFLOP/img':>9} {'TFLOP/s':>8} {'util':>6} {'MB/img':>7} {'roof':>5} {'vs peer':>7}")
+  header = (
+    f"{'run':<50} {'mode':<5} {'img/s':>10} {'img/s/dev':>10} {'ms/step':>8} {'compile s':>9} "
+    f"{'GFLOP/img':>9} {'TFLOP/s':>8} {'util':>6} {'MB/img':>7} {'roof':>5} {'vs peer':>7}"
+  )
   lines = [header, "-" * len(header)]
   for r in records:
     for mode in MODES:
@@ -315,20 +368,26 @@ def table(records: Sequence[dict[str, Any]]) -> str:
       if r.get("framework") == "jaxcls" and mode == "train" and peer is not None:
         ratio = f"{m['images_per_s'] / peer['train']['images_per_s']:.2f}x"
       lines.append(
-          f"{r['label'][:50]:<50} {mode:<5} {m['images_per_s']:>10,.0f} {m['images_per_s_per_device']:>10,.0f} "
-          f"{m['step_ms']:>8.2f} {_fmt(m.get('compile_s'), '9.1f'):>9} {_fmt(m.get('gflop_per_image'), '9.3f'):>9} "
-          f"{_fmt(m.get('tflops_per_device'), '8.1f'):>8} {_fmt(m.get('utilization'), '6.1%'):>6} "
-          f"{_fmt(m['gbytes_per_image'] * 1e3 if m.get('gbytes_per_image') else None, '7.1f'):>7} "
-          f"{_fmt(m.get('roofline_fraction'), '5.0%'):>5} {ratio:>7}")
+        f"{r['label'][:50]:<50} {mode:<5} {m['images_per_s']:>10,.0f} {m['images_per_s_per_device']:>10,.0f} "
+        f"{m['step_ms']:>8.2f} {_fmt(m.get('compile_s'), '9.1f'):>9} {_fmt(m.get('gflop_per_image'), '9.3f'):>9} "
+        f"{_fmt(m.get('tflops_per_device'), '8.1f'):>8} {_fmt(m.get('utilization'), '6.1%'):>6} "
+        f"{_fmt(m['gbytes_per_image'] * 1e3 if m.get('gbytes_per_image') else None, '7.1f'):>7} "
+        f"{_fmt(m.get('roofline_fraction'), '5.0%'):>5} {ratio:>7}"
+      )
   return "\n".join(lines)
 
 
 def describe(record: dict[str, Any]) -> str:
   """The line under the table: devices, init and time to the first train step (and the warm recompile)."""
-  return (f"devices: {record['num_devices']} x {record['device_kind']} ({record['backend']}); init "
-          f"{record['init_s']:.1f} s; time to first train step {_fmt(record['time_to_first_step_s'], '.1f')} s"
-          + (f"; train step recompiled from the cache in {record['compile_warm_s']:.1f} s"
-             if record["compile_warm_s"] is not None else ""))
+  return (
+    f"devices: {record['num_devices']} x {record['device_kind']} ({record['backend']}); init "
+    f"{record['init_s']:.1f} s; time to first train step {_fmt(record['time_to_first_step_s'], '.1f')} s"
+    + (
+      f"; train step recompiled from the cache in {record['compile_warm_s']:.1f} s"
+      if record["compile_warm_s"] is not None
+      else ""
+    )
+  )
 
 
 def load_records(paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -339,8 +398,9 @@ def load_records(paths: Sequence[str]) -> list[dict[str, Any]]:
       with open(path) as f:
         records.append(json.load(f))
     except OSError as e:
-      raise ConfigError(f"Cannot read the benchmark record {path!r} ({e.strerror}); give JSON files written by "
-                        "--json.") from None
+      raise ConfigError(
+        f"Cannot read the benchmark record {path!r} ({e.strerror}); give JSON files written by --json."
+      ) from None
     except json.JSONDecodeError as e:
       raise ConfigError(f"{path!r} is not a JSON benchmark record ({e.msg} at line {e.lineno}).") from None
   return records

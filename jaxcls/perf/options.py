@@ -28,15 +28,23 @@ class Options:
   warmup: int = _option(3, "Untimed steps after the first (compiling) one.")
   steps: int = _option(20, "Steps per timed repeat.")
   repeats: int = _option(3, "Timed repeats; the median is reported.")
-  peak_tflops: float = _option(0.0, "The device's peak TFLOP/s for --dtype (e.g. 989 for H100/H200 dense bf16), "
-                                    "for utilisation.")
-  peak_gbps: float = _option(0.0, "The device's memory bandwidth in GB/s (e.g. 4300, an H200's measured copy "
-                                  "rate), for the memory floor of a step from XLA's bytes accessed.")
-  compilation_cache_dir: str = _option("", "Persistent compilation cache; also reports the train step recompiled "
-                                           "from it (warm).")
-  profile_dir: str = _option("", "After timing, trace --profile_steps steps of each mode into DIR/<mode> with the "
-                                 "JAX profiler and print where the device time goes (also under \"profile\" in the "
-                                 "JSON).")
+  peak_tflops: float = _option(
+    0.0, "The device's peak TFLOP/s for --dtype (e.g. 989 for H100/H200 dense bf16), for utilisation."
+  )
+  peak_gbps: float = _option(
+    0.0,
+    "The device's memory bandwidth in GB/s (e.g. 4300, an H200's measured copy "
+    "rate), for the memory floor of a step from XLA's bytes accessed.",
+  )
+  compilation_cache_dir: str = _option(
+    "", "Persistent compilation cache; also reports the train step recompiled from it (warm)."
+  )
+  profile_dir: str = _option(
+    "",
+    "After timing, trace --profile_steps steps of each mode into DIR/<mode> with the "
+    'JAX profiler and print where the device time goes (also under "profile" in the '
+    "JSON).",
+  )
   profile_steps: int = _option(5, "Steps per profiled mode.")
   seed: int = _option(0, "Seed of the initial weights.")
   label: str = _option("", "Name of this run in the table.")

@@ -24,15 +24,16 @@ from typing import Any
 
 from jaxcls.core.errors import ConfigError, DataError
 
-CATEGORIES = ("convolution", "matmul", "reduction", "elementwise", "layout", "pooling", "collective", "memcpy",
-              "other")
+CATEGORIES = ("convolution", "matmul", "reduction", "elementwise", "layout", "pooling", "collective", "memcpy", "other")
 
 # First match wins. Library kernels carry their purpose in the name (cuDNN's `sm90_xmma_fprop_implicit_gemm_...`,
 # cuBLASLt's `nvjet_tst_...`); XLA names its fusions `<loop|input|output>_<hero ops>_fusion` (RenameFusions), so a
 # reduce hero reads as `input_reduce_fusion` and a transpose as `loop_transpose_fusion`. Collectives come first
 # (`reduce_scatter` is not a reduction), cuDNN's own layout and batch-norm kernels before convolution, convolution
 # before matmul (cuDNN runs convolutions as implicit GEMMs), and "conv" never matches "convert".
-_NAME_RULES = tuple((category, re.compile(pattern)) for category, pattern in (
+_NAME_RULES = tuple(
+  (category, re.compile(pattern))
+  for category, pattern in (
     ("collective", r"nccl|all[-_]?reduce|all[-_]?gather|reduce[-_]?scatter|all[-_]?to[-_]?all|collective"),
     ("memcpy", r"memcpy|memset"),
     ("layout", r"nchw_?to_?nhwc|nhwc_?to_?nchw"),
@@ -42,24 +43,36 @@ _NAME_RULES = tuple((category, re.compile(pattern)) for category, pattern in (
     ("convolution", r"conv(?!ert)|fprop|dgrad|wgrad|winograd|implicit_?gemm|cudnn"),
     ("matmul", r"gemm|gemv|cublas|nvjet|matmul|cutlass|(?<![a-z])dot(?![a-z])|s16816|hmma|wmma"),
     ("reduction", r"reduce|reduction|argmax|argmin"),
-    ("layout", r"transpose|(?<![a-z])copy|bitcast[-_]?convert|(?<![a-z])pad(?![a-z])|concatenate|slice|reverse|"
-               r"gather|scatter"),
-))
+    (
+      "layout",
+      r"transpose|(?<![a-z])copy|bitcast[-_]?convert|(?<![a-z])pad(?![a-z])|concatenate|slice|reverse|"
+      r"gather|scatter",
+    ),
+  )
+)
 # Single elementwise HLO opcodes (as they appear in op and fusion names, '-' written '_').
-_ELEMENTWISE_OPS = frozenset((
+_ELEMENTWISE_OPS = frozenset(
+  (
     "abs add and atan2 bitcast broadcast cbrt ceil clamp compare complex constant convert cosine divide erf exp "
     "exponential expm1 floor imag iota is_finite log log1p logistic map maximum minimum multiply negate not or popcnt "
     "power real remainder reshape round round_nearest_afz round_nearest_even rsqrt select shift_left "
-    "shift_right_arithmetic shift_right_logical sign sine sqrt subtract tan tanh xor").split())
+    "shift_right_arithmetic shift_right_logical sign sine sqrt subtract tan tanh xor"
+  ).split()
+)
 _FUSION_KIND_WORDS = frozenset(("loop", "input", "output", "wrapped", "fusion", "fused"))
 # xprof's `hlo_category` values that the name rules do not already cover.
-_HLO_CATEGORIES = {"data formatting": "layout", "non-fusion elementwise": "elementwise", "loop fusion": "elementwise",
-                   "input fusion": "reduction"}
+_HLO_CATEGORIES = {
+  "data formatting": "layout",
+  "non-fusion elementwise": "elementwise",
+  "loop fusion": "elementwise",
+  "input fusion": "reduction",
+}
 _DEVICE_PLANE = re.compile(r"^/device:(GPU|TPU):\d+")
 _STREAM_LINE = re.compile(r"^Stream #\d+")
 # Lines of a device plane that hold no kernels, or hold them again under another name (xprof's derived lines).
-_NOT_KERNEL_LINE = re.compile(r"overhead|counter|^XLA Modules$|^Steps$|Framework|TensorFlow|Source|Launch Stats",
-                              re.IGNORECASE)
+_NOT_KERNEL_LINE = re.compile(
+  r"overhead|counter|^XLA Modules$|^Steps$|Framework|TensorFlow|Source|Launch Stats", re.IGNORECASE
+)
 
 
 def _elementwise_by_name(name: str) -> bool:
@@ -142,9 +155,11 @@ def _device_events(profile) -> tuple[str, list[_Event], list[str]]:
       continue
     planes.append(plane.name)
     all_lines = list(plane.lines)
-    lines = ([line for line in all_lines if _STREAM_LINE.match(line.name)]
-             or [line for line in all_lines if line.name == "XLA Ops"]  # TPU-like: XLA ops on a derived line
-             or [line for line in all_lines if not _NOT_KERNEL_LINE.search(line.name)])  # unknown line names
+    lines = (
+      [line for line in all_lines if _STREAM_LINE.match(line.name)]
+      or [line for line in all_lines if line.name == "XLA Ops"]  # TPU-like: XLA ops on a derived line
+      or [line for line in all_lines if not _NOT_KERNEL_LINE.search(line.name)]
+    )  # unknown line names
     for line in lines:
       for e in line.events:
         if e.duration_ns > 0:
@@ -223,6 +238,7 @@ def _short_name(name: str) -> str:
 def summarize(trace_dir: str, steps: int | None = None, top: int = 20) -> dict[str, Any]:
   """Device time per category and per kernel/op, per step and per device, from the newest trace in `trace_dir`."""
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+
   if steps is not None and steps < 1:
     raise ConfigError(f"--steps={steps} must be >= 1 (the number of steps the trace covers).")
   if top < 0:
@@ -237,9 +253,11 @@ def summarize(trace_dir: str, steps: int | None = None, top: int = 20) -> dict[s
     planes += file_planes
     annotated = max(annotated, _count_steps(profile))
   if not events:
-    raise DataError(f"The trace in {os.path.dirname(files[0])!r} has no device events (planes: "
-                    f"{', '.join(planes) or 'none'}); profile while the jitted steps run and block on their result "
-                    "(on GPU the profiler also needs CUPTI, which the jax[cuda] wheels install).")
+    raise DataError(
+      f"The trace in {os.path.dirname(files[0])!r} has no device events (planes: "
+      f"{', '.join(planes) or 'none'}); profile while the jitted steps run and block on their result "
+      "(on GPU the profiler also needs CUPTI, which the jax[cuda] wheels install)."
+    )
   # Graph-level records would count their kernels twice: kept apart, reported on their own line.
   graph_events = [e for e in events if _is_whole_graph(e)]
   if len(graph_events) < len(events):
@@ -263,52 +281,76 @@ def summarize(trace_dir: str, steps: int | None = None, top: int = 20) -> dict[s
     duration = e.end_ns - e.start_ns
     by_category[category][0] += duration
     by_category[category][1] += 1
-    entry = by_name.setdefault(e.name, {"ns": 0.0, "count": 0, "category": category,
-                                        "hlo_ops": collections.Counter()})
+    entry = by_name.setdefault(e.name, {"ns": 0.0, "count": 0, "category": category, "hlo_ops": collections.Counter()})
     entry["ns"] += duration
     entry["count"] += 1
     if e.stats.get("hlo_op") and str(e.stats["hlo_op"]) != e.name:
       entry["hlo_ops"][str(e.stats["hlo_op"])] += duration
   op_ns = sum(ns for ns, _ in by_category.values())
   busy_ns = sum(_union_ns((e.start_ns, e.end_ns) for e in events if e.device == d) for d in devices)
-  span_ns = sum(max(e.end_ns for e in events if e.device == d) - min(e.start_ns for e in events if e.device == d)
-                for d in devices)
+  span_ns = sum(
+    max(e.end_ns for e in events if e.device == d) - min(e.start_ns for e in events if e.device == d) for d in devices
+  )
 
   def percent(ns):
     return 100.0 * ns / op_ns
 
-  categories = [{"category": c, "ms_per_step": by_category[c][0] * scale, "percent": percent(by_category[c][0]),
-                 "kernels_per_step": by_category[c][1] / (num_steps * len(devices))}
-                for c in sorted(by_category, key=lambda c: -by_category[c][0])]
+  categories = [
+    {
+      "category": c,
+      "ms_per_step": by_category[c][0] * scale,
+      "percent": percent(by_category[c][0]),
+      "kernels_per_step": by_category[c][1] / (num_steps * len(devices)),
+    }
+    for c in sorted(by_category, key=lambda c: -by_category[c][0])
+  ]
   ranked = sorted(by_name.items(), key=lambda item: -item[1]["ns"])[:top]
-  top_ops = [{"name": name, "short_name": _short_name(name), "category": v["category"],
-              "ms_per_step": v["ns"] * scale, "percent": percent(v["ns"]),
-              "calls_per_step": v["count"] / (num_steps * len(devices)),
-              "hlo_op": v["hlo_ops"].most_common(1)[0][0] if v["hlo_ops"] else None} for name, v in ranked]
+  top_ops = [
+    {
+      "name": name,
+      "short_name": _short_name(name),
+      "category": v["category"],
+      "ms_per_step": v["ns"] * scale,
+      "percent": percent(v["ns"]),
+      "calls_per_step": v["count"] / (num_steps * len(devices)),
+      "hlo_op": v["hlo_ops"].most_common(1)[0][0] if v["hlo_ops"] else None,
+    }
+    for name, v in ranked
+  ]
   return {
-      "trace_files": files,
-      "source": "; ".join(sorted(set(sources))),
-      "devices": devices,
-      "num_devices": len(devices),
-      "steps": num_steps,
-      "steps_source": steps_source,
-      "stats_seen": stats_seen,
-      "num_events": len(events),
-      "device_op_ms_per_step": op_ns * scale,
-      "device_busy_ms_per_step": busy_ns * scale,
-      "device_span_ms_per_step": span_ns * scale,
-      "idle_percent": 100.0 * (1 - busy_ns / span_ns) if span_ns else 0.0,
-      "whole_cuda_graph_ms_per_step": sum(e.end_ns - e.start_ns for e in graph_events) * scale,
-      "categories": categories,
-      "top": top_ops,
+    "trace_files": files,
+    "source": "; ".join(sorted(set(sources))),
+    "devices": devices,
+    "num_devices": len(devices),
+    "steps": num_steps,
+    "steps_source": steps_source,
+    "stats_seen": stats_seen,
+    "num_events": len(events),
+    "device_op_ms_per_step": op_ns * scale,
+    "device_busy_ms_per_step": busy_ns * scale,
+    "device_span_ms_per_step": span_ns * scale,
+    "idle_percent": 100.0 * (1 - busy_ns / span_ns) if span_ns else 0.0,
+    "whole_cuda_graph_ms_per_step": sum(e.end_ns - e.start_ns for e in graph_events) * scale,
+    "categories": categories,
+    "top": top_ops,
   }
 
 
 def compact(summary: dict[str, Any], top: int = 10) -> dict[str, Any]:
   """The summary without file paths and with the `top` largest ops: small enough for a benchmark record."""
-  keep = ("source", "num_devices", "steps", "steps_source", "stats_seen", "device_op_ms_per_step",
-          "device_busy_ms_per_step", "device_span_ms_per_step", "idle_percent", "whole_cuda_graph_ms_per_step",
-          "categories")
+  keep = (
+    "source",
+    "num_devices",
+    "steps",
+    "steps_source",
+    "stats_seen",
+    "device_op_ms_per_step",
+    "device_busy_ms_per_step",
+    "device_span_ms_per_step",
+    "idle_percent",
+    "whole_cuda_graph_ms_per_step",
+    "categories",
+  )
   out = {k: summary[k] for k in keep}
   out["top"] = [{k: v for k, v in op.items() if k != "name"} for op in summary["top"][:top]]
   return out
@@ -316,24 +358,32 @@ def compact(summary: dict[str, Any], top: int = 10) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any], name_width: int = 70) -> str:
   """The category table, the top ops and the busy/idle line, as plain text."""
-  lines = [f"trace: {summary['source']}; {summary['num_devices']} device(s); {summary['steps']} step(s) "
-           f"({summary['steps_source']}); stats seen: {', '.join(summary['stats_seen']) or 'none'}",
-           f"{'category':<12} {'ms/step':>9} {'% device':>9} {'kernels/step':>13}"]
+  lines = [
+    f"trace: {summary['source']}; {summary['num_devices']} device(s); {summary['steps']} step(s) "
+    f"({summary['steps_source']}); stats seen: {', '.join(summary['stats_seen']) or 'none'}",
+    f"{'category':<12} {'ms/step':>9} {'% device':>9} {'kernels/step':>13}",
+  ]
   for c in summary["categories"]:
     lines.append(f"{c['category']:<12} {c['ms_per_step']:>9.3f} {c['percent']:>8.1f}% {c['kernels_per_step']:>13.1f}")
   lines.append(f"{'total':<12} {summary['device_op_ms_per_step']:>9.3f} {100:>8.1f}%")
-  lines.append(f"device busy {summary['device_busy_ms_per_step']:.3f} ms/step of a "
-               f"{summary['device_span_ms_per_step']:.3f} ms/step span from first to last device event: "
-               f"{summary['idle_percent']:.1f}% idle (launch / host overhead, gaps between steps)")
+  lines.append(
+    f"device busy {summary['device_busy_ms_per_step']:.3f} ms/step of a "
+    f"{summary['device_span_ms_per_step']:.3f} ms/step span from first to last device event: "
+    f"{summary['idle_percent']:.1f}% idle (launch / host overhead, gaps between steps)"
+  )
   if summary["whole_cuda_graph_ms_per_step"]:
-    lines.append(f"whole CUDA graph executions (not in the table, their kernels are): "
-                 f"{summary['whole_cuda_graph_ms_per_step']:.3f} ms/step")
+    lines.append(
+      f"whole CUDA graph executions (not in the table, their kernels are): "
+      f"{summary['whole_cuda_graph_ms_per_step']:.3f} ms/step"
+    )
   lines.append(f"top {len(summary['top'])} kernels/ops by time:")
   lines.append(f"{'name':<{name_width}} {'ms/step':>9} {'%':>6} {'calls':>6}  category")
   for op in summary["top"]:
     name = op["short_name"] + (f" [{op['hlo_op']}]" if op.get("hlo_op") else "")
     if len(name) > name_width:
-      name = name[:name_width - 3] + "..."
-    lines.append(f"{name:<{name_width}} {op['ms_per_step']:>9.3f} {op['percent']:>5.1f}% "
-                 f"{op['calls_per_step']:>6.1f}  {op['category']}")
+      name = name[: name_width - 3] + "..."
+    lines.append(
+      f"{name:<{name_width}} {op['ms_per_step']:>9.3f} {op['percent']:>5.1f}% "
+      f"{op['calls_per_step']:>6.1f}  {op['category']}"
+    )
   return "\n".join(lines)

@@ -13,8 +13,9 @@ if TYPE_CHECKING:
   from jaxcls import data
 
 
-def build_task_and_model(config, info: data.DatasetInfo, *, weighted: bool = True,
-                         new_run: bool = True) -> tuple[Any, Any, dict]:
+def build_task_and_model(
+  config, info: data.DatasetInfo, *, weighted: bool = True, new_run: bool = True
+) -> tuple[Any, Any, dict]:
   """(task, model, resolved task config) for the classes of `info`; the model's head size comes from the task.
 
   Args:
@@ -28,12 +29,14 @@ def build_task_and_model(config, info: data.DatasetInfo, *, weighted: bool = Tru
   """
   from jaxcls import models, tasks  # pylint: disable=g-import-not-at-top  (restore.load_config stays cheap)
   from jaxcls.tasks.multiclass import resolve_class_weights  # pylint: disable=g-import-not-at-top
+
   if weighted and new_run:
     check_one_imbalance_correction(config)
   tasks.check_classes(config.task.type, info.class_names, info.train_class_counts)  # one class: DataError
   task_config = dict(config.task, class_names=info.class_names)
-  task_config["class_weights"] = (resolve_class_weights(config.task.class_weights, info.train_class_counts,
-                                                        info.num_classes) if weighted else "none")
+  task_config["class_weights"] = (
+    resolve_class_weights(config.task.class_weights, info.train_class_counts, info.num_classes) if weighted else "none"
+  )
   task = tasks.build(task_config, info.num_classes)
   return task, models.build(config.model, task.num_outputs, config.dtype), task_config
 
@@ -46,7 +49,10 @@ def check_one_imbalance_correction(config) -> None:
   sampling: they can encode costs, not frequencies.
   """
   from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
   if config.task.get("class_weights") == "balanced" and config.dataset.get("sampling") == "balanced":
-    raise ConfigError("config.task.class_weights='balanced' with config.dataset.sampling='balanced' corrects the "
-                      "class imbalance twice; keep one: --config.task.class_weights=none (balanced batches) or "
-                      "--config.dataset.sampling=uniform (a balanced loss).")
+    raise ConfigError(
+      "config.task.class_weights='balanced' with config.dataset.sampling='balanced' corrects the "
+      "class imbalance twice; keep one: --config.task.class_weights=none (balanced batches) or "
+      "--config.dataset.sampling=uniform (a balanced loss)."
+    )

@@ -45,12 +45,12 @@ _DAMAGE_CODES = re.compile(r"^\s*(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|UNKNOWN|INTER
 def fingerprint(config, num_classes: int, image_shape) -> dict[str, Any]:
   """The config values that decide the shapes and tree structure of the state."""
   return {
-      "model": _plain(config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)),
-      "num_classes": int(num_classes),
-      "image_shape": [int(d) for d in image_shape],
-      "task": str(config.task.type),
-      "optimizer": str(config.optimizer.name),
-      "ema": bool(config.ema_decay > 0),
+    "model": _plain(config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)),
+    "num_classes": int(num_classes),
+    "image_shape": [int(d) for d in image_shape],
+    "task": str(config.task.type),
+    "optimizer": str(config.optimizer.name),
+    "ema": bool(config.ema_decay > 0),
   }
 
 
@@ -76,19 +76,23 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
 def check_keep(keep) -> int:
   """`keep_checkpoints` as an int >= 1; a ConfigError otherwise (0 would delete even the final checkpoint)."""
   if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-    raise ConfigError(f"config.keep_checkpoints={keep!r} is not valid; keep at least the newest checkpoint "
-                      "(an integer >= 1, e.g. 3).")
+    raise ConfigError(
+      f"config.keep_checkpoints={keep!r} is not valid; keep at least the newest checkpoint (an integer >= 1, e.g. 3)."
+    )
   return keep
 
 
 def check_best(metric: str, mode: str) -> None:
   """Refuses a best_metric that names no logged scalar (no '/') or a mode other than max / min, at start-up."""
   if not isinstance(metric, str) or (metric and "/" not in metric):
-    raise ConfigError(f"config.best_metric={metric!r} is not valid; name a logged evaluation scalar such as "
-                      "'eval/accuracy' or 'eval/loss', or '' to keep no best checkpoint.")
+    raise ConfigError(
+      f"config.best_metric={metric!r} is not valid; name a logged evaluation scalar such as "
+      "'eval/accuracy' or 'eval/loss', or '' to keep no best checkpoint."
+    )
   if mode not in BEST_MODES:
-    raise ConfigError(f"config.best_mode={mode!r} is not valid; use 'max' (higher is better, e.g. accuracy) or "
-                      "'min' (e.g. loss).")
+    raise ConfigError(
+      f"config.best_mode={mode!r} is not valid; use 'max' (higher is better, e.g. accuracy) or 'min' (e.g. loss)."
+    )
 
 
 def score(metrics, metric: str) -> float | None:
@@ -117,7 +121,7 @@ class _LastNAndBest:
   def should_preserve(self, checkpoints, *, context=None) -> list[bool]:
     del context
     steps = [info.step for info in checkpoints]
-    kept = set(sorted(steps)[-self.keep:])
+    kept = set(sorted(steps)[-self.keep :])
     best = pick_best([(info.step, score(info.metrics, self.metric)) for info in checkpoints], self.mode)
     if best is not None:
       kept.add(best)
@@ -211,8 +215,9 @@ def _quiet_failed_reads():
 class Checkpointer:
   """Owns `workdir/checkpoints`: one orbax CheckpointManager, written collectively by all processes."""
 
-  def __init__(self, workdir: str, *, keep: int, async_save: bool, fingerprint: dict, best_metric: str = "",
-               best_mode: str = "max"):
+  def __init__(
+    self, workdir: str, *, keep: int, async_save: bool, fingerprint: dict, best_metric: str = "", best_mode: str = "max"
+  ):
     self.directory = os.fspath(workdir_lib.checkpoints_path(workdir))  # local, or a gs:// URL orbax opens itself
     self.fingerprint = _plain(fingerprint)
     self.keep = check_keep(keep)
@@ -231,13 +236,17 @@ class Checkpointer:
         metric, mode = self.best_metric, self.best_mode
         worst = -math.inf if mode == "max" else math.inf
         options = ocp.CheckpointManagerOptions(
-            create=True, enable_async_checkpointing=self._async, cleanup_tmp_directories=True,
-            best_fn=lambda m: score(m, metric) if score(m, metric) is not None else worst, best_mode=mode,
-            preservation_policy=_LastNAndBest(self.keep, metric, mode))
+          create=True,
+          enable_async_checkpointing=self._async,
+          cleanup_tmp_directories=True,
+          best_fn=lambda m: score(m, metric) if score(m, metric) is not None else worst,
+          best_mode=mode,
+          preservation_policy=_LastNAndBest(self.keep, metric, mode),
+        )
       else:
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=self.keep, create=True, enable_async_checkpointing=self._async,
-            cleanup_tmp_directories=True)
+          max_to_keep=self.keep, create=True, enable_async_checkpointing=self._async, cleanup_tmp_directories=True
+        )
       self._manager_ = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
     return self._manager_
 
@@ -268,11 +277,16 @@ class Checkpointer:
       self._noted[1].update(scalars)
     else:
       self._noted = (int(step), dict(scalars))
-    if self.best_metric.startswith("eval/") and any(k.startswith("eval/") for k in scalars) \
-        and self.best_metric not in self._noted[1]:
+    if (
+      self.best_metric.startswith("eval/")
+      and any(k.startswith("eval/") for k in scalars)
+      and self.best_metric not in self._noted[1]
+    ):
       names = sorted(k for k in self._noted[1] if k.startswith("eval/"))
-      raise ConfigError(f"config.best_metric={self.best_metric!r} is not among the evaluation's scalars; use one "
-                        f"of {', '.join(names)}, or '' to keep no best checkpoint.")
+      raise ConfigError(
+        f"config.best_metric={self.best_metric!r} is not among the evaluation's scalars; use one "
+        f"of {', '.join(names)}, or '' to keep no best checkpoint."
+      )
 
   def is_new_best(self, step: int) -> bool:
     """Whether the evaluation noted for `step` beats every kept checkpoint (so `step` must be saved)."""
@@ -294,8 +308,12 @@ class Checkpointer:
     if self.best_metric:
       metrics = dict(self._noted[1]) if self._noted is not None and self._noted[0] == step else {}
       self._load_best()
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     meta=ocp.args.JsonSave(meta)), force=force, metrics=metrics)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=force,
+      metrics=metrics,
+    )
     if self.best_metric:
       value = score(metrics, self.best_metric)
       if value is not None and (self._best is None or pick_best([self._best, (step, value)], self.best_mode) == step):
@@ -306,8 +324,9 @@ class Checkpointer:
 
   def _damaged(self, step: int, what: str) -> CheckpointError:
     return CheckpointError(
-        f"Checkpoint step {step} in {self.directory} is damaged ({what}); use another step, or re-run training "
-        f"on the workdir, which moves damaged steps aside to {CORRUPT_DIR}/ and resumes from the newest intact one.")
+      f"Checkpoint step {step} in {self.directory} is damaged ({what}); use another step, or re-run training "
+      f"on the workdir, which moves damaged steps aside to {CORRUPT_DIR}/ and resumes from the newest intact one."
+    )
 
   def check_step(self, step: int) -> None:
     """A CheckpointError naming what is missing when checkpoint `step` is incomplete or damaged."""
@@ -354,8 +373,9 @@ class Checkpointer:
     diffs = _differences(meta.get("fingerprint", {}), self.fingerprint)
     if diffs:
       raise CheckpointError(
-          f"The checkpoint at {self.directory} (step {step}) was written by a different config "
-          f"({'; '.join(diffs)}); use a new --workdir, or restore the original settings to resume.")
+        f"The checkpoint at {self.directory} (step {step}) was written by a different config "
+        f"({'; '.join(diffs)}); use a new --workdir, or restore the original settings to resume."
+      )
     path = self._step_dir(step)
     if not (path / "state").is_dir():
       raise self._damaged(step, "the state item (state/) is missing")
@@ -368,8 +388,9 @@ class Checkpointer:
         raise self._damaged(step, f"its arrays cannot be read: {_first_line(e)}") from e
       if isinstance(e, (ValueError, KeyError, TypeError)):
         raise CheckpointError(
-            f"The checkpoint at {self.directory} (step {step}) does not fit the configured model and optimizer "
-            f"({_first_line(e, 300)}); use a new --workdir.") from e
+          f"The checkpoint at {self.directory} (step {step}) does not fit the configured model and optimizer "
+          f"({_first_line(e, 300)}); use a new --workdir."
+        ) from e
       raise
     finally:
       reader.close()
@@ -387,8 +408,9 @@ class Checkpointer:
     only when there is something to restore.
     """
     root = paths.path(self.directory)
-    candidates = sorted((int(c.name) for c in root.iterdir() if c.name.isdigit()), reverse=True) \
-        if root.is_dir() else []
+    candidates = (
+      sorted((int(c.name) for c in root.iterdir() if c.name.isdigit()), reverse=True) if root.is_dir() else []
+    )
     if not candidates:
       return None
     damaged = {s: "; ".join(p) for s in candidates if (p := step_problems(root / str(s)))}
@@ -409,8 +431,11 @@ class Checkpointer:
       # Only saves that never committed (on gs:// orbax writes the step folder in place, so a run killed during
       # its first save leaves one): no checkpoint ever existed, so nothing is lost by starting again.
       self._move_aside(damaged)
-      logging.warning("No checkpoint in %s was ever completed (the run was stopped during its first save); "
-                      "training starts from step 0.", self.directory)
+      logging.warning(
+        "No checkpoint in %s was ever completed (the run was stopped during its first save); "
+        "training starts from step 0.",
+        self.directory,
+      )
       return None
     raise self._nothing_intact(damaged)
 
@@ -428,9 +453,10 @@ class Checkpointer:
   def _nothing_intact(self, damaged: dict[int, str]) -> CheckpointError:
     listed = "; ".join(f"step {s}: {p}" for s, p in sorted(damaged.items(), reverse=True))
     return CheckpointError(
-        f"No intact checkpoint is left in {self.directory} ({listed}); nothing was moved or deleted: restore the "
-        f"missing files from a copy, move the damaged steps out of {self.directory} to train from scratch, or use "
-        "a new --workdir.")
+      f"No intact checkpoint is left in {self.directory} ({listed}); nothing was moved or deleted: restore the "
+      f"missing files from a copy, move the damaged steps out of {self.directory} to train from scratch, or use "
+      "a new --workdir."
+    )
 
   def _move_aside(self, damaged: dict[int, str]) -> None:
     """Moves each damaged step folder to DIR/corrupt_checkpoints/<step>-<UTC time> (process 0; all wait)."""
@@ -447,8 +473,9 @@ class Checkpointer:
         while target.exists():
           target, n = aside / f"{step}-{stamp}-{n}", n + 1
         _move_folder(root / str(step), target)
-        logging.warning("Checkpoint step %d in %s is damaged (%s); moved it to %s.", step, self.directory,
-                        problem, target)
+        logging.warning(
+          "Checkpoint step %d in %s is damaged (%s); moved it to %s.", step, self.directory, problem, target
+        )
     if jax.process_count() > 1:
       ocp.multihost.sync_global_processes("jaxcls:checkpoint:move_aside")
     if self._manager_ is not None:  # its list of steps still holds the moved ones
@@ -468,9 +495,11 @@ class Checkpointer:
 
 def _step_reader() -> ocp.Checkpointer:
   """Reads one step folder's items as the manager wrote them (without a manager, so without listing the steps)."""
-  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
-                                                         meta=ocp.JsonCheckpointHandler(),
-                                                         metrics=ocp.JsonCheckpointHandler()))  # known: no warning
+  return ocp.Checkpointer(
+    ocp.CompositeCheckpointHandler(
+      state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(), metrics=ocp.JsonCheckpointHandler()
+    )
+  )  # known: no warning
 
 
 def _move_folder(source: epath.Path, target: epath.Path) -> None:

@@ -38,19 +38,30 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def info_from_config(config) -> data.DatasetInfo:
   """The DatasetInfo a trained model needs (no counts of examples), from a resolved config."""
   from jaxcls import data  # pylint: disable=g-import-not-at-top
+
   names = tuple(config.dataset.class_names or ())
   size = tuple(config.dataset.image_size or ())
   if not names or len(size) != 2 or not config.dataset.mean or not config.dataset.std:
-    raise ConfigError("The workdir's config.json lacks the resolved class names, image size or normalisation; "
-                      "it was not written by `python -m jaxcls.main` (train into a new workdir).")
+    raise ConfigError(
+      "The workdir's config.json lacks the resolved class names, image size or normalisation; "
+      "it was not written by `python -m jaxcls.main` (train into a new workdir)."
+    )
   channels = len(config.dataset.mean)
-  return data.DatasetInfo(num_classes=len(names), class_names=names, image_shape=(size[0], size[1], channels),
-                          num_train=0, num_eval=0, mean=tuple(config.dataset.mean), std=tuple(config.dataset.std))
+  return data.DatasetInfo(
+    num_classes=len(names),
+    class_names=names,
+    image_shape=(size[0], size[1], channels),
+    num_train=0,
+    num_eval=0,
+    mean=tuple(config.dataset.mean),
+    std=tuple(config.dataset.std),
+  )
 
 
 @dataclasses.dataclass
 class Restored:
   """A trained model ready to apply: `model.apply(variables, images, train=False)` on normalised images."""
+
   workdir: str
   step: int
   config: ml_collections.ConfigDict
@@ -91,29 +102,36 @@ def parse_step(value: StepChoice, what: str = "--step") -> int | str | None:
 
 
 def _bad_step(value, what: str):
-  raise ConfigError(f"{what}={value!r} is not valid; give a checkpoint step (an integer >= 0), 'latest' (or -1) "
-                    "or 'best'.")
+  raise ConfigError(
+    f"{what}={value!r} is not valid; give a checkpoint step (an integer >= 0), 'latest' (or -1) or 'best'."
+  )
 
 
 def best_step(workdir: str, steps: list[int] | None = None) -> int:
   """The checkpoint whose `config.best_metric` is best, by the metric and mode the run was trained with."""
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
+
   config = load_config(workdir)
   metric, mode = str(config.get("best_metric", "") or ""), str(config.get("best_mode", "max") or "max")
   folder = workdir_lib.checkpoints_path(workdir)
   if not metric:
-    raise CheckpointError(f"{folder} has no best checkpoint: the run was trained with config.best_metric='' (no "
-                          "best is kept); pick a step or 'latest' instead.")
+    raise CheckpointError(
+      f"{folder} has no best checkpoint: the run was trained with config.best_metric='' (no "
+      "best is kept); pick a step or 'latest' instead."
+    )
   steps = checkpoint_steps(workdir) if steps is None else steps
   best = checkpoint.pick_best([(s, checkpoint.score(_metrics(folder / str(s)), metric)) for s in steps], mode)
   if best is None:
-    raise CheckpointError(f"{folder} has no best checkpoint: no checkpoint holds an evaluation of {metric} (steps: "
-                          f"{', '.join(map(str, steps)) or 'none'}); pick a step or 'latest' instead.")
+    raise CheckpointError(
+      f"{folder} has no best checkpoint: no checkpoint holds an evaluation of {metric} (steps: "
+      f"{', '.join(map(str, steps)) or 'none'}); pick a step or 'latest' instead."
+    )
   return best
 
 
 def _metrics(step_dir) -> dict | None:
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
+
   path = step_dir / checkpoint.METRICS_ITEM / checkpoint.METRICS_ITEM
   try:
     return json.loads(path.read_text()) if path.exists() else None
@@ -127,6 +145,7 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
   A CheckpointError names the steps that exist, or what is missing in a damaged step.
   """
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
+
   step = parse_step(step)
   available = checkpoint_steps(workdir)
   folder = workdir_lib.checkpoints_path(workdir)
@@ -137,15 +156,16 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
   elif step == "best":
     step = best_step(workdir, available)
   elif step not in available:
-    raise CheckpointError(f"No checkpoint at step {step} in {folder}; available: "
-                          f"{', '.join(map(str, available))}.")
+    raise CheckpointError(f"No checkpoint at step {step} in {folder}; available: {', '.join(map(str, available))}.")
   problems = checkpoint.step_problems(folder / str(step))
   if problems:
     intact = [s for s in available if s != step and not checkpoint.step_problems(folder / str(s))]
     hint = f"pass --step {intact[-1]} (the newest intact step)" if intact else "no other step is intact"
-    raise CheckpointError(f"Checkpoint step {step} in {folder} is damaged ({'; '.join(problems)}); {hint}, or "
-                          f"re-run training on the workdir, which moves damaged steps aside to "
-                          f"{checkpoint.CORRUPT_DIR}/.")
+    raise CheckpointError(
+      f"Checkpoint step {step} in {folder} is damaged ({'; '.join(problems)}); {hint}, or "
+      f"re-run training on the workdir, which moves damaged steps aside to "
+      f"{checkpoint.CORRUPT_DIR}/."
+    )
   return step
 
 
@@ -154,6 +174,7 @@ def read_variables(workdir: str, step: int, *, use_ema: bool = True) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
+
   ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False, fingerprint={})  # reads only; prunes nothing
   try:
     state = ckpt.read_state(step)  # a one-line CheckpointError naming the step when its arrays are unreadable
@@ -172,5 +193,4 @@ def restore(workdir: str, step: StepChoice = None, *, use_ema: bool = True) -> R
   task, model, _ = build.build_task_and_model(config, info, weighted=False)  # class weights shape only the loss
   step = resolve_step(workdir, step)
   variables = read_variables(workdir, step, use_ema=use_ema)
-  return Restored(workdir=workdir, step=step, config=config, info=info, task=task, model=model,
-                  variables=variables)
+  return Restored(workdir=workdir, step=step, config=config, info=info, task=task, model=model, variables=variables)

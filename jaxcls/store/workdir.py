@@ -67,36 +67,37 @@ CLASSICAL_MODEL_NAME = "classical_svm.npz"  # the classical baseline's fitted SV
 
 # Keys (or whole sections, with every key under them) that do not change what is trained, with the reason.
 NON_TRAINING_KEYS = {
-    "log_every_steps": "how often train metrics are logged; the loss is checked at the same points",
-    "eval_every_steps": "how often the eval split is evaluated; evaluation never changes the state",
-    "checkpoint_every_steps": "how often a checkpoint is written; resuming from any step is exact",
-    "checkpoint_every_secs": "a wall-clock checkpoint cadence; resuming from any step is exact",
-    "keep_checkpoints": "how many checkpoints are kept on disk",
-    "writers": "where metrics are written, not what they are",
-    "mlflow": "where the 'mlflow' writer sends metrics", "wandb": "where the 'wandb' writer sends metrics",
-    "transfer_guard": "a debugging check on the loop's host transfers; the computation is the same",
-    "best_metric": "which evaluation picks the kept best checkpoint",
-    "best_mode": "whether the best metric is maximised or minimised",
-    "evaluators": "extra periodic evaluations (read the state, never change it)",
-    "fewshot": "the few-shot evaluator's settings",
-    "knn": "the k-NN evaluator's settings",
-    "eval_batch_size": "evaluation is exact at any batch size (padded rows are masked out)",
-    "eval_tta": "test-time augmentation applies to evaluation and inference only",
-    "task.threshold": "the binary decision threshold shapes reported decisions, not the loss",
-    "task.thresholds": "the multi-label decision thresholds shape reported decisions, not the loss",
-    "dataset.eval_split": "which split is evaluated",
-    "dataset.eval_crop": "how eval images are cropped (the normalisation it feeds is compared as resolved)",
-    "dataset.cache_dir": "where decoded arrays are cached (the default lives in the workdir, so it moves with it)",
-    "dataset.data_dir": "where prepared TFDS data lives; the data itself is named by dataset.tfds_name",
-    "dataset.download": "whether a missing TFDS dataset may be downloaded",
-    "dataset.workers": "decode threads; the order of examples does not depend on them",
-    "compilation_cache_dir": "where compiled programs are cached",
-    "prefetch_to_device": "how many batches are copied to the devices ahead; the batches are the same",
-    "async_checkpointing": "whether checkpoints are written in the background",
-    "num_epochs": "compared as the resolved num_train_steps, which may grow (see docs/workdir.md)",
-    "init_from": "read only while the workdir has no checkpoint; a resumed run continues from its own (the "
-                 "source may have moved since)",
-    "init_from_step": "read only with init_from, at the start of a workdir",
+  "log_every_steps": "how often train metrics are logged; the loss is checked at the same points",
+  "eval_every_steps": "how often the eval split is evaluated; evaluation never changes the state",
+  "checkpoint_every_steps": "how often a checkpoint is written; resuming from any step is exact",
+  "checkpoint_every_secs": "a wall-clock checkpoint cadence; resuming from any step is exact",
+  "keep_checkpoints": "how many checkpoints are kept on disk",
+  "writers": "where metrics are written, not what they are",
+  "mlflow": "where the 'mlflow' writer sends metrics",
+  "wandb": "where the 'wandb' writer sends metrics",
+  "transfer_guard": "a debugging check on the loop's host transfers; the computation is the same",
+  "best_metric": "which evaluation picks the kept best checkpoint",
+  "best_mode": "whether the best metric is maximised or minimised",
+  "evaluators": "extra periodic evaluations (read the state, never change it)",
+  "fewshot": "the few-shot evaluator's settings",
+  "knn": "the k-NN evaluator's settings",
+  "eval_batch_size": "evaluation is exact at any batch size (padded rows are masked out)",
+  "eval_tta": "test-time augmentation applies to evaluation and inference only",
+  "task.threshold": "the binary decision threshold shapes reported decisions, not the loss",
+  "task.thresholds": "the multi-label decision thresholds shape reported decisions, not the loss",
+  "dataset.eval_split": "which split is evaluated",
+  "dataset.eval_crop": "how eval images are cropped (the normalisation it feeds is compared as resolved)",
+  "dataset.cache_dir": "where decoded arrays are cached (the default lives in the workdir, so it moves with it)",
+  "dataset.data_dir": "where prepared TFDS data lives; the data itself is named by dataset.tfds_name",
+  "dataset.download": "whether a missing TFDS dataset may be downloaded",
+  "dataset.workers": "decode threads; the order of examples does not depend on them",
+  "compilation_cache_dir": "where compiled programs are cached",
+  "prefetch_to_device": "how many batches are copied to the devices ahead; the batches are the same",
+  "async_checkpointing": "whether checkpoints are written in the background",
+  "num_epochs": "compared as the resolved num_train_steps, which may grow (see docs/workdir.md)",
+  "init_from": "read only while the workdir has no checkpoint; a resumed run continues from its own (the "
+  "source may have moved since)",
+  "init_from_step": "read only with init_from, at the start of a workdir",
 }
 # Compared with their own rule instead of equality.
 EXTENSIBLE_KEYS = ("num_train_steps",)
@@ -198,32 +199,40 @@ def read_config(workdir: paths.PathLike) -> dict:
   """The saved resolved config as a plain dict; ConfigError when it is missing, unreadable or not an object."""
   target = config_path(workdir)
   if not target.exists():
-    raise ConfigError(f"{target} does not exist; --workdir must be a directory that `python -m jaxcls.main` "
-                      "trained into.")
+    raise ConfigError(
+      f"{target} does not exist; --workdir must be a directory that `python -m jaxcls.main` trained into."
+    )
   return _parse_config(target, _read_text(target))
 
 
 def _read_text(target: epath.Path) -> str:
   """A config file's text; a one-line ConfigError when it is a folder, unreadable, or not UTF-8."""
   if not target.is_file():
-    raise ConfigError(f"{target} is not a file; remove it and restore the file (an earlier version may be in "
-                      f"{HISTORY_NAME}), or train into a new --workdir.")
+    raise ConfigError(
+      f"{target} is not a file; remove it and restore the file (an earlier version may be in "
+      f"{HISTORY_NAME}), or train into a new --workdir."
+    )
   try:
     return paths.read_text(target)
   except (OSError, UnicodeDecodeError) as e:
-    raise ConfigError(f"Cannot read {target} ({getattr(e, 'strerror', None) or e}); restore it, or train into a "
-                      "new --workdir.") from None
+    raise ConfigError(
+      f"Cannot read {target} ({getattr(e, 'strerror', None) or e}); restore it, or train into a new --workdir."
+    ) from None
 
 
 def _parse_config(target, text: str) -> dict:
   try:
     value = json.loads(text)
   except ValueError as e:
-    raise ConfigError(f"{target} is damaged ({'empty file' if not text.strip() else str(e)}); restore it (an "
-                      f"earlier version may be in {HISTORY_NAME}), or train into a new --workdir.") from None
+    raise ConfigError(
+      f"{target} is damaged ({'empty file' if not text.strip() else str(e)}); restore it (an "
+      f"earlier version may be in {HISTORY_NAME}), or train into a new --workdir."
+    ) from None
   if not isinstance(value, dict):
-    raise ConfigError(f"{target} holds a JSON {type(value).__name__}, not a config object; restore it (an "
-                      f"earlier version may be in {HISTORY_NAME}), or train into a new --workdir.")
+    raise ConfigError(
+      f"{target} holds a JSON {type(value).__name__}, not a config object; restore it (an "
+      f"earlier version may be in {HISTORY_NAME}), or train into a new --workdir."
+    )
   return value
 
 
@@ -246,15 +255,17 @@ def read_classes(workdir: paths.PathLike) -> list[str]:
   """The class names in label order from classes.json; ConfigError when missing or not a list of names."""
   target = classes_path(workdir)
   if not target.is_file():
-    raise ConfigError(f"{target} does not exist; --workdir must be a directory that `python -m jaxcls.main` "
-                      "trained into.")
+    raise ConfigError(
+      f"{target} does not exist; --workdir must be a directory that `python -m jaxcls.main` trained into."
+    )
   try:
     names = json.loads(_read_text(target))
   except ValueError:
     names = None
   if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-    raise ConfigError(f"{target} is damaged (not a JSON list of class names); restore it, or train into a new "
-                      "--workdir.")
+    raise ConfigError(
+      f"{target} is damaged (not a JSON list of class names); restore it, or train into a new --workdir."
+    )
   return names
 
 
@@ -267,6 +278,7 @@ def write_skipped_files(folder: paths.PathLike, dataset, is_main: bool = True) -
   if not is_main or not skipped:
     return
   from jaxcls.data.sources.folder_scan import display  # pylint: disable=g-import-not-at-top
+
   listing = skipped_path(folder)
   paths.write_text(listing, "".join(f"{display(path)}\t{display(reason)}\n" for path, reason in skipped))
   logging.warning("%d unreadable images were skipped; they are listed in %s.", len(skipped), listing)
@@ -276,6 +288,7 @@ def resolved_config(config, info, num_train_steps: int):
   """The config as config.json records it: with the values the run derived (normalisation, image size, class
   names, steps) filled in, so a trained model can be rebuilt without its training data."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   resolved = ml_collections.ConfigDict(config.to_dict())
   resolved.dataset.mean = tuple(info.mean)
   resolved.dataset.std = tuple(info.std)
@@ -331,6 +344,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _defaults() -> dict[str, Any]:
   from jaxcls.config import base as config_base  # pylint: disable=g-import-not-at-top
+
   return _flatten(json.loads(config_base.get_base_config().to_json_best_effort()))
 
 
@@ -349,17 +363,18 @@ def differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
 
 def _short(value: Any, limit: int = 60) -> str:
   text = json.dumps(value) if not isinstance(value, str) else repr(value)
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclasses.dataclass
 class Rerun:
   """What a run found in its workdir: the saved config, the latest checkpoint step and what changed."""
-  step: int | None = None                    # latest checkpoint step; None when there is no earlier run
-  previous: dict | None = None               # the saved config.json
-  previous_text: str | None = None           # its raw text, when it could not be parsed
+
+  step: int | None = None  # latest checkpoint step; None when there is no earlier run
+  previous: dict | None = None  # the saved config.json
+  previous_text: str | None = None  # its raw text, when it could not be parsed
   training: list = dataclasses.field(default_factory=list)  # (key, old, new) of keys that change training
-  other: list = dataclasses.field(default_factory=list)     # (key, old, new) of reporting / cadence keys
+  other: list = dataclasses.field(default_factory=list)  # (key, old, new) of reporting / cadence keys
 
   def changed(self) -> bool:
     return bool(self.training or self.other or self.previous_text is not None)
@@ -377,8 +392,12 @@ def check_rerun(workdir: paths.PathLike, resolved, *, allow: bool = False) -> Re
   if not steps:
     return Rerun()
   if not target.exists():
-    logging.warning("%s is missing, so this run cannot check that it continues the experiment of checkpoint "
-                    "step %d; only the checkpoint's own shape check applies.", target, steps[-1])
+    logging.warning(
+      "%s is missing, so this run cannot check that it continues the experiment of checkpoint "
+      "step %d; only the checkpoint's own shape check applies.",
+      target,
+      steps[-1],
+    )
     return Rerun()
   rerun = Rerun(step=steps[-1])
   text = _read_text(target)  # a folder or an unreadable file: an error even with the flag (it cannot be replaced)
@@ -386,46 +405,64 @@ def check_rerun(workdir: paths.PathLike, resolved, *, allow: bool = False) -> Re
     rerun.previous = _parse_config(target, text)
   except ConfigError as e:
     if not allow:
-      raise ConfigError(f"{str(e)[:-1]}; or pass --config.allow_config_change=True to resume checkpoint step "
-                        f"{rerun.step} with the current config (the damaged file is kept in {HISTORY_NAME}).") from None
+      raise ConfigError(
+        f"{str(e)[:-1]}; or pass --config.allow_config_change=True to resume checkpoint step "
+        f"{rerun.step} with the current config (the damaged file is kept in {HISTORY_NAME})."
+      ) from None
     logging.warning("%s Resuming anyway (config.allow_config_change=True); its text goes to %s.", e, HISTORY_NAME)
     rerun.previous_text = text
     return rerun
   current = json.loads(config_json(resolved))
   for key, old, new in differences(rerun.previous, current):
-    grows = (key in EXTENSIBLE_KEYS and isinstance(old, (int, float)) and isinstance(new, (int, float))
-             and new > old)
+    grows = key in EXTENSIBLE_KEYS and isinstance(old, (int, float)) and isinstance(new, (int, float)) and new > old
     (rerun.other if grows or is_non_training(key) else rerun.training).append((key, old, new))
   if rerun.training:
     listed = "; ".join(f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in rerun.training)
     if not allow:
       raise ConfigError(
-          f"The workdir {workdir_path(workdir)} holds a run (checkpoint step {rerun.step}) with another training "
-          f"config ({listed}); resuming would silently change that experiment, so train into a new --workdir, "
-          f"or pass --config.allow_config_change=True to continue it with the new values (recorded in "
-          f"{HISTORY_NAME}).")
-    logging.warning("Continuing the run in %s from step %d with a changed training config "
-                    "(config.allow_config_change=True): %s. The earlier config goes to %s.",
-                    workdir_path(workdir), rerun.step, listed, HISTORY_NAME)
+        f"The workdir {workdir_path(workdir)} holds a run (checkpoint step {rerun.step}) with another training "
+        f"config ({listed}); resuming would silently change that experiment, so train into a new --workdir, "
+        f"or pass --config.allow_config_change=True to continue it with the new values (recorded in "
+        f"{HISTORY_NAME})."
+      )
+    logging.warning(
+      "Continuing the run in %s from step %d with a changed training config "
+      "(config.allow_config_change=True): %s. The earlier config goes to %s.",
+      workdir_path(workdir),
+      rerun.step,
+      listed,
+      HISTORY_NAME,
+    )
   for key, old, new in rerun.other:
     if key in EXTENSIBLE_KEYS:
       schedule = (current.get("optimizer") or {}).get("schedule", "")
       logging.warning(
-          "num_train_steps grows from %s to %s at step %d: the %r learning-rate schedule is recomputed over %s "
-          "steps, so from step %d on the rate follows the longer schedule%s (docs/workdir.md).", old, new,
-          rerun.step, schedule, new, rerun.step,
-          "" if schedule == "constant" else "; the result differs from a fresh run of that length")
+        "num_train_steps grows from %s to %s at step %d: the %r learning-rate schedule is recomputed over %s "
+        "steps, so from step %d on the rate follows the longer schedule%s (docs/workdir.md).",
+        old,
+        new,
+        rerun.step,
+        schedule,
+        new,
+        rerun.step,
+        "" if schedule == "constant" else "; the result differs from a fresh run of that length",
+      )
   return rerun
 
 
 def write_run_files(workdir: paths.PathLike, resolved, class_names, rerun: Rerun | None = None) -> None:
   """config.json and classes.json; when they replace an earlier run's config, its record in the history first."""
   if rerun is not None and rerun.step is not None and rerun.changed():
-    record = {"time": _utc(time.time()), "step": rerun.step,
-              "changes": [{"key": k, "old": old, "new": new, "training": training}
-                          for training, changes in ((True, rerun.training), (False, rerun.other))
-                          for k, old, new in changes],
-              "previous_config": rerun.previous}
+    record = {
+      "time": _utc(time.time()),
+      "step": rerun.step,
+      "changes": [
+        {"key": k, "old": old, "new": new, "training": training}
+        for training, changes in ((True, rerun.training), (False, rerun.other))
+        for k, old, new in changes
+      ],
+      "previous_config": rerun.previous,
+    }
     if rerun.previous_text is not None:
       record["previous_config_text"] = rerun.previous_text
     append_history(workdir, record)
@@ -435,9 +472,9 @@ def write_run_files(workdir: paths.PathLike, resolved, class_names, rerun: Rerun
 
 # ------------------------------------------------------------------------------------------- guard 2: the lock
 
-HEARTBEAT_EVERY_S = 60.0   # the holder rewrites its heartbeat this often (a background thread)
-STALE_AFTER_S = 900.0      # another host's lock whose heartbeat is older than this is stale
-_REREAD_AFTER_S = 1.0      # an unreadable lock is read again after this long before it counts as damaged
+HEARTBEAT_EVERY_S = 60.0  # the holder rewrites its heartbeat this often (a background thread)
+STALE_AFTER_S = 900.0  # another host's lock whose heartbeat is older than this is stale
+_REREAD_AFTER_S = 1.0  # an unreadable lock is read again after this long before it counts as damaged
 _held: dict[str, WorkdirLock] = {}  # token -> lock held by this process
 
 
@@ -493,9 +530,11 @@ def describe(holder: dict, now: float | None = None) -> str:
   now = time.time() if now is None else now
   beat = holder.get("heartbeat")
   since = holder.get("started")
-  return (f"host {holder.get('host')}, pid {holder.get('pid')}, since "
-          f"{_utc(since) if isinstance(since, (int, float)) else '?'}"
-          + (f", last heartbeat {max(now - beat, 0):.0f} s ago" if isinstance(beat, (int, float)) else ""))
+  return (
+    f"host {holder.get('host')}, pid {holder.get('pid')}, since "
+    f"{_utc(since) if isinstance(since, (int, float)) else '?'}"
+    + (f", last heartbeat {max(now - beat, 0):.0f} s ago" if isinstance(beat, (int, float)) else "")
+  )
 
 
 class WorkdirLock:
@@ -521,9 +560,15 @@ class WorkdirLock:
   def acquire(self) -> None:
     _prepare(self.workdir)
     now = time.time()
-    self._record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
-                    "started": now, "heartbeat": now, "token": self.token,
-                    "command": " ".join(sys.argv)[:500]}
+    self._record = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "pid_start": _process_start(os.getpid()),
+      "started": now,
+      "heartbeat": now,
+      "token": self.token,
+      "command": " ".join(sys.argv)[:500],
+    }
     for _ in range(3):
       if self._create():
         _held[self.token] = self
@@ -536,13 +581,20 @@ class WorkdirLock:
       reason = "it is unreadable" if holder == {} else stale_reason(holder)
       if reason is None:
         raise WorkdirBusyError(
-            f"The workdir {self.workdir} is in use by another training run ({describe(holder)}); wait for it to "
-            f"finish or stop it, or train into a new --workdir (if that run is gone, delete {self.path}).")
-      logging.warning("Taking over the stale workdir lock %s (%s): %s.", self.path,
-                      describe(holder) if holder else "unreadable", reason)
+          f"The workdir {self.workdir} is in use by another training run ({describe(holder)}); wait for it to "
+          f"finish or stop it, or train into a new --workdir (if that run is gone, delete {self.path})."
+        )
+      logging.warning(
+        "Taking over the stale workdir lock %s (%s): %s.",
+        self.path,
+        describe(holder) if holder else "unreadable",
+        reason,
+      )
       self._remove_if(holder.get("token") if holder else None)
-    raise WorkdirBusyError(f"The workdir lock {self.path} changed hands three times while this run tried to take "
-                           f"it; another run is starting there, so train into a new --workdir.")
+    raise WorkdirBusyError(
+      f"The workdir lock {self.path} changed hands three times while this run tried to take "
+      f"it; another run is starting there, so train into a new --workdir."
+    )
 
   def release(self) -> None:
     """Removes the lock if it is still ours (never another run's), after stopping the heartbeat."""
@@ -558,8 +610,11 @@ class WorkdirLock:
     if holder is None:
       return
     if holder.get("token") != self.token:
-      logging.warning("The workdir lock %s now belongs to another run (%s); it is left in place.", self.path,
-                      describe(holder) if holder else "unreadable")
+      logging.warning(
+        "The workdir lock %s now belongs to another run (%s); it is left in place.",
+        self.path,
+        describe(holder) if holder else "unreadable",
+      )
       return
     try:
       self.path.unlink()
@@ -581,8 +636,12 @@ class WorkdirLock:
     """Rewrites the heartbeat time; False (and a warning) when the lock is no longer ours."""
     holder = self._read()
     if not holder or holder.get("token") != self.token:
-      logging.warning("The workdir lock %s was taken over by another run (%s); this run keeps going, but both may "
-                      "now write into %s.", self.path, describe(holder) if holder else "removed", self.workdir)
+      logging.warning(
+        "The workdir lock %s was taken over by another run (%s); this run keeps going, but both may now write into %s.",
+        self.path,
+        describe(holder) if holder else "removed",
+        self.workdir,
+      )
       return False
     self._record["heartbeat"] = time.time()
     paths.write_text(self.path, json.dumps(self._record, sort_keys=True))
@@ -594,8 +653,7 @@ class WorkdirLock:
         if not self.heartbeat():
           return
       except Exception as e:  # pylint: disable=broad-except  (a transient store error must not stop training)
-        logging.warning("Could not refresh the workdir lock %s (%s); retrying in %.0f s.", self.path, e,
-                        self._every)
+        logging.warning("Could not refresh the workdir lock %s (%s); retrying in %.0f s.", self.path, e, self._every)
 
   # -- file operations
 
@@ -616,14 +674,16 @@ class WorkdirLock:
         return True
       return self._create_remote()
     except OSError as e:
-      raise ConfigError(f"Cannot write the workdir lock {self.path} ({e.strerror or e}); --workdir must be a "
-                        "writable folder.") from None
+      raise ConfigError(
+        f"Cannot write the workdir lock {self.path} ({e.strerror or e}); --workdir must be a writable folder."
+      ) from None
 
   def _create_remote(self) -> bool:
     if self.path.exists():
       return False
     try:
       import fsspec  # pylint: disable=g-import-not-at-top
+
       fs = fsspec.filesystem(paths.scheme(self.path))
       fs.pipe_file(str(self.path), self._data(), mode="create")  # gcsfs: ifGenerationMatch=0
     except FileExistsError:
@@ -642,8 +702,10 @@ class WorkdirLock:
     except UnicodeDecodeError:  # garbage bytes: as unparsable as bad JSON
       return {}
     except OSError as e:  # e.g. a folder named lock.json
-      raise ConfigError(f"Cannot read the workdir lock {self.path} ({e.strerror or e}); it must be a file that "
-                        "only jaxcls writes, so remove it.") from None
+      raise ConfigError(
+        f"Cannot read the workdir lock {self.path} ({e.strerror or e}); it must be a file that "
+        "only jaxcls writes, so remove it."
+      ) from None
     try:
       value = json.loads(text)
     except ValueError:
@@ -671,13 +733,15 @@ class WorkdirLock:
 def _prepare(workdir: epath.Path) -> None:
   """The workdir as a folder: created when missing; a one-line error when it is a file or cannot be created."""
   if workdir.exists() and not workdir.is_dir():
-    raise ConfigError(f"The workdir {workdir} is a file; --workdir must be a folder (a new one, or one a run "
-                      "trained into).")
+    raise ConfigError(
+      f"The workdir {workdir} is a file; --workdir must be a folder (a new one, or one a run trained into)."
+    )
   try:
     paths.makedirs(workdir, "workdir")  # local only: an object store has no folders to create
   except OSError as e:
-    raise ConfigError(f"Cannot create the workdir {workdir} ({e.strerror or e}); --workdir must be a writable "
-                      "folder.") from None
+    raise ConfigError(
+      f"Cannot create the workdir {workdir} ({e.strerror or e}); --workdir must be a writable folder."
+    ) from None
 
 
 @contextlib.contextmanager
@@ -697,6 +761,7 @@ def locked(workdir: paths.PathLike, *, is_main: bool = True, num_processes: int 
   if num_processes > 1:
     import numpy as np  # pylint: disable=g-import-not-at-top
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
     if not ok and error is None:
       raise WorkdirBusyError(f"Process 0 could not take the workdir lock {lock_path(workdir)}; its error says why.")

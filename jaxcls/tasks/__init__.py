@@ -35,8 +35,10 @@ def task_class(task_type: str) -> type[Task]:
   """The registered class of `task_type`; a ConfigError names the known types, or says what a class lacks."""
   cls = TASKS.get(task_type)
   if not (isinstance(cls, type) and issubclass(cls, Task) and dataclasses.is_dataclass(cls)):
-    raise ConfigError(f"config.task.type={task_type!r} is registered as {cls!r}, which is not a dataclass "
-                      "subclassing jaxcls.tasks.Task (jaxcls/tasks/base.py); make it one to use it as a task.")
+    raise ConfigError(
+      f"config.task.type={task_type!r} is registered as {cls!r}, which is not a dataclass "
+      "subclassing jaxcls.tasks.Task (jaxcls/tasks/base.py); make it one to use it as a task."
+    )
   return cls
 
 
@@ -49,15 +51,20 @@ def check_classes(task_type: str, class_names, train_class_counts=None) -> None:
   """
   names = [str(n) for n in class_names]
   if task_class(task_type).single_label and len(names) < 2:
-    raise DataError(f"The dataset has {len(names)} class ({', '.join(repr(n) for n in names) or 'none'}); a "
-                    f"{task_type} classifier needs at least 2 (with one, every prediction is that class and "
-                    "nothing is learned): add images of another class, e.g. another class folder.")
+    raise DataError(
+      f"The dataset has {len(names)} class ({', '.join(repr(n) for n in names) or 'none'}); a "
+      f"{task_type} classifier needs at least 2 (with one, every prediction is that class and "
+      "nothing is learned): add images of another class, e.g. another class folder."
+    )
   if train_class_counts is None:
     return
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   counts = list(train_class_counts)
-  for count, words in ((0, "no training example (the model never sees them)"),
-                       (1, "a single training example (too few to learn from or to split for evaluation)")):
+  for count, words in (
+    (0, "no training example (the model never sees them)"),
+    (1, "a single training example (too few to learn from or to split for evaluation)"),
+  ):
     few = [names[k] if k < len(names) else str(k) for k, n in enumerate(counts) if n == count]
     if few:
       shown = ", ".join(repr(n) for n in few[:5]) + (f" and {len(few) - 5} more" if len(few) > 5 else "")
@@ -67,8 +74,10 @@ def check_classes(task_type: str, class_names, train_class_counts=None) -> None:
 def check_field(name: str, value: Any, valid: Any) -> None:
   """A ConfigError for a task field whose value is not one of `valid` (with the closest valid value)."""
   if value not in valid:
-    raise ConfigError(f"config.task.{name}={value!r} is not valid.{did_you_mean(str(value), map(str, valid))}"
-                      f" Valid: {', '.join(map(str, valid))}.")
+    raise ConfigError(
+      f"config.task.{name}={value!r} is not valid.{did_you_mean(str(value), map(str, valid))}"
+      f" Valid: {', '.join(map(str, valid))}."
+    )
 
 
 # The built-in task types register themselves on import (after TASKS exists, hence at the end).

@@ -25,6 +25,7 @@ from jaxcls.tasks.base import Task, top_classes
 @dataclasses.dataclass(frozen=True)
 class Binary(Task):
   """Two classes, one logit: the positive class when its probability reaches the threshold."""
+
   num_classes: int
   threshold: float = 0.5
   # A class name; '' is the second class in name order (class 1), the choice before this key existed.
@@ -33,8 +34,9 @@ class Binary(Task):
 
   def __post_init__(self):
     if self.num_classes != 2:
-      raise ConfigError(f"config.task.type='binary' needs a dataset with 2 classes; this one has "
-                        f"{self.num_classes} (use 'multiclass').")
+      raise ConfigError(
+        f"config.task.type='binary' needs a dataset with 2 classes; this one has {self.num_classes} (use 'multiclass')."
+      )
     if not 0.0 < float(self.threshold) < 1.0:
       raise ConfigError(f"config.task.threshold={self.threshold!r} must be a probability in (0, 1).")
     object.__setattr__(self, "threshold", float(self.threshold))
@@ -42,8 +44,9 @@ class Binary(Task):
     object.__setattr__(self, "class_names", names)
     if self.positive_class not in ("", *names):
       known = ", ".join(repr(n) for n in names) if names else "none are known without the dataset"
-      raise ConfigError(f"config.task.positive_class={self.positive_class!r} is not a class of this dataset; "
-                        f"use one of {known}.")
+      raise ConfigError(
+        f"config.task.positive_class={self.positive_class!r} is not a class of this dataset; use one of {known}."
+      )
 
   @property
   def positive(self) -> int:
@@ -95,8 +98,11 @@ class Binary(Task):
     labels = labels.astype(jnp.int32)
     valid = mask.astype(jnp.int32)
     confusion = jnp.zeros((2, 2), jnp.int32).at[labels, self.predict(logits)].add(valid)
-    return {"loss_sum": jnp.sum(self.loss(logits, labels) * mask.astype(jnp.float32)),
-            "count": jnp.sum(valid), "confusion": confusion}
+    return {
+      "loss_sum": jnp.sum(self.loss(logits, labels) * mask.astype(jnp.float32)),
+      "count": jnp.sum(valid),
+      "confusion": confusion,
+    }
 
   def eval_outputs(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Per-example values for the ranking metrics; logits too, so ranks and log loss avoid saturated probs."""
@@ -110,15 +116,22 @@ class Binary(Task):
   def prediction_record(self, class_names, probs: np.ndarray, top_k: int) -> dict:
     """The decided class and, for the line and CSV, the positive-class probability and the threshold."""
     positive = float(np.float32(probs))
-    pair = np.array([positive, 1.0 - positive][::-1 if self.positive == 1 else 1])  # by class id
+    pair = np.array([positive, 1.0 - positive][:: -1 if self.positive == 1 else 1])  # by class id
     chosen = int(self.decide(probs))
-    return {"prediction": class_names[chosen], "probability": float(pair[chosen]),
-            "top_k": top_classes(class_names, pair, top_k), "threshold": self.threshold,
-            "positive": [class_names[self.positive], positive]}
+    return {
+      "prediction": class_names[chosen],
+      "probability": float(pair[chosen]),
+      "top_k": top_classes(class_names, pair, top_k),
+      "threshold": self.threshold,
+      "positive": [class_names[self.positive], positive],
+    }
 
   def export_metadata(self, class_names) -> dict:
-    return {"output": "positive-class probability [B]", "threshold": self.threshold,
-            "positive_class": class_names[self.positive]}
+    return {
+      "output": "positive-class probability [B]",
+      "threshold": self.threshold,
+      "positive_class": class_names[self.positive],
+    }
 
   def attribution_scores(self, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """+/- the single logit by class id: the positive class's score is the logit, the other's its negation."""
@@ -140,25 +153,26 @@ class Binary(Task):
     precision = _ratio(tp, tp + fp)
     recall = _ratio(tp, tp + fn)
     result = {
-        "num_examples": count,
-        "loss": float(sums["loss_sum"]) / max(count, 1),
-        "accuracy": float(tn + tp) / max(count, 1),
-        "threshold": self.threshold,
-        # The class that precision, recall, specificity, F1, ROC-AUC and AP are of.
-        "positive_class": self.positive_name,
-        "precision": precision,
-        "recall": recall,
-        "specificity": _ratio(tn, tn + fp),
-        "f1": _ratio(2 * precision * recall, precision + recall),
-        # scikit-learn's balanced accuracy: mean recall over the classes present.
-        "balanced_accuracy": float(class_recall[support > 0].mean()) if count else float("nan"),
-        "per_class_recall": [float(r) if n else None for r, n in zip(class_recall, support)],
-        "confusion_matrix": confusion.tolist(),
+      "num_examples": count,
+      "loss": float(sums["loss_sum"]) / max(count, 1),
+      "accuracy": float(tn + tp) / max(count, 1),
+      "threshold": self.threshold,
+      # The class that precision, recall, specificity, F1, ROC-AUC and AP are of.
+      "positive_class": self.positive_name,
+      "precision": precision,
+      "recall": recall,
+      "specificity": _ratio(tn, tn + fp),
+      "f1": _ratio(2 * precision * recall, precision + recall),
+      # scikit-learn's balanced accuracy: mean recall over the classes present.
+      "balanced_accuracy": float(class_recall[support > 0].mean()) if count else float("nan"),
+      "per_class_recall": [float(r) if n else None for r, n in zip(class_recall, support)],
+      "confusion_matrix": confusion.tolist(),
     }
     if outputs is not None:
       result.update(ranking_metrics(outputs["logits"], outputs["probs"], np.asarray(outputs["labels"]) == pos))
-    return metrics.mark_undefined(result, {"best_f1_threshold": "the eval split has no positive example"},
-                                  metrics.class_composition(support))
+    return metrics.mark_undefined(
+      result, {"best_f1_threshold": "the eval split has no positive example"}, metrics.class_composition(support)
+    )
 
 
 def ranking_metrics(logits: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -169,13 +183,13 @@ def ranking_metrics(logits: np.ndarray, probs: np.ndarray, labels: np.ndarray) -
   threshold, f1 = best_f1_threshold(probs, positive)
   confidence = np.maximum(probs, 1.0 - probs)
   return {
-      "roc_auc": metrics.roc_auc(logits, positive),
-      "average_precision": metrics.average_precision(logits, positive),
-      "log_loss": float(np.mean(np.logaddexp(0.0, logits) - positive * logits)) if len(logits) else float("nan"),
-      # Calibration of the probability itself, so at 0.5 whatever the decision threshold.
-      "ece": metrics.expected_calibration_error(confidence, (probs >= 0.5) == positive),
-      "best_f1_threshold": threshold,
-      "best_f1": f1,
+    "roc_auc": metrics.roc_auc(logits, positive),
+    "average_precision": metrics.average_precision(logits, positive),
+    "log_loss": float(np.mean(np.logaddexp(0.0, logits) - positive * logits)) if len(logits) else float("nan"),
+    # Calibration of the probability itself, so at 0.5 whatever the decision threshold.
+    "ece": metrics.expected_calibration_error(confidence, (probs >= 0.5) == positive),
+    "best_f1_threshold": threshold,
+    "best_f1": f1,
   }
 
 

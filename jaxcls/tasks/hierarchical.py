@@ -29,6 +29,7 @@ from jaxcls.tasks.base import Task
 @dataclasses.dataclass(frozen=True)
 class Hierarchical(Task):
   """One leaf class per example, predicted as a path of the class tree (one softmax per level)."""
+
   num_classes: int
   # Any form `tree.parse` accepts; replaced by the parsed (hashable) ClassTree.
   tree: Any = "folders"
@@ -44,8 +45,10 @@ class Hierarchical(Task):
     parsed = tree_lib.parse(self.tree, names)
     weights = tuple(float(w) for w in self.level_weights) or (1.0,) * parsed.depth
     if len(weights) != parsed.depth or min(weights) < 0 or not any(weights):
-      raise ConfigError(f"config.task.level_weights={self.level_weights!r} is not valid; give {parsed.depth} "
-                        "non-negative numbers (one per level, coarsest first, not all zero).")
+      raise ConfigError(
+        f"config.task.level_weights={self.level_weights!r} is not valid; give {parsed.depth} "
+        "non-negative numbers (one per level, coarsest first, not all zero)."
+      )
     object.__setattr__(self, "tree", parsed)
     object.__setattr__(self, "class_names", names)
     object.__setattr__(self, "level_weights", weights)
@@ -58,13 +61,12 @@ class Hierarchical(Task):
     """The head's outputs split into one [B, n_level] block per level, coarsest first."""
     bounds = np.cumsum((0,) + self.tree.level_sizes)
     logits = logits.astype(jnp.float32)
-    return [logits[:, bounds[i]:bounds[i + 1]] for i in range(self.tree.depth)]
+    return [logits[:, bounds[i] : bounds[i + 1]] for i in range(self.tree.depth)]
 
   def leaf_log_probs(self, logits: jax.Array) -> jax.Array:
     """[B, K] log of the product of level probabilities along each leaf's path, normalised over the leaves."""
     paths = self.tree.path_array()
-    score = sum(jax.nn.log_softmax(block)[:, paths[:, level]]
-                for level, block in enumerate(self.level_logits(logits)))
+    score = sum(jax.nn.log_softmax(block)[:, paths[:, level]] for level, block in enumerate(self.level_logits(logits)))
     return jax.nn.log_softmax(score)
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -92,27 +94,33 @@ class Hierarchical(Task):
     # Levels agreeing from the top; the LCA's height is depth - that, and the distance twice the height.
     common = jnp.sum(jnp.cumprod(true_path == pred_path, axis=-1), -1)
     sums = {
-        "loss_sum": jnp.sum(self.loss(logits, labels) * mask.astype(jnp.float32)),
-        "count": jnp.sum(valid),
-        "lca_height": jnp.zeros(depth + 1, jnp.int32).at[depth - common].add(valid),
+      "loss_sum": jnp.sum(self.loss(logits, labels) * mask.astype(jnp.float32)),
+      "count": jnp.sum(valid),
+      "lca_height": jnp.zeros(depth + 1, jnp.int32).at[depth - common].add(valid),
     }
     for level, size in enumerate(self.tree.level_sizes):
-      sums[f"confusion_{level}"] = jnp.zeros((size, size), jnp.int32).at[
-          true_path[:, level], pred_path[:, level]].add(valid)
+      sums[f"confusion_{level}"] = (
+        jnp.zeros((size, size), jnp.int32).at[true_path[:, level], pred_path[:, level]].add(valid)
+      )
     return sums
 
   def prediction_record(self, class_names, probs: np.ndarray, top_k: int) -> dict:
     """The single-label record plus the predicted path (`hierarchy`: node names, coarsest level first)."""
     record = super().prediction_record(class_names, probs, top_k)
     leaf = int(self.decide(probs))
-    record["hierarchy"] = [self.tree.level_names[level][self.tree.paths[leaf][level]]
-                           for level in range(self.tree.depth)]
+    record["hierarchy"] = [
+      self.tree.level_names[level][self.tree.paths[leaf][level]] for level in range(self.tree.depth)
+    ]
     return record
 
   def export_metadata(self, class_names) -> dict:
-    return {**super().export_metadata(class_names),
-            "tree": {"level_names": [list(names) for names in self.tree.level_names],
-                     "paths": [list(path) for path in self.tree.paths]}}
+    return {
+      **super().export_metadata(class_names),
+      "tree": {
+        "level_names": [list(names) for names in self.tree.level_names],
+        "paths": [list(path) for path in self.tree.paths],
+      },
+    }
 
   def attribution_scores(self, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The leaf log-probabilities (a logit of one level alone would ignore the rest of the path)."""
@@ -132,19 +140,20 @@ class Hierarchical(Task):
     h_precision = h_recall = shared / max(depth * count, 1)
     mistakes = heights[1:].sum()
     result = {
-        "num_examples": count,
-        "loss": float(sums["loss_sum"]) / max(count, 1),
-        "accuracy": int(np.trace(leaf)) / max(count, 1),
-        "balanced_accuracy": float(np.nanmean(recall)) if np.any(support > 0) else float("nan"),
-        "hierarchical_precision": h_precision,
-        "hierarchical_recall": h_recall,
-        "hierarchical_f1": h_precision,
-        # {tree distance: number of eval examples}, mistakes only.
-        "mistake_severity": {str(2 * h): int(heights[h]) for h in range(1, depth + 1)},
-        "mean_mistake_severity": float(np.sum(2 * np.arange(depth + 1) * heights) / mistakes) if mistakes
-                                 else float("nan"),
-        "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
-        "confusion_matrix": leaf.tolist(),
+      "num_examples": count,
+      "loss": float(sums["loss_sum"]) / max(count, 1),
+      "accuracy": int(np.trace(leaf)) / max(count, 1),
+      "balanced_accuracy": float(np.nanmean(recall)) if np.any(support > 0) else float("nan"),
+      "hierarchical_precision": h_precision,
+      "hierarchical_recall": h_recall,
+      "hierarchical_f1": h_precision,
+      # {tree distance: number of eval examples}, mistakes only.
+      "mistake_severity": {str(2 * h): int(heights[h]) for h in range(1, depth + 1)},
+      "mean_mistake_severity": float(np.sum(2 * np.arange(depth + 1) * heights) / mistakes)
+      if mistakes
+      else float("nan"),
+      "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
+      "confusion_matrix": leaf.tolist(),
     }
     for level in range(depth):
       confusion = np.asarray(sums[f"confusion_{level}"], np.int64)
@@ -155,8 +164,9 @@ class Hierarchical(Task):
         result[f"level{level}_confusion_matrix"] = confusion.tolist()
     if outputs is not None:
       result.update(ranking_metrics(outputs["probs"], outputs["labels"]))
-    return metrics.mark_undefined(result, {"mistake_severity": "the model made no mistake on the eval split"},
-                                  metrics.class_composition(support))
+    return metrics.mark_undefined(
+      result, {"mistake_severity": "the model made no mistake on the eval split"}, metrics.class_composition(support)
+    )
 
 
 def ranking_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -168,6 +178,8 @@ def ranking_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
   curves = metrics.one_vs_rest_curves(probs, labels)
   eps = np.finfo(np.float64).eps
   clipped = np.clip(probs / probs.sum(1, keepdims=True), eps, 1 - eps)  # as scikit-learn's log_loss
-  return {**curves,
-          "log_loss": float(-np.mean(np.log(clipped[np.arange(len(labels)), labels]))),
-          "ece": metrics.expected_calibration_error(probs.max(1), probs.argmax(1) == labels)}
+  return {
+    **curves,
+    "log_loss": float(-np.mean(np.log(clipped[np.arange(len(labels)), labels]))),
+    "ece": metrics.expected_calibration_error(probs.max(1), probs.argmax(1) == labels),
+  }

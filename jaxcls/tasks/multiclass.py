@@ -19,6 +19,7 @@ from jaxcls.tasks.base import Task
 @dataclasses.dataclass(frozen=True)
 class MultiClass(Task):
   """One class per example out of K: a softmax head (the default task)."""
+
   num_classes: int
   label_smoothing: float = 0.0
   # 'none', or one weight per class ('balanced' is turned into weights by `resolve_class_weights` first).
@@ -40,8 +41,9 @@ class MultiClass(Task):
 
     Smoothing is linear, so smoothing mixed labels equals mixing smoothed ones (timm's order).
     """
-    probs = labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(
-        labels, self.num_classes, dtype=jnp.float32)
+    probs = (
+      labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
+    )
     if not self.label_smoothing:
       return probs
     return probs * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
@@ -71,14 +73,13 @@ class MultiClass(Task):
     # Rank of the true class: the number of classes scored strictly higher (ties count in its favour).
     true_score = jnp.take_along_axis(logits, labels[:, None], axis=-1)
     rank = jnp.sum(logits > true_score, axis=-1)
-    confusion = jnp.zeros((self.num_classes, self.num_classes), jnp.int32).at[labels, pred].add(
-        mask.astype(jnp.int32))
+    confusion = jnp.zeros((self.num_classes, self.num_classes), jnp.int32).at[labels, pred].add(mask.astype(jnp.int32))
     return {
-        "loss_sum": jnp.sum(nll * valid),
-        "correct": jnp.sum((pred == labels) & mask).astype(jnp.int32),
-        "correct_top_k": jnp.sum((rank < self.top_k) & mask).astype(jnp.int32),
-        "count": jnp.sum(mask).astype(jnp.int32),
-        "confusion": confusion,
+      "loss_sum": jnp.sum(nll * valid),
+      "correct": jnp.sum((pred == labels) & mask).astype(jnp.int32),
+      "correct_top_k": jnp.sum((rank < self.top_k) & mask).astype(jnp.int32),
+      "count": jnp.sum(mask).astype(jnp.int32),
+      "confusion": confusion,
     }
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
@@ -88,13 +89,13 @@ class MultiClass(Task):
     support = confusion.sum(1)
     recall = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
     result = {
-        "num_examples": count,
-        "loss": float(sums["loss_sum"]) / max(count, 1),
-        "accuracy": int(sums["correct"]) / max(count, 1),
-        f"top{self.top_k}_accuracy": int(sums["correct_top_k"]) / max(count, 1),
-        "balanced_accuracy": float(np.nanmean(recall)) if np.any(support > 0) else float("nan"),
-        "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
-        "confusion_matrix": confusion.tolist(),
+      "num_examples": count,
+      "loss": float(sums["loss_sum"]) / max(count, 1),
+      "accuracy": int(sums["correct"]) / max(count, 1),
+      f"top{self.top_k}_accuracy": int(sums["correct_top_k"]) / max(count, 1),
+      "balanced_accuracy": float(np.nanmean(recall)) if np.any(support > 0) else float("nan"),
+      "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
+      "confusion_matrix": confusion.tolist(),
     }
     result.update(metrics.precision_recall_f1(confusion))
     if outputs is not None and len(outputs["labels"]):
@@ -112,8 +113,10 @@ def check_class_weights(weights: Sequence[float], num_classes: int) -> tuple[flo
   except (TypeError, ValueError):
     values = ()
   if len(values) != num_classes or min(values, default=-1.0) < 0 or not any(values):
-    raise ConfigError(f"config.task.class_weights={weights!r} is not valid; use 'none', 'balanced' or "
-                      f"{num_classes} non-negative numbers (one per class, not all zero).")
+    raise ConfigError(
+      f"config.task.class_weights={weights!r} is not valid; use 'none', 'balanced' or "
+      f"{num_classes} non-negative numbers (one per class, not all zero)."
+    )
   return values
 
 
@@ -129,13 +132,17 @@ def resolve_class_weights(value, class_counts: Sequence[int] | None, num_classes
     except (ValueError, SyntaxError):
       pass
   if isinstance(value, str) and value not in ("none", "balanced"):
-    raise ConfigError(f"config.task.class_weights={value!r} is not valid; use 'none', 'balanced' or "
-                      f"{num_classes} numbers (one per class).")
+    raise ConfigError(
+      f"config.task.class_weights={value!r} is not valid; use 'none', 'balanced' or "
+      f"{num_classes} numbers (one per class)."
+    )
   if value != "balanced":
     return value if isinstance(value, str) else check_class_weights(value, num_classes)
   if class_counts is None:
-    raise ConfigError("config.task.class_weights='balanced' needs the training class counts, which this dataset "
-                      "does not report; give explicit weights, one per class, instead.")
+    raise ConfigError(
+      "config.task.class_weights='balanced' needs the training class counts, which this dataset "
+      "does not report; give explicit weights, one per class, instead."
+    )
   counts = np.asarray(class_counts, np.float64)
   present = counts > 0
   weights = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)

@@ -27,6 +27,7 @@ LOSSES = ("bce", "focal", "asymmetric")
 @dataclasses.dataclass(frozen=True)
 class MultiLabel(Task):
   """A set of labels per example: K independent sigmoids, each label present at or above its threshold."""
+
   single_label: ClassVar[bool] = False
   num_classes: int
   # Not `loss`: that name is the task's loss method.
@@ -63,8 +64,9 @@ class MultiLabel(Task):
       p = jax.nn.sigmoid(x)
       p_neg = jnp.maximum(p - self.asl_clip, 0.0)  # probability shifting: very easy negatives cost nothing
       log_not_p_neg = jnp.log(jnp.maximum(1 - p_neg, 1e-8)) if self.asl_clip else log_not_p
-      per_label = -(y * _power(1 - p, self.asl_gamma_pos) * log_p
-                    + (1 - y) * _power(p_neg, self.asl_gamma_neg) * log_not_p_neg)
+      per_label = -(
+        y * _power(1 - p, self.asl_gamma_pos) * log_p + (1 - y) * _power(p_neg, self.asl_gamma_neg) * log_not_p_neg
+      )
     return jnp.sum(per_label, axis=-1)
 
   def probabilities(self, logits: jax.Array) -> jax.Array:
@@ -80,8 +82,10 @@ class MultiLabel(Task):
 
   def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     wrong = self.predict(logits) != (labels >= 0.5)
-    return {"accuracy": 1.0 - jnp.any(wrong, -1).astype(jnp.float32),
-            "hamming_loss": jnp.mean(wrong.astype(jnp.float32), -1)}
+    return {
+      "accuracy": 1.0 - jnp.any(wrong, -1).astype(jnp.float32),
+      "hamming_loss": jnp.mean(wrong.astype(jnp.float32), -1),
+    }
 
   def eval_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Per-label true/false positive/negative counts at the thresholds and exact matches, over the valid rows."""
@@ -90,11 +94,13 @@ class MultiLabel(Task):
     valid = mask[:, None]
     count = lambda x: jnp.sum(x & valid, axis=0).astype(jnp.int32)
     return {
-        "loss_sum": jnp.sum(self.loss(logits, labels) * mask.astype(jnp.float32)),
-        "count": jnp.sum(mask).astype(jnp.int32),
-        "exact": jnp.sum(jnp.all(pred == truth, -1) & mask).astype(jnp.int32),
-        "tp": count(pred & truth), "fp": count(pred & ~truth),
-        "fn": count(~pred & truth), "tn": count(~pred & ~truth),
+      "loss_sum": jnp.sum(self.loss(logits, labels) * mask.astype(jnp.float32)),
+      "count": jnp.sum(mask).astype(jnp.int32),
+      "exact": jnp.sum(jnp.all(pred == truth, -1) & mask).astype(jnp.int32),
+      "tp": count(pred & truth),
+      "fp": count(pred & ~truth),
+      "fn": count(~pred & truth),
+      "tn": count(~pred & ~truth),
     }
 
   def eval_outputs(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -111,8 +117,12 @@ class MultiLabel(Task):
     above = np.flatnonzero(self.decide(probs))
     above = above[np.argsort(-probs[above], kind="stable")]
     labels = [[class_names[i], float(probs[i])] for i in above]
-    return {"prediction": ";".join(name for name, _ in labels), "probability": None,
-            "top_k": top_classes(class_names, probs, top_k), "labels": labels}
+    return {
+      "prediction": ";".join(name for name, _ in labels),
+      "probability": None,
+      "top_k": top_classes(class_names, probs, top_k),
+      "labels": labels,
+    }
 
   def export_metadata(self, class_names) -> dict:
     thresholds = np.broadcast_to(np.asarray(self.thresholds, np.float64), (len(class_names),))
@@ -125,22 +135,29 @@ class MultiLabel(Task):
     f1 = divide(2 * tp, 2 * tp + fp + fn)
     micro_p, micro_r = divide(tp.sum(), tp.sum() + fp.sum()), divide(tp.sum(), tp.sum() + fn.sum())
     result = {
-        "num_examples": count,
-        "loss": float(sums["loss_sum"]) / max(count, 1),
-        "accuracy": int(sums["exact"]) / max(count, 1),  # subset accuracy, as scikit-learn's accuracy_score
-        "subset_accuracy": int(sums["exact"]) / max(count, 1),  # the same, by its own name
-        "hamming_loss": float((fp + fn).sum()) / max(count * self.num_classes, 1),
-        "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
-        "support": (tp + fn).astype(np.int64).tolist(),
-        "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        "micro_precision": float(micro_p), "micro_recall": float(micro_r),
-        "micro_f1": float(divide(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
+      "num_examples": count,
+      "loss": float(sums["loss_sum"]) / max(count, 1),
+      "accuracy": int(sums["exact"]) / max(count, 1),  # subset accuracy, as scikit-learn's accuracy_score
+      "subset_accuracy": int(sums["exact"]) / max(count, 1),  # the same, by its own name
+      "hamming_loss": float((fp + fn).sum()) / max(count * self.num_classes, 1),
+      "precision": precision.tolist(),
+      "recall": recall.tolist(),
+      "f1": f1.tolist(),
+      "support": (tp + fn).astype(np.int64).tolist(),
+      "macro_precision": float(precision.mean()),
+      "macro_recall": float(recall.mean()),
+      "macro_f1": float(f1.mean()),
+      "micro_precision": float(micro_p),
+      "micro_recall": float(micro_r),
+      "micro_f1": float(divide(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
     }
     if outputs is not None:
       result.update(ranking_metrics(outputs["logits"], outputs["probs"], outputs["labels"]))
-    outcomes = ("the eval split has no examples" if not count else
-                "no label has both positive and negative eval examples, so there is nothing to rank against")
+    outcomes = (
+      "the eval split has no examples"
+      if not count
+      else "no label has both positive and negative eval examples, so there is nothing to rank against"
+    )
     return metrics.mark_undefined(result, {}, outcomes)
 
 
@@ -158,14 +175,16 @@ def ranking_metrics(logits: np.ndarray, probs: np.ndarray, labels: np.ndarray) -
   best = [binary.best_f1_threshold(probs[:, j], positive[:, j]) for j in range(k)]
   confidence = np.maximum(probs, 1.0 - probs).ravel()
   return {
-      "roc_auc": _as_list(auc), "average_precision": _as_list(ap),
-      "macro_roc_auc": _nanmean(auc), "macro_average_precision": _nanmean(ap),
-      "micro_roc_auc": metrics.roc_auc(logits.ravel(), positive.ravel()),
-      "micro_average_precision": metrics.average_precision(logits.ravel(), positive.ravel()),
-      "log_loss": float(np.mean(np.logaddexp(0.0, logits) - positive * logits)) if logits.size else float("nan"),
-      "ece": metrics.expected_calibration_error(confidence, ((probs >= 0.5) == positive).ravel()),
-      "best_f1_thresholds": [None if np.isnan(t) else t for t, _ in best],
-      "best_f1": [f for _, f in best],
+    "roc_auc": _as_list(auc),
+    "average_precision": _as_list(ap),
+    "macro_roc_auc": _nanmean(auc),
+    "macro_average_precision": _nanmean(ap),
+    "micro_roc_auc": metrics.roc_auc(logits.ravel(), positive.ravel()),
+    "micro_average_precision": metrics.average_precision(logits.ravel(), positive.ravel()),
+    "log_loss": float(np.mean(np.logaddexp(0.0, logits) - positive * logits)) if logits.size else float("nan"),
+    "ece": metrics.expected_calibration_error(confidence, ((probs >= 0.5) == positive).ravel()),
+    "best_f1_thresholds": [None if np.isnan(t) else t for t, _ in best],
+    "best_f1": [f for _, f in best],
   }
 
 
@@ -182,8 +201,9 @@ def check_thresholds(value, num_classes: int) -> float | tuple[float, ...]:
     values = ()
   flat = np.atleast_1d(np.asarray(values, np.float64))
   if (np.ndim(values) and len(flat) != num_classes) or not flat.size or not np.all((flat > 0) & (flat < 1)):
-    raise ConfigError(f"config.task.thresholds={value!r} is not valid; use one probability in (0, 1) or "
-                      f"{num_classes}, one per label.")
+    raise ConfigError(
+      f"config.task.thresholds={value!r} is not valid; use one probability in (0, 1) or {num_classes}, one per label."
+    )
   return values
 
 

@@ -29,6 +29,7 @@ from jaxcls.core.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class ClassTree:
   """Node names per level (coarsest first, last = leaves in class order) and each leaf's node index per level."""
+
   level_names: tuple[tuple[str, ...], ...]
   paths: tuple[tuple[int, ...], ...]
 
@@ -59,46 +60,56 @@ def from_ancestors(ancestors: Sequence[Sequence[str]], leaf_names: Sequence[str]
   """The tree whose leaf i has ancestors `ancestors[i]` (names, coarsest first)."""
   chains = [(a,) if isinstance(a, str) else tuple(str(n) for n in a) for a in ancestors]
   if len(chains) != len(leaf_names):
-    raise ConfigError(f"config.task.tree has {len(chains)} entries but the dataset has {len(leaf_names)} classes; "
-                      "give one ancestor path per class.")
+    raise ConfigError(
+      f"config.task.tree has {len(chains)} entries but the dataset has {len(leaf_names)} classes; "
+      "give one ancestor path per class."
+    )
   depths = sorted({len(c) for c in chains})
   if len(depths) > 1 or depths[0] == 0:
-    raise ConfigError(f"config.task.tree gives classes {' and '.join(map(str, depths))} ancestors; every class "
-                      "needs the same number (at least one).")
+    raise ConfigError(
+      f"config.task.tree gives classes {' and '.join(map(str, depths))} ancestors; every class "
+      "needs the same number (at least one)."
+    )
   parent_of: dict[tuple[int, str], str | None] = {}
   for chain in chains:
     for level, name in enumerate(chain):
       parent = chain[level - 1] if level else None
       if parent_of.setdefault((level, name), parent) != parent:
-        raise ConfigError(f"config.task.tree gives {name!r} two parents ({parent_of[(level, name)]!r} and "
-                          f"{parent!r}); use distinct names for distinct nodes.")
+        raise ConfigError(
+          f"config.task.tree gives {name!r} two parents ({parent_of[(level, name)]!r} and "
+          f"{parent!r}); use distinct names for distinct nodes."
+        )
   level_names = []
   for level in range(depths[0]):
     level_names.append(tuple(dict.fromkeys(c[level] for c in chains)))  # first-seen order
   index = [{name: i for i, name in enumerate(names)} for names in level_names]
-  paths = tuple(tuple(index[level][c[level]] for level in range(depths[0])) + (leaf,)
-                for leaf, c in enumerate(chains))
+  paths = tuple(tuple(index[level][c[level]] for level in range(depths[0])) + (leaf,) for leaf, c in enumerate(chains))
   return ClassTree(tuple(level_names) + (tuple(map(str, leaf_names)),), paths)
 
 
-FORMS = ("{child: parent} (e.g. {'cat': 'mammal', 'mammal': 'animal'}) or {parent: [children]} (e.g. "
-         "{'animal': ['mammal'], 'mammal': ['cat', 'dog']})")
+FORMS = (
+  "{child: parent} (e.g. {'cat': 'mammal', 'mammal': 'animal'}) or {parent: [children]} (e.g. "
+  "{'animal': ['mammal'], 'mammal': ['cat', 'dog']})"
+)
 
 
 def _is_children_form(mapping: Mapping) -> bool:
   return any(isinstance(v, Mapping) or (isinstance(v, Sequence) and not isinstance(v, str)) for v in mapping.values())
 
 
-def parents_from_children(children: Mapping, parent: str | None = None,
-                          parents: dict[str, str | None] | None = None) -> dict[str, str | None]:
+def parents_from_children(
+  children: Mapping, parent: str | None = None, parents: dict[str, str | None] | None = None
+) -> dict[str, str | None]:
   """{child: parent} from a flat or nested {parent: [children]} mapping (top-level keys are roots unless listed)."""
   parents = {} if parents is None else parents
 
   def link(child, to):
     child = str(child)
     if parents.setdefault(child, to) != to:
-      raise ConfigError(f"config.task.tree gives {child!r} two parents ({parents[child]!r} and {to!r}); use "
-                        "distinct names for distinct nodes.")
+      raise ConfigError(
+        f"config.task.tree gives {child!r} two parents ({parents[child]!r} and {to!r}); use "
+        "distinct names for distinct nodes."
+      )
 
   for name, kids in children.items():
     name = str(name)
@@ -115,8 +126,10 @@ def parents_from_children(children: Mapping, parent: str | None = None,
         else:
           link(kid, name)
     else:
-      raise ConfigError(f"config.task.tree maps {name!r} to {kids!r}, but other entries map to lists of children; "
-                        f"write the whole tree in one form: {FORMS}.")
+      raise ConfigError(
+        f"config.task.tree maps {name!r} to {kids!r}, but other entries map to lists of children; "
+        f"write the whole tree in one form: {FORMS}."
+      )
   return parents
 
 
@@ -131,16 +144,19 @@ def from_parents(parents: Mapping[str, str | None], leaf_names: Sequence[str]) -
   if order is None:
     missing = sorted(set(names) - leaves)[:5]
     extra = sorted(leaves - set(names))[:5]
-    raise ConfigError(f"config.task.tree's leaves (names that are nobody's parent) must be the class names "
-                      f"{names[:5]}... (or ids '0'..'{len(names) - 1}'); missing {missing}, unknown {extra}. A "
-                      f"mapping is read as {FORMS}.")
+    raise ConfigError(
+      f"config.task.tree's leaves (names that are nobody's parent) must be the class names "
+      f"{names[:5]}... (or ids '0'..'{len(names) - 1}'); missing {missing}, unknown {extra}. A "
+      f"mapping is read as {FORMS}."
+    )
   chains = []
   for leaf in order:
     chain, node = [], parents[leaf]
     while node is not None:
       if node in chain:
-        raise ConfigError(f"config.task.tree has a cycle through {node!r}; each name needs one chain of parents "
-                          "ending at a root.")
+        raise ConfigError(
+          f"config.task.tree has a cycle through {node!r}; each name needs one chain of parents ending at a root."
+        )
       chain.append(node)
       node = parents.get(node)
     chains.append(tuple(reversed(chain)))
@@ -153,10 +169,12 @@ def from_folders(relative_paths: Sequence[str]) -> ClassTree:
   for path in relative_paths:
     parts = [p for p in str(path).replace(os.sep, "/").split("/") if p]
     if len(parts) < 2:
-      raise ConfigError(f"Class {path!r} is not a nested folder 'coarse/fine'; a hierarchical folder dataset "
-                        "needs every class two or more folders deep: set dataset.class_depth=2 so that "
-                        "coarse/fine/ folders are the classes, or give config.task.tree.")
-    chains.append(tuple("/".join(parts[:level + 1]) for level in range(len(parts) - 1)))
+      raise ConfigError(
+        f"Class {path!r} is not a nested folder 'coarse/fine'; a hierarchical folder dataset "
+        "needs every class two or more folders deep: set dataset.class_depth=2 so that "
+        "coarse/fine/ folders are the classes, or give config.task.tree."
+      )
+    chains.append(tuple("/".join(parts[: level + 1]) for level in range(len(parts) - 1)))
   return from_ancestors(chains, relative_paths)
 
 
@@ -164,8 +182,9 @@ def parse(value: Any, class_names: Sequence[str]) -> ClassTree:
   """A ClassTree from any form of `config.task.tree` described in the module docstring."""
   if isinstance(value, ClassTree):
     if value.num_leaves != len(class_names):
-      raise ConfigError(f"config.task.tree has {value.num_leaves} leaves but the dataset has {len(class_names)} "
-                        "classes.")
+      raise ConfigError(
+        f"config.task.tree has {value.num_leaves} leaves but the dataset has {len(class_names)} classes."
+      )
     return value
   if isinstance(value, str):
     if value == "folders":
@@ -185,5 +204,7 @@ def parse(value: Any, class_names: Sequence[str]) -> ClassTree:
     return from_parents(value, class_names)
   if isinstance(value, Sequence) and not isinstance(value, str):
     return from_ancestors(value, class_names)
-  raise ConfigError(f"config.task.tree={value!r} is not valid; use 'folders', a JSON file, a mapping {FORMS}, "
-                    "or one ancestor path per class.")
+  raise ConfigError(
+    f"config.task.tree={value!r} is not valid; use 'folders', a JSON file, a mapping {FORMS}, "
+    "or one ancestor path per class."
+  )

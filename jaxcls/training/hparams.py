@@ -12,22 +12,39 @@ from typing import Any
 
 # The optimizer keys each optimizer reads (config/base.py says which); muon adds its fallback's keys.
 OPTIMIZER_KEYS = {
-    "sgd": ("learning_rate", "momentum", "nesterov", "weight_decay"),
-    "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
-    "muon": ("learning_rate", "muon_momentum", "muon_ns_steps", "nesterov", "muon_normalize_weights",
-             "muon_fallback", "muon_fallback_learning_rate", "weight_decay"),
+  "sgd": ("learning_rate", "momentum", "nesterov", "weight_decay"),
+  "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+  "muon": (
+    "learning_rate",
+    "muon_momentum",
+    "muon_ns_steps",
+    "nesterov",
+    "muon_normalize_weights",
+    "muon_fallback",
+    "muon_fallback_learning_rate",
+    "weight_decay",
+  ),
 }
 SCHEDULE_KEYS = {
-    "cosine": ("warmup_steps", "end_learning_rate_factor"),
-    "linear": ("warmup_steps", "end_learning_rate_factor"),
-    "step": ("warmup_steps", "step_boundaries", "step_factor"),
-    "constant": ("warmup_steps",),
+  "cosine": ("warmup_steps", "end_learning_rate_factor"),
+  "linear": ("warmup_steps", "end_learning_rate_factor"),
+  "step": ("warmup_steps", "step_boundaries", "step_factor"),
+  "constant": ("warmup_steps",),
 }
 # Dataset keys shown when they hold a value (the source's name is always shown).
 DATA_KEYS = ("path", "tfds_name", "labels_file", "image_size", "sampling", "class_depth")
 # Keys outside the sections, shown when they differ from the value that means "off".
-RUN_KEYS = {"batch_size": None, "num_train_steps": None, "num_epochs": None, "dtype": None, "seed": None,
-            "augment": "", "ema_decay": 0.0, "eval_tta": "none", "init_from": ""}
+RUN_KEYS = {
+  "batch_size": None,
+  "num_train_steps": None,
+  "num_epochs": None,
+  "dtype": None,
+  "seed": None,
+  "augment": "",
+  "ema_decay": 0.0,
+  "eval_tta": "none",
+  "init_from": "",
+}
 MAX_LINES = 10
 
 
@@ -48,6 +65,7 @@ def _task_keys(task_type: str, values: Mapping[str, Any]) -> list[str]:
   """The `task.*` keys the task type reads: its dataclass fields (docs/architecture.md), narrowed for the
   multilabel losses, whose gammas apply only to their own loss."""
   from jaxcls import tasks  # pylint: disable=g-import-not-at-top
+
   try:
     names = [f.name for f in dataclasses.fields(tasks.task_class(task_type)) if f.name != "num_classes"]
   except Exception:  # an unknown or non-dataclass task: every key it was given
@@ -78,10 +96,13 @@ def applicable(config: Any) -> dict[str, Any]:
   take("dataset.name")
   for key in DATA_KEYS:
     value = flat.get(f"dataset.{key}")
-    if value not in (None, "", ()) and not (key == "sampling" and value == "uniform") and not (
-        key == "class_depth" and value == 1):
+    if (
+      value not in (None, "", ())
+      and not (key == "sampling" and value == "uniform")
+      and not (key == "class_depth" and value == 1)
+    ):
       take(f"dataset.{key}")
-  task = {k[len("task."):]: v for k, v in flat.items() if k.startswith("task.")}
+  task = {k[len("task.") :]: v for k, v in flat.items() if k.startswith("task.")}
   take("task.type")
   for key in _task_keys(str(task.get("type", "multiclass")), task):
     take(f"task.{key}")
@@ -120,7 +141,7 @@ MAX_LINE = 130  # characters of one summary line (a per-class weight tuple is cu
 
 
 def _cut(line: str) -> str:
-  return line if len(line) <= MAX_LINE else line[:MAX_LINE - 3] + "..."
+  return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
 
 
 def _section(title: str, head: Any, rest: Mapping[str, Any]) -> str:
@@ -134,7 +155,7 @@ def summary(config: Any, where: str = "config.json") -> str:
   keys = applicable(config)
 
   def part(prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {k[len(prefix):]: v for k, v in keys.items() if k.startswith(prefix) and k[len(prefix):] not in exclude}
+    return {k[len(prefix) :]: v for k, v in keys.items() if k.startswith(prefix) and k[len(prefix) :] not in exclude}
 
   model = part("model.")
   data = part("dataset.")
@@ -143,11 +164,13 @@ def summary(config: Any, where: str = "config.json") -> str:
   optimizer = {k: v for k, v in part("optimizer.").items() if k not in schedule_keys}
   schedule = {k: v for k, v in part("optimizer.").items() if k in schedule_keys}
   run = {k: v for k, v in keys.items() if "." not in k}
-  lines = [f"Hyper-parameters (every key: {where}):",
-           _section("model", model.pop("name", "?"), model),
-           _section("data", data.pop("name", "?"), data),
-           _section("task", task.pop("type", "?"), task),
-           _section("optimizer", optimizer.pop("name", "?"), optimizer),
-           _section("schedule", schedule.pop("schedule", "?"), schedule),
-           _cut("  run: " + ", ".join(f"{k}={_short(v)}" for k, v in run.items()))]
+  lines = [
+    f"Hyper-parameters (every key: {where}):",
+    _section("model", model.pop("name", "?"), model),
+    _section("data", data.pop("name", "?"), data),
+    _section("task", task.pop("type", "?"), task),
+    _section("optimizer", optimizer.pop("name", "?"), optimizer),
+    _section("schedule", schedule.pop("schedule", "?"), schedule),
+    _cut("  run: " + ", ".join(f"{k}={_short(v)}" for k, v in run.items())),
+  ]
   return "\n".join(lines[:MAX_LINES])

@@ -43,6 +43,7 @@ def schedule_lengths(config, steps_per_epoch: int) -> tuple[int, int, int]:
     total = int(math.ceil(config.num_epochs * steps_per_epoch))
   else:
     raise ConfigError("Set config.num_epochs or config.num_train_steps to a positive value.")
+
   def every(value: int) -> int:  # 0 = once per epoch, -1 = only at the end
     return value if value > 0 else (total if value < 0 else steps_per_epoch)
 
@@ -56,8 +57,10 @@ def with_sampling(dataset, sampling: str):
   if sampling == "uniform":
     return dataset
   if not hasattr(dataset, "with_sampling"):
-    raise ConfigError(f"config.dataset.sampling={sampling!r} needs an in-memory source (digits, arrays, "
-                      f"synthetic, ...); {type(dataset).__name__} supports only 'uniform'.")
+    raise ConfigError(
+      f"config.dataset.sampling={sampling!r} needs an in-memory source (digits, arrays, "
+      f"synthetic, ...); {type(dataset).__name__} supports only 'uniform'."
+    )
   return dataset.with_sampling(sampling)
 
 
@@ -69,9 +72,11 @@ def class_table(info: data.DatasetInfo, class_weights) -> str:
   total = max(sum(counts), 1)
   weighted = not isinstance(class_weights, str)
   width = max([len("class")] + [len(n) for n in info.class_names])
-  lines = [f"Train class counts ({len(counts)} classes, {total} examples; largest / smallest = "
-           f"{max(counts) / max(min(counts), 1):.1f}):",
-           f"  {'label':>5}  {'class':<{width}}  {'count':>8}  {'share':>6}" + ("  weight" if weighted else "")]
+  lines = [
+    f"Train class counts ({len(counts)} classes, {total} examples; largest / smallest = "
+    f"{max(counts) / max(min(counts), 1):.1f}):",
+    f"  {'label':>5}  {'class':<{width}}  {'count':>8}  {'share':>6}" + ("  weight" if weighted else ""),
+  ]
   for k, (name, count) in enumerate(zip(info.class_names, counts)):
     row = f"  {k:>5}  {name:<{width}}  {count:>8}  {count / total:>6.1%}"
     lines.append(row + (f"  {class_weights[k]:.3f}" if weighted else ""))
@@ -92,9 +97,14 @@ def prefetch_depth(setting: int) -> int:
 TRANSFER_GUARDS = ("allow", "log", "disallow")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset: Any = None,
-                       devices: Sequence[jax.Device] | None = None,
-                       clock: phases.PhaseClock | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  dataset: Any = None,
+  devices: Sequence[jax.Device] | None = None,
+  clock: phases.PhaseClock | None = None,
+) -> dict[str, Any]:
   """Trains (or resumes) as the config says and returns the final evaluation report.
 
   Args:
@@ -146,8 +156,9 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
   parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
   depth = prefetch_depth(config.prefetch_to_device)
   if config.transfer_guard not in TRANSFER_GUARDS:
-    raise ConfigError(f"config.transfer_guard={config.transfer_guard!r} is not valid; use one of "
-                      f"{', '.join(TRANSFER_GUARDS)}.")
+    raise ConfigError(
+      f"config.transfer_guard={config.transfer_guard!r} is not valid; use one of {', '.join(TRANSFER_GUARDS)}."
+    )
 
   with clock.phase("data"):
     if not config.dataset.cache_dir and not paths.is_remote(workdir):  # a folder source's decoded-array cache
@@ -172,24 +183,43 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
   # CNN in ~10 s, rbg in ~1 s. Steps use threefry, whose draws do not depend on how the batch is sharded.
   init_key = jax.random.key(config.seed, impl="rbg")
   train_key = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), mesh)
-  init = steps.make_init(model, tx, image_shape=info.image_shape, dtype=config.dtype,
-                         use_ema=config.ema_decay > 0, mesh=mesh)
+  init = steps.make_init(
+    model, tx, image_shape=info.image_shape, dtype=config.dtype, use_ema=config.ema_decay > 0, mesh=mesh
+  )
   norm = dict(mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
-  eval_step = compiled.CompiledOnFirstCall(eval_loop.make_eval_step(model, task, tta=config.eval_tta, **norm),
-                                        "Eval step (forward)", eval_batch_size / mesh.size)
+  eval_step = compiled.CompiledOnFirstCall(
+    eval_loop.make_eval_step(model, task, tta=config.eval_tta, **norm),
+    "Eval step (forward)",
+    eval_batch_size / mesh.size,
+  )
   context = evaluators.Context(
-      config=config, model=model, task=task, dataset=dataset, mesh=mesh, eval_every=eval_every,
-      batch_size=eval_batch_size, eval_step=eval_step, workdir=workdir, is_main=is_main, prefetch=depth,
-      clock=clock)
+    config=config,
+    model=model,
+    task=task,
+    dataset=dataset,
+    mesh=mesh,
+    eval_every=eval_every,
+    batch_size=eval_batch_size,
+    eval_step=eval_step,
+    workdir=workdir,
+    is_main=is_main,
+    prefetch=depth,
+    clock=clock,
+  )
   listed = evaluators.build_all(config, context)  # config.evaluators: the classification report first by default
 
   with clock.phase("init"):
     ckpt = checkpoint.Checkpointer(
-        workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
-        fingerprint=dict(checkpoint.fingerprint(config, info.num_classes, info.image_shape), **plan.fingerprint()),
-        best_metric=config.best_metric, best_mode=config.best_mode)
+      workdir,
+      keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing,
+      fingerprint=dict(checkpoint.fingerprint(config, info.num_classes, info.image_shape), **plan.fingerprint()),
+      best_metric=config.best_metric,
+      best_mode=config.best_mode,
+    )
     resumed = ckpt.restore_latest(  # the newest intact step: damaged ones are moved aside, with a warning
-        lambda: checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh)))
+      lambda: checkpoint.abstract_with_shardings(jax.eval_shape(init, init_key), parallel.replicated(mesh))
+    )
     last_saved = ckpt.latest_step()
     if resumed is None:
       state = plan.load_into(init(init_key), tx, mesh)
@@ -197,38 +227,66 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
     else:
       state, _ = resumed
       start_step = int(parallel.to_host(state.step))
-      logging.info("Resuming from step %d of %d%s.", start_step, num_train_steps,
-                   " (config.init_from is not read again)" if config.init_from else "")
+      logging.info(
+        "Resuming from step %d of %d%s.",
+        start_step,
+        num_train_steps,
+        " (config.init_from is not read again)" if config.init_from else "",
+      )
     jax.block_until_ready(state)
 
-  writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step, names=config.writers,
-                                 config=config)
+  writer = writers.create_writer(workdir, is_main=is_main, resume_step=start_step, names=config.writers, config=config)
   if is_main:
     workdir_lib.write_run_files(workdir, resolved, info.class_names, rerun)  # config.json, classes.json, history
     params = parallel.to_host(state.params)
-    logging.info("Model %s, %d parameters:\n%s", config.model.name,
-                 sum(x.size for x in jax.tree.leaves(params)), writers.parameter_overview(params))
-    logging.info("Data: %d train / %d eval examples, %d classes, images %s, %s sampling.",
-                 info.num_train, info.num_eval, info.num_classes, info.image_shape, config.dataset.sampling)
+    logging.info(
+      "Model %s, %d parameters:\n%s",
+      config.model.name,
+      sum(x.size for x in jax.tree.leaves(params)),
+      writers.parameter_overview(params),
+    )
+    logging.info(
+      "Data: %d train / %d eval examples, %d classes, images %s, %s sampling.",
+      info.num_train,
+      info.num_eval,
+      info.num_classes,
+      info.image_shape,
+      config.dataset.sampling,
+    )
     logging.info("%s", class_table(info, task_config["class_weights"]))
     if start_step == 0:
       writer.write_hparams(resolved.to_dict())
 
-  progress = writers.create_progress(num_train_steps, writer, is_main=is_main, batch_size=config.batch_size,
-                                     steps_per_epoch=steps_per_epoch)
+  progress = writers.create_progress(
+    num_train_steps, writer, is_main=is_main, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch
+  )
   # Host batches go to the devices `depth` steps ahead; the read-ahead ones are dropped at the end, and a resumed
   # run restarts the stream at its checkpoint step, so exact resume does not depend on them.
   host_batches = dataset.train_batches(config.batch_size, start_step=start_step, seed=config.seed)
   first_batch = next(host_batches)
   chunk_steps = prefetch.steps_per_chunk(first_batch)  # steps whose batches cross to the devices in one transfer
   train_step = compiled.CompiledOnFirstCall(
-      steps.make_train_step(plan.train_model(model), task, tx, schedule, augment, ema_decay=config.ema_decay,
-                            steps_per_chunk=chunk_steps, **norm),
-      "Train step (forward, backward, update)", config.batch_size / mesh.size)
-  window = step_metrics.Window(step_metrics.metric_names(task, task.num_outputs, first_batch["label"].shape,
-                                                         first_batch["label"].dtype), mesh, start_step)
-  batches = prefetch.to_device(prefetch.chunks(host_batches, chunk_steps, start_step, first=first_batch), mesh,
-                               depth, stacked=True)
+    steps.make_train_step(
+      plan.train_model(model),
+      task,
+      tx,
+      schedule,
+      augment,
+      ema_decay=config.ema_decay,
+      steps_per_chunk=chunk_steps,
+      **norm,
+    ),
+    "Train step (forward, backward, update)",
+    config.batch_size / mesh.size,
+  )
+  window = step_metrics.Window(
+    step_metrics.metric_names(task, task.num_outputs, first_batch["label"].shape, first_batch["label"].dtype),
+    mesh,
+    start_step,
+  )
+  batches = prefetch.to_device(
+    prefetch.chunks(host_batches, chunk_steps, start_step, first=first_batch), mesh, depth, stacked=True
+  )
   stop = preemption.Watcher(ckpt)  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
   chunk = None
   guarded = config.transfer_guard != "allow"
@@ -348,8 +406,7 @@ class _Throughput:
     """`train/steps_per_sec` and `train/data_wait_share` since the last log (empty before any steady step)."""
     if not self._steps or self._seconds <= 0:
       return {}
-    out = {"train/steps_per_sec": self._steps / self._seconds,
-           "train/data_wait_share": self._wait / self._seconds}
+    out = {"train/steps_per_sec": self._steps / self._seconds, "train/data_wait_share": self._wait / self._seconds}
     self._steps, self._seconds, self._wait = 0, 0.0, 0.0
     return out
 

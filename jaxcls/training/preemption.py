@@ -37,12 +37,14 @@ class Preempted(Exception):
 
   def __init__(self, step: int, directory: str, signal_name: str | None = None):
     self.step, self.directory, self.signal_name = int(step), str(directory), signal_name
-    super().__init__(f"preempted at step {self.step}; checkpoint saved to {self.directory}; "
-                     f"re-run the same command to resume.")
+    super().__init__(
+      f"preempted at step {self.step}; checkpoint saved to {self.directory}; re-run the same command to resume."
+    )
 
 
 def _distributed_client():
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   return distributed.global_state.client
 
 
@@ -56,11 +58,15 @@ class Watcher:
     self._sync = _distributed_client() is not None
     if self._sync:
       from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
       if distributed.global_state.preemption_sync_manager is None:
         import jax  # pylint: disable=g-import-not-at-top
+
         if jax.process_count() > 1:
-          logging.warning("The JAX preemption service is off (jax_enable_preemption_service), so SIGTERM stops "
-                          "this multi-process run without saving; only periodic checkpoints are kept.")
+          logging.warning(
+            "The JAX preemption service is off (jax_enable_preemption_service), so SIGTERM stops "
+            "this multi-process run without saving; only periodic checkpoints are kept."
+          )
           self._sync = None
           return
         self._sync = False  # one process: the flag is enough
@@ -72,8 +78,10 @@ class Watcher:
     handler = self._on_sigint_to_sigterm if self._sync else self._on_signal
     installed = SIGNALS[1:] if self._sync else SIGNALS  # SIGTERM stays with JAX's C++ handler
     if threading.current_thread() is not threading.main_thread():
-      logging.warning("train_and_evaluate runs outside the main thread, so SIGTERM/SIGINT keep their handlers and "
-                      "do not save a checkpoint.")
+      logging.warning(
+        "train_and_evaluate runs outside the main thread, so SIGTERM/SIGINT keep their handlers and "
+        "do not save a checkpoint."
+      )
       return
     for signum in installed:
       self._previous[signum] = signal.signal(signum, handler)
@@ -85,15 +93,20 @@ class Watcher:
       self.signal_name = name
       logging.warning("%s received: finishing the current step, then saving a checkpoint and stopping.", name)
     else:
-      logging.warning("%s received again: already stopping, the checkpoint save goes on (SIGKILL stops at once "
-                      "and keeps the last complete checkpoint).", name)
+      logging.warning(
+        "%s received again: already stopping, the checkpoint save goes on (SIGKILL stops at once "
+        "and keeps the last complete checkpoint).",
+        name,
+      )
 
   def _on_sigint_to_sigterm(self, signum, frame):
     del frame
     if self.signal_name is None:
       self.signal_name = signal.Signals(signum).name
-      logging.warning("%s received: passing it on as SIGTERM, so every process stops at the same step and "
-                      "saves a checkpoint.", self.signal_name)
+      logging.warning(
+        "%s received: passing it on as SIGTERM, so every process stops at the same step and saves a checkpoint.",
+        self.signal_name,
+      )
       os.kill(os.getpid(), signal.SIGTERM)
 
   def reached(self, step: int) -> bool:
@@ -104,6 +117,7 @@ class Watcher:
     if not self._sync:
       return self.signal_name is not None
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     stop = multihost_utils.reached_preemption_sync_point(step)
     if self._first_check:
       # A notice that came before this first call was synchronised against a step counter of 0, a step a resumed
@@ -126,6 +140,7 @@ class Watcher:
   def _agree(flag: bool) -> bool:
     import numpy as np  # pylint: disable=g-import-not-at-top
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
   def close(self) -> None:

@@ -33,10 +33,20 @@ class Progress:
   grid, and at the last step.
   """
 
-  def __init__(self, num_train_steps: int, *, batch_size: int | None = None, steps_per_epoch: int | None = None,
-               stream: TextIO | None = None, interactive: bool | None = None, every_secs: float = 10.0,
-               first_secs: float = 5.0, refresh_secs: float = 0.1, window_secs: float = 10.0,
-               clock: Callable[[], float] = time.monotonic):
+  def __init__(
+    self,
+    num_train_steps: int,
+    *,
+    batch_size: int | None = None,
+    steps_per_epoch: int | None = None,
+    stream: TextIO | None = None,
+    interactive: bool | None = None,
+    every_secs: float = 10.0,
+    first_secs: float = 5.0,
+    refresh_secs: float = 0.1,
+    window_secs: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+  ):
     self.num_train_steps = int(num_train_steps or 0)
     self.batch_size = batch_size
     self.steps_per_epoch = steps_per_epoch
@@ -159,16 +169,25 @@ class Progress:
   def _draw(self, step: int, t: float) -> None:
     if self._bar is None:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
       try:
         columns, rows = os.get_terminal_size(self._stream.fileno())
       except (AttributeError, OSError, ValueError):
         columns, rows = 0, 0
       # A terminal that does not say its size (a fresh pty, `script`) gets 120 columns and 24 rows: tqdm would
       # draw nothing at all at width 0, and hides every bar at height 0.
-      self._bar = tqdm(total=self.num_train_steps or None, initial=step, file=self._stream,
-                       ncols=None if columns > 0 else 120, dynamic_ncols=columns > 0, nrows=rows if rows > 0 else 24,
-                       mininterval=0, leave=True, desc="  ".join(self.fields(step, t)),
-                       bar_format="{percentage:3.0f}%|{bar}| {desc}" if self.num_train_steps > 0 else "{desc}")
+      self._bar = tqdm(
+        total=self.num_train_steps or None,
+        initial=step,
+        file=self._stream,
+        ncols=None if columns > 0 else 120,
+        dynamic_ncols=columns > 0,
+        nrows=rows if rows > 0 else 24,
+        mininterval=0,
+        leave=True,
+        desc="  ".join(self.fields(step, t)),
+        bar_format="{percentage:3.0f}%|{bar}| {desc}" if self.num_train_steps > 0 else "{desc}",
+      )
       self._filter = _ClearBar(self._bar)
       logging.get_absl_handler().addFilter(self._filter)
     self._bar.n = step

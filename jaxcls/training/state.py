@@ -15,6 +15,7 @@ class TrainState:
   Randomness is not stored: each step's key is `fold_in(key(seed), step)`, so `step` alone restores it.
   `ema_params` is an empty dict when the moving average is off.
   """
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -26,11 +27,11 @@ def create(variables: dict, tx: optax.GradientTransformation, use_ema: bool) -> 
   """The state at step 0: fresh optimizer state, and the moving average starting at the initial parameters."""
   params = variables["params"]
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(params),
-      ema_params=jax.tree.map(jnp.copy, params) if use_ema else {},
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    ema_params=jax.tree.map(jnp.copy, params) if use_ema else {},
   )
 
 

@@ -34,25 +34,26 @@ def metric_names(task, num_outputs: int, label_shape: Sequence[int], label_dtype
 
 def zeros(names: Sequence[str]) -> dict[str, Any]:
   """An empty window, as host values (place it on the devices once with `parallel.replicate`)."""
-  return {"sum": {name: np.float32(0.0) for name in names},
-          "steps": np.int32(0),           # finite steps summed into `sum`
-          "bad_step": np.int32(-1),       # the first non-finite step's number (1-based, as logged), -1 = none
-          "bad_loss": np.float32(0.0),    # that step's loss and gradient norm, for the error message
-          "bad_grad_norm": np.float32(0.0)}
+  return {
+    "sum": {name: np.float32(0.0) for name in names},
+    "steps": np.int32(0),  # finite steps summed into `sum`
+    "bad_step": np.int32(-1),  # the first non-finite step's number (1-based, as logged), -1 = none
+    "bad_loss": np.float32(0.0),  # that step's loss and gradient norm, for the error message
+    "bad_grad_norm": np.float32(0.0),
+  }
 
 
 def add(acc: dict[str, Any], metrics: dict[str, jax.Array], finite: jax.Array, step_number: jax.Array) -> dict:
   """The window with one more step (traced inside the train step). A non-finite step is recorded, not summed."""
   if set(metrics) != set(acc["sum"]):
-    raise ValueError(f"The train step's metrics {sorted(metrics)} differ from the accumulator's "
-                     f"{sorted(acc['sum'])}.")
+    raise ValueError(f"The train step's metrics {sorted(metrics)} differ from the accumulator's {sorted(acc['sum'])}.")
   first_bad = (acc["bad_step"] < 0) & ~finite
   return {
-      "sum": {k: acc["sum"][k] + jnp.where(finite, metrics[k].astype(jnp.float32), 0.0) for k in acc["sum"]},
-      "steps": acc["steps"] + finite.astype(jnp.int32),
-      "bad_step": jnp.where(first_bad, step_number.astype(jnp.int32), acc["bad_step"]),
-      "bad_loss": jnp.where(first_bad, metrics["loss"].astype(jnp.float32), acc["bad_loss"]),
-      "bad_grad_norm": jnp.where(first_bad, metrics["grad_norm"].astype(jnp.float32), acc["bad_grad_norm"]),
+    "sum": {k: acc["sum"][k] + jnp.where(finite, metrics[k].astype(jnp.float32), 0.0) for k in acc["sum"]},
+    "steps": acc["steps"] + finite.astype(jnp.int32),
+    "bad_step": jnp.where(first_bad, step_number.astype(jnp.int32), acc["bad_step"]),
+    "bad_loss": jnp.where(first_bad, metrics["loss"].astype(jnp.float32), acc["bad_loss"]),
+    "bad_grad_norm": jnp.where(first_bad, metrics["grad_norm"].astype(jnp.float32), acc["bad_grad_norm"]),
   }
 
 
@@ -97,10 +98,14 @@ class Window:
       return
     if ckpt is not None and last_checkpoint is not None and last_checkpoint == bad - 1:
       last_checkpoint = ckpt.set_aside_diverged(last_checkpoint, bad)
-    kept = (f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint is not None
-            else "no usable checkpoint had been written yet")
+    kept = (
+      f"the last checkpoint (step {last_checkpoint}) is intact"
+      if last_checkpoint is not None
+      else "no usable checkpoint had been written yet"
+    )
     checked = "" if bad == done else f"steps {self.first_step}-{done} checked together; "
     raise NonFiniteLossError(
-        f"The loss, gradient or updated parameters became non-finite at step {bad} ({checked}"
-        f"loss={float(host['bad_loss'])}, grad_norm={float(host['bad_grad_norm'])}); training stopped and {kept}. "
-        "Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values.")
+      f"The loss, gradient or updated parameters became non-finite at step {bad} ({checked}"
+      f"loss={float(host['bad_loss'])}, grad_norm={float(host['bad_grad_norm'])}); training stopped and {kept}. "
+      "Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values."
+    )

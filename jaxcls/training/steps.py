@@ -23,8 +23,9 @@ def _apply(model: nn.Module, params, batch_stats, images, *, train: bool, dropou
   variables = model_variables({"params": params, "batch_stats": batch_stats})
   if not train:
     return model.apply(variables, images, train=False), batch_stats
-  logits, updates = model.apply(variables, images, train=True, rngs={"dropout": dropout_key},
-                                mutable=["batch_stats"] if batch_stats else [])
+  logits, updates = model.apply(
+    variables, images, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"] if batch_stats else []
+  )
   return logits, updates.get("batch_stats", batch_stats)
 
 
@@ -34,9 +35,20 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
-                    schedule: Callable, augment: Callable, *, mean, std, dtype: str,
-                    ema_decay: float, mesh, steps_per_chunk: int | None = None) -> Callable:
+def make_train_step(
+  model: nn.Module,
+  task,
+  tx: optax.GradientTransformation,
+  schedule: Callable,
+  augment: Callable,
+  *,
+  mean,
+  std,
+  dtype: str,
+  ema_decay: float,
+  mesh,
+  steps_per_chunk: int | None = None,
+) -> Callable:
   """Returns train_step(state, acc, batch, key) -> (state, acc), jitted with shardings and donation.
 
   With `steps_per_chunk=k`, `batch` holds k steps' batches stacked, [k, B, ...] (`data.prefetch.chunks`), and
@@ -66,8 +78,7 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
     num_valid = jnp.maximum(mask.sum(), 1.0)
 
     def loss_fn(params):
-      logits, new_stats = _apply(model, params, state.batch_stats, images, train=True,
-                                 dropout_key=dropout_key)
+      logits, new_stats = _apply(model, params, state.batch_stats, images, train=True, dropout_key=dropout_key)
       per_example = task.loss(logits, labels)
       return jnp.sum(per_example * mask) / num_valid, (logits, new_stats)
 
@@ -78,8 +89,9 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
     new_ema = state.ema_params
     if state.ema_params:
       new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params)
-    new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
-                              opt_state=new_opt_state, ema_params=new_ema)
+    new_state = state.replace(
+      step=state.step + 1, params=new_params, batch_stats=new_stats, opt_state=new_opt_state, ema_params=new_ema
+    )
     # The update itself can overflow (a huge learning rate on finite gradients), so the new parameters and batch
     # statistics are checked too: a checkpoint is never written of a state that holds a NaN or an infinity.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((new_params, new_stats))
@@ -91,16 +103,22 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
       metrics[name] = jnp.sum(values * mask) / num_valid
     return new_state, step_metrics.add(acc, metrics, applied, state.step + 1)
 
-  return jax.jit(train_step,
-                 in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
-                               parallel.batch_sharded(mesh) if steps_per_chunk is None else
-                               parallel.chunk_sharded(mesh), parallel.replicated(mesh)),
-                 out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-                 donate_argnums=(0,))
+  return jax.jit(
+    train_step,
+    in_shardings=(
+      parallel.replicated(mesh),
+      parallel.replicated(mesh),
+      parallel.batch_sharded(mesh) if steps_per_chunk is None else parallel.chunk_sharded(mesh),
+      parallel.replicated(mesh),
+    ),
+    out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
 
-def make_init(model: nn.Module, tx: optax.GradientTransformation, *, image_shape, dtype: str,
-              use_ema: bool, mesh) -> Callable[[jax.Array], TrainState]:
+def make_init(
+  model: nn.Module, tx: optax.GradientTransformation, *, image_shape, dtype: str, use_ema: bool, mesh
+) -> Callable[[jax.Array], TrainState]:
   """Returns init(key) -> a replicated TrainState, built directly on the devices."""
   from jaxcls.training import state as state_lib
 

@@ -19,11 +19,11 @@ from jaxcls.store import workdir as workdir_lib
 from jaxcls.training import hparams as hparams_lib
 from jaxcls.training.writers import Writer, to_float
 
-MLFLOW_DB_NAME = "mlflow.db"               # the default store: sqlite, inside the workdir
+MLFLOW_DB_NAME = "mlflow.db"  # the default store: sqlite, inside the workdir
 MLFLOW_ARTIFACTS_NAME = "mlflow-artifacts"  # its artifact folder
-MLFLOW_RUN_NAME = "mlflow_run.json"         # {tracking_uri, run_id}: a resumed run continues this run
-WANDB_DIR_NAME = "wandb"                    # wandb's own run folders (offline-run-*/ ...)
-WANDB_RUN_NAME = "wandb_run.json"           # {run_id, project}
+MLFLOW_RUN_NAME = "mlflow_run.json"  # {tracking_uri, run_id}: a resumed run continues this run
+WANDB_DIR_NAME = "wandb"  # wandb's own run folders (offline-run-*/ ...)
+WANDB_RUN_NAME = "wandb_run.json"  # {run_id, project}
 # What a finished run sends as files: the report, the resolved config, the figures.
 RUN_FILES = (workdir_lib.REPORT_JSON_NAME, workdir_lib.REPORT_MD_NAME, workdir_lib.CONFIG_NAME)
 
@@ -42,8 +42,10 @@ def _import(name: str, pip: str, writer: str):
   try:
     return __import__(name)
   except ImportError as e:
-    raise ConfigError(f"config.writers names {writer!r}, which needs the {name} package ({e}); install it with "
-                      f"`pip install {pip}` or remove {writer!r} from config.writers.") from e
+    raise ConfigError(
+      f"config.writers names {writer!r}, which needs the {name} package ({e}); install it with "
+      f"`pip install {pip}` or remove {writer!r} from config.writers."
+    ) from e
 
 
 def _read_json(path) -> dict[str, Any]:
@@ -55,8 +57,10 @@ def _read_json(path) -> dict[str, Any]:
 
 def _local(workdir, writer: str, what: str) -> str:
   if paths.is_remote(workdir):
-    raise ConfigError(f"The {writer!r} writer keeps {what} inside the workdir by default, which cannot be on an "
-                      f"object store ({workdir}); set config.{writer}.tracking_uri (or its environment variable).")
+    raise ConfigError(
+      f"The {writer!r} writer keeps {what} inside the workdir by default, which cannot be on an "
+      f"object store ({workdir}); set config.{writer}.tracking_uri (or its environment variable)."
+    )
   return os.fspath(workdir)
 
 
@@ -72,6 +76,7 @@ class MlflowWriter(Writer):
     for name in ("mlflow", "alembic"):  # their INFO lines (creating tables, ...) stay out of the run's console
       std_logging.getLogger(name).setLevel(std_logging.WARNING)
     from mlflow.entities import Metric, Param  # pylint: disable=g-import-not-at-top
+
     self._metric, self._param = Metric, Param
     self._workdir = workdir
     settings = _section(config, "mlflow")
@@ -86,19 +91,27 @@ class MlflowWriter(Writer):
     try:
       self.client = mlflow.MlflowClient(tracking_uri=uri)
       experiment = self.client.get_experiment_by_name(name)
-      experiment_id = (experiment.experiment_id if experiment is not None
-                       else self.client.create_experiment(name, artifact_location=artifacts))
+      experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else self.client.create_experiment(name, artifact_location=artifacts)
+      )
     except mlflow.exceptions.MlflowException as e:  # an unknown scheme, a store it cannot open
-      raise ConfigError(f"The 'mlflow' writer cannot use the tracking URI {uri!r} ({str(e).splitlines()[0][:200]}); "
-                        "set config.mlflow.tracking_uri or MLFLOW_TRACKING_URI to a store it can open "
-                        "(e.g. sqlite:///PATH/mlflow.db), or leave both unset for DIR/mlflow.db.") from e
+      raise ConfigError(
+        f"The 'mlflow' writer cannot use the tracking URI {uri!r} ({str(e).splitlines()[0][:200]}); "
+        "set config.mlflow.tracking_uri or MLFLOW_TRACKING_URI to a store it can open "
+        "(e.g. sqlite:///PATH/mlflow.db), or leave both unset for DIR/mlflow.db."
+      ) from e
     record = _read_json(workdir / MLFLOW_RUN_NAME)
     if resume_step and record.get("tracking_uri") == uri and record.get("run_id"):
       self.run_id = record["run_id"]
       self.client.update_run(self.run_id, status="RUNNING")
     else:
-      run = self.client.create_run(experiment_id, run_name=os.path.basename(os.fspath(workdir).rstrip("/")),
-                                   tags={"jaxcls.workdir": os.fspath(workdir)})
+      run = self.client.create_run(
+        experiment_id,
+        run_name=os.path.basename(os.fspath(workdir).rstrip("/")),
+        tags={"jaxcls.workdir": os.fspath(workdir)},
+      )
       self.run_id = run.info.run_id
       paths.write_text(workdir / MLFLOW_RUN_NAME, json.dumps({"tracking_uri": uri, "run_id": self.run_id}) + "\n")
     self._closed = False
@@ -107,12 +120,12 @@ class MlflowWriter(Writer):
     now = int(time.time() * 1000)
     metrics = [self._metric(key, to_float(value), now, int(step)) for key, value in scalars.items()]
     for i in range(0, len(metrics), 1000):  # MLflow takes at most 1,000 metrics per batch
-      self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000], synchronous=True)
+      self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000], synchronous=True)
 
   def write_hparams(self, hparams):
     params = [self._param(key, str(value)[:6000]) for key, value in hparams_lib.applicable(hparams).items()]
     for i in range(0, len(params), 100):  # and at most 100 params
-      self.client.log_batch(self.run_id, params=params[i:i + 100], synchronous=True)
+      self.client.log_batch(self.run_id, params=params[i : i + 100], synchronous=True)
 
   def write_texts(self, step, texts):
     for key, text in texts.items():
@@ -152,12 +165,19 @@ class WandbWriter(Writer):
     os.makedirs(os.path.join(local, WANDB_DIR_NAME), exist_ok=True)
     try:
       self.run = wandb.init(
-          project=settings.get("project") or "jaxcls", entity=settings.get("entity") or None, dir=local,
-          id=run_id, resume="allow" if run_id else None, name=os.path.basename(local.rstrip("/")),
-          settings=wandb.Settings(console="off", silent=True, save_code=False, disable_git=True))
+        project=settings.get("project") or "jaxcls",
+        entity=settings.get("entity") or None,
+        dir=local,
+        id=run_id,
+        resume="allow" if run_id else None,
+        name=os.path.basename(local.rstrip("/")),
+        settings=wandb.Settings(console="off", silent=True, save_code=False, disable_git=True),
+      )
     except wandb.errors.UsageError as e:  # no API key, a bad entity: the user's to fix, in one line
-      raise ConfigError(f"The 'wandb' writer could not start a run ({e}); log in with `wandb login` (or set "
-                        "WANDB_API_KEY), or set WANDB_MODE=offline to keep the run in DIR/wandb/.") from e
+      raise ConfigError(
+        f"The 'wandb' writer could not start a run ({e}); log in with `wandb login` (or set "
+        "WANDB_API_KEY), or set WANDB_MODE=offline to keep the run in DIR/wandb/."
+      ) from e
     self.run_id = self.run.id
     paths.write_text(workdir / WANDB_RUN_NAME, json.dumps({"run_id": self.run_id, "project": self.run.project}) + "\n")
     self._closed = False

@@ -50,17 +50,21 @@ def _size(leaves) -> int:
 
 def in_head(path: Sequence[str], head: Sequence[ModulePath]) -> bool:
   """Whether the parameter at `path` (inside 'params' or 'batch_stats') belongs to one of the head modules."""
-  return any(tuple(path[:len(h)]) == h for h in head)
+  return any(tuple(path[: len(h)]) == h for h in head)
 
 
 def find_head(model_config, num_outputs: int, image_shape) -> tuple[ModulePath, ...]:
   """The modules holding the parameters whose shapes change with the number of outputs (each model's last Dense)."""
-  a, b = (convert.abstract_variables(models.build(model_config, n), tuple(image_shape))["params"]
-          for n in (num_outputs, num_outputs + 1))
+  a, b = (
+    convert.abstract_variables(models.build(model_config, n), tuple(image_shape))["params"]
+    for n in (num_outputs, num_outputs + 1)
+  )
   heads = sorted({path[:-1] for (path, x), y in zip(_flat(a).items(), _flat(b).values()) if x.shape != y.shape})
   if not heads:
-    raise ConfigError(f"Model {model_config['name']!r} has no layer whose shape depends on the class count; name "
-                      "its head with config.head_modules, e.g. ('head',).")
+    raise ConfigError(
+      f"Model {model_config['name']!r} has no layer whose shape depends on the class count; name "
+      "its head with config.head_modules, e.g. ('head',)."
+    )
   return tuple(heads)
 
 
@@ -72,16 +76,19 @@ def resolve_head(config, num_outputs: int, image_shape) -> tuple[ModulePath, ...
   params = _flat(convert.abstract_variables(model, tuple(image_shape))["params"])
   head = tuple(tuple(str(name).strip("/").split("/")) for name in config.head_modules)
   for module in head:
-    if not any(path[:len(module)] == module for path in params):
+    if not any(path[: len(module)] == module for path in params):
       modules = sorted({path[0] for path in params})
-      raise ConfigError(f"config.head_modules names {'/'.join(module)!r}, which model {config.model.name!r} does "
-                        f"not have; its top-level modules are: {', '.join(modules)}.")
+      raise ConfigError(
+        f"config.head_modules names {'/'.join(module)!r}, which model {config.model.name!r} does "
+        f"not have; its top-level modules are: {', '.join(modules)}."
+      )
   return head
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
   """Weights to start from, and what is known of the run that produced them (None for converted files)."""
+
   description: str
   variables: dict  # {'params': ..., 'batch_stats': ...} of host arrays
   class_names: tuple[str, ...] | None = None
@@ -94,13 +101,17 @@ def _workdir_and_step(path: str, step: int | str | None) -> tuple[str, int | str
   name, parent = os.path.basename(path), os.path.dirname(path)
   if name.isdigit() and os.path.basename(parent) == workdir_lib.CHECKPOINTS_NAME:
     if step is not None and step != int(name):
-      raise ConfigError(f"config.init_from={path!r} is the checkpoint of step {name} but config.init_from_step="
-                        f"{step!r}; set init_from_step=-1 or point init_from at the workdir.")
+      raise ConfigError(
+        f"config.init_from={path!r} is the checkpoint of step {name} but config.init_from_step="
+        f"{step!r}; set init_from_step=-1 or point init_from at the workdir."
+      )
     return os.path.dirname(parent), int(name)
   if workdir_lib.is_workdir(path):
     return path, step
-  raise ConfigError(f"config.init_from={path!r} is a folder but neither a jaxcls workdir (it has no config.json) "
-                    "nor a workdir's checkpoints/<step> folder.")
+  raise ConfigError(
+    f"config.init_from={path!r} is a folder but neither a jaxcls workdir (it has no config.json) "
+    "nor a workdir's checkpoints/<step> folder."
+  )
 
 
 def read_source(path: str, step: int | str | None = -1) -> Source:
@@ -111,38 +122,54 @@ def read_source(path: str, step: int | str | None = -1) -> Source:
   if paths.path(path).is_dir():
     workdir, step = _workdir_and_step(path, step)
     run = restore.restore(workdir, step)
-    return Source(description=f"workdir {workdir}, step {run.step}", variables=run.variables,
-                  class_names=tuple(run.info.class_names), model_config=run.config.model.to_dict(),
-                  image_shape=tuple(run.info.image_shape))
+    return Source(
+      description=f"workdir {workdir}, step {run.step}",
+      variables=run.variables,
+      class_names=tuple(run.info.class_names),
+      model_config=run.config.model.to_dict(),
+      image_shape=tuple(run.info.image_shape),
+    )
   if not paths.path(path).is_file():
-    raise ConfigError(f"config.init_from={path!r} does not exist; give a jaxcls workdir, one of its "
-                      "checkpoints/<step> folders, or a .msgpack/.npz file from `python -m jaxcls.convert`.")
+    raise ConfigError(
+      f"config.init_from={path!r} does not exist; give a jaxcls workdir, one of its "
+      "checkpoints/<step> folders, or a .msgpack/.npz file from `python -m jaxcls.convert`."
+    )
   if not path.endswith(WEIGHT_FILES):
-    raise ConfigError(f"config.init_from={path!r} is not a weights file jaxcls reads; use a .msgpack or .npz file "
-                      "written by `python -m jaxcls.convert`, or a jaxcls workdir.")
+    raise ConfigError(
+      f"config.init_from={path!r} is not a weights file jaxcls reads; use a .msgpack or .npz file "
+      "written by `python -m jaxcls.convert`, or a jaxcls workdir."
+    )
   if step is not None:
-    raise ConfigError(f"config.init_from_step={step!r} applies to workdirs only; {path!r} is a weights file, so set "
-                      "init_from_step=-1.")
+    raise ConfigError(
+      f"config.init_from_step={step!r} applies to workdirs only; {path!r} is a weights file, so set init_from_step=-1."
+    )
   try:
     variables = convert.load(path)
   except Exception as e:  # msgpack and zip readers raise many types on a damaged file
-    raise CheckpointError(f"Cannot read the weights file {path!r} ({type(e).__name__}: {str(e)[:200]}); "
-                          "write it again with `python -m jaxcls.convert`.") from e
+    raise CheckpointError(
+      f"Cannot read the weights file {path!r} ({type(e).__name__}: {str(e)[:200]}); "
+      "write it again with `python -m jaxcls.convert`."
+    ) from e
   if not isinstance(variables, Mapping) or "params" not in variables:
     raise CheckpointError(f"{path!r} holds no 'params'; it was not written by `python -m jaxcls.convert`.")
-  return Source(description=f"weights file {path}", variables={"params": variables["params"],
-                                                                "batch_stats": variables.get("batch_stats") or {}})
+  return Source(
+    description=f"weights file {path}",
+    variables={"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}},
+  )
 
 
 def pretrained_source(init_from: str, step, model_config, image_shape) -> Source:
   """The pretrained weights `init_from` names (hf-hub:, torchvision: or a .safetensors file; see models/pretrained)."""
   if restore.parse_step(step, "config.init_from_step") is not None:
-    raise ConfigError(f"config.init_from_step={step!r} applies to workdirs only; {init_from!r} names pretrained "
-                      "weights, so set init_from_step=-1.")
+    raise ConfigError(
+      f"config.init_from_step={step!r} applies to workdirs only; {init_from!r} names pretrained "
+      "weights, so set init_from_step=-1."
+    )
   weights = pretrained.load(init_from, models.build(model_config, 1), image_shape, model_config["name"])
   size = weights.preprocessing.image_size if weights.preprocessing else None
-  return Source(description=weights.description, variables=weights.variables,
-                image_shape=(*size, image_shape[-1]) if size else None)
+  return Source(
+    description=weights.description, variables=weights.variables, image_shape=(*size, image_shape[-1]) if size else None
+  )
 
 
 # The weights' preprocessing into the config's dataset keys left at their defaults, before the data is built.
@@ -154,8 +181,11 @@ def _model_differences(source: Source, model_config) -> str:
     return ""
   now = dict(model_config)
   keys = sorted(set(source.model_config) | set(now))
-  diffs = [f"model.{k}: {source.model_config.get(k)!r} in the source, {now.get(k)!r} now" for k in keys
-           if _plain(source.model_config.get(k)) != _plain(now.get(k))]
+  diffs = [
+    f"model.{k}: {source.model_config.get(k)!r} in the source, {now.get(k)!r} now"
+    for k in keys
+    if _plain(source.model_config.get(k)) != _plain(now.get(k))
+  ]
   return f" Config differences: {'; '.join(diffs)}." if diffs else ""
 
 
@@ -166,6 +196,7 @@ def _plain(value):
 @dataclasses.dataclass(frozen=True)
 class Merged:
   """Variables holding the source's weights, and what happened to each part (for the log)."""
+
   variables: dict
   loaded_params: int
   loaded_stats: int
@@ -174,8 +205,14 @@ class Merged:
   reason: str
 
 
-def merge(fresh: Mapping[str, Any], source: Source, head: Sequence[ModulePath], policy: str,
-          class_names: Sequence[str], model_config) -> Merged:
+def merge(
+  fresh: Mapping[str, Any],
+  source: Source,
+  head: Sequence[ModulePath],
+  policy: str,
+  class_names: Sequence[str],
+  model_config,
+) -> Merged:
   """`fresh` (a new model's variables) with the backbone, and the head if `policy` allows, from `source`.
 
   Every backbone leaf must be in the source with the same shape and the source must hold nothing else: a
@@ -194,24 +231,34 @@ def merge(fresh: Mapping[str, Any], source: Source, head: Sequence[ModulePath], 
       problems.append(f"{'/'.join(path)} {tuple(np.shape(leaf))} is missing from the source")
     elif np.shape(given[path]) != np.shape(leaf):
       problems.append(f"{'/'.join(path)} is {tuple(np.shape(given[path]))} in the source, {tuple(np.shape(leaf))} now")
-  problems += [f"{'/'.join(p)} {tuple(np.shape(v))} is in the source only" for p, v in given.items()
-               if p not in wanted and not is_head(p)]
+  problems += [
+    f"{'/'.join(p)} {tuple(np.shape(v))} is in the source only"
+    for p, v in given.items()
+    if p not in wanted and not is_head(p)
+  ]
   if problems:
     more = f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""
     image = f" The source saw images {source.image_shape}." if source.image_shape else ""
-    raise CheckpointError(f"config.init_from ({source.description}) does not fit config.model "
-                          f"{model_config['name']!r}: {'; '.join(problems[:6])}{more}."
-                          f"{_model_differences(source, model_config)}{image} Use the source's model settings "
-                          "(and, for ViTs, its image size).")
+    raise CheckpointError(
+      f"config.init_from ({source.description}) does not fit config.model "
+      f"{model_config['name']!r}: {'; '.join(problems[:6])}{more}."
+      f"{_model_differences(source, model_config)}{image} Use the source's model settings "
+      "(and, for ViTs, its image size)."
+    )
 
   head_paths = [p for p in wanted if is_head(p)]
-  mismatched = [f"{'/'.join(p)} is {tuple(np.shape(given[p])) if p in given else 'missing'} in the source, "
-                f"{tuple(np.shape(wanted[p]))} now" for p in head_paths
-                if p not in given or np.shape(given[p]) != np.shape(wanted[p])]
+  mismatched = [
+    f"{'/'.join(p)} is {tuple(np.shape(given[p])) if p in given else 'missing'} in the source, "
+    f"{tuple(np.shape(wanted[p]))} now"
+    for p in head_paths
+    if p not in given or np.shape(given[p]) != np.shape(wanted[p])
+  ]
   same_classes = source.class_names is None or tuple(source.class_names) == tuple(class_names)
   if policy == "keep" and mismatched:
-    raise ConfigError(f"config.init_head='keep' but the source's head does not fit: {'; '.join(mismatched)}; "
-                      "use init_head='auto' or 'reinit' for another class count.")
+    raise ConfigError(
+      f"config.init_head='keep' but the source's head does not fit: {'; '.join(mismatched)}; "
+      "use init_head='auto' or 'reinit' for another class count."
+    )
   keep = policy == "keep" or (policy == "auto" and not mismatched and same_classes)
   if keep:
     reason = "it fits the same classes" if policy == "auto" else "init_head='keep'"
@@ -225,9 +272,14 @@ def merge(fresh: Mapping[str, Any], source: Source, head: Sequence[ModulePath], 
   variables, skipped = convert.load_pretrained(fresh, pretrained)
   assert all(is_head(tuple(s.split("/"))) for s in skipped), skipped  # the checks above leave only the head
   loaded = [p for p in wanted if "/".join(p) not in skipped]
-  return Merged(variables=variables, loaded_params=_size(wanted[p] for p in loaded if p[0] == "params"),
-                loaded_stats=_size(wanted[p] for p in loaded if p[0] == "batch_stats"), head_kept=keep,
-                head_params=_size(wanted[p] for p in head_paths if p[0] == "params"), reason=reason)
+  return Merged(
+    variables=variables,
+    loaded_params=_size(wanted[p] for p in loaded if p[0] == "params"),
+    loaded_stats=_size(wanted[p] for p in loaded if p[0] == "batch_stats"),
+    head_kept=keep,
+    head_params=_size(wanted[p] for p in head_paths if p[0] == "params"),
+    reason=reason,
+  )
 
 
 def _without(tree: Mapping[str, Any], head: Sequence[ModulePath]) -> dict:
@@ -280,8 +332,10 @@ class Plan:
     needs_head = bool(self.init_from) or self.splits_head or bool(config.head_modules)
     self.head = resolve_head(config, num_outputs, image_shape) if needs_head else ()
     if self.factor != 1.0 and not self.init_from:
-      logging.warning("config.optimizer.backbone_lr_factor=%g without config.init_from: the backbone starts from "
-                      "random weights.", self.factor)
+      logging.warning(
+        "config.optimizer.backbone_lr_factor=%g without config.init_from: the backbone starts from random weights.",
+        self.factor,
+      )
 
   @property
   def frozen(self) -> bool:
@@ -303,18 +357,23 @@ class Plan:
     """Extra checkpoint fingerprint keys: parameter groups change the optimizer state's structure."""
     if self.factor == 1.0:
       return {}
-    return {"param_groups": {"backbone": "frozen" if self.frozen else "scaled",
-                             "head": ["/".join(h) for h in self.head]}}
+    return {
+      "param_groups": {"backbone": "frozen" if self.frozen else "scaled", "head": ["/".join(h) for h in self.head]}
+    }
 
   def describe_groups(self, params) -> str:
     flat = _flat(params)
     head = _size(v for p, v in flat.items() if in_head(p, self.head))
     backbone = _size(flat.values()) - head
     if self.frozen:
-      return (f"frozen backbone: {backbone:,} parameters get no update (batch norm in inference mode); "
-              f"head {', '.join('/'.join(h) for h in self.head)}: {head:,} parameters trained.")
-    return (f"backbone: {backbone:,} parameters at {self.factor:g} x the learning rate; head "
-            f"{', '.join('/'.join(h) for h in self.head)}: {head:,} parameters at the full rate.")
+      return (
+        f"frozen backbone: {backbone:,} parameters get no update (batch norm in inference mode); "
+        f"head {', '.join('/'.join(h) for h in self.head)}: {head:,} parameters trained."
+      )
+    return (
+      f"backbone: {backbone:,} parameters at {self.factor:g} x the learning rate; head "
+      f"{', '.join('/'.join(h) for h in self.head)}: {head:,} parameters at the full rate."
+    )
 
   def load_into(self, state, tx, mesh):
     """`state` (freshly initialised) with the source's weights; fresh optimizer state and moving average."""
@@ -322,25 +381,43 @@ class Plan:
       logging.info("Parameter groups: %s", self.describe_groups(parallel.to_host(state.params)))
     if not self.init_from:
       return state
-    source = (pretrained_source(self.init_from, self.init_from_step, self.model_config, self.image_shape)
-              if pretrained.handles(self.init_from) else read_source(self.init_from, self.init_from_step))
+    source = (
+      pretrained_source(self.init_from, self.init_from_step, self.model_config, self.image_shape)
+      if pretrained.handles(self.init_from)
+      else read_source(self.init_from, self.init_from_step)
+    )
     fresh = {"params": parallel.to_host(state.params), "batch_stats": parallel.to_host(state.batch_stats)}
     merged = merge(fresh, source, self.head, self.policy, self.class_names, self.model_config)
     head_names = ", ".join("/".join(h) for h in self.head)
-    logging.info("init_from %s: loaded %s parameters and %s batch-norm statistics; head %s (%s parameters) %s "
-                 "because %s.", source.description, f"{merged.loaded_params:,}", f"{merged.loaded_stats:,}",
-                 head_names, f"{merged.head_params:,}", "kept" if merged.head_kept else "re-initialised",
-                 merged.reason)
+    logging.info(
+      "init_from %s: loaded %s parameters and %s batch-norm statistics; head %s (%s parameters) %s because %s.",
+      source.description,
+      f"{merged.loaded_params:,}",
+      f"{merged.loaded_stats:,}",
+      head_names,
+      f"{merged.head_params:,}",
+      "kept" if merged.head_kept else "re-initialised",
+      merged.reason,
+    )
     differences = _model_differences(source, self.model_config)
     if differences:
-      logging.warning("init_from: the weights fit, so they are loaded, but the model config differs from the "
-                      "source's.%s", differences)
+      logging.warning(
+        "init_from: the weights fit, so they are loaded, but the model config differs from the source's.%s", differences
+      )
     if source.image_shape and tuple(source.image_shape) != self.image_shape:
-      logging.warning("init_from: the source saw images %s, this run %s; the weights fit, but features learnt at "
-                      "one scale transfer less well to another.", source.image_shape, self.image_shape)
+      logging.warning(
+        "init_from: the source saw images %s, this run %s; the weights fit, but features learnt at "
+        "one scale transfer less well to another.",
+        source.image_shape,
+        self.image_shape,
+      )
     variables = parallel.replicate(merged.variables, mesh)
     params = variables["params"]
     opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params)
     ema = jax.tree.map(lambda p: p.copy(), params) if state.ema_params else state.ema_params
-    return state.replace(params=params, batch_stats=variables["batch_stats"] if state.batch_stats else {},
-                         opt_state=opt_state, ema_params=ema)
+    return state.replace(
+      params=params,
+      batch_stats=variables["batch_stats"] if state.batch_stats else {},
+      opt_state=opt_state,
+      ema_params=ema,
+    )

@@ -46,8 +46,7 @@ class Writer:
   def write_images(self, step: int, images: Mapping[str, Any]):
     pass
 
-  def write_histograms(self, step: int, arrays: Mapping[str, Any],
-                       num_buckets: Mapping[str, int] | None = None):
+  def write_histograms(self, step: int, arrays: Mapping[str, Any], num_buckets: Mapping[str, int] | None = None):
     pass
 
   def write_hparams(self, hparams: Mapping[str, Any]):
@@ -129,8 +128,19 @@ class MultiWriter(Writer):
 
 MAX_LOG_LINE = 130  # characters of one scalars message: with absl's prefix (about 70), a log line stays under 200
 # The metrics a log line shows first, in this order; the others follow while the line has room.
-HEADLINE = ("loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "f1", "macro_roc_auc", "roc_auc",
-            "mean_average_precision", "learning_rate", "steps_per_sec")
+HEADLINE = (
+  "loss",
+  "accuracy",
+  "top5_accuracy",
+  "balanced_accuracy",
+  "macro_f1",
+  "f1",
+  "macro_roc_auc",
+  "roc_auc",
+  "mean_average_precision",
+  "learning_rate",
+  "steps_per_sec",
+)
 
 
 def scalars_line(step: int, scalars: Mapping[str, Any], limit: int = MAX_LOG_LINE) -> str:
@@ -141,7 +151,8 @@ def scalars_line(step: int, scalars: Mapping[str, Any], limit: int = MAX_LOG_LIN
   """
   prefixes = {k.split("/", 1)[0] for k in scalars if "/" in k}
   prefix = prefixes.pop() if len(prefixes) == 1 and all("/" in k for k in scalars) else ""
-  names = {k: (k[len(prefix) + 1:] if prefix else k) for k in scalars}
+  names = {k: (k[len(prefix) + 1 :] if prefix else k) for k in scalars}
+
   def rank(key: str) -> tuple[int, int]:  # headline first, counts (num_examples) and per-class values last
     name = names[key]
     return (HEADLINE.index(name) if name in HEADLINE else len(HEADLINE) + name.startswith("num_"), name.count("/"))
@@ -264,6 +275,7 @@ class _EventWriter(Writer):
 
   def __init__(self, resume_step: int | None = None):
     from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+
     self._event_pb2 = event_pb2
     self._summary_pb2 = summary_pb2
     self._resume_step = resume_step
@@ -276,9 +288,13 @@ class _EventWriter(Writer):
     """
     events = [self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")]
     if self._resume_step is not None:
-      events.append(self._event_pb2.Event(
-          wall_time=time.time(), step=int(self._resume_step) + 1,
-          session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
+      events.append(
+        self._event_pb2.Event(
+          wall_time=time.time(),
+          step=int(self._resume_step) + 1,
+          session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START),
+        )
+      )
     return events
 
   def _write_record(self, data: bytes) -> None:
@@ -294,11 +310,13 @@ class _EventWriter(Writer):
 
   def write_texts(self, step, texts):
     from tensorboard.plugins.text import summary_v2  # pylint: disable=g-import-not-at-top
+
     for key, text in texts.items():
       self._add(step, summary_v2.text_pb(key, text))
 
   def write_hparams(self, hparams):
     from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
+
     self._add(0, summary_v2.hparams_pb(flatten_hparams(hparams)))
 
   def write_images(self, step, images):
@@ -307,8 +325,12 @@ class _EventWriter(Writer):
       for i, image in enumerate(batch):
         tag = key if len(batch) == 1 else f"{key}/{i}"
         height, width, channels = image.shape
-        value = self._summary_pb2.Summary.Value(tag=tag, image=self._summary_pb2.Summary.Image(
-            height=height, width=width, colorspace=channels, encoded_image_string=_png_bytes(image)))
+        value = self._summary_pb2.Summary.Value(
+          tag=tag,
+          image=self._summary_pb2.Summary.Image(
+            height=height, width=width, colorspace=channels, encoded_image_string=_png_bytes(image)
+          ),
+        )
         self._add(step, self._summary_pb2.Summary(value=[value]))
 
 
@@ -318,8 +340,7 @@ _FILE_NUMBERS = itertools.count()
 def _event_file_name() -> str:
   """TensorBoard's naming (`events.out.tfevents.<time>.<host>.<pid>.<n>`), `n` padded so that the files of one
   folder sort in the order they were written (TensorBoard reads them in name order)."""
-  return (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
-          f"{next(_FILE_NUMBERS):05d}")
+  return f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_NUMBERS):05d}"
 
 
 class EventFileWriter(_EventWriter):
@@ -331,6 +352,7 @@ class EventFileWriter(_EventWriter):
   def __init__(self, logdir: str, resume_step: int | None = None):
     super().__init__(resume_step)
     from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+
     os.makedirs(logdir, exist_ok=True)
     self.path = os.path.join(logdir, _event_file_name())
     self._file = open(self.path, "wb")
@@ -370,6 +392,7 @@ class RemoteEventWriter(_EventWriter):
 
   def _new_chunk(self, first_events: list[Any]) -> None:
     from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+
     self._number += 1
     self._buffer = io.BytesIO()
     self._records = record_writer.RecordWriter(self._buffer)
@@ -396,6 +419,7 @@ class RemoteEventWriter(_EventWriter):
 
 def _png_bytes(image: np.ndarray) -> bytes:
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   buffer = io.BytesIO()
   Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
   return buffer.getvalue()
@@ -404,6 +428,7 @@ def _png_bytes(image: np.ndarray) -> bytes:
 def write_figures(writer: Writer, step: int, figure_paths: Iterable[str]) -> None:
   """The report's PNG figures as TensorBoard images (tag `figures/<file name>`), beside the scalars."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   images = {}
   for path in figure_paths:
     with paths.path(path).open("rb") as f, Image.open(f) as figure:
@@ -449,6 +474,7 @@ def _mlflow(workdir, resume_step: int | None, config: Any = None) -> Writer:
   """An MLflow run (`training/trackers.py`): params that apply, metrics per step, the report and config as
   artifacts at the end; the store is `config.mlflow.tracking_uri`, $MLFLOW_TRACKING_URI or DIR/mlflow.db."""
   from jaxcls.training import trackers  # pylint: disable=g-import-not-at-top
+
   return trackers.MlflowWriter(workdir, resume_step, config)
 
 
@@ -456,6 +482,7 @@ def _mlflow(workdir, resume_step: int | None, config: Any = None) -> Writer:
 def _wandb(workdir, resume_step: int | None, config: Any = None) -> Writer:
   """A Weights & Biases run in DIR/wandb/ (`training/trackers.py`); offline when WANDB_MODE=offline."""
   from jaxcls.training import trackers  # pylint: disable=g-import-not-at-top
+
   return trackers.WandbWriter(workdir, resume_step, config)
 
 
@@ -468,8 +495,10 @@ def _clu(workdir, resume_step: int | None) -> Any:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ConfigError(f"config.writers names 'clu', which needs clu and TensorFlow ({e}); install them with "
-                      "`pip install 'jaxcls[tf]'` or use 'tensorboard'.") from e
+    raise ConfigError(
+      f"config.writers names 'clu', which needs clu and TensorFlow ({e}); install them with "
+      "`pip install 'jaxcls[tf]'` or use 'tensorboard'."
+    ) from e
   try:
     tf.config.set_visible_devices([], "GPU")  # TensorFlow must not reserve the accelerator memory JAX uses.
   except RuntimeError:
@@ -489,8 +518,9 @@ def writer_names(value: Any = DEFAULT_WRITERS) -> tuple[str, ...]:
   if len(set(names)) != len(names):
     raise ConfigError(f"config.writers={names} names a writer twice; list each once.")
   if {"tensorboard", "clu"} <= set(names):
-    raise ConfigError(f"config.writers={names} names both 'tensorboard' and 'clu', which write the same "
-                      "TensorBoard folder; keep one.")
+    raise ConfigError(
+      f"config.writers={names} names both 'tensorboard' and 'clu', which write the same TensorBoard folder; keep one."
+    )
   return names
 
 
@@ -501,8 +531,9 @@ def _takes_config(factory: Any) -> bool:
     return False
 
 
-def create_writer(workdir: str, *, is_main: bool, resume_step: int | None = None,
-                  names: Any = DEFAULT_WRITERS, config: Any = None) -> Writer:
+def create_writer(
+  workdir: str, *, is_main: bool, resume_step: int | None = None, names: Any = DEFAULT_WRITERS, config: Any = None
+) -> Writer:
   """The run's writer: the writers `names` lists (`config.writers`), in order, on the main process; a no-op
   elsewhere, so hosts never race on the same files (and do not even fetch the values).
 
@@ -518,8 +549,9 @@ def create_writer(workdir: str, *, is_main: bool, resume_step: int | None = None
   try:
     for name in names:
       factory = WRITERS.get(name)
-      made.append(factory(workdir, resume_step, config=config) if _takes_config(factory)
-                  else factory(workdir, resume_step))
+      made.append(
+        factory(workdir, resume_step, config=config) if _takes_config(factory) else factory(workdir, resume_step)
+      )
   except BaseException:
     for writer in made:  # a tracker that cannot start must not leave the others' files open
       writer.close()
@@ -540,8 +572,15 @@ class _ProgressFeed(Writer):
     self._progress.close()
 
 
-def create_progress(num_train_steps: int, writer: Any, *, is_main: bool, batch_size: int | None = None,
-                    steps_per_epoch: int | None = None, **kwargs) -> Any:
+def create_progress(
+  num_train_steps: int,
+  writer: Any,
+  *,
+  is_main: bool,
+  batch_size: int | None = None,
+  steps_per_epoch: int | None = None,
+  **kwargs,
+) -> Any:
   """Called as `progress(step)` after every step: `progress.Progress` on the main process (a bar on a terminal,
   lines otherwise), fed the logged loss by `writer`; a no-op elsewhere. `kwargs` go to `Progress` (stream,
   interactive, every_secs, clock, ...)."""
@@ -585,19 +624,20 @@ def parameter_overview(params: Any, max_rows: int = 24) -> str:
     rows = [(name, str(shape), f"{size:,}", str(dtype)) for name, shape, size, dtype in leaves]
   else:
     depth = 1
-    while len({"/".join(n.split("/")[:depth + 1]) for n, *_ in leaves}) <= max_rows and depth < 8:
+    while len({"/".join(n.split("/")[: depth + 1]) for n, *_ in leaves}) <= max_rows and depth < 8:
       depth += 1
     groups: dict[str, list] = {}
     for name, _, size, dtype in leaves:
       groups.setdefault("/".join(name.split("/")[:depth]), []).append((size, str(dtype)))
     header = ("Module", "Arrays", "Size", "Dtype")
-    rows = [(name, str(len(items)), f"{sum(s for s, _ in items):,}", ",".join(sorted({d for _, d in items})))
-            for name, items in groups.items()]
+    rows = [
+      (name, str(len(items)), f"{sum(s for s, _ in items):,}", ",".join(sorted({d for _, d in items})))
+      for name, items in groups.items()
+    ]
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
 
   def line(cells):
-    return "| " + " | ".join(c.ljust(w) if i != 2 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    return "| " + " | ".join(c.ljust(w) if i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 
   rule = "+-" + "-+-".join("-" * w for w in widths) + "-+"
   table = [rule, line(header), rule, *(line(row) for row in rows), rule]

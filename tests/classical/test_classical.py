@@ -32,23 +32,31 @@ def digits_svm(tmp_path_factory):
 
 # ---- features ----
 
-@pytest.mark.parametrize("shape, cell, block, orientations", [
-    ((3, 28, 28, 1), 4, 2, 9), ((2, 30, 26, 3), 5, 3, 8)])
+
+@pytest.mark.parametrize("shape, cell, block, orientations", [((3, 28, 28, 1), 4, 2, 9), ((2, 30, 26, 3), 5, 3, 8)])
 def test_hog_length_follows_the_cell_and_block_formula(shape, cell, block, orientations):
   images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
   features = handcrafted.hog(images, orientations=orientations, cell_size=cell, block_size=block)
   cells_r, cells_c = shape[1] // cell, shape[2] // cell
   expected = (cells_r - block + 1) * (cells_c - block + 1) * block * block * orientations
-  assert features.shape == (shape[0], expected) == (shape[0], handcrafted.hog_size(shape[1], shape[2], orientations,
-                                                                                    cell, block))
-  spec = handcrafted.FeatureSpec(names=("hog", "color_hist", "pixels"), hog_orientations=orientations,
-                                 hog_cell_size=cell, hog_block_size=block, color_bins=8)
+  assert (
+    features.shape
+    == (shape[0], expected)
+    == (shape[0], handcrafted.hog_size(shape[1], shape[2], orientations, cell, block))
+  )
+  spec = handcrafted.FeatureSpec(
+    names=("hog", "color_hist", "pixels"),
+    hog_orientations=orientations,
+    hog_cell_size=cell,
+    hog_block_size=block,
+    color_bins=8,
+  )
   assert handcrafted.extract(images, spec).shape == (shape[0], spec.num_features(shape[1:]))
 
 
 def test_hog_ignores_a_brightness_offset_and_bins_a_known_gradient():
   ramp = np.tile(np.arange(16, dtype=np.uint8) * 8, (16, 1))  # brightness grows along columns
-  images = np.stack([ramp, ramp + 20, ramp.T])[..., None]      # the same ramp brighter, and turned 90 degrees
+  images = np.stack([ramp, ramp + 20, ramp.T])[..., None]  # the same ramp brighter, and turned 90 degrees
   features = np.asarray(handcrafted.hog(images, orientations=9, cell_size=4, block_size=2)).reshape(3, -1, 9)
   np.testing.assert_allclose(features[0], features[1], atol=1e-6)
   # A horizontal gradient points at 0 degrees (bin 0); a vertical one at 90 degrees (bin 90 // 20 = 4).
@@ -56,8 +64,14 @@ def test_hog_ignores_a_brightness_offset_and_bins_a_known_gradient():
     assert np.all(features[image][:, bin_index] > 0.1)
     np.testing.assert_array_equal(np.delete(features[image], bin_index, axis=1), 0.0)
   # L2-Hys: every block has unit norm and no entry above the 0.2 clip by much after renormalisation.
-  blocks = np.asarray(handcrafted.hog(np.random.default_rng(1).integers(0, 256, (2, 16, 16, 1), dtype=np.uint8),
-                                      orientations=9, cell_size=4, block_size=2)).reshape(2, -1, 36)
+  blocks = np.asarray(
+    handcrafted.hog(
+      np.random.default_rng(1).integers(0, 256, (2, 16, 16, 1), dtype=np.uint8),
+      orientations=9,
+      cell_size=4,
+      block_size=2,
+    )
+  ).reshape(2, -1, 36)
   np.testing.assert_allclose(np.linalg.norm(blocks, axis=-1), 1.0, atol=1e-4)
 
 
@@ -66,15 +80,21 @@ def test_hog_matches_scikit_image():
   skimage_feature = pytest.importorskip("skimage.feature")
   images = np.random.default_rng(2).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
   ours = np.asarray(handcrafted.hog(images, orientations=9, cell_size=4, block_size=2))
-  ref = np.stack([skimage_feature.hog(im, orientations=9, pixels_per_cell=(4, 4), cells_per_block=(2, 2),
-                                      block_norm="L2-Hys", channel_axis=-1) for im in images])
+  ref = np.stack(
+    [
+      skimage_feature.hog(
+        im, orientations=9, pixels_per_cell=(4, 4), cells_per_block=(2, 2), block_norm="L2-Hys", channel_axis=-1
+      )
+      for im in images
+    ]
+  )
   np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
 def test_color_histogram_and_pixels():
   images = np.zeros((2, 4, 4, 3), np.uint8)
-  images[0, ..., 0] = 255        # image 0: red channel saturated
-  images[1, :2, :, 1] = 100      # image 1: half the green pixels at 100 (bin 100 * 4 // 256 = 1)
+  images[0, ..., 0] = 255  # image 0: red channel saturated
+  images[1, :2, :, 1] = 100  # image 1: half the green pixels at 100 (bin 100 * 4 // 256 = 1)
   hist = np.asarray(handcrafted.color_histogram(images, bins=4)).reshape(2, 3, 4)
   np.testing.assert_allclose(hist.sum(-1), 1.0)
   np.testing.assert_allclose(hist[0, 0], [0, 0, 0, 1])
@@ -92,9 +112,11 @@ def test_standardizer_uses_training_statistics():
 
 # ---- the SVM and the run ----
 
+
 def test_svm_agrees_with_linear_svc_and_is_deterministic(digits_svm):
   """Same features, same C: our L-BFGS SVM and scikit-learn's LinearSVC within 2 points of accuracy."""
   from sklearn.svm import LinearSVC
+
   config, workdir, report = digits_svm
   options = settings.check(config)
   eval_dataset = run.data.build(config)
@@ -130,9 +152,16 @@ def test_run_writes_the_standard_report(digits_svm):
 def test_command_end_to_end_with_knn(python, tmp_path):
   """`python -m jaxcls.classical` with the k-NN variant; its accuracy equals scikit-learn's 1-NN."""
   from sklearn.neighbors import KNeighborsClassifier
+
   workdir = str(tmp_path / "knn")
-  proc = subprocess.run([python, "-m", "jaxcls.classical", "--config", DIGITS_CONFIG + ":knn", "--workdir", workdir],
-                        env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.classical", "--config", DIGITS_CONFIG + ":knn", "--workdir", workdir],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "report.json")) as f:
     report = json.load(f)
@@ -149,6 +178,7 @@ def test_command_end_to_end_with_knn(python, tmp_path):
 def test_knn_standardisation_is_chosen_on_a_held_out_part_of_the_training_split(tmp_path):
   """Defect 12: k-NN standardised by default (97.78% on digits against 98.33% raw); 'auto' now asks validation."""
   from sklearn.neighbors import KNeighborsClassifier
+
   config = _digits_config("knn")
   assert config.classical.standardize == "auto"
   report = run.run(config, str(tmp_path / "auto"))
@@ -172,7 +202,9 @@ def test_knn_standardisation_is_chosen_on_a_held_out_part_of_the_training_split(
     assert json.load(f)["standardize_validation"] == chosen
 
 
-@pytest.mark.parametrize("key, value, expected", [
+@pytest.mark.parametrize(
+  "key, value, expected",
+  [
     ("classical.knn_kk", 3, "Unknown config key 'classical.knn_kk'. Did you mean 'knn_k'"),
     ("classical.classifier", "forest", "classical.classifier='forest' is not valid"),
     ("classical.features", "hog,sift", "unknown feature 'sift'"),
@@ -180,7 +212,8 @@ def test_knn_standardisation_is_chosen_on_a_held_out_part_of_the_training_split(
     ("classical.standardize", "yes", "classical.standardize='yes' is not valid; use True, False or 'auto'"),
     ("task.type", "binary", "supports task.type='multiclass' only"),
     ("optimizer.learning_rat", 0.1, "Did you mean 'optimizer.learning_rate'"),
-])
+  ],
+)
 def test_bad_settings_fail_with_a_clear_error(tmp_path, key, value, expected):
   config = _digits_config()
   section, leaf = key.split(".")
@@ -191,8 +224,22 @@ def test_bad_settings_fail_with_a_clear_error(tmp_path, key, value, expected):
 
 
 def test_command_rejects_a_misspelt_override(python, tmp_path):
-  proc = subprocess.run([python, "-m", "jaxcls.classical", "--config", DIGITS_CONFIG, "--workdir", str(tmp_path),
-                         "--config.classical.svm_cc=1"], env=subprocess_env(1), cwd=REPO, capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      python,
+      "-m",
+      "jaxcls.classical",
+      "--config",
+      DIGITS_CONFIG,
+      "--workdir",
+      str(tmp_path),
+      "--config.classical.svm_cc=1",
+    ],
+    env=subprocess_env(1),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "classical.svm_c" in proc.stderr

@@ -43,8 +43,8 @@ def registries_as_they_were():
   from jaxcls.data.augment import base as augment_base  # pylint: disable=g-import-not-at-top
   from jaxcls.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   from jaxcls.training import writers  # pylint: disable=g-import-not-at-top
-  kinds = (models.MODELS, tasks.TASKS, augment_base.AUGMENTATIONS, evaluators.EVALUATORS, writers.WRITERS,
-           data.SOURCES)
+
+  kinds = (models.MODELS, tasks.TASKS, augment_base.AUGMENTATIONS, evaluators.EVALUATORS, writers.WRITERS, data.SOURCES)
   saved = [dict(registry._entries) for registry in kinds]  # pylint: disable=protected-access
   yield
   for registry, entries in zip(kinds, saved):
@@ -71,9 +71,11 @@ def trained(tmp_path_factory):
   folder = tmp_path_factory.mktemp("user")
   (folder / "my_models.py").write_text(readme_module())
   workdir = folder / "run"
-  config = tiny_config(**{"model.name": "my_net"}, imports="my_models", num_train_steps=4, eval_every_steps=-1,
-                       checkpoint_every_steps=-1)
+  config = tiny_config(
+    **{"model.name": "my_net"}, imports="my_models", num_train_steps=4, eval_every_steps=-1, checkpoint_every_steps=-1
+  )
   from jaxcls.training import loop  # pylint: disable=g-import-not-at-top
+
   with pytest.MonkeyPatch.context() as patch:
     patch.chdir(folder)
     patch.setattr(sys, "path", list(sys.path))  # the current folder that import_extensions appends goes again
@@ -99,11 +101,18 @@ def test_fine_tuning_from_the_workdir_starts_from_its_weights(trained, tmp_path,
 
   from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
   from jaxcls.training import loop  # pylint: disable=g-import-not-at-top
+
   folder, workdir, _ = trained
   monkeypatch.chdir(folder)
   monkeypatch.setattr(sys, "path", list(sys.path))
-  config = tiny_config(**{"model.name": "my_net", "optimizer.learning_rate": 0.0}, imports="my_models",
-                       init_from=str(workdir), num_train_steps=3, eval_every_steps=-1, checkpoint_every_steps=-1)
+  config = tiny_config(
+    **{"model.name": "my_net", "optimizer.learning_rate": 0.0},
+    imports="my_models",
+    init_from=str(workdir),
+    num_train_steps=3,
+    eval_every_steps=-1,
+    checkpoint_every_steps=-1,
+  )
   try:
     loop.train_and_evaluate(config, str(tmp_path / "tuned"))
     old, new = (restore.restore(str(w)).variables["params"] for w in (workdir, tmp_path / "tuned"))
@@ -117,11 +126,13 @@ def test_fresh_processes_evaluate_predict_and_export_the_workdir_importing_from_
   """No --config and no import in the commands: the module must come from config.json's imports."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   folder, workdir, report = trained
 
   def run(*argv):
-    proc = subprocess.run([python, "-m", *argv], env=subprocess_env(2), cwd=folder, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+      [python, "-m", *argv], env=subprocess_env(2), cwd=folder, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -129,16 +140,27 @@ def test_fresh_processes_evaluate_predict_and_export_the_workdir_importing_from_
   assert "my_net at step 4 on the test split: num_examples 100" in out
   assert json.loads((folder / "eval" / "report.json").read_text())["accuracy"] == report["accuracy"]
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / "new.png")
-  assert re.match(r".*new\.png: class_\d \d\.\d{4}, ", run("jaxcls.predict", "--workdir", str(workdir),
-                                                            str(folder / "new.png")))
+  assert re.match(
+    r".*new\.png: class_\d \d\.\d{4}, ", run("jaxcls.predict", "--workdir", str(workdir), str(folder / "new.png"))
+  )
   run("jaxcls.export", "--workdir", str(workdir), "--output", str(folder / "exported"), "--platforms", "cpu")
   assert json.loads((folder / "exported" / "model.json").read_text())["model"] == "my_net"
   # From another folder the module is not on the path: one line naming it and the fixes, exit 2.
-  elsewhere = subprocess.run([python, "-m", "jaxcls.evaluate", "--workdir", str(workdir)], env=subprocess_env(2),
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
+  elsewhere = subprocess.run(
+    [python, "-m", "jaxcls.evaluate", "--workdir", str(workdir)],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert elsewhere.returncode == 2, elsewhere.stderr[-3000:]
-  assert re.search(r"^jaxcls: error: config.imports names the module 'my_models', which Python cannot find.*"
-                   r"PYTHONPATH", elsewhere.stderr, re.M), elsewhere.stderr[-3000:]
+  assert re.search(
+    r"^jaxcls: error: config.imports names the module 'my_models', which Python cannot find.*"
+    r"PYTHONPATH",
+    elsewhere.stderr,
+    re.M,
+  ), elsewhere.stderr[-3000:]
 
 
 def test_readme_command_trains_my_net_on_the_default_config(tmp_path, python):
@@ -148,9 +170,22 @@ def test_readme_command_trains_my_net_on_the_default_config(tmp_path, python):
   assert argv[:2] == ["jaxcls.main", "--config"] and "--config.imports=my_models" in argv
   argv = [os.path.join(REPO, a) if a == "configs/default.py" else a for a in argv]
   argv = [str(tmp_path / "run") if a == "/tmp/my-net" else a for a in argv]
-  proc = subprocess.run([python, "-m", *argv, "--config.num_train_steps=3", "--config.optimizer.warmup_steps=1",
-                         "--config.eval_every_steps=-1", "--config.checkpoint_every_steps=-1"],
-                        env=subprocess_env(2), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      python,
+      "-m",
+      *argv,
+      "--config.num_train_steps=3",
+      "--config.optimizer.warmup_steps=1",
+      "--config.eval_every_steps=-1",
+      "--config.checkpoint_every_steps=-1",
+    ],
+    env=subprocess_env(2),
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
   assert saved["model"]["name"] == "my_net" and saved["model"]["widths"] == [32, 64, 128]
@@ -177,6 +212,7 @@ def test_every_kind_in_the_docs_works_in_one_run(tmp_path, monkeypatch):
   config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 4, -1, -1
   config.batch_size, config.async_checkpointing, config.optimizer.warmup_steps = 16, False, 1
   from jaxcls.training import loop  # pylint: disable=g-import-not-at-top
+
   try:
     report = loop.train_and_evaluate(config, str(tmp_path / "run"))
   finally:
@@ -195,17 +231,24 @@ def test_a_py_file_and_its_module_name_are_one_module(user_folder):
   by_name = extensions.import_extensions("my_models")  # the current folder, though not on sys.path
   assert by_file == by_name and by_name[0].__file__ == str(user_folder / "my_models.py")
   from jaxcls import models  # pylint: disable=g-import-not-at-top
+
   model = models.build({"name": "my_net", "widths": (4,)}, num_classes=3)
   assert type(model).__name__ == "MyNet" and model.num_classes == 3 and model.widths == (4,)
 
 
 def test_a_missing_module_names_itself_the_folder_and_the_fixes(user_folder):
   config = tiny_config(imports=("my_modles",))
-  with pytest.raises(ConfigError, match=r"config.imports names the module 'my_modles', which Python cannot find "
-                                        r".*current folder .*PYTHONPATH.*--config.imports=/path/to/my_modles.py"):
+  with pytest.raises(
+    ConfigError,
+    match=r"config.imports names the module 'my_modles', which Python cannot find "
+    r".*current folder .*PYTHONPATH.*--config.imports=/path/to/my_modles.py",
+  ):
     config_check.validate(config)
-  with pytest.raises(ConfigError, match=r"the file 'nowhere/my_models.py', which does not exist \(relative paths "
-                                        r"start at the current folder"):
+  with pytest.raises(
+    ConfigError,
+    match=r"the file 'nowhere/my_models.py', which does not exist \(relative paths "
+    r"start at the current folder",
+  ):
     extensions.import_extensions(("nowhere/my_models.py",))
   with pytest.raises(ConfigError, match=r"'my models', which is neither a module name"):
     extensions.import_extensions(("my models",))
@@ -213,28 +256,38 @@ def test_a_missing_module_names_itself_the_folder_and_the_fixes(user_folder):
 
 def test_a_missing_dependency_of_the_module_is_named(user_folder):
   (user_folder / "needs_more.py").write_text("import jaxcls_no_such_dependency\n")
-  with pytest.raises(ConfigError, match=r"'needs_more', which imports 'jaxcls_no_such_dependency', and that is not "
-                                        r"installed"):
+  with pytest.raises(
+    ConfigError,
+    match=r"'needs_more', which imports 'jaxcls_no_such_dependency', and that is not "
+    r"installed",
+  ):
     extensions.import_extensions(("needs_more",))
   assert "needs_more" not in sys.modules
 
 
 def test_an_unknown_name_after_the_import_lists_the_known_ones_with_the_new_one(user_folder):
   from jaxcls import models  # pylint: disable=g-import-not-at-top
+
   config_check.validate(tiny_config(imports="my_models"))
-  with pytest.raises(ConfigError, match=r"Unknown model 'my_nte'\. Did you mean 'my_net'\? Known: .*my_net.*"
-                                        r"simple_cnn.*config.imports"):
+  with pytest.raises(
+    ConfigError,
+    match=r"Unknown model 'my_nte'\. Did you mean 'my_net'\? Known: .*my_net.*"
+    r"simple_cnn.*config.imports",
+  ):
     models.build({"name": "my_nte"}, num_classes=3)
 
 
 def test_a_taken_name_is_refused_and_a_reloaded_module_re_registers(user_folder):
   import jaxcls  # pylint: disable=g-import-not-at-top
+
   module = extensions.import_extensions("my_models")[0]
   importlib.reload(module)  # a researcher editing the module in a notebook
-  (user_folder / "clash.py").write_text(
-      "import jaxcls\n\n@jaxcls.register_model('simple_cnn')\nclass Mine:\n  pass\n")
-  with pytest.raises(ConfigError, match=r"model 'simple_cnn' is already registered \(by jaxcls.models.simple_cnn\); "
-                                        r"register Mine of clash under another name"):
+  (user_folder / "clash.py").write_text("import jaxcls\n\n@jaxcls.register_model('simple_cnn')\nclass Mine:\n  pass\n")
+  with pytest.raises(
+    ConfigError,
+    match=r"model 'simple_cnn' is already registered \(by jaxcls.models.simple_cnn\); "
+    r"register Mine of clash under another name",
+  ):
     extensions.import_extensions("clash")
   assert "clash" not in sys.modules
   assert jaxcls.register_model.__name__ == "register_model" and "num_classes" in jaxcls.register_model.__doc__
@@ -246,13 +299,20 @@ def test_every_public_decorator_registers_in_its_registry():
   from jaxcls.data.augment import base as augment_base  # pylint: disable=g-import-not-at-top
   from jaxcls.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   from jaxcls.training import writers  # pylint: disable=g-import-not-at-top
-  for name, registry in (("register_model", models.MODELS), ("register_task", tasks.TASKS),
-                         ("register_augmentation", augment_base.AUGMENTATIONS),
-                         ("register_evaluator", evaluators.EVALUATORS), ("register_writer", writers.WRITERS),
-                         ("register_source", data.SOURCES)):
+
+  for name, registry in (
+    ("register_model", models.MODELS),
+    ("register_task", tasks.TASKS),
+    ("register_augmentation", augment_base.AUGMENTATIONS),
+    ("register_evaluator", evaluators.EVALUATORS),
+    ("register_writer", writers.WRITERS),
+    ("register_source", data.SOURCES),
+  ):
     assert name in jaxcls.__all__ and name in dir(jaxcls)
+
     def thing():
       """A stand-in that is never built: only where it is filed is checked."""
+
     thing.__qualname__ = f"thing_{name}"
     assert getattr(jaxcls, name)(f"h4_test_{name}")(thing) is thing
     assert registry.get(f"h4_test_{name}") is thing
@@ -263,7 +323,17 @@ def test_every_public_decorator_registers_in_its_registry():
 
 def test_import_jaxcls_imports_no_registry(python):
   """`import jaxcls` runs before every command: the decorators must not pull in jax or flax until used."""
-  out = subprocess.run([python, "-c", "import sys, jaxcls; print(sorted(m for m in sys.modules if m.split('.')[0] "
-                        "in ('jax', 'flax', 'ml_collections') or m.startswith('jaxcls.')))"],
-                       env=subprocess_env(1), capture_output=True, text=True, timeout=60, check=True).stdout
+  out = subprocess.run(
+    [
+      python,
+      "-c",
+      "import sys, jaxcls; print(sorted(m for m in sys.modules if m.split('.')[0] "
+      "in ('jax', 'flax', 'ml_collections') or m.startswith('jaxcls.')))",
+    ],
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=True,
+  ).stdout
   assert out.strip() == "[]"

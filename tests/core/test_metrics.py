@@ -28,13 +28,16 @@ def test_auc_and_ap_match_sklearn(ties):
   for c in range(k):
     assert result["roc_auc"][c] == pytest.approx(skm.roc_auc_score(onehot[:, c], probs[:, c]), abs=1e-12)
     assert result["average_precision"][c] == pytest.approx(
-        skm.average_precision_score(onehot[:, c], probs[:, c]), abs=1e-12)
+      skm.average_precision_score(onehot[:, c], probs[:, c]), abs=1e-12
+    )
   assert result["macro_roc_auc"] == pytest.approx(skm.roc_auc_score(onehot, probs, average="macro"), abs=1e-12)
   assert result["micro_roc_auc"] == pytest.approx(skm.roc_auc_score(onehot, probs, average="micro"), abs=1e-12)
   assert result["macro_average_precision"] == pytest.approx(
-      skm.average_precision_score(onehot, probs, average="macro"), abs=1e-12)
+    skm.average_precision_score(onehot, probs, average="macro"), abs=1e-12
+  )
   assert result["micro_average_precision"] == pytest.approx(
-      skm.average_precision_score(onehot, probs, average="micro"), abs=1e-12)
+    skm.average_precision_score(onehot, probs, average="micro"), abs=1e-12
+  )
 
 
 def test_absent_class_is_excluded_from_macro():

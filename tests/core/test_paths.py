@@ -8,14 +8,14 @@ import os
 import numpy as np
 import pytest
 from etils import epath
+from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
 from tensorboard.backend.event_processing import event_accumulator
 
-from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
 from jaxcls.core import paths
+from jaxcls.core.errors import ConfigError
 from jaxcls.evaluation import report
 from jaxcls.store import restore
 from jaxcls.training import writers
-from jaxcls.core.errors import ConfigError
 
 
 def _lines(url):
@@ -25,12 +25,15 @@ def _lines(url):
 # --- URLs. ---
 
 
-@pytest.mark.parametrize("value, expected", [
+@pytest.mark.parametrize(
+  "value, expected",
+  [
     ("gs:/bucket/run", "is not a valid URL; write it as gs://BUCKET/PATH"),
     ("gs://", "is not a valid URL"),
     ("ftp://host/run", "unsupported scheme ftp://"),
     ("", "is empty"),
-])
+  ],
+)
 def test_bad_urls_are_one_line_config_errors(value, expected, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(ConfigError, match=expected):
@@ -42,6 +45,7 @@ def test_s3_without_s3fs_names_the_package():
   pytest.importorskip("etils")
   try:
     import s3fs  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
     pytest.skip("s3fs is installed here")
   except ImportError:
     pass
@@ -74,8 +78,9 @@ def test_remote_jsonl_keeps_every_line_and_each_is_uploaded_at_once(gcs):
 
 def test_remote_jsonl_resume_truncates_and_appends(gcs):
   url = gcs.url("metrics.jsonl")
-  epath.Path(url).write_text("".join(json.dumps({"step": s, "train/loss": s / 10}) + "\n" for s in range(1, 9))
-                             + '{"step": 9, "train/lo')  # a torn line cannot happen on gs, but it is dropped too
+  epath.Path(url).write_text(
+    "".join(json.dumps({"step": s, "train/loss": s / 10}) + "\n" for s in range(1, 9)) + '{"step": 9, "train/lo'
+  )  # a torn line cannot happen on gs, but it is dropped too
   with writers.JsonlWriter(url, resume_step=5) as writer:
     writer.write_scalars(6, {"train/loss": 0.66})
   assert [(r["step"], r["train/loss"]) for r in _lines(url)] == [(s, s / 10) for s in range(1, 6)] + [(6, 0.66)]
@@ -136,11 +141,21 @@ def test_create_writer_on_gs_writes_jsonl_and_events(gcs, tmp_path, monkeypatch)
 def test_report_and_plots_on_gs(gcs, tmp_path, monkeypatch):
   pytest.importorskip("matplotlib")
   from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
+
   monkeypatch.chdir(tmp_path)
   url = gcs.url("run")
   epath.Path(url + "/metrics.jsonl").write_text('{"step": 1, "train/loss": 1.0}\n{"step": 2, "train/loss": 0.5}\n')
-  final = {"step": 2, "split": "test", "loss": 0.5, "accuracy": 0.75, "confusion_matrix": [[3, 1], [0, 4]],
-           "f1": [0.8, 0.9], "precision": [1.0, 0.8], "recall": [0.75, 1.0], "support": [4, 4]}
+  final = {
+    "step": 2,
+    "split": "test",
+    "loss": 0.5,
+    "accuracy": 0.75,
+    "confusion_matrix": [[3, 1], [0, 4]],
+    "f1": [0.8, 0.9],
+    "precision": [1.0, 0.8],
+    "recall": [0.75, 1.0],
+    "support": [4, 4],
+  }
   written = plots.write_all(url + "/plots", final, None, ["a", "b"], url + "/metrics.jsonl")
   assert {os.path.basename(p) for p in written} == {"confusion.png", "per_class_f1.png", "training_curves.png"}
   for p in written:
@@ -155,7 +170,9 @@ def test_report_and_plots_on_gs(gcs, tmp_path, monkeypatch):
 
 def test_checkpoint_on_gs_lists_and_restores(gcs):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
+
   url = gcs.url("run")
   with pytest.raises(Exception, match="holds no checkpoint"):
     restore.resolve_step(url, None)
@@ -175,6 +192,7 @@ def test_checkpoint_on_gs_lists_and_restores(gcs):
 
 def _arrays_config(path, **extra):
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+
   return tiny_config(**{"dataset.name": "arrays", "dataset.path": path, "dataset.num_classes": 0, **extra})
 
 
@@ -185,6 +203,7 @@ def _images_and_labels(n=40):
 
 def test_arrays_source_reads_an_npz_object_as_the_local_file(gcs, tmp_path):
   from jaxcls import data  # pylint: disable=g-import-not-at-top
+
   images, labels = _images_and_labels()
   np.savez(tmp_path / "d.npz", images=images, labels=labels)
   url = gcs.url("d.npz")
@@ -200,6 +219,7 @@ def test_arrays_source_reads_an_npz_object_as_the_local_file(gcs, tmp_path):
 
 def test_arrays_source_reads_a_folder_of_npy_objects(gcs):
   from jaxcls import data  # pylint: disable=g-import-not-at-top
+
   images, labels = _images_and_labels()
   url = gcs.url("arrays")
   for split, rows in (("train", slice(0, 32)), ("test", slice(32, 40))):
@@ -215,8 +235,10 @@ def test_arrays_source_reads_a_folder_of_npy_objects(gcs):
 
 def test_idx_source_reads_gs_objects(gcs):
   import gzip  # pylint: disable=g-import-not-at-top
+
   from jaxcls import data  # pylint: disable=g-import-not-at-top
   from jaxcls.data.sources import idx  # pylint: disable=g-import-not-at-top
+
   images, labels = _images_and_labels()
   url = gcs.url("idx")
 
@@ -229,22 +251,33 @@ def test_idx_source_reads_gs_objects(gcs):
     epath.Path(f"{url}/{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(gray[rows], 0x08)))
     epath.Path(f"{url}/{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels[rows], 0x08))
   np.testing.assert_array_equal(idx.read(f"{url}/train-images-idx3-ubyte.gz"), gray[:32])
-  config = _arrays_config(url, **{"dataset.name": "idx", "dataset.channels": 1, "dataset.train_split": "train",
-                                  "dataset.eval_split": "test", "dataset.class_names": ("0", "1", "2", "3")})
+  config = _arrays_config(
+    url,
+    **{
+      "dataset.name": "idx",
+      "dataset.channels": 1,
+      "dataset.train_split": "train",
+      "dataset.eval_split": "test",
+      "dataset.class_names": ("0", "1", "2", "3"),
+    },
+  )
   dataset = data.build(config)
   assert (dataset.info.num_train, dataset.info.num_eval) == (32, 8)
 
 
 def test_decode_reads_a_gs_image(gcs, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   from jaxcls.data import decode  # pylint: disable=g-import-not-at-top
+
   pixels = _images_and_labels(1)[0][0]
   Image.fromarray(pixels).save(tmp_path / "x.png")
   url = gcs.url("x.png")
   epath.Path(url).write_bytes((tmp_path / "x.png").read_bytes())
   crop = decode.Crop((8, 8), "resize")
-  np.testing.assert_array_equal(decode.decode(url, crop, 3, 10**6), decode.decode(str(tmp_path / "x.png"), crop, 3,
-                                                                                   10**6))
+  np.testing.assert_array_equal(
+    decode.decode(url, crop, 3, 10**6), decode.decode(str(tmp_path / "x.png"), crop, 3, 10**6)
+  )
   with pytest.raises(decode.DecodeError, match="unreadable"):
     decode.decode(gcs.url("missing.png"), crop, 3, 10**6)
 
@@ -259,8 +292,10 @@ def _upload_folder(local_root, url):
 @pytest.mark.parametrize("cache", ["memory", "none"])  # decoded up front, and streamed batch by batch
 def test_folder_source_reads_gs_images_as_local_ones(gcs, tmp_path, cache):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   from jaxcls import data  # pylint: disable=g-import-not-at-top
   from jaxcls.config import base as config_base
+
   rng = np.random.default_rng(1)
   root = tmp_path / "images"
   for name in ("cat", "dog"):
@@ -272,8 +307,9 @@ def test_folder_source_reads_gs_images_as_local_ones(gcs, tmp_path, cache):
 
   def build(path):
     config = config_base.get_base_config()
-    config.dataset.update(name="folder", path=path, image_size=(8, 8), workers=2, cache=cache,
-                          cache_dir=str(tmp_path / "cache"))
+    config.dataset.update(
+      name="folder", path=path, image_size=(8, 8), workers=2, cache=cache, cache_dir=str(tmp_path / "cache")
+    )
     return data.build(config)
 
   local, remote = build(str(root)), build(url)
@@ -288,8 +324,9 @@ def test_folder_source_reads_gs_images_as_local_ones(gcs, tmp_path, cache):
 def test_tensorstore_reads_a_generation_and_writes_conditionally(gcs):
   """orbax's OCDBT manifest is read, then rewritten only if unchanged: the emulator must give real generations."""
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
+
   url = gcs.url()
-  bucket, _, prefix = url[len("gs://"):].partition("/")
+  bucket, _, prefix = url[len("gs://") :].partition("/")
   spec = {"driver": "gcs", "bucket": bucket, "path": prefix + "/"}
   ts.KvStore.open(spec).result().write("manifest", b"one").result()
   other = ts.KvStore.open(spec).result()  # another client: no cached generation

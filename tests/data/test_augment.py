@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from jaxcls.core import parallel
-from jaxcls.training import steps
+from jaxcls.core.errors import ConfigError
 from jaxcls.data import augment
 from jaxcls.data.augment import color as augment_color
 from jaxcls.data.augment import randaugment as augment_randaugment
-from jaxcls.core.errors import ConfigError
+from jaxcls.training import steps
 
 K = 5  # classes
 
@@ -32,19 +32,19 @@ def _run(spec, images, labels=None, key=0):
 
 
 OPS = {  # every op, at a strength that changes most images
-    "random_crop": "random_crop(padding=2)",
-    "random_crop_constant": "random_crop(padding=3, mode='constant')",
-    "random_resized_crop": "random_resized_crop(scale=(0.2, 1.0))",
-    "flip_lr": "flip_lr",
-    "flip_ud": "flip_ud",
-    "rotate": "rotate(degrees=40)",
-    "color_jitter": "color_jitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.2)",
-    "grayscale": "grayscale(probability=0.5)",
-    "gaussian_blur": "gaussian_blur(sigma=(0.5, 2.0), probability=1.0)",
-    "random_erasing": "random_erasing(probability=1.0, value=0)",
-    "rand_augment": "rand_augment(num_ops=2, magnitude=15)",
-    "mixup": "mixup(alpha=1.0)",
-    "cutmix": "cutmix(alpha=1.0)",
+  "random_crop": "random_crop(padding=2)",
+  "random_crop_constant": "random_crop(padding=3, mode='constant')",
+  "random_resized_crop": "random_resized_crop(scale=(0.2, 1.0))",
+  "flip_lr": "flip_lr",
+  "flip_ud": "flip_ud",
+  "rotate": "rotate(degrees=40)",
+  "color_jitter": "color_jitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.2)",
+  "grayscale": "grayscale(probability=0.5)",
+  "gaussian_blur": "gaussian_blur(sigma=(0.5, 2.0), probability=1.0)",
+  "random_erasing": "random_erasing(probability=1.0, value=0)",
+  "rand_augment": "rand_augment(num_ops=2, magnitude=15)",
+  "mixup": "mixup(alpha=1.0)",
+  "cutmix": "cutmix(alpha=1.0)",
 }
 
 
@@ -77,16 +77,17 @@ def test_shape_dtype_determinism_and_per_example(name):
 
 
 ZERO = {  # each op at zero strength: the identity
-    "empty": "",
-    "random_crop": "random_crop(padding=0)",
-    "random_resized_crop": "random_resized_crop(scale=(1.0, 1.0), ratio=(1.0, 1.0))",
-    "flips": "flip_lr(probability=0.0)|flip_ud(probability=0.0)|grayscale(probability=0.0)",
-    "rotate": "rotate(degrees=0)",
-    "color_jitter": "color_jitter(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)",
-    "gaussian_blur": "gaussian_blur(sigma=(0.0, 0.0), probability=1.0)",
-    "random_erasing": "random_erasing(scale=(0.0, 0.0), probability=1.0, value=0)|random_erasing(probability=0.0)",
-    "rand_augment": "rand_augment(num_ops=3, magnitude=0, ops=" + repr(tuple(
-        n for n in augment_randaugment.OPS if n not in ("autocontrast", "equalize"))) + ")",
+  "empty": "",
+  "random_crop": "random_crop(padding=0)",
+  "random_resized_crop": "random_resized_crop(scale=(1.0, 1.0), ratio=(1.0, 1.0))",
+  "flips": "flip_lr(probability=0.0)|flip_ud(probability=0.0)|grayscale(probability=0.0)",
+  "rotate": "rotate(degrees=0)",
+  "color_jitter": "color_jitter(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)",
+  "gaussian_blur": "gaussian_blur(sigma=(0.0, 0.0), probability=1.0)",
+  "random_erasing": "random_erasing(scale=(0.0, 0.0), probability=1.0, value=0)|random_erasing(probability=0.0)",
+  "rand_augment": "rand_augment(num_ops=3, magnitude=0, ops="
+  + repr(tuple(n for n in augment_randaugment.OPS if n not in ("autocontrast", "equalize")))
+  + ")",
 }
 
 
@@ -122,12 +123,13 @@ def test_crop_is_a_shifted_window():
   out = np.asarray(_run("random_crop(padding=2, mode='constant')", images, key=1)[0])
   padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
   for i in range(4):
-    assert any(np.array_equal(out[i], padded[i, dy:dy + 12, dx:dx + 10]) for dy in range(5) for dx in range(5))
+    assert any(np.array_equal(out[i], padded[i, dy : dy + 12, dx : dx + 10]) for dy in range(5) for dx in range(5))
 
 
 def test_rotate_by_180_degrees_is_a_point_reflection():
   image = _images(n=1)[0]
   from jaxcls.data.augment import geometric as augment_geometric
+
   rotated = jax.jit(augment_geometric.rotate_image)(image, jnp.float32(180.0))
   np.testing.assert_array_equal(rotated, image[::-1, ::-1])
 
@@ -162,8 +164,9 @@ def test_draws_do_not_depend_on_sharding():
   key = jax.random.PRNGKey(5)
   whole = fn(key, images, labels)
   mesh = parallel.make_mesh()
-  sharded = fn(key, jax.device_put(images, parallel.batch_sharded(mesh)),
-               jax.device_put(labels, parallel.batch_sharded(mesh)))
+  sharded = fn(
+    key, jax.device_put(images, parallel.batch_sharded(mesh)), jax.device_put(labels, parallel.batch_sharded(mesh))
+  )
   for a, b in zip(whole, sharded):
     np.testing.assert_array_equal(a, b)
 
@@ -181,7 +184,9 @@ def test_normalisation_is_the_steps_job_and_happens_once():
 
 def test_dataset_mean_and_std_from_the_config_override_the_source():
   from conftest import tiny_config
+
   from jaxcls import data
+
   config = tiny_config(**{"dataset.mean": (0.1,), "dataset.std": (0.2, 0.3, 0.4)})
   info = data.build(config).info
   assert info.mean == (0.1, 0.1, 0.1) and info.std == (0.2, 0.3, 0.4)
@@ -190,7 +195,9 @@ def test_dataset_mean_and_std_from_the_config_override_the_source():
 
 def test_parse_and_errors():
   assert augment.parse("random_crop(padding=4, mode='reflect')|flip_lr") == [
-      ("random_crop", {"padding": 4, "mode": "reflect"}), ("flip_lr", {})]
+    ("random_crop", {"padding": 4, "mode": "reflect"}),
+    ("flip_lr", {}),
+  ]
   assert augment.parse(["flip_lr", "mixup(alpha=0.2)"]) == [("flip_lr", {}), ("mixup", {"alpha": 0.2})]
   with pytest.raises(ConfigError, match="flip_lr"):
     augment.build("flip_rl", K)

@@ -58,6 +58,7 @@ def test_digits_info_and_split_sizes(digits):
 
 def test_digits_split_is_stratified_and_fixed():
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
   labels = load_digits().target
   train, test = split.held_out_split(labels, 0.2, seed=0)
   assert len(train) == 1437 and len(test) == 360 and not set(train) & set(test)
@@ -92,8 +93,9 @@ def indexed_npz(tmp_path_factory):
 
 
 def indexed_dataset(path, process_index=0, process_count=1, **dataset):
-  return data.build(make_config("arrays", path=path, **dataset), process_index=process_index,
-                    process_count=process_count)
+  return data.build(
+    make_config("arrays", path=path, **dataset), process_index=process_index, process_count=process_count
+  )
 
 
 def test_train_stream_is_deterministic_and_resumes_exactly(digits):
@@ -114,7 +116,7 @@ def test_each_epoch_covers_distinct_examples_and_reshuffles(indexed_npz):
   ds = indexed_dataset(indexed_npz, test_fraction=0.2)  # 80 training examples
   assert ds.steps_per_epoch(16) == 5
   batches = take(ds.train_batches(16, start_step=0, seed=0), 10)
-  epochs = [np.concatenate([ids(b["image"]) for b in batches[e * 5:(e + 1) * 5]]) for e in range(2)]
+  epochs = [np.concatenate([ids(b["image"]) for b in batches[e * 5 : (e + 1) * 5]]) for e in range(2)]
   for order in epochs:
     assert len(set(order)) == 80
   assert set(epochs[0]) == set(epochs[1]) and not np.array_equal(epochs[0], epochs[1])
@@ -172,8 +174,9 @@ def test_eval_covers_each_example_once_across_processes(digits):
 def test_eval_ids_are_each_seen_once(indexed_npz):
   shares = [indexed_dataset(indexed_npz, process_index=p, process_count=2, eval_split="train") for p in range(2)]
   seen = np.concatenate([ids(b["image"][b["mask"]]) for s in shares for b in s.eval_batches(12)])
-  assert sorted(seen) == sorted(ids(indexed_images(100)[:, :, :, None])[
-      split.held_out_split(np.arange(100) % 5, 0.2, 0)[0]])
+  assert sorted(seen) == sorted(
+    ids(indexed_images(100)[:, :, :, None])[split.held_out_split(np.arange(100) % 5, 0.2, 0)[0]]
+  )
 
 
 # --- arrays --------------------------------------------------------------------------------------------------
@@ -186,8 +189,12 @@ def test_arrays_single_npz_is_split_like_digits(indexed_npz):
 
 
 def test_arrays_folder_of_npz(tmp_path):
-  np.savez(tmp_path / "train.npz", images=indexed_images(30, (6, 5)), labels=np.arange(30) % 3,
-           class_names=np.array(["a", "b", "c"]))
+  np.savez(
+    tmp_path / "train.npz",
+    images=indexed_images(30, (6, 5)),
+    labels=np.arange(30) % 3,
+    class_names=np.array(["a", "b", "c"]),
+  )
   np.savez_compressed(tmp_path / "test.npz", images=indexed_images(7, (6, 5)), labels=np.arange(7) % 3)
   ds = indexed_dataset(str(tmp_path))
   assert (ds.info.num_train, ds.info.num_eval) == (30, 7)
@@ -222,12 +229,12 @@ def test_arrays_errors(tmp_path):
     np.savez(tmp_path / "train.npz", images=indexed_images(10), labels=np.arange(10) % 2)
     indexed_dataset(str(tmp_path))
   cases = {
-      "negative": (indexed_images(10), np.arange(10) - 1, "negative label -1"),
-      "gap": (indexed_images(10), (np.arange(10) % 2) * 2, "skip 1 of 0..2"),
-      "floats": (indexed_images(10) * 2.0, np.arange(10) % 2, r"must lie in \[0, 1\]"),
-      "float_labels": (indexed_images(10), np.arange(10) % 2 * 1.0, "labels must be integers"),
-      "count": (indexed_images(10), np.arange(9) % 2, "one integer label per image"),
-      "wide_ints": (indexed_images(10).astype(np.int32) + 250, np.arange(10) % 2, "must lie in 0..255"),
+    "negative": (indexed_images(10), np.arange(10) - 1, "negative label -1"),
+    "gap": (indexed_images(10), (np.arange(10) % 2) * 2, "skip 1 of 0..2"),
+    "floats": (indexed_images(10) * 2.0, np.arange(10) % 2, r"must lie in \[0, 1\]"),
+    "float_labels": (indexed_images(10), np.arange(10) % 2 * 1.0, "labels must be integers"),
+    "count": (indexed_images(10), np.arange(9) % 2, "one integer label per image"),
+    "wide_ints": (indexed_images(10).astype(np.int32) + 250, np.arange(10) % 2, "must lie in 0..255"),
   }
   for name, (images, labels, message) in cases.items():
     path = tmp_path / f"{name}.npz"
@@ -244,8 +251,9 @@ def test_arrays_errors(tmp_path):
 
 
 def test_synthetic_shapes_determinism_and_learnable_signal():
-  config = make_config("synthetic", image_size=(12, 10), channels=3, num_classes=4, num_train_examples=200,
-                       num_eval_examples=50)
+  config = make_config(
+    "synthetic", image_size=(12, 10), channels=3, num_classes=4, num_train_examples=200, num_eval_examples=50
+  )
   ds = data.build(config, process_index=0, process_count=1)
   assert ds.info.image_shape == (12, 10, 3) and (ds.info.num_train, ds.info.num_eval) == (200, 50)
   batch = next(ds.train_batches(200, start_step=0, seed=0))
@@ -285,18 +293,23 @@ def test_config_overrides():
   config = make_config(mean=(0.5,), std=(0.25,), class_names=tuple("abcdefghij"))
   info = data.build(config, process_index=0, process_count=1).info
   assert info.mean == (0.5,) and info.std == (0.25,) and info.class_names[0] == "a"
-  rgb = data.build(make_config("synthetic", mean=(0.5,), std=(0.1, 0.2, 0.3)), process_index=0,
-                   process_count=1).info
+  rgb = data.build(make_config("synthetic", mean=(0.5,), std=(0.1, 0.2, 0.3)), process_index=0, process_count=1).info
   assert rgb.mean == (0.5,) * 3 and rgb.std == (0.1, 0.2, 0.3)
   with pytest.raises(ConfigError, match="one name per class"):
     data.build(make_config(class_names=("a", "b")), process_index=0, process_count=1)
-  with pytest.raises(ConfigError, match=r"has 2 values, but the images have 3 channels .*give 3 values \(one per "
-                     r"channel\) or one value for all of them"):
+  with pytest.raises(
+    ConfigError,
+    match=r"has 2 values, but the images have 3 channels .*give 3 values \(one per "
+    r"channel\) or one value for all of them",
+  ):
     data.build(make_config("synthetic", mean=(0.5, 0.5)), process_index=0, process_count=1)
   # Defect 7: ImageNet's RGB mean on grayscale images said "has 3 values; give 1 or 1".
-  with pytest.raises(ConfigError, match=r"dataset.mean=\(0.485, 0.456, 0.406\) has 3 values, but the images are "
-                     r"read with 1 channel \(dataset.channels=1, grayscale\); give one value, e.g. "
-                     r"dataset.mean=\(0.449,\) .* or set dataset.channels=3"):
+  with pytest.raises(
+    ConfigError,
+    match=r"dataset.mean=\(0.485, 0.456, 0.406\) has 3 values, but the images are "
+    r"read with 1 channel \(dataset.channels=1, grayscale\); give one value, e.g. "
+    r"dataset.mean=\(0.449,\) .* or set dataset.channels=3",
+  ):
     data.build(make_config("synthetic", channels=1, mean=(0.485, 0.456, 0.406)), process_index=0, process_count=1)
   with pytest.raises(ConfigError, match="Unknown dataset 'digit'"):
     data.build(make_config("digit"), process_index=0, process_count=1)
@@ -306,8 +319,15 @@ def test_config_overrides():
 
 
 def test_from_iterators():
-  info = data.DatasetInfo(num_classes=3, class_names=["x", "y", "z"], image_shape=(4, 4, 1), num_train=60,
-                          num_eval=10, mean=(0.5,), std=(0.5,))
+  info = data.DatasetInfo(
+    num_classes=3,
+    class_names=["x", "y", "z"],
+    image_shape=(4, 4, 1),
+    num_train=60,
+    num_eval=10,
+    mean=(0.5,),
+    std=(0.5,),
+  )
 
   def train_fn(start_step):
     for step in itertools.count(start_step):
@@ -327,17 +347,20 @@ def test_from_iterators():
   with pytest.raises(DataError, match="expected 16"):
     next(ds.train_batches(16))
 
-  bad = [({"image": np.zeros((8, 4, 4, 1), np.float32), "label": np.zeros(8, int)}, "dtype float32"),
-         ({"image": np.zeros((8, 4, 4), np.uint8), "label": np.zeros(8, int)}, "expected \\[8, 4, 4, 1\\]"),
-         ({"image": np.zeros((8, 4, 4, 1), np.uint8), "label": np.full(8, 3)}, "must be 0..2"),
-         ({"image": np.zeros((8, 4, 4, 1), np.uint8)}, "dict with 'image' and 'label'")]
+  bad = [
+    ({"image": np.zeros((8, 4, 4, 1), np.float32), "label": np.zeros(8, int)}, "dtype float32"),
+    ({"image": np.zeros((8, 4, 4), np.uint8), "label": np.zeros(8, int)}, "expected \\[8, 4, 4, 1\\]"),
+    ({"image": np.zeros((8, 4, 4, 1), np.uint8), "label": np.full(8, 3)}, "must be 0..2"),
+    ({"image": np.zeros((8, 4, 4, 1), np.uint8)}, "dict with 'image' and 'label'"),
+  ]
   for batch, message in bad:
     ds = data.from_iterators(info, lambda _, b=batch: iter([b]), eval_fn, process_index=0, process_count=1)
     with pytest.raises(DataError, match=message):
       next(ds.train_batches(8))
   with pytest.raises(DataError, match="one name per class"):
-    data.DatasetInfo(num_classes=2, class_names=("a",), image_shape=(4, 4, 1), num_train=1, num_eval=1,
-                     mean=(0.5,), std=(0.5,))
+    data.DatasetInfo(
+      num_classes=2, class_names=("a",), image_shape=(4, 4, 1), num_train=1, num_eval=1, mean=(0.5,), std=(0.5,)
+    )
 
 
 def test_import_does_not_load_tensorflow():
@@ -363,11 +386,20 @@ def mnist_metadata(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   builder = tfds.builder("mnist", data_dir=str(data_dir))
   template = lambda name: tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", dataset_name="mnist",
-      split=name, filetype_suffix="tfrecord")
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0, filename_template=template(name))
-      for name, n in TFDS_SIZES.items()]))
+    data_dir=builder.data_path,
+    template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+    dataset_name="mnist",
+    split=name,
+    filetype_suffix="tfrecord",
+  )
+  builder.info.set_splits(
+    tfds.core.SplitDict(
+      [
+        tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0, filename_template=template(name))
+        for name, n in TFDS_SIZES.items()
+      ]
+    )
+  )
   builder.data_path.mkdir(parents=True)
   builder.info.write_to_directory(builder.data_path)
   return str(data_dir)
@@ -391,6 +423,7 @@ def mock_mnist_jpeg(mnist_metadata):
 def _mock_mnist(mnist_metadata, image_format):
   tfds = pytest.importorskip("tensorflow_datasets")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   encode = tf.io.encode_png if image_format == "png" else lambda image: tf.io.encode_jpeg(image, quality=100)
 
   def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
@@ -408,14 +441,16 @@ def _mock_mnist(mnist_metadata, image_format):
 
     return tf.data.Dataset.from_tensor_slices(tf.constant(indices, tf.int64)).map(example)
 
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=mnist_metadata,
-                              as_dataset_fn=as_dataset):
+  with tfds.testing.mock_data(
+    policy=tfds.testing.MockPolicy.USE_FILES, data_dir=mnist_metadata, as_dataset_fn=as_dataset
+  ):
     yield
 
 
 def tfds_dataset(process_index=0, process_count=1, **dataset):
-  return data.build(make_config("tfds", tfds_name="mnist", **dataset), process_index=process_index,
-                    process_count=process_count)
+  return data.build(
+    make_config("tfds", tfds_name="mnist", **dataset), process_index=process_index, process_count=process_count
+  )
 
 
 def test_tfds_info_train_and_resume(mock_mnist):
@@ -425,8 +460,7 @@ def test_tfds_info_train_and_resume(mock_mnist):
   assert info.mean == (0.1307,) and info.class_names[3] == "3"
   assert ds.steps_per_epoch(16) == 6
   fresh = take(ds.train_batches(16, start_step=0, seed=0), 8)
-  assert all(b["image"].shape == (16, 28, 28, 1) and b["image"].dtype == np.uint8 and b["mask"].all()
-             for b in fresh)
+  assert all(b["image"].shape == (16, 28, 28, 1) and b["image"].dtype == np.uint8 and b["mask"].all() for b in fresh)
   epoch0 = np.concatenate([ids(b["image"]) for b in fresh[:6]])
   assert len(set(epoch0)) == 96 and max(epoch0) < 100
   np.testing.assert_array_equal(fresh[0]["label"], ids(fresh[0]["image"]) % 10)
@@ -491,6 +525,7 @@ def test_digits_are_read_without_importing_sklearn_and_equal_load_digits():
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
 
   from jaxcls.data.sources import digits  # pylint: disable=g-import-not-at-top
+
   images, labels = digits.read_digits()
   reference = load_digits()
   np.testing.assert_array_equal(images, reference.images)

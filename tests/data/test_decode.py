@@ -18,8 +18,7 @@ def full_decode(path, crop, rng=None):
   with Image.open(path) as image:
     image = image.convert("RGB")
     box = decode._box(image.size, crop, rng)  # pylint: disable=protected-access
-    return np.asarray(image.resize((crop.size[1], crop.size[0]), Image.Resampling.BILINEAR, box=box,
-                                   reducing_gap=None))
+    return np.asarray(image.resize((crop.size[1], crop.size[0]), Image.Resampling.BILINEAR, box=box, reducing_gap=None))
 
 
 def errors(crop, seeds):
@@ -86,8 +85,9 @@ def test_rotated_and_cmyk_jpegs_take_the_full_decode(tmp_path):
   crop = decode.Crop((40, 30), "resize")
   upright = decode.decode(str(rotated), crop, 3, 10**9)
   assert upright.shape == (40, 30, 3)
-  reference = np.asarray(photo.transpose(Image.Transpose.ROTATE_270).resize((30, 40), Image.Resampling.BILINEAR,
-                                                                            reducing_gap=None)).astype(int)
+  reference = np.asarray(
+    photo.transpose(Image.Transpose.ROTATE_270).resize((30, 40), Image.Resampling.BILINEAR, reducing_gap=None)
+  ).astype(int)
   assert np.abs(upright.astype(int) - reference).mean() < 3
   assert decode.decode(str(cmyk), crop, 3, 10**9).shape == (40, 30, 3)
 
@@ -105,9 +105,12 @@ def test_grayscale_output_from_a_reduced_size_decode():
 def test_worker_processes_give_the_batches_threads_give(tmp_path, monkeypatch):
   """dataset.decode_processes: the same pixels, labels, masks and skipped files as the thread pool, resume too."""
   import itertools  # pylint: disable=g-import-not-at-top
+
   from conftest import folder_config  # pylint: disable=g-import-not-at-top
+
   from jaxcls import data  # pylint: disable=g-import-not-at-top
   from jaxcls.data.sources import folder  # pylint: disable=g-import-not-at-top
+
   photo = np.asarray(Image.open(PHOTOS[0]).convert("RGB"))
   rng = np.random.default_rng(0)
   for i in range(18):
@@ -115,9 +118,10 @@ def test_worker_processes_give_the_batches_threads_give(tmp_path, monkeypatch):
     h, w = rng.integers(40, 420, 2)
     Image.fromarray(photo[:h, :w]).save(tmp_path / f"c{i % 3}" / f"{i}.jpg", quality=90)
   raw = (tmp_path / "c0" / "0.jpg").read_bytes()
-  (tmp_path / "c0" / "0.jpg").write_bytes(raw[:len(raw) // 3])  # truncated: skipped in training, masked in eval
-  config = folder_config(tmp_path, image_size=(32, 32), cache="none", train_crop="random_resized",
-                         eval_crop="center", test_fraction=0.3)
+  (tmp_path / "c0" / "0.jpg").write_bytes(raw[: len(raw) // 3])  # truncated: skipped in training, masked in eval
+  config = folder_config(
+    tmp_path, image_size=(32, 32), cache="none", train_crop="random_resized", eval_crop="center", test_fraction=0.3
+  )
 
   def run(processes):
     monkeypatch.setattr(folder, "decode_processes", lambda ds: processes)

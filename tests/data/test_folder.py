@@ -47,19 +47,19 @@ def every_format_and_mode(folder_path):
   """One file per format / mode the issue lists, all showing the colour RED (or its gray level)."""
   rgb = solid((16, 12), RED)
   files = {
-      "rgb.jpg": lambda p: rgb.save(p, quality=95),
-      "gray.jpg": lambda p: rgb.convert("L").save(p, quality=95),
-      "cmyk.jpg": lambda p: rgb.convert("CMYK").save(p, quality=95),
-      "rgb.png": lambda p: rgb.save(p),
-      "rgba.png": lambda p: solid((16, 12), RED + (255,), "RGBA").save(p),
-      "palette.png": lambda p: rgb.convert("P").save(p),
-      "gray16.png": lambda p: Image.fromarray(np.full((12, 16), 256 * 100, np.uint16)).save(p),
-      "image.bmp": lambda p: rgb.save(p),
-      "image.gif": lambda p: rgb.save(p),
-      "image.webp": lambda p: rgb.save(p, lossless=True),
-      "image.tiff": lambda p: rgb.save(p),
-      "cmyk.tif": lambda p: rgb.convert("CMYK").save(p),
-      "gray16.tif": lambda p: Image.fromarray(np.full((12, 16), 256 * 100, np.uint16)).save(p),
+    "rgb.jpg": lambda p: rgb.save(p, quality=95),
+    "gray.jpg": lambda p: rgb.convert("L").save(p, quality=95),
+    "cmyk.jpg": lambda p: rgb.convert("CMYK").save(p, quality=95),
+    "rgb.png": lambda p: rgb.save(p),
+    "rgba.png": lambda p: solid((16, 12), RED + (255,), "RGBA").save(p),
+    "palette.png": lambda p: rgb.convert("P").save(p),
+    "gray16.png": lambda p: Image.fromarray(np.full((12, 16), 256 * 100, np.uint16)).save(p),
+    "image.bmp": lambda p: rgb.save(p),
+    "image.gif": lambda p: rgb.save(p),
+    "image.webp": lambda p: rgb.save(p, lossless=True),
+    "image.tiff": lambda p: rgb.save(p),
+    "cmyk.tif": lambda p: rgb.convert("CMYK").save(p),
+    "gray16.tif": lambda p: Image.fromarray(np.full((12, 16), 256 * 100, np.uint16)).save(p),
   }
   paths = {}
   for name, save in files.items():
@@ -104,7 +104,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_bad_files_raise_decode_errors(tmp_path):
   solid((300, 200), RED).save(tmp_path / "full.jpg", quality=90)
   raw = (tmp_path / "full.jpg").read_bytes()
-  (tmp_path / "truncated.jpg").write_bytes(raw[:len(raw) // 2])
+  (tmp_path / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
   (tmp_path / "garbage.png").write_bytes(b"this is not a png at all")
   crop = decode.Crop((8, 8))
   for name, reason in (("truncated.jpg", "truncated"), ("garbage.png", "unreadable")):
@@ -125,10 +125,9 @@ def test_crops_keep_the_requested_size_and_are_deterministic(tmp_path):
   assert not np.array_equal(first, decode.decode(path, random, 3, 10**6, np.random.default_rng(2)))
   assert decode.decode(path, decode.Crop((24, 40), "center"), 3, 10**6).shape == (24, 40, 3)
   for size in ((333, 517), (517, 333), (241, 239)):  # JPEG draft decoding at odd sizes stays inside the image
-    Image.fromarray(rng_image[:size[0] // 2, :size[1] // 2]).resize(size[::-1]).save(tmp_path / "odd.jpg")
+    Image.fromarray(rng_image[: size[0] // 2, : size[1] // 2]).resize(size[::-1]).save(tmp_path / "odd.jpg")
     for mode in ("resize", "center", "random_resized"):
-      out = decode.decode(str(tmp_path / "odd.jpg"), decode.Crop((32, 32), mode), 3, 10**6,
-                          np.random.default_rng(0))
+      out = decode.decode(str(tmp_path / "odd.jpg"), decode.Crop((32, 32), mode), 3, 10**6, np.random.default_rng(0))
       assert out.shape == (32, 32, 3)
 
 
@@ -141,7 +140,7 @@ def messy(tmp_path):
   root = write_classes(tmp_path / "photos")
   solid((64, 64), (40, 40, 40)).save(root / "cat" / "big.jpg", quality=90)
   raw = (root / "cat" / "big.jpg").read_bytes()
-  (root / "cat" / "big.jpg").write_bytes(raw[:len(raw) // 2])
+  (root / "cat" / "big.jpg").write_bytes(raw[: len(raw) // 2])
   (root / "dog" / "notes.txt").write_text("not an image")
   (root / "dog" / ".hidden.png").write_bytes(b"garbage that would fail if read")
   os.makedirs(root / ".thumbnails")
@@ -254,6 +253,7 @@ def test_nested_coarse_fine_folders_feed_the_hierarchical_task(tmp_path):
   ds = build(tmp_path, class_depth=2)
   assert ds.info.class_names == ("animal/cat", "animal/dog", "vehicle/bus")
   from jaxcls import tasks
+
   task = tasks.build({"type": "hierarchical", "tree": "folders", "class_names": ds.info.class_names}, 3)
   assert task.num_outputs == 2 + 3  # a coarse head (animal, vehicle) and a fine head
   os.makedirs(tmp_path / "plant")
@@ -293,4 +293,3 @@ def test_unset_size_channels_and_normalisation_come_from_the_images(tmp_path):
     solid((300, 300), RED).save(tmp_path / "colour" / "dog" / f"big{i}.png")
   with pytest.raises(ConfigError, match="image_size is not set and the images in .* differ"):
     build(tmp_path / "colour", image_size=None, test_fraction=0.5)
-

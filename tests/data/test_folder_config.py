@@ -29,7 +29,7 @@ def write_digits_like(root, per_class=50, size=28):
     for i in range(per_class):
       pixels = rng.integers(0, 40, (size, size), dtype=np.uint8)
       row = int(rng.integers(3, size // 2 - 5)) + k * size // 2
-      pixels[row:row + 4, 4:size - 4] = 220
+      pixels[row : row + 4, 4 : size - 4] = 220
       Image.fromarray(pixels, "L").save(root / name / f"{i:03d}.png")
   return root
 
@@ -53,9 +53,23 @@ def test_the_recipe_follows_the_image_size(tmp_path, monkeypatch):
 def test_small_grey_folder_trains_with_only_its_path(python, tmp_path):
   root = write_digits_like(tmp_path / "bars")
   workdir = tmp_path / "run"
-  proc = subprocess.run([python, "-m", "jaxcls.main", "--config", FOLDER_CONFIG, "--workdir", str(workdir),
-                         f"--config.dataset.path={root}"], env=subprocess_env(2), cwd=REPO, capture_output=True,
-                        text=True, timeout=900)
+  proc = subprocess.run(
+    [
+      python,
+      "-m",
+      "jaxcls.main",
+      "--config",
+      FOLDER_CONFIG,
+      "--workdir",
+      str(workdir),
+      f"--config.dataset.path={root}",
+    ],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   config = json.loads((workdir / "config.json").read_text())
   assert config["dataset"]["image_size"] == [28, 28] and len(config["dataset"]["mean"]) == 1

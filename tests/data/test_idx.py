@@ -8,14 +8,14 @@ import pytest
 
 from jaxcls import data
 from jaxcls.config.base import get_base_config
-from jaxcls.data.sources import idx
 from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.data.sources import idx
 
 
 def write_idx(path, array, compress):
   header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
   payload = header + array.astype(">u1").tobytes()
-  with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
+  with gzip.open(path, "wb") if compress else open(path, "wb") as f:
     f.write(payload)
 
 

@@ -54,8 +54,7 @@ def write_csv(path, rows):
 
 def test_csv_with_label_sets_splits_and_groups(tmp_path):
   names = write_images(tmp_path, 24)
-  rows = [(n, ";".join(tags_of(i)), "test" if i % 4 == 0 else "train", f"site_{i % 2}")
-          for i, n in enumerate(names)]
+  rows = [(n, ";".join(tags_of(i)), "test" if i % 4 == 0 else "train", f"site_{i % 2}") for i, n in enumerate(names)]
   write_csv(tmp_path / "labels.csv", rows)
   for cache in ("memory", "none"):
     dataset = data.build(config_for(tmp_path, tmp_path / "labels.csv", cache=cache))
@@ -104,8 +103,10 @@ def test_bad_label_files_fail_clearly(tmp_path):
 def test_space_separated_label_sets_are_refused_then_read_with_label_separator(tmp_path):
   """Defect 4: 'cat dog' once became its own class (combined classes, accuracy 0); now it is asked about."""
   names = write_images(tmp_path, 24)
-  write_csv(tmp_path / "spaces.csv", [(n, " ".join(tags_of(i)), "test" if i % 4 == 0 else "train", "")
-                                      for i, n in enumerate(names)])
+  write_csv(
+    tmp_path / "spaces.csv",
+    [(n, " ".join(tags_of(i)), "test" if i % 4 == 0 else "train", "") for i, n in enumerate(names)],
+  )
   with pytest.raises(DataError, match=r"dataset.label_separator=' ' if 'cat dog' means \['cat', 'dog'\]"):
     data.build(config_for(tmp_path, tmp_path / "spaces.csv"))
   dataset = data.build(config_for(tmp_path, tmp_path / "spaces.csv", label_separator=" "))
@@ -130,8 +131,9 @@ def test_single_label_names_with_spaces_stay_whole_unless_they_look_like_lists(t
   write_csv(tmp_path / "lists.csv", [(n, ("cat", "dog", "cat dog")[i % 3], "train", "") for i, n in enumerate(names)])
   with pytest.raises(DataError, match="looks like several labels separated by ' '.*task.type='multilabel'"):
     data.build(config_for(tmp_path, tmp_path / "lists.csv", task="multiclass", eval_split="train"))
-  dataset = data.build(config_for(tmp_path, tmp_path / "lists.csv", task="multiclass", eval_split="train",
-                                  label_separator=";"))
+  dataset = data.build(
+    config_for(tmp_path, tmp_path / "lists.csv", task="multiclass", eval_split="train", label_separator=";")
+  )
   assert dataset.info.class_names == ("cat", "cat dog", "dog")
   # A multi-label file with names that dataset.class_names lists is not ambiguous.
   write_csv(tmp_path / "named.csv", [(n, breeds[i % 3], "train", "") for i, n in enumerate(names)])
@@ -141,15 +143,27 @@ def test_single_label_names_with_spaces_stay_whole_unless_they_look_like_lists(t
 
 def test_multilabel_folder_trains_with_a_missing_file_skipped_and_groups_aligned(tmp_path, make_config):
   from jaxcls.training import loop as train
+
   names = write_images(tmp_path, 64)
-  rows = [(n, ";".join(tags_of(i)), "test" if i % 4 == 0 else "train", "north" if i % 8 < 4 else "south")
-          for i, n in enumerate(names)]
+  rows = [
+    (n, ";".join(tags_of(i)), "test" if i % 4 == 0 else "train", "north" if i % 8 < 4 else "south")
+    for i, n in enumerate(names)
+  ]
   rows.append(("photos/missing.png", "cat", "test", "north"))  # listed, but not on disk
   write_csv(tmp_path / "labels.csv", rows)
-  config = make_config(**{"dataset.name": "folder", "dataset.path": str(tmp_path),
-                          "dataset.labels_file": str(tmp_path / "labels.csv"), "dataset.workers": 2,
-                          "task.type": "multilabel", "augment": "", "num_train_steps": 6,
-                          "eval_every_steps": 6, "checkpoint_every_steps": 6})
+  config = make_config(
+    **{
+      "dataset.name": "folder",
+      "dataset.path": str(tmp_path),
+      "dataset.labels_file": str(tmp_path / "labels.csv"),
+      "dataset.workers": 2,
+      "task.type": "multilabel",
+      "augment": "",
+      "num_train_steps": 6,
+      "eval_every_steps": 6,
+      "checkpoint_every_steps": 6,
+    }
+  )
   workdir = tmp_path / "run"
   final = train.train_and_evaluate(config, str(workdir))
   assert final["num_examples"] == 16  # the missing file is skipped, not counted

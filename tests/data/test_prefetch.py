@@ -54,6 +54,7 @@ def test_waiting_is_hidden_when_the_host_keeps_up():
     for batch in _batches(5):
       time.sleep(0.1)
       yield batch
+
   batches = prefetch.to_device(slow(), parallel.make_mesh(), 2)
   next(batches)
   time.sleep(0.4)  # the "step": the thread prepares the next batches meanwhile

@@ -30,13 +30,22 @@ def test_the_command_writes_the_grid_and_checks_its_overrides(python, tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
 
   from conftest import REPO, subprocess_env  # pylint: disable=g-import-not-at-top
+
   command = [python, "-m", "jaxcls.show_data", "--config", os.path.join(REPO, "configs", "default.py")]
   output = tmp_path / "grid.png"
-  proc = subprocess.run([*command, f"--output={output}", "--num=4", "--config.augment=flip_lr"], cwd=REPO,
-                        env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [*command, f"--output={output}", "--num=4", "--config.augment=flip_lr"],
+    cwd=REPO,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0 and proc.stdout == f"Wrote {output}\n", proc.stderr[-3000:]
   assert Image.open(output).width == 8 * show_data._CELL
-  proc = subprocess.run([*command, "--config.augmnt=flip_lr"], cwd=REPO, env=subprocess_env(1), capture_output=True,
-                        text=True, timeout=300)
-  assert proc.returncode == 2 and proc.stderr.startswith("jaxcls: error: Unknown config key 'augmnt'. Did you mean "
-                                                         "'augment'?"), proc.stderr
+  proc = subprocess.run(
+    [*command, "--config.augmnt=flip_lr"], cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=300
+  )
+  assert proc.returncode == 2 and proc.stderr.startswith(
+    "jaxcls: error: Unknown config key 'augmnt'. Did you mean 'augment'?"
+  ), proc.stderr

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import REPO, subprocess_env
 
 SCRIPT = os.path.join(REPO, "benchmarks", "fault_table.py")
@@ -25,8 +24,10 @@ def run(ft, output: str, rc=1, **kw):
   return ft.Run(name="cmd", rc=rc, output=output, **kw)
 
 
-TRACE = ("I1202 train.py] step 3\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
-         "    f()\nZeroDivisionError: integer division or modulo by zero\n")
+TRACE = (
+  'I1202 train.py] step 3\nTraceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+  "    f()\nZeroDivisionError: integer division or modulo by zero\n"
+)
 
 
 def test_a_traceback_is_labelled_with_its_exception(ft):
@@ -120,12 +121,20 @@ def test_the_table_has_enough_distinct_cases_in_every_category(ft):
 def test_signals_are_sent_when_their_trigger_fires(ft, tmp_path):
   """execute() with a real child: SIGTERM after a line appears ends a sleeping shell (exit -15)."""
   import signal  # pylint: disable=g-import-not-at-top
-  result = ft.execute("sh", ["sh", "-c", "echo ready; exec sleep 30"], cwd=str(tmp_path), env=dict(os.environ),
-                      timeout=20, log_path=str(tmp_path / "log"),
-                      signals=((ft.OnOutput("^ready"), signal.SIGTERM),))
+
+  result = ft.execute(
+    "sh",
+    ["sh", "-c", "echo ready; exec sleep 30"],
+    cwd=str(tmp_path),
+    env=dict(os.environ),
+    timeout=20,
+    log_path=str(tmp_path / "log"),
+    signals=((ft.OnOutput("^ready"), signal.SIGTERM),),
+  )
   assert result.rc == -signal.SIGTERM and not result.timed_out and result.sent[0][0] == "SIGTERM"
-  hung = ft.execute("sleep", ["sleep", "30"], cwd=str(tmp_path), env=dict(os.environ), timeout=1,
-                    log_path=str(tmp_path / "log2"))
+  hung = ft.execute(
+    "sleep", ["sleep", "30"], cwd=str(tmp_path), env=dict(os.environ), timeout=1, log_path=str(tmp_path / "log2")
+  )
   assert hung.timed_out and ft.labels_of(ft.classify_run(hung, ft.success())) == ["hang"]
 
 
@@ -138,14 +147,35 @@ def test_bad_flags_exit_2(python):
 @pytest.mark.slow
 def test_cheap_cases_run_for_real_and_print_the_table(python, tmp_path):
   out = tmp_path / "rows.json"
-  done = subprocess.run([python, SCRIPT, "--only=cfg-unknown-key", "--only=cfg-missing-workdir",
-                         "--only=st-gs-malformed", f"--json={out}", "--timeout=180"],
-                        capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=str(tmp_path))
+  done = subprocess.run(
+    [
+      python,
+      SCRIPT,
+      "--only=cfg-unknown-key",
+      "--only=cfg-missing-workdir",
+      "--only=st-gs-malformed",
+      f"--json={out}",
+      "--timeout=180",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=subprocess_env(),
+    cwd=str(tmp_path),
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   lines = done.stdout.strip().splitlines()
   assert lines[0].split(" | ")[0].strip() == "id" and "observed" in lines[0]
-  assert lines[-8:] == ["cases: 3", "ok: 3", "unexpected exits/messages: 0", "harness failures: 0",
-                        "tracebacks: 0", "hangs: 0", "silent wrong results: 0", "lost data: 0"], done.stdout
+  assert lines[-8:] == [
+    "cases: 3",
+    "ok: 3",
+    "unexpected exits/messages: 0",
+    "harness failures: 0",
+    "tracebacks: 0",
+    "hangs: 0",
+    "silent wrong results: 0",
+    "lost data: 0",
+  ], done.stdout
   rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
   assert set(rows) == {"cfg-unknown-key", "cfg-missing-workdir", "st-gs-malformed"}
   assert all(r["observed"] == "ok" for r in rows.values()), rows

@@ -16,9 +16,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from etils import epath
-
 from conftest import REPO, saved_state, subprocess_env, tiny_config
+from etils import epath
 from gcs_emulator import emulator_env, gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
 
 STEPS, CHECKPOINT_EVERY = 32, 8
@@ -27,20 +26,30 @@ STEPS, CHECKPOINT_EVERY = 32, 8
 def _config_file(tmp_path, **overrides) -> str:
   """A config file for `python -m jaxcls.main`: conftest's tiny config with `overrides`."""
   path = tmp_path / "tiny_config.py"
-  path.write_text(textwrap.dedent(f"""
+  path.write_text(
+    textwrap.dedent(f"""
       import sys
-      sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+      sys.path.insert(0, {os.path.join(REPO, "tests")!r})
       from conftest import tiny_config
 
       def get_config():
         return tiny_config(**{overrides!r})
-  """))
+  """)
+  )
   return str(path)
 
 
 def _main(config_file, workdir, env, cwd, *, cache, wait=True, timeout=600):
-  args = [sys.executable, "-m", "jaxcls.main", "--config", config_file, "--workdir", workdir,
-          f"--config.compilation_cache_dir={cache}"]  # the three runs compile the same programs once
+  args = [
+    sys.executable,
+    "-m",
+    "jaxcls.main",
+    "--config",
+    config_file,
+    "--workdir",
+    workdir,
+    f"--config.compilation_cache_dir={cache}",
+  ]  # the three runs compile the same programs once
   if not wait:
     return subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -56,8 +65,9 @@ def _logged(rows, key):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_into_a_bucket_equals_a_local_run(gcs, tmp_path):
-  config_file = _config_file(tmp_path, num_train_steps=STEPS, checkpoint_every_steps=CHECKPOINT_EVERY,
-                             eval_every_steps=16)
+  config_file = _config_file(
+    tmp_path, num_train_steps=STEPS, checkpoint_every_steps=CHECKPOINT_EVERY, eval_every_steps=16
+  )
   env = {**subprocess_env(2), **emulator_env(gcs.port)}
   cwd = tmp_path / "cwd"  # where a wrongly local "gs:" folder would appear
   cwd.mkdir()
@@ -98,14 +108,23 @@ def test_sigkill_and_resume_into_a_bucket_equals_a_local_run(gcs, tmp_path):
   assert [s for s, _ in _logged(remote_rows, "train/loss")] == list(range(1, STEPS + 1))
 
   names = gcs.objects(url)
-  for name in ("config.json", "classes.json", "report.json", "report.md", "plots/confusion.png",
-               "plots/training_curves.png"):
+  for name in (
+    "config.json",
+    "classes.json",
+    "report.json",
+    "report.md",
+    "plots/confusion.png",
+    "plots/training_curves.png",
+  ):
     assert name in names, (name, names)
   assert json.loads(epath.Path(url + "/report.json").read_text())["accuracy"] == pytest.approx(
-      json.load(open(os.path.join(local, "report.json")))["accuracy"], abs=0)
+    json.load(open(os.path.join(local, "report.json")))["accuracy"], abs=0
+  )
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  acc = event_accumulator.EventAccumulator(gcs.download(url + "/tensorboard", str(tmp_path / "tb")),
-                                           size_guidance={event_accumulator.SCALARS: 0})
+
+  acc = event_accumulator.EventAccumulator(
+    gcs.download(url + "/tensorboard", str(tmp_path / "tb")), size_guidance={event_accumulator.SCALARS: 0}
+  )
   acc.Reload()
   steps_seen = [e.step for e in acc.Scalars("train/loss")]
   assert steps_seen and steps_seen[-1] == STEPS
@@ -118,12 +137,12 @@ def test_sigkill_and_resume_into_a_bucket_equals_a_local_run(gcs, tmp_path):
 @pytest.fixture(scope="module")
 def gs_workdir(gcs, tmp_path_factory):
   from jaxcls.training import loop as train  # pylint: disable=g-import-not-at-top
+
   url = gcs.url("trained")
   cwd = os.getcwd()
   os.chdir(tmp_path_factory.mktemp("cwd"))
   try:
-    report = train.train_and_evaluate(tiny_config(num_train_steps=8, eval_every_steps=8, checkpoint_every_steps=4),
-                                      url)
+    report = train.train_and_evaluate(tiny_config(num_train_steps=8, eval_every_steps=8, checkpoint_every_steps=4), url)
     assert os.listdir(".") == []
   finally:
     os.chdir(cwd)
@@ -132,12 +151,14 @@ def gs_workdir(gcs, tmp_path_factory):
 
 def test_evaluate_a_gs_workdir(gs_workdir, tmp_path):
   from jaxcls.evaluation import workdir_eval as evaluate  # pylint: disable=g-import-not-at-top
+
   url, report = gs_workdir
   final = evaluate.evaluate_workdir(url, step=8, output_dir=url + "/eval_again")
   assert final["accuracy"] == report["accuracy"] and final["loss"] == pytest.approx(report["loss"], rel=1e-6)
   written = json.loads(epath.Path(url + "/eval_again/report.json").read_text())
   assert written["num_examples"] == 100
   from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
+
   assert restore.checkpoint_steps(url) == [4, 8]
   with pytest.raises(Exception, match="No checkpoint at step 5 .*available: 4, 8"):
     evaluate.evaluate_workdir(url, step=5, output_dir=str(tmp_path))
@@ -145,9 +166,11 @@ def test_evaluate_a_gs_workdir(gs_workdir, tmp_path):
 
 def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   from jaxcls.inference import exporter as export  # pylint: disable=g-import-not-at-top
   from jaxcls.inference import predictor as predict
   from jaxcls.store import restore
+
   url, _ = gs_workdir
   image = tmp_path / "x.png"
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(image)
@@ -157,8 +180,12 @@ def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
   assert written["workdir"] == url and written["step"] == 8 and written["predictions"][0]["error"] is None
   # Images in the bucket, named one by one and as a folder, give the local file's probabilities.
   epath.Path(url + "/inputs/x.png").write_bytes(image.read_bytes())
-  predict.run(url, [url + "/inputs/x.png", url + "/inputs", url + "/inputs/none.png"], top_k=2,
-              output=str(tmp_path / "remote.json"))
+  predict.run(
+    url,
+    [url + "/inputs/x.png", url + "/inputs", url + "/inputs/none.png"],
+    top_k=2,
+    output=str(tmp_path / "remote.json"),
+  )
   remote = json.loads((tmp_path / "remote.json").read_text())["predictions"]
   assert [r["error"] for r in remote[:2]] == [None, None] and remote[2]["error"] == "no such file"
   assert remote[0]["top_k"] == remote[1]["top_k"] == written["predictions"][0]["top_k"]
@@ -170,9 +197,10 @@ def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
 
 
 def test_export_onto_an_existing_file_is_a_config_error(gs_workdir, tmp_path):
+  from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxcls.inference import exporter as export  # pylint: disable=g-import-not-at-top
   from jaxcls.store import restore
-  from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
   url, _ = gs_workdir
   target = tmp_path / "model"
   target.write_text("not a folder")
@@ -183,6 +211,7 @@ def test_export_onto_an_existing_file_is_a_config_error(gs_workdir, tmp_path):
 def test_init_from_a_gs_workdir(gs_workdir):
   from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
   from jaxcls.training import transfer
+
   url, _ = gs_workdir
   source = transfer.read_source(url)
   assert source.description == f"workdir {url}, step 8"
@@ -192,12 +221,12 @@ def test_init_from_a_gs_workdir(gs_workdir):
   assert transfer.read_source(url + "/checkpoints/4").description == f"workdir {url}, step 4"
 
 
-
 @pytest.mark.parametrize("suffix", [".npz", ".msgpack"])
 def test_init_from_a_converted_weights_file_in_a_bucket(gs_workdir, tmp_path, suffix):
   from jaxcls.models import torchvision as convert  # pylint: disable=g-import-not-at-top
   from jaxcls.store import restore
   from jaxcls.training import transfer
+
   url, _ = gs_workdir
   variables = restore.read_variables(url, 8)
   local = tmp_path / f"weights{suffix}"
@@ -214,14 +243,18 @@ def test_init_from_a_converted_weights_file_in_a_bucket(gs_workdir, tmp_path, su
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command, workdir, expected", [
+@pytest.mark.parametrize(
+  "command, workdir, expected",
+  [
     ("jaxcls.main", "s3://bucket/run", "needs the s3fs package, which is not installed; pip install s3fs"),
     ("jaxcls.main", "gs:/bucket/run", "is not a valid URL; write it as gs://BUCKET/PATH"),
     ("jaxcls.evaluate", "gs:/bucket/run", "is not a valid URL; write it as gs://BUCKET/PATH"),
-])
+  ],
+)
 def test_bad_url_on_the_command_line(command, workdir, expected, tmp_path):
   try:
     import s3fs  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
     if workdir.startswith("s3"):
       pytest.skip("s3fs is installed here")
   except ImportError:
@@ -242,8 +275,10 @@ def test_bad_url_on_the_command_line(command, workdir, expected, tmp_path):
 def test_explain_and_fewshot_on_a_gs_workdir(gs_workdir, tmp_path):
   pytest.importorskip("matplotlib")
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from jaxcls.inference import explainer as explain  # pylint: disable=g-import-not-at-top
+
   from jaxcls.evaluation import fewshot
+  from jaxcls.inference import explainer as explain  # pylint: disable=g-import-not-at-top
+
   url, _ = gs_workdir
   image = tmp_path / "x.png"
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(image)

@@ -15,8 +15,6 @@ import io
 import json
 import math
 import os
-import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -25,21 +23,20 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import REPO, folder_config, subprocess_env, tiny_config
 from PIL import Image
 
-from conftest import REPO, folder_config, subprocess_env, tiny_config
 from jaxcls import models, tasks
 from jaxcls.config import check as config_check
+from jaxcls.config.base import get_base_config
 from jaxcls.core import errors
-from jaxcls.inference import exporter as export
-from jaxcls.core import metrics
-from jaxcls.inference import predictor as predict
+from jaxcls.core.errors import ConfigError, DataError, WorkdirError
+from jaxcls.data.sources import folder_scan
 from jaxcls.evaluation import report
+from jaxcls.inference import exporter as export
+from jaxcls.inference import predictor as predict
 from jaxcls.store import workdir as workdir_lib
 from jaxcls.training import loop as train
-from jaxcls.config.base import get_base_config
-from jaxcls.data.sources import folder_scan
-from jaxcls.core.errors import ConfigError, DataError, WorkdirError
 
 NON_UTF8 = b"caf\xe9-\xff.png"  # Latin-1 bytes: not valid UTF-8
 
@@ -47,29 +44,55 @@ NON_UTF8 = b"caf\xe9-\xff.png"  # Latin-1 bytes: not valid UTF-8
 # --- config ranges and types --------------------------------------------------------------------------------------
 
 BAD_VALUES = [  # (key, value, words the one-line error must hold)
-    ("ema_decay", 1.5, "in [0, 1)"), ("ema_decay", 1.0, "freeze"), ("ema_decay", -0.1, "in [0, 1)"),
-    ("ema_decay", float("nan"), "in [0, 1)"),
-    ("log_every_steps", -1, "once per epoch"), ("eval_every_steps", -5, "once per epoch"),
-    ("checkpoint_every_steps", -2, "only at the end"),
-    ("keep_checkpoints", 0, ">= 1"), ("keep_checkpoints", -1, ">= 1"),
-    ("batch_size", 0, ">= 1"), ("batch_size", -8, ">= 1"), ("eval_batch_size", 0, ">= 1"),
-    ("num_epochs", -1.0, ">= 0"), ("num_train_steps", -5, ">= -1"),
-    ("optimizer.learning_rate", -0.1, ">= 0"), ("optimizer.learning_rate", float("inf"), "finite"),
-    ("optimizer.momentum", 1.0, "in [0, 1)"), ("optimizer.b2", 1.0, "in [0, 1)"), ("optimizer.eps", 0.0, "> 0"),
-    ("optimizer.weight_decay", -1e-4, ">= 0"), ("optimizer.warmup_steps", -1, ">= 0"),
-    ("optimizer.grad_clip_norm", -1.0, ">= 0"), ("optimizer.backbone_lr_factor", -0.5, ">= 0"),
-    ("optimizer.step_boundaries", (0.5, 1.5), "strictly between 0 and 1"), ("optimizer.step_factor", 0.0, "> 0"),
-    ("optimizer.muon_ns_steps", 0, ">= 1"), ("optimizer.muon_momentum", 1.0, "in [0, 1)"),
-    ("task.label_smoothing", 1.0, "in [0, 1)"), ("task.asl_clip", 1.0, "in [0, 1)"),
-    ("task.focal_gamma", -1.0, ">= 0"),
-    ("dataset.test_fraction", 1.0, "strictly between 0 and 1"), ("dataset.test_fraction", 0.0, "strictly"),
-    ("dataset.val_fraction", 1.0, "in [0, 1)"), ("dataset.val_fraction", -0.1, "in [0, 1)"),
-    ("dataset.workers", -1, ">= 0"), ("dataset.shuffle_buffer", 0, ">= 1"), ("dataset.class_depth", 3, "1 or 2"),
-    ("dataset.max_image_pixels", 0, ">= 1"), ("dataset.center_crop_fraction", 0.0, "in (0, 1]"),
-    ("dataset.num_classes", 0, ">= 1"), ("dataset.channels", 0, ">= 1"), ("prefetch_to_device", -2, ">= -1"),
-    ("fewshot.shots", (0, 5), ">= 1"), ("fewshot.knn_k", (1, -1), ">= 1"), ("fewshot.seeds", 0, ">= 1"),
-    ("fewshot.l2_reg", 0.0, "> 0"), ("init_from_step", -2, ">= 0, -1 or 'latest', or 'best'"),
-    ("init_from_step", "bestest", "or 'best'"), ("init_from_step", True, "or 'best'"),
+  ("ema_decay", 1.5, "in [0, 1)"),
+  ("ema_decay", 1.0, "freeze"),
+  ("ema_decay", -0.1, "in [0, 1)"),
+  ("ema_decay", float("nan"), "in [0, 1)"),
+  ("log_every_steps", -1, "once per epoch"),
+  ("eval_every_steps", -5, "once per epoch"),
+  ("checkpoint_every_steps", -2, "only at the end"),
+  ("keep_checkpoints", 0, ">= 1"),
+  ("keep_checkpoints", -1, ">= 1"),
+  ("batch_size", 0, ">= 1"),
+  ("batch_size", -8, ">= 1"),
+  ("eval_batch_size", 0, ">= 1"),
+  ("num_epochs", -1.0, ">= 0"),
+  ("num_train_steps", -5, ">= -1"),
+  ("optimizer.learning_rate", -0.1, ">= 0"),
+  ("optimizer.learning_rate", float("inf"), "finite"),
+  ("optimizer.momentum", 1.0, "in [0, 1)"),
+  ("optimizer.b2", 1.0, "in [0, 1)"),
+  ("optimizer.eps", 0.0, "> 0"),
+  ("optimizer.weight_decay", -1e-4, ">= 0"),
+  ("optimizer.warmup_steps", -1, ">= 0"),
+  ("optimizer.grad_clip_norm", -1.0, ">= 0"),
+  ("optimizer.backbone_lr_factor", -0.5, ">= 0"),
+  ("optimizer.step_boundaries", (0.5, 1.5), "strictly between 0 and 1"),
+  ("optimizer.step_factor", 0.0, "> 0"),
+  ("optimizer.muon_ns_steps", 0, ">= 1"),
+  ("optimizer.muon_momentum", 1.0, "in [0, 1)"),
+  ("task.label_smoothing", 1.0, "in [0, 1)"),
+  ("task.asl_clip", 1.0, "in [0, 1)"),
+  ("task.focal_gamma", -1.0, ">= 0"),
+  ("dataset.test_fraction", 1.0, "strictly between 0 and 1"),
+  ("dataset.test_fraction", 0.0, "strictly"),
+  ("dataset.val_fraction", 1.0, "in [0, 1)"),
+  ("dataset.val_fraction", -0.1, "in [0, 1)"),
+  ("dataset.workers", -1, ">= 0"),
+  ("dataset.shuffle_buffer", 0, ">= 1"),
+  ("dataset.class_depth", 3, "1 or 2"),
+  ("dataset.max_image_pixels", 0, ">= 1"),
+  ("dataset.center_crop_fraction", 0.0, "in (0, 1]"),
+  ("dataset.num_classes", 0, ">= 1"),
+  ("dataset.channels", 0, ">= 1"),
+  ("prefetch_to_device", -2, ">= -1"),
+  ("fewshot.shots", (0, 5), ">= 1"),
+  ("fewshot.knn_k", (1, -1), ">= 1"),
+  ("fewshot.seeds", 0, ">= 1"),
+  ("fewshot.l2_reg", 0.0, "> 0"),
+  ("init_from_step", -2, ">= 0, -1 or 'latest', or 'best'"),
+  ("init_from_step", "bestest", "or 'best'"),
+  ("init_from_step", True, "or 'best'"),
 ]
 
 
@@ -82,10 +105,23 @@ def test_out_of_range_values_get_one_line_naming_key_and_value(key, value, words
 
 
 def test_edge_values_with_a_documented_meaning_are_accepted():
-  config_check.validate(tiny_config(**{"ema_decay": 0.0, "log_every_steps": 0, "eval_every_steps": 0,
-                                       "checkpoint_every_steps": 0, "keep_checkpoints": 1, "num_train_steps": -1,
-                                       "num_epochs": 1.0, "dataset.val_fraction": 0.0, "optimizer.learning_rate": 0.0,
-                                       "task.label_smoothing": 0.0, "optimizer.backbone_lr_factor": 0.0}))
+  config_check.validate(
+    tiny_config(
+      **{
+        "ema_decay": 0.0,
+        "log_every_steps": 0,
+        "eval_every_steps": 0,
+        "checkpoint_every_steps": 0,
+        "keep_checkpoints": 1,
+        "num_train_steps": -1,
+        "num_epochs": 1.0,
+        "dataset.val_fraction": 0.0,
+        "optimizer.learning_rate": 0.0,
+        "task.label_smoothing": 0.0,
+        "optimizer.backbone_lr_factor": 0.0,
+      }
+    )
+  )
   config_check.validate(tiny_config(ema_decay=0.9999))
   for step in (-1, 0, 20, "latest", "best", "20"):  # what restore.parse_step reads
     config_check.validate(tiny_config(init_from_step=step))
@@ -99,10 +135,16 @@ def test_cross_key_checks():
     config_check.validate(tiny_config(**{"dataset.test_fraction": 0.6, "dataset.val_fraction": 0.4}))
 
 
-@pytest.mark.parametrize("key,value,words", [
-    ("batch_size", 12.5, "an integer"), ("ema_decay", "0.9", "a finite number"), ("async_checkpointing", 1, "True or"),
-    ("log_every_steps", True, "an integer"), ("fewshot.shots", 5, "a tuple of integers"),
-])
+@pytest.mark.parametrize(
+  "key,value,words",
+  [
+    ("batch_size", 12.5, "an integer"),
+    ("ema_decay", "0.9", "a finite number"),
+    ("async_checkpointing", 1, "True or"),
+    ("log_every_steps", True, "an integer"),
+    ("fewshot.shots", 5, "a tuple of integers"),
+  ],
+)
 def test_wrong_types_are_named(key, value, words):
   """A config file can hold any Python value (ml_collections checks types only on overrides): a plain dict."""
   config = tiny_config().to_dict()
@@ -117,10 +159,14 @@ def test_wrong_types_are_named(key, value, words):
 
 
 MODEL_ARGS = [  # (model, argument, value, expected type in words)
-    ("simple_cnn", "widths", "abc", "a tuple of integers"), ("simple_cnn", "widths", ("abc",), "a tuple of integers"),
-    ("simple_cnn", "widths", (8, 16.5), "a tuple of integers"), ("simple_cnn", "dropout", "high", "a number"),
-    ("simple_cnn", "norm", 3, "a string"), ("resnet18", "zero_init_residual", 1, "True or False"),
-    ("vgg11", "hidden", "4096", "an integer"), ("vit_b16", "patch_size", 16.0, "an integer"),
+  ("simple_cnn", "widths", "abc", "a tuple of integers"),
+  ("simple_cnn", "widths", ("abc",), "a tuple of integers"),
+  ("simple_cnn", "widths", (8, 16.5), "a tuple of integers"),
+  ("simple_cnn", "dropout", "high", "a number"),
+  ("simple_cnn", "norm", 3, "a string"),
+  ("resnet18", "zero_init_residual", 1, "True or False"),
+  ("vgg11", "hidden", "4096", "an integer"),
+  ("vit_b16", "patch_size", 16.0, "an integer"),
 ]
 
 
@@ -208,8 +254,7 @@ def test_fifo_socket_device_and_broken_link_are_skipped_never_opened(tmp_path):
   os.symlink("/dev/zero", root / "b" / "zero.png")  # an endless character device
   os.symlink(root / "nowhere.png", root / "b" / "broken.png")
   result = {}
-  thread = threading.Thread(target=lambda: result.update(dataset=train.data.build(folder_config(root))),
-                            daemon=True)
+  thread = threading.Thread(target=lambda: result.update(dataset=train.data.build(folder_config(root))), daemon=True)
   thread.start()
   thread.join(120)
   sock.close()
@@ -244,7 +289,12 @@ def test_non_utf8_names_are_listed_and_written_as_valid_utf8(tmp_path):
   assert listing.class_names == ("a", "cl\\xe9s")
   everything = [p for ps, _ in listing.splits.values() for p in ps]
   assert len(everything) == 15 and all(os.path.isfile(p) for p in everything)  # the surrogate names still open
-  for cache in ("file", "file", "memory", "none"):  # the file cache's fingerprint hashes the names: written, then reused
+  for cache in (
+    "file",
+    "file",
+    "memory",
+    "none",
+  ):  # the file cache's fingerprint hashes the names: written, then reused
     dataset = train.data.build(folder_config(root, cache=cache, cache_dir=str(tmp_path / "cache")))
     assert dataset.info.num_train + dataset.info.num_eval == 15 and dataset.info.class_names == listing.class_names
   assert folder_scan.display(os.fsdecode(NON_UTF8)) == "caf\\xe9-\\xff.png"
@@ -252,6 +302,7 @@ def test_non_utf8_names_are_listed_and_written_as_valid_utf8(tmp_path):
 
   class Dataset:
     skipped_files = [(os.fsdecode(os.fsencode(root / "a") + NON_UTF8), "cannot be decoded")]
+
   workdir_lib.write_skipped_files(str(tmp_path), Dataset(), True)
   text = (tmp_path / "skipped_files.txt").read_bytes().decode("utf-8")  # strict: valid UTF-8
   assert "caf\\xe9-\\xff.png\tcannot be decoded" in text
@@ -259,8 +310,10 @@ def test_non_utf8_names_are_listed_and_written_as_valid_utf8(tmp_path):
 
 def test_predict_output_and_lines_with_non_utf8_names(tmp_path):
   name = os.fsdecode(b"/data/" + NON_UTF8)
-  records = [{"path": name, "error": None, "prediction": "cat", "probability": 0.9, "top_k": [["cat", 0.9]]},
-             {"path": name + "2", "error": f"cannot decode {name}2"}]
+  records = [
+    {"path": name, "error": None, "prediction": "cat", "probability": 0.9, "top_k": [["cat", 0.9]]},
+    {"path": name + "2", "error": f"cannot decode {name}2"},
+  ]
   for suffix in (".csv", ".json"):
     predict.write_output(str(tmp_path / f"p{suffix}"), records, {"step": 1})
     text = (tmp_path / f"p{suffix}").read_bytes().decode("utf-8")
@@ -289,6 +342,7 @@ def test_one_class_is_refused_and_rare_classes_are_warned_about(caplog):
 def strict_json(text):
   def refuse(name):
     raise ValueError(f"{name} in report.json")
+
   return json.loads(text, parse_constant=refuse)
 
 
@@ -337,13 +391,19 @@ def test_export_onto_an_existing_file_or_export_is_one_line(tmp_path):
 
 def test_evaluate_keeps_the_cache_in_the_workdir_or_the_user_cache(tmp_path):
   from jaxcls.evaluation import workdir_eval as evaluate
+
   workdir = tmp_path / "run"
   workdir.mkdir()
   os.symlink("/etc", workdir / "escape")
   user_cache = os.path.join(os.path.expanduser("~"), ".cache", "jaxcls", "folder-x")
-  for given, kept in [("/etc/jaxcls", str(workdir / "cache")), (str(tmp_path / "elsewhere"), str(workdir / "cache")),
-                      (str(workdir / "escape" / "c"), str(workdir / "cache")), (str(workdir / "cache"), None),
-                      (user_cache, None), ("", None)]:
+  for given, kept in [
+    ("/etc/jaxcls", str(workdir / "cache")),
+    (str(tmp_path / "elsewhere"), str(workdir / "cache")),
+    (str(workdir / "escape" / "c"), str(workdir / "cache")),
+    (str(workdir / "cache"), None),
+    (user_cache, None),
+    ("", None),
+  ]:
     config = get_base_config()
     config.dataset.cache_dir = given
     evaluate.confine_cache_dir(config, str(workdir))
@@ -381,17 +441,19 @@ def test_disk_faults_map_to_one_line(tmp_path):
   (tmp_path / "file").write_text("x")
   os.makedirs(tmp_path / "run" / "checkpoints" / "8")
   cases = [  # (real error, errno name)
-      (_real_os_error(lambda: os.makedirs(tmp_path / "file")), "EEXIST"),
-      (_real_os_error(lambda: os.makedirs(tmp_path / "file" / "run")), "ENOTDIR"),
-      (_real_os_error(lambda: os.mkdir("/sys/jaxcls-test")), "EPERM"),
-      (_real_os_error(lambda: open("/sys/kernel/jaxcls-test", "w")), "EACCES"),
-      (OSError(errno.EROFS, os.strerror(errno.EROFS), "/ro/run/config.json"), "EROFS"),
-      (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/full/run/metrics.jsonl"), "ENOSPC"),
+    (_real_os_error(lambda: os.makedirs(tmp_path / "file")), "EEXIST"),
+    (_real_os_error(lambda: os.makedirs(tmp_path / "file" / "run")), "ENOTDIR"),
+    (_real_os_error(lambda: os.mkdir("/sys/jaxcls-test")), "EPERM"),
+    (_real_os_error(lambda: open("/sys/kernel/jaxcls-test", "w")), "EACCES"),
+    (OSError(errno.EROFS, os.strerror(errno.EROFS), "/ro/run/config.json"), "EROFS"),
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/full/run/metrics.jsonl"), "ENOSPC"),
   ]
   assert _write_past_the_size_limit(tmp_path / "big") == errno.EFBIG
   cases.append((OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(tmp_path / "big")), "EFBIG"))
-  wrapped = ValueError('OUT_OF_RANGE: Error writing "x" in OCDBT database at local file "/w/checkpoints/9.orbax-'
-                       'checkpoint-tmp/": Failed to write 2141 bytes to file 16: File too large [os_error_code=\'27\']')
+  wrapped = ValueError(
+    'OUT_OF_RANGE: Error writing "x" in OCDBT database at local file "/w/checkpoints/9.orbax-'
+    "checkpoint-tmp/\": Failed to write 2141 bytes to file 16: File too large [os_error_code='27']"
+  )
   cases.append((wrapped, "EFBIG"))
   try:
     try:
@@ -414,14 +476,16 @@ def test_disk_faults_map_to_one_line(tmp_path):
 
 def _config_file(tmp_path, name="tiny_config.py", **overrides) -> str:
   path = tmp_path / name
-  path.write_text(textwrap.dedent(f"""
+  path.write_text(
+    textwrap.dedent(f"""
       import sys
-      sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+      sys.path.insert(0, {os.path.join(REPO, "tests")!r})
       from conftest import tiny_config
 
       def get_config():
         return tiny_config(**{overrides!r})
-  """))
+  """)
+  )
   return str(path)
 
 
@@ -429,11 +493,15 @@ def _run(args, *, fsize=None, timeout=600):
   """A jaxcls command in a subprocess (optionally under RLIMIT_FSIZE, SIGXFSZ ignored): (rc, stderr + stdout)."""
   start = ["-m"]
   if fsize:  # set in the child itself (no preexec_fn: forking a process that runs JAX threads is unsafe)
-    start = ["-c", "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize})); sys.argv = sys.argv[1:]; "
-             "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"]
-  proc = subprocess.run([sys.executable, *start, *args], env=subprocess_env(2), cwd=REPO, capture_output=True,
-                        timeout=timeout)
+    start = [
+      "-c",
+      "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+      f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize})); sys.argv = sys.argv[1:]; "
+      "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)",
+    ]
+  proc = subprocess.run(
+    [sys.executable, *start, *args], env=subprocess_env(2), cwd=REPO, capture_output=True, timeout=timeout
+  )
   return proc.returncode, proc.stderr.decode("utf-8", "replace") + proc.stdout.decode("utf-8", "replace")
 
 
@@ -448,11 +516,16 @@ def _one_line_error(rc, output, words):
   return lines[0]
 
 
-@pytest.mark.parametrize("override,words", [
-    ("--config.ema_decay=1.5", "config.ema_decay=1.5"), ("--config.keep_checkpoints=0", "keep_checkpoints=0"),
-    ("--config.model.widths=abc", "config.model.widths="), ("--config.model.widths=(8,x)", "config.model.widths"),
+@pytest.mark.parametrize(
+  "override,words",
+  [
+    ("--config.ema_decay=1.5", "config.ema_decay=1.5"),
+    ("--config.keep_checkpoints=0", "keep_checkpoints=0"),
+    ("--config.model.widths=abc", "config.model.widths="),
+    ("--config.model.widths=(8,x)", "config.model.widths"),
     ("--config.batch_size=0", "config.batch_size=0"),
-])
+  ],
+)
 def test_bad_values_on_the_command_line_are_one_line(python, tmp_path, override, words):
   del python
   config = _config_file(tmp_path)
@@ -463,8 +536,14 @@ def test_bad_values_on_the_command_line_are_one_line(python, tmp_path, override,
 
 def test_log_every_steps_zero_logs_once_per_epoch(python, tmp_path):
   del python
-  config = _config_file(tmp_path, log_every_steps=0, num_train_steps=16, eval_every_steps=0,
-                        checkpoint_every_steps=0, **{"dataset.num_train_examples": 64})  # 4 steps per epoch
+  config = _config_file(
+    tmp_path,
+    log_every_steps=0,
+    num_train_steps=16,
+    eval_every_steps=0,
+    checkpoint_every_steps=0,
+    **{"dataset.num_train_examples": 64},
+  )  # 4 steps per epoch
   rc, output = _run(["jaxcls.main", "--config", config, "--workdir", str(tmp_path / "run")])
   assert rc == 0, output[-3000:]
   rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -500,8 +579,19 @@ def hostile_run(tmp_path_factory):
     png(os.fsencode(root / "train" / "dog") + b"/" + str(i).encode() + NON_UTF8)
   (root / "train" / "cat" / "bad.png").write_bytes(b"not a png")  # a decode failure goes to the listing too
   os.symlink(root / "nowhere.png", os.fsencode(root / "train" / "cat") + b"/gone-\xff.png")
-  config = _config_file(tmp, **{"dataset.name": "folder", "dataset.path": str(root), "dataset.cache": "file",
-                                "batch_size": 8, "eval_batch_size": 8, "num_train_steps": 4, "eval_every_steps": 4, "checkpoint_every_steps": 4})
+  config = _config_file(
+    tmp,
+    **{
+      "dataset.name": "folder",
+      "dataset.path": str(root),
+      "dataset.cache": "file",
+      "batch_size": 8,
+      "eval_batch_size": 8,
+      "num_train_steps": 4,
+      "eval_every_steps": 4,
+      "checkpoint_every_steps": 4,
+    },
+  )
   rc, output = _run(["jaxcls.main", "--config", config, "--workdir", str(tmp / "run")], timeout=300)
   return tmp, root, rc, output
 
@@ -541,8 +631,10 @@ def test_export_onto_an_export_needs_overwrite(python, hostile_run):
   rc, output = _run(base + ["--overwrite"], timeout=300)
   assert rc == 0, output[-3000:]
   (tmp / "a_file").write_text("x")
-  _one_line_error(*_run(["jaxcls.export", "--workdir", str(tmp / "run"), "--output", str(tmp / "a_file")],
-                        timeout=300), "is an existing file")
+  _one_line_error(
+    *_run(["jaxcls.export", "--workdir", str(tmp / "run"), "--output", str(tmp / "a_file")], timeout=300),
+    "is an existing file",
+  )
 
 
 def test_crafted_cache_dir_in_config_json_stays_inside(python, hostile_run, tmp_path):
@@ -562,8 +654,9 @@ def test_crafted_cache_dir_in_config_json_stays_inside(python, hostile_run, tmp_
   assert not outside.exists() and "outside the workdir" in output
 
 
-@pytest.mark.parametrize("limit,what", [(10_000, "the first checkpoint"), (20_000, "the plots, after the last "
-                                                                                    "checkpoint")])
+@pytest.mark.parametrize(
+  "limit,what", [(10_000, "the first checkpoint"), (20_000, "the plots, after the last checkpoint")]
+)
 def test_full_disk_is_one_line_and_the_run_resumes(python, tmp_path, limit, what):
   """RLIMIT_FSIZE makes the first file larger than `limit` fail with EFBIG, as a full disk would (the tiny run's
   checkpoint data file is about 12 kB, its plots above 20 kB). Then the same command without the limit resumes
@@ -579,10 +672,15 @@ def test_full_disk_is_one_line_and_the_run_resumes(python, tmp_path, limit, what
   assert json.loads((tmp_path / "run" / "report.json").read_text())["step"] == 12
 
 
-@pytest.mark.parametrize("workdir,words", [
-    ("FILE", "is a file"), ("FILE/run", "Not a directory"), ("/sys/jaxcls-run", "Operation not permitted"),
+@pytest.mark.parametrize(
+  "workdir,words",
+  [
+    ("FILE", "is a file"),
+    ("FILE/run", "Not a directory"),
+    ("/sys/jaxcls-run", "Operation not permitted"),
     ("/sys/kernel", "Permission denied"),
-])
+  ],
+)
 def test_unwritable_workdirs_are_one_line(python, tmp_path, workdir, words):
   del python
   (tmp_path / "file").write_text("x")
@@ -594,13 +692,19 @@ def test_unwritable_workdirs_are_one_line(python, tmp_path, workdir, words):
 
 def test_predict_inputs_that_are_not_regular_files_get_their_reason(tmp_path):
   """A FIFO named on predict's command line is never opened (it would hang); a folder or a gap is named as such."""
-  from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
-  from jaxcls.data import decode  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import (
+    decode,  # pylint: disable=g-import-not-at-top
+    preprocess,  # pylint: disable=g-import-not-at-top
+  )
+
   fifo = tmp_path / "pipe.png"
   os.mkfifo(fifo)
   (tmp_path / "folder.png").mkdir()
   settings = preprocess.Preprocessing(crop=decode.Crop((8, 8), "resize"), channels=3, max_pixels=10**6)
   images, reasons = preprocess.load([str(fifo), str(tmp_path / "folder.png"), str(tmp_path / "none.png")], settings)
   assert len(images) == 0
-  assert reasons == ["not a regular file (a FIFO, socket or device is never opened)", "a folder, not an image file",
-                     "no such file"]
+  assert reasons == [
+    "not a regular file (a FIFO, socket or device is never opened)",
+    "a folder, not an image file",
+    "no such file",
+  ]

@@ -14,26 +14,39 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, saved_state, subprocess_env
+
 from jaxcls.core import cluster
 from jaxcls.core.errors import ConfigError
 
-SLURM = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[003-004]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
-         "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_NNODES": "2"}
+SLURM = {
+  "SLURM_JOB_ID": "4242",
+  "SLURM_STEP_NODELIST": "gpu[003-004]",
+  "SLURM_NTASKS": "2",
+  "SLURM_PROCID": "1",
+  "SLURM_LOCALID": "0",
+  "SLURM_NODEID": "1",
+  "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+  "SLURM_NNODES": "2",
+}
 
 
-# --- jaxcls.core.cluster: what jax.distributed.initialize is given -----------------------------------------------------
+# --- jaxcls.core.cluster: what jax.distributed.initialize is given ---------------------------------------------------
 
 
 def test_one_task_per_node_keeps_every_local_device():
   args = cluster.initialize_args(SLURM, mode="on")
-  assert args == {"coordinator_address": "gpu003:61586", "num_processes": 2, "process_id": 1,
-                  "cluster_detection_method": "deactivate"}  # no local_device_ids: all of the node's GPUs
+  assert args == {
+    "coordinator_address": "gpu003:61586",
+    "num_processes": 2,
+    "process_id": 1,
+    "cluster_detection_method": "deactivate",
+  }  # no local_device_ids: all of the node's GPUs
 
 
 def test_coordinator_matches_jax_own_slurm_rule(monkeypatch):
   from jax._src.clusters.slurm_cluster import SlurmCluster  # pylint: disable=g-import-not-at-top
+
   for nodes in ("node001", "node001,host2", "node[001-0015],host2", "node[001,007-015],host2", "localhost"):
     env = dict(SLURM, SLURM_STEP_NODELIST=nodes)
     for name, value in env.items():
@@ -43,17 +56,19 @@ def test_coordinator_matches_jax_own_slurm_rule(monkeypatch):
   assert cluster.slurm_coordinator(env) == "localhost:1234"
 
 
-@pytest.mark.parametrize("extra, expected", [
+@pytest.mark.parametrize(
+  "extra, expected",
+  [
     ({}, [1]),  # 4 tasks, GPUs unknown: one each, as JAX would do
     ({"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, [2, 3]),  # 4 tasks share 8 GPUs: two each
     ({"CUDA_VISIBLE_DEVICES": "0,1,2,3"}, [1]),
     ({"CUDA_VISIBLE_DEVICES": "5", "SLURM_STEP_GPUS": "4,5,6,7"}, None),  # SLURM bound one GPU to the task
     ({"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_STEP_GPUS": "0,1,2,3,4,5,6,7"}, None),  # --gpus-per-task=2
     ({"JAX_LOCAL_DEVICE_IDS": "6,7"}, [6, 7]),  # the user's choice wins
-])
+  ],
+)
 def test_several_tasks_per_node_split_the_gpus(extra, expected):
-  env = dict(SLURM, SLURM_NTASKS="8", SLURM_PROCID="5", SLURM_LOCALID="1", SLURM_STEP_TASKS_PER_NODE="4(x2)",
-             **extra)
+  env = dict(SLURM, SLURM_NTASKS="8", SLURM_PROCID="5", SLURM_LOCALID="1", SLURM_STEP_TASKS_PER_NODE="4(x2)", **extra)
   assert cluster.initialize_args(env, mode="auto").get("local_device_ids") == expected
 
 
@@ -76,13 +91,16 @@ def test_when_to_initialise():
   assert manual == {"coordinator_address": "h:1", "num_processes": 3, "process_id": 2}
 
 
-@pytest.mark.parametrize("env, kwargs, message", [
+@pytest.mark.parametrize(
+  "env, kwargs, message",
+  [
     ({}, dict(coordinator_address="h:1"), "--coordinator_address=h:1 needs --num_processes and --process_id"),
     (dict(SLURM, SLURM_NTASKS="two"), dict(mode="on"), "SLURM_NTASKS='two' is not a whole number"),
     (dict(SLURM, JAX_LOCAL_DEVICE_IDS="0,x"), dict(mode="on"), "JAX_LOCAL_DEVICE_IDS='0,x' is not a list"),
     (dict(SLURM, SLURM_STEP_TASKS_PER_NODE="2x"), dict(mode="on"), "SLURM tasks-per-node '2x' is not"),
     (dict(SLURM, SLURM_STEP_NODELIST="[1]"), dict(mode="on"), "SLURM_STEP_NODELIST='[1]' names no host"),
-])
+  ],
+)
 def test_bad_cluster_environments_get_one_line(env, kwargs, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     cluster.initialize_args(env, **kwargs)
@@ -108,15 +126,23 @@ for i in range(n):
 sys.exit(max(p.wait() for p in procs))
 '''
 
-FAKE_SCONTROL = '''#!/usr/bin/env bash
+FAKE_SCONTROL = """#!/usr/bin/env bash
 echo "$@" >> "$FAKE_SRUN_LOGS/scontrol.calls"
-'''
+"""
 
-RUN_ARGS = ["--config.num_train_steps=30", "--config.eval_every_steps=15", "--config.checkpoint_every_steps=15",
-            "--config.model.widths=(8, 16)", "--config.async_checkpointing=False", "--config.optimizer.warmup_steps=5",
-            "--distributed_timeout=60"]
-DEVICES = re.compile(r"jax\.distributed: process (\d) of 2, (\d+) local / (\d+) global devices, "
-                     r"local_device_ids=(\S+) \(jax_cuda_visible_devices=(\S+)\)")
+RUN_ARGS = [
+  "--config.num_train_steps=30",
+  "--config.eval_every_steps=15",
+  "--config.checkpoint_every_steps=15",
+  "--config.model.widths=(8, 16)",
+  "--config.async_checkpointing=False",
+  "--config.optimizer.warmup_steps=5",
+  "--distributed_timeout=60",
+]
+DEVICES = re.compile(
+  r"jax\.distributed: process (\d) of 2, (\d+) local / (\d+) global devices, "
+  r"local_device_ids=(\S+) \(jax_cuda_visible_devices=(\S+)\)"
+)
 
 
 def _free_port():
@@ -133,10 +159,19 @@ def _fake_slurm(tmp_path, tasks_per_node, **extra):
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(stat.S_IRWXU)
   env = subprocess_env(4)  # 4 CPU devices per task
-  env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", PYTHON=sys.executable, FAKE_SRUN_LOGS=str(logs),
-             FAKE_TASKS_PER_NODE=str(tasks_per_node), SLURM_JOB_ID="777", JAX_COORDINATOR_PORT=str(_free_port()),
-             SLURM_NTASKS="2", SLURM_NNODES=str(2 // tasks_per_node), SLURM_STEP_NODELIST="localhost",
-             SLURM_STEP_TASKS_PER_NODE="1(x2)" if tasks_per_node == 1 else "2", **extra)
+  env.update(
+    PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+    PYTHON=sys.executable,
+    FAKE_SRUN_LOGS=str(logs),
+    FAKE_TASKS_PER_NODE=str(tasks_per_node),
+    SLURM_JOB_ID="777",
+    JAX_COORDINATOR_PORT=str(_free_port()),
+    SLURM_NTASKS="2",
+    SLURM_NNODES=str(2 // tasks_per_node),
+    SLURM_STEP_NODELIST="localhost",
+    SLURM_STEP_TASKS_PER_NODE="1(x2)" if tasks_per_node == 1 else "2",
+    **extra,
+  )
   for name in ("JAX_LOCAL_DEVICE_IDS", "CUDA_VISIBLE_DEVICES"):
     if name not in extra:
       env.pop(name, None)
@@ -144,18 +179,43 @@ def _fake_slurm(tmp_path, tasks_per_node, **extra):
 
 
 def _sbatch(env, workdir, *extra):
-  return subprocess.Popen(["bash", os.path.join(REPO, "launch", "slurm.sbatch"), os.path.join(REPO, "configs",
-                                                                                               "default.py"),
-                           str(workdir), *RUN_ARGS, *extra], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [
+      "bash",
+      os.path.join(REPO, "launch", "slurm.sbatch"),
+      os.path.join(REPO, "configs", "default.py"),
+      str(workdir),
+      *RUN_ARGS,
+      *extra,
+    ],
+    env=env,
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("one_process")
-  proc = subprocess.run([sys.executable, "-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "default.py"),
-                         "--workdir", str(workdir), *RUN_ARGS], env=subprocess_env(8), cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jaxcls.main",
+      "--config",
+      os.path.join(REPO, "configs", "default.py"),
+      "--workdir",
+      str(workdir),
+      *RUN_ARGS,
+    ],
+    env=subprocess_env(8),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
 
@@ -171,12 +231,16 @@ def _same_result(workdir, reference):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tasks_per_node, extra, expected_ids", [
+@pytest.mark.parametrize(
+  "tasks_per_node, extra, expected_ids",
+  [
     (1, {}, ["all", "all"]),  # one task per "node": each keeps all 4 of its devices
     (2, {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, ["0,1,2,3", "4,5,6,7"]),  # two tasks share a node's GPUs
-])
-def test_slurm_sbatch_drives_every_local_device_and_matches_one_process(tmp_path, one_process_run,
-                                                                       tasks_per_node, extra, expected_ids):
+  ],
+)
+def test_slurm_sbatch_drives_every_local_device_and_matches_one_process(
+  tmp_path, one_process_run, tasks_per_node, extra, expected_ids
+):
   env, logs = _fake_slurm(tmp_path, tasks_per_node, **extra)
   proc = _sbatch(env, tmp_path / "run")
   out, _ = proc.communicate(timeout=900)
@@ -198,8 +262,14 @@ def test_slurm_sbatch_requeues_a_preempted_job(tmp_path):
   proc = _sbatch(env, tmp_path / "run", "--config.num_train_steps=400")
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
-    if all("First step (compilation included)" in (logs / f"task{i}.log").read_text()
-           for i in range(2) if (logs / f"task{i}.log").exists()) and len(list(logs.glob("task*.log"))) == 2:
+    if (
+      all(
+        "First step (compilation included)" in (logs / f"task{i}.log").read_text()
+        for i in range(2)
+        if (logs / f"task{i}.log").exists()
+      )
+      and len(list(logs.glob("task*.log"))) == 2
+    ):
       break
     time.sleep(0.2)
   assert proc.poll() is None, "the job ended before it could be preempted"
@@ -213,8 +283,18 @@ def test_slurm_sbatch_requeues_a_preempted_job(tmp_path):
 
 # --- launch/tpu_vm.py: the commands it would run, and what it refuses ---------------------------------------------
 
-TPU = [sys.executable, os.path.join(REPO, "launch", "tpu_vm.py"), "--name", "jx-1", "--zone", "us-central2-b",
-       "--version", "tpu-ubuntu2204-base", "--config", os.path.join(REPO, "configs", "default.py")]
+TPU = [
+  sys.executable,
+  os.path.join(REPO, "launch", "tpu_vm.py"),
+  "--name",
+  "jx-1",
+  "--zone",
+  "us-central2-b",
+  "--version",
+  "tpu-ubuntu2204-base",
+  "--config",
+  os.path.join(REPO, "configs", "default.py"),
+]
 
 
 def _tpu(*args, env=None):
@@ -231,17 +311,35 @@ def _flags(cmd):
 
 @pytest.mark.parametrize("queued", [False, True])
 def test_tpu_dry_run_prints_every_gcloud_command_in_order(queued):
-  proc = _tpu("--accelerator-type", "v4-32", "--spot", "--project", "my-proj", "--workdir", "gs://bkt/runs/a",
-              "--dry-run", *(["--queued"] if queued else []), "--", "--config.num_epochs=3",
-              "--config.model.widths=(8, 16)")
+  proc = _tpu(
+    "--accelerator-type",
+    "v4-32",
+    "--spot",
+    "--project",
+    "my-proj",
+    "--workdir",
+    "gs://bkt/runs/a",
+    "--dry-run",
+    *(["--queued"] if queued else []),
+    "--",
+    "--config.num_epochs=3",
+    "--config.model.widths=(8, 16)",
+  )
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert "pip wheel --no-deps" in lines[0]  # the package is built here, then copied: no shared filesystem
   calls = _gcloud_calls(proc.stdout)
   verbs = [" ".join(c[3:5]) for c in calls]
   if queued:
-    assert verbs == ["queued-resources create", "queued-resources describe", "tpu-vm ssh", "tpu-vm scp",
-                     "tpu-vm ssh", "tpu-vm ssh", "queued-resources delete"]
+    assert verbs == [
+      "queued-resources create",
+      "queued-resources describe",
+      "tpu-vm ssh",
+      "tpu-vm scp",
+      "tpu-vm ssh",
+      "tpu-vm ssh",
+      "queued-resources delete",
+    ]
     create = _flags(calls[0])
     assert create["--node-id"] == "jx-1" and create["--runtime-version"] == "tpu-ubuntu2204-base"
     assert "--force" in calls[-1] and "--quiet" in calls[-1]
@@ -273,14 +371,21 @@ def test_tpu_keep_skips_the_delete():
   assert "keeping jx-1 (--keep)" in proc.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--accelerator-type", "v4-32", "--workdir", "/mnt/run"],
-     "--workdir=/mnt/run is not a gs:// bucket; the 4 workers of a v4-32 share no filesystem"),
-    (["--accelerator-type", "v6e-8", "--workdir", "/tmp/run"],
-     "--workdir=/tmp/run is on the TPU VM's own disk, which is deleted at the end"),
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (
+      ["--accelerator-type", "v4-32", "--workdir", "/mnt/run"],
+      "--workdir=/mnt/run is not a gs:// bucket; the 4 workers of a v4-32 share no filesystem",
+    ),
+    (
+      ["--accelerator-type", "v6e-8", "--workdir", "/tmp/run"],
+      "--workdir=/tmp/run is on the TPU VM's own disk, which is deleted at the end",
+    ),
     (["--accelerator-type", "v9-8", "--workdir", "gs://b/r"], "--accelerator-type='v9-8' is not a TPU type"),
     (["--accelerator-type", "v4-8", "--workdir", "gs://b/r", "--wheel", "nope.whl"], "--wheel=nope.whl is not a"),
-])
+  ],
+)
 def test_tpu_refuses_bad_arguments_with_one_line(args, message):
   proc = _tpu(*args, "--dry-run")
   assert proc.returncode == 2 and proc.stdout == ""
@@ -290,14 +395,17 @@ def test_tpu_refuses_bad_arguments_with_one_line(args, message):
 def test_tpu_worker_counts():
   sys.path.insert(0, os.path.join(REPO, "launch"))
   import tpu_vm  # pylint: disable=g-import-not-at-top
-  assert [tpu_vm.workers(t) for t in ("v4-8", "v4-32", "v5p-128", "v3-8", "v5litepod-8", "v5litepod-16",
-                                      "v6e-256", "v2-32")] == [1, 4, 16, 1, 1, 4, 64, 4]
+
+  assert [
+    tpu_vm.workers(t) for t in ("v4-8", "v4-32", "v5p-128", "v3-8", "v5litepod-8", "v5litepod-16", "v6e-256", "v2-32")
+  ] == [1, 4, 16, 1, 1, 4, 64, 4]
 
 
 def test_tpu_deletes_the_vm_when_a_step_fails(tmp_path):
   """With a stand-in gcloud that fails at the copy, the launcher still deletes the VM and says why it stopped."""
-  (tmp_path / "gcloud").write_text('#!/usr/bin/env bash\necho "$@" >> "$GCLOUD_LOG"\n'
-                                   '[ "$4" = scp ] && exit 3\nexit 0\n')
+  (tmp_path / "gcloud").write_text(
+    '#!/usr/bin/env bash\necho "$@" >> "$GCLOUD_LOG"\n[ "$4" = scp ] && exit 3\nexit 0\n'
+  )
   (tmp_path / "gcloud").chmod(stat.S_IRWXU)
   wheel = tmp_path / "jaxcls-0.1.0-py3-none-any.whl"
   wheel.write_bytes(b"PK")

@@ -10,15 +10,18 @@ import threading
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, logged_losses, saved_state, subprocess_env, tiny_config
+
 from jaxcls import data
 from jaxcls.store import checkpoint
-from jaxcls.training import preemption
 from jaxcls.training import loop as train
+from jaxcls.training import preemption
 
-LINE = re.compile(r"^jaxcls: preempted at step (\d+); checkpoint saved to (\S+); re-run the same command to "
-                  r"resume\.$", re.M)
+LINE = re.compile(
+  r"^jaxcls: preempted at step (\d+); checkpoint saved to (\S+); re-run the same command to "
+  r"resume\.$",
+  re.M,
+)
 
 
 def _assert_same_state(workdir_a, workdir_b, rtol: float = 0.0):
@@ -160,10 +163,19 @@ def test_sigterm_during_an_async_save_keeps_it_intact_and_resumes_exactly(tmp_pa
 
 # --- the command line, in subprocesses: a real SIGTERM from outside ----------------------------------------------
 
-MAIN = ["-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "default.py"),
-        "--config.num_train_steps=60", "--config.eval_every_steps=30", "--config.checkpoint_every_steps=30",
-        "--config.log_every_steps=1", "--config.model.widths=(8, 16)", "--config.async_checkpointing=True",
-        "--config.optimizer.warmup_steps=5"]
+MAIN = [
+  "-m",
+  "jaxcls.main",
+  "--config",
+  os.path.join(REPO, "configs", "default.py"),
+  "--config.num_train_steps=60",
+  "--config.eval_every_steps=30",
+  "--config.checkpoint_every_steps=30",
+  "--config.log_every_steps=1",
+  "--config.model.widths=(8, 16)",
+  "--config.async_checkpointing=True",
+  "--config.optimizer.warmup_steps=5",
+]
 FIRST_STEP = "First step (compilation included)"
 
 
@@ -177,8 +189,14 @@ def _start(python, workdir, devices, extra=(), log=None):
   """The training command; its log goes to a pipe, or to the file `log` (a peer's undrained pipe would fill up
   and stall the collective steps of both)."""
   out = open(log, "w") if log else subprocess.PIPE  # pylint: disable=consider-using-with
-  return subprocess.Popen([python, *MAIN, "--workdir", str(workdir), *extra], env=subprocess_env(devices), cwd=REPO,
-                          stdout=out, stderr=out, text=True)
+  return subprocess.Popen(
+    [python, *MAIN, "--workdir", str(workdir), *extra],
+    env=subprocess_env(devices),
+    cwd=REPO,
+    stdout=out,
+    stderr=out,
+    text=True,
+  )
 
 
 def _signal_after_first_step(proc, signum=signal.SIGTERM, when=FIRST_STEP):
@@ -198,8 +216,14 @@ def _signal_after_first_step(proc, signum=signal.SIGTERM, when=FIRST_STEP):
 def full_run(tmp_path_factory, python):
   """The same run never interrupted: 1 process, 4 devices."""
   workdir = tmp_path_factory.mktemp("cli_full")
-  proc = subprocess.run([python, *MAIN, "--workdir", str(workdir)], env=subprocess_env(4), cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [python, *MAIN, "--workdir", str(workdir)],
+    env=subprocess_env(4),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
 
@@ -207,6 +231,7 @@ def full_run(tmp_path_factory, python):
 @pytest.fixture(scope="module")
 def python():
   import sys  # pylint: disable=g-import-not-at-top
+
   return sys.executable
 
 
@@ -223,8 +248,14 @@ def test_one_process_run_stops_on_a_signal_with_one_line_and_resumes_exactly(pyt
   assert 1 <= step < 60 and lines[0][1] == str(tmp_path / "checkpoints")
   assert step in _steps(tmp_path) and not (tmp_path / "report.json").exists()
 
-  proc = subprocess.run([python, *MAIN, "--workdir", str(tmp_path)], env=subprocess_env(4), cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [python, *MAIN, "--workdir", str(tmp_path)],
+    env=subprocess_env(4),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"Resuming from step {step} of 60" in proc.stderr
   _assert_same_state(full_run, tmp_path)
@@ -235,9 +266,21 @@ def test_one_process_run_stops_on_a_signal_with_one_line_and_resumes_exactly(pyt
 def test_a_signal_to_one_process_of_two_stops_both_at_one_step_and_resumes_exactly(python, tmp_path, full_run):
   def start_pair(name):
     port = _free_port()
-    return [_start(python, tmp_path, 2, [f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                         f"--process_id={i}", "--distributed_timeout=60"],
-                   log=None if i == 1 else tmp_path / f"{name}0.log") for i in range(2)]
+    return [
+      _start(
+        python,
+        tmp_path,
+        2,
+        [
+          f"--coordinator_address=localhost:{port}",
+          "--num_processes=2",
+          f"--process_id={i}",
+          "--distributed_timeout=60",
+        ],
+        log=None if i == 1 else tmp_path / f"{name}0.log",
+      )
+      for i in range(2)
+    ]
 
   procs = start_pair("preempted")
   err1 = _signal_after_first_step(procs[1], signal.SIGINT)  # Ctrl-C to process 1 only: passed on as SIGTERM
@@ -290,5 +333,6 @@ def test_ctrl_c_before_the_loop_is_one_line_and_exit_130(python, tmp_path):
   err = _signal_after_first_step(proc, signal.SIGINT, when="Persistent compilation cache:")
   assert proc.returncode == 130, err[-3000:]
   assert "Traceback" not in err
-  assert err.strip().splitlines()[-1] == ("jaxcls: error: interrupted before training started or after it ended; "
-                                          "the checkpoints written so far are kept.")
+  assert err.strip().splitlines()[-1] == (
+    "jaxcls: error: interrupted before training started or after it ended; the checkpoints written so far are kept."
+  )

@@ -19,10 +19,12 @@ def _finalize(task, logits, labels):
   """The task's report over these logits, as the eval loop computes it (sums, then outputs, then finalize)."""
   logits, labels = jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.int32)
   mask = jnp.ones(len(labels), bool)
-  sums, outputs = jax.tree.map(np.asarray, (task.eval_sums(logits, labels, mask),
-                                            task.eval_outputs(logits, labels, mask)))
-  return task.finalize({k: v.astype(np.int64) if v.dtype.kind == "i" else v.astype(np.float64)
-                        for k, v in sums.items()}, outputs)
+  sums, outputs = jax.tree.map(
+    np.asarray, (task.eval_sums(logits, labels, mask), task.eval_outputs(logits, labels, mask))
+  )
+  return task.finalize(
+    {k: v.astype(np.int64) if v.dtype.kind == "i" else v.astype(np.float64) for k, v in sums.items()}, outputs
+  )
 
 
 # ------------------------------------------------------------------------------- defect 1: macro averages
@@ -45,18 +47,22 @@ def test_macro_averages_on_a_subset_of_the_classes_are_over_the_present_classes(
     assert result[f"macro_{name}"] == pytest.approx(expected, abs=1e-12), name
     # Weighted and micro averages are unchanged by the rule (absent classes weigh 0; micro is accuracy).
     assert result[f"weighted_{name}"] == pytest.approx(
-        score(labels, predicted, average="weighted", zero_division=0), abs=1e-12)
+      score(labels, predicted, average="weighted", zero_division=0), abs=1e-12
+    )
     assert result[f"micro_{name}"] == pytest.approx(skm.accuracy_score(labels, predicted), abs=1e-12)
   assert result["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, predicted), abs=1e-12)
   probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), -1), np.float64)
   onehot = labels[:, None] == np.arange(k)
   assert result["macro_roc_auc"] == pytest.approx(
-      skm.roc_auc_score(onehot[:, present], probs[:, present], average="macro"), abs=1e-9)
+    skm.roc_auc_score(onehot[:, present], probs[:, present], average="macro"), abs=1e-9
+  )
   assert result["macro_average_precision"] == pytest.approx(
-      skm.average_precision_score(onehot[:, present], probs[:, present], average="macro"), abs=1e-9)
+    skm.average_precision_score(onehot[:, present], probs[:, present], average="macro"), abs=1e-9
+  )
   # Per-class values stay those of every class (scikit-learn's labels=range(K), average=None).
-  np.testing.assert_allclose(result["f1"], skm.f1_score(labels, predicted, labels=range(k), average=None,
-                                                        zero_division=0), atol=1e-12)
+  np.testing.assert_allclose(
+    result["f1"], skm.f1_score(labels, predicted, labels=range(k), average=None, zero_division=0), atol=1e-12
+  )
   # The rule and the count are stated in both reports.
   final = {"step": 1, "split": "new", **result}
   report.write(str(tmp_path), final, [f"c{i}" for i in range(k)])
@@ -131,10 +137,12 @@ def test_the_grid_and_groups_use_the_tasks_decision_not_an_argmax():
   rows = loop.select_misclassified(labels, predicted, confidence, 36)
   assert rows.tolist() == [3, 1]  # dog taken for cat at 0.85, then cat for dog at 0.3
   from jaxcls.evaluation import group_metrics
+
   groups = ["a", "a", "b", "b"]
   by_group = group_metrics.per_group({"labels": labels, "probs": probs}, groups, 2, predicted=predicted)
   assert by_group["groups"]["a"]["accuracy"] == 0.5 and by_group["groups"]["b"]["accuracy"] == 0.5
   # Multi-class: the probability of the decided class.
   multi = tasks.build({"type": "multiclass"}, 3)
-  np.testing.assert_allclose(loop.decided_confidence(multi, "abc", np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])),
-                             [0.5, 0.6])
+  np.testing.assert_allclose(
+    loop.decided_confidence(multi, "abc", np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])), [0.5, 0.6]
+  )

@@ -16,6 +16,7 @@ from jaxcls.training import loop as train
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   from conftest import tiny_config
+
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(**{"dataset.name": "digits"}, num_train_steps=8, checkpoint_every_steps=4, eval_batch_size=48)
   train.train_and_evaluate(config, workdir)
@@ -44,17 +45,31 @@ def test_other_split_and_step(trained, tmp_path):
 
 
 def test_command_prints_a_summary(trained, tmp_path, python):
-  proc = subprocess.run([python, "-m", "jaxcls.evaluate", "--workdir", trained, "--output_dir", str(tmp_path)],
-                        env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.evaluate", "--workdir", trained, "--output_dir", str(tmp_path)],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "simple_cnn at step 8 on the test split: num_examples 360" in proc.stdout
   assert json.loads((tmp_path / "report.json").read_text())["num_examples"] == 360
   # User errors: one line on stderr and exit 2 (cli.run), before anything is restored.
-  for args, message in ((["--workdir", str(tmp_path / "nothing")], "config.json does not exist"),
-                        (["--workdir", trained, "--labels_file", "x.csv"], "--labels_file needs --data"),
-                        ([], "--workdir is required")):
-    proc = subprocess.run([python, "-m", "jaxcls.evaluate", *args], env=subprocess_env(1), cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+  for args, message in (
+    (["--workdir", str(tmp_path / "nothing")], "config.json does not exist"),
+    (["--workdir", trained, "--labels_file", "x.csv"], "--labels_file needs --data"),
+    ([], "--workdir is required"),
+  ):
+    proc = subprocess.run(
+      [python, "-m", "jaxcls.evaluate", *args],
+      env=subprocess_env(1),
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.startswith("jaxcls: error: ") and message in proc.stderr
 
@@ -65,6 +80,7 @@ def folder_trained(tmp_path_factory):
   import numpy as np
   from conftest import tiny_config
   from PIL import Image
+
   root = tmp_path_factory.mktemp("images")
   rng = np.random.default_rng(0)
   for split, count in (("train", 12), ("test", 5)):
@@ -74,14 +90,20 @@ def folder_trained(tmp_path_factory):
         pixels = np.clip(60 * (k + 1) + rng.normal(0, 10, (8, 8, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(root / split / name / f"{i}.png")
   workdir = str(tmp_path_factory.mktemp("folder_run"))
-  config = tiny_config(**{"dataset.name": "folder", "dataset.path": str(root), "dataset.workers": 2},
-                       num_train_steps=6, checkpoint_every_steps=6, eval_every_steps=6, augment="")
+  config = tiny_config(
+    **{"dataset.name": "folder", "dataset.path": str(root), "dataset.workers": 2},
+    num_train_steps=6,
+    checkpoint_every_steps=6,
+    eval_every_steps=6,
+    augment="",
+  )
   train.train_and_evaluate(config, workdir)
   return workdir, root
 
 
 def test_a_folder_of_new_labelled_images(folder_trained, tmp_path):
   import shutil
+
   workdir, root = folder_trained
   with open(os.path.join(workdir, "report.json")) as f:
     at_end_of_training = json.load(f)
@@ -111,8 +133,9 @@ def test_a_folder_of_new_labelled_images(folder_trained, tmp_path):
   assert "broken.png" in (tmp_path / "out" / "skipped_files.txt").read_text()
   rows = [f"bee/{i}.png,bee,,{'day' if i < 2 else 'night'}" for i in range(5)]
   (tmp_path / "labels.csv").write_text("path,labels,split,group\n" + "\n".join(rows) + "\n")
-  final = evaluate.evaluate_workdir(workdir, data_dir=str(new), labels_file=str(tmp_path / "labels.csv"),
-                                    output_dir=str(tmp_path / "out2"))
+  final = evaluate.evaluate_workdir(
+    workdir, data_dir=str(new), labels_file=str(tmp_path / "labels.csv"), output_dir=str(tmp_path / "out2")
+  )
   assert {k: v["num_examples"] for k, v in final["per_group"]["groups"].items()} == {"day": 2, "night": 3}
 
   os.makedirs(new / "yak")

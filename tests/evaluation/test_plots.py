@@ -114,10 +114,15 @@ def test_write_all(tmp_path):
   metrics_path = tmp_path / "metrics.jsonl"
   metrics_path.write_text(json.dumps({"step": 1, "train/loss": 1.0, "eval/accuracy": 0.5}) + "\n")
   report = {"confusion_matrix": confusion.tolist(), "accuracy": 0.5}
-  paths = plots.write_all(str(tmp_path / "plots"), report, {"probs": probs, "labels": labels}, list("abcd"),
-                          str(metrics_path))
-  assert [p.rsplit("/", 1)[-1] for p in paths] == ["confusion.png", "per_class_f1.png", "roc_pr.png",
-                                                   "training_curves.png"]
+  paths = plots.write_all(
+    str(tmp_path / "plots"), report, {"probs": probs, "labels": labels}, list("abcd"), str(metrics_path)
+  )
+  assert [p.rsplit("/", 1)[-1] for p in paths] == [
+    "confusion.png",
+    "per_class_f1.png",
+    "roc_pr.png",
+    "training_curves.png",
+  ]
   for path in paths:
     _check_png(path)
 

@@ -38,8 +38,8 @@ def patch_images(num: int, seed: int):
   images = (grey + tint).astype(np.uint8)
   corners = rng.integers(0, SIZE - PATCH + 1, (num, 2))
   for image, label, (y, x) in zip(images, labels, corners):
-    image[y:y + PATCH, x:x + PATCH] = 0
-    image[y:y + PATCH, x:x + PATCH, label] = 255
+    image[y : y + PATCH, x : x + PATCH] = 0
+    image[y : y + PATCH, x : x + PATCH, label] = 255
   return images, labels, corners
 
 
@@ -48,10 +48,22 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("patch")
   images, labels, _ = patch_images(600, seed=0)
   np.savez(root / "patch.npz", images=images, labels=labels, class_names=np.array(COLOURS))
-  config = tiny_config(**{"dataset.name": "arrays", "dataset.path": str(root / "patch.npz"),
-                          "dataset.image_size": (SIZE, SIZE), "model.widths": (16, 32), "model.dropout": 0.0},
-                       augment="", num_train_steps=120, batch_size=32, eval_batch_size=120, eval_every_steps=120,
-                       checkpoint_every_steps=120, **{"optimizer.learning_rate": 0.1})
+  config = tiny_config(
+    **{
+      "dataset.name": "arrays",
+      "dataset.path": str(root / "patch.npz"),
+      "dataset.image_size": (SIZE, SIZE),
+      "model.widths": (16, 32),
+      "model.dropout": 0.0,
+    },
+    augment="",
+    num_train_steps=120,
+    batch_size=32,
+    eval_batch_size=120,
+    eval_every_steps=120,
+    checkpoint_every_steps=120,
+    **{"optimizer.learning_rate": 0.1},
+  )
   workdir = str(root / "run")
   train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "report.json")) as f:
@@ -74,7 +86,7 @@ def test_every_map_concentrates_on_the_planted_patch(trained):
     fractions = []
     for maps, (y, x) in zip(maps_per_image, corners):
       mass = np.abs(maps[method])
-      fractions.append(mass[y:y + PATCH, x:x + PATCH].sum() / mass.sum())
+      fractions.append(mass[y : y + PATCH, x : x + PATCH].sum() / mass.sum())
     # Most maps (measured: 75% of them for SmoothGrad, all for the others) hold over 3x the patch's share of the
     # image inside the patch.
     assert np.mean(np.asarray(fractions) > 3 * area) >= 2 / 3, (method, np.round(fractions, 3))
@@ -88,8 +100,14 @@ def test_integrated_gradients_are_complete(trained):
   normalised, scores, _ = explainer.scores(images)
   variables = forward.model_variables(restored.variables)
   score_fn = lambda x: restored.task.attribution_scores(restored.model.apply(variables, x, train=False))[0]
-  totals = {steps: jax.jit(lambda x, c, steps=steps: attribution.integrated_gradients(
-      score_fn, x, c, explainer.baseline, num_steps=steps, batch_size=65).sum()) for steps in (2, 64)}
+  totals = {
+    steps: jax.jit(
+      lambda x, c, steps=steps: attribution.integrated_gradients(
+        score_fn, x, c, explainer.baseline, num_steps=steps, batch_size=65
+      ).sum()
+    )
+    for steps in (2, 64)
+  }
   for image, score, label in zip(normalised, scores, labels):
     gap = score[label] - explainer.baseline_score(int(label))
     errors = {steps: abs(float(total(image, int(label))) - gap) for steps, total in totals.items()}
@@ -114,12 +132,18 @@ def test_gradient_methods_match_closed_forms_on_a_linear_model():
   baseline = np.full((5, 4, 3), -0.5, np.float32)
   np.testing.assert_allclose(attribution.saliency(score_fn, image, 1), np.abs(weights).max(-1), rtol=1e-6)
   # The gradient of a linear score is the same at every noisy copy, so SmoothGrad is the saliency.
-  np.testing.assert_allclose(attribution.smoothgrad(score_fn, image, 1, jax.random.key(2), num_samples=5,
-                                                    batch_size=2), np.abs(weights).max(-1), rtol=1e-5)
+  np.testing.assert_allclose(
+    attribution.smoothgrad(score_fn, image, 1, jax.random.key(2), num_samples=5, batch_size=2),
+    np.abs(weights).max(-1),
+    rtol=1e-5,
+  )
   for rule in attribution.IG_RULES:
     np.testing.assert_allclose(
-        attribution.integrated_gradients(score_fn, image, 1, baseline, num_steps=3, rule=rule),
-        ((image - baseline) * weights).sum(-1), rtol=1e-5, atol=1e-6)
+      attribution.integrated_gradients(score_fn, image, 1, baseline, num_steps=3, rule=rule),
+      ((image - baseline) * weights).sum(-1),
+      rtol=1e-5,
+      atol=1e-6,
+    )
   with pytest.raises(ConfigError, match="Grad-CAM needs a convolutional model"):
     attribution.grad_cam(score_fn, image, 1)
 
@@ -128,7 +152,7 @@ def test_path_points_integrate_polynomials():
   for rule, exact_degree in (("trapezoid", 1), ("riemann_middle", 1), ("riemann_left", 0), ("riemann_right", 0)):
     alphas, weights = attribution.path_points(4, rule)
     for degree in range(exact_degree + 1):
-      assert float(jnp.sum(weights * alphas ** degree)) == pytest.approx(1 / (degree + 1), abs=1e-6), rule
+      assert float(jnp.sum(weights * alphas**degree)) == pytest.approx(1 / (degree + 1), abs=1e-6), rule
   with pytest.raises(ConfigError, match="Unknown integration rule 'simpson'"):
     attribution.path_points(4, "simpson")
 
@@ -143,7 +167,8 @@ def test_grad_cam_is_class_activation_mapping_for_a_pooled_linear_head():
   assert target.shape == (1, 4, 4, 6) and target.module == "SimpleCNN._act"
   # The same features, read independently with flax's capture_intermediates.
   _, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]))(
-      variables, image[None])
+    variables, image[None]
+  )
   features = np.asarray(_last_activation(state))[0]
   head = np.asarray(variables["params"]["head"]["kernel"])[:, 2]
   cam = np.maximum(features @ head, 0) / 16
@@ -187,13 +212,26 @@ def test_class_and_method_arguments():
 
 def test_summary_lines_of_an_index():
   """What the command prints: a line per explained image on stdout, errors and a skipped Grad-CAM on stderr."""
-  index = {"gradcam_skipped": "not convolutional", "output_dir": "/out", "images": [
-      {"path": "a.png", "error": None, "png": "/out/a.png", "predicted": "red", "probability": 0.5,
-       "explained": [{"class": "red", "probability": 0.5}, {"class": "blue", "probability": 0.25}]},
-      {"path": "b.png", "error": "no such file"}]}
+  index = {
+    "gradcam_skipped": "not convolutional",
+    "output_dir": "/out",
+    "images": [
+      {
+        "path": "a.png",
+        "error": None,
+        "png": "/out/a.png",
+        "predicted": "red",
+        "probability": 0.5,
+        "explained": [{"class": "red", "probability": 0.5}, {"class": "blue", "probability": 0.25}],
+      },
+      {"path": "b.png", "error": "no such file"},
+    ],
+  }
   out, err = explain.summary_lines(index)
-  assert out == ["a.png: predicted red 0.5000; explained red 0.5000, blue 0.2500 -> /out/a.png",
-                 "1 explained, 1 failed; index in /out/index.md"]
+  assert out == [
+    "a.png: predicted red 0.5000; explained red 0.5000, blue 0.2500 -> /out/a.png",
+    "1 explained, 1 failed; index in /out/index.md",
+  ]
   assert err == ["Grad-CAM skipped: not convolutional", "b.png: error: no such file"]
 
 
@@ -205,15 +243,24 @@ def test_multilabel_titles_name_every_label_at_or_above_its_threshold(tmp_path):
   probs = np.array([0.6, 0.2, 0.3, 0.9], np.float32)  # car sits exactly on its own threshold 0.3
   labels = explain.label_set(task, names, probs)
   assert labels == [["sky", pytest.approx(0.9)], ["cat", pytest.approx(0.6)], ["car", pytest.approx(0.3)]]
-  record = {"path": "a.png", "error": None, "png": str(tmp_path / "a.png"), "predicted": "sky", "probability": 0.9,
-            "labels": labels, "explained": [{"class": "sky", "probability": 0.9}]}
+  record = {
+    "path": "a.png",
+    "error": None,
+    "png": str(tmp_path / "a.png"),
+    "predicted": "sky",
+    "probability": 0.9,
+    "labels": labels,
+    "explained": [{"class": "sky", "probability": 0.9}],
+  }
   assert explain.prediction_text(record, percent=True) == "sky (90.0%), cat (60.0%), car (30.0%)"
   out, _ = explain.summary_lines({"gradcam_skipped": None, "output_dir": str(tmp_path), "images": [record]})
   assert out[0] == f"a.png: predicted sky 0.9000, cat 0.6000, car 0.3000; explained sky 0.9000 -> {tmp_path}/a.png"
   none = dict(record, labels=explain.label_set(task, names, np.array([0.4, 0.1, 0.2, 0.3], np.float32)))
   assert explain.prediction_text(none) == "no label at or above its threshold"
-  explain.write_index(str(tmp_path), {"model": "m", "step": 1, "workdir": "w", "methods": ["saliency"],
-                                      "gradcam_layer": None, "images": [record, none]})
+  explain.write_index(
+    str(tmp_path),
+    {"model": "m", "step": 1, "workdir": "w", "methods": ["saliency"], "gradcam_layer": None, "images": [record, none]},
+  )
   table = (tmp_path / "index.md").read_text()
   assert "| sky (90.0%), cat (60.0%), car (30.0%) |" in table and "| no label at or above its threshold |" in table
   single = tasks.build({"type": "multiclass"}, 4)
@@ -225,22 +272,37 @@ def test_multilabel_explain_names_and_explains_each_predicted_label(tmp_path):
   """explain_files on a multi-label workdir: each image's record lists predict's label set, and by default every
   label in it gets its own row of maps (thresholds low enough that an untrained model predicts several)."""
   from jaxcls.inference import predictor  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (64, SIZE, SIZE, 3)).astype(np.uint8)
-  np.savez(tmp_path / "multi.npz", images=images, labels=rng.integers(0, 2, (64, 3)).astype(np.int32),
-           class_names=np.array(COLOURS))
-  config = tiny_config(**{"dataset.name": "arrays", "dataset.path": str(tmp_path / "multi.npz"),
-                          "dataset.image_size": (SIZE, SIZE), "task.type": "multilabel",
-                          "task.thresholds": (0.05, 0.05, 0.99)},
-                       augment="", num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4)
+  np.savez(
+    tmp_path / "multi.npz",
+    images=images,
+    labels=rng.integers(0, 2, (64, 3)).astype(np.int32),
+    class_names=np.array(COLOURS),
+  )
+  config = tiny_config(
+    **{
+      "dataset.name": "arrays",
+      "dataset.path": str(tmp_path / "multi.npz"),
+      "dataset.image_size": (SIZE, SIZE),
+      "task.type": "multilabel",
+      "task.thresholds": (0.05, 0.05, 0.99),
+    },
+    augment="",
+    num_train_steps=4,
+    eval_every_steps=4,
+    checkpoint_every_steps=4,
+  )
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   files = []
   for k in range(2):
     files.append(str(tmp_path / f"x{k}.png"))
     Image.fromarray(images[k]).save(files[-1])
-  index = explain.explain_files(workdir, files, output_dir=str(tmp_path / "out"),
-                                settings=explain.Settings(methods=["saliency"]))
+  index = explain.explain_files(
+    workdir, files, output_dir=str(tmp_path / "out"), settings=explain.Settings(methods=["saliency"])
+  )
   predicted = predictor.predict_files(restore.restore(workdir), files, top_k=3)
   for record, expected in zip(index["images"], predicted, strict=True):
     names = [name for name, _ in record["labels"]]
@@ -260,9 +322,29 @@ def test_command_writes_one_png_per_image_and_an_index(trained, tmp_path, python
     Image.fromarray(image).save(folder / f"img{i}.png")
   (folder / "broken.png").write_bytes(b"not an image")
   out = tmp_path / "out"
-  proc = subprocess.run([python, "-m", "jaxcls.explain", "--workdir", trained, "--output_dir", str(out),
-                         "--class", "green,red", "--smoothgrad_samples", "8", "--ig_steps", "8", str(folder)],
-                        env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      python,
+      "-m",
+      "jaxcls.explain",
+      "--workdir",
+      trained,
+      "--output_dir",
+      str(out),
+      "--class",
+      "green,red",
+      "--smoothgrad_samples",
+      "8",
+      "--ig_steps",
+      "8",
+      str(folder),
+    ],
+    env=subprocess_env(1),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"2 explained, 1 failed; index in {out}/index.md" in proc.stdout
   assert "broken.png: error: unreadable" in proc.stderr

@@ -63,10 +63,22 @@ def exported(tmp_path_factory):
     for i in range(6):
       Image.fromarray(noisy(rng, 60 * (k + 1), (24 + 4 * (i % 2), 32, 3))).save(photos / name / f"{i}.jpg")
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny_config(**{"dataset.name": "folder", "dataset.path": str(photos), "dataset.class_depth": 2,
-                          "dataset.eval_crop": "center", "dataset.workers": 2, "task.type": "hierarchical"},
-                       augment="", batch_size=8, num_train_steps=4, checkpoint_every_steps=4, eval_every_steps=4,
-                       eval_batch_size=8)
+  config = tiny_config(
+    **{
+      "dataset.name": "folder",
+      "dataset.path": str(photos),
+      "dataset.class_depth": 2,
+      "dataset.eval_crop": "center",
+      "dataset.workers": 2,
+      "task.type": "hierarchical",
+    },
+    augment="",
+    batch_size=8,
+    num_train_steps=4,
+    checkpoint_every_steps=4,
+    eval_every_steps=4,
+    eval_batch_size=8,
+  )
   train.train_and_evaluate(config, workdir)
   model_dir = str(tmp_path_factory.mktemp("exported"))
   export.export_workdir(workdir, model_dir)
@@ -82,14 +94,21 @@ def test_metadata_says_how_to_use_the_function(exported):
   with open(os.path.join(model_dir, "requirements.txt")) as f:
     requirements = f.read().splitlines()
   # Pinned to the versions that wrote it; flatbuffers because jax.export.deserialize imports it undeclared.
-  assert requirements == meta["requirements"] == [f"{name}=={importlib.metadata.version(name)}" for name in
-                                                  ("jax", "jaxlib", "flatbuffers", "numpy", "pillow")]
+  assert (
+    requirements
+    == meta["requirements"]
+    == [f"{name}=={importlib.metadata.version(name)}" for name in ("jax", "jaxlib", "flatbuffers", "numpy", "pillow")]
+  )
   assert meta["task"] == "hierarchical" and meta["class_names"] == list(CLASSES) and meta["step"] == 4
   assert meta["tree"]["level_names"] == [["animal", "vehicle"], list(CLASSES)]
   assert meta["platforms"] == ["cpu", "cuda", "tpu"]
   prep = meta["preprocessing"]
-  assert (prep["image_size"], prep["channels"], prep["crop"], prep["center_crop_fraction"]) == ([8, 8], 3, "center",
-                                                                                                0.875)
+  assert (prep["image_size"], prep["channels"], prep["crop"], prep["center_crop_fraction"]) == (
+    [8, 8],
+    3,
+    "center",
+    0.875,
+  )
   assert len(np.load(os.path.join(model_dir, "weights.npz")).files) == meta["num_weights"]
 
 
@@ -144,12 +163,20 @@ def test_loader_serves_in_bounded_batches_of_one_shape(exported):
 
 def test_loader_command_runs_without_jaxcls(exported, python):
   workdir, model_dir, files = exported
-  blocked = ("import runpy, sys; sys.modules['jaxcls'] = None; sys.argv = sys.argv[1:]; "
-             "runpy.run_path(sys.argv[0], run_name='__main__')")
+  blocked = (
+    "import runpy, sys; sys.modules['jaxcls'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+  )
   env = subprocess_env(1)
   env["PYTHONPATH"] = ""
-  proc = subprocess.run([python, "-c", blocked, LOADER, model_dir, *files, "--top_k", "3"], env=env,
-                        cwd=os.path.dirname(model_dir), capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [python, "-c", blocked, LOADER, model_dir, *files, "--top_k", "3"],
+    env=env,
+    cwd=os.path.dirname(model_dir),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"served {len(files) - 1} image(s) in " in proc.stderr and " images/s" in proc.stderr
   records = predict.predict_files(restore.restore(workdir), files, top_k=3)
@@ -165,8 +192,14 @@ def test_loader_command_runs_without_jaxcls(exported, python):
 def serve_in(python_path, model_dir, files):
   """examples/serve_exported.py run by `python_path` in isolated mode (-I: no PYTHONPATH, no user site)."""
   env = {key: value for key, value in subprocess_env(1).items() if not key.startswith("PYTHON")}
-  return subprocess.run([python_path, "-I", LOADER, model_dir, *files, "--top_k", "3"], env=env,
-                        cwd=os.path.dirname(model_dir), capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [python_path, "-I", LOADER, model_dir, *files, "--top_k", "3"],
+    env=env,
+    cwd=os.path.dirname(model_dir),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_export_serves_in_a_fresh_venv_with_only_its_requirements(exported, tmp_path, python):
@@ -176,9 +209,18 @@ def test_export_serves_in_a_fresh_venv_with_only_its_requirements(exported, tmp_
   with open(os.path.join(model_dir, "requirements.txt")) as f:
     requirements = f.read().splitlines()
   clean = clean_python(tmp_path / "venv", requirements)
-  probe = subprocess.run([clean, "-I", "-c", "import importlib.util as u; print([m for m in ('jaxcls', 'flax', "
-                          "'orbax', 'tensorflow', 'jax', 'flatbuffers', 'PIL') if u.find_spec(m)])"],
-                         capture_output=True, text=True, check=True)
+  probe = subprocess.run(
+    [
+      clean,
+      "-I",
+      "-c",
+      "import importlib.util as u; print([m for m in ('jaxcls', 'flax', "
+      "'orbax', 'tensorflow', 'jax', 'flatbuffers', 'PIL') if u.find_spec(m)])",
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   assert probe.stdout.strip() == "['jax', 'flatbuffers', 'PIL']"
   proc = serve_in(clean, model_dir, files)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -189,16 +231,23 @@ def test_export_serves_in_a_fresh_venv_with_only_its_requirements(exported, tmp_
   lacking = clean_python(tmp_path / "lacking", requirements, without=["flatbuffers"])
   proc = serve_in(lacking, model_dir, files)
   assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
-  assert proc.stderr.strip() == (f"serve_exported.py: error: {model_dir} needs flatbuffers=="
-                                 f"{importlib.metadata.version('flatbuffers')}, which is not installed here: "
-                                 f"pip install -r {os.path.join(model_dir, 'requirements.txt')}")
+  assert proc.stderr.strip() == (
+    f"serve_exported.py: error: {model_dir} needs flatbuffers=="
+    f"{importlib.metadata.version('flatbuffers')}, which is not installed here: "
+    f"pip install -r {os.path.join(model_dir, 'requirements.txt')}"
+  )
 
 
 def test_export_command_and_its_errors(exported, tmp_path, python):
   workdir, model_dir, _ = exported
-  proc = subprocess.run([python, "-m", "jaxcls.export", "--workdir", workdir, "--output", str(tmp_path / "cpu"),
-                         "--platforms", "cpu"], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.export", "--workdir", workdir, "--output", str(tmp_path / "cpu"), "--platforms", "cpu"],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Exported simple_cnn (step 4, hierarchical, 3 classes, 8x8 input) as model.jax for cpu to " in proc.stdout
   with np.load(tmp_path / "cpu" / "weights.npz") as ours, np.load(os.path.join(model_dir, "weights.npz")) as theirs:
@@ -218,8 +267,9 @@ def test_task_metadata_of_binary_and_multilabel():
   meta = tasks.build({"type": "multilabel", "thresholds": 0.4}, 3).export_metadata(["a", "b", "c"])
   assert meta == {"output": "probabilities [B, K]", "thresholds": [0.4, 0.4, 0.4]}
   loader = load_loader()
-  line = loader.describe(np.array([0.5, 0.2, 0.9], np.float32), {"task": "multilabel", "class_names": ["a", "b", "c"],
-                                                                 **meta}, 2)
+  line = loader.describe(
+    np.array([0.5, 0.2, 0.9], np.float32), {"task": "multilabel", "class_names": ["a", "b", "c"], **meta}, 2
+  )
   assert line == "c 0.9000, a 0.5000 (top: c 0.9000, a 0.5000)"
   names = ["ok", "defect"]
   for positive in names:  # the loader's binary line is predict's, whichever class is positive

@@ -39,10 +39,15 @@ def test_onnxruntime_gives_predicts_probabilities(exported, onnx_dir):  # noqa: 
   assert sorted(os.listdir(onnx_dir)) == ["model.json", "model.onnx", "requirements.txt"]
   with open(os.path.join(onnx_dir, "model.json")) as f:
     meta = json.load(f)
-  assert (meta["format"], meta["function"], meta["input"], meta["task"]) == ("jaxcls-onnx/1", "model.onnx", "images",
-                                                                             "hierarchical")
-  assert meta["requirements"] == [f"{name}=={importlib.metadata.version(name)}"
-                                  for name in ("onnxruntime", "numpy", "pillow")]
+  assert (meta["format"], meta["function"], meta["input"], meta["task"]) == (
+    "jaxcls-onnx/1",
+    "model.onnx",
+    "images",
+    "hierarchical",
+  )
+  assert meta["requirements"] == [
+    f"{name}=={importlib.metadata.version(name)}" for name in ("onnxruntime", "numpy", "pillow")
+  ]
   restored = restore.restore(workdir)
   images, errors = preprocess.load(files, preprocess.from_config(restored.config))
   expected = predict.Predictor(restored)(images)
@@ -64,8 +69,17 @@ def test_onnx_serves_in_a_fresh_venv_without_jax(exported, onnx_dir, tmp_path, p
   with open(os.path.join(onnx_dir, "requirements.txt")) as f:
     requirements = f.read().splitlines()
   clean = clean_python(tmp_path / "venv", requirements)
-  probe = subprocess.run([clean, "-I", "-c", "import importlib.util as u; print([m for m in ('jax', 'jaxcls', "
-                          "'onnxruntime', 'PIL') if u.find_spec(m)])"], capture_output=True, text=True, check=True)
+  probe = subprocess.run(
+    [
+      clean,
+      "-I",
+      "-c",
+      "import importlib.util as u; print([m for m in ('jax', 'jaxcls', 'onnxruntime', 'PIL') if u.find_spec(m)])",
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   assert probe.stdout.strip() == "['onnxruntime', 'PIL']"
   proc = serve_in(clean, onnx_dir, files)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,12 +93,18 @@ def test_onnx_serves_in_a_fresh_venv_without_jax(exported, onnx_dir, tmp_path, p
 
 def test_onnx_command_and_refusals(exported, onnx_dir, tmp_path, python):  # noqa: F811
   workdir, _, _ = exported
-  proc = subprocess.run([python, "-m", "jaxcls.export", "--workdir", workdir, "--output", str(tmp_path / "m"),
-                         "--format", "onnx"], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.export", "--workdir", workdir, "--output", str(tmp_path / "m"), "--format", "onnx"],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.startswith("Exported simple_cnn (step 4, hierarchical, 3 classes, 8x8 input) as model.onnx for "
-                                "onnxruntime to ")
+  assert proc.stdout.startswith(
+    "Exported simple_cnn (step 4, hierarchical, 3 classes, 8x8 input) as model.onnx for onnxruntime to "
+  )
   assert proc.stderr.strip() == ""  # no converter or runtime warnings
   with pytest.raises(ConfigError, match="already holds an export .model.onnx, model.json.; pass --overwrite"):
     exporter.export_workdir(workdir, onnx_dir, format="onnx")
@@ -92,17 +112,17 @@ def test_onnx_command_and_refusals(exported, onnx_dir, tmp_path, python):  # noq
 
 # (family, model config, input size): tiny widths where the family has them; docs/export.md's table.
 FAMILIES = [
-    ("simple_cnn", {"widths": (8, 16)}, 16),
-    ("simple_cnn", {"widths": (8, 16), "pooling": "avg", "activation": "gelu"}, 16),
-    ("resnet18", {"width": 8}, 32),
-    ("resnet50", {"width": 8}, 32),
-    ("vgg11_bn", {"hidden": 32, "variant": "small"}, 32),
-    ("mobilenet_v2", {"width_mult": 0.25}, 32),
-    ("lenet5", {}, 28),
-    ("airbench94", {"widths": (8, 16, 16)}, 32),
-    ("alexnet", {"hidden": 32, "widths": (8, 8, 8, 8, 8)}, 64),
-    pytest.param("convnext_tiny", {"variant": "small"}, 32, marks=pytest.mark.slow),  # no width option: 28M weights
-    pytest.param("vit_ti16", {}, 32, marks=pytest.mark.slow),
+  ("simple_cnn", {"widths": (8, 16)}, 16),
+  ("simple_cnn", {"widths": (8, 16), "pooling": "avg", "activation": "gelu"}, 16),
+  ("resnet18", {"width": 8}, 32),
+  ("resnet50", {"width": 8}, 32),
+  ("vgg11_bn", {"hidden": 32, "variant": "small"}, 32),
+  ("mobilenet_v2", {"width_mult": 0.25}, 32),
+  ("lenet5", {}, 28),
+  ("airbench94", {"widths": (8, 16, 16)}, 32),
+  ("alexnet", {"hidden": 32, "widths": (8, 8, 8, 8, 8)}, 64),
+  pytest.param("convnext_tiny", {"variant": "small"}, 32, marks=pytest.mark.slow),  # no width option: 28M weights
+  pytest.param("vit_ti16", {}, 32, marks=pytest.mark.slow),
 ]
 
 
@@ -118,24 +138,26 @@ def test_model_family_converts_with_its_probabilities(name, options, size):
   variables = jax.tree.unflatten(treedef, [v + 0.05 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
 
   def probabilities(images):
-    logits = forward.eval_logits(model, variables, images, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3),
-                                 dtype="float32")
+    logits = forward.eval_logits(model, variables, images, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), dtype="float32")
     return task.probabilities(logits)
 
   proto = onnx_export.convert(probabilities, (size, size, 3), family=name)
   session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
   images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
-  np.testing.assert_allclose(session.run(None, {"images": images})[0], jax.jit(probabilities)(images), rtol=0,
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    session.run(None, {"images": images})[0], jax.jit(probabilities)(images), rtol=0, atol=1e-4
+  )
 
 
 def test_an_op_that_does_not_convert_names_the_family_and_the_fallback():
   """Failing in jax2onnx (eigh) or in onnxruntime (a complex FFT) is one ConfigError, not a converter traceback."""
   fallback = r"does not export to ONNX \(.*\); export it with --format jax instead \(docs/export.md"
   with pytest.raises(ConfigError, match=r"model family 'my_net' " + fallback) as error:
-    onnx_export.convert(lambda x: jnp.linalg.eigh(jnp.eye(3) * x.astype(jnp.float32).mean())[0], (4, 4, 3),
-                        family="my_net")
+    onnx_export.convert(
+      lambda x: jnp.linalg.eigh(jnp.eye(3) * x.astype(jnp.float32).mean())[0], (4, 4, 3), family="my_net"
+    )
   assert "eigh" in str(error.value) and "\n" not in str(error.value)
   with pytest.raises(ConfigError, match=r"model family 'spectral' " + fallback):
-    onnx_export.convert(lambda x: jnp.abs(jnp.fft.fft(x.astype(jnp.float32).reshape(x.shape[0], -1))), (4, 4, 3),
-                        family="spectral")
+    onnx_export.convert(
+      lambda x: jnp.abs(jnp.fft.fft(x.astype(jnp.float32).reshape(x.shape[0], -1))), (4, 4, 3), family="spectral"
+    )

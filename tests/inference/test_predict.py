@@ -42,10 +42,21 @@ def trained(tmp_path_factory):
   """A folder-trained workdir with a centre-cropped eval split (so cropping is checked, not only resizing)."""
   photos = write_photos(tmp_path_factory.mktemp("photos"))
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny_config(**{"dataset.name": "folder", "dataset.path": str(photos), "dataset.eval_crop": "center",
-                          "dataset.center_crop_fraction": 0.8, "dataset.workers": 2, "dataset.test_fraction": 0.25},
-                       augment="", num_train_steps=4, checkpoint_every_steps=4, eval_every_steps=4,
-                       eval_batch_size=8)
+  config = tiny_config(
+    **{
+      "dataset.name": "folder",
+      "dataset.path": str(photos),
+      "dataset.eval_crop": "center",
+      "dataset.center_crop_fraction": 0.8,
+      "dataset.workers": 2,
+      "dataset.test_fraction": 0.25,
+    },
+    augment="",
+    num_train_steps=4,
+    checkpoint_every_steps=4,
+    eval_every_steps=4,
+    eval_batch_size=8,
+  )
   train.train_and_evaluate(config, workdir)
   return workdir, photos
 
@@ -83,7 +94,7 @@ def test_batches_are_padded_over_the_devices_and_compiled_once_per_shape(trained
   predictor = predict.Predictor(restored, batch_size=12)  # rounded up to 16 on 8 devices
   assert predictor.batch_size == 16
   together = predictor(images)
-  one_by_one = np.concatenate([predictor(images[i:i + 1]) for i in range(3)])
+  one_by_one = np.concatenate([predictor(images[i : i + 1]) for i in range(3)])
   assert together.shape == (24, 3)
   np.testing.assert_allclose(together.sum(1), 1.0, atol=1e-5)
   np.testing.assert_allclose(one_by_one, together[:3], atol=1e-6)
@@ -119,7 +130,7 @@ def test_stream_decodes_a_bounded_number_of_batches_ahead(trained, monkeypatch):
     for used, (paths, images, errors) in enumerate(decoded, start=1):
       assert len(submitted) == min(len(files), 4 * (used + 2))  # the used batches and 2 ahead, never more
       assert len(paths) == len(errors) <= 4 and len(images) == sum(e is None for e in errors)
-      np.testing.assert_array_equal(images, reference[rows:rows + len(images)])  # the pixels `load` gives
+      np.testing.assert_array_equal(images, reference[rows : rows + len(images)])  # the pixels `load` gives
       seen += paths
       rows += len(images)
   assert seen == files == submitted and errors == ["no such file"] and reasons[-1] == "no such file"
@@ -152,7 +163,7 @@ def test_unreadable_files_get_error_rows_and_the_rest_go_on(trained, tmp_path, c
   shutil.copy(photos / "cat" / "0.png", new / "a.png")
   shutil.copy(photos / "fox" / "1.jpg", new / "nested" / "b.jpg")
   good = (photos / "dog" / "1.jpg").read_bytes()
-  (new / "nested" / "truncated.jpg").write_bytes(good[:len(good) // 2])
+  (new / "nested" / "truncated.jpg").write_bytes(good[: len(good) // 2])
   (new / "garbage.png").write_bytes(b"not a png at all")
   (new / "notes.txt").write_text("ignored: not an image extension")
   missing = str(tmp_path / "missing.jpg")
@@ -160,19 +171,33 @@ def test_unreadable_files_get_error_rows_and_the_rest_go_on(trained, tmp_path, c
   captured = capsys.readouterr()
   lines = captured.out.splitlines()
   assert status == 0 and len(lines) == 5
-  assert re.search(r"^jaxcls: predicted 2 image\(s\) with simple_cnn \(step 4\) in \d+\.\d\d s: \d+\.\d images/s "
-                   r"\(\d+\.\d\d s to the first batch, start-up included\)\.$", captured.err, re.M), captured.err
+  assert re.search(
+    r"^jaxcls: predicted 2 image\(s\) with simple_cnn \(step 4\) in \d+\.\d\d s: \d+\.\d images/s "
+    r"\(\d+\.\d\d s to the first batch, start-up included\)\.$",
+    captured.err,
+    re.M,
+  ), captured.err
   assert "jaxcls: 3 of 5 file(s) could not be read." in captured.err
   assert lines[0].startswith(f"{new / 'a.png'}: ") and "error" not in lines[0]
-  assert lines[1] == f"{new / 'garbage.png'}: error: unreadable or truncated image " \
-                     f"(UnidentifiedImageError: cannot identify image file '{new / 'garbage.png'}')"
+  assert (
+    lines[1] == f"{new / 'garbage.png'}: error: unreadable or truncated image "
+    f"(UnidentifiedImageError: cannot identify image file '{new / 'garbage.png'}')"
+  )
   assert lines[2].startswith(f"{new / 'nested' / 'b.jpg'}: ")
   assert lines[3].startswith(f"{new / 'nested' / 'truncated.jpg'}: error: unreadable or truncated image")
   assert lines[4] == f"{missing}: error: no such file"
   with open(tmp_path / "out.csv", newline="") as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == ["path", "prediction", "probability", "class_1", "probability_1", "class_2",
-                           "probability_2", "error"]
+  assert list(rows[0]) == [
+    "path",
+    "prediction",
+    "probability",
+    "class_1",
+    "probability_1",
+    "class_2",
+    "probability_2",
+    "error",
+  ]
   assert [bool(r["error"]) for r in rows] == [False, True, False, True, True]
   assert rows[0]["prediction"] == rows[0]["class_1"] and float(rows[0]["probability"]) > 1 / 3
   assert rows[4]["error"] == "no such file" and rows[4]["prediction"] == ""
@@ -202,9 +227,14 @@ def test_bad_workdirs_and_options_are_named(trained, tmp_path):
 def test_command_line(trained, tmp_path, python):
   workdir, photos = trained
   out = tmp_path / "predictions.json"
-  proc = subprocess.run([python, "-m", "jaxcls.predict", "--workdir", workdir, "--top_k", "2", "--output", str(out),
-                         str(photos / "dog")], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.predict", "--workdir", workdir, "--top_k", "2", "--output", str(out), str(photos / "dog")],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   records = json.loads(out.read_text())["predictions"]
@@ -212,8 +242,14 @@ def test_command_line(trained, tmp_path, python):
   assert lines == [predict.format_line(r) for r in records]
   assert all(len(r["top_k"]) == 2 for r in records)
   assert re.search(r"jaxcls: predicted 8 image\(s\) .* images/s", proc.stderr)  # flushed before the prompt exit
-  proc = subprocess.run([python, "-m", "jaxcls.predict", "--workdir", str(tmp_path / "nowhere"), "x.jpg"],
-                        env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.predict", "--workdir", str(tmp_path / "nowhere"), "x.jpg"],
+    env=subprocess_env(1),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2 and "jaxcls: error: " in proc.stderr and "config.json does not exist" in proc.stderr
 
 
@@ -244,7 +280,8 @@ def test_multilabel_record_lists_the_labels_at_or_above_their_thresholds(tmp_pat
   assert line == "p.jpg: sky 0.6000, tree 0.3000 (top: car 0.8000, sky 0.6000)"
   none = task.prediction_record(names, np.zeros(4, np.float32), top_k=1)
   assert none["prediction"] == "" and "no label at or above its threshold" in predict.format_line(
-      {"path": "q.jpg", "error": None, **none})
+    {"path": "q.jpg", "error": None, **none}
+  )
   predict.write_output(str(tmp_path / "m.csv"), [{"path": "p.jpg", "error": None, **record}], {})
   row = next(csv.DictReader(io.StringIO((tmp_path / "m.csv").read_text())))
   assert row["labels"] == "sky=0.6;tree=0.3" and row["class_1"] == "car" and row["probability"] == ""

@@ -70,15 +70,35 @@ def safetensors_bytes(state: dict, tmp_path) -> bytes:
   return path.read_bytes()
 
 
-def timm_config(architecture: str, size: int = 32, crop: float = 0.95, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
-                num_classes: int = 10) -> bytes:
+def timm_config(
+  architecture: str,
+  size: int = 32,
+  crop: float = 0.95,
+  mean=(0.5, 0.4, 0.3),
+  std=(0.2, 0.25, 0.3),
+  num_classes: int = 10,
+) -> bytes:
   """A config.json as timm's push_to_hf_hub writes it (save_config_for_hf)."""
-  return json.dumps({"architecture": architecture, "num_classes": num_classes, "num_features": 64,
-                     "global_pool": "avg",
-                     "pretrained_cfg": {"tag": "test", "input_size": [3, size, size], "crop_pct": crop,
-                                        "crop_mode": "center", "interpolation": "bicubic", "mean": list(mean),
-                                        "std": list(std), "num_classes": num_classes, "first_conv": "conv1",
-                                        "classifier": "fc"}}).encode()
+  return json.dumps(
+    {
+      "architecture": architecture,
+      "num_classes": num_classes,
+      "num_features": 64,
+      "global_pool": "avg",
+      "pretrained_cfg": {
+        "tag": "test",
+        "input_size": [3, size, size],
+        "crop_pct": crop,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": list(mean),
+        "std": list(std),
+        "num_classes": num_classes,
+        "first_conv": "conv1",
+        "classifier": "fc",
+      },
+    }
+  ).encode()
 
 
 def random_state(model, layout: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -116,10 +136,18 @@ def flat(tree) -> dict[str, np.ndarray]:
 def test_resnet18_from_an_offline_hub_cache_equals_the_file(hub_cache, tmp_path):
   model = models.build(RESNET, 10)
   state = random_state(model, "timm")
-  state.update({f"{k.rsplit('.', 1)[0]}.num_batches_tracked": np.asarray(7, np.int64)
-                for k in list(state) if k.endswith("running_mean")})
-  write_repo(hub_cache, "timm/resnet18.test", {"model.safetensors": safetensors_bytes(state, tmp_path),
-                                               "config.json": timm_config("resnet18")})
+  state.update(
+    {
+      f"{k.rsplit('.', 1)[0]}.num_batches_tracked": np.asarray(7, np.int64)
+      for k in list(state)
+      if k.endswith("running_mean")
+    }
+  )
+  write_repo(
+    hub_cache,
+    "timm/resnet18.test",
+    {"model.safetensors": safetensors_bytes(state, tmp_path), "config.json": timm_config("resnet18")},
+  )
   config = ml_collections.ConfigDict(RESNET)
   source = transfer.pretrained_source("hf-hub:timm/resnet18.test", -1, config, SHAPE)
   loaded = flat(source.variables)
@@ -146,23 +174,34 @@ def test_resnet_head_of_another_class_count_is_reinitialised(hub_cache, tmp_path
   source = transfer.pretrained_source("hf-hub:timm/resnet18.big", -1, config, SHAPE)
   assert flat(source.variables)["params/fc/bias"].shape == (1000,)  # the weights' own head, as loaded
   fresh_model = models.build(RESNET, 5)
-  fresh = {"params": jax.tree.map(lambda x: x + 1.0, zeros(fresh_model)["params"]),
-           "batch_stats": zeros(fresh_model)["batch_stats"]}
+  fresh = {
+    "params": jax.tree.map(lambda x: x + 1.0, zeros(fresh_model)["params"]),
+    "batch_stats": zeros(fresh_model)["batch_stats"],
+  }
   head = transfer.find_head(config, 5, SHAPE)
   merged = transfer.merge(fresh, source, head, "auto", [str(i) for i in range(5)], config)
   out = flat(merged.variables)
   assert not merged.head_kept and "shape differs" in merged.reason
   np.testing.assert_array_equal(out["params/fc/kernel"], flat(fresh)["params/fc/kernel"])
-  np.testing.assert_array_equal(out["params/layer1_0/conv2/kernel"],
-                                state["layer1.0.conv2.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    out["params/layer1_0/conv2/kernel"], state["layer1.0.conv2.weight"].transpose(2, 3, 1, 0)
+  )
 
 
 def test_timm_resnet_keys_are_torchvisions():
   model = models.build(RESNET, 10)
   keys = set(random_state(model, "timm"))
   assert keys == set(random_state(model, "torchvision"))
-  assert {"conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
-          "layer2.0.downsample.1.running_mean", "layer4.1.bn2.bias", "fc.weight", "fc.bias"} <= keys
+  assert {
+    "conv1.weight",
+    "bn1.running_var",
+    "layer1.0.conv1.weight",
+    "layer2.0.downsample.0.weight",
+    "layer2.0.downsample.1.running_mean",
+    "layer4.1.bn2.bias",
+    "fc.weight",
+    "fc.bias",
+  } <= keys
 
 
 # ------------------------------------------------------------------------------ ConvNeXt, ViT, VGG, MobileNetV2
@@ -206,17 +245,30 @@ def test_tiny_convnext_from_the_hub_equals_the_file(hub_cache, tmp_path, layout)
 def test_tiny_vit_from_the_hub_equals_the_file(hub_cache, tmp_path):
   model = VisionTransformer(num_classes=10, patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
   state = random_state(model, "timm")
-  expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
-              "norm.bias", "head.weight", "head.bias"}
-  expected |= {f"blocks.{i}.{m}.{p}" for i in (0, 1) for p in ("weight", "bias")
-               for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")}
+  expected = {
+    "cls_token",
+    "pos_embed",
+    "patch_embed.proj.weight",
+    "patch_embed.proj.bias",
+    "norm.weight",
+    "norm.bias",
+    "head.weight",
+    "head.bias",
+  }
+  expected |= {
+    f"blocks.{i}.{m}.{p}"
+    for i in (0, 1)
+    for p in ("weight", "bias")
+    for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+  }
   assert set(state) == expected
   assert state["blocks.1.attn.qkv.weight"].shape == (48, 16) and state["pos_embed"].shape == (1, 17, 16)
   write_repo(hub_cache, "timm/vit_tiny_test", {"model.safetensors": safetensors_bytes(state, tmp_path)})
   weights = pretrained.load("hf-hub:timm/vit_tiny_test", model, SHAPE)
   loaded = flat(weights.variables["params"])
-  np.testing.assert_array_equal(loaded["encoder_layer_1/self_attention/in_proj/kernel"],
-                                state["blocks.1.attn.qkv.weight"].T)
+  np.testing.assert_array_equal(
+    loaded["encoder_layer_1/self_attention/in_proj/kernel"], state["blocks.1.attn.qkv.weight"].T
+  )
   np.testing.assert_array_equal(loaded["class_token"], state["cls_token"])
   back = layouts.state_dict(model, weights.variables, "timm", SHAPE)
   for key, value in state.items():
@@ -245,30 +297,74 @@ def test_tiny_mobilenet_v2_reads_timms_efficientnet_names(hub_cache, tmp_path):
   blocks = {f"blocks.{s}.{j}" for s, n in enumerate(repeats) for j in range(n)}
   assert {k.rsplit(".", 2)[0] for k in state if k.startswith("blocks.")} == blocks
   bn = ("weight", "bias", "running_mean", "running_var")
-  assert {f"blocks.0.0.{m}" for m in ("conv_dw.weight", "conv_pw.weight")} | {f"blocks.0.0.bn2.{p}" for p in bn} \
-      <= set(state)
-  assert {"blocks.1.0.conv_pw.weight", "blocks.1.0.conv_dw.weight", "blocks.1.0.conv_pwl.weight",
-          "blocks.6.0.bn3.running_var", "conv_stem.weight", "bn1.weight", "conv_head.weight", "bn2.running_var",
-          "classifier.weight", "classifier.bias"} <= set(state)
+  assert {f"blocks.0.0.{m}" for m in ("conv_dw.weight", "conv_pw.weight")} | {f"blocks.0.0.bn2.{p}" for p in bn} <= set(
+    state
+  )
+  assert {
+    "blocks.1.0.conv_pw.weight",
+    "blocks.1.0.conv_dw.weight",
+    "blocks.1.0.conv_pwl.weight",
+    "blocks.6.0.bn3.running_var",
+    "conv_stem.weight",
+    "bn1.weight",
+    "conv_head.weight",
+    "bn2.running_var",
+    "classifier.weight",
+    "classifier.bias",
+  } <= set(state)
   assert state["blocks.1.0.conv_dw.weight"].shape[1] == 1  # depthwise
   write_repo(hub_cache, "timm/mobilenetv2_tiny", {"model.safetensors": safetensors_bytes(state, tmp_path)})
   weights = pretrained.load("hf-hub:timm/mobilenetv2_tiny", model, SHAPE)
-  np.testing.assert_array_equal(flat(weights.variables)["batch_stats/features_2/conv_3/var"],
-                                state["blocks.1.0.bn3.running_var"])
+  np.testing.assert_array_equal(
+    flat(weights.variables)["batch_stats/features_2/conv_3/var"], state["blocks.1.0.bn3.running_var"]
+  )
 
 
-
-@pytest.mark.parametrize("name, side, shapes", [
+@pytest.mark.parametrize(
+  "name, side, shapes",
+  [
     ("resnet152", 32, {"layer3.35.conv3.weight": (1024, 256, 1, 1), "fc.weight": (1000, 2048)}),
-    ("convnext_tiny", 32, {"stages.3.blocks.2.mlp.fc1.weight": (3072, 768), "stages.3.blocks.2.gamma": (768,),
-                           "stages.3.downsample.1.weight": (768, 384, 2, 2), "head.fc.weight": (1000, 768)}),
-    ("vit_b16", 224, {"pos_embed": (1, 197, 768), "blocks.11.attn.qkv.weight": (2304, 768),
-                      "patch_embed.proj.weight": (768, 3, 16, 16), "head.weight": (1000, 768)}),
-    ("vgg16_bn", 32, {"pre_logits.fc1.weight": (4096, 512, 7, 7), "pre_logits.fc2.weight": (4096, 4096, 1, 1),
-                      "head.fc.weight": (1000, 4096)}),
-    ("mobilenet_v2", 32, {"blocks.6.0.conv_pwl.weight": (320, 960, 1, 1), "conv_head.weight": (1280, 320, 1, 1),
-                          "blocks.0.0.conv_dw.weight": (32, 1, 3, 3), "classifier.weight": (1000, 1280)}),
-])
+    (
+      "convnext_tiny",
+      32,
+      {
+        "stages.3.blocks.2.mlp.fc1.weight": (3072, 768),
+        "stages.3.blocks.2.gamma": (768,),
+        "stages.3.downsample.1.weight": (768, 384, 2, 2),
+        "head.fc.weight": (1000, 768),
+      },
+    ),
+    (
+      "vit_b16",
+      224,
+      {
+        "pos_embed": (1, 197, 768),
+        "blocks.11.attn.qkv.weight": (2304, 768),
+        "patch_embed.proj.weight": (768, 3, 16, 16),
+        "head.weight": (1000, 768),
+      },
+    ),
+    (
+      "vgg16_bn",
+      32,
+      {
+        "pre_logits.fc1.weight": (4096, 512, 7, 7),
+        "pre_logits.fc2.weight": (4096, 4096, 1, 1),
+        "head.fc.weight": (1000, 4096),
+      },
+    ),
+    (
+      "mobilenet_v2",
+      32,
+      {
+        "blocks.6.0.conv_pwl.weight": (320, 960, 1, 1),
+        "conv_head.weight": (1280, 320, 1, 1),
+        "blocks.0.0.conv_dw.weight": (32, 1, 3, 3),
+        "classifier.weight": (1000, 1280),
+      },
+    ),
+  ],
+)
 def test_full_size_models_have_timms_names_and_shapes(name, side, shapes):
   """The registered ImageNet models, traced only: every variable has its own timm key, with timm's shapes."""
   model = models.build({"name": name}, 1000)
@@ -287,8 +383,9 @@ def test_a_local_safetensors_file_in_torchvision_layout(tmp_path):
   path = tmp_path / "resnet18.safetensors"
   save_file(state, str(path))
   weights = pretrained.load(str(path), model, SHAPE, "resnet18")
-  np.testing.assert_array_equal(flat(weights.variables)["params/layer3_1/conv1/kernel"],
-                                state["layer3.1.conv1.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    flat(weights.variables)["params/layer3_1/conv1/kernel"], state["layer3.1.conv1.weight"].transpose(2, 3, 1, 0)
+  )
   assert weights.description.startswith(f"weights file {path}")
 
 
@@ -297,6 +394,7 @@ def test_a_local_safetensors_file_in_torchvision_layout(tmp_path):
 
 def _finetune_config(init_from: str, **dataset) -> ml_collections.ConfigDict:
   from jaxcls.config import base
+
   config = base.get_base_config()
   config.init_from = init_from
   config.model.name = "resnet18"
@@ -314,8 +412,9 @@ def test_the_weights_config_fills_the_preprocessing_left_at_defaults(hub_cache):
   assert out.dataset.eval_crop == "center" and out.dataset.center_crop_fraction == 0.9
   assert config.dataset.mean is None  # the input config is not changed
   # Keys the config sets are kept.
-  kept = transfer.with_weights_preprocessing(_finetune_config("hf-hub:timm/resnet18.pre", image_size=(16, 16),
-                                                              mean=(0.1, 0.1, 0.1)))
+  kept = transfer.with_weights_preprocessing(
+    _finetune_config("hf-hub:timm/resnet18.pre", image_size=(16, 16), mean=(0.1, 0.1, 0.1))
+  )
   assert tuple(kept.dataset.image_size) == (16, 16) and tuple(kept.dataset.mean) == (0.1, 0.1, 0.1)
   assert tuple(kept.dataset.std) == (0.2, 0.25, 0.3)
   plain = _finetune_config("")
@@ -329,8 +428,11 @@ def test_the_weights_config_fills_the_preprocessing_left_at_defaults(hub_cache):
 
 def test_a_repo_of_another_architecture_is_named(hub_cache, tmp_path):
   state = random_state(models.build(RESNET, 10), "timm")
-  write_repo(hub_cache, "timm/resnet50.x", {"model.safetensors": safetensors_bytes(state, tmp_path),
-                                            "config.json": timm_config("resnet50")})
+  write_repo(
+    hub_cache,
+    "timm/resnet50.x",
+    {"model.safetensors": safetensors_bytes(state, tmp_path), "config.json": timm_config("resnet50")},
+  )
   with pytest.raises(ConfigError, match=r"'resnet50' but config.model.name='resnet18'.*--config.model.name=resnet50"):
     transfer.pretrained_source("hf-hub:timm/resnet50.x", -1, ml_collections.ConfigDict(RESNET), SHAPE)
 
@@ -345,15 +447,23 @@ def test_revisions_and_hf_home(tmp_path, monkeypatch):
   model = models.build(RESNET, 10)
   old, new = random_state(model, "timm", seed=1), random_state(model, "timm", seed=2)
   other = "f" * 40
-  write_repo(cache, "timm/resnet18.rev", {"model.safetensors": safetensors_bytes(old, tmp_path)}, commit=other,
-             ref="v1")
+  write_repo(
+    cache, "timm/resnet18.rev", {"model.safetensors": safetensors_bytes(old, tmp_path)}, commit=other, ref="v1"
+  )
   write_repo(cache, "timm/resnet18.rev", {"model.safetensors": safetensors_bytes(new, tmp_path)})
   assert pretrained.hub_cache_dir() == str(cache)
-  for spec, state in (("hf-hub:timm/resnet18.rev", new), (f"hf-hub:timm/resnet18.rev@{other}", old),
-                      ("hf-hub:timm/resnet18.rev@v1", old), (f"hf_hub:timm/resnet18.rev@{COMMIT}", new)):
+  for spec, state in (
+    ("hf-hub:timm/resnet18.rev", new),
+    (f"hf-hub:timm/resnet18.rev@{other}", old),
+    ("hf-hub:timm/resnet18.rev@v1", old),
+    (f"hf_hub:timm/resnet18.rev@{COMMIT}", new),
+  ):
     weights = pretrained.load(spec, model, SHAPE, "resnet18")
-    np.testing.assert_array_equal(flat(weights.variables)["params/layer1_1/conv2/kernel"],
-                                  state["layer1.1.conv2.weight"].transpose(2, 3, 1, 0), err_msg=spec)
+    np.testing.assert_array_equal(
+      flat(weights.variables)["params/layer1_1/conv2/kernel"],
+      state["layer1.1.conv2.weight"].transpose(2, 3, 1, 0),
+      err_msg=spec,
+    )
 
 
 def test_a_torchvision_name_of_another_architecture_is_named_before_reading():
@@ -368,16 +478,30 @@ def test_offline_and_not_cached_names_repo_revision_cache_and_fix(hub_cache):
   with pytest.raises(ConfigError) as info:
     pretrained.load("hf-hub:timm/resnet50.a1_in1k", models.build(RESNET, 10), SHAPE)
   message = str(info.value)
-  for part in ("timm/resnet50.a1_in1k", "revision 'main'", str(hub_cache), "HF_HUB_OFFLINE",
-               "hf download timm/resnet50.a1_in1k model.safetensors config.json"):
+  for part in (
+    "timm/resnet50.a1_in1k",
+    "revision 'main'",
+    str(hub_cache),
+    "HF_HUB_OFFLINE",
+    "hf download timm/resnet50.a1_in1k model.safetensors config.json",
+  ):
     assert part in message, (part, message)
   write_repo(hub_cache, "timm/resnet18.rev", {"config.json": b"{}"})
   with pytest.raises(ConfigError, match=r"revision 'v2'.*--revision v2"):
     pretrained.load("hf-hub:timm/resnet18.rev@v2", models.build(RESNET, 10), SHAPE)
 
 
-@pytest.mark.parametrize("spec", ["hf-hub:resnet50", "hf-hub:timm/resnet50@", "hf-hub:timm/a b",
-                                  "torchvision:ResNet 50", "torchvision:", "resnet50.msgpack"])
+@pytest.mark.parametrize(
+  "spec",
+  [
+    "hf-hub:resnet50",
+    "hf-hub:timm/resnet50@",
+    "hf-hub:timm/a b",
+    "torchvision:ResNet 50",
+    "torchvision:",
+    "resnet50.msgpack",
+  ],
+)
 def test_a_bad_spec_is_refused_with_the_accepted_forms(spec):
   with pytest.raises(ConfigError, match="hf-hub:timm/resnet50.a1_in1k"):
     pretrained.parse(spec)
@@ -391,8 +515,11 @@ def test_a_step_is_refused_for_pretrained_weights():
 def test_a_shape_mismatch_names_the_files_key_and_shapes(hub_cache, tmp_path):
   state = random_state(models.build(RESNET, 10), "timm")
   write_repo(hub_cache, "timm/resnet18.w8", {"model.safetensors": safetensors_bytes(state, tmp_path)})
-  with pytest.raises(CheckpointError, match=r"timm/torchvision layout.*conv1.weight is \(8, 3, 7, 7\) in the file, "
-                                            r"params/conv1/kernel needs \(16, 3, 7, 7\)"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"timm/torchvision layout.*conv1.weight is \(8, 3, 7, 7\) in the file, "
+    r"params/conv1/kernel needs \(16, 3, 7, 7\)",
+  ):
     pretrained.load("hf-hub:timm/resnet18.w8", models.build({"name": "resnet18", "width": 16}, 10), SHAPE)
 
 
@@ -417,8 +544,14 @@ def test_finetune_folder_config_from_an_offline_hub_cache(hub_cache, tmp_path, p
   checkpoint's backbone is the file's exactly, the head is new, and the workdir's config holds the weights'
   preprocessing."""
   state = random_state(models.build(RESNET, 10), "timm", seed=7)
-  write_repo(hub_cache, "timm/resnet18.tiny", {"model.safetensors": safetensors_bytes(state, tmp_path),
-                                               "config.json": timm_config("resnet18", size=32, crop=0.95)})
+  write_repo(
+    hub_cache,
+    "timm/resnet18.tiny",
+    {
+      "model.safetensors": safetensors_bytes(state, tmp_path),
+      "config.json": timm_config("resnet18", size=32, crop=0.95),
+    },
+  )
   rng = np.random.default_rng(0)
   for label in ("cat", "dog"):
     (tmp_path / "images" / label).mkdir(parents=True)
@@ -428,13 +561,30 @@ def test_finetune_folder_config_from_an_offline_hub_cache(hub_cache, tmp_path, p
   workdir = tmp_path / "run"
   env = dict(subprocess_env(), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub_cache))
   result = subprocess.run(
-      [python, "-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "finetune_folder.py"),
-       "--workdir", str(workdir), f"--config.dataset.path={tmp_path / 'images'}",
-       "--config.init_from=hf-hub:timm/resnet18.tiny", "--config.model.name=resnet18", "--config.model.width=8",
-       "--config.optimizer.backbone_lr_factor=0", "--config.num_train_steps=2", "--config.optimizer.warmup_steps=0",
-       "--config.batch_size=8",
-       "--config.dataset.workers=2"],
-      env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
+    [
+      python,
+      "-m",
+      "jaxcls.main",
+      "--config",
+      os.path.join(REPO, "configs", "finetune_folder.py"),
+      "--workdir",
+      str(workdir),
+      f"--config.dataset.path={tmp_path / 'images'}",
+      "--config.init_from=hf-hub:timm/resnet18.tiny",
+      "--config.model.name=resnet18",
+      "--config.model.width=8",
+      "--config.optimizer.backbone_lr_factor=0",
+      "--config.num_train_steps=2",
+      "--config.optimizer.warmup_steps=0",
+      "--config.batch_size=8",
+      "--config.dataset.workers=2",
+    ],
+    env=env,
+    cwd=str(tmp_path),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "timm/torchvision layout, 102 of 102 tensors loaded" in result.stderr, result.stderr[-3000:]
   run = restore.restore(str(workdir))
@@ -451,9 +601,14 @@ def test_finetune_folder_config_from_an_offline_hub_cache(hub_cache, tmp_path, p
 # CI has no torch, so these skip there; run them where torch, torchvision and timm are installed (see
 # tests/models/test_torch_parity.py for such an environment, plus `pip install timm huggingface_hub safetensors`).
 
-TIMM_MODELS = [("resnet18", "resnet18", 64), ("resnet50", "resnet50", 64), ("convnext_tiny", "convnext_tiny", 64),
-               ("vit_base_patch16_224", "vit_b16", 224), ("vgg11_bn", "vgg11_bn", 64),
-               ("mobilenetv2_100", "mobilenet_v2", 64)]
+TIMM_MODELS = [
+  ("resnet18", "resnet18", 64),
+  ("resnet50", "resnet50", 64),
+  ("convnext_tiny", "convnext_tiny", 64),
+  ("vit_base_patch16_224", "vit_b16", 224),
+  ("vgg11_bn", "vgg11_bn", 64),
+  ("mobilenetv2_100", "mobilenet_v2", 64),
+]
 
 
 def _randomised(torch, net, side: int):

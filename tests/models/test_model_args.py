@@ -71,17 +71,39 @@ def test_command_line_arguments_stay_and_an_unknown_one_is_still_an_error():
 
 def test_resnet18_from_the_command_line_on_the_default_config_trains(python, tmp_path):
   workdir = str(tmp_path / "run")
-  args = ["-m", "jaxcls.main", "--config", DEFAULT, "--workdir", workdir, "--config.model.name=resnet18",
-          "--config.model.width=8", "--config.num_train_steps=3", "--config.batch_size=32",
-          "--config.optimizer.warmup_steps=1", "--config.evaluators=()"]
-  proc = subprocess.run([python, *args], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True,
-                        timeout=600)
+  args = [
+    "-m",
+    "jaxcls.main",
+    "--config",
+    DEFAULT,
+    "--workdir",
+    workdir,
+    "--config.model.name=resnet18",
+    "--config.model.width=8",
+    "--config.num_train_steps=3",
+    "--config.batch_size=32",
+    "--config.optimizer.warmup_steps=1",
+    "--config.evaluators=()",
+  ]
+  proc = subprocess.run([python, *args], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   warnings = [line for line in proc.stderr.splitlines() if "replaces the config file's simple_cnn" in line]
   assert len(warnings) == 1 and "widths=(32, 64, 128)" in warnings[0] and "dropout=0.3" in warnings[0]
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"] == {"name": "resnet18", "width": 8}
-  bad = subprocess.run([python, *args[:5], "--workdir", str(tmp_path / "bad"), "--config.model.name=resnet18",
-                        "--config.model.widths=(8, 16)"], env=subprocess_env(2), cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
+  bad = subprocess.run(
+    [
+      python,
+      *args[:5],
+      "--workdir",
+      str(tmp_path / "bad"),
+      "--config.model.name=resnet18",
+      "--config.model.widths=(8, 16)",
+    ],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert bad.returncode == 2 and "Unknown argument 'widths' for model 'resnet18'" in bad.stderr.splitlines()[-1]

@@ -7,25 +7,19 @@ the trainer does (XLA compiles threefry-based inits ~10x slower); test images co
 Parity of the converted weights with torchvision is in test_torch_parity.py (needs torch).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
-
 from conftest import CHEAP_COMPILE
 
 from jaxcls import models
 from jaxcls.core.errors import ConfigError
-from jaxcls.models import alexnet
-from jaxcls.models import convnext
-from jaxcls.models import cost
-from jaxcls.models import layers
-from jaxcls.models import mobilenet
-from jaxcls.models import resnet
-from jaxcls.models import vgg
-from jaxcls.models import vit
+from jaxcls.models import alexnet, convnext, cost, layers, resnet, vgg, vit
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TINY_RESNET = {"width": 8, "stem": "small"}
@@ -63,10 +57,13 @@ def _same(a, b):
   return all(jax.tree.leaves(jax.tree.map(lambda p, q: bool(np.array_equal(p, q)), a, b)))
 
 
-@pytest.mark.parametrize("config, shape", [
+@pytest.mark.parametrize(
+  "config, shape",
+  [
     ({"name": "simple_cnn"}, (2, 8, 8, 1)),
     ({"name": "simple_cnn", "widths": (8, 16)}, (3, 33, 47, 3)),
-])
+  ],
+)
 def test_logits_shape_and_dtype_for_odd_input_sizes(config, shape):
   model = models.build(config, num_classes=7)
   logits, _ = run(lambda keys, x: model.init_with_output(keys, x, train=False), _keys(), _images(shape))
@@ -85,16 +82,32 @@ def test_deep_resnet_logits_shape_for_odd_input_sizes(name, stem):
 
 # torchvision's counts (1000 classes, 224x224); ViT-Ti/S from their definitions (timm's vit_tiny/small_patch16_224).
 PARAMETER_COUNTS = {
-    "alexnet": 61_100_840,
-    "vgg11": 132_863_336, "vgg11_bn": 132_868_840, "vgg13": 133_047_848, "vgg13_bn": 133_053_736,
-    "vgg16": 138_357_544, "vgg16_bn": 138_365_992, "vgg19": 143_667_240, "vgg19_bn": 143_678_248,
-    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
-    "resnet152": 60_192_808, "wide_resnet50_2": 68_883_240, "resnext50_32x4d": 25_028_904,
-    "mobilenet_v2": 3_504_872,
-    "convnext_tiny": 28_589_128, "convnext_small": 50_223_688, "convnext_base": 88_591_464,
-    "vit_ti16": 5_717_416, "vit_s16": 22_050_664, "vit_b16": 86_567_656,
-    "airbench94": 2_225_080,  # ours (airbench's net, 1000 classes at 224); no torchvision reference
-    "lenet5": 146_156, "simple_cnn": 222_472,  # ours, no reference
+  "alexnet": 61_100_840,
+  "vgg11": 132_863_336,
+  "vgg11_bn": 132_868_840,
+  "vgg13": 133_047_848,
+  "vgg13_bn": 133_053_736,
+  "vgg16": 138_357_544,
+  "vgg16_bn": 138_365_992,
+  "vgg19": 143_667_240,
+  "vgg19_bn": 143_678_248,
+  "resnet18": 11_689_512,
+  "resnet34": 21_797_672,
+  "resnet50": 25_557_032,
+  "resnet101": 44_549_160,
+  "resnet152": 60_192_808,
+  "wide_resnet50_2": 68_883_240,
+  "resnext50_32x4d": 25_028_904,
+  "mobilenet_v2": 3_504_872,
+  "convnext_tiny": 28_589_128,
+  "convnext_small": 50_223_688,
+  "convnext_base": 88_591_464,
+  "vit_ti16": 5_717_416,
+  "vit_s16": 22_050_664,
+  "vit_b16": 86_567_656,
+  "airbench94": 2_225_080,  # ours (airbench's net, 1000 classes at 224); no torchvision reference
+  "lenet5": 146_156,
+  "simple_cnn": 222_472,  # ours, no reference
 }
 
 
@@ -135,8 +148,9 @@ def test_dropout_is_active_only_in_training():
   variables = _init(model, x)
   assert "batch_stats" not in variables
   evaluate = compiled(lambda v, x: model.apply(v, x, train=False), variables, x)
-  train = compiled(lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}),
-                   variables, x, jax.random.key(0))
+  train = compiled(
+    lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}), variables, x, jax.random.key(0)
+  )
   np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
   train1, train2 = train(variables, x, jax.random.key(1)), train(variables, x, jax.random.key(2))
   assert not np.allclose(train1, train2)
@@ -169,7 +183,7 @@ def test_zero_init_residual_zeroes_the_last_batch_norm_scale_of_a_block(block, l
   x = _images((1, 8, 8, 16))
   for zero in (False, True):
     module = block(filters=4, strides=2, zero_init_residual=zero)
-    params = run(lambda keys, x: module.init(keys, x), _keys(), x)["params"]
+    params = run(module.init, _keys(), x)["params"]
     assert np.all(params[last]["scale"] == (0.0 if zero else 1.0))
     assert np.all(params["bn1"]["scale"] == 1.0) and np.all(params["downsample_bn"]["scale"] == 1.0)
 
@@ -189,8 +203,9 @@ def test_bfloat16_computes_in_bfloat16_with_float32_params_and_logits(name):
 
   def train_forward(x):
     variables = model.init(_keys(), x, train=False)
-    logits, state = model.apply(variables, x, train=True, rngs=_keys(1), capture_intermediates=True,
-                                mutable=["batch_stats", "intermediates"])
+    logits, state = model.apply(
+      variables, x, train=True, rngs=_keys(1), capture_intermediates=True, mutable=["batch_stats", "intermediates"]
+    )
     return variables, logits, state
 
   variables, logits, state = jax.eval_shape(train_forward, jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32))
@@ -211,11 +226,9 @@ def test_bfloat16_logits_are_finite():
 @pytest.mark.parametrize("activation", layers.ACTIVATIONS)
 def test_every_activation_builds_and_runs(activation):
   model = models.build({"name": "simple_cnn", "widths": (4, 8), "activation": activation}, num_classes=3)
-  logits, variables = run(lambda keys, x: model.init_with_output(keys, x, train=False),
-                          _keys(), _images((2, 8, 8, 1)))
+  logits, variables = run(lambda keys, x: model.init_with_output(keys, x, train=False), _keys(), _images((2, 8, 8, 1)))
   assert np.all(np.isfinite(logits))
-  alphas = [p for path, p in jax.tree_util.tree_leaves_with_path(variables["params"])
-            if path[-1].key == "alpha"]
+  alphas = [p for path, p in jax.tree_util.tree_leaves_with_path(variables["params"]) if path[-1].key == "alpha"]
   if activation == "prelu":
     assert [a.shape for a in alphas] == [(4,), (8,)]  # one slope per channel, per layer
     assert all(np.all(a == 0.25) for a in alphas)
@@ -223,11 +236,14 @@ def test_every_activation_builds_and_runs(activation):
     assert not alphas
 
 
-@pytest.mark.parametrize("kind, expected", [
+@pytest.mark.parametrize(
+  "kind, expected",
+  [
     ("relu", [0.0, 0.0, 2.0]),
     ("leaky_relu", [-0.4, 0.0, 2.0]),
     ("prelu", [-0.5, 0.0, 2.0]),
-])
+  ],
+)
 def test_activation_values(kind, expected):
   act = layers.Activation(kind, negative_slope=0.2)
   y, _ = run(lambda key, x: act.init_with_output(key, x), jax.random.key(0), np.array([[-2.0, 0.0, 2.0]]))
@@ -293,31 +309,67 @@ def test_config_dict_with_lists_becomes_tuples():
 def test_registry_lists_every_family():
   assert set(models.model_names()) == set(PARAMETER_COUNTS)
   assert models.model_arguments("resnet18") == {
-      "stem": "imagenet", "width": 64, "activation": "relu", "negative_slope": 0.01, "norm": "batch",
-      "zero_init_residual": False, "stochastic_depth": 0.0, "dropout": 0.0,
-      "space_to_depth_stem": False, "norm_float32_reductions": True}
+    "stem": "imagenet",
+    "width": 64,
+    "activation": "relu",
+    "negative_slope": 0.01,
+    "norm": "batch",
+    "zero_init_residual": False,
+    "stochastic_depth": 0.0,
+    "dropout": 0.0,
+    "space_to_depth_stem": False,
+    "norm_float32_reductions": True,
+  }
   assert models.model_arguments("convnext_small")["stochastic_depth"] == 0.4  # torchvision's default per size
   assert "stochastic_depth" in models.model_arguments("convnext_base")
 
 
 # One narrow, shallow instance per family: (module, input side, first layer, head).
 TINY_FAMILIES = {
-    "airbench": (lambda: models.build({"name": "airbench94", "widths": (8, 16, 16)}, 4), 32, "stem", "head"),
-    "simple_cnn": (lambda: models.build({"name": "simple_cnn", "widths": (8, 16)}, 4), 8, "Conv_0", "head"),
-    "lenet5": (lambda: models.build({"name": "lenet5", "dropout": 0.1}, 4), 28, "c1", "output"),
-    "alexnet": (lambda: alexnet.AlexNet(4, widths=(4, 8, 8, 8, 8), hidden=16), 63, "features_0", "classifier_6"),
-    "vgg_bn": (lambda: vgg.VGG(4, stages=((4,), (8, 8)), norm="batch", hidden=16), 9, "features_0", "classifier_6"),
-    "resnet": (lambda: resnet.ResNet(4, stage_sizes=(1, 1), **TINY_RESNET), 8, "conv1", "fc"),
-    "resnext": (lambda: resnet.ResNet(4, stage_sizes=(1, 1), block=resnet.Bottleneck, groups=2,
-                                      width_per_group=16, width=8, stem="small", stochastic_depth=0.2,
-                                      dropout=0.1), 8, "conv1", "fc"),
-    "mobilenet_v2": (lambda: models.build({"name": "mobilenet_v2", "width_mult": 0.25, "variant": "small",
-                                           "settings": ((1, 16, 1, 1), (6, 24, 2, 2))}, 4),
-                     8, "features_0_0", "classifier_1"),
-    "convnext": (lambda: convnext.ConvNeXt(4, depths=(1, 1), dims=(8, 16), variant="small"),
-                 8, "features_0_0", "classifier_2"),
-    "vit": (lambda: vit.VisionTransformer(4, patch_size=4, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32,
-                                          dropout=0.1, stochastic_depth=0.1), 8, "conv_proj", "head"),
+  "airbench": (lambda: models.build({"name": "airbench94", "widths": (8, 16, 16)}, 4), 32, "stem", "head"),
+  "simple_cnn": (lambda: models.build({"name": "simple_cnn", "widths": (8, 16)}, 4), 8, "Conv_0", "head"),
+  "lenet5": (lambda: models.build({"name": "lenet5", "dropout": 0.1}, 4), 28, "c1", "output"),
+  "alexnet": (lambda: alexnet.AlexNet(4, widths=(4, 8, 8, 8, 8), hidden=16), 63, "features_0", "classifier_6"),
+  "vgg_bn": (lambda: vgg.VGG(4, stages=((4,), (8, 8)), norm="batch", hidden=16), 9, "features_0", "classifier_6"),
+  "resnet": (lambda: resnet.ResNet(4, stage_sizes=(1, 1), **TINY_RESNET), 8, "conv1", "fc"),
+  "resnext": (
+    lambda: resnet.ResNet(
+      4,
+      stage_sizes=(1, 1),
+      block=resnet.Bottleneck,
+      groups=2,
+      width_per_group=16,
+      width=8,
+      stem="small",
+      stochastic_depth=0.2,
+      dropout=0.1,
+    ),
+    8,
+    "conv1",
+    "fc",
+  ),
+  "mobilenet_v2": (
+    lambda: models.build(
+      {"name": "mobilenet_v2", "width_mult": 0.25, "variant": "small", "settings": ((1, 16, 1, 1), (6, 24, 2, 2))}, 4
+    ),
+    8,
+    "features_0_0",
+    "classifier_1",
+  ),
+  "convnext": (
+    lambda: convnext.ConvNeXt(4, depths=(1, 1), dims=(8, 16), variant="small"),
+    8,
+    "features_0_0",
+    "classifier_2",
+  ),
+  "vit": (
+    lambda: vit.VisionTransformer(
+      4, patch_size=4, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, dropout=0.1, stochastic_depth=0.1
+    ),
+    8,
+    "conv_proj",
+    "head",
+  ),
 }
 
 
@@ -328,8 +380,7 @@ def _init_and_sgd_step(model, x, labels):
   params = variables["params"]
 
   def loss_fn(params):
-    logits, _ = model.apply({**variables, "params": params}, x, train=True, rngs=_keys(1),
-                            mutable=["batch_stats"])
+    logits, _ = model.apply({**variables, "params": params}, x, train=True, rngs=_keys(1), mutable=["batch_stats"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -353,7 +404,9 @@ def test_one_sgd_step_per_family_and_deterministic_init(family):
     assert np.mean(jax.tree.leaves(changed)) > 0.9
 
 
-@pytest.mark.parametrize("config, shape", [
+@pytest.mark.parametrize(
+  "config, shape",
+  [
     ({"name": "lenet5"}, (1, 29, 35, 1)),
     ({"name": "alexnet"}, (1, 67, 101, 3)),
     ({"name": "alexnet", "variant": "small"}, (1, 33, 47, 3)),
@@ -366,7 +419,8 @@ def test_one_sgd_step_per_family_and_deterministic_init(family):
     ({"name": "convnext_tiny", "variant": "small"}, (1, 32, 32, 3)),
     ({"name": "vit_ti16"}, (1, 48, 80, 3)),
     ({"name": "vit_s16", "patch_size": 4}, (1, 32, 32, 3)),
-])
+  ],
+)
 def test_every_family_takes_odd_and_small_input_sizes(config, shape):
   model = models.build(config, num_classes=7)
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -390,8 +444,9 @@ def test_adaptive_avg_pool_matches_torch_bins():
   rows, cols = [(0, 2), (1, 4), (3, 5)], [(0, 1), (0, 2), (1, 3), (2, 3)]
   expected = np.array([[x[0, a:b, c:d].mean(axis=(0, 1)) for c, d in cols] for a, b in rows])
   np.testing.assert_allclose(pooled[0], expected, rtol=1e-6)
-  np.testing.assert_allclose(run(lambda x: layers.adaptive_avg_pool(x, (1, 1)), x)[:, 0, 0],
-                             x.mean(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(
+    run(lambda x: layers.adaptive_avg_pool(x, (1, 1)), x)[:, 0, 0], x.mean(axis=(1, 2)), rtol=1e-6
+  )
 
 
 def test_drop_path_drops_whole_examples_in_training_only():
@@ -406,16 +461,23 @@ def test_drop_path_drops_whole_examples_in_training_only():
   assert layers.drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
 
 
-@pytest.mark.parametrize("norm, leaves", [
+@pytest.mark.parametrize(
+  "norm, leaves",
+  [
     ("batch", {"params": {"scale", "bias"}, "batch_stats": {"mean", "var"}}),
     ("group", {"params": {"scale", "bias"}}),
     ("layer", {"params": {"scale", "bias"}}),
-])
+  ],
+)
 def test_norm_choice_for_resnet_and_mobilenet(norm, leaves):
-  for config in ({"name": "resnet18", "norm": norm, **TINY_RESNET},
-                 {"name": "mobilenet_v2", "norm": norm, "width_mult": 0.25}):
+  for config in (
+    {"name": "resnet18", "norm": norm, **TINY_RESNET},
+    {"name": "mobilenet_v2", "norm": norm, "width_mult": 0.25},
+  ):
     model = models.build(config, num_classes=3)
-    variables = jax.eval_shape(lambda x: model.init(_keys(), x), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    variables = jax.eval_shape(
+      functools.partial(model.init, _keys()), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    )
     assert set(variables) == set(leaves)
     bn1 = variables["params"]["bn1" if config["name"] == "resnet18" else "features_0_1"]
     assert set(bn1) == leaves["params"]
@@ -430,22 +492,32 @@ def test_group_norm_uses_a_group_count_that_divides_the_channels():
 
 
 def test_mobilenet_zero_init_residual_zeroes_the_last_norm_of_blocks_with_a_skip():
-  model = models.build({"name": "mobilenet_v2", "zero_init_residual": True, "width_mult": 0.25,
-                        "settings": ((1, 16, 1, 1), (6, 24, 2, 2))}, 3)
+  model = models.build(
+    {
+      "name": "mobilenet_v2",
+      "zero_init_residual": True,
+      "width_mult": 0.25,
+      "settings": ((1, 16, 1, 1), (6, 24, 2, 2)),
+    },
+    3,
+  )
   params = _init(model, _images((1, 8, 8, 3)))["params"]
   assert not np.any(params["features_3"]["conv_3"]["scale"])  # 24 -> 24, stride 1: skip
   assert np.all(params["features_2"]["conv_3"]["scale"] == 1.0)  # 16 -> 24: no skip
   assert np.all(params["features_3"]["conv_0_1"]["scale"] == 1.0)
 
 
-@pytest.mark.parametrize("config", [
+@pytest.mark.parametrize(
+  "config",
+  [
     {"name": "alexnet", "activation": "prelu", "variant": "small"},
     {"name": "vgg11", "activation": "leaky_relu", "variant": "small"},
     {"name": "mobilenet_v2", "activation": "silu"},
     {"name": "convnext_tiny", "activation": "elu", "dropout": 0.2, "stochastic_depth": 0.3},
     {"name": "vit_ti16", "activation": "relu", "dropout": 0.1, "attention_dropout": 0.1, "stochastic_depth": 0.1},
     {"name": "lenet5", "activation": "prelu", "pooling": "avg"},
-])
+  ],
+)
 def test_families_accept_their_configurable_options(config):
   model = models.build(config, num_classes=3)
   variables = jax.eval_shape(lambda x: model.init(_keys(), x), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
@@ -475,6 +547,7 @@ def test_model_cost_counts_params_and_xla_flops():
 
 def test_list_models_command_prints_params_and_gflops():
   from jaxcls import list_models  # pylint: disable=g-import-not-at-top
+
   lines = list(list_models.table(["lenet5", "simple_cnn"], (32, 32, 1), 10))
   assert lines[0].split()[:3] == ["model", "params", "GFLOPs"]
   lenet = lines[1].split()
@@ -488,6 +561,7 @@ def test_lowered_flops_agree_with_the_compiled_programs():
   They differ only in elementwise work that XLA simplifies: 1.2% on this tiny net, 0.06% on ResNet-18 at 224.
   """
   from jaxcls.models import cost  # pylint: disable=g-import-not-at-top
+
   model = models.build({"name": "resnet18", "stem": "small", "width": 8}, 10)
   lowered = cost.forward_flops(model, (16, 16, 3))
   compiled = cost.forward_flops(model, (16, 16, 3), compiled=True)

@@ -13,13 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import CHEAP_COMPILE
 
 from jaxcls import models
 from jaxcls.core.errors import ConfigError
-from jaxcls.models import layers
-from jaxcls.models import resnet
+from jaxcls.models import layers, resnet
 
 TINY = dict(stage_sizes=(1,), width=8)  # 'imagenet' stem + one basic block: enough to exercise both options
 
@@ -50,11 +48,14 @@ def test_space_to_depth_orders_channels_as_pixel_offset_then_channel():
   assert z.shape == (2, 2, 3, 12)
   for i in range(2):
     for j in range(2):
-      np.testing.assert_array_equal(z[:, :, :, (2 * i + j) * 3:(2 * i + j + 1) * 3], x[:, i::2, j::2, :])
+      np.testing.assert_array_equal(z[:, :, :, (2 * i + j) * 3 : (2 * i + j + 1) * 3], x[:, i::2, j::2, :])
 
 
-@pytest.mark.parametrize("shape", [(2, 64, 64, 3), (1, 24, 40, 3), (1, 17, 22, 2), (1, 9, 9, 3)],
-                         ids=["224-like", "non-square", "odd-height", "odd-both"])
+@pytest.mark.parametrize(
+  "shape",
+  [(2, 64, 64, 3), (1, 24, 40, 3), (1, 17, 22, 2), (1, 9, 9, 3)],
+  ids=["224-like", "non-square", "odd-height", "odd-both"],
+)
 def test_space_to_depth_stem_equals_the_7x7_stride_2_conv_and_its_kernel_gradient(shape):
   x = _images(shape)
   kernel = _images((7, 7, shape[-1], 16), seed=1)
@@ -64,6 +65,7 @@ def test_space_to_depth_stem_equals_the_7x7_stride_2_conv_and_its_kernel_gradien
     def loss(kernel, x, cotangent):
       y = module.apply({"params": {"kernel": kernel}}, x)
       return jnp.sum(y * cotangent), y
+
     return jax.value_and_grad(loss, has_aux=True)
 
   (_, plain), plain_grad = run(outputs_and_kernel_grad(_plain_stem(16)), kernel, x, cotangent)
@@ -200,17 +202,21 @@ def test_norm_float32_reductions_reaches_every_batch_norm():
 def test_options_are_model_config_keys():
   assert models.model_arguments("resnet50")["space_to_depth_stem"] is False
   assert models.model_arguments("resnet50")["norm_float32_reductions"] is True
-  model = models.build({"name": "resnet50", "space_to_depth_stem": True, "norm_float32_reductions": False}, 10,
-                       dtype="bfloat16")
+  model = models.build(
+    {"name": "resnet50", "space_to_depth_stem": True, "norm_float32_reductions": False}, 10, dtype="bfloat16"
+  )
   assert model.space_to_depth_stem is True and model.norm_float32_reductions is False
 
 
-@pytest.mark.parametrize("options, message", [
+@pytest.mark.parametrize(
+  "options, message",
+  [
     ({"stem": "small", "space_to_depth_stem": True}, r"stem 'small' has none\. Set stem='imagenet'"),
     ({"space_to_depth_stem": "true"}, r"model.space_to_depth_stem='true' is not valid .*; it must be True or False"),
     ({"norm_float32_reductions": 0}, r"model.norm_float32_reductions=0 is not valid .*; it must be True or False"),
     ({"norm": "group", "norm_float32_reductions": False}, r"batch norm only, not norm 'group'"),
-])
+  ],
+)
 def test_bad_option_combinations_raise_config_errors(options, message):
   with pytest.raises(ConfigError, match=message):
     models.build({"name": "resnet18", **options}, 10)

@@ -18,26 +18,25 @@ the adaptive pools on sizes that do not divide evenly.
 import jax
 import numpy as np
 import pytest
-
 from conftest import CHEAP_COMPILE
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from jaxcls.models import torchvision as convert  # noqa: E402
 from jaxcls import models  # noqa: E402
+from jaxcls.models import torchvision as convert  # noqa: E402
 
 NUM_CLASSES = 10
 # jaxcls name -> (torchvision builder, image side)
 FAMILIES = {
-    "alexnet": ("alexnet", 96),
-    **{f"vgg{d}{bn}": (f"vgg{d}{bn}", 64) for d in (11, 13, 16, 19) for bn in ("", "_bn")},
-    **{f"resnet{d}": (f"resnet{d}", 64) for d in (18, 34, 50, 101, 152)},
-    "wide_resnet50_2": ("wide_resnet50_2", 64),
-    "resnext50_32x4d": ("resnext50_32x4d", 64),
-    "mobilenet_v2": ("mobilenet_v2", 64),
-    **{f"convnext_{s}": (f"convnext_{s}", 64) for s in ("tiny", "small", "base")},
-    "vit_b16": ("vit_b_16", 224),  # torchvision's vit_b_16 fixes the image size
+  "alexnet": ("alexnet", 96),
+  **{f"vgg{d}{bn}": (f"vgg{d}{bn}", 64) for d in (11, 13, 16, 19) for bn in ("", "_bn")},
+  **{f"resnet{d}": (f"resnet{d}", 64) for d in (18, 34, 50, 101, 152)},
+  "wide_resnet50_2": ("wide_resnet50_2", 64),
+  "resnext50_32x4d": ("resnext50_32x4d", 64),
+  "mobilenet_v2": ("mobilenet_v2", 64),
+  **{f"convnext_{s}": (f"convnext_{s}", 64) for s in ("tiny", "small", "base")},
+  "vit_b16": ("vit_b_16", 224),  # torchvision's vit_b_16 fixes the image size
 }
 
 
@@ -143,8 +142,9 @@ def test_convert_command_reads_every_format_and_load_pretrained_keeps_a_new_head
   images = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
   with torch.no_grad():
     torch_logits = module(torch.from_numpy(images)).numpy()
-  np.testing.assert_allclose(_jax_logits("resnet18", converted, images.transpose(0, 2, 3, 1)), torch_logits,
-                             atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    _jax_logits("resnet18", converted, images.transpose(0, 2, 3, 1)), torch_logits, atol=1e-4, rtol=0
+  )
   fresh = convert.abstract_variables(models.build({"name": "resnet18"}, 3), (64, 64, 3))
   fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh)
   merged, skipped = convert.load_pretrained(fresh, converted)

@@ -17,14 +17,14 @@ from jaxcls import data, models, tasks
 from jaxcls.config import check as config_check
 from jaxcls.core import parallel
 from jaxcls.core.errors import ConfigError
+from jaxcls.evaluation import loop as eval_loop
 from jaxcls.evaluation import workdir_eval as evaluate
 from jaxcls.inference import exporter as export
 from jaxcls.inference import predictor as predict
+from jaxcls.models import forward as forward_lib
 from jaxcls.models import tta
 from jaxcls.store import restore
 from jaxcls.training import loop as train
-from jaxcls.evaluation import loop as eval_loop
-from jaxcls.models import forward as forward_lib
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -42,7 +42,7 @@ def numpy_views(x, kind):
     return [x, np.flip(x, 2)], [0.5, 0.5]
   h, w = x.shape[1:3]
   padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-  a, b = padded[:, 0:h, 0:w], padded[:, 2:h + 2, 2:w + 2]
+  a, b = padded[:, 0:h, 0:w], padded[:, 2 : h + 2, 2 : w + 2]
   return [x, np.flip(x, 2), a, np.flip(a, 2), b, np.flip(b, 2)], [0.25, 0.25] + [0.125] * 4
 
 
@@ -91,8 +91,9 @@ def test_weighted_mean_equals_airbench_infer_mirror_translate():
 def test_flip_changes_nothing_for_a_mirror_symmetric_model_and_averages_otherwise():
   """A CNN whose 3x3 kernels are left-right symmetric (symmetric padding, 2x2 pools on even widths, global mean)
   gives a mirrored image the same logits, so flip TTA must return its plain logits; a generic CNN must not."""
-  model = models.build(ml_collections.ConfigDict({"name": "simple_cnn", "widths": (4, 8), "norm": "none"}), 3,
-                       "float32")
+  model = models.build(
+    ml_collections.ConfigDict({"name": "simple_cnn", "widths": (4, 8), "norm": "none"}), 3, "float32"
+  )
   x = np.random.default_rng(3).uniform(size=(4, 8, 8, 3)).astype(np.float32)
   variables = init(model, x.shape)
   symmetric = jax.tree.map(lambda p: 0.5 * (p + p[:, ::-1]) if p.ndim == 4 else p, variables)  # kernels' width
@@ -104,8 +105,7 @@ def test_flip_changes_nothing_for_a_mirror_symmetric_model_and_averages_otherwis
   for v, is_symmetric in ((symmetric, True), (variables, False)):
     plain = logits(v, x)
     mirrored = logits(v, x[:, :, ::-1])
-    flip_tta = jax.jit(lambda v, images: tta.apply_tta(lambda i: model.apply(v, i, train=False), images, "flip"))(
-        v, x)
+    flip_tta = jax.jit(lambda v, images: tta.apply_tta(lambda i: model.apply(v, i, train=False), images, "flip"))(v, x)
     if is_symmetric:
       np.testing.assert_allclose(mirrored, plain, atol=1e-5)
       np.testing.assert_allclose(flip_tta, plain, atol=1e-5)
@@ -121,18 +121,24 @@ def test_eval_step_averages_the_logits_of_the_views():
   model = models.build(ml_collections.ConfigDict({"name": "simple_cnn", "widths": (4, 8)}), 4, "float32")
   variables = init(model, (1, 8, 8, 3))
   rng = np.random.default_rng(2)
-  batch = {"image": rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), "label": np.arange(16) % 4,
-           "mask": np.arange(16) < 13}
+  batch = {
+    "image": rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
+    "label": np.arange(16) % 4,
+    "mask": np.arange(16) < 13,
+  }
   mesh = parallel.make_mesh()
   replicated = parallel.replicate(variables, mesh)
-  forward = jax.jit(lambda images: model.apply(variables, forward_lib.normalize(images, MEAN, STD, jnp.float32),
-                                               train=False))
-  eval_step = eval_loop.make_eval_step(model, task, mean=MEAN, std=STD, dtype="float32", mesh=mesh,
-                                       tta="flip_translate")
+  forward = jax.jit(
+    lambda images: model.apply(variables, forward_lib.normalize(images, MEAN, STD, jnp.float32), train=False)
+  )
+  eval_step = eval_loop.make_eval_step(
+    model, task, mean=MEAN, std=STD, dtype="float32", mesh=mesh, tta="flip_translate"
+  )
   sums, outputs = eval_step(replicated, parallel.to_global(batch, mesh))
   views, weights = numpy_views(batch["image"], "flip_translate")  # 'flip' is a subset of these views
-  manual = sum(weight * np.asarray(forward(np.ascontiguousarray(view)), np.float64)
-               for view, weight in zip(views, weights))
+  manual = sum(
+    weight * np.asarray(forward(np.ascontiguousarray(view)), np.float64) for view, weight in zip(views, weights)
+  )
   probs = np.exp(manual - manual.max(1, keepdims=True))
   probs /= probs.sum(1, keepdims=True)
   np.testing.assert_allclose(outputs["probs"], probs, atol=1e-6)
@@ -141,8 +147,11 @@ def test_eval_step_averages_the_logits_of_the_views():
 
 
 def test_unknown_names_fail_early_with_the_valid_ones(tmp_path):
-  with pytest.raises(ConfigError, match=r"eval_tta='flip_translat' .*Did you mean 'flip_translate'\?.* Valid: "
-                                        r"'none', 'flip', 'flip_translate'\."):
+  with pytest.raises(
+    ConfigError,
+    match=r"eval_tta='flip_translat' .*Did you mean 'flip_translate'\?.* Valid: "
+    r"'none', 'flip', 'flip_translate'\.",
+  ):
     tta.check("flip_translat")
   with pytest.raises(ConfigError, match="eval_tta='mirror'"):
     config_check.validate(tiny_config(eval_tta="mirror"))
@@ -161,8 +170,9 @@ def test_unknown_names_fail_early_with_the_valid_ones(tmp_path):
 def trained(tmp_path_factory):
   """A tiny workdir trained with airbench's TTA; its eval split (100 images, batches of 16) ends in padding."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny_config(eval_tta="flip_translate", augment="", num_train_steps=4, checkpoint_every_steps=4,
-                       eval_every_steps=4)
+  config = tiny_config(
+    eval_tta="flip_translate", augment="", num_train_steps=4, checkpoint_every_steps=4, eval_every_steps=4
+  )
   train.train_and_evaluate(config, workdir)
   config = restore.load_config(workdir)
   images, labels = [], []

@@ -13,21 +13,59 @@ from conftest import subprocess_env
 
 BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
 # Setting a module to None in sys.modules makes any import of it raise ImportError.
-RUNNER = ("import sys\n"
-          f"for name in {BLOCKED!r}:\n"
-          "  sys.modules[name] = None\n"
-          "import runpy\n"
-          "sys.argv[0] = 'jaxcls.benchmark'\n"
-          "try:\n"
-          "  runpy.run_module('jaxcls.benchmark', run_name='__main__')\n"
-          "finally:\n"
-          f"  assert not any(sys.modules.get(m) for m in {BLOCKED!r})\n")
-TINY = ["--model", "simple_cnn", "--model_arg", "widths=(4, 8)", "--model_arg", "dropout=0.1", "--batch_size", "8",
-        "--image_size", "8", "--num_classes", "5", "--dtype", "float32", "--warmup", "1", "--steps", "2",
-        "--repeats", "2", "--peak_tflops", "0.5", "--peak_gbps", "20"]
-MODE_FIELDS = ("images_per_s", "images_per_s_mean", "images_per_s_per_device", "images_per_s_repeats", "step_ms",
-               "compile_s", "first_step_s", "gflop_per_image", "tflops_per_device", "utilization",
-               "gbytes_per_image", "compute_floor_ms", "memory_floor_ms", "roofline_fraction")
+RUNNER = (
+  "import sys\n"
+  f"for name in {BLOCKED!r}:\n"
+  "  sys.modules[name] = None\n"
+  "import runpy\n"
+  "sys.argv[0] = 'jaxcls.benchmark'\n"
+  "try:\n"
+  "  runpy.run_module('jaxcls.benchmark', run_name='__main__')\n"
+  "finally:\n"
+  f"  assert not any(sys.modules.get(m) for m in {BLOCKED!r})\n"
+)
+TINY = [
+  "--model",
+  "simple_cnn",
+  "--model_arg",
+  "widths=(4, 8)",
+  "--model_arg",
+  "dropout=0.1",
+  "--batch_size",
+  "8",
+  "--image_size",
+  "8",
+  "--num_classes",
+  "5",
+  "--dtype",
+  "float32",
+  "--warmup",
+  "1",
+  "--steps",
+  "2",
+  "--repeats",
+  "2",
+  "--peak_tflops",
+  "0.5",
+  "--peak_gbps",
+  "20",
+]
+MODE_FIELDS = (
+  "images_per_s",
+  "images_per_s_mean",
+  "images_per_s_per_device",
+  "images_per_s_repeats",
+  "step_ms",
+  "compile_s",
+  "first_step_s",
+  "gflop_per_image",
+  "tflops_per_device",
+  "utilization",
+  "gbytes_per_image",
+  "compute_floor_ms",
+  "memory_floor_ms",
+  "roofline_fraction",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +74,20 @@ def record(tmp_path_factory):
   record, the cache folder and the output."""
   out = tmp_path_factory.mktemp("bench")
   cache = out / "cache"
-  cmd = [sys.executable, "-c", RUNNER, *TINY, "--json", str(out / "r.json"), "--compilation_cache_dir", str(cache),
-         "--profile_dir", str(out / "profile"), "--profile_steps", "2"]
+  cmd = [
+    sys.executable,
+    "-c",
+    RUNNER,
+    *TINY,
+    "--json",
+    str(out / "r.json"),
+    "--compilation_cache_dir",
+    str(cache),
+    "--profile_dir",
+    str(out / "profile"),
+    "--profile_steps",
+    "2",
+  ]
   proc = subprocess.run(cmd, env=subprocess_env(2), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out / "r.json") as f:
@@ -47,7 +97,12 @@ def record(tmp_path_factory):
 def test_record_has_the_documented_fields_with_sane_values(record):
   r, _, stdout = record
   assert (r["framework"], r["model"], r["batch_size"], r["image_size"], r["dtype"]) == (
-      "jaxcls", "simple_cnn", 8, 8, "float32")
+    "jaxcls",
+    "simple_cnn",
+    8,
+    8,
+    "float32",
+  )
   assert r["num_devices"] == 2 and r["backend"] == "cpu" and r["flops_source"] == "xla_cost_analysis"
   for mode in ("train", "infer"):
     m = r[mode]
@@ -76,6 +131,7 @@ def test_forward_flops_agree_with_the_model_cost_command(record):
   """The eval step's FLOPs (plus its softmax) against jaxcls.models.cost, which compiles the bare forward pass."""
   from jaxcls import models
   from jaxcls.models import cost
+
   r, _, _ = record
   model = models.build({"name": "simple_cnn", "widths": (4, 8), "dropout": 0.1}, 5)
   forward = cost.forward_flops(model, (8, 8, 3), batch_size=4)
@@ -92,6 +148,7 @@ def test_compilation_cache_is_written_and_serves_the_recompile(record):
 
 def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(record, tmp_path):
   from jaxcls.perf import benchmark
+
   r, _, _ = record
   peer = json.loads(json.dumps(r))
   peer.update(framework="torch", label="torch peer")
@@ -111,6 +168,7 @@ def test_summary_table_gives_the_ratio_to_the_pytorch_run_of_the_same_shape(reco
 def test_profile_section_breaks_down_each_modes_device_time(record):
   """After timing, 2 traced steps per mode: per-device device time by category and the top ops, also printed."""
   from jaxcls.perf import trace_summary
+
   r, _, stdout = record
   assert set(r["profile"]) == {"train", "infer"}
   for mode, p in r["profile"].items():
@@ -139,18 +197,22 @@ def test_a_failing_profile_is_reported_not_raised(tmp_path, capsys):
   assert "profile of train failed: RuntimeError: no CUPTI" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--modes", "train,backward"], "--modes"),
     (["--dtype", "float64"], "--dtype"),
     (["--model_arg", "stem"], "key=value"),
     (["--batch_size", "7"], "multiple of the 8 devices"),
     (["--model", "resnet5"], "resnet50"),
     (["--profile_dir", "/tmp/unused", "--profile_steps", "0"], "--profile_steps"),
-])
+  ],
+)
 def test_bad_options_raise_one_clear_config_error(flags, message):
   """Each is checked before anything compiles (8 devices here, so a batch of 7 cannot be split)."""
   from jaxcls.core.errors import ConfigError
   from jaxcls.perf import benchmark
+
   options = {name.lstrip("-"): value for name, value in zip(flags[::2], flags[1::2])}
   types = {f.name: f.type for f in dataclasses.fields(benchmark.Options)}
   options = {k: (v,) if k == "model_arg" else types[k](v) for k, v in options.items()}
@@ -159,28 +221,41 @@ def test_bad_options_raise_one_clear_config_error(flags, message):
 
 
 def test_the_command_turns_a_bad_flag_and_unreadable_records_into_one_line(python, tmp_path):
-  for args, message in ((["--dtype", "float64"], "--dtype='float64' is not valid"),
-                        (["--steps", "two"], "flag --steps=two"),
-                        (["--summarize", str(tmp_path / "none.json")], "Cannot read the benchmark record"),
-                        (["--summarize"], "--summarize needs the JSON records")):
-    proc = subprocess.run([python, "-m", "jaxcls.benchmark", *args], env=subprocess_env(2), capture_output=True,
-                          text=True, timeout=120)
+  for args, message in (
+    (["--dtype", "float64"], "--dtype='float64' is not valid"),
+    (["--steps", "two"], "flag --steps=two"),
+    (["--summarize", str(tmp_path / "none.json")], "Cannot read the benchmark record"),
+    (["--summarize"], "--summarize needs the JSON records"),
+  ):
+    proc = subprocess.run(
+      [python, "-m", "jaxcls.benchmark", *args], env=subprocess_env(2), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and proc.stderr.startswith(f"jaxcls: error: {message}"), (args, proc.stderr)
     assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
 
 
 def test_model_args_are_literals_or_strings():
   from jaxcls.perf import benchmark
+
   assert benchmark.parse_model_args(["stem=small", "width=32", "widths=(8, 16)", "dropout=0.5"]) == {
-      "stem": "small", "width": 32, "widths": (8, 16), "dropout": 0.5}
+    "stem": "small",
+    "width": 32,
+    "widths": (8, 16),
+    "dropout": 0.5,
+  }
 
 
 def test_roofline_takes_the_larger_floor():
   from jaxcls.perf import benchmark
+
   # 2 GFLOP/img at 100 TFLOP/s and 50 MB/img at 1,000 GB/s, 100 images: 2 ms of arithmetic, 5 ms of memory traffic.
   r = benchmark.roofline(10.0, 100, 2e9, 5e7, peak_tflops=100, peak_gbps=1000)
   assert r == pytest.approx({"compute_floor_ms": 2.0, "memory_floor_ms": 5.0, "roofline_fraction": 0.5})
-  assert benchmark.roofline(10.0, 100, 2e9, None, peak_tflops=100, peak_gbps=1000)["roofline_fraction"] == \
-      pytest.approx(0.2)
+  assert benchmark.roofline(10.0, 100, 2e9, None, peak_tflops=100, peak_gbps=1000)[
+    "roofline_fraction"
+  ] == pytest.approx(0.2)
   assert benchmark.roofline(10.0, 100, 2e9, 5e7, peak_tflops=0, peak_gbps=0) == {
-      "compute_floor_ms": None, "memory_floor_ms": None, "roofline_fraction": None}
+    "compute_floor_ms": None,
+    "memory_floor_ms": None,
+    "roofline_fraction": None,
+  }

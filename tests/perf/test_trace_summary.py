@@ -16,30 +16,67 @@ from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.perf import trace_summary
 
 
-@pytest.mark.parametrize("name, stats, expected", [
+@pytest.mark.parametrize(
+  "name, stats, expected",
+  [
     # cuDNN convolutions (forward, data and filter gradients) and its own NCHW<->NHWC conversions.
-    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1"
-     "_execute_segment_k_off_kernel__5x_cudnn", None, "convolution"),
-    ("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x256x64_warpgroupsize2x1x1"
-     "_execute_segment_k_off_kernel__5x_cudnn", None, "convolution"),
-    ("sm80_xmma_wgrad_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4_warpsize2x2x1"
-     "_g1_tensor16x8x16_execute_kernel__5x_cudnn", None, "convolution"),
-    ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_128x128_32x5_nhwc_align8>("
-     "cutlass_tensorop_bf16_s16816fprop_optimized_bf16_128x128_32x5_nhwc_align8::Params)", None, "convolution"),
-    ("void cudnn::cnn::implicit_convolve_sgemm<float, float, 128, 5, 5, 3, 3, 3, 1, false, false, true>(int, int)",
-     None, "convolution"),
-    ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float, false, true, "
-     "(cudnnKernelDataType_t)0>(cudnn::engines_precompiled::nchw2nhwc_params_t<float>)", None, "layout"),
+    (
+      "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1"
+      "_execute_segment_k_off_kernel__5x_cudnn",
+      None,
+      "convolution",
+    ),
+    (
+      "sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x256x64_warpgroupsize2x1x1"
+      "_execute_segment_k_off_kernel__5x_cudnn",
+      None,
+      "convolution",
+    ),
+    (
+      "sm80_xmma_wgrad_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4_warpsize2x2x1"
+      "_g1_tensor16x8x16_execute_kernel__5x_cudnn",
+      None,
+      "convolution",
+    ),
+    (
+      "void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_128x128_32x5_nhwc_align8>("
+      "cutlass_tensorop_bf16_s16816fprop_optimized_bf16_128x128_32x5_nhwc_align8::Params)",
+      None,
+      "convolution",
+    ),
+    (
+      "void cudnn::cnn::implicit_convolve_sgemm<float, float, 128, 5, 5, 3, 3, 3, 1, false, false, true>(int, int)",
+      None,
+      "convolution",
+    ),
+    (
+      "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float, false, true, "
+      "(cudnnKernelDataType_t)0>(cudnn::engines_precompiled::nchw2nhwc_params_t<float>)",
+      None,
+      "layout",
+    ),
     ("cudnn::bn_fw_tr_1C11_kernel_NCHW", None, "reduction"),
     # GEMMs: cuBLAS / cuBLASLt, CUTLASS, XLA's Triton GEMM fusions, cuBLAS split-K epilogue.
     ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNN", None, "matmul"),
-    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off"
-     "_kernel__5x_cublas", None, "matmul"),
-    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8>("
-     "cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8::Params)", None, "matmul"),
+    (
+      "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off"
+      "_kernel__5x_cublas",
+      None,
+      "matmul",
+    ),
+    (
+      "void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8>("
+      "cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8::Params)",
+      None,
+      "matmul",
+    ),
     ("gemm_fusion_dot_3", None, "matmul"),
-    ("void splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16, true, false, false>("
-     "cublasSplitKParams<float>, float const*)", None, "matmul"),
+    (
+      "void splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16, true, false, false>("
+      "cublasSplitKParams<float>, float const*)",
+      None,
+      "matmul",
+    ),
     # XLA fusions, named <kind>_<hero ops>_fusion: reductions (batch-norm statistics), elementwise, layout.
     ("input_reduce_fusion", None, "reduction"),
     ("input_convert_reduce_fusion_2", None, "reduction"),
@@ -66,7 +103,8 @@ from jaxcls.perf import trace_summary
     ("kernel_17", {"hlo_category": "data formatting"}, "layout"),
     ("redzone_checker", None, "other"),
     ("triton_softmax_fusion", None, "other"),
-])
+  ],
+)
 def test_categorize_real_kernel_names(name, stats, expected):
   assert trace_summary.categorize(name, stats) == expected
 
@@ -76,18 +114,25 @@ def _gpu_plane(plane_id: int, name: str) -> str:
 
   Times in microseconds (offsets in ps) from a line timestamp of 1 s; two steps 10 ms apart.
   """
+
   def event(metadata_id, start_us, duration_us, stats=""):
-    return (f"events {{ metadata_id: {metadata_id} offset_ps: {int(start_us * 1e6)} "
-            f"duration_ps: {int(duration_us * 1e6)} {stats} }}")
+    return (
+      f"events {{ metadata_id: {metadata_id} offset_ps: {int(start_us * 1e6)} "
+      f"duration_ps: {int(duration_us * 1e6)} {stats} }}"
+    )
 
   conv_stat = 'stats { metadata_id: 1 str_value: "cudnn-conv.1" }'
   compute = []
   for step_start in (0, 10000):
-    compute += [event(1, step_start, 4000, conv_stat), event(2, step_start + 4000, 500),
-                event(3, step_start + 5000, 1000), event(4, step_start + 6000, 500)]
+    compute += [
+      event(1, step_start, 4000, conv_stat),
+      event(2, step_start + 4000, 500),
+      event(3, step_start + 5000, 1000),
+      event(4, step_start + 6000, 500),
+    ]
   memcpy = event(5, 3000, 2000, 'stats { metadata_id: 2 str_value: "kind_src:device kind_dst:device size:64" }')
   # A whole-graph record over the second step's kernels: reported apart, never added to them.
-  graph = event(7, 10000, 6500, 'stats { metadata_id: 3 uint64_value: 5 }')
+  graph = event(7, 10000, 6500, "stats { metadata_id: 3 uint64_value: 5 }")
   return f"""
 planes {{
   id: {plane_id} name: "{name}"
@@ -125,6 +170,7 @@ planes {
 def write_trace(root, text: str, run: str = "2026_01_01_00_00_00") -> str:
   """An XSpace text proto written where jax.profiler.trace would put it (plugins/profile/<time>/<host>)."""
   from jax.profiler import ProfileData
+
   folder = root / "plugins" / "profile" / run
   folder.mkdir(parents=True)
   (folder / "host.xplane.pb").write_bytes(ProfileData.text_proto_to_serialized_xspace(text))
@@ -134,8 +180,9 @@ def write_trace(root, text: str, run: str = "2026_01_01_00_00_00") -> str:
 @pytest.fixture(scope="module")
 def gpu_trace_dir(tmp_path_factory):
   """Two GPUs with the same work."""
-  return write_trace(tmp_path_factory.mktemp("gpu_trace"),
-                     _gpu_plane(1, "/device:GPU:0") + _gpu_plane(2, "/device:GPU:1") + HOST_PLANE)
+  return write_trace(
+    tmp_path_factory.mktemp("gpu_trace"), _gpu_plane(1, "/device:GPU:0") + _gpu_plane(2, "/device:GPU:1") + HOST_PLANE
+  )
 
 
 def test_gpu_trace_figures_match_the_hand_computed_ones(gpu_trace_dir):
@@ -144,8 +191,7 @@ def test_gpu_trace_figures_match_the_hand_computed_ones(gpu_trace_dir):
   assert s["source"].startswith("device planes") and s["stats_seen"] == ["hlo_op", "memcpy_details"]
   ms = {c["category"]: c["ms_per_step"] for c in s["categories"]}
   # Per step and device: conv 4 ms, NCHW->NHWC 0.5 ms, reduce 1 ms, add 0.5 ms; one 2 ms memcpy over two steps.
-  assert ms == pytest.approx({"convolution": 4.0, "layout": 0.5, "reduction": 1.0, "elementwise": 0.5,
-                              "memcpy": 1.0})
+  assert ms == pytest.approx({"convolution": 4.0, "layout": 0.5, "reduction": 1.0, "elementwise": 0.5, "memcpy": 1.0})
   assert [c["category"] for c in s["categories"]][0] == "convolution"
   assert s["device_op_ms_per_step"] == pytest.approx(7.0)
   # The memcpy overlaps the conv; busy = [0, 6.5] + [10, 14.5] + [15, 16.5] ms; span = 16.5 ms over two steps.
@@ -183,8 +229,9 @@ planes {
   write_trace(tmp_path, plane, run="2026_01_01_00_05_00")
   s = trace_summary.summarize(str(tmp_path), steps=2)
   assert s["steps_source"] == "given" and len(s["trace_files"]) == 1 and "00_05_00" in s["trace_files"][0]
-  assert s["categories"] == [{"category": "layout", "ms_per_step": pytest.approx(1.0), "percent": 100.0,
-                              "kernels_per_step": 0.5}]
+  assert s["categories"] == [
+    {"category": "layout", "ms_per_step": pytest.approx(1.0), "percent": 100.0, "kernels_per_step": 0.5}
+  ]
 
 
 def test_a_gpu_plane_without_kernels_is_an_error_not_a_host_fallback(tmp_path):
@@ -221,7 +268,7 @@ def cpu_trace(tmp_path_factory):
 
 def entry_instructions(hlo_text: str) -> dict[str, str]:
   """{instruction name: its jax op_name} for the ENTRY computation of compiled HLO text."""
-  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  entry = hlo_text[hlo_text.index("\nENTRY") :]
   out = {}
   for match in re.finditer(r"^\s+(?:ROOT )?%(\S+) = .*?op_name=\"([^\"]*)\"", entry, re.MULTILINE):
     out[match.group(1)] = match.group(2)
@@ -252,6 +299,7 @@ def test_cpu_trace_finds_the_thunks_and_the_convolution(cpu_trace):
 def test_cpu_trace_total_equals_a_direct_sum_of_the_hlo_op_events(cpu_trace):
   """Against a plain loop over ProfileData: every event with an hlo_op stat, summed and divided by 3 steps."""
   from jax.profiler import ProfileData
+
   root, _, _ = cpu_trace
   total_ns = 0.0
   for path in trace_summary.find_trace_files(root):
@@ -265,8 +313,13 @@ def test_cpu_trace_total_equals_a_direct_sum_of_the_hlo_op_events(cpu_trace):
 def test_cli_prints_the_table_and_writes_the_same_numbers(python, cpu_trace, tmp_path):
   root, _, _ = cpu_trace
   out = tmp_path / "summary.json"
-  proc = subprocess.run([python, "-m", "jaxcls.trace_summary", root, "--top", "2", "--json", str(out)],
-                        env=subprocess_env(1), capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.trace_summary", root, "--top", "2", "--json", str(out)],
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   text = proc.stdout
   assert "category" in text and "% idle" in text and "top 2 kernels/ops" in text
@@ -278,8 +331,13 @@ def test_cli_prints_the_table_and_writes_the_same_numbers(python, cpu_trace, tmp
 
 
 def test_the_command_reports_a_missing_trace_dir_in_one_line(python, tmp_path):
-  proc = subprocess.run([python, "-m", "jaxcls.trace_summary", str(tmp_path / "nope")], env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.trace_summary", str(tmp_path / "nope")],
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2 and proc.stderr.startswith("jaxcls: error: Trace directory"), proc.stderr
   assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
 

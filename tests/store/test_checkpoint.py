@@ -32,8 +32,14 @@ from jaxcls.store import build, checkpoint, restore
 from jaxcls.training import loop as train
 from jaxcls.training import optim, steps, transfer
 
-SETTINGS = dict(num_train_steps=12, eval_every_steps=2, checkpoint_every_steps=4, keep_checkpoints=2,
-                best_metric="eval/accuracy", best_mode="min")
+SETTINGS = dict(
+  num_train_steps=12,
+  eval_every_steps=2,
+  checkpoint_every_steps=4,
+  keep_checkpoints=2,
+  best_metric="eval/accuracy",
+  best_mode="min",
+)
 
 
 def config(**overrides):
@@ -79,10 +85,12 @@ def abstract_state(workdir):
   mesh = parallel.make_mesh()
   init = steps.make_init(model, tx, image_shape=dataset.info.image_shape, dtype=cfg.dtype, use_ema=False, mesh=mesh)
   fingerprint = checkpoint.fingerprint(cfg, dataset.info.num_classes, dataset.info.image_shape)
-  abstract = checkpoint.abstract_with_shardings(jax.eval_shape(init, jax.random.key(cfg.seed, impl="rbg")),
-                                                parallel.replicated(mesh))
-  return checkpoint.Checkpointer(workdir, keep=2, async_save=False, fingerprint=fingerprint,
-                                 best_metric="eval/accuracy", best_mode="min"), abstract
+  abstract = checkpoint.abstract_with_shardings(
+    jax.eval_shape(init, jax.random.key(cfg.seed, impl="rbg")), parallel.replicated(mesh)
+  )
+  return checkpoint.Checkpointer(
+    workdir, keep=2, async_save=False, fingerprint=fingerprint, best_metric="eval/accuracy", best_mode="min"
+  ), abstract
 
 
 def step_dir(workdir, step) -> str:
@@ -98,21 +106,27 @@ def truncate_arrays(workdir, step):
 
 
 DAMAGE = {
-    "truncated arrays": truncate_arrays,
-    "state item deleted": lambda w, s: shutil.rmtree(os.path.join(step_dir(w, s), "state")),
-    "meta item deleted": lambda w, s: shutil.rmtree(os.path.join(step_dir(w, s), "meta")),
-    "garbage meta": lambda w, s: open(os.path.join(step_dir(w, s), "meta", "metadata"), "w").write("{not json"),
-    "commit record deleted": lambda w, s: os.remove(os.path.join(step_dir(w, s), "_CHECKPOINT_METADATA")),
-    "commit marker deleted": lambda w, s: os.remove(os.path.join(step_dir(w, s), "commit_success.txt")),
-    "garbage metrics": lambda w, s: open(os.path.join(step_dir(w, s), "metrics", "metrics"), "w").write("\x00"),
+  "truncated arrays": truncate_arrays,
+  "state item deleted": lambda w, s: shutil.rmtree(os.path.join(step_dir(w, s), "state")),
+  "meta item deleted": lambda w, s: shutil.rmtree(os.path.join(step_dir(w, s), "meta")),
+  "garbage meta": lambda w, s: open(os.path.join(step_dir(w, s), "meta", "metadata"), "w").write("{not json"),
+  "commit record deleted": lambda w, s: os.remove(os.path.join(step_dir(w, s), "_CHECKPOINT_METADATA")),
+  "commit marker deleted": lambda w, s: os.remove(os.path.join(step_dir(w, s), "commit_success.txt")),
+  "garbage metrics": lambda w, s: open(os.path.join(step_dir(w, s), "metrics", "metrics"), "w").write("\x00"),
 }
-WHAT = {"truncated arrays": "arrays cannot be read", "state item deleted": "state item (state/) is missing",
-        "meta item deleted": "meta item (meta/) is missing", "garbage meta": "meta/metadata is not the JSON",
-        "commit record deleted": "_CHECKPOINT_METADATA is missing", "commit marker deleted":
-        "commit_success.txt is missing", "garbage metrics": "metrics/metrics is not valid JSON"}
+WHAT = {
+  "truncated arrays": "arrays cannot be read",
+  "state item deleted": "state item (state/) is missing",
+  "meta item deleted": "meta item (meta/) is missing",
+  "garbage meta": "meta/metadata is not the JSON",
+  "commit record deleted": "_CHECKPOINT_METADATA is missing",
+  "commit marker deleted": "commit_success.txt is missing",
+  "garbage metrics": "metrics/metrics is not valid JSON",
+}
 
 
 # --- the best checkpoint -----------------------------------------------------------------------------------------
+
 
 def test_best_is_kept_besides_the_last_n_and_saved_off_the_cadence(trained):
   accuracies = eval_accuracies(trained)
@@ -129,8 +143,9 @@ def test_best_so_far_is_read_back_after_a_restart(run):
   """A new Checkpointer (a resumed run) knows the best from the checkpoints' metrics, so it saves only evaluations
   that beat it, and pruning keeps it."""
   best = worst_step(eval_accuracies(run))
-  ckpt = checkpoint.Checkpointer(run, keep=2, async_save=False, fingerprint={}, best_metric="eval/accuracy",
-                                 best_mode="min")
+  ckpt = checkpoint.Checkpointer(
+    run, keep=2, async_save=False, fingerprint={}, best_metric="eval/accuracy", best_mode="min"
+  )
   try:
     assert ckpt.best_step() == best
     value = eval_accuracies(run)[best]
@@ -145,13 +160,16 @@ def test_best_so_far_is_read_back_after_a_restart(run):
     ckpt.close()
 
 
-@pytest.mark.parametrize("metric, mode, kept", [("", "max", [6]), ("eval/accuracy", "max", [2, 6]),
-                                                ("eval/loss", "min", [4, 6]), ("eval/accuracy", "min", [4, 6])])
+@pytest.mark.parametrize(
+  "metric, mode, kept",
+  [("", "max", [6]), ("eval/accuracy", "max", [2, 6]), ("eval/loss", "min", [4, 6]), ("eval/accuracy", "min", [4, 6])],
+)
 def test_retention_is_the_last_n_plus_the_best(tmp_path, metric, mode, kept):
   """keep=1: the newest step, plus the best evaluated one (a NaN and an unevaluated step are never the best)."""
   evaluations = {2: (0.9, 0.5), 3: (float("nan"), 0.3), 4: (0.5, 0.1), 5: None, 6: (0.6, 0.7)}
-  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1, async_save=False, fingerprint={}, best_metric=metric,
-                                 best_mode=mode)
+  ckpt = checkpoint.Checkpointer(
+    str(tmp_path), keep=1, async_save=False, fingerprint={}, best_metric=metric, best_mode=mode
+  )
   try:
     for step, values in evaluations.items():
       if values:
@@ -170,16 +188,22 @@ def test_a_run_without_best_metric_has_no_best_step(run):
   saved["best_metric"] = ""
   with open(os.path.join(run, "config.json"), "w") as f:
     json.dump(saved, f)
-  with pytest.raises(CheckpointError, match=r"has no best checkpoint: the run was trained with "
-                                            r"config.best_metric='' \(no best is kept\)"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"has no best checkpoint: the run was trained with "
+    r"config.best_metric='' \(no best is kept\)",
+  ):
     restore.resolve_step(run, "best")
 
 
 def test_step_best_needs_an_evaluated_checkpoint(run):
   for f in glob.glob(os.path.join(run, "checkpoints", "*", "metrics", "metrics")):
     os.remove(f)
-  with pytest.raises(CheckpointError, match=r"no checkpoint holds an evaluation of eval/accuracy \(steps: "
-                                            r"\d+, 8, 12\); pick a step or 'latest'"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"no checkpoint holds an evaluation of eval/accuracy \(steps: "
+    r"\d+, 8, 12\); pick a step or 'latest'",
+  ):
     restore.resolve_step(run, "best")
 
 
@@ -192,12 +216,26 @@ def test_best_settings_are_checked():
 
 # --- --step best in every command ----------------------------------------------------------------------------------
 
+
 def test_step_parser():
-  assert [restore.parse_step(v) for v in (None, -1, "-1", "latest", "", "best", "BEST", 0, "12", np.int64(3))] == \
-      [None, None, None, None, None, "best", "best", 0, 12, 3]
+  assert [restore.parse_step(v) for v in (None, -1, "-1", "latest", "", "best", "BEST", 0, "12", np.int64(3))] == [
+    None,
+    None,
+    None,
+    None,
+    None,
+    "best",
+    "best",
+    0,
+    12,
+    3,
+  ]
   for bad in ("abc", -2, "1.5", 2.0, True):
-    with pytest.raises(ConfigError, match=r"--step=.* is not valid; give a checkpoint step \(an integer >= 0\), "
-                                          r"'latest' \(or -1\) or 'best'"):
+    with pytest.raises(
+      ConfigError,
+      match=r"--step=.* is not valid; give a checkpoint step \(an integer >= 0\), "
+      r"'latest' \(or -1\) or 'best'",
+    ):
       restore.parse_step(bad)
 
 
@@ -206,29 +244,46 @@ def test_step_best_in_export_explain_fewshot_and_init_from(run, tmp_path):
   assert export.export_workdir(run, str(tmp_path / "model"), step="best", platforms=("cpu",))["step"] == best
   image = tmp_path / "x.png"
   Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(image)
-  index = explain.explain_files(run, [str(image)], step="best", output_dir=str(tmp_path / "explained"),
-                                settings=explain.Settings(methods=("saliency",)))
+  index = explain.explain_files(
+    run,
+    [str(image)],
+    step="best",
+    output_dir=str(tmp_path / "explained"),
+    settings=explain.Settings(methods=("saliency",)),
+  )
   assert index["step"] == best
   result = fewshot.evaluate_workdir(run, step="best", shots=(1,), seeds=1, knn_k=(1,), train_examples=32)
   assert result["step"] == best
   source = transfer.read_source(run, "best")
   assert source.description.endswith(f"step {best}")
-  np.testing.assert_array_equal(jax.tree.leaves(source.variables["params"])[0],
-                                jax.tree.leaves(restore.read_variables(run, best)["params"])[0])
+  np.testing.assert_array_equal(
+    jax.tree.leaves(source.variables["params"])[0], jax.tree.leaves(restore.read_variables(run, best)["params"])[0]
+  )
   with pytest.raises(ConfigError, match=r"is the checkpoint of step 8 but config.init_from_step='best'"):
     transfer.read_source(step_dir(run, 8), "best")
 
 
 def test_evaluate_command_with_step_best(run, tmp_path, python):
   best = restore.resolve_step(run, "best")
-  proc = subprocess.run([python, "-m", "jaxcls.evaluate", "--workdir", run, "--step", "best", "--output_dir",
-                         str(tmp_path)], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.evaluate", "--workdir", run, "--step", "best", "--output_dir", str(tmp_path)],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   with open(tmp_path / "report.json") as f:
     assert json.load(f)["step"] == best
-  proc = subprocess.run([python, "-m", "jaxcls.evaluate", "--workdir", run, "--step", "bestest"],
-                        env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.evaluate", "--workdir", run, "--step", "bestest"],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "jaxcls: error: --step='bestest' is not valid" in proc.stderr
 
@@ -238,14 +293,21 @@ def test_predict_command_with_step_best(run, tmp_path, python):
   image = tmp_path / "x.png"
   Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(image)
   out = tmp_path / "p.json"
-  proc = subprocess.run([python, "-m", "jaxcls.predict", "--workdir", run, "--step", "best", "--output", str(out),
-                         str(image)], env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.predict", "--workdir", run, "--step", "best", "--output", str(out), str(image)],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   written = json.loads(out.read_text())
   assert written["step"] == best and len(written["predictions"]) == 1 and not written["predictions"][0]["error"]
 
 
 # --- keep_checkpoints >= 1 -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("keep", [0, -1])
 def test_keep_below_one_is_refused_and_nothing_is_deleted(run, keep):
@@ -258,6 +320,7 @@ def test_keep_below_one_is_refused_and_nothing_is_deleted(run, keep):
 
 
 # --- damaged checkpoints -------------------------------------------------------------------------------------------
+
 
 def test_truncated_latest_step_is_moved_aside_and_the_run_resumes_from_the_previous(trained, run, caplog):
   truncate_arrays(run, 12)
@@ -326,6 +389,7 @@ def test_damaged_step_in_a_bucket_is_moved_aside(run, gcs, caplog):  # noqa: F81
   """gs:// has no rename: the damaged step's objects are copied to corrupt_checkpoints/ and then removed."""
   from etils import epath
   from etils.epath import gpath
+
   # epath decides once per process whether gs:// goes through TensorFlow (cached on the first path it builds, here
   # before the emulator fixture set EPATH_USE_TF=false); TensorFlow's client cannot reach the emulator.
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
@@ -365,6 +429,7 @@ def test_saves_that_never_committed_are_moved_aside_and_training_starts_over(run
   finally:
     ckpt.close()
   assert any("was ever completed" in r.getMessage() for r in caplog.records)
-  moved = sorted(int(os.path.basename(p).split("-")[0])
-                 for p in glob.glob(os.path.join(run, checkpoint.CORRUPT_DIR, "*")))
+  moved = sorted(
+    int(os.path.basename(p).split("-")[0]) for p in glob.glob(os.path.join(run, checkpoint.CORRUPT_DIR, "*"))
+  )
   assert moved == steps_before  # set aside, never deleted

@@ -24,8 +24,11 @@ def test_training_refuses_balanced_weights_with_balanced_sampling(tmp_path):
 
 def test_one_correction_or_explicit_weights_stay_allowed_and_saved_runs_still_build():
   info = data.build(tiny_config()).info
-  for overrides in ({"task.class_weights": "balanced"}, {"dataset.sampling": "balanced"},
-                    {"dataset.sampling": "balanced", "task.class_weights": (1.0, 2.0, 1.0, 1.0)}):
+  for overrides in (
+    {"task.class_weights": "balanced"},
+    {"dataset.sampling": "balanced"},
+    {"dataset.sampling": "balanced", "task.class_weights": (1.0, 2.0, 1.0, 1.0)},
+  ):
     task, _, _ = build.build_task_and_model(tiny_config(**overrides), info)
     assert task.num_classes == 4
   # A saved run's config.json (evaluate on a split) is rebuilt as it trained, and restore never weights.

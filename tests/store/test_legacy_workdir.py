@@ -31,6 +31,7 @@ def digit_pngs(legacy, tmp_path_factory):
   from jaxcls.data import split  # pylint: disable=g-import-not-at-top
   from jaxcls.data.sources import digits  # pylint: disable=g-import-not-at-top
   from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
+
   pixels, target = digits.read_digits()
   images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)
   _, _, test_images, test_labels = split.select(restore.load_config(legacy).dataset, images, target)
@@ -53,6 +54,7 @@ def test_the_old_fixture_is_what_the_test_expects():
 
 def test_evaluate_gives_the_same_accuracy(legacy, tmp_path):
   from jaxcls.evaluation import workdir_eval  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(FIXTURE, "report.json")) as f:
     old = json.load(f)
   final = workdir_eval.evaluate_workdir(legacy, output_dir=str(tmp_path))
@@ -67,6 +69,7 @@ def test_predict_and_export_agree_on_image_files(legacy, digit_pngs, tmp_path):
   jaxcls, by examples/serve_exported.py) gives the same probabilities."""
   from jaxcls.inference import exporter, predictor  # pylint: disable=g-import-not-at-top
   from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
+
   files, labels = digit_pngs
   restored = restore.restore(legacy)
   records = predictor.predict_files(restored, files, top_k=3)
@@ -93,10 +96,23 @@ def test_fine_tuning_starts_from_the_old_weights(legacy, tmp_path):
   """init_from the old workdir: a few steps at learning rate 0 keep its parameters exactly, so they were loaded."""
   from jaxcls.store import restore  # pylint: disable=g-import-not-at-top
   from jaxcls.training import loop  # pylint: disable=g-import-not-at-top
-  config = tiny_config(**{"dataset.name": "digits", "dataset.image_size": (16, 16), "model.widths": (4, 8),
-                          "model.dropout": 0.0, "optimizer.learning_rate": 0.0, "optimizer.warmup_steps": 0},
-                       init_from=legacy, augment="", num_train_steps=3, eval_every_steps=-1,
-                       checkpoint_every_steps=-1, eval_batch_size=72)
+
+  config = tiny_config(
+    **{
+      "dataset.name": "digits",
+      "dataset.image_size": (16, 16),
+      "model.widths": (4, 8),
+      "model.dropout": 0.0,
+      "optimizer.learning_rate": 0.0,
+      "optimizer.warmup_steps": 0,
+    },
+    init_from=legacy,
+    augment="",
+    num_train_steps=3,
+    eval_every_steps=-1,
+    checkpoint_every_steps=-1,
+    eval_batch_size=72,
+  )
   report = loop.train_and_evaluate(config, str(tmp_path / "tuned"))
   assert report["step"] == 3 and report["num_examples"] == 360
   old, new = restore.restore(legacy).variables["params"], restore.restore(str(tmp_path / "tuned")).variables["params"]
@@ -106,8 +122,14 @@ def test_fine_tuning_starts_from_the_old_weights(legacy, tmp_path):
 
 
 def test_evaluate_command_on_the_old_workdir(legacy, tmp_path, python):
-  proc = subprocess.run([python, "-m", "jaxcls.evaluate", "--workdir", legacy, "--output_dir", str(tmp_path)],
-                        env=subprocess_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [python, "-m", "jaxcls.evaluate", "--workdir", legacy, "--output_dir", str(tmp_path)],
+    env=subprocess_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "simple_cnn at step 300 on the test split: num_examples 360, loss" in proc.stdout
   assert json.loads((tmp_path / "report.json").read_text())["accuracy"] == ACCURACY

@@ -45,6 +45,7 @@ def test_the_jaxcls_snippet_is_three_lines_and_gives_predicts_probabilities(work
   np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
   from jaxcls.inference.predictor import inference_function  # pylint: disable=g-import-not-at-top
   from jaxcls.models import forward  # pylint: disable=g-import-not-at-top
+
   expected = inference_function(restored)(forward.model_variables(restored.variables), images)
   np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
 
@@ -55,6 +56,7 @@ def test_the_plain_orbax_snippet_reads_the_same_arrays_without_warnings(workdir,
   out = _run(orbax_code, workdir)
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
   from jaxcls.store.restore import read_variables  # pylint: disable=g-import-not-at-top
+
   saved = read_variables(str(workdir), 300, use_ema=False)
   leaves = jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(out["params"]), saved["params"]))
   assert leaves and all(leaves)

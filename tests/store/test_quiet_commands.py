@@ -14,8 +14,9 @@ NOISE = re.compile(r"orbax|^W\d{4}|WARNING|Metadata file does not exist|could no
 
 
 def _run(python, *args):
-  result = subprocess.run([python, "-m", *args], cwd=REPO, env=subprocess_env(1), capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [python, "-m", *args], cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout + result.stderr
 
@@ -25,8 +26,10 @@ def test_predict_and_export_are_quiet(python, tmp_path):
   shutil.copytree(FIXTURE, workdir)
   image = tmp_path / "seven.png"
   Image.fromarray(np.random.RandomState(7).randint(0, 256, (16, 16), np.uint8)).save(image)
-  for args in (("jaxcls.predict", "--workdir", str(workdir), str(image)),
-               ("jaxcls.export", "--workdir", str(workdir), "--output", str(tmp_path / "exported"))):
+  for args in (
+    ("jaxcls.predict", "--workdir", str(workdir), str(image)),
+    ("jaxcls.export", "--workdir", str(workdir), "--output", str(tmp_path / "exported")),
+  ):
     out = _run(python, *args)
     assert not NOISE.search(out), (args[0], out)
     assert len(out.strip().splitlines()) <= 2, (args[0], out)  # predict: a line per image and a summary

@@ -29,14 +29,17 @@ def _fake_run(path, config=None, step: int = 4):
   return str(path)
 
 
-@pytest.mark.parametrize("key,new,shown", [
+@pytest.mark.parametrize(
+  "key,new,shown",
+  [
     ("optimizer.learning_rate", 0.1, "optimizer.learning_rate: 0.05 -> 0.1"),
     ("batch_size", 32, "batch_size: 16 -> 32"),
     ("augment", "flip_lr", "augment: 'random_crop(padding=1)|flip_lr' -> 'flip_lr'"),
     ("seed", 3, "seed: 0 -> 3"),
     ("num_train_steps", 8, "num_train_steps: 12 -> 8"),  # shrinking is a training change
     ("dataset.mean", (0.5, 0.5, 0.5), "dataset.mean: null -> [0.5, 0.5, 0.5]"),
-])
+  ],
+)
 def test_a_changed_training_key_is_refused_with_the_diff(tmp_path, key, new, shown):
   run = _fake_run(tmp_path)
   changed = tiny_config(**{key: new})
@@ -57,10 +60,20 @@ def test_several_changes_are_listed_and_reporting_keys_are_not(tmp_path):
 
 def test_reporting_keys_and_a_longer_run_are_allowed(tmp_path, caplog):
   run = _fake_run(tmp_path)
-  changed = tiny_config(log_every_steps=5, eval_every_steps=3, checkpoint_every_steps=2, keep_checkpoints=5,
-                        eval_batch_size=8, eval_tta="flip", num_train_steps=30, async_checkpointing=True,
-                        prefetch_to_device=0, compilation_cache_dir="/tmp/x", evaluators=("fewshot",),
-                        **{"fewshot.shots": (1,), "dataset.eval_split": "train", "task.threshold": 0.3})
+  changed = tiny_config(
+    log_every_steps=5,
+    eval_every_steps=3,
+    checkpoint_every_steps=2,
+    keep_checkpoints=5,
+    eval_batch_size=8,
+    eval_tta="flip",
+    num_train_steps=30,
+    async_checkpointing=True,
+    prefetch_to_device=0,
+    compilation_cache_dir="/tmp/x",
+    evaluators=("fewshot",),
+    **{"fewshot.shots": (1,), "dataset.eval_split": "train", "task.threshold": 0.3},
+  )
   with caplog.at_level(logging.WARNING):
     rerun = workdir.check_rerun(run, changed)
   assert rerun.step == 4 and rerun.training == []
@@ -101,8 +114,10 @@ def test_allow_config_change_records_the_change_and_keeps_the_earlier_config(tmp
   assert json.loads((tmp_path / "classes.json").read_text()) == ["a", "b"]
 
 
-@pytest.mark.parametrize("text,shown", [("", "empty file"), ('{"seed": 0, "model": {', "Expecting"),
-                                        ("[1, 2]", "JSON list, not a config object")])
+@pytest.mark.parametrize(
+  "text,shown",
+  [("", "empty file"), ('{"seed": 0, "model": {', "Expecting"), ("[1, 2]", "JSON list, not a config object")],
+)
 def test_a_damaged_config_json_is_one_line(tmp_path, text, shown):
   (tmp_path / "config.json").write_text(text)
   with pytest.raises(ConfigError) as error:
@@ -128,8 +143,11 @@ def test_a_missing_config_json_keeps_its_message_and_a_folder_in_its_place_is_on
     assert workdir.check_rerun(str(tmp_path), tiny_config()).step is None
   assert "config.json is missing, so this run cannot check" in caplog.text
   os.makedirs(tmp_path / "config.json")
-  for call in (lambda: restore.load_config(str(tmp_path)), lambda: workdir.check_rerun(str(tmp_path), tiny_config()),
-               lambda: workdir.check_rerun(str(tmp_path), tiny_config(), allow=True)):
+  for call in (
+    lambda: restore.load_config(str(tmp_path)),
+    lambda: workdir.check_rerun(str(tmp_path), tiny_config()),
+    lambda: workdir.check_rerun(str(tmp_path), tiny_config(), allow=True),
+  ):
     with pytest.raises(ConfigError, match="config.json is not a file; remove it"):
       call()
 
@@ -144,17 +162,26 @@ def test_training_refuses_a_changed_rerun_allows_it_with_the_flag_and_passes_the
     train.train_and_evaluate(tiny_config(num_train_steps=6, **{"optimizer.learning_rate": 0.02}), run)
   assert not os.path.exists(os.path.join(run, "lock.json"))  # released after an error
   assert not os.path.exists(os.path.join(run, workdir.HISTORY_NAME))
-  allowed = tiny_config(num_train_steps=6, checkpoint_every_steps=2, eval_every_steps=4, allow_config_change=True,
-                        **cache, **{"optimizer.learning_rate": 0.02})
+  allowed = tiny_config(
+    num_train_steps=6,
+    checkpoint_every_steps=2,
+    eval_every_steps=4,
+    allow_config_change=True,
+    **cache,
+    **{"optimizer.learning_rate": 0.02},
+  )
   report = train.train_and_evaluate(allowed, run)
   assert report["step"] == 6  # resumed from step 4 and trained on
   (record,) = workdir.read_history(run)
   assert record["step"] == 4 and record["previous_config"]["optimizer"]["learning_rate"] == 0.05
   assert {(c["key"], c["training"]) for c in record["changes"]} == {
-      ("optimizer.learning_rate", True), ("num_train_steps", False)}
+    ("optimizer.learning_rate", True),
+    ("num_train_steps", False),
+  }
   # A finished workdir re-run with the config it now holds (the flag is not a training key) passes.
-  again = tiny_config(num_train_steps=6, checkpoint_every_steps=2, eval_every_steps=4,
-                      **cache, **{"optimizer.learning_rate": 0.02})
+  again = tiny_config(
+    num_train_steps=6, checkpoint_every_steps=2, eval_every_steps=4, **cache, **{"optimizer.learning_rate": 0.02}
+  )
   assert train.train_and_evaluate(again, run)["step"] == 6
   assert len(workdir.read_history(run)) == 1  # nothing changed (the flag itself is not compared): no record
   assert not os.path.exists(os.path.join(run, "lock.json"))
@@ -164,8 +191,13 @@ def test_training_refuses_a_changed_rerun_allows_it_with_the_flag_and_passes_the
 
 
 def _write_lock(path, **fields):
-  record = {"host": socket.gethostname(), "pid": 1, "started": time.time() - 60, "heartbeat": time.time(),
-            "token": "someone-else"}
+  record = {
+    "host": socket.gethostname(),
+    "pid": 1,
+    "started": time.time() - 60,
+    "heartbeat": time.time(),
+    "token": "someone-else",
+  }
   record.update(fields)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, workdir.LOCK_NAME), "w") as f:
@@ -288,6 +320,7 @@ def gcs_via_gcsfs(gcs):  # noqa: F811
   """The emulator, with epath's once-per-process choice of TensorFlow's GCS client made again (EPATH_USE_TF is
   set by the `gcs` fixture, possibly after an earlier test made epath decide)."""
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   return gcs
 
@@ -364,10 +397,26 @@ def test_a_busy_workdir_stops_every_process_of_a_multi_process_run(tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  command = [sys.executable, "-m", "jaxcls.main", f"--config={os.path.join(REPO, 'configs', 'default.py')}",
-             f"--workdir={tmp_path / 'run'}", f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-  procs = [subprocess.Popen(command + [f"--process_id={i}"], env=subprocess_env(2), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  command = [
+    sys.executable,
+    "-m",
+    "jaxcls.main",
+    f"--config={os.path.join(REPO, 'configs', 'default.py')}",
+    f"--workdir={tmp_path / 'run'}",
+    f"--coordinator_address=localhost:{port}",
+    "--num_processes=2",
+  ]
+  procs = [
+    subprocess.Popen(
+      command + [f"--process_id={i}"],
+      env=subprocess_env(2),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     outputs = [p.communicate(timeout=300)[1] for p in procs]
   finally:
@@ -384,24 +433,34 @@ def test_a_busy_workdir_stops_every_process_of_a_multi_process_run(tmp_path):
 
 # ------------------------------------------------------------------------------------- one owner of the file names
 
+
 def test_the_workdir_names_are_the_documented_ones_and_read_back(tmp_path):
   """store.workdir is the one module that names the workdir's files: these names are a user-facing contract."""
   from jaxcls import data  # pylint: disable=g-import-not-at-top
+
   root = str(tmp_path)
   assert workdir.config_path(root).name == "config.json" and workdir.classes_path(root).name == "classes.json"
   assert workdir.checkpoints_path(root).name == "checkpoints" and workdir.metrics_path(root).name == "metrics.jsonl"
   assert [p.name for p in workdir.report_paths(root)] == ["report.json", "report.md"]
   assert workdir.plots_path(root).name == "plots" and workdir.skipped_path(root).name == "skipped_files.txt"
   assert workdir.fewshot_path(root).name == "fewshot.json"
-  assert workdir.eval_folder(root, "/data/new_images/").name.startswith("eval_data_new_images_")
+  assert workdir.eval_folder(root, "/data/new_images/").name.startswith("eval_data_new-images_")  # "_" joins the parts
   assert workdir.cache_dir(root) == os.path.join(root, "cache")
   from jaxcls.training import writers  # pylint: disable=g-import-not-at-top
+
   assert writers.JSONL_NAME == "metrics.jsonl" and writers.TENSORBOARD_DIR == "tensorboard"  # named here too
   assert not workdir.is_workdir(root)
   with pytest.raises(ConfigError, match="classes.json does not exist"):
     workdir.read_classes(root)
-  info = data.DatasetInfo(num_classes=2, class_names=("ant", "bee"), image_shape=(8, 8, 3), num_train=4,
-                          num_eval=2, mean=(0.5,) * 3, std=(0.25,) * 3)
+  info = data.DatasetInfo(
+    num_classes=2,
+    class_names=("ant", "bee"),
+    image_shape=(8, 8, 3),
+    num_train=4,
+    num_eval=2,
+    mean=(0.5,) * 3,
+    std=(0.25,) * 3,
+  )
   resolved = workdir.resolved_config(tiny_config(), info, num_train_steps=7)
   workdir.write_run_files(root, resolved, info.class_names)
   assert workdir.is_workdir(root) and workdir.read_classes(root) == ["ant", "bee"]
@@ -409,8 +468,14 @@ def test_the_workdir_names_are_the_documented_ones_and_read_back(tmp_path):
   assert saved.num_train_steps == 7 and tuple(saved.dataset.image_size) == (8, 8)
   assert tuple(saved.dataset.class_names) == ("ant", "bee") and tuple(saved.dataset.mean) == (0.5,) * 3
   assert restore.info_from_config(saved) == data.DatasetInfo(
-      num_classes=2, class_names=("ant", "bee"), image_shape=(8, 8, 3), num_train=0, num_eval=0,
-      mean=(0.5,) * 3, std=(0.25,) * 3)
+    num_classes=2,
+    class_names=("ant", "bee"),
+    image_shape=(8, 8, 3),
+    num_train=0,
+    num_eval=0,
+    mean=(0.5,) * 3,
+    std=(0.25,) * 3,
+  )
   workdir.classes_path(root).write_text('{"not": "a list"}')
   with pytest.raises(ConfigError, match="classes.json is damaged"):
     workdir.read_classes(root)
@@ -420,13 +485,23 @@ def test_one_builder_of_task_and_model_for_training_and_restore():
   """Training (weighted loss from the class counts) and restore (no counts) build the same head and model."""
   from jaxcls import data  # pylint: disable=g-import-not-at-top
   from jaxcls.store import build  # pylint: disable=g-import-not-at-top
+
   config = tiny_config(**{"task.class_weights": "balanced"})
-  counted = data.DatasetInfo(num_classes=2, class_names=("ant", "bee"), image_shape=(8, 8, 3), num_train=4,
-                             num_eval=2, mean=(0.5,) * 3, std=(0.25,) * 3, train_class_counts=(3, 1))
+  counted = data.DatasetInfo(
+    num_classes=2,
+    class_names=("ant", "bee"),
+    image_shape=(8, 8, 3),
+    num_train=4,
+    num_eval=2,
+    mean=(0.5,) * 3,
+    std=(0.25,) * 3,
+    train_class_counts=(3, 1),
+  )
   task, model, task_config = build.build_task_and_model(config, counted)
   assert task_config["class_weights"] == (4 / 6, 2.0)
   restored_task, restored_model, restored_config = build.build_task_and_model(
-      config, restore.info_from_config(workdir.resolved_config(config, counted, 4)), weighted=False)
+    config, restore.info_from_config(workdir.resolved_config(config, counted, 4)), weighted=False
+  )
   assert restored_config["class_weights"] == "none" and restored_task.num_outputs == task.num_outputs
   assert restored_model == model
   with pytest.raises(ConfigError, match="'balanced' needs the training class counts"):

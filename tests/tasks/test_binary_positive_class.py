@@ -28,10 +28,12 @@ def _binary(**keys):
 def _finalize(task, logits, labels):
   logits, labels = jnp.asarray(logits[:, None], jnp.float32), jnp.asarray(labels, jnp.int32)
   mask = jnp.ones(len(labels), bool)
-  sums, outputs = jax.tree.map(np.asarray, (task.eval_sums(logits, labels, mask),
-                                            task.eval_outputs(logits, labels, mask)))
-  return task.finalize({k: v.astype(np.int64) if v.dtype.kind == "i" else v.astype(np.float64)
-                        for k, v in sums.items()}, outputs), outputs
+  sums, outputs = jax.tree.map(
+    np.asarray, (task.eval_sums(logits, labels, mask), task.eval_outputs(logits, labels, mask))
+  )
+  return task.finalize(
+    {k: v.astype(np.int64) if v.dtype.kind == "i" else v.astype(np.float64) for k, v in sums.items()}, outputs
+  ), outputs
 
 
 @pytest.mark.parametrize("positive_class, pos_label", [("face", 0), ("not_face", 1), ("", 1)])
@@ -88,8 +90,7 @@ def test_an_unknown_positive_class_lists_the_class_names():
 
 def test_config_key_reaches_the_task_and_the_report_names_it(tmp_path):
   info = data.build(tiny_config(**{"task.type": "binary", "dataset.num_classes": 2})).info
-  config = tiny_config(**{"task.type": "binary", "dataset.num_classes": 2,
-                          "task.positive_class": info.class_names[0]})
+  config = tiny_config(**{"task.type": "binary", "dataset.num_classes": 2, "task.positive_class": info.class_names[0]})
   task, _, _ = build.build_task_and_model(config, info)
   assert task.positive == 0
   default, _, _ = build.build_task_and_model(tiny_config(**{"task.type": "binary", "dataset.num_classes": 2}), info)
@@ -100,6 +101,11 @@ def test_config_key_reaches_the_task_and_the_report_names_it(tmp_path):
   report.write(str(tmp_path), final, info.class_names)
   assert f"Positive class: **{info.class_names[0]}**" in (tmp_path / "report.md").read_text()
   assert json.loads((tmp_path / "report.json").read_text())["positive_class"] == info.class_names[0]
-  path = plots.roc_pr_curves(outputs["probs"], outputs["labels"], info.class_names, str(tmp_path / "roc.png"),
-                             positive_class=result["positive_class"])
+  path = plots.roc_pr_curves(
+    outputs["probs"],
+    outputs["labels"],
+    info.class_names,
+    str(tmp_path / "roc.png"),
+    positive_class=result["positive_class"],
+  )
   assert (tmp_path / "roc.png").stat().st_size > 1000 and path.endswith("roc.png")

@@ -33,6 +33,7 @@ NAME = "test_ordinal"
 @dataclasses.dataclass(frozen=True)
 class Ordinal(tasks.Task):
   """K ordered classes (grades, ages, severities): K - 1 cumulative logits, the median class as the decision."""
+
   num_classes: int
 
   @property
@@ -63,14 +64,21 @@ class Ordinal(tasks.Task):
   def eval_sums(self, logits, labels, mask):
     pred = self.predict(logits)
     valid = mask.astype(jnp.float32)
-    return {"loss_sum": jnp.sum(self.loss(logits, labels) * valid), "count": jnp.sum(mask).astype(jnp.int32),
-            "correct": jnp.sum((pred == labels) & mask).astype(jnp.int32),
-            "abs_error": jnp.sum(jnp.abs(pred - labels) * mask).astype(jnp.int32)}
+    return {
+      "loss_sum": jnp.sum(self.loss(logits, labels) * valid),
+      "count": jnp.sum(mask).astype(jnp.int32),
+      "correct": jnp.sum((pred == labels) & mask).astype(jnp.int32),
+      "abs_error": jnp.sum(jnp.abs(pred - labels) * mask).astype(jnp.int32),
+    }
 
   def finalize(self, sums, outputs: dict | None = None) -> dict:
     count = max(int(sums["count"]), 1)
-    return {"num_examples": int(sums["count"]), "loss": float(sums["loss_sum"]) / count,
-            "accuracy": int(sums["correct"]) / count, "mean_absolute_error": int(sums["abs_error"]) / count}
+    return {
+      "num_examples": int(sums["count"]),
+      "loss": float(sums["loss_sum"]) / count,
+      "accuracy": int(sums["correct"]) / count,
+      "mean_absolute_error": int(sums["abs_error"]) / count,
+    }
 
   def export_metadata(self, class_names) -> dict:
     return {"output": "probabilities [B, K]", "decision": "median class (cumulative probability >= 0.5)"}
@@ -100,8 +108,9 @@ def test_a_registered_class_that_is_not_a_task_is_refused_with_one_line():
   class NotATask:  # pylint: disable=unused-variable
     num_classes: int
 
-  with pytest.raises(ConfigError, match="'test_not_a_task' is registered as .* not a dataclass subclassing "
-                                        "jaxcls.tasks.Task"):
+  with pytest.raises(
+    ConfigError, match="'test_not_a_task' is registered as .* not a dataclass subclassing jaxcls.tasks.Task"
+  ):
     tasks.build({"type": "test_not_a_task"}, 3)
   # One-class data is refused for a single-label task of any type, the toy one included.
   with pytest.raises(DataError, match="a test_ordinal classifier needs at least 2"):

@@ -115,8 +115,7 @@ def test_binary_metrics_match_sklearn(case):
     assert result["best_f1_threshold"] is None and result["best_f1"] == 0.0
     return
   precision, recall, _ = skm.precision_recall_curve(y, prob32)
-  f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
-                 where=precision + recall > 0)
+  f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
   _close(result["best_f1"], f1.max())
   _close(skm.f1_score(y, prob32 >= result["best_f1_threshold"]), f1.max())
   if case == "perfect":
@@ -200,8 +199,9 @@ def test_multilabel_metrics_match_sklearn(case):
     _close(result["macro_average_precision"], skm.average_precision_score(y, logits, average="macro"))
   for j in both:  # each label's best threshold reaches its best F1 on the precision-recall curve
     precision, recall, _ = skm.precision_recall_curve(y[:, j], prob32[:, j])
-    best = np.max(np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
-                            where=precision + recall > 0))
+    best = np.max(
+      np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    )
     _close(result["best_f1"][j], best)
     _close(skm.f1_score(y[:, j], prob32[:, j] >= result["best_f1_thresholds"][j]), best)
   if case == "perfect":
@@ -217,7 +217,7 @@ def _numpy_losses(x, y, gamma, gamma_neg, gamma_pos, clip):
   p_t = y * p + (1 - y) * (1 - p)
   focal = bce * (1 - p_t) ** gamma
   p_m = np.maximum(p - clip, 0)
-  asl = -(y * (1 - p) ** gamma_pos * np.log(p) + (1 - y) * p_m ** gamma_neg * np.log(1 - p_m))
+  asl = -(y * (1 - p) ** gamma_pos * np.log(p) + (1 - y) * p_m**gamma_neg * np.log(1 - p_m))
   return {"bce": bce.sum(-1), "focal": focal.sum(-1), "asymmetric": asl.sum(-1)}
 
 
@@ -226,8 +226,14 @@ def test_multilabel_losses(loss_type):
   rng = np.random.default_rng(3)
   x = rng.normal(size=(8, 4)).astype(np.float32) * 2
   y = (rng.uniform(size=(8, 4)) < 0.4).astype(np.float32)
-  config = {"type": "multilabel", "loss_type": loss_type, "focal_gamma": 1.5, "asl_gamma_neg": 3.0,
-            "asl_gamma_pos": 1.0, "asl_clip": 0.1}
+  config = {
+    "type": "multilabel",
+    "loss_type": loss_type,
+    "focal_gamma": 1.5,
+    "asl_gamma_neg": 3.0,
+    "asl_gamma_pos": 1.0,
+    "asl_clip": 0.1,
+  }
   task = tasks.build(config, 4)
   expected = _numpy_losses(x, y, 1.5, 3.0, 1.0, 0.1)[loss_type]
   loss = jax.jit(task.loss)(jnp.asarray(x), jnp.asarray(y))
@@ -246,8 +252,9 @@ def test_multilabel_reduces_to_bce():
   x, y = jnp.array([[1.0, -2.0, 0.5]]), jnp.array([[1.0, 0.0, 0.0]])
   bce = tasks.build({"type": "multilabel"}, 3).loss(x, y)
   focal = tasks.build({"type": "multilabel", "loss_type": "focal", "focal_gamma": 0.0}, 3).loss(x, y)
-  asl = tasks.build({"type": "multilabel", "loss_type": "asymmetric", "asl_gamma_neg": 0.0, "asl_gamma_pos": 0.0,
-                     "asl_clip": 0.0}, 3).loss(x, y)
+  asl = tasks.build(
+    {"type": "multilabel", "loss_type": "asymmetric", "asl_gamma_neg": 0.0, "asl_gamma_pos": 0.0, "asl_clip": 0.0}, 3
+  ).loss(x, y)
   np.testing.assert_allclose(focal, bce, rtol=1e-6)
   np.testing.assert_allclose(asl, bce, rtol=1e-6)
 
@@ -264,11 +271,19 @@ def test_multilabel_config_errors():
 
 # --- class trees ---
 
-ANCESTORS = (("animal", "mammal"), ("animal", "mammal"), ("animal", "bird"), ("vehicle", "car"),
-             ("vehicle", "car"))
+ANCESTORS = (("animal", "mammal"), ("animal", "mammal"), ("animal", "bird"), ("vehicle", "car"), ("vehicle", "car"))
 NAMES = ("cat", "dog", "owl", "sedan", "coupe")
-PARENTS = {"cat": "mammal", "dog": "mammal", "owl": "bird", "sedan": "car", "coupe": "car",
-           "mammal": "animal", "bird": "animal", "car": "vehicle", "animal": None}
+PARENTS = {
+  "cat": "mammal",
+  "dog": "mammal",
+  "owl": "bird",
+  "sedan": "car",
+  "coupe": "car",
+  "mammal": "animal",
+  "bird": "animal",
+  "car": "vehicle",
+  "animal": None,
+}
 
 
 def _check_example_tree(tree):
@@ -295,7 +310,9 @@ def test_tree_forms(tmp_path):
   assert tree_lib.from_folders(["a/b/c", "a/d/e"]).level_sizes == (1, 2, 2)
 
 
-@pytest.mark.parametrize("value,names,message", [
+@pytest.mark.parametrize(
+  "value,names,message",
+  [
     (ANCESTORS[:4], NAMES, "4 entries"),
     ((("a", "b"), ("a",), ("c", "d"), ("c", "d"), ("c", "d")), NAMES, "same number"),
     ((("a", "m"), ("b", "m"), ("a", "x"), ("a", "x"), ("a", "x")), NAMES, "two parents"),
@@ -305,7 +322,8 @@ def test_tree_forms(tmp_path):
     ("folders", ("cat", "dog"), "nested folder"),
     ("/no/such/tree.json", NAMES, "JSON file"),
     (3, NAMES, "not valid"),
-])
+  ],
+)
 def test_tree_errors(value, names, message):
   with pytest.raises(ConfigError, match=message):
     tree_lib.parse(value, names)
@@ -322,7 +340,7 @@ def _level_log_probs(task, logits):
   bounds = np.cumsum((0,) + task.tree.level_sizes)
   out = []
   for i in range(task.tree.depth):
-    block = np.asarray(logits[:, bounds[i]:bounds[i + 1]], np.float64)
+    block = np.asarray(logits[:, bounds[i] : bounds[i + 1]], np.float64)
     out.append(block - np.log(np.exp(block).sum(1, keepdims=True)))
   return out
 
@@ -335,8 +353,9 @@ def test_hierarchical_loss_and_consistent_prediction():
   labels = np.array([0, 1, 2, 3, 4, 2])
   paths = task.tree.path_array()
   log_probs = _level_log_probs(task, logits)
-  expected = sum(w * -lp[np.arange(6), paths[labels, level]]
-                 for level, (w, lp) in enumerate(zip((0.5, 1.0, 2.0), log_probs)))
+  expected = sum(
+    w * -lp[np.arange(6), paths[labels, level]] for level, (w, lp) in enumerate(zip((0.5, 1.0, 2.0), log_probs))
+  )
   loss = jax.jit(task.loss)
   np.testing.assert_allclose(loss(jnp.asarray(logits), jnp.asarray(labels)), expected, rtol=1e-5)
   soft = np.eye(5, dtype=np.float32)[labels]
@@ -367,9 +386,10 @@ def test_hierarchical_metrics_match_sklearn():
   for level in range(3):
     true_l, pred_l = paths[labels, level], paths[pred, level]
     _close(result[f"level{level}_accuracy"], skm.accuracy_score(true_l, pred_l))
-    size = task.tree.level_sizes[level]
-    _close(result[f"level{level}_macro_f1"],
-           skm.f1_score(true_l, pred_l, labels=np.unique(true_l), average="macro", zero_division=0))
+    _close(
+      result[f"level{level}_macro_f1"],
+      skm.f1_score(true_l, pred_l, labels=np.unique(true_l), average="macro", zero_division=0),
+    )
   _close(result["accuracy"], skm.accuracy_score(labels, pred))
   # Hierarchical P/R/F1 from explicit ancestor sets (the leaf included, the root excluded).
   ancestors = lambda leaf: {(level, paths[leaf, level]) for level in range(3)}
@@ -414,10 +434,15 @@ def test_hierarchical_perfect_predictions_and_errors():
 # --- the Task contract: the host and device views of each built-in task agree -------------------------------------
 
 
-@pytest.mark.parametrize("config, k", [
-    ({"type": "multiclass"}, 4), ({"type": "binary", "threshold": 0.3}, 2),
+@pytest.mark.parametrize(
+  "config, k",
+  [
+    ({"type": "multiclass"}, 4),
+    ({"type": "binary", "threshold": 0.3}, 2),
     ({"type": "multilabel", "thresholds": (0.2, 0.5, 0.7)}, 3),
-    ({"type": "hierarchical", "tree": ("a", "a", "b", "b")}, 4)])
+    ({"type": "hierarchical", "tree": ("a", "a", "b", "b")}, 4),
+  ],
+)
 def test_host_decisions_and_outputs_agree_with_the_device(config, k):
   task = tasks.build(config, k)
   assert isinstance(task, tasks.Task) and task.single_label == (config["type"] != "multilabel")

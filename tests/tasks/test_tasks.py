@@ -21,8 +21,10 @@ def test_eval_metrics_match_sklearn_with_padding_masked():
   mask = np.arange(n + pad) < n
   task = _task(k)
   # Two uneven batches, as the loop would feed them.
-  sums = [task.eval_sums(jnp.asarray(logits[s]), jnp.asarray(labels[s]), jnp.asarray(mask[s]))
-          for s in (slice(0, 100), slice(100, None))]
+  sums = [
+    task.eval_sums(jnp.asarray(logits[s]), jnp.asarray(labels[s]), jnp.asarray(mask[s]))
+    for s in (slice(0, 100), slice(100, None))
+  ]
   total = {name: np.sum([np.asarray(s[name], np.float64) for s in sums], axis=0) for name in sums[0]}
   result = task.finalize(total)
   y, p = labels[:n], logits[:n]

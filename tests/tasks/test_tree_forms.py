@@ -9,10 +9,24 @@ from jaxcls.core.errors import ConfigError
 from jaxcls.tasks import tree as tree_lib
 
 NAMES = ("cat", "dog", "owl", "sedan", "coupe")
-PARENTS = {"cat": "mammal", "dog": "mammal", "owl": "bird", "sedan": "car", "coupe": "car",
-           "mammal": "animal", "bird": "animal", "car": "vehicle", "animal": None}
-CHILDREN = {"animal": ["mammal", "bird"], "vehicle": ["car"], "mammal": ["cat", "dog"], "bird": ["owl"],
-            "car": ["sedan", "coupe"]}
+PARENTS = {
+  "cat": "mammal",
+  "dog": "mammal",
+  "owl": "bird",
+  "sedan": "car",
+  "coupe": "car",
+  "mammal": "animal",
+  "bird": "animal",
+  "car": "vehicle",
+  "animal": None,
+}
+CHILDREN = {
+  "animal": ["mammal", "bird"],
+  "vehicle": ["car"],
+  "mammal": ["cat", "dog"],
+  "bird": ["owl"],
+  "car": ["sedan", "coupe"],
+}
 
 
 def _check_example_tree(tree):

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO, subprocess_env
 
 DEFAULT = os.path.join(REPO, "configs", "default.py")
@@ -58,8 +57,10 @@ def test_plain_args_refuse_what_the_plain_script_lacks(driver):
 def test_plain_data_is_jaxcls_digits(plain, driver, size):
   """The same split, (resized) pixels and normalisation constants as the digits source."""
   from sklearn.datasets import load_digits
+
   from jaxcls import data
   from jaxcls.data import split as split_lib
+
   labels = load_digits().target
   assert all(np.array_equal(a, b) for a, b in zip(plain.split(labels), split_lib.held_out_split(labels, 0.2, 0)))
   config = driver.load_config(DEFAULT)
@@ -75,6 +76,7 @@ def test_plain_data_is_jaxcls_digits(plain, driver, size):
 def test_plain_cnn_is_simple_cnn(plain, driver):
   """Same parameter tree, shapes and initial values from the same key, and the same outputs."""
   from jaxcls import models
+
   config = driver.load_config(DEFAULT)
   ours = plain.CNN(tuple(config.model.widths), config.model.dropout)
   theirs = models.build(config.model, 10, "float32")
@@ -84,16 +86,30 @@ def test_plain_cnn_is_simple_cnn(plain, driver):
   assert jax.tree.structure(ours_v) == jax.tree.structure(theirs_v)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ours_v), jax.tree.leaves(theirs_v)))
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
-  np.testing.assert_allclose(ours.apply(ours_v, x, train=False), theirs.apply(theirs_v, x, train=False),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    ours.apply(ours_v, x, train=False), theirs.apply(theirs_v, x, train=False), rtol=1e-6, atol=1e-6
+  )
 
 
 @pytest.mark.slow
 def test_plain_script_trains_and_prints_accuracy_last():
   script = os.path.join(REPO, "benchmarks", "plain_flax_digits.py")
-  proc = subprocess.run([sys.executable, script, "--widths=4,4", "--num_train_steps=3", "--warmup_steps=1",
-                         "--ema_decay=0.5", "--label_smoothing=0.1"],
-                        capture_output=True, text=True, env=subprocess_env(1), timeout=300, check=False)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      script,
+      "--widths=4,4",
+      "--num_train_steps=3",
+      "--warmup_steps=1",
+      "--ema_decay=0.5",
+      "--label_smoothing=0.1",
+    ],
+    capture_output=True,
+    text=True,
+    env=subprocess_env(1),
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   last = proc.stdout.strip().splitlines()[-1].split()
   assert last[0] == "accuracy" and 0.0 <= float(last[1]) <= 1.0

@@ -6,12 +6,18 @@ from conftest import tiny_config
 from jaxcls.training import hparams
 
 
-@pytest.mark.parametrize("name, present, absent", [
+@pytest.mark.parametrize(
+  "name, present, absent",
+  [
     ("sgd", {"optimizer.momentum", "optimizer.nesterov"}, {"optimizer.b1", "optimizer.muon_momentum"}),
     ("adamw", {"optimizer.b1", "optimizer.b2", "optimizer.eps"}, {"optimizer.momentum", "optimizer.muon_ns_steps"}),
-    ("muon", {"optimizer.muon_momentum", "optimizer.muon_ns_steps", "optimizer.muon_fallback", "optimizer.b1"},
-     {"optimizer.momentum"}),
-])
+    (
+      "muon",
+      {"optimizer.muon_momentum", "optimizer.muon_ns_steps", "optimizer.muon_fallback", "optimizer.b1"},
+      {"optimizer.momentum"},
+    ),
+  ],
+)
 def test_each_optimizer_brings_only_its_own_keys(name, present, absent):
   keys = hparams.applicable(tiny_config(**{"optimizer.name": name}))
   assert present <= set(keys) and not absent & set(keys)
@@ -35,7 +41,7 @@ def test_the_summary_is_at_most_ten_short_lines_even_with_many_classes():
   lines = text.splitlines()
   assert len(lines) <= 10 and all(len(line) <= hparams.MAX_LINE for line in lines)
   assert lines[0] == "Hyper-parameters (every key: config.json):"
-  assert [line.split(":")[0].strip() for line in lines[1:]] == ["model", "data", "task", "optimizer", "schedule",
-                                                                "run"]
-  assert hparams.summary(config.to_dict()) == text == hparams.summary(
-      {k: v for k, v in hparams._flat(config).items()})  # nested or flat, the same summary
+  assert [line.split(":")[0].strip() for line in lines[1:]] == ["model", "data", "task", "optimizer", "schedule", "run"]
+  assert (
+    hparams.summary(config.to_dict()) == text == hparams.summary({k: v for k, v in hparams._flat(config).items()})
+  )  # nested or flat, the same summary

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import Interrupted, InterruptedAt
+
 from jaxcls import data, tasks
-from jaxcls.training import loop as train
 from jaxcls.core.errors import ConfigError
 from jaxcls.tasks.multiclass import resolve_class_weights
+from jaxcls.training import loop as train
 
 
 def _imbalanced(n_major=500, n_minor=50, size=4):
@@ -42,11 +42,11 @@ def test_weighted_loss_math_with_hard_soft_and_smoothed_labels():
   plain = tasks.build({"type": "multiclass"}, 3)
   weighted = tasks.build({"type": "multiclass", "class_weights": (1.0, 3.0, 0.5)}, 3)
   labels = jnp.array([0, 1])
-  np.testing.assert_allclose(weighted.loss(logits, labels), plain.loss(logits, labels) * jnp.array([1.0, 3.0]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    weighted.loss(logits, labels), plain.loss(logits, labels) * jnp.array([1.0, 3.0]), rtol=1e-6
+  )
   soft = jnp.array([[0.25, 0.75, 0.0], [0.0, 0.5, 0.5]])  # after Mixup: the mixed weight
-  np.testing.assert_allclose(weighted.loss(logits, soft), plain.loss(logits, soft) * jnp.array([2.5, 1.75]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(weighted.loss(logits, soft), plain.loss(logits, soft) * jnp.array([2.5, 1.75]), rtol=1e-6)
   smooth = tasks.build({"type": "multiclass", "label_smoothing": 0.3}, 3)
   np.testing.assert_allclose(smooth.targets(soft), soft * 0.7 + 0.1, rtol=1e-6)  # Mixup + smoothing
   np.testing.assert_allclose(smooth.targets(labels), jax.nn.one_hot(labels, 3) * 0.7 + 0.1, rtol=1e-6)
@@ -80,8 +80,13 @@ def test_balanced_stream_is_a_function_of_seed_and_step():
 
 @pytest.mark.slow
 def test_training_with_weights_and_balanced_sampling_resumes_exactly(make_config, tmp_path):
-  overrides = {"dataset.sampling": "balanced", "task.class_weights": "balanced", "num_train_steps": 6,
-               "checkpoint_every_steps": 3, "eval_every_steps": 6}
+  overrides = {
+    "dataset.sampling": "balanced",
+    "task.class_weights": "balanced",
+    "num_train_steps": 6,
+    "checkpoint_every_steps": 3,
+    "eval_every_steps": 6,
+  }
   config = make_config(**overrides)
   train.train_and_evaluate(config, str(tmp_path / "full"))
   # Preempted right after the step-3 checkpoint, then the same command again.
@@ -92,6 +97,7 @@ def test_training_with_weights_and_balanced_sampling_resumes_exactly(make_config
   def losses(name):
     with open(os.path.join(tmp_path, name, "metrics.jsonl")) as f:
       return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
+
   assert sorted(losses("full")) == list(range(1, 7))
   assert losses("resumed") == pytest.approx(losses("full"), rel=1e-6)
 

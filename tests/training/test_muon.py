@@ -10,19 +10,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import Interrupted, InterruptedAt, logged_losses, saved_state, tiny_config
 from jax.experimental.compilation_cache import compilation_cache
 
-from conftest import Interrupted, InterruptedAt, logged_losses, saved_state, tiny_config
 from jaxcls import data, models
-from jaxcls.models import torchvision as convert
-from jaxcls.training import optim
-from jaxcls.training import loop as train
-from jaxcls.training import transfer
 from jaxcls.config.base import get_base_config
 from jaxcls.core.errors import ConfigError
+from jaxcls.models import torchvision as convert
+from jaxcls.training import loop as train
+from jaxcls.training import optim, transfer
 
-CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
+CACHE_SETTINGS = (
+  "jax_compilation_cache_dir",
+  "jax_persistent_cache_min_compile_time_secs",
+  "jax_persistent_cache_min_entry_size_bytes",
+)
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # optax.contrib's (and Keller Jordan's) quintic Newton-Schulz coefficients
 
 
@@ -89,11 +91,14 @@ def _newton_schulz(g, steps):
 
 
 def _params(rng):
-  return {"conv": {"kernel": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
-                   "bias": rng.normal(size=(8,)).astype(np.float32)},
-          "wide": {"kernel": rng.normal(size=(4, 16)).astype(np.float32)},  # fan_out > fan_in: scaled by sqrt(4)
-          "head": {"kernel": rng.normal(size=(8, 3)).astype(np.float32),
-                   "bias": rng.normal(size=(3,)).astype(np.float32)}}
+  return {
+    "conv": {
+      "kernel": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
+      "bias": rng.normal(size=(8,)).astype(np.float32),
+    },
+    "wide": {"kernel": rng.normal(size=(4, 16)).astype(np.float32)},  # fan_out > fan_in: scaled by sqrt(4)
+    "head": {"kernel": rng.normal(size=(8, 3)).astype(np.float32), "bias": rng.normal(size=(3,)).astype(np.float32)},
+  }
 
 
 def _is_head(path):
@@ -112,9 +117,18 @@ def _run(tx, grads_list, params):
 @pytest.mark.parametrize("normalize", [False, True])
 def test_two_muon_steps_match_numpy(normalize):
   lr, fallback_lr, beta, momentum, wd, ns_steps = 0.1, 0.05, 0.9, 0.8, 0.02, 5
-  c = _config(schedule="constant", learning_rate=lr, muon_momentum=beta, muon_ns_steps=ns_steps,
-              muon_fallback="sgd", muon_fallback_learning_rate=fallback_lr, momentum=momentum, nesterov=True,
-              weight_decay=wd, muon_normalize_weights=normalize)
+  c = _config(
+    schedule="constant",
+    learning_rate=lr,
+    muon_momentum=beta,
+    muon_ns_steps=ns_steps,
+    muon_fallback="sgd",
+    muon_fallback_learning_rate=fallback_lr,
+    momentum=momentum,
+    nesterov=True,
+    weight_decay=wd,
+    muon_normalize_weights=normalize,
+  )
   tx, schedule = optim.build_optimizer(c, 100, is_head=_is_head)
   assert float(schedule(3)) == pytest.approx(lr)
   rng = np.random.default_rng(0)
@@ -130,7 +144,7 @@ def test_two_muon_steps_match_numpy(normalize):
     for module in ("conv", "wide"):
       p, grad = want[module]["kernel"], g[module]["kernel"]
       mu[module] = beta * mu[module] + (1 - beta) * grad
-      nesterov = beta * mu[module] / (1 - beta ** (t + 1)) + (1 - beta) * grad / (1 - beta ** t)
+      nesterov = beta * mu[module] / (1 - beta ** (t + 1)) + (1 - beta) * grad / (1 - beta**t)
       matrix = nesterov.reshape(-1, p.shape[-1])  # [H*W*I, O]
       fan_in, fan_out = matrix.shape
       ortho = _newton_schulz(matrix, ns_steps).reshape(p.shape) * np.sqrt(max(1.0, fan_out / fan_in))
@@ -145,8 +159,16 @@ def test_two_muon_steps_match_numpy(normalize):
 
 
 def test_adamw_fallback_matches_optax_adamw_on_the_other_leaves():
-  c = _config(schedule="constant", learning_rate=0.1, muon_fallback="adamw", muon_fallback_learning_rate=0.01,
-              b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.3)
+  c = _config(
+    schedule="constant",
+    learning_rate=0.1,
+    muon_fallback="adamw",
+    muon_fallback_learning_rate=0.01,
+    b1=0.8,
+    b2=0.95,
+    eps=1e-6,
+    weight_decay=0.3,
+  )
   tx, _ = optim.build_optimizer(c, 100, is_head=_is_head)
   rng = np.random.default_rng(1)
   params = _params(rng)
@@ -184,8 +206,14 @@ def _updates(c, grads, params):
 
 
 def test_backbone_factor_and_clipping_apply_to_both_parts():
-  settings = dict(schedule="constant", learning_rate=0.1, muon_fallback="sgd", muon_fallback_learning_rate=0.05,
-                  weight_decay=0.01, muon_ns_steps=2)
+  settings = dict(
+    schedule="constant",
+    learning_rate=0.1,
+    muon_fallback="sgd",
+    muon_fallback_learning_rate=0.05,
+    weight_decay=0.01,
+    muon_ns_steps=2,
+  )
   rng = np.random.default_rng(3)
   params = _params(rng)
   grads = jax.tree.map(lambda p: 10 * rng.normal(size=p.shape).astype(np.float32), params)
@@ -209,13 +237,16 @@ def test_backbone_factor_and_clipping_apply_to_both_parts():
 # Errors.
 
 
-@pytest.mark.parametrize("overrides, fragment", [
+@pytest.mark.parametrize(
+  "overrides, fragment",
+  [
     ({"muon_momentum": 1.0}, "muon_momentum=1.0"),
     ({"muon_ns_steps": 0}, "muon_ns_steps=0"),
     ({"muon_fallback": "adam"}, "Did you mean 'adamw'"),
     ({"muon_fallback_learning_rate": -1.0}, "muon_fallback_learning_rate=-1.0"),
     ({"name": "muom"}, "Did you mean 'muon'"),
-])
+  ],
+)
 def test_bad_muon_config_raises(overrides, fragment):
   with pytest.raises(ConfigError, match="config.optimizer") as info:
     optim.build_optimizer(_config(**overrides), 10, is_head=_is_head)
@@ -238,10 +269,19 @@ def muon_runs(tmp_path_factory):
   off again afterwards so that other tests in this process compile as before.
   """
   root = tmp_path_factory.mktemp("muon")
-  config = tiny_config(**{"optimizer.name": "muon", "optimizer.learning_rate": 0.05,
-                          "optimizer.muon_fallback_learning_rate": 0.01, "optimizer.warmup_steps": 2,
-                          "model.dropout": 0.0, "augment": "", "num_train_steps": 16, "eval_every_steps": 16,
-                          "compilation_cache_dir": str(root / "cache")})
+  config = tiny_config(
+    **{
+      "optimizer.name": "muon",
+      "optimizer.learning_rate": 0.05,
+      "optimizer.muon_fallback_learning_rate": 0.01,
+      "optimizer.warmup_steps": 2,
+      "model.dropout": 0.0,
+      "augment": "",
+      "num_train_steps": 16,
+      "eval_every_steps": 16,
+      "compilation_cache_dir": str(root / "cache"),
+    }
+  )
   full, resumed, one = str(root / "full"), str(root / "resumed"), jax.devices()[:1]
   saved = {k: getattr(jax.config, k) for k in CACHE_SETTINGS}
   try:

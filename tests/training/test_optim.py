@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcls.training import optim
 from jaxcls.config.base import get_base_config
 from jaxcls.core.errors import ConfigError
+from jaxcls.training import optim
 
 
 def _config(**overrides):
@@ -23,8 +23,10 @@ def _lr(schedule, step):
 
 
 def _params():
-  return {"dense": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.1, -0.2])},
-          "norm": {"scale": jnp.array([1.0, 1.0])}}
+  return {
+    "dense": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.1, -0.2])},
+    "norm": {"scale": jnp.array([1.0, 1.0])},
+  }
 
 
 def _grads(seed):
@@ -61,7 +63,8 @@ def test_cosine_end_factor():
 
 def test_linear_with_warmup():
   _, lr = optim.build_optimizer(
-      _config(schedule="linear", learning_rate=1.0, warmup_steps=20, end_learning_rate_factor=0.2), 120)
+    _config(schedule="linear", learning_rate=1.0, warmup_steps=20, end_learning_rate_factor=0.2), 120
+  )
   assert _lr(lr, 0) == 0.0
   assert _lr(lr, 20) == pytest.approx(1.0)
   assert _lr(lr, 70) == pytest.approx(0.6)
@@ -70,7 +73,8 @@ def test_linear_with_warmup():
 
 def test_step_boundaries_are_fractions_of_all_steps():
   _, lr = optim.build_optimizer(
-      _config(schedule="step", learning_rate=1.0, warmup_steps=10, step_boundaries=(0.5, 0.75), step_factor=0.1), 100)
+    _config(schedule="step", learning_rate=1.0, warmup_steps=10, step_boundaries=(0.5, 0.75), step_factor=0.1), 100
+  )
   assert _lr(lr, 5) == pytest.approx(0.5)
   assert _lr(lr, 10) == pytest.approx(1.0)
   assert _lr(lr, 49) == pytest.approx(1.0)
@@ -105,8 +109,8 @@ def test_mask_excludes_1d_leaves():
 def test_sgd_matches_hand_computation(nesterov):
   lr, mom, wd = 0.5, 0.9, 0.1
   tx, _ = optim.build_optimizer(
-      _config(name="sgd", schedule="constant", learning_rate=lr, momentum=mom, nesterov=nesterov, weight_decay=wd),
-      100)
+    _config(name="sgd", schedule="constant", learning_rate=lr, momentum=mom, nesterov=nesterov, weight_decay=wd), 100
+  )
   g1, g2 = _grads(1), _grads(2)
   got = _run(tx, [g1, g2], _params())
 
@@ -135,8 +139,8 @@ def test_sgd_without_momentum_or_decay_is_plain_sgd():
 
 def test_adamw_matches_optax_with_mask():
   tx, _ = optim.build_optimizer(
-      _config(name="adamw", schedule="constant", learning_rate=1e-2, b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.3),
-      100)
+    _config(name="adamw", schedule="constant", learning_rate=1e-2, b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.3), 100
+  )
   ref = optax.adamw(1e-2, b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.3, mask=optim.decay_mask)
   grads = [_grads(i) for i in range(3)]
   got, want = _run(tx, grads, _params()), _run(ref, grads, _params())
@@ -172,7 +176,9 @@ def test_optimizer_jits():
 # Errors.
 
 
-@pytest.mark.parametrize("overrides, num_steps, fragment", [
+@pytest.mark.parametrize(
+  "overrides, num_steps, fragment",
+  [
     ({"name": "adam"}, 10, "'adamw'"),
     ({"schedule": "cosin"}, 10, "'cosine'"),
     ({"learning_rate": -0.1}, 10, "learning_rate=-0.1"),
@@ -184,7 +190,8 @@ def test_optimizer_jits():
     ({"schedule": "step", "step_boundaries": (0.75, 0.5)}, 10, "strictly increasing"),
     ({"schedule": "step", "step_boundaries": (0.5, 1.5)}, 10, "between 0 and 1"),
     ({}, 0, "num_train_steps=0"),
-])
+  ],
+)
 def test_bad_config_raises(overrides, num_steps, fragment):
   with pytest.raises(ConfigError) as info:
     optim.build_optimizer(_config(**overrides), num_steps)
@@ -227,8 +234,7 @@ def test_frozen_backbone_gets_no_update_no_decay_and_no_state(name):
 
 @pytest.mark.parametrize("name, momentum", [("sgd", 0.9), ("sgd", 0.0), ("adamw", 0.9)])
 def test_backbone_updates_scale_with_the_factor(name, momentum):
-  settings = dict(name=name, schedule="cosine", learning_rate=0.2, weight_decay=0.1, momentum=momentum,
-                  warmup_steps=1)
+  settings = dict(name=name, schedule="cosine", learning_rate=0.2, weight_decay=0.1, momentum=momentum, warmup_steps=1)
   scaled, schedule = optim.build_optimizer(_config(**settings, backbone_lr_factor=0.25), 10, is_head=_is_head)
   plain, plain_schedule = optim.build_optimizer(_config(**settings), 10)
   grads = [_grads(i) for i in range(3)]
@@ -241,8 +247,10 @@ def test_backbone_updates_scale_with_the_factor(name, momentum):
 def test_clipping_counts_only_trained_parameters():
   config = dict(schedule="constant", learning_rate=1.0, momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0)
   params = _params()
-  grads = {"dense": jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params["dense"]),
-           "norm": {"scale": jnp.full((2,), 100.0)}}
+  grads = {
+    "dense": jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params["dense"]),
+    "norm": {"scale": jnp.full((2,), 100.0)},
+  }
   frozen, _ = optim.build_optimizer(_config(**config, backbone_lr_factor=0.0), 10, is_head=_is_head)
   updates, _ = frozen.update(grads, frozen.init(params), params)
   np.testing.assert_allclose(updates["dense"]["kernel"], -0.1, rtol=1e-6)  # under the norm: not clipped
@@ -254,8 +262,10 @@ def test_clipping_counts_only_trained_parameters():
 
 
 def test_param_labels_and_group_errors():
-  assert optim.param_labels(_is_head)(_params()) == {"dense": {"kernel": "head", "bias": "head"},
-                                                     "norm": {"scale": "backbone"}}
+  assert optim.param_labels(_is_head)(_params()) == {
+    "dense": {"kernel": "head", "bias": "head"},
+    "norm": {"scale": "backbone"},
+  }
   with pytest.raises(ConfigError, match="backbone_lr_factor=-0.5 must be >= 0"):
     optim.build_optimizer(_config(backbone_lr_factor=-0.5), 10, is_head=_is_head)
   with pytest.raises(ConfigError, match="needs the head's parameters"):

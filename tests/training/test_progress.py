@@ -94,8 +94,9 @@ def test_the_last_line_comes_at_close_without_a_loss():
 def test_the_loss_the_loop_logs_reaches_the_line(tmp_path):
   clock = Clock()
   with writers.create_writer(str(tmp_path), is_main=True, names=("jsonl",)) as writer:
-    shown = writers.create_progress(100, writer, is_main=True, batch_size=4, steps_per_epoch=25,
-                                    interactive=False, clock=clock)
+    shown = writers.create_progress(
+      100, writer, is_main=True, batch_size=4, steps_per_epoch=25, interactive=False, clock=clock
+    )
     shown(1)
     clock.t += 6.0
     writer.write_scalars(10, {"train/loss": 0.3125, "train/accuracy": 0.5})
@@ -162,9 +163,23 @@ ABSL = re.compile(r"^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+) +\d+ [\w.]+:\d+\] (.*
 
 def test_the_default_run_reads_well_in_a_log_file(python, tmp_path):
   """configs/default.py from the command line, its stderr a file (not a terminal), read as a user would."""
-  result = subprocess.run([python, "-m", "jaxcls.main", "--config", "configs/default.py", "--workdir",
-                           str(tmp_path / "run"), "--config.num_train_steps=400"], cwd=REPO, env=subprocess_env(1),
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [
+      python,
+      "-m",
+      "jaxcls.main",
+      "--config",
+      "configs/default.py",
+      "--workdir",
+      str(tmp_path / "run"),
+      "--config.num_train_steps=400",
+    ],
+    cwd=REPO,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stderr.splitlines()
   assert all(len(line) <= 200 for line in lines), max(lines, key=len)
@@ -190,9 +205,22 @@ def test_the_default_run_on_a_terminal_shows_a_bar(python, tmp_path):
   lines on their own lines between its frames, and its last frame at 100%."""
   master, slave = pty.openpty()
   tty.setraw(slave)
-  process = subprocess.Popen([python, "-m", "jaxcls.main", "--config", "configs/default.py", "--workdir",
-                              str(tmp_path / "run"), "--config.num_train_steps=150"], cwd=REPO,
-                             env=subprocess_env(1), stdout=subprocess.DEVNULL, stderr=slave)
+  process = subprocess.Popen(
+    [
+      python,
+      "-m",
+      "jaxcls.main",
+      "--config",
+      "configs/default.py",
+      "--workdir",
+      str(tmp_path / "run"),
+      "--config.num_train_steps=150",
+    ],
+    cwd=REPO,
+    env=subprocess_env(1),
+    stdout=subprocess.DEVNULL,
+    stderr=slave,
+  )
   os.close(slave)
   out = b""
   while True:  # read as it comes, so the pty never fills

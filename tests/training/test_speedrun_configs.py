@@ -11,10 +11,10 @@ import struct
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, set_keys
 
 from jaxcls.config import check as config_check
 from jaxcls.training import loop as train
-from conftest import REPO, set_keys
 
 
 def load(name):
@@ -69,8 +69,7 @@ def test_fashion_mnist_speedrun_trains_on_idx_files(tmp_path):
   _write_idx(str(folder), "train", rng.integers(0, 256, (48, 28, 28)), np.arange(48) % 10)
   _write_idx(str(folder), "t10k", rng.integers(0, 256, (20, 28, 28)), np.arange(20) % 10)
   # float32: XLA's CPU backend compiles a bfloat16 ResNet-18 several times slower (the CIFAR test covers bf16).
-  config = shrink(load("fashion_mnist_speedrun"), **{"dataset.path": str(folder), "model.width": 8,
-                                                     "dtype": "float32"})
+  config = shrink(load("fashion_mnist_speedrun"), **{"dataset.path": str(folder), "model.width": 8, "dtype": "float32"})
   result = train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
   assert result["step"] == 2 and result["num_examples"] == 20
   assert np.isfinite(result["loss"])
@@ -84,21 +83,32 @@ def mock_cifar10(tmp_path):
   """mock_data serving PNG-encoded random 32x32 images under cifar10's name, with our split sizes."""
   tfds = pytest.importorskip("tensorflow_datasets")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   data_dir = tmp_path / "tfds"
   builder = tfds.builder("cifar10", data_dir=str(data_dir))
   template = lambda name: tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", dataset_name="cifar10",
-      split=name, filetype_suffix="tfrecord")
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0, filename_template=template(name))
-      for name, n in CIFAR_SIZES.items()]))
+    data_dir=builder.data_path,
+    template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+    dataset_name="cifar10",
+    split=name,
+    filetype_suffix="tfrecord",
+  )
+  builder.info.set_splits(
+    tfds.core.SplitDict(
+      [
+        tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0, filename_template=template(name))
+        for name, n in CIFAR_SIZES.items()
+      ]
+    )
+  )
   builder.data_path.mkdir(parents=True)
   builder.info.write_to_directory(builder.data_path)
 
   def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
     del decoders, read_config, shuffle_files, kwargs  # jaxcls asks for the encoded image (SkipDecoding)
-    count = sum(i.take if i.take >= 0 else i.examples_in_shard - i.skip
-                for i in self.info.splits[split].file_instructions)
+    count = sum(
+      i.take if i.take >= 0 else i.examples_in_shard - i.skip for i in self.info.splits[split].file_instructions
+    )
 
     def example(i):
       image = tf.random.stateless_uniform((32, 32, 3), seed=[i, 0], maxval=256, dtype=tf.int32)
@@ -106,15 +116,18 @@ def mock_cifar10(tmp_path):
 
     return tf.data.Dataset.range(count).map(example)
 
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(data_dir),
-                              as_dataset_fn=as_dataset):
+  with tfds.testing.mock_data(
+    policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(data_dir), as_dataset_fn=as_dataset
+  ):
     yield str(data_dir)
 
 
 @pytest.mark.slow
 def test_cifar10_speedrun_trains_through_tfds_mock_data(mock_cifar10, tmp_path):
-  config = shrink(load("cifar10_speedrun"), **{"dataset.data_dir": mock_cifar10, "model.widths": (8, 16, 16),
-                                               "dataset.shuffle_buffer": 64})
+  config = shrink(
+    load("cifar10_speedrun"),
+    **{"dataset.data_dir": mock_cifar10, "model.widths": (8, 16, 16), "dataset.shuffle_buffer": 64},
+  )
   result = train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
   assert result["step"] == 2 and result["num_examples"] == CIFAR_SIZES["test"]
   assert np.isfinite(result["loss"])
@@ -123,6 +136,7 @@ def test_cifar10_speedrun_trains_through_tfds_mock_data(mock_cifar10, tmp_path):
 
 def test_cifar10_speedrun_muon_converts_airbench94_muon_hyperparameters():
   from jaxcls import models  # pylint: disable=g-import-not-at-top
+
   config = load("cifar10_speedrun_muon")
   config_check.validate(config)
   o = config.optimizer
@@ -142,9 +156,18 @@ def test_cifar10_speedrun_muon_converts_airbench94_muon_hyperparameters():
 def test_cifar10_speedrun_muon_trains_its_network(tmp_path):
   # The tfds input path is the test above's; this one adds Muon (with airbench's weight normalisation) on the
   # airbench94 network, on synthetic 16x16 images so that it stays cheap.
-  config = shrink(load("cifar10_speedrun_muon"), **{
-      "dataset.name": "synthetic", "dataset.image_size": (16, 16), "dataset.num_train_examples": 64,
-      "dataset.num_eval_examples": 32, "model.widths": (8, 16, 16), "dtype": "float32", "eval_tta": "none"})
+  config = shrink(
+    load("cifar10_speedrun_muon"),
+    **{
+      "dataset.name": "synthetic",
+      "dataset.image_size": (16, 16),
+      "dataset.num_train_examples": 64,
+      "dataset.num_eval_examples": 32,
+      "model.widths": (8, 16, 16),
+      "dtype": "float32",
+      "eval_tta": "none",
+    },
+  )
   result = train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
   assert result["step"] == 2 and result["num_examples"] == 32
   assert np.isfinite(result["loss"])

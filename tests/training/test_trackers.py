@@ -77,27 +77,40 @@ def test_mlflow_tracking_uri_from_the_config_and_the_environment(tmp_path, monke
 def test_a_missing_tracker_package_is_one_config_error(tmp_path):
   """In a process where `mlflow` and `wandb` cannot be imported, naming them is one line with the pip command."""
   code = (
-      "import sys; sys.modules['mlflow'] = None; sys.modules['wandb'] = None\n"
-      "from jaxcls.core.errors import ConfigError\n"
-      "from jaxcls.training import writers\n"
-      "for name in ('mlflow', 'wandb'):\n"
-      "  try:\n"
-      "    writers.create_writer(sys.argv[1], is_main=True, names=(name,))\n"
-      "  except ConfigError as e:\n"
-      "    print(e)\n")
-  out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    "import sys; sys.modules['mlflow'] = None; sys.modules['wandb'] = None\n"
+    "from jaxcls.core.errors import ConfigError\n"
+    "from jaxcls.training import writers\n"
+    "for name in ('mlflow', 'wandb'):\n"
+    "  try:\n"
+    "    writers.create_writer(sys.argv[1], is_main=True, names=(name,))\n"
+    "  except ConfigError as e:\n"
+    "    print(e)\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+  )
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 2, out.stderr[-2000:]
   assert "`pip install mlflow`" in lines[0] and "`pip install wandb`" in lines[1]
 
 
 def test_trackers_are_imported_only_when_named(tmp_path):
-  code = ("import sys\nfrom jaxcls.training import writers\n"
-          "w = writers.create_writer(sys.argv[1], is_main=True); w.write_scalars(1, {'a': 1.0}); w.close()\n"
-          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'wandb')))\n")
-  out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  code = (
+    "import sys\nfrom jaxcls.training import writers\n"
+    "w = writers.create_writer(sys.argv[1], is_main=True); w.write_scalars(1, {'a': 1.0}); w.close()\n"
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'wandb')))\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+  )
   assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]
 
 
@@ -117,11 +130,19 @@ def test_wandb_without_a_login_or_offline_mode_is_one_config_error(tmp_path):
   """A fresh HOME (no netrc), no API key, no WANDB_MODE, stdin not a terminal: wandb refuses, in one line."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
   env.update(HOME=str(tmp_path / "home"), PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-  code = ("import sys\nfrom jaxcls.core.errors import ConfigError\nfrom jaxcls.training import writers\n"
-          "try:\n  writers.create_writer(sys.argv[1], is_main=True, names=('wandb',))\n"
-          "except ConfigError as e:\n  print(e)\n")
-  out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
-                       timeout=120, env=env, stdin=subprocess.DEVNULL)
+  code = (
+    "import sys\nfrom jaxcls.core.errors import ConfigError\nfrom jaxcls.training import writers\n"
+    "try:\n  writers.create_writer(sys.argv[1], is_main=True, names=('wandb',))\n"
+    "except ConfigError as e:\n  print(e)\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, str(tmp_path / "run")],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=env,
+    stdin=subprocess.DEVNULL,
+  )
   assert "wandb login" in out.stdout and "WANDB_MODE=offline" in out.stdout, out.stderr[-2000:]
   assert len(out.stdout.strip().splitlines()) == 1
 
@@ -134,6 +155,7 @@ def read_wandb_log(path):
   blocks of chunks with a 7-byte header: crc32c, length, type FULL/FIRST/MIDDLE/LAST) holding
   `wandb_internal_pb2.Record`s. wandb 0.31 ships no Python reader (its old `sdk.internal.datastore` is gone)."""
   from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
+
   data = open(path, "rb").read()
   assert data[:4] == b":W&B"
   block, pos, pending, records = 32768, 7, b"", []
@@ -142,11 +164,11 @@ def read_wandb_log(path):
     if left < 7:
       pos += left
       continue
-    _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+    _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
     if length == 0 and kind == 0:  # zero padding to the end of a block
       pos += left
       continue
-    pending += data[pos + 7:pos + 7 + length]
+    pending += data[pos + 7 : pos + 7 + length]
     pos += 7 + length
     if kind in (1, 4):  # FULL or LAST: a whole record
       record = wandb_internal_pb2.Record()
@@ -206,8 +228,9 @@ def test_mlflow_and_wandb_after_a_training_run_and_its_resume(tmp_path, monkeypa
   history, _, _ = _wandb_history(workdir)
   assert sorted(s for s, row in history.items() if "train/loss" in row) == list(range(1, 13))
   # A longer schedule on the same workdir resumes: the same MLflow run gets the new steps.
-  train.train_and_evaluate(tiny_config(writers=("jsonl", "mlflow"), num_train_steps=16,
-                                       **{"optimizer.name": "adamw"}), workdir)
+  train.train_and_evaluate(
+    tiny_config(writers=("jsonl", "mlflow"), num_train_steps=16, **{"optimizer.name": "adamw"}), workdir
+  )
   client, run = _mlflow_run(workdir)
   assert run.info.run_id == run_id and run.info.status == "FINISHED"
   assert _steps(client, run_id, "train/loss") == list(range(1, 17))
@@ -217,8 +240,12 @@ def test_mlflow_and_wandb_after_a_training_run_and_its_resume(tmp_path, monkeypa
 def test_the_loop_hands_config_mlflow_to_the_writer(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # a store of one's own keeps MLflow's default artifact root: ./mlruns
   store = f"sqlite:///{tmp_path}/shared.db"
-  config = tiny_config(writers=("jsonl", "mlflow"), num_train_steps=4, eval_every_steps=4,
-                       **{"mlflow.tracking_uri": store, "mlflow.experiment": "team"})
+  config = tiny_config(
+    writers=("jsonl", "mlflow"),
+    num_train_steps=4,
+    eval_every_steps=4,
+    **{"mlflow.tracking_uri": store, "mlflow.experiment": "team"},
+  )
   train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "mlflow.db").exists()
   client = mlflow.MlflowClient(tracking_uri=store)

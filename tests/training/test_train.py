@@ -43,6 +43,7 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   # Cross-check accuracy against predictions computed directly from the restored parameters.
   from jaxcls import data, models
   from jaxcls.models import forward
+
   ds = data.build(config)
   state = saved_state(str(tmp_path), 4)
   model = models.build(config.model, 4)
@@ -56,6 +57,7 @@ def test_eval_counts_every_example_once(make_config, tmp_path):
   assert result["accuracy"] == pytest.approx(expected)
   # Ranking metrics use every eval example's probabilities, gathered across devices in split order.
   from sklearn import metrics as skm
+
   probs = np.asarray(jax.nn.softmax(logits.astype(np.float32), -1), np.float64)
   y = np.concatenate(labels)
   assert result["macro_roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr"), abs=1e-5)
@@ -75,6 +77,7 @@ def test_resume_continues_exactly(make_config, tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "full"))
   # The first run is preempted right after its step-8 checkpoint (batch 9 is asked for only after it).
   from jaxcls import data
+
   with pytest.raises(Interrupted):
     train.train_and_evaluate(config, str(tmp_path / "resumed"), dataset=InterruptedAt(data.build(config), 9))
   assert not os.path.exists(tmp_path / "resumed" / "report.json")
@@ -143,9 +146,14 @@ def test_parallel_to_global_shapes():
 @pytest.mark.slow
 def test_mixup_with_label_smoothing_trains_and_logs_the_data_wait(make_config, tmp_path):
   """Soft labels from the device augmentations reach the loss; the log says how long steps waited for data."""
-  config = make_config(num_train_steps=4, eval_every_steps=4, log_every_steps=2, prefetch_to_device=2,
-                       augment="flip_lr|mixup(alpha=0.4)|cutmix(probability=0.5)",
-                       **{"task.label_smoothing": 0.1})
+  config = make_config(
+    num_train_steps=4,
+    eval_every_steps=4,
+    log_every_steps=2,
+    prefetch_to_device=2,
+    augment="flip_lr|mixup(alpha=0.4)|cutmix(probability=0.5)",
+    **{"task.label_smoothing": 0.1},
+  )
   result = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(result["loss"]) and result["num_examples"] == 100
   with open(tmp_path / "metrics.jsonl") as f:
@@ -159,9 +167,11 @@ def test_compiled_step_reports_flops_per_example():
   from jax.sharding import NamedSharding, PartitionSpec
 
   from jaxcls.core import compiled
+
   mesh = parallel.make_mesh()
-  jitted = jax.jit(lambda w, x: x @ w, in_shardings=(NamedSharding(mesh, PartitionSpec()),
-                                                     NamedSharding(mesh, PartitionSpec("data"))))
+  jitted = jax.jit(
+    lambda w, x: x @ w, in_shardings=(NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data")))
+  )
   step = compiled.CompiledOnFirstCall(jitted, "matmul", examples_per_device=64 / 8)
   out = step(np.ones((32, 16), np.float32), np.ones((64, 32), np.float32))
   assert out.shape == (64, 16)
@@ -170,11 +180,16 @@ def test_compiled_step_reports_flops_per_example():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, expected_keys", [
+@pytest.mark.parametrize(
+  "task, expected_keys",
+  [
     ({"task.type": "binary", "dataset.num_classes": 2}, {"roc_auc", "best_f1_threshold", "f1"}),
-    ({"task.type": "hierarchical", "task.tree": (("a",), ("a",), ("b",), ("b",))},
-     {"level0_accuracy", "level1_accuracy", "mean_mistake_severity"}),
-])
+    (
+      {"task.type": "hierarchical", "task.tree": (("a",), ("a",), ("b",), ("b",))},
+      {"level0_accuracy", "level1_accuracy", "mean_mistake_severity"},
+    ),
+  ],
+)
 def test_other_task_types_train_through_the_loop(make_config, tmp_path, task, expected_keys):
   result = train.train_and_evaluate(make_config(**task, num_train_steps=4), str(tmp_path))
   assert result["num_examples"] == 100 and expected_keys <= set(result)
@@ -195,15 +210,35 @@ def test_multilabel_sets_from_arrays_train_end_to_end(make_config, tmp_path):
   for name, n in (("train", 128), ("test", 100)):
     images, labels = split(n)
     np.savez(tmp_path / f"{name}.npz", images=images, labels=labels)
-  config = make_config(**{"dataset.name": "arrays", "dataset.path": str(tmp_path), "dataset.image_size": None,
-                          "task.type": "multilabel", "optimizer.learning_rate": 0.1}, num_train_steps=24,
-                       augment="flip_lr")
+  config = make_config(
+    **{
+      "dataset.name": "arrays",
+      "dataset.path": str(tmp_path),
+      "dataset.image_size": None,
+      "task.type": "multilabel",
+      "optimizer.learning_rate": 0.1,
+    },
+    num_train_steps=24,
+    augment="flip_lr",
+  )
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["num_examples"] == 100
   assert {"hamming_loss", "macro_f1", "micro_roc_auc"} <= set(result)
   assert result["micro_roc_auc"] > 0.9  # channel brightness is an easy cue
   from jaxcls import data
+
   with pytest.raises(ConfigError, match="one label per image"):
-    next(data.build(make_config(**{"dataset.name": "arrays", "dataset.path": str(tmp_path),
-                                   "dataset.image_size": None, "dataset.sampling": "balanced"})
-                    ).with_sampling("balanced").train_batches(16, start_step=0, seed=0))
+    next(
+      data.build(
+        make_config(
+          **{
+            "dataset.name": "arrays",
+            "dataset.path": str(tmp_path),
+            "dataset.image_size": None,
+            "dataset.sampling": "balanced",
+          }
+        )
+      )
+      .with_sampling("balanced")
+      .train_batches(16, start_step=0, seed=0)
+    )

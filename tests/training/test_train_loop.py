@@ -22,8 +22,14 @@ def metrics_lines(workdir):
 
 def test_loop_runs_with_implicit_transfers_disallowed(make_config, tmp_path):
   """Between log points the steps make no implicit host <-> device copy (a per-step float() would be one)."""
-  config = make_config(num_train_steps=6, log_every_steps=3, eval_every_steps=3, checkpoint_every_steps=3,
-                       ema_decay=0.9, transfer_guard="disallow")
+  config = make_config(
+    num_train_steps=6,
+    log_every_steps=3,
+    eval_every_steps=3,
+    checkpoint_every_steps=3,
+    ema_decay=0.9,
+    transfer_guard="disallow",
+  )
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 6 and np.isfinite(result["loss"])
 
@@ -47,8 +53,9 @@ def test_transfer_guard_catches_an_implicit_transfer(make_config, tmp_path):
 
 
 def test_metrics_jsonl_has_throughput_and_data_wait(make_config, tmp_path):
-  train.train_and_evaluate(make_config(num_train_steps=8, log_every_steps=4, eval_every_steps=-1,
-                                       checkpoint_every_steps=-1), str(tmp_path))
+  train.train_and_evaluate(
+    make_config(num_train_steps=8, log_every_steps=4, eval_every_steps=-1, checkpoint_every_steps=-1), str(tmp_path)
+  )
   lines = metrics_lines(tmp_path)
   train_lines = [row for row in lines if "train/loss" in row]
   assert [row["step"] for row in train_lines] == [4, 8]
@@ -78,8 +85,13 @@ def test_logged_train_loss_is_the_mean_of_the_window(make_config, tmp_path):
 def test_non_finite_step_inside_a_window_is_found_and_named(make_config, tmp_path):
   """Checked only every 10 steps: the error names the first bad step and the range checked together; no
   checkpoint of a non-finite state is written and the state kept is the one before the bad step."""
-  config = make_config(**{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 4}, num_train_steps=20,
-                       log_every_steps=10, eval_every_steps=-1, checkpoint_every_steps=-1)
+  config = make_config(
+    **{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 4},
+    num_train_steps=20,
+    log_every_steps=10,
+    eval_every_steps=-1,
+    checkpoint_every_steps=-1,
+  )
   with pytest.raises(NonFiniteLossError, match=r"non-finite at step (\d+) \(steps 1-10 checked together; loss=") as e:
     train.train_and_evaluate(config, str(tmp_path))
   bad = int(str(e.value).split("at step ")[1].split()[0])
@@ -112,8 +124,7 @@ def test_window_sums_and_freezes_after_the_first_bad_step():
 
 def test_metric_names_come_from_the_task_without_a_model():
   multiclass = tasks.build({"type": "multiclass"}, 4)
-  assert step_metrics.metric_names(multiclass, 4, (16,), np.int32) == ("loss", "grad_norm", "learning_rate",
-                                                                       "accuracy")
+  assert step_metrics.metric_names(multiclass, 4, (16,), np.int32) == ("loss", "grad_norm", "learning_rate", "accuracy")
   multilabel = tasks.build({"type": "multilabel"}, 5)
   assert "hamming_loss" in step_metrics.metric_names(multilabel, 5, (16, 5), np.float32)
 
@@ -140,6 +151,7 @@ def test_phase_table_adds_up_to_the_wall_time():
 
 
 # --- Evaluators: the loop runs the list the config names -----------------------------------------------------------
+
 
 class _ParamNorm(evaluators.Evaluator):
   """A research extension's evaluator, defined in the test alone: the squared norm of the parameters, every 3
@@ -176,8 +188,15 @@ evaluators.EVALUATORS.register("test_counter")(lambda config, model, dataset, me
 
 
 def test_an_evaluator_of_ones_own_runs_without_touching_the_loop(make_config, tmp_path):
-  config = make_config(num_train_steps=7, log_every_steps=7, eval_every_steps=-1, checkpoint_every_steps=-1,
-                       evaluators="test_param_norm,test_counter", best_metric="toy/param_sq", best_mode="min")
+  config = make_config(
+    num_train_steps=7,
+    log_every_steps=7,
+    eval_every_steps=-1,
+    checkpoint_every_steps=-1,
+    evaluators="test_param_norm,test_counter",
+    best_metric="toy/param_sq",
+    best_mode="min",
+  )
   result = train.train_and_evaluate(config, str(tmp_path))
   lines = metrics_lines(tmp_path)
   assert [row["step"] for row in lines if "toy/param_sq" in row] == [3, 6, 7]
@@ -187,6 +206,7 @@ def test_an_evaluator_of_ones_own_runs_without_touching_the_loop(make_config, tm
   assert result["step"] == 7 and json.loads((tmp_path / "report.json").read_text())["accuracy"] == result["accuracy"]
   # Its metric ranks the kept checkpoints like any evaluation's: the best step was saved off the cadence.
   from jaxcls.store import restore
+
   logged = {row["step"]: row["toy/param_sq"] for row in lines if "toy/param_sq" in row}
   kept = restore.checkpoint_steps(str(tmp_path))
   assert min(logged, key=logged.get) in kept
@@ -195,5 +215,6 @@ def test_an_evaluator_of_ones_own_runs_without_touching_the_loop(make_config, tm
 
 def test_default_evaluators_are_the_report():
   from jaxcls.config import base as config_base
+
   assert evaluators.names(config_base.get_base_config()) == ("classification",)
   assert evaluators.names(config_base.get_base_config().copy_and_resolve_references()) == ("classification",)

@@ -27,12 +27,14 @@ SOURCE_CLASSES = tuple("0123456789")
 TARGET_CLASSES = tuple(f"digit {k}" for k in range(10))
 FOUR = TARGET_CLASSES[:4]
 MODEL = {"model.widths": (16, 32), "model.dropout": 0.0}
-RUN = dict(**MODEL, **{"dataset.name": "arrays"}, augment="", log_every_steps=100, eval_every_steps=1000,
-           eval_batch_size=400)
+RUN = dict(
+  **MODEL, **{"dataset.name": "arrays"}, augment="", log_every_steps=100, eval_every_steps=1000, eval_batch_size=400
+)
 
 
 def _digits():
   from sklearn.datasets import load_digits
+
   digits = load_digits()
   return np.round(digits.images * (255 / 16)).astype(np.uint8), digits.target
 
@@ -63,19 +65,28 @@ def _target(split):
 @pytest.fixture(scope="module")
 def source_workdir(tmp_path_factory):
   images, labels = _digits()
-  dataset = data.from_arrays(images[:800], labels[:800], images[800:950], labels[800:950],
-                             class_names=SOURCE_CLASSES, source="source digits")
+  dataset = data.from_arrays(
+    images[:800], labels[:800], images[800:950], labels[800:950], class_names=SOURCE_CLASSES, source="source digits"
+  )
   workdir = str(tmp_path_factory.mktemp("source"))
-  config = tiny_config(**RUN, batch_size=32, num_train_steps=60, checkpoint_every_steps=60,
-                       **{"optimizer.learning_rate": 0.1})
+  config = tiny_config(
+    **RUN, batch_size=32, num_train_steps=60, checkpoint_every_steps=60, **{"optimizer.learning_rate": 0.1}
+  )
   report = train.train_and_evaluate(config, workdir, dataset=dataset)
   assert report["accuracy"] > 0.9, report["accuracy"]
   return workdir
 
 
 def _finetune(workdir, split, seed=0, **overrides):
-  config = tiny_config(**RUN, seed=seed, batch_size=16, num_train_steps=20, checkpoint_every_steps=10,
-                       **{"optimizer.learning_rate": 0.1}, **overrides)
+  config = tiny_config(
+    **RUN,
+    seed=seed,
+    batch_size=16,
+    num_train_steps=20,
+    checkpoint_every_steps=10,
+    **{"optimizer.learning_rate": 0.1},
+    **overrides,
+  )
   return train.train_and_evaluate(config, workdir, dataset=_target(split))
 
 
@@ -84,8 +95,10 @@ def runs(source_workdir, target_split, tmp_path_factory):
   """Scratch and frozen-backbone fine-tunes of the target task, same steps and seeds."""
   out = {}
   for seed in (0, 1):
-    for name, extra in (("scratch", {}),
-                        ("frozen", {"init_from": source_workdir, "optimizer.backbone_lr_factor": 0.0})):
+    for name, extra in (
+      ("scratch", {}),
+      ("frozen", {"init_from": source_workdir, "optimizer.backbone_lr_factor": 0.0}),
+    ):
       workdir = str(tmp_path_factory.mktemp(f"{name}{seed}"))
       out[name, seed] = (workdir, _finetune(workdir, target_split, seed, **extra))
   return out
@@ -100,8 +113,10 @@ def _state(workdir, step=None):
 
 
 def _flat(tree):
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(x)
-          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(x)
+    for path, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 @pytest.mark.slow
@@ -144,10 +159,15 @@ def test_resume_uses_its_own_checkpoint_and_keeps_the_fingerprint(runs, target_s
 # The head: found per model family, kept or re-initialised.
 
 
-@pytest.mark.parametrize("name, image_shape, head", [
-    ("simple_cnn", (8, 8, 1), "head"), ("resnet18", (32, 32, 3), "fc"), ("vgg11", (32, 32, 3), "classifier_6"),
+@pytest.mark.parametrize(
+  "name, image_shape, head",
+  [
+    ("simple_cnn", (8, 8, 1), "head"),
+    ("resnet18", (32, 32, 3), "fc"),
+    ("vgg11", (32, 32, 3), "classifier_6"),
     ("lenet5", (32, 32, 1), "output"),
-])
+  ],
+)
 def test_head_is_found_for_each_family(name, image_shape, head):
   assert transfer.find_head({"name": name}, 10, image_shape) == ((head,),)
 
@@ -173,17 +193,23 @@ def source(source_workdir):
   return transfer.read_source(source_workdir)
 
 
-@pytest.mark.parametrize("policy, class_names, kept", [
-    ("auto", SOURCE_CLASSES, True), ("auto", TARGET_CLASSES, False), ("reinit", SOURCE_CLASSES, False),
+@pytest.mark.parametrize(
+  "policy, class_names, kept",
+  [
+    ("auto", SOURCE_CLASSES, True),
+    ("auto", TARGET_CLASSES, False),
+    ("reinit", SOURCE_CLASSES, False),
     ("keep", TARGET_CLASSES, True),
-])
+  ],
+)
 def test_head_policy_when_the_class_count_matches(source, policy, class_names, kept):
   fresh, model_config = _fresh(10)
   merged = transfer.merge(fresh, source, (("head",),), policy, class_names, model_config)
   want = source.variables if kept else fresh
   np.testing.assert_array_equal(merged.variables["params"]["head"]["kernel"], want["params"]["head"]["kernel"])
-  np.testing.assert_array_equal(merged.variables["params"]["Conv_1"]["kernel"],
-                                source.variables["params"]["Conv_1"]["kernel"])
+  np.testing.assert_array_equal(
+    merged.variables["params"]["Conv_1"]["kernel"], source.variables["params"]["Conv_1"]["kernel"]
+  )
   assert merged.head_kept == kept and merged.loaded_stats == 2 * (16 + 32)
 
 
@@ -204,8 +230,9 @@ def test_converted_weight_files_load(source, tmp_path):
     from_file = transfer.read_source(str(tmp_path / name))
     assert from_file.class_names is None
     merged = transfer.merge(fresh, from_file, (("head",),), "auto", FOUR, model_config)
-    np.testing.assert_array_equal(merged.variables["batch_stats"]["BatchNorm_1"]["var"],
-                                  source.variables["batch_stats"]["BatchNorm_1"]["var"])
+    np.testing.assert_array_equal(
+      merged.variables["batch_stats"]["BatchNorm_1"]["var"], source.variables["batch_stats"]["BatchNorm_1"]["var"]
+    )
 
 
 # Clear errors.
@@ -224,13 +251,15 @@ def test_bad_paths(source_workdir, tmp_path):
   (tmp_path / "notes.txt").write_text("x")
   (tmp_path / "empty").mkdir()
   (tmp_path / "w.npz").write_bytes(b"not a zip")
-  cases = [(str(tmp_path / "missing"), -1, ConfigError, "does not exist"),
-           (str(tmp_path / "notes.txt"), -1, ConfigError, "not a weights file"),
-           (str(tmp_path / "empty"), -1, ConfigError, "neither a jaxcls workdir"),
-           (str(tmp_path / "w.npz"), -1, CheckpointError, "Cannot read the weights file"),
-           (str(tmp_path / "w.npz"), 5, ConfigError, "applies to workdirs only"),
-           (os.path.join(source_workdir, "checkpoints", "60"), 30, ConfigError, "checkpoint of step 60"),
-           (source_workdir, 30, CheckpointError, "No checkpoint at step 30.*available: 60")]
+  cases = [
+    (str(tmp_path / "missing"), -1, ConfigError, "does not exist"),
+    (str(tmp_path / "notes.txt"), -1, ConfigError, "not a weights file"),
+    (str(tmp_path / "empty"), -1, ConfigError, "neither a jaxcls workdir"),
+    (str(tmp_path / "w.npz"), -1, CheckpointError, "Cannot read the weights file"),
+    (str(tmp_path / "w.npz"), 5, ConfigError, "applies to workdirs only"),
+    (os.path.join(source_workdir, "checkpoints", "60"), 30, ConfigError, "checkpoint of step 60"),
+    (source_workdir, 30, CheckpointError, "No checkpoint at step 30.*available: 60"),
+  ]
   for path, step, error, fragment in cases:
     with pytest.raises(error, match=fragment):
       transfer.read_source(path, step)
@@ -244,6 +273,7 @@ def test_bad_paths(source_workdir, tmp_path):
 
 def test_transfer_folder_config_validates_with_the_two_paths():
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("transfer_folder", os.path.join(REPO, "configs", "transfer_folder.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -253,9 +283,11 @@ def test_transfer_folder_config_validates_with_the_two_paths():
   config_check.validate(config)
 
 
-def test_cli_finetunes_on_a_folder_and_the_second_run_reads_the_compilation_cache(source_workdir, target_split,
-                                                                                  tmp_path, python):
+def test_cli_finetunes_on_a_folder_and_the_second_run_reads_the_compilation_cache(
+  source_workdir, target_split, tmp_path, python
+):
   from PIL import Image
+
   _, _, images, labels = target_split
   for k, name in enumerate(FOUR):
     os.makedirs(tmp_path / "photos" / name)
@@ -264,17 +296,33 @@ def test_cli_finetunes_on_a_folder_and_the_second_run_reads_the_compilation_cach
   with open(os.path.join(source_workdir, "config.json")) as f:
     source_config = json.load(f)["dataset"]
   cache = tmp_path / "xla"
-  args = [python, "-m", "jaxcls.main", "--config", os.path.join(REPO, "configs", "transfer_folder.py"),
-          f"--config.dataset.path={tmp_path / 'photos'}", f"--config.init_from={source_workdir}",
-          "--config.dataset.image_size=(8, 8)", "--config.dataset.channels=1", "--config.dataset.cache=memory",
-          "--config.dataset.train_crop=resize", "--config.dataset.eval_crop=resize",
-          f"--config.dataset.mean=({source_config['mean'][0]},)", f"--config.dataset.std=({source_config['std'][0]},)",
-          "--config.model.name=simple_cnn", "--config.model.widths=(16, 32)", "--config.model.dropout=0.0",
-          "--config.batch_size=8", "--config.num_train_steps=4", "--config.optimizer.warmup_steps=1",
-          f"--config.compilation_cache_dir={cache}"]
+  args = [
+    python,
+    "-m",
+    "jaxcls.main",
+    "--config",
+    os.path.join(REPO, "configs", "transfer_folder.py"),
+    f"--config.dataset.path={tmp_path / 'photos'}",
+    f"--config.init_from={source_workdir}",
+    "--config.dataset.image_size=(8, 8)",
+    "--config.dataset.channels=1",
+    "--config.dataset.cache=memory",
+    "--config.dataset.train_crop=resize",
+    "--config.dataset.eval_crop=resize",
+    f"--config.dataset.mean=({source_config['mean'][0]},)",
+    f"--config.dataset.std=({source_config['std'][0]},)",
+    "--config.model.name=simple_cnn",
+    "--config.model.widths=(16, 32)",
+    "--config.model.dropout=0.0",
+    "--config.batch_size=8",
+    "--config.num_train_steps=4",
+    "--config.optimizer.warmup_steps=1",
+    f"--config.compilation_cache_dir={cache}",
+  ]
   env = subprocess_env(2)
-  first = subprocess.run([*args, f"--workdir={tmp_path / 'a'}"], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+  first = subprocess.run(
+    [*args, f"--workdir={tmp_path / 'a'}"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert first.returncode == 0, first.stderr[-3000:]
   assert "head head (132 parameters) re-initialised because" in first.stderr
   assert "backbone: 4,848 parameters at 0.1 x the learning rate" in first.stderr
@@ -282,8 +330,14 @@ def test_cli_finetunes_on_a_folder_and_the_second_run_reads_the_compilation_cach
   entries = os.listdir(cache)
   assert entries
 
-  second = subprocess.run([*args, f"--workdir={tmp_path / 'b'}"], env=dict(env, JAX_LOG_COMPILES="1"), cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  second = subprocess.run(
+    [*args, f"--workdir={tmp_path / 'b'}"],
+    env=dict(env, JAX_LOG_COMPILES="1"),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert second.returncode == 0, second.stderr[-3000:]
   assert "Persistent compilation cache hit for 'jit_train_step'" in second.stderr, second.stderr[-3000:]
   assert "Persistent compilation cache hit for 'jit_eval_step'" in second.stderr

@@ -26,7 +26,8 @@ HEAVY = ("tensorflow", "clu", "tensorflow_datasets")
 def _events(logdir):
   """{tag: [(step, value)]} for scalars in either format, plus {tag: plugin} for every tensor tag."""
   acc = event_accumulator.EventAccumulator(
-      str(logdir), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0})
+    str(logdir), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0}
+  )
   acc.Reload()
   scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
   plugins = {}
@@ -46,8 +47,14 @@ def _jsonl(workdir):
 
 def _run_python(code, tmp_path):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code), str(tmp_path)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
@@ -55,7 +62,9 @@ def _run_python(code, tmp_path):
 # --- Writers by name. ---
 
 
-@pytest.mark.parametrize("value, expected", [
+@pytest.mark.parametrize(
+  "value, expected",
+  [
     (None, ("tensorboard", "jsonl", "log")),
     (("jsonl",), ("jsonl",)),
     ("tensorboard,jsonl", ("tensorboard", "jsonl")),
@@ -63,18 +72,24 @@ def _run_python(code, tmp_path):
     ("('clu', 'jsonl')", ("clu", "jsonl")),
     ("log", ("log",)),
     ((), ()),
-])
+  ],
+)
 def test_writer_names_parse_like_the_command_line(value, expected):
   assert writers.writer_names(value) == expected
 
 
-@pytest.mark.parametrize("value, message", [
-    (("tensorboard", "mlflw"),
-     r"Unknown writer 'mlflw'\. Did you mean 'mlflow'\? Known: clu, jsonl, log, mlflow, tensorboard, wandb\."),
+@pytest.mark.parametrize(
+  "value, message",
+  [
+    (
+      ("tensorboard", "mlflw"),
+      r"Unknown writer 'mlflw'\. Did you mean 'mlflow'\? Known: clu, jsonl, log, mlflow, tensorboard, wandb\.",
+    ),
     ("jsonl,tensorbord", r"Did you mean 'tensorboard'\?"),
     (("jsonl", "jsonl"), "names a writer twice"),
     ("tensorboard,clu", "names both 'tensorboard' and 'clu'"),
-])
+  ],
+)
 def test_bad_writer_names_are_one_line_config_errors(value, message, tmp_path):
   with pytest.raises(ConfigError, match=message) as error:
     writers.create_writer(str(tmp_path / "run"), is_main=True, names=value)
@@ -107,11 +122,14 @@ def test_default_writers_read_back_with_event_accumulator(tmp_path):
     writer.write_scalars(2, {"train/loss": 1.5, "eval/accuracy": np.float64(0.75), "lr": 0.1})
     writer.write_texts(2, {"note": "hello"})
     writer.write_hparams({"optimizer": {"name": "sgd", "learning_rate": 0.1}, "widths": (8, 16)})
-    writer.write_images(2, {"figure": np.full((1, 5, 7, 3), 200, np.uint8),
-                            "grid": np.zeros((2, 4, 4, 1), np.uint8)})
+    writer.write_images(2, {"figure": np.full((1, 5, 7, 3), 200, np.uint8), "grid": np.zeros((2, 4, 4, 1), np.uint8)})
   acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard")).Reload()
-  written = {"train/loss": [(1, 2.5), (2, 1.5)], "train/accuracy": [(1, 0.25)], "eval/accuracy": [(2, 0.75)],
-             "lr": [(2, pytest.approx(0.1))]}
+  written = {
+    "train/loss": [(1, 2.5), (2, 1.5)],
+    "train/accuracy": [(1, 0.25)],
+    "eval/accuracy": [(2, 0.75)],
+    "lr": [(2, pytest.approx(0.1))],
+  }
   assert sorted(acc.Tags()["scalars"]) == sorted(written)
   for tag, expected in written.items():
     assert [(e.step, e.value) for e in acc.Scalars(tag)] == expected
@@ -121,8 +139,10 @@ def test_default_writers_read_back_with_event_accumulator(tmp_path):
   _, plugins = _events(tmp_path / "tensorboard")
   assert plugins["note"] == ("text", ["hello"])
   assert "hparams" in plugins.values()
-  assert _jsonl(tmp_path) == [{"step": 1, "train/loss": 2.5, "train/accuracy": 0.25},
-                              {"step": 2, "train/loss": 1.5, "eval/accuracy": 0.75, "lr": 0.1}]
+  assert _jsonl(tmp_path) == [
+    {"step": 1, "train/loss": 2.5, "train/accuracy": 0.25},
+    {"step": 2, "train/loss": 1.5, "eval/accuracy": 0.75, "lr": 0.1},
+  ]
 
 
 def test_events_are_on_disk_before_close(tmp_path):
@@ -165,7 +185,8 @@ def test_clu_writer_still_writes_tf2_summaries(tmp_path):
 
 @pytest.mark.slow
 def test_default_writers_and_progress_import_no_tensorflow(tmp_path):
-  out = _run_python(f"""
+  out = _run_python(
+    f"""
       import sys
       import numpy as np
       from jaxcls.training import writers
@@ -179,14 +200,17 @@ def test_default_writers_and_progress_import_no_tensorflow(tmp_path):
         progress(step)
       writer.close()
       print(type(progress).__name__, sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY}))
-  """, tmp_path)
+  """,
+    tmp_path,
+  )
   assert out.strip() == "Progress []"
 
 
 @pytest.mark.slow
 def test_default_training_imports_no_tensorflow_clu_or_tfds(tmp_path):
   """A tiny default-config training run, in a fresh process, never imports TensorFlow, clu or TFDS."""
-  out = _run_python(f"""
+  out = _run_python(
+    f"""
       import sys
       from conftest import tiny_config
       from jaxcls.training import loop as train
@@ -194,7 +218,9 @@ def test_default_training_imports_no_tensorflow_clu_or_tfds(tmp_path):
       assert tuple(config.writers) == ("tensorboard", "jsonl", "log"), config.writers
       train.train_and_evaluate(config, sys.argv[1] + "/run")
       print(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY}))
-  """, tmp_path)
+  """,
+    tmp_path,
+  )
   assert out.strip().splitlines()[-1] == "[]"
   acc = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
   assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
@@ -252,18 +278,33 @@ def test_restart_from_step_zero_drops_a_killed_runs_lines(tmp_path):
 
 
 def test_flatten_hparams():
-  config = ml_collections.ConfigDict({"seed": 0, "dataset": {"image_size": (32, 32), "mean": None},
-                                      "optimizer": {"name": "sgd", "nesterov": True, "lr": np.float32(0.5)}})
+  config = ml_collections.ConfigDict(
+    {
+      "seed": 0,
+      "dataset": {"image_size": (32, 32), "mean": None},
+      "optimizer": {"name": "sgd", "nesterov": True, "lr": np.float32(0.5)},
+    }
+  )
   assert writers.flatten_hparams(config) == {
-      "seed": 0, "dataset.image_size": "(32, 32)", "dataset.mean": "None",
-      "optimizer.name": "sgd", "optimizer.nesterov": True, "optimizer.lr": 0.5}
+    "seed": 0,
+    "dataset.image_size": "(32, 32)",
+    "dataset.mean": "None",
+    "optimizer.name": "sgd",
+    "optimizer.nesterov": True,
+    "optimizer.lr": 0.5,
+  }
 
 
 # --- The log: short lines. ---
 
-EVAL = {"eval/num_examples": 360.0, "eval/loss": 2.1158, "eval/accuracy": 0.2861, "eval/top5_accuracy": 0.8556,
-        **{f"eval/{avg}_{m}": 0.3 for avg in ("macro", "weighted", "micro") for m in ("precision", "recall", "f1")},
-        **{f"eval/per_class/class_{k}/f1": 0.5 for k in range(100)}}
+EVAL = {
+  "eval/num_examples": 360.0,
+  "eval/loss": 2.1158,
+  "eval/accuracy": 0.2861,
+  "eval/top5_accuracy": 0.8556,
+  **{f"eval/{avg}_{m}": 0.3 for avg in ("macro", "weighted", "micro") for m in ("precision", "recall", "f1")},
+  **{f"eval/per_class/class_{k}/f1": 0.5 for k in range(100)},
+}
 
 
 def test_an_eval_log_line_is_short_and_leads_with_the_headline_metrics(caplog):
@@ -285,6 +326,7 @@ def test_a_short_log_line_shows_every_value():
 def test_the_hparams_log_is_a_short_summary(caplog):
   caplog.set_level(logging.INFO)
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+
   config = tiny_config(**{"optimizer.name": "adamw"})
   with writers.create_writer("/nonexistent-unused", is_main=False) as writer:
     writer.write_hparams(config)  # the non-main writer logs nothing
@@ -298,8 +340,10 @@ def test_the_hparams_log_is_a_short_summary(caplog):
 
 
 def test_parameter_overview():
-  params = {"conv": {"kernel": np.zeros((3, 3, 3, 16), np.float32), "bias": np.zeros((16,), np.float32)},
-            "head": {"kernel": jnp.zeros((16, 10), jnp.bfloat16)}}
+  params = {
+    "conv": {"kernel": np.zeros((3, 3, 3, 16), np.float32), "bias": np.zeros((16,), np.float32)},
+    "head": {"kernel": jnp.zeros((16, 10), jnp.bfloat16)},
+  }
   table = writers.parameter_overview(params)
   assert "conv/kernel" in table and "(3, 3, 3, 16)" in table and "bfloat16" in table
   assert "Total: 608 parameters" in table.splitlines()[-1]  # 432 + 16 + 160
@@ -307,12 +351,20 @@ def test_parameter_overview():
 
 def test_a_large_model_is_shown_by_module():
   """161 arrays in 4 stages of blocks: at most 24 rows, grouped as deep as fits, the total unchanged."""
-  params = {"stem": {"kernel": np.zeros((7, 7, 3, 64), np.float32)},
-            **{f"layer{i}": {f"block{j}": {"conv": {"kernel": np.zeros((3, 3, 8, 8), np.float32)},
-                                           "bn": {"scale": np.zeros((8,), np.float32),
-                                                  "bias": np.zeros((8,), np.float32)}}
-                             for j in range(10)} for i in range(1, 5)},
-            "head": {"kernel": np.zeros((8, 10), np.float32), "bias": np.zeros((10,), np.float32)}}
+  params = {
+    "stem": {"kernel": np.zeros((7, 7, 3, 64), np.float32)},
+    **{
+      f"layer{i}": {
+        f"block{j}": {
+          "conv": {"kernel": np.zeros((3, 3, 8, 8), np.float32)},
+          "bn": {"scale": np.zeros((8,), np.float32), "bias": np.zeros((8,), np.float32)},
+        }
+        for j in range(10)
+      }
+      for i in range(1, 5)
+    },
+    "head": {"kernel": np.zeros((8, 10), np.float32), "bias": np.zeros((10,), np.float32)},
+  }
   table = writers.parameter_overview(params)
   lines = table.splitlines()
   assert len(lines) <= 24 + 5 and "| Module" in lines[1]

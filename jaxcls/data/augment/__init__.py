@@ -26,11 +26,10 @@ Ops (parameters with their defaults; each is the identity at zero strength):
 import ast
 import inspect
 import re
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 
-from jaxcls.data.augment.base import AUGMENTATIONS
 from jaxcls.core.errors import ConfigError
 
 # The op modules register themselves in AUGMENTATIONS on import.
@@ -39,6 +38,7 @@ from jaxcls.data.augment import erase as _erase  # noqa: F401  pylint: disable=u
 from jaxcls.data.augment import geometric as _geometric  # noqa: F401  pylint: disable=unused-import
 from jaxcls.data.augment import mix as _mix  # noqa: F401  pylint: disable=unused-import
 from jaxcls.data.augment import randaugment as _randaugment  # noqa: F401  pylint: disable=unused-import
+from jaxcls.data.augment.base import AUGMENTATIONS
 
 Augment = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -71,8 +71,8 @@ def parse(spec: str | tuple | list) -> list[tuple[str, dict]]:
         raise ValueError("positional")
     except (SyntaxError, ValueError) as e:
       raise ConfigError(
-          f"Cannot parse the arguments of augmentation {item!r}; use keyword literals like "
-          f"random_crop(padding=4).") from e
+        f"Cannot parse the arguments of augmentation {item!r}; use keyword literals like random_crop(padding=4)."
+      ) from e
     ops.append((name, kwargs))
   return ops
 
@@ -86,8 +86,9 @@ def build(spec: str | tuple | list, num_classes: int) -> Augment:
   for name, kwargs in parse(spec):
     if name.lower() in _NORMALIZE_NAMES:
       raise ConfigError(
-          f"Augmentation {name!r} is not an op: the train step always normalises once with the dataset's mean "
-          "and std; set dataset.mean and dataset.std to change them.")
+        f"Augmentation {name!r} is not an op: the train step always normalises once with the dataset's mean "
+        "and std; set dataset.mean and dataset.std to change them."
+      )
     factory = AUGMENTATIONS.get(name)
     takes_classes = "num_classes" in inspect.signature(factory).parameters
     if "num_classes" in kwargs:
@@ -97,11 +98,13 @@ def build(spec: str | tuple | list, num_classes: int) -> Augment:
     except TypeError as e:
       raise ConfigError(f"Bad arguments for augmentation {name!r}: {e}.") from e
 
-  def apply(key: jax.Array, images: jax.Array, labels: jax.Array,
-            mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+  def apply(
+    key: jax.Array, images: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     if mask is None:
       mask = jax.numpy.ones(images.shape[:1], bool)
     for i, op in enumerate(ops):
       images, labels = op(jax.random.fold_in(key, i), images, labels, mask)
     return images, labels
+
   return apply

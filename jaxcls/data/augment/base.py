@@ -27,10 +27,12 @@ def per_example(fn: Callable[[jax.Array, jax.Array], jax.Array], draws: int) -> 
   example i gets the same values whether the batch sits on one device or is sharded over eight. One draw of all
   the uniforms an op needs keeps the compiled step small (each threefry call costs compile time).
   """
+
   def op(key, images, labels, mask):
     del mask  # padding rows are augmented too; the loss ignores them
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(lambda k, image: fn(jax.random.uniform(k, (max(draws, 1),)), image))(keys, images), labels
+
   return op
 
 
@@ -54,6 +56,7 @@ def to_uint8(x: jax.Array) -> jax.Array:
 def check_range(op: str, name: str, value, low: float, high: float) -> None:
   """A ConfigError naming the op's parameter when `value` (a number or (min, max) pair) leaves [low, high]."""
   from jaxcls.core.errors import ConfigError
+
   values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
   ok = all(isinstance(v, (int, float)) and low <= v <= high for v in values)
   if isinstance(value, (tuple, list)):

@@ -68,14 +68,20 @@ def _factor(u, strength):
 
 
 @AUGMENTATIONS.register("color_jitter")
-def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.0,
-                 probability: float = 1.0):
+def color_jitter(
+  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.0, probability: float = 1.0
+):
   """Brightness, contrast, saturation and hue jitter, in that fixed order, each drawn per example.
 
   Strengths as in torchvision's ColorJitter: factors in [1 - s, 1 + s], hue shift in [-hue, hue] turns.
   """
-  for name, value, high in (("brightness", brightness, 10.0), ("contrast", contrast, 10.0),
-                            ("saturation", saturation, 10.0), ("hue", hue, 0.5), ("probability", probability, 1.0)):
+  for name, value, high in (
+    ("brightness", brightness, 10.0),
+    ("contrast", contrast, 10.0),
+    ("saturation", saturation, 10.0),
+    ("hue", hue, 0.5),
+    ("probability", probability, 1.0),
+  ):
     check_range("color_jitter", name, value, 0.0, high)
 
   def one(u, image):
@@ -86,6 +92,7 @@ def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: flo
     if hue > 0:  # the HSV round trip is the costliest part; skip it when hue is off
       x = adjust_hue(x, hue * (2.0 * u[3] - 1.0))
     return to_uint8(x)
+
   return per_example(with_probability(probability, one), 5)
 
 
@@ -97,6 +104,7 @@ def grayscale(probability: float = 0.2):
   def one(u, image):
     del u
     return to_uint8(jnp.broadcast_to(gray(to_float(image)), image.shape))
+
   return per_example(with_probability(probability, one), 1)
 
 
@@ -107,8 +115,8 @@ def blur(image: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
   weights = weights / jnp.sum(weights)
   h, w, _ = image.shape
   x = jnp.pad(to_float(image), ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
-  x = sum(weights[i] * x[i:i + h] for i in range(2 * radius + 1))
-  x = sum(weights[i] * x[:, i:i + w] for i in range(2 * radius + 1))
+  x = sum(weights[i] * x[i : i + h] for i in range(2 * radius + 1))
+  x = sum(weights[i] * x[:, i : i + w] for i in range(2 * radius + 1))
   return to_uint8(x)
 
 
@@ -125,4 +133,5 @@ def gaussian_blur(sigma=(0.1, 2.0), probability: float = 0.5):
   def one(u, image):
     radius = max(1, min(int(math.ceil(3 * high)), min(image.shape[:2]) - 1))
     return blur(image, low + (high - low) * u[0], radius)
+
   return per_example(with_probability(probability, one), 2)

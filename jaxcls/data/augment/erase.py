@@ -3,9 +3,9 @@
 import jax
 import jax.numpy as jnp
 
+from jaxcls.core.errors import ConfigError
 from jaxcls.data.augment.base import AUGMENTATIONS, check_range
 from jaxcls.data.augment.geometric import BOX_DRAWS, sample_box
-from jaxcls.core.errors import ConfigError
 
 
 def box_mask(height: int, width: int, top, left, box_h, box_w) -> jax.Array:
@@ -43,4 +43,5 @@ def random_erasing(probability: float = 0.25, scale=(0.02, 1 / 3), ratio=(0.3, 3
     if probability == 0:
       return images, labels
     return jax.vmap(one)(jax.random.split(key, images.shape[0]), images), labels
+
   return op

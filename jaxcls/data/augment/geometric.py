@@ -9,8 +9,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxcls.data.augment.base import AUGMENTATIONS, check_range, per_example, to_float, to_uint8, with_probability
 from jaxcls.core.errors import ConfigError
+from jaxcls.data.augment.base import AUGMENTATIONS, check_range, per_example, to_float, to_uint8, with_probability
 
 
 def sample_bilinear(image: jax.Array, ys: jax.Array, xs: jax.Array, fill=None) -> jax.Array:
@@ -63,7 +63,7 @@ def sample_box(u: jax.Array, height: int, width: int, scale, ratio):
   fits, the first is clipped to the image. scale=(1, 1), ratio=(1, 1) on a square image is the whole image.
   """
   fraction = scale[0] + (scale[1] - scale[0]) * u[:_ATTEMPTS]
-  log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[_ATTEMPTS:2 * _ATTEMPTS]
+  log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[_ATTEMPTS : 2 * _ATTEMPTS]
   area, aspect = height * width * fraction, jnp.exp(log_ratio)
   box_w, box_h = jnp.sqrt(area * aspect), jnp.sqrt(area / aspect)
   pick = jnp.argmax((box_w <= width) & (box_h <= height))  # 0 when none fits
@@ -83,6 +83,7 @@ def random_crop(padding: int = 4, mode: str = "reflect"):
     padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=mode)
     dy, dx = jnp.minimum(jnp.floor(u * (2 * padding + 1)), 2 * padding).astype(jnp.int32)
     return jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
+
   return per_example(one, 2)
 
 
@@ -101,6 +102,7 @@ def random_resized_crop(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     ys = top + (jnp.arange(h, dtype=jnp.float32) + 0.5) * (box_h / h) - 0.5
     xs = left + (jnp.arange(w, dtype=jnp.float32) + 0.5) * (box_w / w) - 0.5
     return sample_bilinear(image, *jnp.meshgrid(ys, xs, indexing="ij"))
+
   return per_example(one, BOX_DRAWS)
 
 
@@ -126,4 +128,5 @@ def rotate(degrees: float = 15.0, fill: int = 0):
 
   def one(u, image):
     return rotate_image(image, degrees * (2.0 * u[0] - 1.0), fill)
+
   return per_example(one, 1)

@@ -39,15 +39,18 @@ def _mixing_op(name: str, alpha: float, probability: float, num_classes: int, mi
     images = jnp.where(use[:, None, None, None], mixed, images)
     targets = soft_labels(labels, num_classes)
     return images, lam[:, None] * targets + (1.0 - lam[:, None]) * targets[::-1]
+
   return op
 
 
 @AUGMENTATIONS.register("mixup")
 def mixup(alpha: float = 0.2, probability: float = 1.0, *, num_classes: int):
   """lam * image + (1 - lam) * partner, labels likewise (Zhang et al., 2018); alpha 0 is the identity."""
+
   def mix_one(key, image, partner, lam):
     del key
     return to_uint8(lam * to_float(image) + (1.0 - lam) * to_float(partner)), lam
+
   return _mixing_op("mixup", alpha, probability, num_classes, mix_one)
 
 
@@ -57,6 +60,7 @@ def cutmix(alpha: float = 1.0, probability: float = 1.0, *, num_classes: int):
 
   The box is clipped at the borders, and the label weight is the area actually pasted.
   """
+
   def mix_one(key, image, partner, lam):
     h, w, _ = image.shape
     cut = jnp.sqrt(1.0 - lam)
@@ -66,4 +70,5 @@ def cutmix(alpha: float = 1.0, probability: float = 1.0, *, num_classes: int):
     inside = box_mask(h, w, top, left, box_h, box_w)
     pasted = jnp.mean(inside.astype(jnp.float32))
     return jnp.where(inside[..., None], partner, image), 1.0 - pasted
+
   return _mixing_op("cutmix", alpha, probability, num_classes, mix_one)

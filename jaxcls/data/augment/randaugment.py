@@ -10,10 +10,9 @@ applied is that of the whole list: keep `num_ops` small or name fewer `ops`.
 import jax
 import jax.numpy as jnp
 
-from jaxcls.data.augment import color
-from jaxcls.data.augment import geometric
-from jaxcls.data.augment.base import AUGMENTATIONS, check_range, per_example, to_float, to_uint8
 from jaxcls.core.errors import ConfigError
+from jaxcls.data.augment import color, geometric
+from jaxcls.data.augment.base import AUGMENTATIONS, check_range, per_example, to_float, to_uint8
 
 MAX_MAGNITUDE = 30
 
@@ -27,6 +26,7 @@ def _shear(axis):
     s = 0.3 * f * sign
     matrix = jnp.array([[1.0, s], [0.0, 1.0]]) if axis == "y" else jnp.array([[1.0, 0.0], [s, 1.0]])
     return matrix, jnp.zeros(2)
+
   return params
 
 
@@ -35,6 +35,7 @@ def _translate(axis):
     t = (150.0 / 331.0) * f * sign
     offset = jnp.array([t * size[0], 0.0]) if axis == "y" else jnp.array([0.0, t * size[1]])
     return jnp.eye(2), offset
+
   return params
 
 
@@ -50,7 +51,7 @@ def _sharpness(x, factor):
   h, w, _ = x.shape
   kernel = jnp.array([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
   padded = jnp.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
-  smooth = sum(kernel[i, j] * padded[i:i + h, j:j + w] for i in range(3) for j in range(3))
+  smooth = sum(kernel[i, j] * padded[i : i + h, j : j + w] for i in range(3) for j in range(3))
   interior = jnp.zeros((h, w, 1), bool).at[1:-1, 1:-1].set(True)
   return color.blend(x, jnp.where(interior, jnp.round(smooth), x), factor)
 
@@ -95,24 +96,24 @@ def _equalize(image, f, sign):
 # `augment_geometric.affine`. Selecting the parameters and resampling once is much cheaper than one resampling
 # per op under `vmap`.
 AFFINE_OPS = {
-    "shear_x": _shear("x"),
-    "shear_y": _shear("y"),
-    "translate_x": _translate("x"),
-    "translate_y": _translate("y"),
-    "rotate": _rotate,
+  "shear_x": _shear("x"),
+  "shear_y": _shear("y"),
+  "translate_x": _translate("x"),
+  "translate_y": _translate("y"),
+  "rotate": _rotate,
 }
 
 # Pixel ops: name -> fn(uint8 image, magnitude fraction (static), sign +-1 (traced)) -> uint8 image.
 PIXEL_OPS = {
-    "identity": lambda image, f, sign: image,
-    "brightness": _enhance(color.adjust_brightness),
-    "color": _enhance(color.adjust_saturation),
-    "contrast": _enhance(color.adjust_contrast),
-    "sharpness": _enhance(_sharpness),
-    "posterize": _posterize,
-    "solarize": _solarize,
-    "autocontrast": _autocontrast,
-    "equalize": _equalize,
+  "identity": lambda image, f, sign: image,
+  "brightness": _enhance(color.adjust_brightness),
+  "color": _enhance(color.adjust_saturation),
+  "contrast": _enhance(color.adjust_contrast),
+  "sharpness": _enhance(_sharpness),
+  "posterize": _posterize,
+  "solarize": _solarize,
+  "autocontrast": _autocontrast,
+  "equalize": _equalize,
 }
 
 OPS = ("identity", *AFFINE_OPS, *(n for n in PIXEL_OPS if n != "identity"))
@@ -152,4 +153,5 @@ def rand_augment(num_ops: int = 2, magnitude: float = 9, ops=None):
       index = jnp.minimum(jnp.floor(u[2 * i] * len(names)), len(names) - 1).astype(jnp.int32)
       image = apply_one(image, index, jnp.where(u[2 * i + 1] < 0.5, 1.0, -1.0))
     return image
+
   return per_example(one, 2 * num_ops)

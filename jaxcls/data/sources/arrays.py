@@ -12,15 +12,14 @@ import io
 import os
 import struct
 import zipfile
-from typing import Optional
 
 import numpy as np
 
 from jaxcls.core import paths
+from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.data import split
 from jaxcls.data.base import SOURCES
 from jaxcls.data.in_memory import ArrayDataset, from_arrays
-from jaxcls.core.errors import ConfigError, DataError
 
 _CLASS_NAMES_KEY = "class_names"
 
@@ -47,10 +46,17 @@ def load(config, *, process_index: int, process_count: int) -> ArrayDataset:
     eval_groups = None if groups is None else _check_groups(groups, len(eval_labels), f"{path} ({ds.eval_split})")
     arrays = (train_images, train_labels, eval_images, eval_labels)
   else:
-    raise DataError(f"dataset.path={ds.path!r} does not exist; point it at an .npz file or a folder of "
-                    "{split}.npz files.")
-  dataset = from_arrays(*arrays, class_names=class_names, image_size=ds.image_size,
-                        process_index=process_index, process_count=process_count, source=f"arrays ({ds.path})")
+    raise DataError(
+      f"dataset.path={ds.path!r} does not exist; point it at an .npz file or a folder of {{split}}.npz files."
+    )
+  dataset = from_arrays(
+    *arrays,
+    class_names=class_names,
+    image_size=ds.image_size,
+    process_index=process_index,
+    process_count=process_count,
+    source=f"arrays ({ds.path})",
+  )
   dataset.eval_groups = eval_groups
   return dataset
 
@@ -59,9 +65,12 @@ def _check_groups(groups: np.ndarray, count: int, where: str) -> np.ndarray:
   """One group name per example, as strings."""
   groups = np.asarray(groups)
   if groups.ndim != 1 or len(groups) != count:
-    raise DataError(f"{where}: the group array has shape {groups.shape} but there are {count} examples; give one "
-                    "group name or number per example (or remove the array / change dataset.group_key).")
+    raise DataError(
+      f"{where}: the group array has shape {groups.shape} but there are {count} examples; give one "
+      "group name or number per example (or remove the array / change dataset.group_key)."
+    )
   return np.asarray([str(g) for g in groups], object)
+
 
 def _read_split(folder: str, name: str, ds):
   """(images, labels, class_names or None, groups or None) of split `name` from `{name}.npz` or `.npy` files."""
@@ -75,9 +84,11 @@ def _read_split(folder: str, name: str, ds):
     groups = _load_npy(group_file) if paths.path(group_file).is_file() else None
     return _load_npy(image_file), _load_npy(label_file), None, groups
   present = ", ".join(sorted(child.name for child in paths.path(folder).iterdir())[:10]) or "nothing"
-  raise DataError(f"Split {name!r} is missing from {folder}: expected {name}.npz or {name}_images.npy with "
-                  f"{name}_labels.npy (the folder holds {present}); add the file or set dataset.train_split/"
-                  "eval_split.")
+  raise DataError(
+    f"Split {name!r} is missing from {folder}: expected {name}.npz or {name}_images.npy with "
+    f"{name}_labels.npy (the folder holds {present}); add the file or set dataset.train_split/"
+    "eval_split."
+  )
 
 
 def _load_npy(path: str) -> np.ndarray:
@@ -86,7 +97,9 @@ def _load_npy(path: str) -> np.ndarray:
       return np.load(io.BytesIO(paths.path(path).read_bytes()), allow_pickle=False)
     return np.load(path, mmap_mode="r", allow_pickle=False)
   except ValueError as e:
-    raise DataError(f"{path} cannot be read as a numeric array ({e}); save it with np.save from a numeric array.")
+    raise DataError(
+      f"{path} cannot be read as a numeric array ({e}); save it with np.save from a numeric array."
+    ) from e
 
 
 def _read_npz(path: str, ds):
@@ -100,8 +113,9 @@ def _read_npz(path: str, ds):
     members = {os.path.splitext(m)[0]: m for m in archive.namelist()}
     for key, what in ((image_key, "image_key"), (label_key, "label_key")):
       if key not in members:
-        raise DataError(f"{path} has no array {key!r} (it has {', '.join(sorted(members))}); set dataset.{what} "
-                        "to the right name.")
+        raise DataError(
+          f"{path} has no array {key!r} (it has {', '.join(sorted(members))}); set dataset.{what} to the right name."
+        )
     images = _npz_member(path, archive, members[image_key])
     labels = np.asarray(_npz_member(path, archive, members[label_key]))
     class_names = None
@@ -125,7 +139,7 @@ def _npz_member(path: str, archive: zipfile.ZipFile, member: str) -> np.ndarray:
       raise DataError(f"{path}: array {member!r} cannot be read ({e}); store numeric or string arrays.") from e
 
 
-def _map_stored_member(path: str, info: zipfile.ZipInfo) -> Optional[np.ndarray]:
+def _map_stored_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
   """A read-only memory map of an uncompressed .npy inside a zip, or None when that is not possible."""
   if info.compress_type != zipfile.ZIP_STORED or paths.is_remote(path):
     return None

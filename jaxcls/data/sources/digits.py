@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
+from jaxcls.core.errors import DataError
 from jaxcls.data import split
 from jaxcls.data.base import SOURCES
 from jaxcls.data.in_memory import ArrayDataset, from_arrays
-from jaxcls.core.errors import DataError
 
 
 @SOURCES.register("digits")
@@ -17,9 +17,14 @@ def load(config, *, process_index: int, process_count: int) -> ArrayDataset:
   """1,797 grayscale 8x8 digits (values 0..16 scaled to 0..255), with a fixed stratified held-out split."""
   pixels, target = read_digits()
   images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)
-  return from_arrays(*split.select(config.dataset, images, target),
-                     class_names=[str(k) for k in range(10)], image_size=config.dataset.image_size,
-                     process_index=process_index, process_count=process_count, source="digits")
+  return from_arrays(
+    *split.select(config.dataset, images, target),
+    class_names=[str(k) for k in range(10)],
+    image_size=config.dataset.image_size,
+    process_index=process_index,
+    process_count=process_count,
+    source="digits",
+  )
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +39,7 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
   csv = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "digits.csv.gz")
   if not os.path.isfile(csv):
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
     digits = load_digits()
     return digits.images, digits.target
   with gzip.open(csv, "rt") as f:

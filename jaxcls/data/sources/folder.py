@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -49,8 +48,9 @@ def decode_processes(dataset_config) -> int:
   """Worker processes for streaming decode (0: threads); `dataset.decode_processes` where the config has it."""
   value = dataset_config.get("decode_processes", 0)
   if not isinstance(value, int) or value < 0:
-    raise ConfigError(f"dataset.decode_processes={value!r} is not valid; use 0 (decode in threads) or a number of "
-                      "worker processes.")
+    raise ConfigError(
+      f"dataset.decode_processes={value!r} is not valid; use 0 (decode in threads) or a number of worker processes."
+    )
   return value
 
 
@@ -65,8 +65,10 @@ def crops(dataset_config, size: tuple[int, int]) -> tuple[decode.Crop, decode.Cr
     raise ConfigError(f"dataset.center_crop_fraction={ds.center_crop_fraction} must be in (0, 1].")
   area, aspect = tuple(float(a) for a in ds.crop_area), tuple(float(a) for a in ds.crop_aspect)
   if len(area) != 2 or not 0 < area[0] <= area[1] <= 1 or len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
-    raise ConfigError(f"dataset.crop_area={ds.crop_area} and crop_aspect={ds.crop_aspect} must be (low, high) "
-                      "with 0 < low <= high (and area <= 1).")
+    raise ConfigError(
+      f"dataset.crop_area={ds.crop_area} and crop_aspect={ds.crop_aspect} must be (low, high) "
+      "with 0 < low <= high (and area <= 1)."
+    )
   train = decode.Crop(size, ds.train_crop, ds.center_crop_fraction, area, aspect)
   evaluation = decode.Crop(size, ds.eval_crop, ds.center_crop_fraction)
   return train, evaluation
@@ -78,8 +80,10 @@ def load(config, *, process_index: int, process_count: int):
   ds = config.dataset
   size = resize.parse_image_size(ds.image_size)
   if ds.channels not in (0, 1, 3):
-    raise ConfigError(f"dataset.channels={ds.channels} is not valid for a folder; use 3 (RGB), 1 (grayscale) or 0 "
-                      "(1 when the images are grayscale, else 3).")
+    raise ConfigError(
+      f"dataset.channels={ds.channels} is not valid for a folder; use 3 (RGB), 1 (grayscale) or 0 "
+      "(1 when the images are grayscale, else 3)."
+    )
   if ds.cache not in CACHES:
     raise ConfigError(f"dataset.cache={ds.cache!r} is not valid; use one of {', '.join(CACHES)}.")
   if ds.labels_file:
@@ -92,28 +96,58 @@ def load(config, *, process_index: int, process_count: int):
   train_crop, eval_crop = crops(ds, size)
   eval_groups = listing.groups.get(folder_scan.split_name(ds.eval_split))
   cache = _resolve_cache(ds, size, len(train[0]) + len(evaluation[0]))
-  logging.info("Folder %s: %d classes, %d train / %d eval image files (%d non-image files ignored); cache=%s.",
-               ds.path, len(listing.class_names), len(train[0]), len(evaluation[0]), listing.ignored, cache)
+  logging.info(
+    "Folder %s: %d classes, %d train / %d eval image files (%d non-image files ignored); cache=%s.",
+    ds.path,
+    len(listing.class_names),
+    len(train[0]),
+    len(evaluation[0]),
+    listing.ignored,
+    cache,
+  )
   if cache == "none":
     skipped = list(listing.skipped)  # FIFOs, link loops, duplicates the walk left out (folder_scan.Walker)
     stats = _sample_stats(train[0], eval_crop, ds, skipped)
     _log_skipped(skipped)
-    info = DatasetInfo(num_classes=len(listing.class_names), class_names=listing.class_names,
-                       image_shape=size + (ds.channels,), num_train=len(train[0]), num_eval=len(evaluation[0]),
-                       mean=stats[0], std=stats[1],
-                       train_class_counts=tuple(class_counts(train[1], len(listing.class_names))))
-    return FolderStreamDataset(info, train, evaluation, train_crop=train_crop, eval_crop=eval_crop,
-                               max_pixels=int(ds.max_image_pixels), workers=workers(ds), skipped_files=skipped,
-                               eval_group_names=eval_groups, process_index=process_index,
-                               process_count=process_count, processes=decode_processes(ds))
+    info = DatasetInfo(
+      num_classes=len(listing.class_names),
+      class_names=listing.class_names,
+      image_shape=size + (ds.channels,),
+      num_train=len(train[0]),
+      num_eval=len(evaluation[0]),
+      mean=stats[0],
+      std=stats[1],
+      train_class_counts=tuple(class_counts(train[1], len(listing.class_names))),
+    )
+    return FolderStreamDataset(
+      info,
+      train,
+      evaluation,
+      train_crop=train_crop,
+      eval_crop=eval_crop,
+      max_pixels=int(ds.max_image_pixels),
+      workers=workers(ds),
+      skipped_files=skipped,
+      eval_group_names=eval_groups,
+      process_index=process_index,
+      process_count=process_count,
+      processes=decode_processes(ds),
+    )
   if train_crop.mode != "resize":
-    raise ConfigError(f"dataset.train_crop={ds.train_crop!r} needs the full-size images, so it works only with "
-                      "dataset.cache='none' (or 'auto'); set one of those, or train_crop='resize'.")
+    raise ConfigError(
+      f"dataset.train_crop={ds.train_crop!r} needs the full-size images, so it works only with "
+      "dataset.cache='none' (or 'auto'); set one of those, or train_crop='resize'."
+    )
   arrays, skipped = _cached_arrays(ds, cache, train, evaluation, train_crop, eval_crop)
   skipped = list(listing.skipped) + skipped  # what the walk left out, then what failed to decode
   _log_skipped(skipped)
-  dataset = from_arrays(*arrays, class_names=listing.class_names, process_index=process_index,
-                        process_count=process_count, source=f"folder ({ds.path})")
+  dataset = from_arrays(
+    *arrays,
+    class_names=listing.class_names,
+    process_index=process_index,
+    process_count=process_count,
+    source=f"folder ({ds.path})",
+  )
   dataset.skipped_files = skipped
   if eval_groups is not None:  # rows of unreadable files are gone from the arrays: drop their groups too
     bad = {path for path, _ in skipped}
@@ -127,8 +161,11 @@ def infer(ds, paths: list[str]):
     return ds
   seen = folder_scan.peek(paths)
   if not seen.sizes:
-    raise DataError(f"None of the sampled images in {ds.path} could be opened (e.g. {paths[0]}); "
-                    "check that the files are images.")
+    raise DataError(
+      f"None of the sampled images in {ds.path} could be opened (e.g. {paths[0]}); check that the files are images."
+    )
+  import ml_collections  # pylint: disable=g-import-not-at-top  (jaxcls.data imports without it: the benchmark)
+
   resolved = ml_collections.ConfigDict(ds.to_dict())
   notes = []
   if ds.image_size is None:
@@ -136,8 +173,10 @@ def infer(ds, paths: list[str]):
     if len(sizes) > 1 or max(sizes[0]) > MAX_NATIVE_SIDE:
       shown = ", ".join(f"{h}x{w}" for h, w in sizes[:4]) + (" ..." if len(sizes) > 4 else "")
       why = "differ" if len(sizes) > 1 else f"are larger than {MAX_NATIVE_SIDE} pixels a side"
-      raise ConfigError(f"dataset.image_size is not set and the images in {ds.path} {why} ({shown}); set the "
-                        "(height, width) the model should see, e.g. --config.dataset.image_size='(224, 224)'.")
+      raise ConfigError(
+        f"dataset.image_size is not set and the images in {ds.path} {why} ({shown}); set the "
+        "(height, width) the model should see, e.g. --config.dataset.image_size='(224, 224)'."
+      )
     resolved.image_size = sizes[0]
     notes.append(f"image_size={sizes[0]}")
   if not ds.channels:
@@ -156,11 +195,13 @@ def _resolve_cache(ds, size: tuple[int, int], count: int) -> str:
 
 def decode_all(paths: list[str], crop: decode.Crop, channels: int, max_pixels: int, num_workers: int):
   """(uint8 images of the readable files, indices of those files, [(path, reason)] of the others)."""
+
   def one(path):
     try:
       return decode.decode(path, crop, channels, max_pixels), None
     except decode.DecodeError as e:
       return None, str(e)
+
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
     results = list(pool.map(one, paths, chunksize=1))
   keep = [i for i, (image, _) in enumerate(results) if image is not None]
@@ -176,8 +217,10 @@ def _decode_split(ds, files, crop, what: str):
   images, keep, skipped = decode_all(paths, crop, ds.channels, int(ds.max_image_pixels), workers(ds))
   labels = np.asarray(labels)[keep]
   if len(labels) == 0:
-    raise DataError(f"None of the {len(paths)} {what} images in {ds.path} could be decoded (e.g. {paths[0]}: "
-                    f"{skipped[0][1]}); check that the files are images.")
+    raise DataError(
+      f"None of the {len(paths)} {what} images in {ds.path} could be decoded (e.g. {paths[0]}: "
+      f"{skipped[0][1]}); check that the files are images."
+    )
   return images, labels, skipped
 
 
@@ -201,16 +244,17 @@ def _cached_arrays(ds, cache, train, evaluation, train_crop, eval_crop):
   wanted = train[1].any(0).nonzero()[0] if train_labels.ndim == 2 else np.arange(int(np.max(train[1])) + 1)
   missing = np.setdiff1d(wanted, present)
   if len(missing):
-    raise DataError(f"Every training image of class {int(missing[0])} failed to decode (see skipped files); "
-                    "add readable images to that class.")
+    raise DataError(
+      f"Every training image of class {int(missing[0])} failed to decode (see skipped files); "
+      "add readable images to that class."
+    )
   if folder is not None:
     _save_cache(folder, arrays, skipped)
   return arrays, skipped
 
 
 def _cache_root(ds) -> str:
-  return os.path.expanduser(ds.cache_dir) if ds.cache_dir else os.path.join(os.path.expanduser("~"), ".cache",
-                                                                            "jaxcls")
+  return os.path.expanduser(ds.cache_dir) if ds.cache_dir else os.path.join(os.path.expanduser("~"), ".cache", "jaxcls")
 
 
 def _fingerprint(ds, train, evaluation) -> str:
@@ -222,8 +266,11 @@ def _fingerprint(ds, train, evaluation) -> str:
     digest.update(b"|split|")
     for path, label in zip(paths, labels):
       size, mtime = _size_and_mtime(path)
-      digest.update(f"{path}\0{np.asarray(label).tolist()}\0{size}\0{mtime}\n".encode(  # a non-UTF-8 name:
-          "utf-8", "surrogateescape"))                                                # its own bytes
+      digest.update(
+        f"{path}\0{np.asarray(label).tolist()}\0{size}\0{mtime}\n".encode(  # a non-UTF-8 name:
+          "utf-8", "surrogateescape"
+        )
+      )  # its own bytes
   return digest.hexdigest()[:16]
 
 
@@ -270,13 +317,19 @@ def _sample_stats(paths: list[str], crop: decode.Crop, ds, skipped: list):
   images, _, bad = decode_all([paths[i] for i in pick], crop, ds.channels, int(ds.max_image_pixels), workers(ds))
   skipped.extend(bad)
   if not len(images):
-    raise DataError(f"None of {len(pick)} sampled training images in {ds.path} could be decoded (e.g. "
-                    f"{bad[0][0]}: {bad[0][1]}); check that the files are images.")
+    raise DataError(
+      f"None of {len(pick)} sampled training images in {ds.path} could be decoded (e.g. "
+      f"{bad[0][0]}: {bad[0][1]}); check that the files are images."
+    )
   return prepare.channel_stats(images)
 
 
 def _log_skipped(skipped: list) -> None:
   if skipped:
     shown = "; ".join(f"{path}: {reason}" for path, reason in skipped[:5])
-    logging.warning("Skipped %d unreadable image file(s) (listed in skipped_files.txt): %s%s", len(skipped), shown,
-                    " ..." if len(skipped) > 5 else "")
+    logging.warning(
+      "Skipped %d unreadable image file(s) (listed in skipped_files.txt): %s%s",
+      len(skipped),
+      shown,
+      " ..." if len(skipped) > 5 else "",
+    )

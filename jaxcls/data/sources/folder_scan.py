@@ -30,6 +30,7 @@ SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "valid": "
 @dataclasses.dataclass
 class Listing:
   """Class names (sorted) and, per split name, (paths, labels)."""
+
   class_names: tuple[str, ...]
   splits: dict[str, tuple[list[str], np.ndarray]]
   ignored: int  # non-image files seen, for the log
@@ -51,8 +52,12 @@ def display(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"))
+_KINDS = (
+  (stat.S_ISFIFO, "a FIFO (named pipe)"),
+  (stat.S_ISSOCK, "a socket"),
+  (stat.S_ISCHR, "a character device"),
+  (stat.S_ISBLK, "a block device"),
+)
 
 
 class Walker:
@@ -86,8 +91,9 @@ class Walker:
       if where == real or where.startswith(real.rstrip(os.sep) + os.sep):
         self.skip(folder, f"a symbolic link loop: it leads back to {display(real)}, a folder that contains it")
       else:
-        self.skip(folder, f"the same folder as {display(self._dirs[key])} (real path {display(real)}), which "
-                  "is listed already")
+        self.skip(
+          folder, f"the same folder as {display(self._dirs[key])} (real path {display(real)}), which is listed already"
+        )
       return False
     if mark:
       self._dirs[key] = folder
@@ -149,8 +155,11 @@ class Walker:
     """(name, path) of the visible subfolders of `folder` that `enter` admits, sorted by name."""
     if paths_lib.is_remote(folder):
       base = paths_lib.path(folder, "dataset folder")
-      return [(p.name, os.fspath(p)) for p in sorted(base.iterdir(), key=lambda p: p.name)
-              if not p.name.startswith(".") and p.is_dir()]
+      return [
+        (p.name, os.fspath(p))
+        for p in sorted(base.iterdir(), key=lambda p: p.name)
+        if not p.name.startswith(".") and p.is_dir()
+      ]
     out = []
     for entry in _visible(folder):
       try:
@@ -197,8 +206,10 @@ def read_classes(folder: str, depth: int = 1, walker: Walker | None = None) -> t
       continue
     fine = walker.visible_dirs(path)
     if not fine:
-      raise DataError(f"{display(path)} holds no fine-class folders, but dataset.class_depth=2 expects "
-                      "coarse/fine/ folders; add them or set dataset.class_depth=1.")
+      raise DataError(
+        f"{display(path)} holds no fine-class folders, but dataset.class_depth=2 expects "
+        "coarse/fine/ folders; add them or set dataset.class_depth=1."
+      )
     for sub_name, sub_path in fine:
       classes[f"{display(name)}/{display(sub_name)}"], n = walker.files(sub_path)
       ignored += n
@@ -211,8 +222,10 @@ def scan(dataset_config) -> Listing:
   if not path:
     raise ConfigError("dataset.path is empty; set it to a folder with one subfolder of images per class.")
   if not (paths_lib.path(path, "dataset.path").is_dir() if paths_lib.is_remote(path) else os.path.isdir(path)):
-    raise DataError(f"dataset.path={dataset_config.path!r} is not a folder; point it at a folder with one "
-                    "subfolder of images per class.")
+    raise DataError(
+      f"dataset.path={dataset_config.path!r} is not a folder; point it at a folder with one "
+      "subfolder of images per class."
+    )
   walker = Walker()
   walker.enter(path)  # the root first, so a link back to it is a loop
   top = [name for name, _ in walker.visible_dirs(path, mark=False)]
@@ -227,12 +240,15 @@ def scan(dataset_config) -> Listing:
 
 def _check_classes(classes: dict[str, list[str]], where: str) -> None:
   if not classes:
-    raise DataError(f"{where} has no class subfolders; put each class's images in its own subfolder "
-                    "(e.g. cats/1.jpg, dogs/2.jpg).")
+    raise DataError(
+      f"{where} has no class subfolders; put each class's images in its own subfolder (e.g. cats/1.jpg, dogs/2.jpg)."
+    )
   empty = [name for name, files in classes.items() if not files]
   if empty:
-    raise DataError(f"Class folder(s) {', '.join(repr(e) for e in empty)} in {where} hold no images (.jpg, .png, "
-                    ".bmp, .gif, .webp, .tif); add images or remove the folder.")
+    raise DataError(
+      f"Class folder(s) {', '.join(repr(e) for e in empty)} in {where} hold no images (.jpg, .png, "
+      ".bmp, .gif, .webp, .tif); add images or remove the folder."
+    )
 
 
 def _as_split(classes: dict[str, list[str]], names: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
@@ -256,13 +272,17 @@ def _scan_split_folders(path: str, split_dirs: dict[str, str], dataset_config, w
   for name, classes in by_split.items():
     unknown = sorted(set(classes) - set(names))
     if unknown:
-      raise DataError(f"The {name} split of {path} has class folders {unknown} that train/ lacks; every class "
-                      "needs training images (add them to train/ or remove the folders).")
+      raise DataError(
+        f"The {name} split of {path} has class folders {unknown} that train/ lacks; every class "
+        "needs training images (add them to train/ or remove the folders)."
+      )
     splits[name] = _as_split(classes, names)
   for key in ("train_split", "eval_split"):
     if split_name(dataset_config[key]) not in splits:
-      raise ConfigError(f"dataset.{key}={dataset_config[key]!r} is not a split folder of {path} (it has "
-                        f"{', '.join(sorted(split_dirs))}); set dataset.{key} to one of them.")
+      raise ConfigError(
+        f"dataset.{key}={dataset_config[key]!r} is not a split folder of {path} (it has "
+        f"{', '.join(sorted(split_dirs))}); set dataset.{key} to one of them."
+      )
   return Listing(names, splits, ignored)
 
 
@@ -283,20 +303,23 @@ def _scan_and_split(path: str, dataset_config, walker: Walker) -> Listing:
     counts = np.bincount(labels[idx], minlength=len(names))
     if counts.min() == 0:
       empty = names[int(counts.argmin())]
-      raise DataError(f"The {name} split leaves class {empty!r} without images ({len(classes[empty])} in all); "
-                      "add images to that class or change dataset.test_fraction / val_fraction.")
+      raise DataError(
+        f"The {name} split leaves class {empty!r} without images ({len(classes[empty])} in all); "
+        "add images to that class or change dataset.test_fraction / val_fraction."
+      )
   for key in ("train_split", "eval_split"):
     if split_name(dataset_config[key]) not in parts:
-      raise ConfigError(f"dataset.{key}={dataset_config[key]!r} is not a split of {path} (it has "
-                        f"{', '.join(sorted(parts))}; 'val' needs dataset.val_fraction > 0).")
+      raise ConfigError(
+        f"dataset.{key}={dataset_config[key]!r} is not a split of {path} (it has "
+        f"{', '.join(sorted(parts))}; 'val' needs dataset.val_fraction > 0)."
+      )
   splits = {name: (list(paths[idx]), labels[idx]) for name, idx in parts.items()}
   return Listing(names, splits, ignored)
 
 
 def chosen(listing: Listing, dataset_config) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
   """(train, eval) as (paths, labels) for the configured split names."""
-  return (listing.splits[split_name(dataset_config.train_split)],
-          listing.splits[split_name(dataset_config.eval_split)])
+  return (listing.splits[split_name(dataset_config.train_split)], listing.splits[split_name(dataset_config.eval_split)])
 
 
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -306,6 +329,7 @@ PEEK_FILES = 64  # headers read to infer a folder's image size and channels
 @dataclasses.dataclass(frozen=True)
 class Peek:
   """What the headers of a sample of a folder's images say: their (height, width) sizes and whether all are grey."""
+
   sizes: tuple[tuple[int, int], ...]
   grayscale: bool
 
@@ -313,6 +337,7 @@ class Peek:
 def peek(paths: list[str], limit: int = PEEK_FILES) -> Peek:
   """Sizes and modes of up to `limit` evenly spaced files, from their headers only (no pixel is decoded)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   picked = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(limit, len(paths))).astype(int))]
   sizes, grey = [], True
   for path in picked:
@@ -323,4 +348,3 @@ def peek(paths: list[str], limit: int = PEEK_FILES) -> Peek:
     except Exception:  # pylint: disable=broad-except  (unreadable: decoding skips and lists it later)
       continue
   return Peek(tuple(sizes), grey and bool(sizes))
-

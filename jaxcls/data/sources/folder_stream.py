@@ -21,14 +21,14 @@ import concurrent.futures.process
 import math
 import multiprocessing
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from absl import logging
 
+from jaxcls.core.errors import DataError
 from jaxcls.data import decode
 from jaxcls.data.base import Batch, Dataset, DatasetInfo, check_stream_args
-from jaxcls.core.errors import DataError
 
 _PREFETCH_BATCHES = 2  # batches being decoded ahead of the one the trainer is using
 _MAX_SUBSTITUTES = 16  # consecutive undecodable files tolerated before giving up on a batch row
@@ -37,10 +37,22 @@ _MAX_SUBSTITUTES = 16  # consecutive undecodable files tolerated before giving u
 class FolderStreamDataset(Dataset):
   """Batches decoded on the fly from (paths, labels); process p decodes only slice p of each global batch."""
 
-  def __init__(self, info: DatasetInfo, train: tuple[list[str], np.ndarray], evaluation: tuple[list[str], np.ndarray],
-               *, train_crop: decode.Crop, eval_crop: decode.Crop, max_pixels: int, workers: int,
-               skipped_files: list, eval_group_names: np.ndarray | None = None, process_index: int = 0,
-               process_count: int = 1, processes: int = 0):
+  def __init__(
+    self,
+    info: DatasetInfo,
+    train: tuple[list[str], np.ndarray],
+    evaluation: tuple[list[str], np.ndarray],
+    *,
+    train_crop: decode.Crop,
+    eval_crop: decode.Crop,
+    max_pixels: int,
+    workers: int,
+    skipped_files: list,
+    eval_group_names: np.ndarray | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    processes: int = 0,
+  ):
     self.info = info
     self._eval_group_names = eval_group_names
     self.process_index, self.process_count = process_index, process_count
@@ -58,8 +70,8 @@ class FolderStreamDataset(Dataset):
     if self._pool is None and self._processes:
       setup = (self._train_paths, self._eval_paths, self.info.image_shape[2], self._max_pixels)
       self._pool = concurrent.futures.ProcessPoolExecutor(
-          self._processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-          initargs=setup)  # spawn, not fork: the parent runs JAX's threads
+        self._processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=setup
+      )  # spawn, not fork: the parent runs JAX's threads
     elif self._pool is None:
       self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="jaxcls-decode")
     return self._pool
@@ -75,8 +87,7 @@ class FolderStreamDataset(Dataset):
       if path not in self._skipped_seen:
         self._skipped_seen.add(path)
         self.skipped_files.append((path, reason))
-        logging.warning("Skipped unreadable image %s (%s); %d skipped so far.", path, reason,
-                        len(self.skipped_files))
+        logging.warning("Skipped unreadable image %s (%s); %d skipped so far.", path, reason, len(self.skipped_files))
 
   def _decode(self, path, crop, rng):
     try:
@@ -88,8 +99,9 @@ class FolderStreamDataset(Dataset):
   def _train_example(self, order: np.ndarray, position: int, seed: int, step: int, slot: int):
     """(image, label) for row `slot` of global batch `step`, starting at `position` of the epoch order."""
     candidates = order[(position + np.arange(_MAX_SUBSTITUTES)) % len(order)]
-    index, image, skipped = _first_decodable(self._train_paths, candidates, self._train_crop,
-                                             self.info.image_shape[2], self._max_pixels, (seed, step, slot))
+    index, image, skipped = _first_decodable(
+      self._train_paths, candidates, self._train_crop, self.info.image_shape[2], self._max_pixels, (seed, step, slot)
+    )
     for path, reason in skipped:
       self._skip(path, reason)
     if index is None:
@@ -114,8 +126,12 @@ class FolderStreamDataset(Dataset):
       if self._processes:
         yield self._train_slices(order, first, seed, step, local)
       else:
-        yield [lambda o=order, p=first + r, s=step, slot=self.process_index * local + r:
-               [self._train_example(o, p, seed, s, slot)] for r in range(local)]
+        yield [
+          lambda o=order, p=first + r, s=step, slot=self.process_index * local + r: [
+            self._train_example(o, p, seed, s, slot)
+          ]
+          for r in range(local)
+        ]
       step += 1
 
   def _train_slices(self, order, first, seed, step, local):
@@ -125,8 +141,10 @@ class FolderStreamDataset(Dataset):
     slots = self.process_index * local + np.arange(local)
     jobs = []
     for part in np.array_split(np.arange(local), min(self._processes, local)):
+
       def job(part=part):
         return self._pool.submit(_train_rows, candidates[part], self._train_crop, seed, step, slots[part])
+
       jobs.append(_Remote(job, self._train_labels, self._skip))
     return jobs
 
@@ -178,8 +196,10 @@ class FolderStreamDataset(Dataset):
       if self._processes:
         jobs = []
         for part in np.array_split(indices, min(self._processes, local)):
+
           def job(part=part):
             return self._pool.submit(_eval_rows, part[part < n], self._eval_crop, len(part))
+
           jobs.append(_Remote(job, self._eval_labels, self._skip))
         yield jobs
       else:
@@ -204,8 +224,9 @@ def _first_decodable(paths, candidates, crop, channels, max_pixels, key):
 
 
 def _too_many_bad() -> DataError:
-  return DataError(f"{_MAX_SUBSTITUTES} images in a row failed to decode (see skipped_files.txt); check the "
-                   "folder for damaged files.")
+  return DataError(
+    f"{_MAX_SUBSTITUTES} images in a row failed to decode (see skipped_files.txt); check the folder for damaged files."
+  )
 
 
 # --- worker processes (processes=N): module-level so that spawn can pickle them ------------------------------
@@ -223,8 +244,9 @@ def _train_rows(candidates, crop, seed, step, slots):
   w = _WORKER
   images, used, skipped = [], [], []
   for row, slot in enumerate(slots):
-    index, image, bad = _first_decodable(w["train"], candidates[row], crop, w["channels"], w["max_pixels"],
-                                         (seed, step, int(slot)))
+    index, image, bad = _first_decodable(
+      w["train"], candidates[row], crop, w["channels"], w["max_pixels"], (seed, step, int(slot))
+    )
     if index is None:
       return None, None, skipped + bad  # the parent records the skips, then raises
     images.append(image)
@@ -268,8 +290,10 @@ class _Pending:
     try:
       images, used, skipped = self._future.result()
     except concurrent.futures.process.BrokenProcessPool as e:
-      raise DataError(f"A decode worker process died ({e}); set dataset.decode_processes=0 to decode in threads, "
-                      "or use fewer processes if memory ran out.") from e
+      raise DataError(
+        f"A decode worker process died ({e}); set dataset.decode_processes=0 to decode in threads, "
+        "or use fewer processes if memory ran out."
+      ) from e
     for path, reason in skipped:
       self._skip(path, reason)
     if used is None:

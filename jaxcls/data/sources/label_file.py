@@ -51,8 +51,10 @@ def _records(path: str) -> list[dict]:
       if isinstance(raw, dict):
         raw = [{"path": k, "labels": v} for k, v in raw.items()]
       if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
-        raise DataError(f"{path} must hold an object mapping image paths to label lists, or a list of records "
-                        "with 'path' and 'labels'.")
+        raise DataError(
+          f"{path} must hold an object mapping image paths to label lists, or a list of records "
+          "with 'path' and 'labels'."
+        )
       rows = raw
     elif ext in (".csv", ".tsv"):
       with open(path, newline="") as f:
@@ -75,8 +77,13 @@ def _record(row: dict, path: str, number: int) -> dict:
     text, labels = labels.strip(), []
   elif not isinstance(labels, list):
     labels = [labels]
-  return {"path": str(row["path"]).strip(), "labels": [str(name) for name in labels], "text": text,
-          "split": str(row.get("split") or "").strip(), "group": str(row.get("group") or "").strip()}
+  return {
+    "path": str(row["path"]).strip(),
+    "labels": [str(name) for name in labels],
+    "text": text,
+    "split": str(row.get("split") or "").strip(),
+    "group": str(row.get("group") or "").strip(),
+  }
 
 
 def _split(text: str, separator: str) -> list[str]:
@@ -115,26 +122,30 @@ def _refuse_ambiguous(texts: list[str], records: list[dict], multi_label: bool, 
     parts = _split(text, char)
     shown = "' '" if char == " " else repr(char)
     if multi_label:
-      raise DataError(f"The label file {file} has labels like {text!r} that hold {shown} but no ';' anywhere, so "
-                      f"it cannot tell several labels from one class name; set dataset.label_separator={shown} if "
-                      f"{text!r} means {parts}, or dataset.label_separator=';' if it is one class name.")
+      raise DataError(
+        f"The label file {file} has labels like {text!r} that hold {shown} but no ';' anywhere, so "
+        f"it cannot tell several labels from one class name; set dataset.label_separator={shown} if "
+        f"{text!r} means {parts}, or dataset.label_separator=';' if it is one class name."
+      )
     if all(part in whole for part in parts):
-      raise DataError(f"The label file {file} has the label {text!r} while {parts} are labels of other images, so "
-                      f"it looks like several labels separated by {shown}, which a single-label task would read as "
-                      f"one combined class; set task.type='multilabel' and dataset.label_separator={shown}, or "
-                      f"dataset.label_separator=';' if {text!r} is one class name.")
+      raise DataError(
+        f"The label file {file} has the label {text!r} while {parts} are labels of other images, so "
+        f"it looks like several labels separated by {shown}, which a single-label task would read as "
+        f"one combined class; set task.type='multilabel' and dataset.label_separator={shown}, or "
+        f"dataset.label_separator=';' if {text!r} is one class name."
+      )
 
 
-def read(file: str, root: str, class_names, multi_label: bool,
-         separator: str = "") -> tuple[list[str], np.ndarray, list[dict], tuple]:
+def read(
+  file: str, root: str, class_names, multi_label: bool, separator: str = ""
+) -> tuple[list[str], np.ndarray, list[dict], tuple]:
   """(absolute image paths, labels, the records, class names) of every image the label file lists.
 
   `separator` is `dataset.label_separator`: '' reads ';' and refuses ambiguous spaces (see the module docstring).
   """
   file = os.path.expanduser(file)
   if not os.path.isfile(file):
-    raise DataError(f"The label file {file!r} does not exist; give a CSV or JSON file of image paths and their "
-                    "labels.")
+    raise DataError(f"The label file {file!r} does not exist; give a CSV or JSON file of image paths and their labels.")
   if not isinstance(separator, str):
     raise ConfigError(f"dataset.label_separator={separator!r} must be a string, e.g. ';' or ' ' (spaces).")
   records = _records(file)
@@ -145,8 +156,10 @@ def read(file: str, root: str, class_names, multi_label: bool,
     r["path"] = r["path"] if os.path.isabs(r["path"]) else os.path.join(os.path.expanduser(root), r["path"])
   bad = [r["path"] for r in records if os.path.splitext(r["path"])[1].lower() not in decode.EXTENSIONS]
   if bad:
-    raise DataError(f"{len(bad)} path(s) in {file} are not image files (e.g. {bad[0]}); list only "
-                    f"{', '.join(decode.EXTENSIONS)} files.")
+    raise DataError(
+      f"{len(bad)} path(s) in {file} are not image files (e.g. {bad[0]}); list only "
+      f"{', '.join(decode.EXTENSIONS)} files."
+    )
   names = _class_names(records, class_names, file)
   return [r["path"] for r in records], _encode(records, names, multi_label, file), records, names
 
@@ -161,13 +174,15 @@ def groups_of(records: list[dict]) -> np.ndarray | None:
 def scan(dataset_config, multi_label: bool) -> folder_scan.Listing:
   """The listing the label file describes: class names, per split (paths, labels) and per split groups."""
   ds = dataset_config
-  paths, labels, records, names = read(ds.labels_file, ds.path, ds.class_names, multi_label,
-                                       ds.get("label_separator", ""))
+  paths, labels, records, names = read(
+    ds.labels_file, ds.path, ds.class_names, multi_label, ds.get("label_separator", "")
+  )
   groups = groups_of(records)
   parts = _split_indices(records, labels, ds, os.path.expanduser(ds.labels_file))
   splits = {name: ([paths[i] for i in idx], labels[idx]) for name, idx in parts.items()}
-  return folder_scan.Listing(names, splits, 0,
-                             {name: groups[idx] for name, idx in parts.items()} if groups is not None else {})
+  return folder_scan.Listing(
+    names, splits, 0, {name: groups[idx] for name, idx in parts.items()} if groups is not None else {}
+  )
 
 
 def _class_names(records: list[dict], fixed, file: str) -> tuple[str, ...]:
@@ -179,8 +194,10 @@ def _class_names(records: list[dict], fixed, file: str) -> tuple[str, ...]:
   fixed = tuple(str(n) for n in fixed)
   unknown = sorted(set(seen) - set(fixed))
   if unknown:
-    raise DataError(f"The label file {file} uses labels {unknown[:5]} that dataset.class_names does not list; "
-                    "add them to class_names or fix the file.")
+    raise DataError(
+      f"The label file {file} uses labels {unknown[:5]} that dataset.class_names does not list; "
+      "add them to class_names or fix the file."
+    )
   return fixed
 
 
@@ -193,9 +210,11 @@ def _encode(records: list[dict], names: tuple[str, ...], multi_label: bool, file
     return labels
   wrong = [r for r in records if len(r["labels"]) != 1]
   if wrong:
-    raise DataError(f"{len(wrong)} image(s) in {file} have {len(wrong[0]['labels'])} labels (e.g. "
-                    f"{wrong[0]['path']}: {wrong[0]['labels']}), but this task needs exactly one per image; set "
-                    "task.type='multilabel' for label sets.")
+    raise DataError(
+      f"{len(wrong)} image(s) in {file} have {len(wrong[0]['labels'])} labels (e.g. "
+      f"{wrong[0]['path']}: {wrong[0]['labels']}), but this task needs exactly one per image; set "
+      "task.type='multilabel' for label sets."
+    )
   return np.asarray([index[r["labels"][0]] for r in records], np.int32)
 
 
@@ -205,8 +224,10 @@ def _split_indices(records: list[dict], labels: np.ndarray, ds, file: str) -> di
   if any(given):
     missing = sum(1 for s in given if not s)
     if missing:
-      raise DataError(f"{missing} image(s) in {file} have no split while others do; give every row a split "
-                      "(train, val or test) or none at all.")
+      raise DataError(
+        f"{missing} image(s) in {file} have no split while others do; give every row a split "
+        "(train, val or test) or none at all."
+      )
     normalised = np.asarray([folder_scan.split_name(s) for s in given])
     parts = {name: np.flatnonzero(normalised == name) for name in sorted(set(normalised))}
   else:

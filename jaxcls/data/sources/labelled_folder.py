@@ -21,12 +21,16 @@ from jaxcls.data.sources import folder, folder_scan, label_file
 def _from_class_folders(path: str, class_names: tuple[str, ...], depth: int) -> tuple[list[str], np.ndarray]:
   classes, _ = folder_scan.read_classes(path, depth)
   if not classes:
-    raise DataError(f"{path} has no class subfolders; put each class's images in a subfolder named like a "
-                    f"trained class ({', '.join(class_names[:10])}), or give --labels_file.")
+    raise DataError(
+      f"{path} has no class subfolders; put each class's images in a subfolder named like a "
+      f"trained class ({', '.join(class_names[:10])}), or give --labels_file."
+    )
   unknown = sorted(set(classes) - set(class_names))
   if unknown:
-    raise DataError(f"{path} has class folders {unknown[:5]} that the model was not trained on; it knows "
-                    f"{', '.join(class_names[:20])}. Rename or remove those folders.")
+    raise DataError(
+      f"{path} has class folders {unknown[:5]} that the model was not trained on; it knows "
+      f"{', '.join(class_names[:20])}. Rename or remove those folders."
+    )
   index = {name: k for k, name in enumerate(class_names)}
   paths, labels = [], []
   for name in sorted(classes):
@@ -46,9 +50,13 @@ def load(config, info: DatasetInfo, path: str, labels_file: str = "") -> ArrayDa
     raise DataError(f"--data={path!r} is not a folder; point it at a folder of labelled images.")
   groups = None
   if labels_file:
-    paths, labels, records, _ = label_file.read(labels_file, path, info.class_names,
-                                                multi_label=config.task.type == "multilabel",
-                                                separator=config.dataset.get("label_separator", ""))
+    paths, labels, records, _ = label_file.read(
+      labels_file,
+      path,
+      info.class_names,
+      multi_label=config.task.type == "multilabel",
+      separator=config.dataset.get("label_separator", ""),
+    )
     groups = label_file.groups_of(records)
   else:
     paths, labels = _from_class_folders(path, info.class_names, int(config.dataset.get("class_depth", 1)))
@@ -58,11 +66,20 @@ def load(config, info: DatasetInfo, path: str, labels_file: str = "") -> ArrayDa
   max_pixels = int(ds.get("max_image_pixels", config_base.get_base_config().dataset.max_image_pixels))
   images, keep, skipped = folder.decode_all(paths, crop, info.image_shape[2], max_pixels, os.cpu_count() or 1)
   if not len(keep):
-    raise DataError(f"None of the {len(paths)} images under {path} could be decoded (e.g. {skipped[0][0]}: "
-                    f"{skipped[0][1]}); check that the files are images.")
+    raise DataError(
+      f"None of the {len(paths)} images under {path} could be decoded (e.g. {skipped[0][0]}: "
+      f"{skipped[0][1]}); check that the files are images."
+    )
   labels = labels[keep]
-  eval_info = DatasetInfo(num_classes=info.num_classes, class_names=info.class_names, image_shape=info.image_shape,
-                          num_train=len(labels), num_eval=len(labels), mean=info.mean, std=info.std)
+  eval_info = DatasetInfo(
+    num_classes=info.num_classes,
+    class_names=info.class_names,
+    image_shape=info.image_shape,
+    num_train=len(labels),
+    num_eval=len(labels),
+    mean=info.mean,
+    std=info.std,
+  )
   dataset = ArrayDataset(eval_info, (images, labels), (images, labels))
   dataset.skipped_files = skipped
   dataset.eval_groups = None if groups is None else groups[keep]

@@ -11,22 +11,22 @@ decodes only the crop window, `decode_and_crop_jpeg`) and `dataset.eval_crop='ce
 """
 
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 
+from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.data import resize
 from jaxcls.data.base import SOURCES, Batch, Dataset, DatasetInfo, check_stream_args
 from jaxcls.data.in_memory import pad_batch
-from jaxcls.core.errors import ConfigError, DataError
 
 # Per-channel (mean, std) in [0, 1] units of well-known datasets; others use 0.5 / 0.5.
 KNOWN_STATS = {
-    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
+  "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+  "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+  "mnist": ((0.1307,), (0.3081,)),
+  "fashion_mnist": ((0.2860,), (0.3530,)),
 }
 
 
@@ -36,8 +36,9 @@ def _import_tfds():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ConfigError("dataset.name='tfds' needs TensorFlow Datasets; install it with "
-                      "`pip install tensorflow-cpu tensorflow-datasets`.") from e
+    raise ConfigError(
+      "dataset.name='tfds' needs TensorFlow Datasets; install it with `pip install tensorflow-cpu tensorflow-datasets`."
+    ) from e
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # TensorFlow already initialised its devices; nothing more to do
@@ -55,13 +56,17 @@ def load(config, *, process_index: int, process_count: int) -> "TfdsDataset":
   try:
     builder = tfds.builder(ds.tfds_name, data_dir=ds.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ConfigError(f"dataset.tfds_name={ds.tfds_name!r} is not a TFDS dataset; see "
-                      "https://www.tensorflow.org/datasets/catalog for names.") from e
+    raise ConfigError(
+      f"dataset.tfds_name={ds.tfds_name!r} is not a TFDS dataset; see "
+      "https://www.tensorflow.org/datasets/catalog for names."
+    ) from e
   if not builder.is_prepared():
     if not ds.download:
-      raise DataError(f"TFDS dataset {ds.tfds_name!r} is not prepared in {builder.data_dir}; set "
-                      f"dataset.download=True, or run `tfds build {ds.tfds_name} --data_dir=...` and set "
-                      "dataset.data_dir to that folder.")
+      raise DataError(
+        f"TFDS dataset {ds.tfds_name!r} is not prepared in {builder.data_dir}; set "
+        f"dataset.download=True, or run `tfds build {ds.tfds_name} --data_dir=...` and set "
+        "dataset.data_dir to that folder."
+      )
     builder.download_and_prepare()
   return TfdsDataset(tf, tfds, builder, ds, process_index=process_index, process_count=process_count)
 
@@ -82,21 +87,31 @@ class TfdsDataset(Dataset):
     self._crop_area = tuple(float(a) for a in dataset_config.crop_area)
     self._crop_aspect = tuple(float(a) for a in dataset_config.crop_aspect)
     if self._train_crop not in ("resize", "random_resized") or self._eval_crop not in ("resize", "center"):
-      raise ConfigError(f"dataset.train_crop={self._train_crop!r} / eval_crop={self._eval_crop!r} are not valid; "
-                        "use 'resize' or 'random_resized' for training and 'resize' or 'center' for eval.")
+      raise ConfigError(
+        f"dataset.train_crop={self._train_crop!r} / eval_crop={self._eval_crop!r} are not valid; "
+        "use 'resize' or 'random_resized' for training and 'resize' or 'center' for eval."
+      )
     self._image_key, self._label_key = self._feature_keys()
     native = builder.info.features[self._image_key].shape
     self._size = resize.parse_image_size(dataset_config.image_size)
     if self._size is None and (None in native[:2] or self._train_crop != "resize" or self._eval_crop != "resize"):
-      raise ConfigError(f"Images of TFDS dataset {builder.name!r} vary in size (or are cropped); set "
-                        "dataset.image_size to the (height, width) the model should see.")
+      raise ConfigError(
+        f"Images of TFDS dataset {builder.name!r} vary in size (or are cropped); set "
+        "dataset.image_size to the (height, width) the model should see."
+      )
     height, width = self._size or native[:2]
     channels = native[2] or 3
     labels = builder.info.features[self._label_key]
     mean, std = KNOWN_STATS.get(builder.name, ((0.5,) * channels, (0.5,) * channels))
-    self.info = DatasetInfo(num_classes=labels.num_classes, class_names=tuple(labels.names),
-                            image_shape=(height, width, channels), num_train=self._split_size(self._train_split),
-                            num_eval=self._split_size(self._eval_split), mean=mean, std=std)
+    self.info = DatasetInfo(
+      num_classes=labels.num_classes,
+      class_names=tuple(labels.names),
+      image_shape=(height, width, channels),
+      num_train=self._split_size(self._train_split),
+      num_eval=self._split_size(self._eval_split),
+      mean=mean,
+      std=std,
+    )
 
   def _feature_keys(self) -> tuple[str, str]:
     """(image feature, label feature): the builder's supervised keys, else 'image' and 'label'."""
@@ -105,14 +120,20 @@ class TfdsDataset(Dataset):
     image_key, label_key = keys[:2]
     features = info.features
     if not isinstance(image_key, str) or image_key not in features or label_key not in features:
-      raise DataError(f"TFDS dataset {self._builder.name!r} has no (image, label) features (it has "
-                      f"{', '.join(features.keys())}); use a supervised image classification dataset.")
+      raise DataError(
+        f"TFDS dataset {self._builder.name!r} has no (image, label) features (it has "
+        f"{', '.join(features.keys())}); use a supervised image classification dataset."
+      )
     if not hasattr(features[label_key], "num_classes"):
-      raise DataError(f"TFDS dataset {self._builder.name!r}: feature {label_key!r} is not a ClassLabel; use an "
-                      "image classification dataset.")
+      raise DataError(
+        f"TFDS dataset {self._builder.name!r}: feature {label_key!r} is not a ClassLabel; use an "
+        "image classification dataset."
+      )
     if not hasattr(features[image_key], "decode_example") or len(features[image_key].shape) != 3:
-      raise DataError(f"TFDS dataset {self._builder.name!r}: feature {image_key!r} is not an image; use an "
-                      "image classification dataset.")
+      raise DataError(
+        f"TFDS dataset {self._builder.name!r}: feature {image_key!r} is not an image; use an "
+        "image classification dataset."
+      )
     return image_key, label_key
 
   def _split_size(self, split) -> int:
@@ -120,18 +141,24 @@ class TfdsDataset(Dataset):
       return self._builder.info.splits[split].num_examples
     except (KeyError, ValueError, AssertionError) as e:
       known = ", ".join(self._builder.info.splits.keys())
-      raise ConfigError(f"Split {split!r} is not in TFDS dataset {self._builder.name!r} (it has {known}); set "
-                        "dataset.train_split / eval_split to one of those.") from e
+      raise ConfigError(
+        f"Split {split!r} is not in TFDS dataset {self._builder.name!r} (it has {known}); set "
+        "dataset.train_split / eval_split to one of those."
+      ) from e
 
   def _shard(self, split: str, process_index: int):
     return self._tfds.split_for_jax_process(split, process_index=process_index, process_count=self.process_count)
 
-  def _read(self, shard, *, shuffle_seed: Optional[int]):
+  def _read(self, shard, *, shuffle_seed: int | None):
     """Undecoded (image bytes, label) records of one shard; files shuffled by `shuffle_seed` when given."""
     tfds = self._tfds
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=False)
-    ds = self._builder.as_dataset(split=shard, shuffle_files=shuffle_seed is not None, read_config=read_config,
-                                  decoders={self._image_key: tfds.decode.SkipDecoding()})
+    ds = self._builder.as_dataset(
+      split=shard,
+      shuffle_files=shuffle_seed is not None,
+      read_config=read_config,
+      decoders={self._image_key: tfds.decode.SkipDecoding()},
+    )
     options = self._tf.data.Options()
     options.deterministic = self._deterministic
     return ds.with_options(options)
@@ -144,8 +171,11 @@ class TfdsDataset(Dataset):
     tf = self._tf
     encoded = example[self._image_key]
     if crop == "random_resized":
-      image = tf.cond(tf.io.is_jpeg(encoded), lambda: self._jpeg_random_crop(encoded, seed),
-                      lambda: self._random_crop(self._decode_full(encoded), seed))
+      image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: self._jpeg_random_crop(encoded, seed),
+        lambda: self._random_crop(self._decode_full(encoded), seed),
+      )
     elif crop == "center":
       image = self._center_crop(self._decode_full(encoded))
     else:
@@ -162,9 +192,15 @@ class TfdsDataset(Dataset):
     """(begin, size) of an Inception-style random crop of an image of `shape`, drawn statelessly from `seed`."""
     tf = self._tf
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, tf.zeros([1, 0, 4], tf.float32), seed=seed, min_object_covered=0.0,
-        aspect_ratio_range=self._crop_aspect, area_range=self._crop_area, max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
+      shape,
+      tf.zeros([1, 0, 4], tf.float32),
+      seed=seed,
+      min_object_covered=0.0,
+      aspect_ratio_range=self._crop_aspect,
+      area_range=self._crop_area,
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True,
+    )
     return begin, size
 
   def _jpeg_random_crop(self, encoded, seed):
@@ -204,7 +240,8 @@ class TfdsDataset(Dataset):
       ds = ds.shuffle(self._shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
       ds = ds.take(steps * local).enumerate().skip(skip * local)  # positions fix each example's crop
       decode = lambda position, example, s=epoch_seed: self._decode(
-          example, self._tf.stack([self._tf.constant(s, self._tf.int64), position]), crop=self._train_crop)
+        example, self._tf.stack([self._tf.constant(s, self._tf.int64), position]), crop=self._train_crop
+      )
       ds = ds.map(decode, num_parallel_calls=self._parallel, deterministic=self._deterministic)
       ds = ds.batch(local, drop_remainder=True).prefetch(self._tf.data.AUTOTUNE)
       for batch in ds.as_numpy_iterator():
@@ -223,12 +260,18 @@ class TfdsDataset(Dataset):
     for batch in ds.as_numpy_iterator():
       count += 1
       if count > total:
-        raise DataError(f"TFDS split {self._eval_split!r} of {self._builder.name!r} yields more examples than its "
-                        "metadata records; re-prepare the dataset.")
-      yield pad_batch({"image": batch["image"], "label": batch["label"],
-                       "mask": np.ones(len(batch["label"]), bool)}, local)
-    empty = {"image": np.zeros((local,) + self.info.image_shape, np.uint8), "label": np.zeros(local, np.int32),
-             "mask": np.zeros(local, bool)}
+        raise DataError(
+          f"TFDS split {self._eval_split!r} of {self._builder.name!r} yields more examples than its "
+          "metadata records; re-prepare the dataset."
+        )
+      yield pad_batch(
+        {"image": batch["image"], "label": batch["label"], "mask": np.ones(len(batch["label"]), bool)}, local
+      )
+    empty = {
+      "image": np.zeros((local,) + self.info.image_shape, np.uint8),
+      "label": np.zeros(local, np.int32),
+      "mask": np.zeros(local, bool),
+    }
     for _ in range(total - count):  # shorter shards still take part in every collective eval step
       yield {key: value.copy() for key, value in empty.items()}
 
