@@ -132,7 +132,9 @@ def _import_jax2onnx():
   except ImportError as e:
     raise ConfigError(
       f"--format onnx needs jax2onnx and onnxruntime ({e.name} is not installed): "
-      "`pip install jax2onnx onnxruntime`, or use --format jax."
+      "install them as docs/export.md shows (`pip install onnx onnx-ir onnxruntime dm-pix einops equinox netron "
+      "orbax-export && pip install --no-deps jax2onnx`: a plain `pip install jax2onnx` would downgrade orbax), "
+      "or use --format jax."
     ) from e
   return jax2onnx
 
