@@ -91,6 +91,7 @@ class Runner:
     self.dry_run = dry_run
 
   def __call__(self, cmd: list[str], *, capture: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+    """Echoes and runs `cmd` (a dry run succeeds at once, READY as its output); a failure raises if `check`."""
     print(shlex.join(cmd), flush=True)
     if self.dry_run:
       return subprocess.CompletedProcess(cmd, 0, stdout=READY if capture else None)

@@ -166,9 +166,11 @@ class Standardizer:
 
   @classmethod
   def fit(cls, features: np.ndarray) -> "Standardizer":
+    """The statistics of these training features (computed in float64, kept in float32)."""
     features = np.asarray(features, np.float64)
     std = features.std(axis=0)
     return cls(mean=features.mean(axis=0).astype(np.float32), std=np.where(std > 1e-8, std, 1.0).astype(np.float32))
 
   def __call__(self, features: np.ndarray) -> np.ndarray:
+    """Standardises features with the training statistics, so train and eval features share one scale."""
     return ((np.asarray(features, np.float32) - self.mean) / self.std).astype(np.float32)

@@ -29,6 +29,7 @@ class LinearSVM:
   objective: float
 
   def scores(self, features: np.ndarray) -> np.ndarray:
+    """The one-vs-rest decision values [N, K] of features [N, D], as a numpy array."""
     return np.asarray(_scores({"w": self.weights, "b": self.bias}, jnp.asarray(features, jnp.float32)))
 
 

@@ -28,6 +28,7 @@ class CompiledOnFirstCall:
     self.bytes_per_example = None
 
   def __call__(self, *args):
+    """Runs the step; the first call compiles it, timing that and reading XLA's FLOPs and bytes per example."""
     if self._compiled is None:
       start = time.perf_counter()
       self._compiled = self._jitted.lower(*args).compile()

@@ -22,6 +22,7 @@ class SumAccumulator:
     self._floats: dict[str, list[jax.Array]] = {}
 
   def add(self, sums: dict[str, Any]) -> None:
+    """Keeps one batch's sums on the device: integer counts added at once (exact), floats kept for `result`."""
     for name, value in sums.items():
       if jnp.issubdtype(value.dtype, jnp.integer):
         self._ints[name] = value if name not in self._ints else self._ints[name] + value
@@ -29,6 +30,7 @@ class SumAccumulator:
         self._floats.setdefault(name, []).append(value)
 
   def result(self) -> dict[str, np.ndarray]:
+    """The totals on the host in one transfer: counts as int64, float sums added in float64."""
     ints, floats = parallel.to_host((self._ints, self._floats))  # one transfer for every batch's sums
     out = {name: v.astype(np.int64) for name, v in ints.items()}
     for name, values in floats.items():
@@ -47,9 +49,11 @@ class RowGatherer:
     self._batches: list[dict[str, jax.Array]] = []
 
   def add(self, outputs: dict[str, jax.Array]) -> None:
+    """Keeps one batch's outputs (with their 'mask') on the device; nothing is fetched before `result`."""
     self._batches.append(outputs)
 
   def result(self) -> dict[str, np.ndarray]:
+    """Every batch's rows on the host in one transfer, concatenated, without the masked-out rows (and 'mask')."""
     if not self._batches:
       return {}
     host = parallel.to_host(self._batches)

@@ -22,6 +22,7 @@ class PhaseClock:
     self.seconds: dict[str, float] = {}
 
   def add(self, phase: str, seconds: float) -> None:
+    """Charges `seconds` to `phase`, on top of what it has (a negative duration counts as 0)."""
     self.seconds[phase] = self.seconds.get(phase, 0.0) + max(float(seconds), 0.0)
 
   @contextlib.contextmanager

@@ -81,6 +81,7 @@ class Registry:
     return register
 
   def get(self, name: str) -> Any:
+    """The object registered as `name`, or a ConfigError with a did-you-mean, the known names, how to add one's own."""
     if name not in self._entries:
       raise ConfigError(
         f"Unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
@@ -90,6 +91,7 @@ class Registry:
     return self._entries[name]
 
   def names(self) -> list[str]:
+    """The registered names, sorted, for listings and membership checks."""
     return sorted(self._entries)
 
   def __contains__(self, name: str) -> bool:

@@ -51,6 +51,7 @@ class ArrayDataset(Dataset):
     return other
 
   def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0) -> Iterator[Batch]:
+    """Checks the arguments at the call (the stream is lazy); epoch orders come from (seed, epoch) and `sampling`."""
     check_stream_args(start_step, seed)
     local = self.local_batch_size(global_batch_size)
     steps = self.steps_per_epoch(global_batch_size)
@@ -85,6 +86,7 @@ class ArrayDataset(Dataset):
     return rng.choice(len(labels), size=size, replace=True, p=p / p.sum())
 
   def eval_batches(self, global_batch_size: int) -> Iterator[Batch]:
+    """The eval split in order, this process's slice of each global batch, padded to the local batch size."""
     local = self.local_batch_size(global_batch_size)
     return self._eval_stream(global_batch_size, local, self.num_eval_batches(global_batch_size))
 
@@ -103,6 +105,7 @@ class ArrayDataset(Dataset):
       )
 
   def num_eval_batches(self, global_batch_size: int) -> int:
+    """ceil(eval examples / global batch) on every process; the last batches are padded."""
     self.local_batch_size(global_batch_size)
     return math.ceil(len(self._eval_labels) / global_batch_size)
 

@@ -73,6 +73,7 @@ class IteratorDataset(Dataset):
     self._counted: dict[int, int] = {}
 
   def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0) -> Iterator[Batch]:
+    """The user's `train_fn(start_step)` batches, checked; `seed` is unused, as the function owns its randomness."""
     del seed  # the user's function owns its randomness
     check_stream_args(start_step, 0)
     local = self.local_batch_size(global_batch_size)
@@ -83,6 +84,7 @@ class IteratorDataset(Dataset):
       yield self._check(batch, local, f"train_fn batch {i}", exact=True)
 
   def eval_batches(self, global_batch_size: int) -> Iterator[Batch]:
+    """The user's `eval_fn()` batches, checked and padded, then all-masked batches up to `num_eval_batches`."""
     local = self.local_batch_size(global_batch_size)
     return self._eval_stream(local, self.num_eval_batches(global_batch_size))
 
@@ -100,6 +102,7 @@ class IteratorDataset(Dataset):
       }
 
   def num_eval_batches(self, global_batch_size: int) -> int:
+    """The count given to `from_iterators`, else the batches of one pass of `eval_fn()`, counted once per batch size."""
     self.local_batch_size(global_batch_size)
     if self._num_eval_batches is not None:
       return self._num_eval_batches

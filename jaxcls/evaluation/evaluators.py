@@ -147,6 +147,7 @@ class Classification(Evaluator):
     self._compile_charged = False
 
   def run(self, step: int, params, batch_stats) -> dict[str, float]:
+    """Evaluates the split and keeps (step, result, outputs), so `conclude` and `write` reuse the last evaluation."""
     from jaxcls.evaluation import loop  # pylint: disable=g-import-not-at-top
 
     c = self.context
@@ -157,9 +158,11 @@ class Classification(Evaluator):
     return loop.scalars(result, "eval/")
 
   def __call__(self, params, batch_stats) -> dict[str, float]:
+    """An evaluation outside the training steps (kept as step -1, so `conclude` evaluates again)."""
     return self.run(-1, params, batch_stats)
 
   def take_compile_seconds(self) -> float:
+    """The eval step's ahead-of-time compile seconds, the first time only (0.0 afterwards or when unknown)."""
     seconds = getattr(self.context.eval_step, "compile_seconds", None)  # a step compiled ahead knows it
     if not seconds or self._compile_charged:
       return 0.0
@@ -167,10 +170,12 @@ class Classification(Evaluator):
     return float(seconds)
 
   def conclude(self, step: int, params, batch_stats) -> None:
+    """Evaluates the final step unless it was evaluated last (a finished workdir re-run trains nothing)."""
     if self._last is None or self._last[0] != step:  # a finished workdir re-run: nothing trained, report again
       self.run(step, params, batch_stats)
 
   def write(self, step: int) -> Final:
+    """The final report of the last evaluation: its files and plots written on the main process, its metrics logged."""
     from jaxcls.evaluation import loop  # pylint: disable=g-import-not-at-top
 
     c = self.context

@@ -52,9 +52,11 @@ class RidgeClassifier:
   bias: np.ndarray  # [C]
 
   def scores(self, features: np.ndarray) -> np.ndarray:
+    """The class scores [N, C] of features [N, D] (float64), standardised with the fitted mean and scale."""
     return ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.weights + self.bias
 
   def predict(self, features: np.ndarray) -> np.ndarray:
+    """The class of the highest score, per example."""
     return self.scores(features).argmax(-1)
 
 
@@ -293,6 +295,7 @@ class FewShotEvaluator(evaluators.Evaluator):
     )
 
   def __call__(self, params, batch_stats=None) -> dict[str, float]:
+    """The accuracies of `results` as flat scalars under `prefix` ('fewshot/' or 'knn/')."""
     return scalars(self.results(params, batch_stats), self.prefix)
 
 

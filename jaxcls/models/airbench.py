@@ -42,6 +42,8 @@ class ConvGroup(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Halves height and width, with `features` channels out; `train` uses and updates the batch statistics."""
+
     def bn(name):
       # No scale; torch momentum 0.4 is flax momentum 0.6; statistics in float32 as airbench keeps its BNs.
       return nn.BatchNorm(
@@ -90,6 +92,7 @@ class Airbench(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits [B, num_classes] times `scale`; a ConfigError for images too small for the stem and pools."""
     k = self.stem_kernel
     if min(x.shape[1:3]) - k + 1 < 8:
       raise ConfigError(

@@ -48,6 +48,7 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits [B, num_classes] from images [B, H, W, C]; `train` turns dropout on."""
     imagenet = self.variant == "imagenet"
     # (kernel, stride, padding, max pool after) of each conv, keyed by its torchvision index.
     specs = {

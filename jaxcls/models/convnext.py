@@ -32,6 +32,7 @@ class CNBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """The block's output, shaped as `x`; `train` turns drop-path of the residual branch on."""
     dim = x.shape[-1]
     y = nn.Conv(
       dim,
@@ -82,6 +83,7 @@ class ConvNeXt(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits [B, num_classes] from images [B, H, W, C]; `train` turns dropout and stochastic depth on."""
     patch = 4 if self.variant == "imagenet" else 2
     x = nn.Conv(
       self.dims[0],

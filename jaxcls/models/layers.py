@@ -76,6 +76,7 @@ class Activation(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """The named nonlinearity of `x` (`prelu` creates its per-channel slope parameter)."""
     kind = self.kind
     if kind == "relu":
       return nn.relu(x)
@@ -191,6 +192,7 @@ class DropPath(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """`x` unchanged at inference or rate 0; in training, whole examples dropped with the 'dropout' rng."""
     if not train or self.rate == 0.0:
       return x
     keep = 1.0 - self.rate

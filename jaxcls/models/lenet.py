@@ -36,6 +36,7 @@ class LeNet5(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits [B, num_classes] from images [B, H, W, C]; `train` turns dropout on."""
     x = layers.pool(
       self._act(nn.Conv(6, (5, 5), padding=[(2, 2), (2, 2)], dtype=self.dtype, name="c1")(x)), self.pooling
     )

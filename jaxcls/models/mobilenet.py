@@ -78,6 +78,7 @@ class InvertedResidual(_Fields):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """The block's output with `features` channels; the skip (with drop-path) only at stride 1 with equal channels."""
     in_features = x.shape[-1]
     hidden = int(round(in_features * self.expansion))
     residual = self.stride == 1 and in_features == self.features
@@ -131,6 +132,7 @@ class MobileNetV2(_Fields):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits [B, num_classes]; `train` uses batch statistics, dropout and drop-path."""
     small = self.variant == "small"
     shared = dict(activation=self.activation, negative_slope=self.negative_slope, norm=self.norm, dtype=self.dtype)
     x = self.conv_norm(x, make_divisible(32 * self.width_mult), train, "features_0", kernel=3, stride=1 if small else 2)

@@ -87,6 +87,7 @@ class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """The block's output with `filters` channels at `strides`; `merge` adds the (projected) shortcut."""
     y = self.act(self.bn(self.conv(self.filters, 3, self.strides, "conv1")(x), train, "bn1"), "act1")
     y = self.bn(self.conv(self.filters, 3, 1, "conv2")(y), train, "bn2", last=True)
     return self.merge(y, x, self.filters, train)
@@ -99,6 +100,7 @@ class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """The block's output with 4 x `filters` channels at `strides`; `merge` adds the (projected) shortcut."""
     inner = int(self.filters * self.width_per_group / 64) * self.groups  # torchvision's `width`
     out = self.filters * self.expansion
     y = self.act(self.bn(self.conv(inner, 1, 1, "conv1")(x), train, "bn1"), "act1")
@@ -148,6 +150,7 @@ class SpaceToDepthStemConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """The output of the 7x7/2 padding-3 stem conv, computed on 2x2 pixel blocks (odd sizes padded to even)."""
     kernel = self.param("kernel", _conv_init, (7, 7, x.shape[-1], self.features), self.param_dtype)
     x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
     x = jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)))
@@ -213,6 +216,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits [B, num_classes]; `train` uses batch statistics, dropout and drop-path."""
     if self.space_to_depth_stem:
       x = SpaceToDepthStemConv(self.width, dtype=self.dtype, name="conv1")(x)
     else:

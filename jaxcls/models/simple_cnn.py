@@ -48,6 +48,7 @@ class SimpleCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits [B, num_classes]; `train` turns dropout on (and batch statistics with norm='batch')."""
     use_bn = self.norm == "batch"
     for width in self.widths:
       for _ in range(self.convs_per_block):

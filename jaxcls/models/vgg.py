@@ -53,6 +53,7 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits [B, num_classes]; `train` turns dropout on (and batch statistics when normed)."""
     index = 0  # position in torchvision's `features` Sequential
     for stage in self.stages:
       for width in stage:

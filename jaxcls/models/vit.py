@@ -30,6 +30,7 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Attention over the sequence, [B, L, D] -> [B, L, D]; `train` turns attention dropout on."""
     batch, length, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = nn.Dense(3 * dim, kernel_init=_xavier, dtype=self.dtype, name="in_proj")(x)
@@ -55,6 +56,7 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """One pre-norm encoder block, [B, L, D] -> [B, L, D]; `train` turns dropout and drop-path on."""
     drop = functools.partial(nn.Dropout, self.dropout, deterministic=not train)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln_1")(x)
     y = SelfAttention(self.num_heads, self.attention_dropout, self.dtype, name="self_attention")(y, train)
@@ -102,6 +104,7 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Float32 logits from the class token; a ConfigError for a size the patches or position embedding do not fit."""
     batch, height, width, _ = x.shape
     p = self.patch_size
     if height % p or width % p:

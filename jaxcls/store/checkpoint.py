@@ -251,9 +251,11 @@ class Checkpointer:
     return self._manager_
 
   def latest_step(self) -> int | None:
+    """The newest saved step, or None before the first checkpoint."""
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Every kept step, as orbax lists them."""
     return list(self._manager.all_steps())
 
   # --- the best checkpoint -------------------------------------------------------------------------------------
@@ -303,6 +305,7 @@ class Checkpointer:
   # --- saving and reading --------------------------------------------------------------------------------------
 
   def save(self, step: int, state: Any, data_position: dict, *, force: bool = False) -> None:
+    """Saves state, data position and fingerprint at `step`; with `best_metric`, its noted evaluation too."""
     meta = {"fingerprint": self.fingerprint, "data": data_position, "step": int(step)}
     metrics = None
     if self.best_metric:
@@ -484,10 +487,12 @@ class Checkpointer:
     self._best_loaded = False
 
   def wait(self) -> None:
+    """Blocks until pending (asynchronous) saves have finished."""
     if self._manager_ is not None:
       self._manager_.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves, then closes the checkpoint manager (if one was opened)."""
     if self._manager_ is not None:
       self._manager_.wait_until_finished()
       self._manager_.close()

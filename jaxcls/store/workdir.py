@@ -377,6 +377,7 @@ class Rerun:
   other: list = dataclasses.field(default_factory=list)  # (key, old, new) of reporting / cadence keys
 
   def changed(self) -> bool:
+    """Whether anything differs from the earlier run: a changed key, or a config.json that could not be parsed."""
     return bool(self.training or self.other or self.previous_text is not None)
 
 
@@ -558,6 +559,7 @@ class WorkdirLock:
   # -- acquire / release
 
   def acquire(self) -> None:
+    """Takes the lock and starts its heartbeat; a stale lock is taken over, a live one raises WorkdirBusyError."""
     _prepare(self.workdir)
     now = time.time()
     self._record = {

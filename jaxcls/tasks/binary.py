@@ -64,6 +64,7 @@ class Binary(Task):
 
   @property
   def num_outputs(self) -> int:
+    """Binary: one logit, the positive class's; the other class's probability is its complement."""
     return 1
 
   def targets(self, labels: jax.Array) -> jax.Array:
@@ -74,6 +75,7 @@ class Binary(Task):
     return labels if self.positive == 1 else 1.0 - labels
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Binary: sigmoid cross-entropy of the one logit against the positive-class probability (soft labels too)."""
     return optax.sigmoid_binary_cross_entropy(logits[:, 0].astype(jnp.float32), self.targets(labels))
 
   def probabilities(self, logits: jax.Array) -> jax.Array:
@@ -90,6 +92,7 @@ class Binary(Task):
     return (is_positive if self.positive == 1 else ~is_positive).astype(np.int64)
 
   def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Binary: accuracy of the thresholded decision against the hard (>= 0.5) targets."""
     hard = self.targets(labels) >= 0.5
     return {"accuracy": ((self.probabilities(logits) >= self.threshold) == hard).astype(jnp.float32)}
 
@@ -111,6 +114,7 @@ class Binary(Task):
     return {"logits": logit, "probs": jax.nn.sigmoid(logit), "labels": labels.astype(jnp.int32)}
 
   def decision_thresholds(self) -> dict:
+    """Binary: the threshold, so group metrics decide as the task does."""
     return {"threshold": self.threshold}
 
   def prediction_record(self, class_names, probs: np.ndarray, top_k: int) -> dict:
@@ -127,6 +131,7 @@ class Binary(Task):
     }
 
   def export_metadata(self, class_names) -> dict:
+    """Binary: the output is the positive-class probability [B], with the threshold and the positive class's name."""
     return {
       "output": "positive-class probability [B]",
       "threshold": self.threshold,
@@ -144,6 +149,7 @@ class Binary(Task):
     return int(self.decide(probs[self.positive]))
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
+    """Binary: precision, recall, specificity, F1 and balanced accuracy at the threshold, and the ranking metrics."""
     count = int(sums["count"])
     confusion = np.asarray(sums["confusion"], np.int64)  # (true, predicted) by class id
     pos, neg = self.positive, 1 - self.positive

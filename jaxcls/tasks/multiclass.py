@@ -34,6 +34,7 @@ class MultiClass(Task):
 
   @property
   def top_k(self) -> int:
+    """The k of the top-k accuracy: 5, or the number of classes when there are fewer."""
     return min(5, self.num_classes)
 
   def targets(self, labels: jax.Array) -> jax.Array:

@@ -74,6 +74,7 @@ class MultiLabel(Task):
     return jax.nn.sigmoid(logits.astype(jnp.float32))
 
   def predict(self, logits: jax.Array) -> jax.Array:
+    """Multi-label: a boolean label set [B, K], each label on at or above its threshold."""
     return self.probabilities(logits) >= jnp.asarray(self.thresholds, jnp.float32)
 
   def decide(self, probs: np.ndarray) -> np.ndarray:
@@ -81,6 +82,7 @@ class MultiLabel(Task):
     return np.asarray(probs, np.float32) >= np.asarray(self.thresholds, np.float32)
 
   def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Multi-label: subset accuracy (every label right) and Hamming loss, per example."""
     wrong = self.predict(logits) != (labels >= 0.5)
     return {
       "accuracy": 1.0 - jnp.any(wrong, -1).astype(jnp.float32),
@@ -104,11 +106,13 @@ class MultiLabel(Task):
     }
 
   def eval_outputs(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Multi-label: logits, probabilities and 0/1 labels [B, K], for the per-label ranking metrics."""
     del mask  # the loop keeps only the valid rows
     logits = logits.astype(jnp.float32)
     return {"logits": logits, "probs": jax.nn.sigmoid(logits), "labels": (labels >= 0.5).astype(jnp.int32)}
 
   def decision_thresholds(self) -> dict:
+    """Multi-label: the per-label thresholds, so group metrics decide as the task does."""
     return {"thresholds": self.thresholds}
 
   def prediction_record(self, class_names, probs: np.ndarray, top_k: int) -> dict:
@@ -125,10 +129,12 @@ class MultiLabel(Task):
     }
 
   def export_metadata(self, class_names) -> dict:
+    """Multi-label: probabilities [B, K] and one threshold per label (a single threshold repeated)."""
     thresholds = np.broadcast_to(np.asarray(self.thresholds, np.float64), (len(class_names),))
     return {"output": "probabilities [B, K]", "thresholds": [float(t) for t in thresholds]}
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
+    """Multi-label: subset accuracy, Hamming loss, per-label/macro/micro precision, recall and F1, ranking metrics."""
     count = int(sums["count"])
     tp, fp, fn, tn = (np.asarray(sums[k], np.float64) for k in ("tp", "fp", "fn", "tn"))
     precision, recall = divide(tp, tp + fp), divide(tp, tp + fn)

@@ -35,14 +35,17 @@ class ClassTree:
 
   @property
   def depth(self) -> int:
+    """The number of levels, the leaves' included."""
     return len(self.level_names)
 
   @property
   def level_sizes(self) -> tuple[int, ...]:
+    """The number of nodes at each level, coarsest first."""
     return tuple(len(names) for names in self.level_names)
 
   @property
   def num_leaves(self) -> int:
+    """The number of leaves, which are the classes."""
     return len(self.paths)
 
   def path_array(self) -> np.ndarray:

@@ -225,10 +225,13 @@ class NoProgress:
   """The progress of non-main processes: nothing to show."""
 
   def __call__(self, step: int, t: float | None = None) -> bool:
+    """Nothing to draw on a non-main process, so False (no bar drawn, no line logged)."""
     return False
 
   def note(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Ignores the scalars: there is no bar to show them on."""
     pass
 
   def close(self) -> None:
+    """Nothing to close."""
     pass

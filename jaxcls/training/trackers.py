@@ -117,17 +117,20 @@ class MlflowWriter(Writer):
     self._closed = False
 
   def write_scalars(self, step, scalars):
+    """Logs the scalars as MLflow metrics at `step`, at most 1,000 per batch (MLflow's limit)."""
     now = int(time.time() * 1000)
     metrics = [self._metric(key, to_float(value), now, int(step)) for key, value in scalars.items()]
     for i in range(0, len(metrics), 1000):  # MLflow takes at most 1,000 metrics per batch
       self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000], synchronous=True)
 
   def write_hparams(self, hparams):
+    """Logs the keys that apply to this run as MLflow params (values cut to 6,000 characters), 100 per batch."""
     params = [self._param(key, str(value)[:6000]) for key, value in hparams_lib.applicable(hparams).items()]
     for i in range(0, len(params), 100):  # and at most 100 params
       self.client.log_batch(self.run_id, params=params[i : i + 100], synchronous=True)
 
   def write_texts(self, step, texts):
+    """Logs each text as the run artifact texts/<key>_<step>.txt."""
     for key, text in texts.items():
       self.client.log_text(self.run_id, text, f"texts/{key.replace('/', '_')}_{int(step)}.txt")
 
@@ -183,12 +186,15 @@ class WandbWriter(Writer):
     self._closed = False
 
   def write_scalars(self, step, scalars):
+    """Logs the scalars, as floats, to the W&B run at `step`."""
     self.run.log({key: to_float(value) for key, value in scalars.items()}, step=int(step))
 
   def write_hparams(self, hparams):
+    """Sets the keys that apply to this run as the W&B run's config, replacing earlier values."""
     self.run.config.update(hparams_lib.applicable(hparams), allow_val_change=True)
 
   def write_texts(self, step, texts):
+    """Logs the texts to the W&B run at `step`."""
     self.run.log(dict(texts), step=int(step))
 
   def close(self):

@@ -307,6 +307,7 @@ class InferenceModeForward:
     self.model = model
 
   def apply(self, variables, *args, train: bool = False, **kwargs):
+    """The model's `apply` with `train` forced to False, so batch norm, dropout and drop-path stay in inference mode."""
     del train
     return self.model.apply(variables, *args, train=False, **kwargs)
 
@@ -339,6 +340,7 @@ class Plan:
 
   @property
   def frozen(self) -> bool:
+    """Whether the backbone is frozen (backbone_lr_factor 0): it gets no update and runs in inference mode."""
     return self.factor == 0.0
 
   @property
@@ -362,6 +364,7 @@ class Plan:
     }
 
   def describe_groups(self, params) -> str:
+    """One log line: the backbone's and the head's parameter counts and how each group trains."""
     flat = _flat(params)
     head = _size(v for p, v in flat.items() if in_head(p, self.head))
     backbone = _size(flat.values()) - head

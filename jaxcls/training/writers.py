@@ -38,24 +38,31 @@ class Writer:
   """
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    """Scalars of one step ({'train/loss': 0.31, ...}); a no-op here."""
     pass
 
   def write_texts(self, step: int, texts: Mapping[str, str]):
+    """Texts of one step ({name: text}); a no-op here."""
     pass
 
   def write_images(self, step: int, images: Mapping[str, Any]):
+    """Images of one step ({name: [N, H, W, C] array}); a no-op here."""
     pass
 
   def write_histograms(self, step: int, arrays: Mapping[str, Any], num_buckets: Mapping[str, int] | None = None):
+    """Histograms of arrays at one step (part of clu's interface); a no-op here."""
     pass
 
   def write_hparams(self, hparams: Mapping[str, Any]):
+    """The run's hyper-parameters; a no-op here."""
     pass
 
   def flush(self):
+    """Pushes buffered writes to their files; a no-op here."""
     pass
 
   def close(self):
+    """Flushes and releases the writer's files or runs; a no-op here."""
     pass
 
   def __enter__(self):
@@ -95,33 +102,40 @@ class MultiWriter(Writer):
     self.writers = list(writers)
 
   def write_scalars(self, step, scalars):
+    """Converts the values to floats once, then hands them to every writer."""
     step = int(step)
     scalars = {key: to_float(value) for key, value in scalars.items()}
     for writer in self.writers:
       writer.write_scalars(step, scalars)
 
   def write_texts(self, step, texts):
+    """Hands the texts to every writer."""
     for writer in self.writers:
       writer.write_texts(int(step), texts)
 
   def write_images(self, step, images):
+    """Hands the images to every writer."""
     for writer in self.writers:
       writer.write_images(int(step), images)
 
   def write_histograms(self, step, arrays, num_buckets=None):
+    """Hands the histograms to every writer."""
     for writer in self.writers:
       writer.write_histograms(int(step), arrays, num_buckets)
 
   def write_hparams(self, hparams):
+    """Flattens the config once ('optimizer.learning_rate': 0.1), then hands it to every writer."""
     hparams = flatten_hparams(hparams)
     for writer in self.writers:
       writer.write_hparams(hparams)
 
   def flush(self):
+    """Flushes every writer."""
     for writer in self.writers:
       writer.flush()
 
   def close(self):
+    """Closes every writer."""
     for writer in self.writers:
       writer.close()
 
@@ -175,13 +189,16 @@ class LogWriter(Writer):
   `write_scalars`, and the hyper-parameters that apply in at most 10 lines (every key is in config.json)."""
 
   def write_scalars(self, step, scalars):
+    """One log line of at most 200 characters (`scalars_line`)."""
     logging.info("%s", scalars_line(step, scalars))
 
   def write_texts(self, step, texts):
+    """One log line per text: '[step] name: text'."""
     for key, text in texts.items():
       logging.info("[%d] %s: %s", step, key, text)
 
   def write_hparams(self, hparams):
+    """The short summary of the keys that apply (`hparams.summary`) in the log."""
     logging.info("%s", hparams_lib.summary(hparams))
 
 
@@ -210,6 +227,7 @@ class JsonlWriter(Writer):
     self._file = open(self.path, "a", encoding="utf-8")
 
   def write_scalars(self, step, scalars):
+    """Appends one line and flushes it (on an object store: rewrites the object), so a kill loses nothing written."""
     line = json.dumps({"step": int(step), **scalars}) + "\n"
     if self._remote:
       self._lines.append(line)
@@ -220,6 +238,7 @@ class JsonlWriter(Writer):
     self._file.flush()
 
   def flush(self):
+    """Flushes the local file, or rewrites the object-store file when a line came since the last write."""
     if not self._remote:
       self._file.flush()
     elif self._dirty:
@@ -227,6 +246,7 @@ class JsonlWriter(Writer):
       self._dirty = False
 
   def close(self):
+    """Closes the local file, or writes the object-store file a last time."""
     if self._remote:
       self.flush()
     else:
@@ -366,10 +386,12 @@ class EventFileWriter(_EventWriter):
     self._file.flush()
 
   def flush(self):
+    """Flushes the event file unless it is closed (every write flushes already)."""
     if not self._file.closed:
       self._file.flush()
 
   def close(self):
+    """Closes the event file."""
     self._file.close()
 
 
@@ -409,11 +431,13 @@ class RemoteEventWriter(_EventWriter):
     self.flush()
 
   def flush(self):
+    """Uploads the current chunk whole if an event came since its last upload."""
     if self._dirty:
       paths.write_bytes(self._logdir / f"{self._prefix}.{self._number:05d}", self._buffer.getvalue())
       self._dirty = False
 
   def close(self):
+    """Uploads what is left; there is no open file to close."""
     self.flush()
 
 

@@ -69,6 +69,7 @@ class Walker:
     self._files: dict[tuple[int, int], str] = {}
 
   def skip(self, path: str, reason: str) -> None:
+    """Records a path the scan leaves out and why, and logs a warning so the user sees it."""
     self.skipped.append((path, reason))
     logging.warning("Skipped %s: %s.", display(path), reason)
 

@@ -109,6 +109,8 @@ class FolderStreamDataset(Dataset):
     return image, self._train_labels[index]
 
   def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0) -> Iterator[Batch]:
+    """Checks the arguments at the call; decodes ahead in the pool, each epoch's order from (seed, epoch), an unreadable
+    file replaced by the next one in that order."""
     check_stream_args(start_step, seed)
     local = self.local_batch_size(global_batch_size)
     steps = self.steps_per_epoch(global_batch_size)
@@ -180,6 +182,7 @@ class FolderStreamDataset(Dataset):
     return np.asarray(self._eval_group_names)[keep]
 
   def eval_batches(self, global_batch_size: int) -> Iterator[Batch]:
+    """The eval files in order, decoded ahead in the pool; padding rows and unreadable files are masked out."""
     local = self.local_batch_size(global_batch_size)
     total = self.num_eval_batches(global_batch_size)
     return self._prefetched(self._eval_jobs(global_batch_size, local, total))
@@ -206,6 +209,7 @@ class FolderStreamDataset(Dataset):
         yield [(lambda j=j: [self._eval_example(j)]) if j < n else (lambda: [None]) for j in indices]
 
   def num_eval_batches(self, global_batch_size: int) -> int:
+    """ceil(eval files / global batch) on every process; the last batches are padded."""
     self.local_batch_size(global_batch_size)
     return math.ceil(len(self._eval_labels) / global_batch_size)
 

@@ -225,6 +225,7 @@ class TfdsDataset(Dataset):
     return tf.slice(image, tf.concat([offset, [0]], 0), tf.concat([crop, [-1]], 0))
 
   def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0) -> Iterator[Batch]:
+    """Checks the arguments at the call; epochs read this process's shard, shuffled by (seed, epoch)."""
     check_stream_args(start_step, seed)
     local = self.local_batch_size(global_batch_size)
     steps = self.steps_per_epoch(global_batch_size)
@@ -249,6 +250,7 @@ class TfdsDataset(Dataset):
       epoch, skip = epoch + 1, 0
 
   def eval_batches(self, global_batch_size: int) -> Iterator[Batch]:
+    """This process's shard of the eval split, padded, then all-masked batches up to `num_eval_batches`."""
     local = self.local_batch_size(global_batch_size)
     return self._eval_stream(local, self.num_eval_batches(global_batch_size))
 
@@ -276,6 +278,7 @@ class TfdsDataset(Dataset):
       yield {key: value.copy() for key, value in empty.items()}
 
   def num_eval_batches(self, global_batch_size: int) -> int:
+    """Batches of the largest process shard, so processes with shorter shards still take part in every eval step."""
     local = self.local_batch_size(global_batch_size)
     sizes = [self._split_size(self._shard(self._eval_split, p)) for p in range(self.process_count)]
     return max(math.ceil(n / local) for n in sizes)
