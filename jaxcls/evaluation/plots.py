@@ -1,5 +1,9 @@
 """Evaluation figures, one PNG per function: confusion matrix, ROC/PR curves, per-class F1, training curves, mistakes.
 
+`write_all` draws what the report holds, by name: `confusion_matrix` (confusion.png), each coarser level's
+`level{k}_confusion_matrix` named by `level{k}_class_names` (confusion_level{k}.png, a hierarchical report), `f1`
+and `support` (per_class_f1.png), and the eval outputs' `probs` and `labels` (roc_pr.png).
+
 matplotlib is imported inside the drawing functions (Agg, no display), so the core trains without it. Figures are
 built with `matplotlib.figure.Figure` rather than pyplot, so nothing global is left behind between calls. The curve
 points (`roc_points`, `pr_points`) are numpy only and match scikit-learn's `roc_curve` / `precision_recall_curve`.
@@ -14,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from jaxcls.core import paths
+from jaxcls.evaluation import report as report_lib
 
 ANNOTATE_MAX_CLASSES = 30  # above this, cell counts would be unreadable
 CURVES_MAX_CLASSES = 10  # above this, only the micro and macro averages are drawn
@@ -313,6 +318,15 @@ def write_all(
   if report.get("confusion_matrix"):
     names = class_names if len(report["confusion_matrix"]) == len(class_names or ()) else None
     written.append(confusion_matrix(report["confusion_matrix"], names, os.path.join(plots_dir, "confusion.png")))
+  for level, confusion in report_lib.level_confusions(report):
+    written.append(
+      confusion_matrix(
+        confusion,
+        report.get(f"level{level}_class_names"),
+        os.path.join(plots_dir, f"confusion_level{level}.png"),
+        title=f"Level {level}{' (coarsest)' if level == 0 else ''} confusion matrix",
+      )
+    )
   f1 = report.get("f1")
   if isinstance(f1, list):
     written.append(per_class_f1(f1, class_names, os.path.join(plots_dir, "per_class_f1.png"), report.get("support")))

@@ -1,4 +1,9 @@
-"""The final evaluation report: `report.json` for scripts and `report.md` for people."""
+"""The final evaluation report: `report.json` for scripts and `report.md` for people.
+
+report.md renders what the task's `finalize` put in the report, by name: the scalars, the per-class table
+(`precision`, `recall`, `f1`, `support`), a hierarchical report's coarser levels (`level{k}_confusion_matrix`,
+`level{k}_class_names`: a per-node table each), the most confused pairs (`confusion_matrix`) and `per_group`.
+"""
 
 import json
 import os
@@ -7,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcls.core import paths
+from jaxcls.core import metrics, paths
 from jaxcls.store import workdir as workdir_lib
 
 
@@ -77,6 +82,7 @@ def markdown(report: dict[str, Any], class_names: Sequence[str], plots: Sequence
       f"{report.get('threshold', 0.5):g}.",
     ]
   lines += _per_class(report, class_names)
+  lines += _per_level(report)
   confusion = report.get("confusion_matrix")
   if confusion:
     pairs = [
@@ -118,9 +124,7 @@ def _per_class(report: dict[str, Any], class_names: Sequence[str]) -> list[str]:
   recall = report.get("per_class_recall") or report.get("recall")
   if not (f1 and precision and recall and support) or len(f1) != len(class_names):
     return []
-  lines = ["", "## Per class", "", "| class | examples | precision | recall | F1 |", "|---|---|---|---|---|"]
-  for name, n, p, r, f in zip(class_names, support, precision, recall, f1):
-    lines.append(f"| {name} | {n} | {_fmt(p)} | {_fmt(r)} | {_fmt(f)} |")
+  lines = _class_table("Per class", "class", class_names, support, precision, recall, f1)
   present = [(f, name, n) for f, name, n in zip(f1, class_names, support) if n]
   worst = sorted(present)[:5]
   if len(present) > 1:
@@ -134,6 +138,37 @@ def _per_class(report: dict[str, Any], class_names: Sequence[str]) -> list[str]:
       f"{spread['max']:.4f} ({spread['max_class']}): a gap of {spread['gap']:.4f} (std "
       f"{spread['std']:.4f}).",
     ]
+  return lines
+
+
+def _class_table(heading: str, column: str, names, support, precision, recall, f1) -> list[str]:
+  """One '## heading' table: a row per class with its examples, precision, recall and F1."""
+  lines = ["", f"## {heading}", "", f"| {column} | examples | precision | recall | F1 |", "|---|---|---|---|---|"]
+  for name, n, p, r, f in zip(names, support, precision, recall, f1):
+    lines.append(f"| {name} | {n} | {_fmt(p)} | {_fmt(r)} | {_fmt(f)} |")
+  return lines
+
+
+def level_confusions(report: dict[str, Any]) -> list[tuple[int, list]]:
+  """(k, matrix) for each `level{k}_confusion_matrix` of a hierarchical report (its coarser levels), coarsest first."""
+  found = []
+  for key, value in report.items():
+    level = key[len("level") : -len("_confusion_matrix")]
+    if key.startswith("level") and key.endswith("_confusion_matrix") and level.isdigit() and value:
+      found.append((int(level), value))
+  return sorted(found)
+
+
+def _per_level(report: dict[str, Any]) -> list[str]:
+  """A hierarchical report's coarser levels: per node precision, recall and F1 from `level{k}_confusion_matrix`."""
+  lines = []
+  for level, confusion in level_confusions(report):
+    names = report.get(f"level{level}_class_names") or [str(i) for i in range(len(confusion))]
+    scores = metrics.precision_recall_f1(np.asarray(confusion))
+    heading = f"Level {level}{' (coarsest)' if level == 0 else ''} of the class tree"
+    lines += _class_table(
+      heading, "node", names, scores["support"], scores["precision"], scores["recall"], scores["f1"]
+    )
   return lines
 
 

@@ -8,6 +8,12 @@ path, so a prediction is always a path of the tree: the predicted fine class imp
 Metrics: accuracy and macro F1 per level, hierarchical precision, recall and F1 over ancestor sets (Kiritchenko et
 al., 2005; the root excluded, the leaf included), and mistake severity: the tree distance between the true and the
 predicted leaf (2 x the height of their lowest common ancestor; 0 for a correct prediction).
+
+The report also holds the leaf classes' per-class table (`precision`, `recall`, `f1`, `support` and their
+averages, as the multi-class report: `metrics.precision_recall_f1` of the leaf confusion matrix) and, for each
+coarser level k (0 the coarsest), `level{k}_confusion_matrix` (rows true, columns predicted, the ancestors at that
+level of the true and predicted leaves) with `level{k}_class_names` naming its rows; plots draw one confusion
+figure per such level.
 """
 
 import dataclasses
@@ -155,6 +161,7 @@ class Hierarchical(Task):
       "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
       "confusion_matrix": leaf.tolist(),
     }
+    result.update(metrics.precision_recall_f1(leaf))  # the leaf per-class table, as the multi-class report has
     for level in range(depth):
       confusion = np.asarray(sums[f"confusion_{level}"], np.int64)
       scores = metrics.precision_recall_f1(confusion)
@@ -162,6 +169,7 @@ class Hierarchical(Task):
       result[f"level{level}_macro_f1"] = scores["macro_f1"]
       if level < depth - 1:
         result[f"level{level}_confusion_matrix"] = confusion.tolist()
+        result[f"level{level}_class_names"] = list(self.tree.level_names[level])
     if outputs is not None:
       result.update(ranking_metrics(outputs["probs"], outputs["labels"]))
     return metrics.mark_undefined(
