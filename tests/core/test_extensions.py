@@ -164,7 +164,7 @@ def test_fresh_processes_evaluate_predict_and_export_the_workdir_importing_from_
 
 
 def test_readme_command_trains_my_net_on_the_default_config(tmp_path, python):
-  """The README's command line as written (a few steps): default.py's model keys fit MyNet."""
+  """The README's command line as written (a few steps): default.py's simple_cnn arguments give way to MyNet's."""
   (tmp_path / "my_models.py").write_text(readme_module())
   argv = readme_command()
   assert argv[:2] == ["jaxcls.main", "--config"] and "--config.imports=my_models" in argv
@@ -188,7 +188,8 @@ def test_readme_command_trains_my_net_on_the_default_config(tmp_path, python):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
-  assert saved["model"]["name"] == "my_net" and saved["model"]["widths"] == [32, 64, 128]
+  assert saved["model"]["name"] == "my_net" and "widths" not in saved["model"]  # MyNet's own default widths
+  assert "model arguments" in proc.stderr and "widths=(32, 64, 128)" in proc.stderr  # the one warning line
 
 
 def docs_modules() -> dict[str, str]:

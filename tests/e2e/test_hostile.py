@@ -84,7 +84,7 @@ BAD_VALUES = [  # (key, value, words the one-line error must hold)
   ("dataset.max_image_pixels", 0, ">= 1"),
   ("dataset.center_crop_fraction", 0.0, "in (0, 1]"),
   ("dataset.num_classes", 0, ">= 1"),
-  ("dataset.channels", 0, ">= 1"),
+  ("dataset.channels", -1, ">= 0"),
   ("prefetch_to_device", -2, ">= -1"),
   ("fewshot.shots", (0, 5), ">= 1"),
   ("fewshot.knn_k", (1, -1), ">= 1"),
