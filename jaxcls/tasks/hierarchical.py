@@ -61,6 +61,7 @@ class Hierarchical(Task):
 
   @property
   def num_outputs(self) -> int:
+    """Hierarchical: one logit per node of every level, the levels' blocks side by side, coarsest first."""
     return sum(self.tree.level_sizes)
 
   def level_logits(self, logits: jax.Array) -> list[jax.Array]:
@@ -76,6 +77,7 @@ class Hierarchical(Task):
     return jax.nn.log_softmax(score)
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Hierarchical: the level-weighted sum of each level's softmax cross-entropy against the label's node there."""
     leaf = labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(labels, self.num_classes)
     paths = self.tree.path_array()
     total = 0.0
@@ -89,6 +91,7 @@ class Hierarchical(Task):
     return jnp.exp(self.leaf_log_probs(logits))
 
   def predict(self, logits: jax.Array) -> jax.Array:
+    """Hierarchical: the most probable leaf of the joint path probabilities, so the predicted path is consistent."""
     return jnp.argmax(self.leaf_log_probs(logits), -1)
 
   def eval_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -120,6 +123,7 @@ class Hierarchical(Task):
     return record
 
   def export_metadata(self, class_names) -> dict:
+    """Hierarchical: the base metadata plus the class tree, so a loader can map a leaf to its path."""
     return {
       **super().export_metadata(class_names),
       "tree": {
@@ -134,6 +138,7 @@ class Hierarchical(Task):
     return log_probs, jnp.exp(log_probs)
 
   def finalize(self, sums: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None) -> dict:
+    """Hierarchical: leaf and per-level scores, hierarchical precision/recall/F1, mistake severity, ranking metrics."""
     count = int(sums["count"])
     depth = self.tree.depth
     heights = np.asarray(sums["lca_height"], np.int64)
