@@ -139,6 +139,37 @@ def _import_jax2onnx():
   return jax2onnx
 
 
+@contextlib.contextmanager
+def _public_functions_restored():
+  """Puts back every public jax / flax / numpy function that the conversion replaced.
+
+  jax2onnx swaps functions such as `jnp.cumsum` for tracing versions while it converts and, in 0.17.1, leaves
+  some of them in place afterwards: `jnp.cumsum(x, 0)` then raises TypeError for the rest of the process (a
+  notebook that exports and then trains, or a test run). The public modules' attributes are saved before and any
+  that changed are restored after, so an export leaves the process as it found it.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+
+  def public_modules():
+    return [
+      module
+      for name, module in list(sys.modules.items())
+      if module is not None
+      and name.split(".")[0] in ("jax", "flax", "numpy", "optax")
+      and not any(part.startswith("_") for part in name.split("."))
+    ]
+
+  saved = {id(module): (module, dict(vars(module))) for module in public_modules()}
+  try:
+    yield
+  finally:
+    for module, attributes in saved.values():
+      current = vars(module)
+      for key, value in attributes.items():
+        if callable(value) and current.get(key) is not value:
+          setattr(module, key, value)
+
+
 def convert(probabilities, image_shape, *, family: str, model_name: str = "jaxcls"):
   """An onnx.ModelProto of `probabilities(uint8 images [B, *image_shape])`, checked to load in onnxruntime.
 
@@ -156,7 +187,7 @@ def convert(probabilities, image_shape, *, family: str, model_name: str = "jaxcl
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: shape-merge notes are not the user's business
     try:
-      with _plugin_fixes():
+      with _plugin_fixes(), _public_functions_restored():
         proto = jax2onnx.to_onnx(
           probabilities,
           [spec],

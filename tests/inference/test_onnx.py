@@ -161,3 +161,16 @@ def test_an_op_that_does_not_convert_names_the_family_and_the_fallback():
     onnx_export.convert(
       lambda x: jnp.abs(jnp.fft.fft(x.astype(jnp.float32).reshape(x.shape[0], -1))), (4, 4, 3), family="spectral"
     )
+
+
+def test_a_conversion_leaves_jax_functions_as_it_found_them():
+  """jax2onnx 0.17.1 leaves its tracing `jnp.cumsum` in place after `to_onnx`; the export puts the real one back."""
+  cumsum, softmax = jnp.cumsum, jax.nn.softmax
+
+  def probabilities(images):
+    flat = images.astype(jnp.float32).reshape(images.shape[0], -1)
+    return jax.nn.softmax(jnp.cumsum(flat, axis=1) / 100.0)
+
+  onnx_export.convert(probabilities, (2, 2, 1), family="toy")
+  assert jnp.cumsum is cumsum and jax.nn.softmax is softmax
+  np.testing.assert_array_equal(jnp.cumsum(jnp.ones(3), 0), [1.0, 2.0, 3.0])  # positional axis, as users write it
