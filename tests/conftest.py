@@ -3,7 +3,24 @@
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA's CPU collectives end the process ("Termination timeout ... Exiting to ensure a consistent program state")
+# when one virtual device's thread reaches a rendezvous 40 s after the others. Eight virtual devices on a loaded
+# 2-core CI machine can lag that much; the tests wait 15 minutes instead (pyproject's per-test limit comes first).
+PATIENT_COLLECTIVES = (
+  "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 --xla_cpu_collective_call_terminate_timeout_seconds=900"
+)
+
+
+def xla_flags(device_count: int = 8, flags: str = "") -> str:
+  """XLA_FLAGS for a test process: `device_count` virtual CPU devices, patient collectives, then `flags`."""
+  if "xla_force_host_platform_device_count" not in flags:
+    flags = f"--xla_force_host_platform_device_count={device_count} {flags}"
+  if "xla_cpu_collective_call_terminate_timeout_seconds" not in flags:
+    flags = f"{flags} {PATIENT_COLLECTIVES}"
+  return " ".join(flags.split())
+
+
+os.environ["XLA_FLAGS"] = xla_flags(8, os.environ.get("XLA_FLAGS", ""))
 # etils.epath decides once per process, at the first gs:// path, whether TensorFlow's GCS client serves it; TF's
 # endpoint cannot be pointed at the tests' GCS emulator, so every test process uses gcsfs from the start.
 os.environ.setdefault("EPATH_USE_TF", "false")
@@ -82,7 +99,7 @@ def make_config():
 
 def subprocess_env(device_count: int = 8) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={device_count}"
+  env["XLA_FLAGS"] = xla_flags(device_count)
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   return env
