@@ -6,10 +6,13 @@ Data: the 1,797 images of `sklearn.datasets.load_digits` (shipped with scikit-le
 of 1,437 train / 360 test (seed 0), upsampled to 16x16 (bilinear) so the three conv blocks see 16, 8 and 4 pixel
 maps instead of 8, 4 and 2. Expected: >= 99% test accuracy (the plain-flax twin, benchmarks/plain_flax_digits.py,
 made 2, 0 and 3 errors of 360 with seeds 0, 1, 2) in about 30 s wall time on a 2-core CPU, compilation included.
-benchmarks/digits_vs_plain.py times this run against that script; tests/test_default_recipe.py keeps them equal.
+benchmarks/digits_vs_plain.py times this run against that script; tests/training/test_default_recipe.py keeps
+them equal. The model, optimizer, schedule and augmentation are `small_cnn_recipe` (jaxcls/config/recipes.py),
+shared with configs/folder.py's small images.
 """
 
 from jaxcls import config_base
+from jaxcls.config import recipes
 
 
 def get_config():
@@ -17,20 +20,5 @@ def get_config():
   config.dataset.name = "digits"
   config.dataset.image_size = (16, 16)
 
-  config.model.name = "simple_cnn"
-  config.model.widths = (32, 64, 128)
-  config.model.dropout = 0.3
-
-  config.task.label_smoothing = 0.1
-
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "cosine"
-  config.optimizer.warmup_steps = 50
-
-  config.augment = "random_crop(padding=2, mode='constant')"
-  config.batch_size = 64
-  config.num_epochs = 40
-  config.log_every_steps = 50
+  recipes.small_cnn_recipe(config, num_epochs=40)  # model, optimizer, schedule, augmentation: jaxcls/config/recipes.py
   return config

@@ -26,36 +26,15 @@ what it reaches on your data with the real weights is yours to measure. On a 2-c
 """
 
 from jaxcls import config_base
+from jaxcls.config import recipes
 
 
 def get_config():
   config = config_base.get_base_config()
   config.init_from = "hf-hub:timm/resnet50.a1_in1k"
-  config.init_head = "auto"  # a new head: the weights' 1000 ImageNet classes are not yours
+  recipes.finetune_folder_recipe(config)  # folder, crops, SGD schedule, flips, new head: jaxcls/config/recipes.py
 
-  config.dataset.name = "folder"
-  config.dataset.path = ""  # set with --config.dataset.path=/your/folder
-  config.dataset.channels = 3
   # dataset.image_size, .mean, .std and .center_crop_fraction are left at their defaults: the weights' config.json
   # fills them (set any of them to override).
-  config.dataset.cache = "auto"
-  config.dataset.train_crop = "random_resized"
-  config.dataset.crop_area = (0.25, 1.0)  # milder than ImageNet's 0.08: small folders have fewer, framed objects
-  config.dataset.eval_crop = "center"
-  config.dataset.test_fraction = 0.2
-
   config.model.name = "resnet50"  # must be the weights' architecture (checked against the repo's config.json)
-
-  config.optimizer.name = "sgd"
-  config.optimizer.learning_rate = 0.01  # a tenth of training from scratch: the weights start close to good
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "cosine"
-  config.optimizer.warmup_steps = 5
-  config.optimizer.backbone_lr_factor = 0.1  # 0 = frozen backbone
-
-  config.augment = "flip_lr"
-  config.batch_size = 32
-  config.num_epochs = 10
-  config.log_every_steps = 10
   return config

@@ -33,6 +33,7 @@ import os
 import sys
 
 from jaxcls import config_base
+from jaxcls.config import recipes
 
 SMALL_SIDE = 64
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -97,27 +98,12 @@ def get_config(path: str = ""):
 
 
 def _small_images(config) -> None:
-  """Small images at their own size, in memory, with the small CNN recipe of configs/default.py."""
+  """Small images at their own size, in memory, with the small CNN recipe of configs/default.py (30 epochs)."""
   config.dataset.cache = "memory"
   config.dataset.train_crop = "resize"
   config.dataset.eval_crop = "resize"
 
-  config.model.name = "simple_cnn"
-  config.model.widths = (32, 64, 128)
-  config.model.dropout = 0.3
-
-  config.task.label_smoothing = 0.1
-
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "cosine"
-  config.optimizer.warmup_steps = 50
-
-  config.augment = "random_crop(padding=2, mode='constant')"
-  config.batch_size = 64
-  config.num_epochs = 30
-  config.log_every_steps = 50
+  recipes.small_cnn_recipe(config, num_epochs=30)  # model, optimizer, schedule, augmentation: jaxcls/config/recipes.py
 
 
 def _photos(config) -> None:
