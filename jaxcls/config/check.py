@@ -19,6 +19,9 @@ from jaxcls.core.errors import ConfigError
 from jaxcls.core.registry import closest
 
 OPEN_SECTIONS = ("model",)
+# Built-in sources that never read dataset.decode_processes (in-memory arrays; tfds decodes in tf.data's threads):
+# a value > 0 with them would silently do nothing. A user's own source may read it.
+NO_DECODE_PROCESSES = ("digits", "arrays", "synthetic", "idx", "tfds")
 
 
 def leaf_paths(config: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -125,6 +128,7 @@ RANGES: dict[str, tuple[str, bool, tuple[Callable[[Any], bool], str], str]] = {
   "dataset.class_depth": ("int", False, (lambda v: v in (1, 2), "1 or 2"), "1 = class folders, 2 = coarse/fine"),
   "dataset.cache_limit_mb": ("float", False, _GE0, ""),
   "dataset.workers": ("int", False, _GE0, "0 = one per CPU core"),
+  "dataset.decode_processes": ("int", False, _GE0, "0 = decode in threads, N = in N worker processes"),
   "dataset.max_image_pixels": ("int", False, _GE1, ""),
   "dataset.center_crop_fraction": ("float", False, _HALF_OPEN_UNIT, "e.g. 0.875"),
   "dataset.num_classes": ("int", False, _GE1, ""),
@@ -233,6 +237,11 @@ def check_ranges(config) -> None:
     raise ConfigError(
       f"config.dataset.test_fraction={ds['test_fraction']} plus val_fraction={ds['val_fraction']} "
       "leave nothing to train on; their sum must be below 1."
+    )
+  if ds is not None and ds.get("decode_processes", 0) and ds.get("name") in NO_DECODE_PROCESSES:
+    raise ConfigError(
+      f"config.dataset.decode_processes={ds['decode_processes']} decodes image files of dataset.name='folder' in "
+      f"worker processes, and the {ds['name']!r} source has none to decode there; set decode_processes=0."
     )
 
 

@@ -102,14 +102,13 @@ def test_grayscale_output_from_a_reduced_size_decode():
 
 
 @pytest.mark.slow  # spawns two worker processes
-def test_worker_processes_give_the_batches_threads_give(tmp_path, monkeypatch):
+def test_worker_processes_give_the_batches_threads_give(tmp_path):
   """dataset.decode_processes: the same pixels, labels, masks and skipped files as the thread pool, resume too."""
   import itertools  # pylint: disable=g-import-not-at-top
 
   from conftest import folder_config  # pylint: disable=g-import-not-at-top
 
   from jaxcls import data  # pylint: disable=g-import-not-at-top
-  from jaxcls.data.sources import folder  # pylint: disable=g-import-not-at-top
 
   photo = np.asarray(Image.open(PHOTOS[0]).convert("RGB"))
   rng = np.random.default_rng(0)
@@ -124,8 +123,9 @@ def test_worker_processes_give_the_batches_threads_give(tmp_path, monkeypatch):
   )
 
   def run(processes):
-    monkeypatch.setattr(folder, "decode_processes", lambda ds: processes)
+    config.dataset.decode_processes = processes
     dataset = data.build(config, process_index=0, process_count=1)
+    assert dataset._processes == processes  # pylint: disable=protected-access  (the key reached the stream)
     try:
       train = list(itertools.islice(dataset.train_batches(4, start_step=0, seed=5), 5))
       resumed = next(dataset.train_batches(4, start_step=3, seed=5))

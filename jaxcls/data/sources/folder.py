@@ -7,9 +7,10 @@ Class names are the subfolder names, sorted. Two ways to serve the images (`data
 - 'memory' / 'file': every image is decoded once, in parallel, resized to `dataset.image_size` and kept as one
   array (in memory, or as .npy files under `dataset.cache_dir`, reused by later runs while the folder is unchanged);
   unreadable files are known at load time. 'auto' picks 'memory' when the decoded arrays fit `cache_limit_mb`.
-- 'none': images are decoded per batch in a thread pool, or in `dataset.decode_processes` worker processes
-  (`folder_stream`), which also allows the Inception-style `train_crop='random_resized'` on the full-resolution
-  image (docs/input_pipeline.md).
+- 'none': images are decoded per batch (`folder_stream`), which also allows the Inception-style
+  `train_crop='random_resized'` on the full-resolution image (docs/input_pipeline.md).
+Either way the decoding runs in `dataset.workers` threads, or in `dataset.decode_processes` spawned worker processes
+when that is > 0 (for many cores: the GIL caps threads); the pixels, and so the batches, are the same.
 Unreadable, truncated and oversized files are skipped and listed in `dataset.skipped_files` as (path, reason).
 
 What the config leaves unset is read off the images (`infer`), so a folder of 28x28 grey digits needs no
@@ -19,9 +20,14 @@ and `dataset.mean` / `std` unset are the training images' own per-channel statis
 """
 
 import concurrent.futures
+import concurrent.futures.process
+import contextlib
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
+from collections.abc import Iterator
 
 import numpy as np
 from absl import logging
@@ -45,9 +51,9 @@ def workers(dataset_config) -> int:
 
 
 def decode_processes(dataset_config) -> int:
-  """Worker processes for streaming decode (0: threads); `dataset.decode_processes` where the config has it."""
+  """Decode worker processes, `dataset.decode_processes` (0: threads); 0 for a config saved before the key existed."""
   value = dataset_config.get("decode_processes", 0)
-  if not isinstance(value, int) or value < 0:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
     raise ConfigError(
       f"dataset.decode_processes={value!r} is not valid; use 0 (decode in threads) or a number of worker processes."
     )
@@ -193,17 +199,43 @@ def _resolve_cache(ds, size: tuple[int, int], count: int) -> str:
   return "memory" if ds.train_crop == "resize" and decoded_mb <= ds.cache_limit_mb else "none"
 
 
-def decode_all(paths: list[str], crop: decode.Crop, channels: int, max_pixels: int, num_workers: int):
-  """(uint8 images of the readable files, indices of those files, [(path, reason)] of the others)."""
+@contextlib.contextmanager
+def decode_pool(num_workers: int, processes: int = 0) -> Iterator[concurrent.futures.Executor]:
+  """`num_workers` threads, or `processes` spawned worker processes when > 0 (spawn, not fork: the parent may run
+  JAX's threads); one pool for every split decoded, so that workers start once. A worker that dies is a DataError."""
+  if not processes:
+    with concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="jaxcls-decode") as pool:
+      yield pool
+    return
+  context = multiprocessing.get_context("spawn")
+  try:
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+      yield pool
+  except concurrent.futures.process.BrokenProcessPool as e:
+    raise DataError(
+      f"A decode worker process died ({e}); set dataset.decode_processes=0 to decode in threads, "
+      "or use fewer processes if memory ran out."
+    ) from e
 
-  def one(path):
-    try:
-      return decode.decode(path, crop, channels, max_pixels), None
-    except decode.DecodeError as e:
-      return None, str(e)
 
-  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-    results = list(pool.map(one, paths, chunksize=1))
+def decode_all(
+  paths: list[str],
+  crop: decode.Crop,
+  channels: int,
+  max_pixels: int,
+  num_workers: int,
+  processes: int = 0,
+  *,
+  pool: concurrent.futures.Executor | None = None,
+):
+  """(uint8 images of the readable files, indices of those files, [(path, reason)] of the others), decoded in
+  `pool`, else in a `decode_pool(num_workers, processes)` of its own (the same pixels in threads or processes)."""
+  if pool is None:
+    with decode_pool(num_workers, processes if len(paths) > 1 else 0) as own:
+      return decode_all(paths, crop, channels, max_pixels, num_workers, pool=own)
+  one = functools.partial(_decode_or_reason, crop=crop, channels=channels, max_pixels=max_pixels)
+  # A process pool sends files in chunks (threads ignore chunksize): a few dozen tasks per worker at most.
+  results = list(pool.map(one, paths, chunksize=max(1, min(16, len(paths) // 64))))
   keep = [i for i, (image, _) in enumerate(results) if image is not None]
   skipped = [(paths[i], reason) for i, (_, reason) in enumerate(results) if reason is not None]
   images = np.zeros((len(keep),) + crop.size + (channels,), np.uint8)
@@ -212,9 +244,17 @@ def decode_all(paths: list[str], crop: decode.Crop, channels: int, max_pixels: i
   return images, np.asarray(keep, np.int64), skipped
 
 
-def _decode_split(ds, files, crop, what: str):
+def _decode_or_reason(path: str, *, crop: decode.Crop, channels: int, max_pixels: int):
+  """(image, None) or (None, why it failed): module-level, so that a spawned worker process can run it."""
+  try:
+    return decode.decode(path, crop, channels, max_pixels), None
+  except decode.DecodeError as e:
+    return None, str(e)
+
+
+def _decode_split(ds, files, crop, what: str, pool):
   paths, labels = files
-  images, keep, skipped = decode_all(paths, crop, ds.channels, int(ds.max_image_pixels), workers(ds))
+  images, keep, skipped = decode_all(paths, crop, ds.channels, int(ds.max_image_pixels), workers(ds), pool=pool)
   labels = np.asarray(labels)[keep]
   if len(labels) == 0:
     raise DataError(
@@ -233,11 +273,12 @@ def _cached_arrays(ds, cache, train, evaluation, train_crop, eval_crop):
     if loaded is not None:
       logging.info("Folder %s: decoded images read from the cache %s.", ds.path, folder)
       return loaded
-  train_images, train_labels, skipped = _decode_split(ds, train, train_crop, "training")
-  if train[0] == evaluation[0] and train_crop == eval_crop:
-    eval_images, eval_labels, more = train_images, train_labels, []
-  else:
-    eval_images, eval_labels, more = _decode_split(ds, evaluation, eval_crop, "eval")
+  with decode_pool(workers(ds), decode_processes(ds)) as pool:
+    train_images, train_labels, skipped = _decode_split(ds, train, train_crop, "training", pool)
+    if train[0] == evaluation[0] and train_crop == eval_crop:
+      eval_images, eval_labels, more = train_images, train_labels, []
+    else:
+      eval_images, eval_labels, more = _decode_split(ds, evaluation, eval_crop, "eval", pool)
   arrays = (train_images, train_labels, eval_images, eval_labels)
   skipped = skipped + more
   present = train_labels.any(0).nonzero()[0] if train_labels.ndim == 2 else train_labels
@@ -312,7 +353,9 @@ def _save_cache(folder: str, arrays: tuple, skipped: list) -> None:
 
 
 def _sample_stats(paths: list[str], crop: decode.Crop, ds, skipped: list):
-  """Per-channel mean / std from a fixed random sample of training images (streaming has no full pass)."""
+  """Per-channel mean / std from a fixed random sample of training images (streaming has no full pass); in threads
+  even with decode_processes: starting workers for 512 images would cost more than it saves, and the stream
+  starts its own."""
   pick = np.random.default_rng(0).permutation(len(paths))[:_STATS_SAMPLE]
   images, _, bad = decode_all([paths[i] for i in pick], crop, ds.channels, int(ds.max_image_pixels), workers(ds))
   skipped.extend(bad)

@@ -66,7 +66,7 @@ class FolderStreamDataset(Dataset):
     self._pool = None
 
   def _executor(self) -> concurrent.futures.Executor:
-    # Pillow releases the GIL while decoding and resizing, so threads scale with cores and need no pickling.
+    # Threads need no start-up and no pickling; processes (dataset.decode_processes) escape the GIL on many cores.
     if self._pool is None and self._processes:
       setup = (self._train_paths, self._eval_paths, self.info.image_shape[2], self._max_pixels)
       self._pool = concurrent.futures.ProcessPoolExecutor(
