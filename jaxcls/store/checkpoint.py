@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -178,6 +179,18 @@ def _is_damage(error: Exception) -> bool:
     text = str(error)
     return bool(_DAMAGE_CODES.match(text)) or "Error reading" in text or "Error decoding" in text
   return isinstance(error, OSError)
+
+
+def _damage_cause(error: BaseException) -> BaseException | None:
+  """The first error in `error`'s chain of causes that `_is_damage` recognises: orbax wraps a damaged chunk's
+  tensorstore error (FAILED_PRECONDITION: Error reading ...) in a plain Exception when it reads into jax arrays."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, Exception) and _is_damage(error):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _first_line(error: Exception, limit: int = 240) -> str:
@@ -370,6 +383,49 @@ class Checkpointer:
     finally:
       reader.close()
 
+  def state_layout(self, step: int) -> dict[str, Any]:
+    """The saved state's top-level items ('params', 'opt_state', ...) and their array metadata (shapes, dtypes),
+    read from the step's small metadata files only, so a reader can choose what to read before reading it."""
+    path = self._step_dir(step)
+    if not (path / "state").is_dir():
+      raise self._damaged(step, "the state item (state/) is missing")
+    reader = _partial_reader()
+    try:
+      with _quiet_failed_reads():
+        return dict(reader.metadata(path).item_metadata["state"])
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      if _is_damage(e) or isinstance(e, (ValueError, KeyError, TypeError)):
+        raise self._damaged(step, f"its arrays cannot be read: {_first_line(e)}") from e
+      raise
+    finally:
+      reader.close()
+
+  def read_subtrees(self, step: int, names: Sequence[str], layout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Only the top-level items `names` of the saved state (e.g. 'params', 'batch_stats'), as numpy arrays.
+
+    A model needs its parameters, not the optimizer state (for AdamW twice the parameters again), so those bytes
+    are never read: orbax's partial restore reads the named items' arrays alone. Names the checkpoint lacks are
+    left out of the result. `layout` is `state_layout(step)` when the caller already has it. Damaged arrays
+    among those read give the same one-line CheckpointError naming the step as `read_state`.
+    """
+    layout = self.state_layout(step) if layout is None else layout
+    target = {name: layout[name] for name in names if name in layout}
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=m.dtype), target)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), target)  # the structure to read
+    path = self._step_dir(step)
+    reader = _partial_reader()
+    try:
+      with _quiet_failed_reads():
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        return dict(reader.restore(path, args=ocp.args.Composite(state=args))["state"])
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      cause = _damage_cause(e)
+      if cause is not None or isinstance(e, (ValueError, KeyError)):
+        raise self._damaged(step, f"its arrays cannot be read: {_first_line(cause or e)}") from e
+      raise
+    finally:
+      reader.close()
+
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """The state at `step`, placed as `abstract_state` says, and its meta; CheckpointError on a mismatch."""
     meta = self.read_meta(step)
@@ -505,6 +561,16 @@ def _step_reader() -> ocp.Checkpointer:
       state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(), metrics=ocp.JsonCheckpointHandler()
     )
   )  # known: no warning
+
+
+def _partial_reader() -> ocp.Checkpointer:
+  """Reads some items of one step's state: the state through orbax's PyTree handler (the format StandardSave
+  writes), whose restore takes `partial_restore`; the Standard handler's does not."""
+  return ocp.Checkpointer(
+    ocp.CompositeCheckpointHandler(
+      state=ocp.PyTreeCheckpointHandler(), meta=ocp.JsonCheckpointHandler(), metrics=ocp.JsonCheckpointHandler()
+    )
+  )
 
 
 def _move_folder(source: epath.Path, target: epath.Path) -> None:

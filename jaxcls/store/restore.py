@@ -170,18 +170,22 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
 
 
 def read_variables(workdir: str, step: int, *, use_ema: bool = True) -> dict:
-  """{'params', 'batch_stats'} of checkpoint `step` as host arrays (the moving average when one was kept)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  """{'params', 'batch_stats'} of checkpoint `step` as host arrays (the moving average when one was kept).
 
+  Only those items are read (`Checkpointer.read_subtrees`): never the optimizer state, and not the raw params
+  when the moving average replaces them, so restoring costs the model's size, not the train state's.
+  """
   from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
 
   ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False, fingerprint={})  # reads only; prunes nothing
   try:
-    state = ckpt.read_state(step)  # a one-line CheckpointError naming the step when its arrays are unreadable
+    layout = ckpt.state_layout(step)  # a one-line CheckpointError naming the step when its arrays are unreadable
+    ema = use_ema and bool(layout.get("ema_params"))
+    names = ("ema_params" if ema else "params", "batch_stats")
+    state = ckpt.read_subtrees(step, names, layout)
   finally:
     ckpt.close()
-  params = state.get("ema_params") if use_ema and state.get("ema_params") else state["params"]
-  return {"params": jax.device_get(params), "batch_stats": jax.device_get(state.get("batch_stats") or {})}
+  return {"params": state["ema_params" if ema else "params"], "batch_stats": state.get("batch_stats") or {}}
 
 
 def restore(workdir: str, step: StepChoice = None, *, use_ema: bool = True) -> Restored:
