@@ -84,8 +84,8 @@ class Registry:
     """The object registered as `name`, or a ConfigError with a did-you-mean, the known names, how to add one's own."""
     if name not in self._entries:
       raise ConfigError(
-        f"Unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
-        f"Known: {', '.join(sorted(self._entries))}. (One of your own? Name the module that registers it in "
+        f"Unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} "
+        f"Known: {', '.join(self.names())}. (One of your own? Name the module that registers it in "
         "config.imports, e.g. --config.imports=my_module.)"
       )
     return self._entries[name]

@@ -5,13 +5,69 @@ The trainer only sees this interface, so a new source is one module that registe
 
 import abc
 import dataclasses
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.core.registry import Registry
 
+# The built-in sources: name -> the module whose `load` is registered under it. Each is imported on first use,
+# so `import jaxcls.data` (and predict, which needs none of them) does not pay for the others' imports.
+BUILTIN_SOURCES = {
+  "arrays": "jaxcls.data.sources.arrays",
+  "digits": "jaxcls.data.sources.digits",
+  "folder": "jaxcls.data.sources.folder",
+  "idx": "jaxcls.data.sources.idx",
+  "synthetic": "jaxcls.data.sources.synthetic",
+  "tfds": "jaxcls.data.sources.tfds_source",
+}
+
+
+class LazySources(Registry):
+  """The `SOURCES` registry: a Registry whose built-in entries are imported on first lookup.
+
+  Listings and the unknown-name error show every built-in name without importing any; `get` imports the one
+  asked for. Registering one's own source under a built-in name imports that built-in first, so the clash is
+  refused at registration, as when every built-in was imported up front.
+  """
+
+  def __init__(self, kind: str, builtin: dict[str, str]):
+    super().__init__(kind)
+    self._builtin = dict(builtin)
+
+  def _load(self, name: str) -> None:
+    if name in self._builtin and name not in self._entries:
+      loader = importlib.import_module(self._builtin[name]).load  # its import registers it
+      self._entries.setdefault(name, loader)  # also when its module was imported before the entry was dropped
+
+  def register(self, name: str) -> Callable[[Any], Any]:
+    """`Registry.register`; an object from another module filed under a built-in name imports that built-in
+    first, so the clash is refused now rather than at the built-in's first use."""
+    decorate = super().register(name)
+
+    def register_lazily(obj):
+      if name in self._builtin and getattr(obj, "__module__", None) != self._builtin[name]:
+        self._load(name)
+      return decorate(obj)
+
+    return register_lazily
+
+  def get(self, name: str) -> Any:
+    """The source `name`, importing its module if it is a built-in not imported yet."""
+    self._load(name)
+    return super().get(name)
+
+  def names(self) -> list[str]:
+    """Every registered and built-in name, sorted (built-ins are not imported to list them)."""
+    return sorted(set(self._entries) | set(self._builtin))
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._entries or name in self._builtin
+
+
 # name -> loader(config, *, process_index, process_count) -> Dataset; `jaxcls.register_source` files one's own
-SOURCES = Registry("dataset")
+SOURCES = LazySources("dataset", BUILTIN_SOURCES)
 
 Batch = dict  # {"image": uint8 [b, h, w, c], "label": int32 [b], "mask": bool [b]}, numpy, process-local
 

@@ -2,8 +2,6 @@
 
 import dataclasses
 
-import jax
-
 from jaxcls.core.errors import ConfigError
 from jaxcls.data.base import SOURCES, Dataset, DatasetInfo
 
@@ -13,6 +11,8 @@ def build(config, *, process_index: int | None = None, process_count: int | None
 
   `process_index` / `process_count` default to JAX's (tests pass them to act as one of several hosts).
   """
+  import jax  # pylint: disable=g-import-not-at-top  (not at import: `import jaxcls.data` stays free of jax)
+
   process_index = jax.process_index() if process_index is None else int(process_index)
   process_count = jax.process_count() if process_count is None else int(process_count)
   if not 0 <= process_index < process_count:

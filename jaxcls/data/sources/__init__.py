@@ -1,4 +1,4 @@
 """Named data sources (digits, arrays, synthetic, tfds, folder, idx, label files).
 
-Each registers itself in `jaxcls.data.SOURCES` when `jaxcls.data` imports it.
+Each registers itself in `jaxcls.data.SOURCES` when imported; `SOURCES` imports a built-in one on first lookup.
 """
