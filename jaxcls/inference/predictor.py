@@ -152,6 +152,32 @@ def full_rows(files: list[str], batch_size: int) -> int | None:
   return batch_size if len(files) > batch_size else None
 
 
+def regroup(decoded: Iterable, size: int) -> Iterator:
+  """Decoded batches ((paths, images, errors), see `preprocess.stream`) regrouped into batches of `size` paths
+  (the last may be shorter), in order: the batches `preprocess.stream(files, ..., size)` would have given."""
+  paths, images, errors = [], [], []
+  held = 0
+
+  def take(count: int):
+    nonlocal paths, images, errors, held
+    out_paths, out_errors = paths[:count], errors[:count]
+    readable = sum(error is None for error in out_errors)
+    stacked = np.concatenate(images) if len(images) > 1 else images[0]
+    out = (out_paths, stacked[:readable], out_errors)
+    paths, errors, images, held = paths[count:], errors[count:], [stacked[readable:]], held - count
+    return out
+
+  for batch_paths, batch_images, batch_errors in decoded:
+    paths += batch_paths
+    errors += batch_errors
+    images.append(batch_images)
+    held += len(batch_paths)
+    while held >= size:
+      yield take(size)
+  if held:
+    yield take(held)
+
+
 def predict_batches(
   restored, predictor: Predictor, decoded: Iterable, *, top_k: int, rows: int | None = None
 ) -> Iterator[dict]:
@@ -277,9 +303,7 @@ def run(
   batches ahead; the records are kept only when --output needs them.
   """
   started = time.perf_counter()
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
+  from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top  (neither imports jax)
   from jaxcls.store import restore
 
   check_output_path(output)
@@ -292,12 +316,16 @@ def run(
   out, err = out or sys.stdout, err or sys.stderr
   config = restore.load_config(workdir)
   files = preprocess.find_images(list(paths))
-  size = padded_batch_size(config, batch_size, jax.local_device_count())
+  # Decoding starts now, before jax is imported (restore imports it, then flax and orbax, ~1-3 s): batches of the
+  # requested size, regrouped below if the device count rounds the forward pass's size up.
+  requested = padded_batch_size(config, batch_size, 1)
   records, counts, first = [], {"predicted": 0, "failed": 0}, None
-  with decoding(config, files, size, workers) as decoded:
+  with decoding(config, files, requested, workers) as decoded:
     restored = restore.restore(workdir, step)
-    predictor = Predictor(restored, batch_size=size)
-    for record in predict_batches(restored, predictor, decoded, top_k=top_k, rows=full_rows(files, size)):
+    predictor = Predictor(restored, batch_size=requested)
+    size = predictor.batch_size
+    batches = decoded if size == requested else regroup(decoded, size)
+    for record in predict_batches(restored, predictor, batches, top_k=top_k, rows=full_rows(files, size)):
       first = first or time.perf_counter()
       print(format_line(record), file=out, flush=False)
       counts["failed" if record["error"] else "predicted"] += 1

@@ -1,0 +1,118 @@
+"""predict's start-up: images decode while jax imports, in batches of the requested size that are regrouped to the
+device-rounded size, with the same lines as before."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import REPO, subprocess_env
+from PIL import Image
+
+from jaxcls.data import preprocess
+from jaxcls.inference import predictor as predict
+from jaxcls.store import restore
+
+FIXTURE = pathlib.Path(REPO) / "tests" / "fixtures" / "workdir_0_1"  # digits, 16x16 grayscale, step 300
+
+
+@pytest.fixture
+def workdir(tmp_path) -> str:
+  target = tmp_path / "digits"
+  shutil.copytree(FIXTURE, target)
+  return str(target)
+
+
+def write_files(folder: pathlib.Path, count: int = 13) -> list[str]:
+  """`count` grayscale PNGs of varied sizes, with an unreadable file at positions 3 and 9 (errors inside and
+  across the regrouped batches)."""
+  rng = np.random.default_rng(0)
+  folder.mkdir(parents=True, exist_ok=True)
+  files = []
+  for i in range(count):
+    path = folder / f"{i:02d}.png"
+    if i in (3, 9):
+      path.write_bytes(b"not a png")
+    else:
+      Image.fromarray(rng.integers(0, 256, (10 + i, 14, 1), dtype=np.uint8)[..., 0]).save(path)
+    files.append(str(path))
+  return files
+
+
+@pytest.mark.parametrize("requested, size", [(1, 4), (3, 4), (5, 8), (4, 4), (6, 13)])
+def test_regrouped_batches_are_the_batches_of_the_larger_size(workdir, tmp_path, requested, size):
+  files = write_files(tmp_path / "images")
+  prep = preprocess.from_config(restore.load_config(workdir))
+  with preprocess.stream(files, prep, requested, workers=2) as small, preprocess.stream(files, prep, size, 2) as big:
+    got, want = list(predict.regroup(small, size)), list(big)
+  assert len(got) == len(want)
+  for (paths, images, errors), (want_paths, want_images, want_errors) in zip(got, want, strict=True):
+    assert paths == want_paths and errors == want_errors
+    assert images.dtype == np.uint8 and images.shape == want_images.shape
+    np.testing.assert_array_equal(images, want_images)
+
+
+def test_a_batch_size_that_is_not_a_multiple_of_the_devices_prints_the_same_lines(workdir, tmp_path, capsys):
+  """On 8 devices --batch_size 5 decodes batches of 5 (before jax says how many devices there are) and predicts
+  batches of 8: the lines are those of --batch_size 8 and of predict_files."""
+  files = write_files(tmp_path / "images")
+  outputs = {}
+  for batch_size in (5, 8, 1):
+    assert predict.run(workdir, files, top_k=3, batch_size=batch_size) == 0
+    outputs[batch_size] = capsys.readouterr().out.splitlines()
+  assert outputs[5] == outputs[8] == outputs[1] and len(outputs[8]) == len(files)
+  records = predict.predict_files(restore.restore(workdir), files, top_k=3, batch_size=8)
+  assert [predict.format_line(r) for r in records] == outputs[8]
+  assert [": error: " in line for line in outputs[8]] == [i in (3, 9) for i in range(len(files))]
+
+
+STARTUP = r"""
+import json, sys, time
+
+events = []
+images = sys.argv[1]
+
+
+def hook(event, args):
+  if event == "open" and isinstance(args[0], str) and args[0].startswith(images):
+    events.append(("open", args[0], time.perf_counter()))
+  elif event == "import" and args[0] in ("jax", "jax._src.api", "flax", "orbax.checkpoint"):
+    events.append(("import", args[0], time.perf_counter()))
+
+
+sys.addaudithook(hook)
+from jaxcls.inference import predictor
+
+assert "jax" not in sys.modules
+status = predictor.run(sys.argv[2], sys.argv[3:], top_k=2, batch_size=4, workers=2)
+print(json.dumps({"status": status, "events": events}), file=sys.stderr)
+"""
+
+
+def test_images_are_decoded_while_jax_is_still_importing(workdir, tmp_path, python):
+  """An audit hook records, in a fresh process, when predict opens each image file and when jax's import gets to
+  jax._src.api (about halfway: after its dtypes and core): the first image is opened before that."""
+  files = write_files(tmp_path / "images", 40)
+  script = tmp_path / "startup.py"
+  script.write_text(STARTUP)
+  proc = subprocess.run(
+    [python, str(script), str(tmp_path / "images"), workdir, *files],
+    capture_output=True,
+    text=True,
+    env=subprocess_env(),
+    cwd=REPO,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert len(proc.stdout.splitlines()) == len(files)
+  result = json.loads(proc.stderr.strip().splitlines()[-1])
+  events = result["events"]
+  opened = [t for kind, _, t in events if kind == "open"]
+  imports = {}
+  for kind, name, t in events:
+    if kind == "import":
+      imports.setdefault(name, t)  # its first import
+  assert len(opened) >= len(files) - 2 and {"jax", "jax._src.api"} <= set(imports), events
+  assert min(opened) < imports["jax._src.api"], events
