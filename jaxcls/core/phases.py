@@ -4,6 +4,10 @@ The training loop charges its parts (data, init, compile, steps, eval, checkpoin
 phase claimed is shown as 'other', so the rows always add up to the wall time since the clock started. With
 asynchronous dispatch a phase is charged the host time until its results are needed: the steps' device time
 appears where the loop waits for it (at log points), which is why the loop fetches only there.
+
+Work done in a background thread (the report's figures, drawn while the checkpoints close) is charged as the
+main thread's wait for it, so the rows still add up; its own duration is noted with `overlapped` and shown under
+the table, outside the sum.
 """
 
 import contextlib
@@ -20,10 +24,15 @@ class PhaseClock:
   def __init__(self, start: float | None = None):
     self.start = time.perf_counter() if start is None else start
     self.seconds: dict[str, float] = {}
+    self.background: dict[str, float] = {}  # seconds of each phase's work done off the main thread
 
   def add(self, phase: str, seconds: float) -> None:
     """Charges `seconds` to `phase`, on top of what it has (a negative duration counts as 0)."""
     self.seconds[phase] = self.seconds.get(phase, 0.0) + max(float(seconds), 0.0)
+
+  def overlapped(self, phase: str, seconds: float) -> None:
+    """Notes `seconds` of `phase` done in a background thread; `add` charges only the main thread's wait for it."""
+    self.background[phase] = self.background.get(phase, 0.0) + max(float(seconds), 0.0)
 
   @contextlib.contextmanager
   def phase(self, name: str) -> Iterator[None]:
@@ -51,4 +60,7 @@ class PhaseClock:
     width = max(len(name) for name, _, _ in rows)
     lines = [f"{'phase':<{width}}  {'seconds':>8}  {'share':>6}"]
     lines += [f"{name:<{width}}  {secs:>8.2f}  {share:>6.1%}" for name, secs, share in rows]
+    if self.background:  # what ran beside the rows above: not in the total, which is wall time
+      done = ", ".join(f"{name} {secs:.2f} s" for name, secs in self.background.items())
+      lines.append(f"(in background threads, overlapping the rows above: {done}; each row is the wait for it)")
     return "\n".join(lines)

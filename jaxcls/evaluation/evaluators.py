@@ -20,6 +20,7 @@ to `config.best_metric`. This module imports no jax (the eval loop is imported w
 """
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +64,8 @@ class Evaluator:
   """The base of evaluators: runs every `every` steps and at the last step; `__call__` measures.
 
   `conclude` runs once after the last step while the devices are still in use (evaluate there if the last step
-  was not evaluated); `write` runs after training has closed its checkpoints and writes the files.
+  was not evaluated; work started there in a background thread overlaps the checkpoints' close); `write` runs
+  after training has closed its checkpoints and writes the files.
   """
 
   every: int = 0
@@ -145,6 +147,9 @@ class Classification(Evaluator):
     self.every = context.eval_every
     self._last = None  # (step, result, outputs) of the latest evaluation
     self._compile_charged = False
+    self._final = None  # (step, report, loop.Drawing): the final report and its figures, drawing since `conclude`
+    if context.is_main:  # matplotlib's imports while XLA compiles, not when the figures are wanted
+      threading.Thread(target=_preload_plots, name="jaxcls-plots-preload", daemon=True).start()
 
   def run(self, step: int, params, batch_stats) -> dict[str, float]:
     """Evaluates the split and keeps (step, result, outputs), so `conclude` and `write` reuse the last evaluation."""
@@ -170,9 +175,19 @@ class Classification(Evaluator):
     return float(seconds)
 
   def conclude(self, step: int, params, batch_stats) -> None:
-    """Evaluates the final step unless it was evaluated last (a finished workdir re-run trains nothing)."""
+    """Evaluates the final step unless it was evaluated last (a finished workdir re-run trains nothing), then starts
+    drawing the report's figures in a background thread (the main process), which `write` waits for."""
+    from jaxcls.evaluation import loop  # pylint: disable=g-import-not-at-top
+
     if self._last is None or self._last[0] != step:  # a finished workdir re-run: nothing trained, report again
       self.run(step, params, batch_stats)
+    if self.context.is_main:  # metrics.jsonl has its last line: the loop wrote the final eval before this
+      c, (_, result, outputs) = self.context, self._last
+      report = loop.final_report(step, c.config, result)
+      drawing = loop.start_plots(
+        c.workdir, report, outputs, c.dataset.info.class_names, dataset=c.dataset, batch_size=c.batch_size, task=c.task
+      )
+      self._final = (int(step), report, drawing)
 
   def write(self, step: int) -> Final:
     """The final report of the last evaluation: its files and plots written on the main process, its metrics logged."""
@@ -180,7 +195,12 @@ class Classification(Evaluator):
 
     c = self.context
     _, result, outputs = self._last
-    report = loop.final_report(step, c.config, result)
+    drawing = None
+    if self._final is not None and self._final[0] == step:  # the figures `conclude` started
+      _, report, drawing = self._final
+    else:
+      report = loop.final_report(step, c.config, result)
+    self._final = None
     figures = []
     if c.is_main:
       figures = loop.write_report(
@@ -192,6 +212,7 @@ class Classification(Evaluator):
         batch_size=c.batch_size,
         clock=c.clock,
         task=c.task,
+        drawing=drawing,
       )
     logging.info(
       "Final %s metrics at step %d: loss %.6f, accuracy %.6f.",
@@ -201,6 +222,16 @@ class Classification(Evaluator):
       result["accuracy"],
     )
     return Final(report=report, figures=figures)
+
+
+def _preload_plots() -> None:
+  """`plots.preload()`, for a background thread; an error is left for the report's own drawing to raise."""
+  try:
+    from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
+
+    plots.preload()
+  except Exception:  # pylint: disable=broad-except  (no matplotlib: write_plots warns; anything else: it raises)
+    return
 
 
 @EVALUATORS.register("fewshot")

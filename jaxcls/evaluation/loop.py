@@ -7,6 +7,8 @@ The eval step (`make_eval_step`) applies `jaxcls.models.forward`, the forward pa
 
 import contextlib
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -183,6 +185,61 @@ def write_plots(
   return written
 
 
+class Drawing:
+  """`write_plots` running in a background thread, so the figures are drawn while the run still closes its
+  checkpoints; `result()` waits for them and raises what drawing raised, as drawing in line would have.
+
+  Safe off the main thread: the figures are `matplotlib.figure.Figure`s (no pyplot, no GUI, no global state).
+  The thread is a daemon, so a run failing before `result()` does not wait for its figures.
+  """
+
+  def __init__(self, draw: Callable[[], list[str]]):
+    self.seconds = 0.0  # how long the drawing took, in its own thread (set when it ends)
+    self._figures: list[str] = []
+    self._error: BaseException | None = None
+    self._thread = threading.Thread(target=self._draw, args=(draw,), name="jaxcls-plots", daemon=True)
+    self._thread.start()
+
+  def _draw(self, draw: Callable[[], list[str]]) -> None:
+    begin = time.perf_counter()
+    try:
+      self._figures = draw()
+    except BaseException as e:  # pylint: disable=broad-except  (result() raises it in the caller's thread)
+      self._error = e
+    finally:
+      self.seconds = time.perf_counter() - begin
+
+  def result(self) -> list[str]:
+    """The figures' paths, once drawn; raises the drawing's exception (its traceback starts in the thread)."""
+    self._thread.join()
+    if self._error is not None:
+      raise self._error
+    return self._figures
+
+
+def start_plots(
+  folder: str,
+  report: dict,
+  outputs: dict,
+  class_names,
+  *,
+  task,
+  dataset=None,
+  batch_size: int | None = None,
+  metrics_dir: str | None = None,
+) -> Drawing:
+  """`write_plots` with these arguments started in a background thread; hand it to `write_report(drawing=...)`.
+
+  Start it once metrics.jsonl holds its last line (the training curves read it) and leave `report` and `outputs`
+  unchanged until `result()`.
+  """
+  return Drawing(
+    lambda: write_plots(
+      folder, report, outputs, class_names, metrics_dir=metrics_dir, dataset=dataset, batch_size=batch_size, task=task
+    )
+  )
+
+
 def write_report(
   folder: str,
   report: dict,
@@ -194,17 +251,26 @@ def write_report(
   batch_size: int | None = None,
   metrics_dir: str | None = None,
   clock=None,
+  drawing: Drawing | None = None,
 ) -> list[str]:
   """report.json, report.md and plots/ in `folder` (call on the main process); returns the figures' paths.
 
   `task` decides the misclassified grid's examples; `clock` (a `core.phases.PhaseClock`) is charged 'plots' and
-  'report' for the two parts, when given.
+  'report' for the two parts, when given. With `drawing` (`start_plots`' of the same report), the figures are
+  that drawing's: 'plots' is charged the wait for it and its own duration is noted as overlapped.
   """
   phase = clock.phase if clock is not None else (lambda name: contextlib.nullcontext())
   with phase("plots"):
-    figures = write_plots(
-      folder, report, outputs, class_names, metrics_dir=metrics_dir, dataset=dataset, batch_size=batch_size, task=task
-    )
+    if drawing is None:
+      figures = write_plots(
+        folder, report, outputs, class_names, metrics_dir=metrics_dir, dataset=dataset, batch_size=batch_size, task=task
+      )
+    else:
+      try:
+        figures = drawing.result()
+      finally:
+        if clock is not None:
+          clock.overlapped("plots", drawing.seconds)
   with phase("report"):
     report_lib.write(folder, report, class_names, figures)
   return figures
