@@ -11,6 +11,10 @@ whole process (imports, restore or load, compile, decode, forward passes, printi
 resident memory (from `os.wait4`, per child) are recorded, and both print the same lines (checked on the first
 pair). Prints the median of each, the load average, and as its last line the ratio of the medians (predict /
 exported; the issue's target is <= 1.05).
+
+`--baseline TREE` adds a third command to the alternation: `python -m jaxcls.predict` run from another checkout
+of jaxcls (e.g. `git archive OLD_COMMIT jaxcls | tar -x -C TREE`), so a change is measured against the code before
+it under the same load.
 """
 
 import argparse
@@ -75,12 +79,12 @@ def train(workdir: str, photos: str) -> None:
     raise SystemExit(f"Training the benchmark's workdir failed:\n{proc.stderr[-3000:]}")
 
 
-def timed(command: list[str], env: dict) -> tuple[float, float, float, str, str]:
+def timed(command: list[str], env: dict, cwd: str = REPO) -> tuple[float, float, float, str, str]:
   """(wall seconds, CPU seconds (user + system), peak RSS in MiB, stdout, stderr) of one child process, which
   must succeed. CPU seconds are less sensitive to other load on the machine than wall seconds."""
   with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -99,6 +103,7 @@ def main():
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode threads, in both")
   parser.add_argument("--repeats", type=int, default=5, help="runs of each, in alternation")
   parser.add_argument("--keep", help="keep the workdir, export and images in this folder")
+  parser.add_argument("--baseline", help="also time predict from this other jaxcls tree (holding jaxcls/)")
   args = parser.parse_args()
   root = args.keep or tempfile.mkdtemp(prefix="predict_vs_export-")
   os.makedirs(root, exist_ok=True)
@@ -134,13 +139,17 @@ def main():
       "predict": [sys.executable, "-m", "jaxcls.predict", "--workdir", workdir, *common, *files],
       "exported": [sys.executable, SERVE, model_dir, *files, *common],
     }
+    cwds = {name: REPO for name in commands}
+    if args.baseline:
+      commands["baseline"] = commands["predict"]
+      cwds["baseline"] = os.path.abspath(args.baseline)  # `-m` puts the current folder first on sys.path
     walls = {name: [] for name in commands}
     cpus = {name: [] for name in commands}
     rss = {name: [] for name in commands}
     for repeat in range(args.repeats):
       outputs = {}
       for name, command in commands.items():
-        wall, cpu, peak, out, err = timed(command, env)
+        wall, cpu, peak, out, err = timed(command, env, cwds[name])
         walls[name].append(wall)
         cpus[name].append(cpu)
         rss[name].append(peak)
@@ -151,7 +160,7 @@ def main():
           f"{rate[-1] if rate else ''}",
           flush=True,
         )
-      if repeat == 0 and outputs["predict"].splitlines() != outputs["exported"].splitlines():
+      if repeat == 0 and any(out.splitlines() != outputs["exported"].splitlines() for out in outputs.values()):
         raise SystemExit("predict and the exported model printed different lines; the comparison is not fair.")
     print(
       f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
@@ -165,6 +174,11 @@ def main():
     print(
       f"predict / exported CPU time: {statistics.median(cpus['predict']) / statistics.median(cpus['exported']):.3f}"
     )
+    if args.baseline:
+      print(
+        f"baseline / exported wall time: "
+        f"{statistics.median(walls['baseline']) / statistics.median(walls['exported']):.3f}"
+      )
     print(
       f"predict / exported wall time: {statistics.median(walls['predict']) / statistics.median(walls['exported']):.3f}"
     )

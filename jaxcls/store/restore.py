@@ -3,7 +3,8 @@
 Every command that uses a trained model (evaluate, predict, export, explain, few-shot, fine-tuning) starts here.
 The resolved `config.json` a run writes holds what the model needs (image size, normalisation, class names), so
 the training data need not be present. Only the parameters and batch statistics are read, never the optimizer
-state, so a model trained with any optimizer (or a frozen backbone) restores the same way.
+state (orbax's partial restore: its bytes are not even read), so a model trained with any optimizer (or a frozen
+backbone) restores the same way, at the cost of the model's size.
 
 Importing this module is cheap (no jax, orbax or flax): `load_config` and `parse_step` need none of them, so a
 command can read the config and start on its input while `restore` imports what the model needs.
