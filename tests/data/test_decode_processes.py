@@ -126,8 +126,12 @@ def test_training_with_worker_processes_sees_the_batches_of_threads_and_resumes_
 
   # Stopped right after the step-6 checkpoint with processes, resumed in threads.
   stopped = _train_config(root, 2)
-  with pytest.raises(Interrupted):
-    train.train_and_evaluate(stopped, str(tmp_path / "resumed"), dataset=InterruptedAt(data.build(stopped), 7))
+  dataset = data.build(stopped)
+  try:
+    with pytest.raises(Interrupted):
+      train.train_and_evaluate(stopped, str(tmp_path / "resumed"), dataset=InterruptedAt(dataset, 7))
+  finally:
+    dataset.close()  # its worker processes
   # allow_config_change: store/workdir.py's NON_TRAINING_KEYS does not list dataset.decode_processes yet, so
   # without it the changed value is refused as a changed experiment (the batches do not depend on it).
   train.train_and_evaluate(_train_config(root, 0, allow_config_change=True), str(tmp_path / "resumed"))
