@@ -52,8 +52,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.workers = 0  # folder / tfds: decode threads (0 = one per CPU core)
   config.dataset.decode_processes = 0  # folder: decode in N spawned worker processes instead of `workers` threads
   # (0 = threads). Pays on hosts with many cores, where the GIL caps threads at a few cores' worth of decoding;
-  # costs a few seconds of start-up (each worker imports jaxcls.data and JAX). Batches do not depend on it
-  # (docs/input_pipeline.md)
+  # costs a second or two of start-up and a copy of each image. Batches do not depend on it; other sources refuse
+  # a value > 0 (docs/input_pipeline.md)
   config.dataset.max_image_pixels = 89_478_485  # folder: larger images are refused as decompression bombs
   config.dataset.train_crop = "resize"  # folder (streaming) / tfds: 'resize' | 'random_resized'
   config.dataset.crop_area = (0.08, 1.0)  #   random_resized: fraction of the image area kept
