@@ -6,12 +6,15 @@ phase table says: 'plots' is the main thread's wait for the figures; the drawing
 """
 
 import dataclasses
+import re
+import subprocess
 import threading
+import time
 import traceback
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import REPO, subprocess_env, tiny_config
 
 from jaxcls import tasks
 from jaxcls.core import phases
@@ -134,3 +137,25 @@ def test_the_phase_table_shows_background_time_outside_the_sum():
   table = clock.table(end=110.0).splitlines()
   assert table[-1] == "(in background threads, overlapping the rows above: plots 1.50 s; each row is the wait for it)"
   assert phases.PhaseClock().table().splitlines()[-1].startswith("total")  # nothing in the background: no note
+
+
+def test_the_training_command_profiles_the_wait_and_exits_soon_after_its_last_line(python, tmp_path):
+  """`main --profile`: the table has the 'plots' row (the wait) and the drawing's own time under it; the figures
+  are on disk when the process has ended, and it ends soon after its last line (no thread or teardown to wait for)."""
+  workdir = tmp_path / "run"
+  command = [python, "-m", "jaxcls.main", "--config", "configs/default.py", "--workdir", str(workdir), "--profile"]
+  command += ["--config.num_train_steps=30", "--config.optimizer.warmup_steps=5", "--config.eval_every_steps=15"]
+  process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(1), stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in process.stderr:  # the last line's arrival, then the process's end, on this machine's clock
+    lines.append(line.rstrip("\n"))
+    last_line_at = time.time()
+  assert process.wait(timeout=600) == 0, "\n".join(lines[-40:])
+  exit_seconds = time.time() - last_line_at
+  table = lines[next(i for i, line in enumerate(lines) if "Where the wall time went" in line) :]
+  assert any(re.match(r"plots +\d+\.\d\d +\d+\.\d%$", row) for row in table), table
+  assert re.match(r"\(in background threads, overlapping the rows above: plots \d+\.\d\d s; ", table[-1]), table
+  drawn = sorted(p.name for p in (workdir / "plots").iterdir())
+  assert {"confusion.png", "per_class_f1.png", "roc_pr.png", "training_curves.png"} <= set(drawn)
+  assert all(f"plots/{name}" in (workdir / "report.md").read_text() for name in drawn)
+  assert exit_seconds < 3.0, f"{exit_seconds:.1f} s from the last line to the end (a thread or teardown waited)"
