@@ -20,7 +20,6 @@ to `config.best_metric`. This module imports no jax (the eval loop is imported w
 """
 
 import dataclasses
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -149,7 +148,9 @@ class Classification(Evaluator):
     self._compile_charged = False
     self._final = None  # (step, report, loop.Drawing): the final report and its figures, drawing since `conclude`
     if context.is_main:  # matplotlib's imports while XLA compiles, not when the figures are wanted
-      threading.Thread(target=_preload_plots, name="jaxcls-plots-preload", daemon=True).start()
+      from jaxcls.evaluation import loop  # pylint: disable=g-import-not-at-top
+
+      loop.preload_plots()
 
   def run(self, step: int, params, batch_stats) -> dict[str, float]:
     """Evaluates the split and keeps (step, result, outputs), so `conclude` and `write` reuse the last evaluation."""
@@ -222,16 +223,6 @@ class Classification(Evaluator):
       result["accuracy"],
     )
     return Final(report=report, figures=figures)
-
-
-def _preload_plots() -> None:
-  """`plots.preload()`, for a background thread; an error is left for the report's own drawing to raise."""
-  try:
-    from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
-
-    plots.preload()
-  except Exception:  # pylint: disable=broad-except  (no matplotlib: write_plots warns; anything else: it raises)
-    return
 
 
 @EVALUATORS.register("fewshot")

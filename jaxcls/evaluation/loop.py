@@ -124,6 +124,27 @@ def decided_confidence(task, class_names: Sequence[str], probs: np.ndarray) -> n
   return np.asarray([task.prediction_record(class_names, row, 1)["probability"] for row in probs], np.float64)
 
 
+_preloading: threading.Thread | None = None  # the process's one `preload_plots` thread
+
+
+def preload_plots() -> None:
+  """Starts importing matplotlib (`plots.preload`) in a background thread, once per process: called early (the
+  classification evaluator, built before the run compiles, which releases the GIL), the figures do not wait for it."""
+  global _preloading
+  if _preloading is None:
+    _preloading = threading.Thread(target=_preload, name="jaxcls-plots-preload", daemon=True)
+    _preloading.start()
+
+
+def _preload() -> None:
+  try:
+    from jaxcls.evaluation import plots  # pylint: disable=g-import-not-at-top
+
+    plots.preload()
+  except Exception:  # pylint: disable=broad-except  (no matplotlib: write_plots warns; anything else: it raises)
+    return
+
+
 def write_plots(
   folder: str,
   report: dict,
@@ -143,6 +164,8 @@ def write_plots(
   `task.decide` as predict decides (with several processes each holds only its share of the images, so the grid
   is left out).
   """
+  if _preloading is not None:  # one thread draws at a time (matplotlib shares caches between figures)
+    _preloading.join()
   try:
     import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:

@@ -88,8 +88,8 @@ def binary_curve_label(positive_class: str | None, class_names: Sequence[str] | 
 def preload() -> None:
   """Imports matplotlib's Figure and Agg canvas and renders one character, so the first real figure does not wait.
 
-  That is about 0.6 s on a 2-core CPU (imports, the font list, the default font's glyphs). The evaluator that draws
-  the report calls this in a background thread while XLA compiles (which releases the GIL).
+  That is about 0.6 s on a 2-core CPU (imports, the font list, the default font's glyphs). `loop.preload_plots`
+  runs it in a background thread while the training run compiles (XLA releases the GIL).
   """
   fig, (ax,) = _figure(0.5, 0.5, layout=None)
   ax.set_title("0")

@@ -159,3 +159,22 @@ def test_the_training_command_profiles_the_wait_and_exits_soon_after_its_last_li
   assert {"confusion.png", "per_class_f1.png", "roc_pr.png", "training_curves.png"} <= set(drawn)
   assert all(f"plots/{name}" in (workdir / "report.md").read_text() for name in drawn)
   assert exit_seconds < 3.0, f"{exit_seconds:.1f} s from the last line to the end (a thread or teardown waited)"
+
+
+def test_preloading_imports_matplotlib_once_in_one_background_thread(python):
+  """Two calls start one daemon thread; it imports matplotlib's Figure (never pyplot) and renders, then ends."""
+  code = """if True:
+    import sys, threading
+    from jaxcls.evaluation import loop
+    assert "matplotlib" not in sys.modules
+    loop.preload_plots()
+    loop.preload_plots()
+    started = [t for t in threading.enumerate() if t.name == "jaxcls-plots-preload"]
+    assert len(started) == 1 and started[0].daemon, started
+    started[0].join(timeout=120)
+    assert "matplotlib.figure" in sys.modules and "matplotlib.pyplot" not in sys.modules
+    assert "matplotlib.backends.backend_agg" in sys.modules
+    print("preloaded")
+  """
+  result = subprocess.run([python, "-c", code], cwd=REPO, env=subprocess_env(1), capture_output=True, text=True)
+  assert result.returncode == 0 and result.stdout.strip() == "preloaded", result.stderr[-2000:]
