@@ -342,7 +342,9 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
         with meter.paused("checkpoints"):
           stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
     last_step = int(parallel.to_host(state.step))
-    with clock.phase("eval"):  # a finished workdir re-run trains nothing: its evaluators run here
+    # A finished workdir re-run trains nothing: its evaluators run here. The report evaluator starts drawing its
+    # figures in a background thread here, overlapping the checkpoints' close below; its `write` waits ('plots').
+    with clock.phase("eval"):
       for evaluator in listed:
         evaluator.conclude(last_step, eval_params(state), state.batch_stats)
   finally:
