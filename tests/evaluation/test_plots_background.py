@@ -178,3 +178,22 @@ def test_preloading_imports_matplotlib_once_in_one_background_thread(python):
   """
   result = subprocess.run([python, "-c", code], cwd=REPO, env=subprocess_env(1), capture_output=True, text=True)
   assert result.returncode == 0 and result.stdout.strip() == "preloaded", result.stderr[-2000:]
+
+
+def test_without_matplotlib_the_run_warns_once_and_writes_the_report(python, tmp_path):
+  """As before: one warning (now from the drawing thread, still in the log), report.md without figures, no plots/."""
+  code = """if True:
+    import sys
+    sys.modules["matplotlib"] = None  # what an environment without matplotlib gives: ImportError on import
+    from conftest import tiny_config
+    from jaxcls.training import loop
+    loop.train_and_evaluate(tiny_config(), sys.argv[1])
+  """
+  env = subprocess_env(1)
+  env["PYTHONPATH"] = f"{REPO}/tests:{env['PYTHONPATH']}"
+  workdir = tmp_path / "run"
+  result = subprocess.run([python, "-c", code, str(workdir)], cwd=REPO, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("matplotlib is not installed, so DIR/plots is not written") == 1, result.stderr[-3000:]
+  assert (workdir / "report.json").exists() and ".png" not in (workdir / "report.md").read_text()
+  assert not (workdir / "plots").exists()
