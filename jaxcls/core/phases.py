@@ -27,8 +27,9 @@ class PhaseClock:
     self.background: dict[str, float] = {}  # seconds of each phase's work done off the main thread
 
   def add(self, phase: str, seconds: float) -> None:
-    """Charges `seconds` to `phase`, on top of what it has (a negative duration counts as 0)."""
-    self.seconds[phase] = self.seconds.get(phase, 0.0) + max(float(seconds), 0.0)
+    """Charges `seconds` to `phase`, on top of what it has; a negative value takes seconds back (the loop moves an
+    evaluation's compile time from 'eval' to 'compile' so), never below 0."""
+    self.seconds[phase] = max(self.seconds.get(phase, 0.0) + float(seconds), 0.0)
 
   def overlapped(self, phase: str, seconds: float) -> None:
     """Notes `seconds` of `phase` done in a background thread; `add` charges only the main thread's wait for it."""

@@ -197,3 +197,16 @@ def test_without_matplotlib_the_run_warns_once_and_writes_the_report(python, tmp
   assert result.stderr.count("matplotlib is not installed, so DIR/plots is not written") == 1, result.stderr[-3000:]
   assert (workdir / "report.json").exists() and ".png" not in (workdir / "report.md").read_text()
   assert not (workdir / "plots").exists()
+
+
+def test_time_moved_between_phases_is_counted_once():
+  """The loop moves an evaluation's compile seconds from 'eval' to 'compile' (add(-s), add(+s)): the rows still add
+  up to the wall time, and 'other' is what no phase claimed (before, the minus was dropped and 'other' shrank)."""
+  clock = phases.PhaseClock(start=100.0)
+  clock.add("eval", 2.0)
+  clock.add("eval", -1.5)
+  clock.add("compile", 1.5)
+  clock.add("steps", -1.0)  # nothing to take back: stays at 0
+  rows = dict((name, seconds) for name, seconds, _ in clock.rows(end=110.0))
+  assert rows["eval"] == pytest.approx(0.5) and rows["compile"] == pytest.approx(1.5) and rows["steps"] == 0.0
+  assert rows["other"] == pytest.approx(8.0) and rows["total"] == 10.0
