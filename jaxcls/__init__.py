@@ -5,12 +5,20 @@ with `jaxcls.register_model(name)` (or `register_task`, `register_augmentation`,
 `register_writer`, `register_source`) in your own module, which `config.imports` names (docs/extensions.md).
 
 Importing `jaxcls` stays cheap (it runs before every `python -m jaxcls.X`): each decorator imports its registry
-on first use, through the module `__getattr__` below.
+on first use, through the module `__getattr__` below. Its one side effect is `core.cpu_threads`: with virtual CPU
+devices on a machine with fewer cores, it gives XLA's CPU client enough threads (PJRT_NPROC) that a collective
+step cannot hang.
 """
 
 import importlib
 
+from jaxcls.core import cpu_threads as _cpu_threads
+
 __version__ = "0.1.0"
+
+# Before any JAX backend starts: virtual CPU devices on few cores need more XLA client threads, or a collective
+# step can hang (jaxcls/core/cpu_threads.py). Reads and sets environment variables only.
+_cpu_threads.ensure_client_threads()
 
 # public name -> (module holding the registry, registry attribute, the contract a registered object meets)
 _DECORATORS = {

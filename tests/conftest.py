@@ -21,6 +21,11 @@ def xla_flags(device_count: int = 8, flags: str = "") -> str:
 
 
 os.environ["XLA_FLAGS"] = xla_flags(8, os.environ.get("XLA_FLAGS", ""))
+# XLA's CPU client pool for 8 virtual devices on 2 cores: 16 threads, not 8, or a collective step can hang (the
+# module's docstring has the mechanism). `import jaxcls` does the same; here it also covers the tests' subprocesses.
+from jaxcls.core import cpu_threads  # noqa: E402
+
+cpu_threads.ensure_client_threads()
 # etils.epath decides once per process, at the first gs:// path, whether TensorFlow's GCS client serves it; TF's
 # endpoint cannot be pointed at the tests' GCS emulator, so every test process uses gcsfs from the start.
 os.environ.setdefault("EPATH_USE_TF", "false")
