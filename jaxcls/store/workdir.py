@@ -91,6 +91,7 @@ NON_TRAINING_KEYS = {
   "dataset.data_dir": "where prepared TFDS data lives; the data itself is named by dataset.tfds_name",
   "dataset.download": "whether a missing TFDS dataset may be downloaded",
   "dataset.workers": "decode threads; the order of examples does not depend on them",
+  "dataset.decode_processes": "decode worker processes; the batches do not depend on them",
   "compilation_cache_dir": "where compiled programs are cached",
   "prefetch_to_device": "how many batches are copied to the devices ahead; the batches are the same",
   "async_checkpointing": "whether checkpoints are written in the background",

@@ -132,9 +132,8 @@ def test_training_with_worker_processes_sees_the_batches_of_threads_and_resumes_
       train.train_and_evaluate(stopped, str(tmp_path / "resumed"), dataset=InterruptedAt(dataset, 7))
   finally:
     dataset.close()  # its worker processes
-  # allow_config_change: store/workdir.py's NON_TRAINING_KEYS does not list dataset.decode_processes yet, so
-  # without it the changed value is refused as a changed experiment (the batches do not depend on it).
-  train.train_and_evaluate(_train_config(root, 0, allow_config_change=True), str(tmp_path / "resumed"))
+  # The workdir check lets decode_processes change on resume (store/workdir.NON_TRAINING_KEYS): no override.
+  train.train_and_evaluate(_train_config(root, 0), str(tmp_path / "resumed"))
   assert logged_losses(tmp_path / "resumed") == threads
   a, b = saved_state(str(tmp_path / "threads"), 9), saved_state(str(tmp_path / "resumed"), 9)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
