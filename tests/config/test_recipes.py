@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, set_keys
 from PIL import Image
 
 from jaxcls.config.base import get_base_config
@@ -100,14 +100,7 @@ def _config_file(name: str, *args):
 
 def _expected(values: dict) -> dict:
   """The base config's to_dict() with `values` (dotted keys) set: what a config file must resolve to, in full."""
-  expected = get_base_config().to_dict()
-  for key, value in values.items():
-    node = expected
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return expected
+  return set_keys(get_base_config(), values).to_dict()
 
 
 def _images(root, side: int, count: int = 30):
