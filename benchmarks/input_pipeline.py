@@ -43,7 +43,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxcls import data  # noqa: E402  pylint: disable=wrong-import-position
 from jaxcls.config.base import get_base_config  # noqa: E402  pylint: disable=wrong-import-position
 from jaxcls.data import decode  # noqa: E402  pylint: disable=wrong-import-position
-from jaxcls.data.sources import folder
 
 SIZE = (224, 224)
 CROP = decode.Crop(SIZE, "random_resized")
@@ -138,12 +137,9 @@ def folder_dataset(root: str, workers: int, processes: int = 0):
       workers=workers,
       train_crop="random_resized",
       eval_crop="center",
+      decode_processes=processes,
     )
   )
-  if "decode_processes" in config.dataset:
-    config.dataset.decode_processes = processes
-  else:  # a base config without the key: set what folder.load would read from it
-    folder.decode_processes = lambda ds: processes
   return data.build(config, process_index=0, process_count=1)
 
 
