@@ -253,8 +253,10 @@ def cpu_trace(tmp_path_factory):
   """A real trace of 3 steps of a jitted conv + reductions on CPU device 0, and the wall seconds of the steps."""
   root = str(tmp_path_factory.mktemp("cpu_trace"))
   step = jax.jit(conv_then_reduce)
-  x = jax.random.normal(jax.random.key(0), (8, 32, 32, 16))
-  w = jax.random.normal(jax.random.key(1), (3, 3, 16, 32))
+  # The convolution (0.6 GFLOP) outweighs the reductions over its 1M outputs some 100x, so that it is the costliest
+  # event however a loaded machine delays single ops (at 38 MFLOP a reduction overtook it under CI's load).
+  x = jax.random.normal(jax.random.key(0), (8, 32, 32, 64))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 64, 128))
   jax.block_until_ready(step(x, w))  # compile outside the trace
   with jax.profiler.trace(root):
     start = time.perf_counter()
