@@ -14,7 +14,8 @@ from PIL import Image
 from jaxcls import data
 from jaxcls.config import check
 from jaxcls.config.base import get_base_config
-from jaxcls.core.errors import ConfigError
+from jaxcls.core.errors import ConfigError, DataError
+from jaxcls.data.sources import folder
 
 
 def write_images(root, count=24, classes=3):
@@ -167,3 +168,13 @@ def test_the_command_line_takes_it(python, tmp_path):
   assert bad.returncode == 2, bad.stderr[-3000:]
   assert "config.dataset.decode_processes=-1 is not valid; it must be >= 0" in bad.stderr
   assert "Traceback" not in bad.stderr and not os.path.exists(tmp_path / "w" / "config.json")
+
+
+def test_a_worker_process_that_dies_is_one_data_error_naming_both_fixes():
+  """A real worker killed mid-job (os.abort in the spawned process): BrokenProcessPool becomes one DataError."""
+  with pytest.raises(DataError) as error:
+    with folder.decode_pool(1, processes=1) as pool:
+      pool.submit(os.abort).result()
+  message = str(error.value)
+  assert "decode worker process died" in message and "decode_processes=0" in message and "fewer processes" in message
+  assert "\n" not in message

@@ -37,7 +37,7 @@ from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.data import decode, prepare, resize
 from jaxcls.data.base import SOURCES, DatasetInfo
 from jaxcls.data.in_memory import class_counts, from_arrays
-from jaxcls.data.sources import folder_scan, label_file
+from jaxcls.data.sources import folder_scan, folder_stream, label_file
 from jaxcls.data.sources.folder_stream import FolderStreamDataset
 
 CACHES = ("auto", "memory", "file", "none")
@@ -212,10 +212,7 @@ def decode_pool(num_workers: int, processes: int = 0) -> Iterator[concurrent.fut
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
       yield pool
   except concurrent.futures.process.BrokenProcessPool as e:
-    raise DataError(
-      f"A decode worker process died ({e}); set dataset.decode_processes=0 to decode in threads, "
-      "or use fewer processes if memory ran out."
-    ) from e
+    raise folder_stream.worker_died(e) from e
 
 
 def decode_all(

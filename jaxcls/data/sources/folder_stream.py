@@ -284,6 +284,14 @@ class _Remote:
     return _Pending(self._submit(), self._labels, self._skip)
 
 
+def worker_died(error: BaseException) -> DataError:
+  """The error for a decode worker process that died (killed for memory, a crash), naming both ways out."""
+  return DataError(
+    f"A decode worker process died ({error}); set dataset.decode_processes=0 to decode in threads, "
+    "or use fewer processes if memory ran out."
+  )
+
+
 class _Pending:
   """A submitted worker job; `finish()` gives its rows as (image, label) or None, and records its skips."""
 
@@ -294,10 +302,7 @@ class _Pending:
     try:
       images, used, skipped = self._future.result()
     except concurrent.futures.process.BrokenProcessPool as e:
-      raise DataError(
-        f"A decode worker process died ({e}); set dataset.decode_processes=0 to decode in threads, "
-        "or use fewer processes if memory ran out."
-      ) from e
+      raise worker_died(e) from e
     for path, reason in skipped:
       self._skip(path, reason)
     if used is None:
