@@ -207,31 +207,6 @@ def run(
   app.run(command, flags_parser=_guarded(flags_parser or _parse_flags))
 
 
-def enable_compilation_cache(config, workdir: str | None = None) -> str:
-  """Turns on JAX's persistent compilation cache as `config.compilation_cache_dir` says; returns the folder.
-
-  `workdir` is given when the config is a trained run's config.json rather than the user's own: that file may come
-  from elsewhere, so a cache folder it names outside the default location is not trusted and the default is used.
-  A config without the key (a workdir older than it) uses the default, 'auto'. The one implementation is
-  `jaxcls.core.compile_cache`; the training loop calls it directly.
-  """
-  from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top  (imports jax: not for --help)
-
-  setting = config.get("compilation_cache_dir", "auto") if config is not None else "auto"
-  if (
-    workdir is not None
-    and setting not in ("", "auto")
-    and compile_cache.resolve(setting) != compile_cache.resolve("auto")
-  ):
-    logging.warning(
-      "%s/config.json sets compilation_cache_dir=%r; compiled programs go to the default cache folder instead.",
-      workdir,
-      setting,
-    )
-    setting = "auto"
-  return compile_cache.enable(setting)
-
-
 def define_dataclass_flags(cls) -> None:
   """One flag per field of the dataclass `cls` (its name, default and metadata['help']): a library's options
   and the command's flags cannot drift apart. A tuple field is a repeatable flag."""

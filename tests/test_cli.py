@@ -401,17 +401,16 @@ def test_predict_logs_no_library_info_lines(python, tmp_path):
 
 
 def test_the_compilation_cache_switch_follows_the_config_and_distrusts_a_workdirs_folder(tmp_path):
-  """cli.enable_compilation_cache: the config's folder when it is the user's own; a trained run's config.json (a
-  workdir that may come from elsewhere) cannot point the cache at another folder; '' is off."""
-  from jaxcls import cli  # pylint: disable=g-import-not-at-top
+  """compile_cache.enable_for_workdir (evaluate, predict): the config's folder when it is the user's own; a trained
+  run's config.json (a workdir that may come from elsewhere) cannot point the cache at another folder; '' is off."""
   from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top
 
   default = compile_cache.resolve("auto")
   try:
-    assert cli.enable_compilation_cache({"compilation_cache_dir": str(tmp_path / "mine")}) == str(tmp_path / "mine")
-    assert cli.enable_compilation_cache({"compilation_cache_dir": str(tmp_path / "theirs")}, "/runs/a") == default
+    assert compile_cache.enable_for_workdir({"compilation_cache_dir": str(tmp_path / "mine")}) == str(tmp_path / "mine")
+    assert compile_cache.enable_for_workdir({"compilation_cache_dir": str(tmp_path / "theirs")}, "/runs/a") == default
     assert not os.path.exists(tmp_path / "theirs")
-    assert cli.enable_compilation_cache({}, "/runs/old") == default  # a config.json older than the key
-    assert cli.enable_compilation_cache({"compilation_cache_dir": ""}, "/runs/a") == ""
+    assert compile_cache.enable_for_workdir({}, "/runs/old") == default  # a config.json older than the key
+    assert compile_cache.enable_for_workdir({"compilation_cache_dir": ""}, "/runs/a") == ""
   finally:
     compile_cache.enable("auto")  # the folder every test process shares (conftest's JAXCLS_CACHE_DIR)

@@ -56,6 +56,24 @@ def enable(setting: str) -> str:
   return directory
 
 
+def enable_for_workdir(config, workdir: str | None = None) -> str:
+  """Turns the cache on as `config.compilation_cache_dir` says; returns the folder ('' when off).
+
+  `workdir` is given when the config is a trained run's config.json rather than the user's own (evaluate,
+  predict): that file may come from elsewhere, so a cache folder it names outside the default location is not
+  trusted and the default is used. A config without the key (a workdir older than it) uses the default, 'auto'.
+  """
+  setting = config.get("compilation_cache_dir", "auto") if config is not None else "auto"
+  if workdir is not None and setting not in ("", "auto") and resolve(setting) != resolve("auto"):
+    logging.warning(
+      "%s/config.json sets compilation_cache_dir=%r; compiled programs go to the default cache folder instead.",
+      workdir,
+      setting,
+    )
+    setting = "auto"
+  return enable(setting)
+
+
 def entries(directory: str) -> int:
   """Compiled programs in the cache folder (JAX's LRU bookkeeping files left out)."""
   if not directory or not os.path.isdir(directory):

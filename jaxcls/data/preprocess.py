@@ -6,16 +6,23 @@ bilinear filter; the in-memory sources squash whole images to that size with the
 folder source's own decoder (EXIF orientation, pixel modes, channels, decompression-bomb limit), so a file gives the
 same pixels here as it did in evaluation. Normalisation happens later, on the device (`steps.normalize`).
 
-`stream` decodes a list of files batch by batch in a thread pool, a bounded number of batches ahead of their use,
-so memory does not grow with the number of files and decoding overlaps the model's start-up and forward passes.
+`stream` decodes a list of files batch by batch in a pool of threads (or of forked processes, for a command that
+has not imported jax yet), a bounded number of batches ahead of their use, so memory does not grow with the number
+of files and decoding overlaps the model's start-up and forward passes.
 """
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import dataclasses
 import itertools
+import math
+import multiprocessing
 import os
+import signal
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -116,29 +123,46 @@ def batches_ahead(batch_size: int, preprocessing: Preprocessing, budget_bytes: i
 
 @contextlib.contextmanager
 def stream(
-  paths: Sequence[str], preprocessing: Preprocessing, batch_size: int, workers: int = 0, ahead: int = 2
+  paths: Sequence[str],
+  preprocessing: Preprocessing,
+  batch_size: int,
+  workers: int = 0,
+  ahead: int = 2,
+  *,
+  processes: bool = False,
 ) -> Iterator[Iterator[Decoded]]:
   """An iterator of `Decoded` batches of `batch_size` paths (the last may be shorter), in order.
 
-  Decoding starts on entering the context, in a pool of `workers` threads (0 = one per CPU), and stays at most
-  `ahead` batches in front of the consumer; leaving the context cancels what was not decoded yet. Each image is
-  decoded as `load` decodes it (the same pixels and the same reasons for unreadable files).
+  Decoding starts on entering the context, in a pool of `workers` threads (0 = one per CPU), or with
+  `processes=True` of as many forked processes (see `can_fork`), and stays at most `ahead` batches in front of the
+  consumer; leaving the context cancels what was not decoded yet. Each image is decoded as `load` decodes it (the
+  same pixels and the same reasons for unreadable files), whichever the pool.
   """
   if ahead < 1:
     raise ValueError(f"ahead={ahead} must be at least 1.")
   chunks = batches(paths, batch_size)
-  pool = concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="jaxcls-decode")
+  count = workers or os.cpu_count() or 1
+  pool = _decode_pool(count, processes)
   pending = collections.deque()
 
   def submit(chunk):
-    pending.append((chunk, [pool.submit(_load_one, path, preprocessing) for path in chunk]))
+    # A process gets a slice of the batch per job (one transfer each way); a thread gets one file per job.
+    size = math.ceil(len(chunk) / count) if processes else 1
+    parts = [chunk[i : i + size] for i in range(0, len(chunk), size)]
+    pending.append((chunk, [pool.submit(_load_some, part, preprocessing) for part in parts]))
 
   def decoded() -> Iterator[Decoded]:
     while pending:
       chunk, futures = pending.popleft()
       for more in itertools.islice(chunks, 1):
         submit(more)
-      results = [future.result() for future in futures]
+      try:
+        results = [result for future in futures for result in future.result()]
+      except concurrent.futures.process.BrokenProcessPool as e:
+        raise DataError(
+          f"A decode worker process died ({e}) while decoding {chunk[0]} ... {chunk[-1]}: memory ran out, or "
+          "the decoder crashed on one of these files; free memory or pass fewer --workers."
+        ) from e
       shape = (sum(error is None for _, error in results),) + preprocessing.crop.size + (preprocessing.channels,)
       images = np.empty(shape, np.uint8)
       for row, image in enumerate(image for image, error in results if error is None):
@@ -151,6 +175,42 @@ def stream(
     yield decoded()
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+def can_fork(paths: Sequence[str]) -> bool:
+  """Whether `stream` may decode `paths` in forked processes: on Linux, in a process that runs one thread and has
+  not imported jax (a command before its start-up, as `predict` is), for local files only.
+
+  Threads decoding while the main thread imports jax and flax wait for the GIL most of the time; forked
+  processes decode during those imports for real. Forking is safe only while no other thread holds a lock, and
+  remote files go through gcsfs, whose event loop is not fork-safe, so everything else decodes in threads.
+  """
+  return (
+    sys.platform.startswith("linux")
+    and threading.active_count() == 1
+    and "jax" not in sys.modules
+    and not any(path_layer.is_remote(p) for p in paths)
+  )
+
+
+def _decode_pool(count: int, processes: bool) -> concurrent.futures.Executor:
+  if not processes:
+    return concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="jaxcls-decode")
+  sys.stdout.flush()  # a forked child must not hold, and later write, a copy of unwritten output
+  sys.stderr.flush()
+  return concurrent.futures.ProcessPoolExecutor(
+    count, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_interrupts
+  )
+
+
+def _ignore_interrupts() -> None:
+  """In a decode worker: Ctrl-C is the parent's to handle (it shuts the pool down), not a traceback per worker."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _load_some(paths: Sequence[str], preprocessing: Preprocessing) -> list[tuple[np.ndarray | None, str | None]]:
+  """`_load_one` of each path, in order: one job of the decode pool."""
+  return [_load_one(path, preprocessing) for path in paths]
 
 
 def _load_one(path: str, preprocessing: Preprocessing) -> tuple[np.ndarray | None, str | None]:

@@ -34,7 +34,7 @@ def evaluate_workdir(
     raise ConfigError("--labels_file needs --data (the folder its paths are relative to).")
   workdir = os.fspath(paths.path(workdir, "--workdir"))  # a local folder or a gs:// URL; a bad URL fails at once
   from jaxcls import data  # pylint: disable=g-import-not-at-top
-  from jaxcls.core import parallel
+  from jaxcls.core import compile_cache, parallel
   from jaxcls.data.sources import labelled_folder
   from jaxcls.evaluation import loop
   from jaxcls.models import tta
@@ -43,6 +43,7 @@ def evaluate_workdir(
 
   config = restore.load_config(workdir)
   confine_cache_dir(config, workdir)
+  compile_cache.enable_for_workdir(config, workdir)  # a second evaluation loads the compiled eval step from disk
   if split:
     config.dataset.eval_split = split
   mesh = parallel.make_mesh()

@@ -137,12 +137,18 @@ def check_top_k(top_k: int) -> None:
 
 def decoding(config, files: list[str], batch_size: int, workers: int = 0):
   """`preprocess.stream` of `files` with the workdir's eval preprocessing, as many batches ahead as fit its
-  memory budget: a context whose decoding threads start at once."""
+  memory budget: a context whose decoding starts at once, in forked processes when that is safe (before jax is
+  imported: `preprocess.can_fork`), else in threads."""
   from jaxcls.data import preprocess  # pylint: disable=g-import-not-at-top
 
   preprocessing = preprocess.from_config(config)
   return preprocess.stream(
-    files, preprocessing, batch_size, workers, ahead=preprocess.batches_ahead(batch_size, preprocessing)
+    files,
+    preprocessing,
+    batch_size,
+    workers,
+    ahead=preprocess.batches_ahead(batch_size, preprocessing),
+    processes=preprocess.can_fork(files),
   )
 
 
@@ -322,6 +328,9 @@ def run(
   records, counts, first = [], {"predicted": 0, "failed": 0}, None
   with decoding(config, files, requested, workers) as decoded:
     restored = restore.restore(workdir, step)
+    from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top  (imports jax: after the fork)
+
+    compile_cache.enable_for_workdir(restored.config, workdir)  # a rerun loads the compiled forward pass from disk
     predictor = Predictor(restored, batch_size=requested)
     size = predictor.batch_size
     batches = decoded if size == requested else regroup(decoded, size)

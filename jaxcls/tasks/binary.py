@@ -13,7 +13,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxcls.core import metrics
 from jaxcls.core.errors import ConfigError
@@ -76,6 +75,8 @@ class Binary(Task):
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Binary: sigmoid cross-entropy of the one logit against the positive-class probability (soft labels too)."""
+    import optax  # pylint: disable=g-import-not-at-top  (traced in training and evaluation only)
+
     return optax.sigmoid_binary_cross_entropy(logits[:, 0].astype(jnp.float32), self.targets(labels))
 
   def probabilities(self, logits: jax.Array) -> jax.Array:

@@ -22,7 +22,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxcls.core import metrics
 from jaxcls.core.errors import ConfigError
@@ -78,6 +77,8 @@ class Hierarchical(Task):
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Hierarchical: the level-weighted sum of each level's softmax cross-entropy against the label's node there."""
+    import optax  # pylint: disable=g-import-not-at-top  (traced in training and evaluation only)
+
     leaf = labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(labels, self.num_classes)
     paths = self.tree.path_array()
     total = 0.0

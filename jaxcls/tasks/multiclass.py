@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxcls.core import metrics
 from jaxcls.core.errors import ConfigError
@@ -51,6 +50,8 @@ class MultiClass(Task):
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example training loss [B], times the class weight of the label (the mixed weight for soft labels)."""
+    import optax  # pylint: disable=g-import-not-at-top  (traced in training and evaluation only)
+
     per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), self.targets(labels))
     if self.class_weights == "none":
       return per_example
@@ -67,6 +68,8 @@ class MultiClass(Task):
 
   def eval_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Sums over the valid rows of one eval batch; counts are int32 so that totals stay exact."""
+    import optax  # pylint: disable=g-import-not-at-top  (traced in training and evaluation only)
+
     logits = logits.astype(jnp.float32)
     valid = mask.astype(jnp.float32)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

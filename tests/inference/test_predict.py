@@ -116,8 +116,8 @@ def test_stream_decodes_a_bounded_number_of_batches_ahead(trained, monkeypatch):
 
   class Counting(concurrent.futures.ThreadPoolExecutor):
     def submit(self, fn, /, *args, **kwargs):
-      if fn is preprocess._load_one:  # pylint: disable=protected-access  (one image file handed to a decoder)
-        submitted.append(args[0])
+      if fn is preprocess._load_some:  # pylint: disable=protected-access  (image files handed to a decoder)
+        submitted.extend(args[0])
       return super().submit(fn, *args, **kwargs)
 
   prep = preprocess.from_config(restore.load_config(trained[0]))

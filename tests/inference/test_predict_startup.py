@@ -69,15 +69,18 @@ def test_a_batch_size_that_is_not_a_multiple_of_the_devices_prints_the_same_line
 
 
 STARTUP = r"""
-import json, sys, time
+import json, os, sys, time
 
 events = []
 images = sys.argv[1]
+# Opens are written to a file: predict decodes in forked worker processes, whose own copy of `events` is lost
+# (CLOCK_MONOTONIC, behind perf_counter, is one clock for all of them).
+opens = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 
 def hook(event, args):
   if event == "open" and isinstance(args[0], str) and args[0].startswith(images):
-    events.append(("open", args[0], time.perf_counter()))
+    os.write(opens, f"{time.perf_counter()} {os.getpid()}\n".encode())
   elif event == "import" and args[0] in ("jax", "jax._src.api", "flax", "orbax.checkpoint"):
     events.append(("import", args[0], time.perf_counter()))
 
@@ -86,19 +89,20 @@ sys.addaudithook(hook)
 from jaxcls.inference import predictor
 
 assert "jax" not in sys.modules
-status = predictor.run(sys.argv[2], sys.argv[3:], top_k=2, batch_size=4, workers=2)
-print(json.dumps({"status": status, "events": events}), file=sys.stderr)
+status = predictor.run(sys.argv[3], sys.argv[4:], top_k=2, batch_size=4, workers=2)
+print(json.dumps({"status": status, "events": events, "pid": os.getpid()}), file=sys.stderr)
 """
 
 
 def test_images_are_decoded_while_jax_is_still_importing(workdir, tmp_path, python):
-  """An audit hook records, in a fresh process, when predict opens each image file and when jax's import gets to
-  jax._src.api (about halfway: after its dtypes and core): the first image is opened before that."""
+  """An audit hook records, in a fresh process and its forked decode workers, when predict opens each image file
+  and when jax's import gets to jax._src.api (about halfway: after its dtypes and core): the first image is opened
+  before that, by a worker process."""
   files = write_files(tmp_path / "images", 40)
   script = tmp_path / "startup.py"
   script.write_text(STARTUP)
   proc = subprocess.run(
-    [python, str(script), str(tmp_path / "images"), workdir, *files],
+    [python, str(script), str(tmp_path / "images"), str(tmp_path / "opens.txt"), workdir, *files],
     capture_output=True,
     text=True,
     env=subprocess_env(),
@@ -109,7 +113,9 @@ def test_images_are_decoded_while_jax_is_still_importing(workdir, tmp_path, pyth
   assert len(proc.stdout.splitlines()) == len(files)
   result = json.loads(proc.stderr.strip().splitlines()[-1])
   events = result["events"]
-  opened = [t for kind, _, t in events if kind == "open"]
+  opens = [line.split() for line in (tmp_path / "opens.txt").read_text().splitlines()]
+  opened = [float(t) for t, _ in opens]
+  assert {int(pid) for _, pid in opens} - {result["pid"]}, "decoded in forked worker processes"
   imports = {}
   for kind, name, t in events:
     if kind == "import":
