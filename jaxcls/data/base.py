@@ -151,6 +151,16 @@ class Dataset(abc.ABC):
   def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0) -> Iterator[Batch]:
     """Yields this process's share of global batches `start_step`, `start_step + 1`, ... forever."""
 
+  def train_chunks(
+    self, global_batch_size: int, steps_per_chunk: int, *, start_step: int = 0, seed: int = 0
+  ) -> Iterator[Batch] | None:
+    """The batches of `train_batches` stacked `steps_per_chunk` at a time, as `data.prefetch.chunks` stacks them
+    ([k, local batch, ...], chunk c holding steps c*k ... c*k+k-1, the steps of a resumed run's first chunk before
+    `start_step` filled with copies of its first batch), when the source has a faster way to make them than
+    stacking its batches; None otherwise (the default), and the loop stacks them."""
+    del global_batch_size, steps_per_chunk, start_step, seed
+    return None
+
   @abc.abstractmethod
   def eval_batches(self, global_batch_size: int) -> Iterator[Batch]:
     """Yields `num_eval_batches` padded batches; over all processes every eval example appears once unmasked."""

@@ -71,6 +71,41 @@ class ArrayDataset(Dataset):
       yield {"image": _take(self._train_images, idx), "label": self._train_labels[idx], "mask": mask.copy()}
       step += 1
 
+  def train_chunks(
+    self, global_batch_size: int, steps_per_chunk: int, *, start_step: int = 0, seed: int = 0
+  ) -> Iterator[Batch]:
+    """`train_batches` stacked `steps_per_chunk` at a time (see `Dataset.train_chunks`), each chunk gathered
+    from the arrays in one indexing: k batches of small images cost one gather, not k gathers and a stack."""
+    check_stream_args(start_step, seed)
+    if steps_per_chunk < 1:
+      raise ValueError(f"steps_per_chunk={steps_per_chunk} must be at least 1.")
+    local = self.local_batch_size(global_batch_size)
+    steps = self.steps_per_epoch(global_batch_size)
+    return self._train_chunk_stream(global_batch_size, local, steps, steps_per_chunk, start_step, seed)
+
+  def _train_chunk_stream(self, global_batch_size, local, steps, k, start_step, seed):
+    offset = self.process_index * local
+    orders: dict[int, np.ndarray] = {}  # the epoch orders a chunk spans (two at an epoch boundary)
+    chunk = start_step // k
+    while True:
+      rows = []
+      for step in range(chunk * k, chunk * k + k):
+        step = max(step, start_step)  # a resumed run's first chunk: its first batch stands in for earlier steps
+        epoch = step // steps
+        if epoch not in orders:
+          orders = {e: o for e, o in orders.items() if e == epoch - 1}
+          orders[epoch] = self._epoch_order(np.random.default_rng([seed, epoch]), steps * global_batch_size)
+        start = (step % steps) * global_batch_size + offset
+        rows.append(orders[epoch][start : start + local])
+      idx = np.concatenate(rows)
+      labels = self._train_labels[idx]
+      yield {
+        "image": _take(self._train_images, idx).reshape((k, local) + self._train_images.shape[1:]),
+        "label": labels.reshape((k, local) + labels.shape[1:]),
+        "mask": np.ones((k, local), bool),
+      }
+      chunk += 1
+
   def _epoch_order(self, rng: np.random.Generator, size: int) -> np.ndarray:
     """Example indices of one epoch (at least `size` of them), the same on every process."""
     labels = self._train_labels
