@@ -75,7 +75,12 @@ class ArrayDataset(Dataset):
     self, global_batch_size: int, steps_per_chunk: int, *, start_step: int = 0, seed: int = 0
   ) -> Iterator[Batch]:
     """`train_batches` stacked `steps_per_chunk` at a time (see `Dataset.train_chunks`), each chunk gathered
-    from the arrays in one indexing: k batches of small images cost one gather, not k gathers and a stack."""
+    from the arrays in one indexing: k batches of small images cost one gather, not k gathers and a stack.
+
+    None for a subclass that makes its batches its own way (it overrides `train_batches`): those are stacked.
+    """
+    if type(self).train_batches is not ArrayDataset.train_batches:
+      return None
     check_stream_args(start_step, seed)
     if steps_per_chunk < 1:
       raise ValueError(f"steps_per_chunk={steps_per_chunk} must be at least 1.")

@@ -285,12 +285,18 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
     mesh,
     start_step,
   )
-  host_chunks = dataset.train_chunks(config.batch_size, chunk_steps, start_step=start_step, seed=config.seed)
+  # A source's own chunks, unless the dataset only forwards train_chunks to another object (a wrapper with
+  # batches of its own, whose train_batches the forwarded chunks would bypass).
+  own = getattr(getattr(dataset, "train_chunks", None), "__self__", None) is dataset
+  host_chunks = (
+    dataset.train_chunks(config.batch_size, chunk_steps, start_step=start_step, seed=config.seed) if own else None
+  )
   if host_chunks is None or chunk_steps == 1:  # the source has no faster way than stacking its batches
     host_chunks = prefetch.chunks(host_batches, chunk_steps, start_step, first=first_batch)
   else:
     host_batches.close()  # in-memory arrays: a lazy generator that has read nothing more
   batches = prefetch.to_device(host_chunks, mesh, depth, stacked=True)
+  state_check = steps.make_state_check(mesh)  # the whole state's finiteness, at check points only
   stop = preemption.Watcher(ckpt)  # SIGTERM/SIGINT: finish the step, save it, raise Preempted; handlers put back
   chunk = None
   guarded = config.transfer_guard != "allow"
@@ -322,7 +328,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
       due = [e for e in listed if e.due(done, num_train_steps)]
       if log or save_now or due:
         # A check point: the one blocking fetch since the last one, and the only place non-finite steps are seen.
-        window.check(done, last_saved, ckpt)
+        window.check(done, last_saved, ckpt, state_check(state))
         meter.steps_done(done)
         if log:
           scalars = {f"train/{k}": v for k, v in window.means().items()}
@@ -345,7 +351,7 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
           cadence.last_ckpt_time = time.monotonic()
         meter.restart(done)
       if stop.reached(done):  # after any eval or save of this step; a flag read, or JAX's multi-process sync point
-        window.check(done, last_saved, ckpt)  # a second fetch of a window already fetched costs nothing new
+        window.check(done, last_saved, ckpt, state_check(state))  # a second check of a checked window: cheap
         with meter.paused("checkpoints"):
           stop.save_and_raise(ckpt, done, state, {"next_batch": done}, already_saved=last_saved == done)
     last_step = int(parallel.to_host(state.step))

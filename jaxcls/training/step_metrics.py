@@ -5,9 +5,10 @@ rate, the task's train metrics) into a small replicated accumulator inside the s
 dispatch and no host transfer happen per step. At a log, eval, checkpoint or stop point the loop fetches the
 accumulator once (`jax.device_get`), which is also the only place a non-finite loss is noticed.
 
-Once a step is non-finite, every later step of the window is a no-op (`steps.make_train_step` sees
-`acc['bad_step'] >= 0`), so the state the loop holds is exactly the one before the first bad step, and a checkpoint
-is never written of a state that saw a NaN or an infinity.
+The window records the first step whose loss or gradient norm is non-finite (later ones, which follow from it, are
+left out of the sums), and `Window.check` also takes the whole state's finiteness (`steps.make_state_check`), so
+the loop stops at the check point after the first bad step and never writes a checkpoint of a state that holds a
+NaN or an infinity.
 """
 
 from collections.abc import Sequence
@@ -44,10 +45,12 @@ def zeros(names: Sequence[str]) -> dict[str, Any]:
 
 
 def add(acc: dict[str, Any], metrics: dict[str, jax.Array], finite: jax.Array, step_number: jax.Array) -> dict:
-  """The window with one more step (traced inside the train step). A non-finite step is recorded, not summed."""
+  """The window with one more step (traced inside the train step). A non-finite step is recorded, not summed, and
+  no step after it is summed."""
   if set(metrics) != set(acc["sum"]):
     raise ValueError(f"The train step's metrics {sorted(metrics)} differ from the accumulator's {sorted(acc['sum'])}.")
   first_bad = (acc["bad_step"] < 0) & ~finite
+  finite = finite & (acc["bad_step"] < 0)  # the steps after a bad one follow from it: not summed either
   return {
     "sum": {k: acc["sum"][k] + jnp.where(finite, metrics[k].astype(jnp.float32), 0.0) for k in acc["sum"]},
     "steps": acc["steps"] + finite.astype(jnp.int32),
@@ -84,18 +87,27 @@ class Window:
     """Starts a new window whose first step is `next_step`."""
     self.value, self._host, self.first_step = self._empty, None, next_step
 
-  def check(self, done: int, last_checkpoint: int | None, ckpt=None) -> None:
-    """Raises NonFiniteLossError when a step of the window up to step `done` was not finite.
+  def check(self, done: int, last_checkpoint: int | None, ckpt=None, state_finite=None) -> None:
+    """Raises NonFiniteLossError when a step of the window up to step `done` was not finite, or when
+    `state_finite` (the device boolean of `steps.make_state_check` for the state after step `done`, fetched
+    with the window) is false: then the update of a step whose loss was finite overflowed, and step `done` is
+    named (an earlier overflow would have made a later loss non-finite).
 
-    The state the loop holds is the one before that step (later steps were no-ops). A checkpoint written right
-    after the step before holds the very parameters whose loss was non-finite (finite numbers can still overflow
-    in the next forward pass): it is moved aside, so that a re-run with a lower learning rate resumes from a
-    state whose loss was finite.
+    A checkpoint written right after the step before holds the very parameters whose loss was non-finite (finite
+    numbers can still overflow in the next forward pass): it is moved aside, so that a re-run with a lower learning
+    rate resumes from a state whose loss was finite.
     """
-    host = self.fetch()
+    if state_finite is None:
+      host = self.fetch()
+    else:
+      self._host, state_ok = parallel.to_host((self.value, state_finite))  # one transfer for both
+      host = self._host
     bad = int(host["bad_step"])
-    if bad < 0:
+    if bad < 0 and (state_finite is None or bool(state_ok)):
       return
+    overflowed = bad < 0
+    if overflowed:
+      bad = done
     if ckpt is not None and last_checkpoint is not None and last_checkpoint == bad - 1:
       last_checkpoint = ckpt.set_aside_diverged(last_checkpoint, bad)
     kept = (
@@ -103,9 +115,14 @@ class Window:
       if last_checkpoint is not None
       else "no usable checkpoint had been written yet"
     )
-    checked = "" if bad == done else f"steps {self.first_step}-{done} checked together; "
+    checked = "" if bad == done and not overflowed else f"steps {self.first_step}-{done} checked together; "
+    found = (
+      "the update overflowed: the loss and gradient were finite"
+      if overflowed
+      else f"loss={float(host['bad_loss'])}, grad_norm={float(host['bad_grad_norm'])}"
+    )
     raise NonFiniteLossError(
-      f"The loss, gradient or updated parameters became non-finite at step {bad} ({checked}"
-      f"loss={float(host['bad_loss'])}, grad_norm={float(host['bad_grad_norm'])}); training stopped and {kept}. "
-      "Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for bad values."
+      f"The loss, gradient or updated parameters became non-finite at step {bad} ({checked}{found}); training "
+      f"stopped and {kept}. Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or check the data for "
+      "bad values."
     )

@@ -27,7 +27,15 @@ SMALL_CNN = {
   "batch_size": 64,
   "log_every_steps": 50,
 }
-DEFAULT = {**SMALL_CNN, "dataset.name": "digits", "dataset.image_size": (16, 16), "num_epochs": 40}
+DEFAULT = {
+  **SMALL_CNN,
+  "dataset.name": "digits",
+  "dataset.image_size": (16, 16),
+  "num_epochs": 40,
+  "eval_every_steps": 220,  # the short run's cadence (issue 14): every 10 epochs, and a checkpoint a minute
+  "checkpoint_every_steps": -1,
+  "checkpoint_every_secs": 60.0,
+}
 FOLDER = {"dataset.name": "folder", "dataset.path": "", "dataset.image_size": None, "dataset.channels": 0}
 FOLDER_PHOTOS = {
   **FOLDER,

@@ -92,3 +92,11 @@ def test_bad_arguments_fail_at_the_call_and_other_sources_say_none():
       return ds.num_eval_batches(global_batch_size)
 
   assert Plain().train_chunks(8, 4) is None  # the loop stacks its batches instead
+
+  class Reversed(in_memory.ArrayDataset):  # batches of its own: its chunks are its stacked batches, not the arrays'
+    def train_batches(self, global_batch_size, *, start_step=0, seed=0):
+      for batch in super().train_batches(global_batch_size, start_step=start_step, seed=seed):
+        yield {**batch, "image": batch["image"][::-1]}
+
+  mine = Reversed(ds.info, (ds._train_images, ds._train_labels), (ds._eval_images, ds._eval_labels))  # pylint: disable=protected-access
+  assert mine.train_chunks(8, 4) is None

@@ -83,8 +83,8 @@ def test_logged_train_loss_is_the_mean_of_the_window(make_config, tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_step_inside_a_window_is_found_and_named(make_config, tmp_path):
-  """Checked only every 10 steps: the error names the first bad step and the range checked together; no
-  checkpoint of a non-finite state is written and the state kept is the one before the bad step."""
+  """Checked only every 10 steps: the error names the first bad step and the range checked together, and no
+  checkpoint of a non-finite state is written."""
   config = make_config(
     **{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 4},
     num_train_steps=20,
@@ -102,7 +102,7 @@ def test_non_finite_step_inside_a_window_is_found_and_named(make_config, tmp_pat
   ckpt.close()
 
 
-def test_window_sums_and_freezes_after_the_first_bad_step():
+def test_window_sums_the_finite_steps_and_names_the_first_bad_one():
   mesh = parallel.make_mesh(jax.devices()[:1])
   names = ("loss", "grad_norm", "learning_rate")
   window = step_metrics.Window(names, mesh, start_step=0)
@@ -110,8 +110,7 @@ def test_window_sums_and_freezes_after_the_first_bad_step():
   losses = [1.0, 3.0, float("nan"), 5.0]
   for number, loss in enumerate(losses, start=1):
     metrics = {"loss": jnp.float32(loss), "grad_norm": jnp.float32(2.0), "learning_rate": jnp.float32(0.1)}
-    finite = jnp.isfinite(metrics["loss"]) & (window.value["bad_step"] < 0)
-    window.value = add(window.value, metrics, finite, jnp.int32(number))
+    window.value = add(window.value, metrics, jnp.isfinite(metrics["loss"]), jnp.int32(number))  # 5.0: not summed
   host = window.fetch()
   assert int(host["steps"]) == 2 and int(host["bad_step"]) == 3
   assert window.means() == pytest.approx({"loss": 2.0, "grad_norm": 2.0, "learning_rate": 0.1})
@@ -120,6 +119,34 @@ def test_window_sums_and_freezes_after_the_first_bad_step():
   window.reset(5)
   assert int(window.fetch()["steps"]) == 0 and int(window.fetch()["bad_step"]) == -1
   window.check(5, last_checkpoint=None)  # an empty window is fine
+
+
+def test_the_state_check_finds_any_non_finite_value_and_names_the_overflowing_step():
+  """The step checks only its loss and gradient norm; an update that overflows (finite loss and gradient) is found
+  by the check-point state check, which sees every parameter, statistic, moving average and optimizer value."""
+  import optax  # pylint: disable=g-import-not-at-top
+
+  from jaxcls.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import steps  # pylint: disable=g-import-not-at-top
+
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+  good = state_lib.create({"params": params, "batch_stats": {"mean": jnp.zeros(2)}}, optax.adam(1e-3), True)
+  check = steps.make_state_check(mesh)
+  assert bool(check(good))
+  for where in ("params", "batch_stats", "ema_params", "opt_state"):
+    leaves, treedef = jax.tree.flatten(getattr(good, where))
+    bad_leaves = [jnp.full_like(x, jnp.inf) if jnp.issubdtype(x.dtype, jnp.inexact) else x for x in leaves]
+    assert not bool(check(good.replace(**{where: jax.tree.unflatten(treedef, bad_leaves)}))), where
+
+  window = step_metrics.Window(("loss", "grad_norm", "learning_rate"), mesh, start_step=0)
+  add = jax.jit(step_metrics.add)
+  for number in (1, 2, 3):
+    metrics = {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(2.0), "learning_rate": jnp.float32(0.1)}
+    window.value = add(window.value, metrics, jnp.asarray(True), jnp.int32(number))
+  window.check(3, last_checkpoint=None, state_finite=check(good))  # all finite: no error
+  with pytest.raises(NonFiniteLossError, match=r"at step 3 \(steps 1-3 checked together; the update overflowed"):
+    window.check(3, last_checkpoint=None, state_finite=jnp.asarray(False))
 
 
 def test_metric_names_come_from_the_task_without_a_model():
