@@ -133,6 +133,26 @@ class Interrupted(Exception):
   """A simulated preemption, raised by `InterruptedAt`."""
 
 
+def write_image_files(folder, count: int, *, unreadable=(), missing=(), rgb: bool = False, jpeg: bool = False):
+  """`count` image files of varied sizes in `folder` (PNG, or JPEG at odd positions with `jpeg`), the paths in order:
+  the positions in `unreadable` hold bytes that are no image, those in `missing` are named but never written."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  folder.mkdir(parents=True, exist_ok=True)
+  files = []
+  for i in range(count):
+    path = folder / f"{i:02d}.{'jpg' if jpeg and i % 2 else 'png'}"
+    if i in unreadable:
+      path.write_bytes(b"not an image")
+    elif i not in missing:
+      shape = (20 + 3 * i, 30, 3) if rgb else (10 + i, 14)
+      Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+    files.append(str(path))
+  return files
+
+
 class InterruptedAt:
   """A dataset whose train stream raises Interrupted when global batch `batch` is requested.
 

@@ -10,24 +10,12 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-from conftest import REPO, subprocess_env
-from PIL import Image
+from conftest import REPO, subprocess_env, write_image_files
 
 
 def write_images(folder, count: int = 11) -> list[str]:
   """JPEGs and PNGs of varied sizes, with two unreadable files and a missing one among them."""
-  rng = np.random.default_rng(0)
-  folder.mkdir(parents=True, exist_ok=True)
-  files = []
-  for i in range(count):
-    path = folder / f"{i:02d}.{'jpg' if i % 2 else 'png'}"
-    if i in (2, 7):
-      path.write_bytes(b"not an image")
-    elif i != 5:  # 05.png is named but never written
-      Image.fromarray(rng.integers(0, 256, (20 + 3 * i, 30, 3), dtype=np.uint8)).save(path)
-    files.append(str(path))
-  return files
+  return write_image_files(folder, count, unreadable=(2, 7), missing=(5,), rgb=True, jpeg=True)
 
 
 def run_script(body: str, tmp_path) -> subprocess.CompletedProcess:

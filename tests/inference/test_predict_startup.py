@@ -8,8 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env
-from PIL import Image
+from conftest import REPO, subprocess_env, write_image_files
 
 from jaxcls.data import preprocess
 from jaxcls.inference import predictor as predict
@@ -28,17 +27,7 @@ def workdir(tmp_path) -> str:
 def write_files(folder: pathlib.Path, count: int = 13) -> list[str]:
   """`count` grayscale PNGs of varied sizes, with an unreadable file at positions 3 and 9 (errors inside and
   across the regrouped batches)."""
-  rng = np.random.default_rng(0)
-  folder.mkdir(parents=True, exist_ok=True)
-  files = []
-  for i in range(count):
-    path = folder / f"{i:02d}.png"
-    if i in (3, 9):
-      path.write_bytes(b"not a png")
-    else:
-      Image.fromarray(rng.integers(0, 256, (10 + i, 14, 1), dtype=np.uint8)[..., 0]).save(path)
-    files.append(str(path))
-  return files
+  return write_image_files(folder, count, unreadable=(3, 9))
 
 
 @pytest.mark.parametrize("requested, size", [(1, 4), (3, 4), (5, 8), (4, 4), (6, 13)])
