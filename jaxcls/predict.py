@@ -8,6 +8,7 @@ writes every prediction to a .csv or .json file; a last line on stderr gives the
 """
 
 import os
+import signal
 import sys
 
 from absl import flags
@@ -43,6 +44,22 @@ def main(argv: list[str]) -> int | None:
   exit_now(status)
 
 
+def _interrupted(signum, frame) -> None:
+  """Ctrl-C: one line and exit status 130, at once, wherever the command is (imports, decoding, a forward pass).
+
+  A KeyboardInterrupt would print a traceback, could be swallowed by a library's garbage-collection callback (jax's
+  is one), or could interrupt a pool's shutdown lock; here nothing needs cleaning up: --output is written in one
+  step at the end, and the decode workers die with this process (`preprocess.stream`).
+  """
+  del signum, frame
+  try:
+    sys.stdout.flush()  # the lines already printed are complete ones
+  except (OSError, RuntimeError, ValueError):
+    pass
+  os.write(2, b"jaxcls: predict interrupted (Ctrl-C); the lines printed above are complete, --output is not written.\n")
+  os._exit(130)  # pylint: disable=protected-access
+
+
 def exit_now(status: int) -> None:
   """Ends the finished command without the interpreter's teardown.
 
@@ -59,4 +76,5 @@ def exit_now(status: int) -> None:
 
 
 if __name__ == "__main__":
+  signal.signal(signal.SIGINT, _interrupted)
   cli.run(main, define_flags=define_flags, doc=__doc__)

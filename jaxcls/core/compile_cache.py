@@ -25,11 +25,12 @@ def resolve(setting: str) -> str:
   return os.path.abspath(os.path.expanduser(setting))
 
 
-def enable(setting: str) -> str:
+def enable(setting: str, *, announce: bool = True) -> str:
   """Turns the cache on in the folder `setting` names (see `resolve`); returns that folder, '' when off.
 
   A cache opened earlier in this process at another folder is closed first. A folder that cannot be created
-  (a read-only home) leaves the cache off with a warning: compiling again is slower, never wrong.
+  (a read-only home) leaves the cache off with a warning: compiling again is slower, never wrong. `announce`:
+  log the folder (predict, whose stderr holds only its own lines, does not).
   """
   directory = resolve(setting)
   if not directory:
@@ -52,11 +53,12 @@ def enable(setting: str) -> str:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no size limit per entry
   jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
-  logging.info("Persistent compilation cache: %s", directory)
+  if announce:
+    logging.info("Persistent compilation cache: %s", directory)
   return directory
 
 
-def enable_for_workdir(config, workdir: str | None = None) -> str:
+def enable_for_workdir(config, workdir: str | None = None, *, announce: bool = True) -> str:
   """Turns the cache on as `config.compilation_cache_dir` says; returns the folder ('' when off).
 
   `workdir` is given when the config is a trained run's config.json rather than the user's own (evaluate,
@@ -71,7 +73,7 @@ def enable_for_workdir(config, workdir: str | None = None) -> str:
       setting,
     )
     setting = "auto"
-  return enable(setting)
+  return enable(setting, announce=announce)
 
 
 def entries(directory: str) -> int:

@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import concurrent.futures.process
 import contextlib
+import ctypes
 import dataclasses
 import itertools
 import math
@@ -199,13 +200,18 @@ def _decode_pool(count: int, processes: bool) -> concurrent.futures.Executor:
   sys.stdout.flush()  # a forked child must not hold, and later write, a copy of unwritten output
   sys.stderr.flush()
   return concurrent.futures.ProcessPoolExecutor(
-    count, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_interrupts
+    count, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker
   )
 
 
-def _ignore_interrupts() -> None:
-  """In a decode worker: Ctrl-C is the parent's to handle (it shuts the pool down), not a traceback per worker."""
+def _start_worker() -> None:
+  """In a decode worker: Ctrl-C is the parent's to handle (it shuts the pool down), not a traceback per worker, and
+  the worker dies with the parent (Linux's PR_SET_PDEATHSIG), however the parent ends (killed, os._exit)."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass  # not Linux's libc: the worker then ends when its job queue closes
 
 
 def _load_some(paths: Sequence[str], preprocessing: Preprocessing) -> list[tuple[np.ndarray | None, str | None]]:

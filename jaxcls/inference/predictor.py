@@ -330,7 +330,7 @@ def run(
     restored = restore.restore(workdir, step)
     from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top  (imports jax: after the fork)
 
-    compile_cache.enable_for_workdir(restored.config, workdir)  # a rerun loads the compiled forward pass from disk
+    compile_cache.enable_for_workdir(restored.config, workdir, announce=False)  # a rerun loads the forward pass
     predictor = Predictor(restored, batch_size=requested)
     size = predictor.batch_size
     batches = decoded if size == requested else regroup(decoded, size)

@@ -2,6 +2,7 @@
 device-rounded size, with the same lines as before."""
 
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -111,3 +112,43 @@ def test_images_are_decoded_while_jax_is_still_importing(workdir, tmp_path, pyth
       imports.setdefault(name, t)  # its first import
   assert len(opened) >= len(files) - 2 and {"jax", "jax._src.api"} <= set(imports), events
   assert min(opened) < imports["jax._src.api"], events
+
+
+def test_ctrl_c_ends_predict_at_once_with_one_line_and_no_worker_left(workdir, tmp_path, python):
+  """SIGINT to a real predict, during jax's import and later: exit status 130, one stderr line and no traceback,
+  and none of its forked decode workers outlives it (they die with their parent)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  files = write_image_files(tmp_path / "images", 300)
+  interrupted = 0
+  for delay in (1.0, 4.0):
+    proc = subprocess.Popen(
+      [python, "-m", "jaxcls.predict", "--workdir", workdir, "--batch_size", "4", *files],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=subprocess_env(),
+      cwd=REPO,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:  # it finished first: nothing to interrupt
+      continue
+    assert proc.returncode == 130, err[-3000:]
+    interrupted += 1
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("jaxcls: predict interrupted (Ctrl-C)")
+    assert all(": " in line for line in out.splitlines())  # whole lines only
+    time.sleep(1.0)  # a worker's death signal is sent at its parent's exit
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+      try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+          if workdir.encode() in f.read():
+            alive.append(pid)
+      except OSError:
+        pass
+    assert not alive, f"decode workers left: {alive}"
+  assert interrupted, "predict finished before it could be interrupted"
