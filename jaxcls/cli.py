@@ -89,6 +89,32 @@ def _fail(message: Any, code: int = USER_ERROR_EXIT):
   sys.exit(code)
 
 
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command ended by Ctrl-C
+
+
+def interrupted() -> None:
+  """Ctrl-C outside a handler of the command's own (training saves first: `training.preemption`): one line and
+  exit status 130 at once, without the interpreter's teardown (which can wait on worker threads). Output files
+  are written in one step (`core.paths.write_bytes`), so none is left half-written."""
+  try:
+    sys.stdout.flush()
+  except (OSError, RuntimeError, ValueError):
+    pass
+  os.write(2, f"jaxcls: {os.path.basename(sys.argv[0] or 'jaxcls')} interrupted (Ctrl-C).\n".encode())
+  os._exit(INTERRUPTED_EXIT)  # pylint: disable=protected-access
+
+
+def _caused_by_interrupt(error: BaseException) -> bool:
+  """Whether a KeyboardInterrupt is in the error's cause or context chain."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, KeyboardInterrupt):
+      return True
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def help_text(doc: str, names: list[str]) -> str:
   """The command's doc, then each of its flags (`names`) with its help and default: what --help prints."""
   text = textwrap.dedent(doc or "").strip()
@@ -196,9 +222,13 @@ def run(
     errors.drop_closed_loop_noise()  # after a failed checkpoint write (full disk): no traceback storm
     try:
       return main(argv) or 0
+    except KeyboardInterrupt:
+      interrupted()
     except JaxclsError as e:
       _fail(e)
     except Exception as e:  # pylint: disable=broad-except  (a full disk, a read-only output: one line)
+      if _caused_by_interrupt(e):  # a library that wrapped the KeyboardInterrupt (one raised inside an import)
+        interrupted()
       fault = errors.disk_fault(e, _workdir_flag())
       if fault is None:
         raise

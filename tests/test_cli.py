@@ -414,3 +414,43 @@ def test_the_compilation_cache_switch_follows_the_config_and_distrusts_a_workdir
     assert compile_cache.enable_for_workdir({"compilation_cache_dir": ""}, "/runs/a") == ""
   finally:
     compile_cache.enable("auto")  # the folder every test process shares (conftest's JAXCLS_CACHE_DIR)
+
+
+def test_an_interrupt_wrapped_by_a_library_is_still_an_interrupt():
+  """cli.run treats a KeyboardInterrupt that a library re-raised as another error (one inside an import) as Ctrl-C."""
+  from jaxcls import cli  # pylint: disable=g-import-not-at-top
+
+  try:
+    try:
+      raise KeyboardInterrupt
+    except KeyboardInterrupt as inner:
+      raise ImportError("cannot import name 'x'") from inner
+  except ImportError as e:
+    wrapped = e
+  assert cli._caused_by_interrupt(wrapped)  # pylint: disable=protected-access
+  assert not cli._caused_by_interrupt(ValueError("bad"))  # pylint: disable=protected-access
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(python, tmp_path):
+  """SIGINT to a real `python -m jaxcls.evaluate` while it imports and restores: exit status 130, one line on
+  stderr, no traceback."""
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  workdir = tmp_path / "digits"
+  shutil.copytree(os.path.join(REPO, "tests", "fixtures", "workdir_0_1"), workdir)
+  proc = subprocess.Popen(
+    [python, "-m", "jaxcls.evaluate", "--workdir", str(workdir), "--output_dir", str(tmp_path / "out")],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=subprocess_env(2),
+    cwd=REPO,
+  )
+  time.sleep(2.0)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  if proc.returncode == 0:
+    pytest.skip("evaluate finished before the interrupt")
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  assert err.strip().splitlines()[-1] == "jaxcls: evaluate.py interrupted (Ctrl-C)."
