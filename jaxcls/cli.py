@@ -15,6 +15,7 @@ import importlib.util
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 import textwrap
 import traceback
@@ -92,15 +93,18 @@ def _fail(message: Any, code: int = USER_ERROR_EXIT):
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command ended by Ctrl-C
 
 
-def interrupted() -> None:
+def interrupted(detail: str = "", *, line: str | None = None) -> None:
   """Ctrl-C outside a handler of the command's own (training saves first: `training.preemption`): one line and
   exit status 130 at once, without the interpreter's teardown (which can wait on worker threads). Output files
-  are written in one step (`core.paths.write_bytes`), so none is left half-written."""
+  are written in one step (`core.paths.write_bytes`), so none is left half-written. `detail` ends the line;
+  `line` replaces it."""
   try:
-    sys.stdout.flush()
+    sys.stdout.flush()  # the lines already printed are whole ones
   except (OSError, RuntimeError, ValueError):
     pass
-  os.write(2, f"jaxcls: {os.path.basename(sys.argv[0] or 'jaxcls')} interrupted (Ctrl-C).\n".encode())
+  command = os.path.splitext(os.path.basename(sys.argv[0] or "jaxcls"))[0]
+  line = line or f"jaxcls: {command} interrupted (Ctrl-C){'; ' + detail if detail else ''}."
+  os.write(2, (line + "\n").encode())
   os._exit(INTERRUPTED_EXIT)  # pylint: disable=protected-access
 
 
@@ -218,6 +222,10 @@ def run(
     sys.exit(0)
 
   def command(argv: list[str]) -> int:
+    # Ctrl-C ends the command at once with one line: a KeyboardInterrupt can print a traceback, be swallowed by a
+    # library's GC callback (jax's; the command then runs on) or land inside native code. Training replaces this
+    # with its own handler while it steps (training.preemption: finish the step, save it, stop).
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted())
     install_log_filter()
     errors.drop_closed_loop_noise()  # after a failed checkpoint write (full disk): no traceback storm
     try:

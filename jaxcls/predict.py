@@ -33,6 +33,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> int | None:
   """--workdir and the image paths -> predictor.run (which prints a line per file) -> exit status."""
+  signal.signal(signal.SIGINT, _interrupted)  # cli.run's, with what Ctrl-C leaves behind here
   f = flags.FLAGS
   if not f.workdir:
     raise ConfigError("--workdir is required, e.g. `python -m jaxcls.predict --workdir DIR photo.jpg folder/`.")
@@ -45,19 +46,10 @@ def main(argv: list[str]) -> int | None:
 
 
 def _interrupted(signum, frame) -> None:
-  """Ctrl-C: one line and exit status 130, at once, wherever the command is (imports, decoding, a forward pass).
-
-  A KeyboardInterrupt would print a traceback, could be swallowed by a library's garbage-collection callback (jax's
-  is one), or could interrupt a pool's shutdown lock; here nothing needs cleaning up: --output is written in one
-  step at the end, and the decode workers die with this process (`preprocess.stream`).
-  """
+  """Ctrl-C: `cli.interrupted` at once, wherever the command is (imports, decoding, a forward pass), saying what
+  is left: --output is written in one step at the end, and the decode workers die with this process."""
   del signum, frame
-  try:
-    sys.stdout.flush()  # the lines already printed are complete ones
-  except (OSError, RuntimeError, ValueError):
-    pass
-  os.write(2, b"jaxcls: predict interrupted (Ctrl-C); the lines printed above are complete, --output is not written.\n")
-  os._exit(130)  # pylint: disable=protected-access
+  cli.interrupted("the lines printed above are whole, --output is not written")
 
 
 def exit_now(status: int) -> None:
@@ -76,5 +68,4 @@ def exit_now(status: int) -> None:
 
 
 if __name__ == "__main__":
-  signal.signal(signal.SIGINT, _interrupted)
   cli.run(main, define_flags=define_flags, doc=__doc__)

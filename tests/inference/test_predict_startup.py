@@ -139,7 +139,9 @@ def test_ctrl_c_ends_predict_at_once_with_one_line_and_no_worker_left(workdir, t
     assert proc.returncode == 130, err[-3000:]
     interrupted += 1
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
-    assert err.strip().splitlines()[-1].startswith("jaxcls: predict interrupted (Ctrl-C)")
+    assert err.strip().splitlines()[-1] == (
+      "jaxcls: predict interrupted (Ctrl-C); the lines printed above are whole, --output is not written."
+    )
     assert all(": " in line for line in out.splitlines())  # whole lines only
     time.sleep(1.0)  # a worker's death signal is sent at its parent's exit
     alive = []
