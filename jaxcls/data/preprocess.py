@@ -31,7 +31,7 @@ import numpy as np
 from jaxcls.core import paths as path_layer
 from jaxcls.core.errors import ConfigError, DataError
 from jaxcls.data import decode, resize
-from jaxcls.data.sources import folder, folder_scan
+from jaxcls.data.sources import folder, folder_scan, folder_stream
 
 # Sources whose eval path honours dataset.eval_crop; the others resize whole images (data/resize.py).
 _CROPPING_SOURCES = ("folder", "tfds")
@@ -155,14 +155,15 @@ def stream(
   def decoded() -> Iterator[Decoded]:
     while pending:
       chunk, futures = pending.popleft()
-      for more in itertools.islice(chunks, 1):
-        submit(more)
-      try:
+      try:  # a dead worker breaks the pool: the next submit raises, or the result of the job it held
+        for more in itertools.islice(chunks, 1):
+          submit(more)
         results = [result for future in futures for result in future.result()]
       except concurrent.futures.process.BrokenProcessPool as e:
-        raise DataError(
-          f"A decode worker process died ({e}) while decoding {chunk[0]} ... {chunk[-1]}: memory ran out, or "
-          "the decoder crashed on one of these files; free memory or pass fewer --workers."
+        raise folder_stream.worker_died(
+          e,
+          "memory ran out, or the decoder crashed on one of these files: free memory or pass fewer --workers",
+          f"{chunk[0]} ... {chunk[-1]}",
         ) from e
       shape = (sum(error is None for _, error in results),) + preprocessing.crop.size + (preprocessing.channels,)
       images = np.empty(shape, np.uint8)

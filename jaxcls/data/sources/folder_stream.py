@@ -284,12 +284,13 @@ class _Remote:
     return _Pending(self._submit(), self._labels, self._skip)
 
 
-def worker_died(error: BaseException) -> DataError:
-  """The error for a decode worker process that died (killed for memory, a crash), naming both ways out."""
-  return DataError(
-    f"A decode worker process died ({error}); set dataset.decode_processes=0 to decode in threads, "
-    "or use fewer processes if memory ran out."
-  )
+TRAINING_FIXES = "set dataset.decode_processes=0 to decode in threads, or use fewer processes if memory ran out"
+
+
+def worker_died(error: BaseException, fixes: str = TRAINING_FIXES, during: str = "") -> DataError:
+  """The error for a decode worker process that died (killed for memory, a crash), naming the ways out (`fixes`)
+  and, if given, what it was decoding (`during`)."""
+  return DataError(f"A decode worker process died ({error}){' while decoding ' + during if during else ''}; {fixes}.")
 
 
 class _Pending:
