@@ -93,17 +93,17 @@ def _fail(message: Any, code: int = USER_ERROR_EXIT):
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command ended by Ctrl-C
 
 
-def interrupted(detail: str = "", *, line: str | None = None) -> None:
-  """Ctrl-C outside a handler of the command's own (training saves first: `training.preemption`): one line and
-  exit status 130 at once, without the interpreter's teardown (which can wait on worker threads). Output files
-  are written in one step (`core.paths.write_bytes`), so none is left half-written. `detail` ends the line;
-  `line` replaces it."""
+def interrupted(line: str | None = None) -> None:
+  """Ctrl-C outside a handler of the command's own (training saves first: `training.preemption`): one line
+  (default: `jaxcls: COMMAND interrupted (Ctrl-C).`) and exit status 130 at once, without the interpreter's
+  teardown (which can wait on worker threads). Output files are written in one step (`core.paths.write_bytes`),
+  so none is left half-written."""
   try:
     sys.stdout.flush()  # the lines already printed are whole ones
   except (OSError, RuntimeError, ValueError):
     pass
   command = os.path.splitext(os.path.basename(sys.argv[0] or "jaxcls"))[0]
-  line = line or f"jaxcls: {command} interrupted (Ctrl-C){'; ' + detail if detail else ''}."
+  line = line or f"jaxcls: {command} interrupted (Ctrl-C)."
   os.write(2, (line + "\n").encode())
   os._exit(INTERRUPTED_EXIT)  # pylint: disable=protected-access
 
@@ -205,8 +205,10 @@ def run(
   define_flags: Callable[[], None] | None = None,
   doc: str,
   flags_parser: Callable[[list[str]], list[str]] | None = None,
+  interrupted_line: str | None = None,
 ) -> None:
-  """Runs `main` as the command: flags, --help, the log filter, and user errors as one line with exit code 2.
+  """Runs `main` as the command: flags, --help, the log filter, user errors as one line with exit code 2, and
+  Ctrl-C as one line with exit code 130 (`interrupted_line`, default `jaxcls: COMMAND interrupted (Ctrl-C).`).
 
   `main(argv)` gets the positional arguments (argv[0] is the program) and returns the exit code (None is 0).
   `flags_parser` replaces absl's parsing (see `parse_config_flags`). Never returns.
@@ -225,18 +227,18 @@ def run(
     # Ctrl-C ends the command at once with one line: a KeyboardInterrupt can print a traceback, be swallowed by a
     # library's GC callback (jax's; the command then runs on) or land inside native code. Training replaces this
     # with its own handler while it steps (training.preemption: finish the step, save it, stop).
-    signal.signal(signal.SIGINT, lambda signum, frame: interrupted())
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted(interrupted_line))
     install_log_filter()
     errors.drop_closed_loop_noise()  # after a failed checkpoint write (full disk): no traceback storm
     try:
       return main(argv) or 0
-    except KeyboardInterrupt:
-      interrupted()
+    except KeyboardInterrupt:  # raised by code rather than by the signal
+      interrupted(interrupted_line)
     except JaxclsError as e:
       _fail(e)
     except Exception as e:  # pylint: disable=broad-except  (a full disk, a read-only output: one line)
       if _caused_by_interrupt(e):  # a library that wrapped the KeyboardInterrupt (one raised inside an import)
-        interrupted()
+        interrupted(interrupted_line)
       fault = errors.disk_fault(e, _workdir_flag())
       if fault is None:
         raise

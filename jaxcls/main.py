@@ -9,7 +9,6 @@ import time
 _STARTED = time.perf_counter()  # before the imports below, so the phase table can show what they cost
 
 import os  # noqa: E402  pylint: disable=wrong-import-position
-import signal  # noqa: E402  pylint: disable=wrong-import-position
 import sys  # noqa: E402  pylint: disable=wrong-import-position
 
 from absl import flags  # noqa: E402  pylint: disable=wrong-import-position
@@ -44,7 +43,6 @@ def define_flags() -> None:
 def main(argv: list[str]) -> int | None:
   """--config and --workdir -> jax.distributed (when asked) -> train.train_and_evaluate."""
   del argv
-  signal.signal(signal.SIGINT, _interrupted)  # cli.run's, with what Ctrl-C leaves behind here
   f = flags.FLAGS
   if f.config is None or not f.workdir:
     raise ConfigError("Both --config and --workdir are required, e.g. --config=configs/default.py --workdir=/tmp/run.")
@@ -80,19 +78,15 @@ def main(argv: list[str]) -> int | None:
     if jax.process_index() == 0:
       print(f"jaxcls: {e}", file=sys.stderr, flush=True)
     return preemption.EXIT_CODE
-  except KeyboardInterrupt:  # raised by code, not by the signal (see _interrupted)
-    cli.error(INTERRUPTED)
-    return cli.INTERRUPTED_EXIT
 
 
-INTERRUPTED = "interrupted before training started or after it ended; the checkpoints written so far are kept."
-
-
-def _interrupted(signum, frame) -> None:
-  """Ctrl-C outside the steps (the loop's own handler saves a checkpoint first): `cli.interrupted`, with this line."""
-  del signum, frame
-  cli.interrupted(line=f"jaxcls: error: {INTERRUPTED}")
+# Ctrl-C outside the steps (while they run, the loop's own handler saves a checkpoint first).
+INTERRUPTED = (
+  "jaxcls: error: interrupted before training started or after it ended; the checkpoints written so far are kept."
+)
 
 
 if __name__ == "__main__":
-  cli.run(main, define_flags=define_flags, doc=__doc__, flags_parser=cli.parse_config_flags)
+  cli.run(
+    main, define_flags=define_flags, doc=__doc__, flags_parser=cli.parse_config_flags, interrupted_line=INTERRUPTED
+  )

@@ -8,7 +8,6 @@ writes every prediction to a .csv or .json file; a last line on stderr gives the
 """
 
 import os
-import signal
 import sys
 
 from absl import flags
@@ -33,7 +32,6 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> int | None:
   """--workdir and the image paths -> predictor.run (which prints a line per file) -> exit status."""
-  signal.signal(signal.SIGINT, _interrupted)  # cli.run's, with what Ctrl-C leaves behind here
   f = flags.FLAGS
   if not f.workdir:
     raise ConfigError("--workdir is required, e.g. `python -m jaxcls.predict --workdir DIR photo.jpg folder/`.")
@@ -43,13 +41,6 @@ def main(argv: list[str]) -> int | None:
     f.workdir, argv[1:], step=f.step, top_k=f.top_k, batch_size=f.batch_size, output=f.output, workers=f.workers
   )
   exit_now(status)
-
-
-def _interrupted(signum, frame) -> None:
-  """Ctrl-C: `cli.interrupted` at once, wherever the command is (imports, decoding, a forward pass), saying what
-  is left: --output is written in one step at the end, and the decode workers die with this process."""
-  del signum, frame
-  cli.interrupted("the lines printed above are whole, --output is not written")
 
 
 def exit_now(status: int) -> None:
@@ -67,5 +58,8 @@ def exit_now(status: int) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
+# What Ctrl-C leaves behind: --output is written in one step at the end, and the decode workers die with the command.
+INTERRUPTED = "jaxcls: predict interrupted (Ctrl-C); the lines printed above are whole, --output is not written."
+
 if __name__ == "__main__":
-  cli.run(main, define_flags=define_flags, doc=__doc__)
+  cli.run(main, define_flags=define_flags, doc=__doc__, interrupted_line=INTERRUPTED)
