@@ -287,11 +287,11 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
   )
   # A source's own chunks, unless the dataset only forwards train_chunks to another object (a wrapper with
   # batches of its own, whose train_batches the forwarded chunks would bypass).
-  own = getattr(getattr(dataset, "train_chunks", None), "__self__", None) is dataset
+  own = getattr(getattr(dataset, "train_chunks", None), "__self__", None) is dataset and chunk_steps > 1
   host_chunks = (
     dataset.train_chunks(config.batch_size, chunk_steps, start_step=start_step, seed=config.seed) if own else None
   )
-  if host_chunks is None or chunk_steps == 1:  # the source has no faster way than stacking its batches
+  if host_chunks is None:  # the source has no faster way than stacking its batches
     host_chunks = prefetch.chunks(host_batches, chunk_steps, start_step, first=first_batch)
   else:
     host_batches.close()  # in-memory arrays: a lazy generator that has read nothing more
