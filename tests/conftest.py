@@ -1,6 +1,7 @@
 """Test setup: 8 virtual CPU devices (so sharding bugs show up) and small configs that train in seconds."""
 
 import os
+import pathlib
 import sys
 
 # XLA's CPU collectives end the process ("Termination timeout ... Exiting to ensure a consistent program state")
@@ -216,6 +217,35 @@ def saved_state(workdir, step: int | None = None):
     return ckpt.read_state(ckpt.latest_step() if step is None else step)
   finally:
     ckpt.close()
+
+
+def destroy_chunks(workdir, step: int, prefix: str) -> int:
+  """Overwrites with zeros, in the data files, the stored bytes of every array chunk whose key starts with
+  `prefix` (e.g. 'opt_state.'); returns how many chunks were destroyed.
+
+  The state is an OCDBT database: small chunks are kept inside its b-tree node (left alone: they share the node
+  with every other item's), larger ones at an (offset, length) of a data file, which tensorstore's `ocdbt.dump`
+  gives. Zeros there are no valid zstd frame, so reading such a chunk fails.
+  """
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+
+  root = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  base = ts.KvStore.open(f"file://{root}/").result()
+  manifest = ts.ocdbt.dump(base).result()
+  version = manifest["versions"][-1]
+  assert version["root_height"] == 0, "a one-node b-tree is expected for these small states"
+  node = ts.ocdbt.dump(base, version["root"]["location"]).result()
+  destroyed = 0
+  for entry in node["entries"]:
+    if entry["key"].decode().startswith(prefix) and "indirect_value" in entry:
+      # 'value:ocdbt.process_0/:d/<file>:<offset>:<length>' (the folder, then the file inside it)
+      _, folder, rest = entry["indirect_value"].split(":", 2)
+      name, offset, length = rest.rsplit(":", 2)
+      with open(root / folder / name, "r+b") as f:
+        f.seek(int(offset))
+        f.write(b"\0" * int(length))
+      destroyed += 1
+  return destroyed
 
 
 def clean_python(folder, requirements, *, without=()) -> str:

@@ -181,9 +181,10 @@ def _is_damage(error: Exception) -> bool:
   return isinstance(error, OSError)
 
 
-def _damage_cause(error: BaseException) -> BaseException | None:
+def _damage_cause(error: BaseException | None) -> Exception | None:
   """The first error in `error`'s chain of causes that `_is_damage` recognises: orbax wraps a damaged chunk's
-  tensorstore error (FAILED_PRECONDITION: Error reading ...) in a plain Exception when it reads into jax arrays."""
+  tensorstore error (FAILED_PRECONDITION: Error reading ...) in a plain Exception when it reads into jax arrays,
+  so the outer error alone does not tell a garbled chunk from a state that does not fit."""
   seen = set()
   while error is not None and id(error) not in seen:
     if isinstance(error, Exception) and _is_damage(error):
@@ -344,6 +345,13 @@ class Checkpointer:
       f"on the workdir, which moves damaged steps aside to {CORRUPT_DIR}/ and resumes from the newest intact one."
     )
 
+  def _raise_if_unreadable(self, step: int, error: Exception, also: tuple[type[Exception], ...] = ()) -> None:
+    """Raises the one-line CheckpointError naming `step` when a read of its arrays failed on missing or damaged
+    files (anywhere in `error`'s chain of causes), or with an error of the types `also`; returns otherwise."""
+    cause = _damage_cause(error)
+    if cause is not None or isinstance(error, also):
+      raise self._damaged(step, f"its arrays cannot be read: {_first_line(cause or error)}") from error
+
   def check_step(self, step: int) -> None:
     """A CheckpointError naming what is missing when checkpoint `step` is incomplete or damaged."""
     problems = step_problems(self._step_dir(step))
@@ -377,8 +385,7 @@ class Checkpointer:
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
         return reader.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     except Exception as e:  # pylint: disable=broad-exception-caught
-      if _is_damage(e) or isinstance(e, (ValueError, KeyError)):
-        raise self._damaged(step, f"its arrays cannot be read: {_first_line(e)}") from e
+      self._raise_if_unreadable(step, e, also=(ValueError, KeyError))
       raise
     finally:
       reader.close()
@@ -394,8 +401,7 @@ class Checkpointer:
       with _quiet_failed_reads():
         return dict(reader.metadata(path).item_metadata["state"])
     except Exception as e:  # pylint: disable=broad-exception-caught
-      if _is_damage(e) or isinstance(e, (ValueError, KeyError, TypeError)):
-        raise self._damaged(step, f"its arrays cannot be read: {_first_line(e)}") from e
+      self._raise_if_unreadable(step, e, also=(ValueError, KeyError, TypeError))
       raise
     finally:
       reader.close()
@@ -419,9 +425,7 @@ class Checkpointer:
         args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
         return dict(reader.restore(path, args=ocp.args.Composite(state=args))["state"])
     except Exception as e:  # pylint: disable=broad-exception-caught
-      cause = _damage_cause(e)
-      if cause is not None or isinstance(e, (ValueError, KeyError)):
-        raise self._damaged(step, f"its arrays cannot be read: {_first_line(cause or e)}") from e
+      self._raise_if_unreadable(step, e, also=(ValueError, KeyError))
       raise
     finally:
       reader.close()
@@ -443,8 +447,7 @@ class Checkpointer:
       with _quiet_failed_reads():
         state = reader.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
     except Exception as e:  # pylint: disable=broad-exception-caught
-      if _is_damage(e):
-        raise self._damaged(step, f"its arrays cannot be read: {_first_line(e)}") from e
+      self._raise_if_unreadable(step, e)
       if isinstance(e, (ValueError, KeyError, TypeError)):
         raise CheckpointError(
           f"The checkpoint at {self.directory} (step {step}) does not fit the configured model and optimizer "
@@ -480,9 +483,10 @@ class Checkpointer:
       try:
         restored = self.restore(step, abstract)
       except CheckpointError as e:
-        if not isinstance(e.__cause__, Exception) or not _is_damage(e.__cause__):
+        cause = _damage_cause(e.__cause__)
+        if cause is None:
           raise  # a fingerprint or shape mismatch is not damage: the user must decide
-        damaged[step] = f"its arrays cannot be read: {_first_line(e.__cause__)}"
+        damaged[step] = f"its arrays cannot be read: {_first_line(cause)}"
         continue
       self._move_aside(damaged)  # an intact step exists: every damaged one goes (orbax must not list them)
       return restored

@@ -17,7 +17,7 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, saved_state, subprocess_env, tiny_config
+from conftest import REPO, destroy_chunks, saved_state, subprocess_env, tiny_config
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (the fixture)
 from PIL import Image
 
@@ -105,8 +105,21 @@ def truncate_arrays(workdir, step):
       handle.truncate(os.path.getsize(f) // 2)
 
 
+def garble_arrays(workdir, step):
+  """Zeros over the second half of every data file of the state (this small state keeps its chunks inside the
+  b-tree nodes): the files keep their size, so only reading them finds the damage."""
+  files = [f for f in glob.glob(os.path.join(step_dir(workdir, step), "state", "**", "d", "*"), recursive=True)]
+  assert files
+  for f in files:
+    size = os.path.getsize(f)
+    with open(f, "r+b") as handle:
+      handle.seek(size // 2)
+      handle.write(b"\0" * (size - size // 2))
+
+
 DAMAGE = {
   "truncated arrays": truncate_arrays,
+  "garbled arrays": garble_arrays,
   "state item deleted": lambda w, s: shutil.rmtree(os.path.join(step_dir(w, s), "state")),
   "meta item deleted": lambda w, s: shutil.rmtree(os.path.join(step_dir(w, s), "meta")),
   "garbage meta": lambda w, s: open(os.path.join(step_dir(w, s), "meta", "metadata"), "w").write("{not json"),
@@ -116,6 +129,7 @@ DAMAGE = {
 }
 WHAT = {
   "truncated arrays": "arrays cannot be read",
+  "garbled arrays": "arrays cannot be read",
   "state item deleted": "state item (state/) is missing",
   "meta item deleted": "meta item (meta/) is missing",
   "garbage meta": "meta/metadata is not the JSON",
@@ -354,6 +368,56 @@ def test_damaged_latest_step_is_moved_aside(run, kind, caplog):
   assert len(warned) == 1 and "step 12" in warned[0] and WHAT[kind] in warned[0], warned
   assert len(glob.glob(os.path.join(run, checkpoint.CORRUPT_DIR, "12-*"))) == 1
   assert not os.path.exists(step_dir(run, 12))
+
+
+def test_a_garbled_chunk_of_the_latest_step_is_moved_aside(tmp_path, caplog):
+  """A chunk stored outside the b-tree node, zeroed: orbax wraps tensorstore's error in a plain Exception, so the
+  damage is found in the chain of causes and the resume goes on from the step before (no traceback)."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  kernel = np.random.default_rng(0).normal(size=(3, 3, 8, 16)).astype(np.float32)  # big enough to be stored apart
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2, async_save=False, fingerprint={"model": "x"})
+  try:
+    for step in (3, 7):
+      ckpt.save(step, {"step": np.int32(step), "params": {"kernel": kernel + step}}, {"next_batch": step}, force=True)
+  finally:
+    ckpt.close()
+  assert destroy_chunks(str(tmp_path), 7, "params.") >= 1
+  abstract = {
+    "step": jax.ShapeDtypeStruct((), np.int32, sharding=sharding),
+    "params": {"kernel": jax.ShapeDtypeStruct(kernel.shape, np.float32, sharding=sharding)},
+  }
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2, async_save=False, fingerprint={"model": "x"})
+  try:
+    with caplog.at_level(logging.WARNING):
+      state, meta = ckpt.restore_latest(abstract)
+  finally:
+    ckpt.close()
+  assert meta["step"] == 3 and int(state["step"]) == 3
+  np.testing.assert_array_equal(np.asarray(state["params"]["kernel"]), kernel + 3)
+  warned = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+  assert len(warned) == 1 and "step 7" in warned[0] and 'Error reading "params.kernel' in warned[0], warned
+  assert len(glob.glob(os.path.join(str(tmp_path), checkpoint.CORRUPT_DIR, "7-*"))) == 1
+
+
+def test_a_state_that_does_not_fit_is_an_error_and_nothing_is_moved(run):
+  """A checkpoint whose arrays are intact but of other shapes is not damage: resuming from it stops with one line
+  (a user must decide), and no step is moved aside."""
+  ckpt, abstract = abstract_state(run)
+  leaves, treedef = jax.tree.flatten(abstract)
+  kernel = next(i for i, leaf in enumerate(leaves) if len(leaf.shape) == 4)
+  shape = leaves[kernel].shape
+  leaves[kernel] = jax.ShapeDtypeStruct(
+    (*shape[:-1], shape[-1] + 1), leaves[kernel].dtype, sharding=leaves[kernel].sharding
+  )
+  try:
+    with pytest.raises(CheckpointError) as error:
+      ckpt.restore_latest(jax.tree.unflatten(treedef, leaves))
+  finally:
+    ckpt.close()
+  message = str(error.value)
+  assert "\n" not in message and "(step 12) does not fit the configured model and optimizer" in message
+  assert message.endswith("use a new --workdir.")
+  assert 12 in kept_steps(run) and not os.path.exists(os.path.join(run, checkpoint.CORRUPT_DIR))
 
 
 def test_no_intact_step_is_a_one_line_error_and_nothing_is_moved(run):

@@ -8,7 +8,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-import tensorstore as ts
+from conftest import destroy_chunks
 
 from jaxcls.core.errors import CheckpointError
 from jaxcls.store import checkpoint, restore
@@ -35,40 +35,12 @@ def assert_same(a: dict, b: dict) -> None:
     np.testing.assert_array_equal(x, y)
 
 
-def destroy(workdir, step: int, prefix: str) -> int:
-  """Overwrites with zeros, in the data files, the stored bytes of every array chunk whose key starts with
-  `prefix` (e.g. 'opt_state.'); returns how many chunks were destroyed.
-
-  The state is an OCDBT database: small chunks are kept inside its b-tree node (left alone: they share the node
-  with every other item's), larger ones at an (offset, length) of a data file, which tensorstore's `ocdbt.dump`
-  gives. Zeros there are no valid zstd frame, so reading such a chunk fails.
-  """
-  root = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
-  base = ts.KvStore.open(f"file://{root}/").result()
-  manifest = ts.ocdbt.dump(base).result()
-  version = manifest["versions"][-1]
-  assert version["root_height"] == 0, "a one-node b-tree is expected for these small states"
-  node = ts.ocdbt.dump(base, version["root"]["location"]).result()
-  destroyed = 0
-  for entry in node["entries"]:
-    if entry["key"].decode().startswith(prefix) and "indirect_value" in entry:
-      # 'value:ocdbt.process_0/:d/<file>:<offset>:<length>' (the folder, then the file inside it)
-      _, folder, rest = entry["indirect_value"].split(":", 2)
-      name, offset, length = rest.rsplit(":", 2)
-      with open(root / folder / name, "r+b") as f:
-        f.seek(int(offset))
-        f.write(b"\0" * int(length))
-      destroyed += 1
-  return destroyed
-
-
 def assert_full_read_fails_on(workdir, step: int, *prefixes: str) -> None:
-  """The whole state's read fails on a destroyed chunk (one whose key starts with one of `prefixes`).
-
-  Checkpointer.read_state lets orbax's plain Exception through for a chunk that is garbled rather than cut short;
-  the chain of causes names the chunk either way.
-  """
-  with pytest.raises(Exception) as raised:  # noqa: PT011  (CheckpointError or orbax's wrapper)
+  """The whole state's read fails on a destroyed chunk (one whose key starts with one of `prefixes`): one line
+  naming the step, and the chain of causes names the chunk."""
+  with pytest.raises(
+    CheckpointError, match=rf"^Checkpoint step {step} in .* is damaged \(its arrays cannot be read"
+  ) as raised:
     full_read(workdir, step)
   chain, error = [], raised.value
   while error is not None:
@@ -120,14 +92,14 @@ def test_the_moving_average_is_read_when_kept_and_the_params_when_not(with_ema):
 
 def test_the_optimizer_state_is_never_read(trained):
   before = restore.read_variables(trained, 300)
-  assert destroy(trained, 300, "opt_state.") >= 2  # AdamW's mu and nu of the one large kernel
+  assert destroy_chunks(trained, 300, "opt_state.") >= 2  # AdamW's mu and nu of the one large kernel
   assert_same(restore.read_variables(trained, 300), before)
   assert_full_read_fails_on(trained, 300, "opt_state.")
 
 
 def test_with_a_moving_average_neither_the_optimizer_state_nor_the_raw_params_are_read(with_ema):
   before = restore.read_variables(with_ema, 7)
-  assert destroy(with_ema, 7, "opt_state.") >= 2 and destroy(with_ema, 7, "params.") >= 1
+  assert destroy_chunks(with_ema, 7, "opt_state.") >= 2 and destroy_chunks(with_ema, 7, "params.") >= 1
   assert_same(restore.read_variables(with_ema, 7), before)
   with pytest.raises(CheckpointError, match=r"^Checkpoint step 7 in .* is damaged \(its arrays cannot be read"):
     restore.read_variables(with_ema, 7, use_ema=False)  # the raw params are read now, and fail
@@ -135,7 +107,7 @@ def test_with_a_moving_average_neither_the_optimizer_state_nor_the_raw_params_ar
 
 
 def test_damaged_params_still_give_the_one_line_error_naming_the_step(trained):
-  assert destroy(trained, 300, "params.") >= 1
+  assert destroy_chunks(trained, 300, "params.") >= 1
   with pytest.raises(CheckpointError) as raised:
     restore.read_variables(trained, 300)
   message = str(raised.value)
