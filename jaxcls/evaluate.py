@@ -45,15 +45,12 @@ def main(argv: list[str]) -> int | None:
   f = flags.FLAGS
   if not f.workdir:
     raise ConfigError("--workdir is required, e.g. `python -m jaxcls.evaluate --workdir DIR`.")
-  from absl import logging  # pylint: disable=g-import-not-at-top
-
   from jaxcls.evaluation import workdir_eval  # pylint: disable=g-import-not-at-top  (jax: not for --help)
 
   final = workdir_eval.evaluate_workdir(
     f.workdir, split=f.split, step=f.step, output_dir=f.output_dir, data_dir=f.data, labels_file=f.labels_file
   )
-  logging.info("%s", workdir_eval.summary(final))
-  print(workdir_eval.summary(final))
+  print(workdir_eval.summary(final))  # stdout only: a second copy in the log would show it twice on a terminal
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ def test_command_prints_a_summary(trained, tmp_path, python):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "simple_cnn at step 8 on the test split: num_examples 360" in proc.stdout
+  assert (proc.stdout + proc.stderr).count(" on the test split: ") == 1  # not repeated by the log on stderr
   assert json.loads((tmp_path / "report.json").read_text())["num_examples"] == 360
   # User errors: one line on stderr and exit 2 (cli.run), before anything is restored.
   for args, message in (
