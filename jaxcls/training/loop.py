@@ -362,12 +362,18 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
         evaluator.conclude(last_step, eval_params(state), state.batch_stats)
   finally:
     gc.unfreeze()
-    stop.close()
     workdir_lib.write_skipped_files(workdir, dataset, is_main)  # streaming sources find bad files as they go
     batches.close()
-    with clock.phase("checkpoints"):
-      ckpt.close()
+    try:
+      with clock.phase("checkpoints"):
+        ckpt.close()  # waits for the last save
+    finally:
+      stop.close()  # only now: a signal during the final evaluation or save lets them finish (below)
     writer.flush()
+  if (
+    stop.signal_name is not None
+  ):  # signalled after the last step: every checkpoint is complete, stop before the report
+    raise preemption.Preempted(last_step, ckpt.directory, stop.signal_name)
 
   final_report = {}
   for evaluator in listed:  # after the checkpoints are closed: the files of each evaluator, the report first

@@ -138,6 +138,45 @@ def test_sigterm_during_evaluation_finishes_it_saves_that_step_and_resumes_exact
   assert logged_losses(tmp_path) == logged_losses(full)
 
 
+def test_a_signal_during_the_final_save_lets_it_finish_and_stops_before_the_report(
+  tmp_path, uninterrupted, monkeypatch
+):
+  """After the last step the loop still owns SIGTERM/SIGINT until its checkpoints are closed: a signal while the
+  final asynchronous save is written lets it finish and stops with Preempted (exit 75 from main), never abandoning
+  it or being ignored; the re-run of the finished workdir trains nothing and writes the report."""
+  full, full_report = uninterrupted
+  original_close, seen = checkpoint.Checkpointer.close, {}
+
+  def signal_then_close(self):
+    if not seen:
+      seen["in_progress"] = self._manager.is_saving_in_progress()  # pylint: disable=protected-access
+      os.kill(os.getpid(), signal.SIGTERM)
+    original_close(self)
+
+  outside = []
+
+  def mine(signum, frame):  # what the loop must put back
+    del signum, frame
+    outside.append(True)
+
+  previous = signal.signal(signal.SIGTERM, mine)
+  try:
+    monkeypatch.setattr(checkpoint.Checkpointer, "close", signal_then_close)
+    with pytest.raises(preemption.Preempted) as stopped:
+      train.train_and_evaluate(tiny_config(async_checkpointing=True), str(tmp_path))
+    monkeypatch.undo()
+    assert seen["in_progress"], "the final save had finished before the signal: the test tested nothing"
+    assert not outside and signal.getsignal(signal.SIGTERM) is mine  # the loop took the signal, then put it back
+    assert stopped.value.step == 12 and stopped.value.signal_name == "SIGTERM"
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert max(_steps(tmp_path)) == 12 and not (tmp_path / "report.json").exists()
+  _assert_same_state(full, tmp_path)  # the final save is complete
+
+  report = train.train_and_evaluate(tiny_config(async_checkpointing=True), str(tmp_path))
+  assert report["accuracy"] == full_report["accuracy"] and (tmp_path / "report.json").exists()
+
+
 def test_sigterm_during_an_async_save_keeps_it_intact_and_resumes_exactly(tmp_path, uninterrupted, monkeypatch):
   full, full_report = uninterrupted
   original_save, seen = checkpoint.Checkpointer.save, {}
