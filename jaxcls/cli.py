@@ -289,6 +289,17 @@ def load_config_file(path: str):
   path = path.split(":", 1)[0]  # config_flags' "file.py:argument" form
   if not os.path.isfile(path):
     raise ConfigError(f"Config file {path!r} does not exist; pass --config=configs/default.py or another file.")
+  if not path.endswith(".py"):
+    hint = (
+      " A workdir's config.json records a run's resolved config; to resume that run, re-run its command (the same "
+      "--config file and --workdir)."
+      if path.endswith(".json")
+      else ""
+    )
+    raise ConfigError(
+      f"Config file {path!r} is not a Python file: --config takes a .py file whose get_config() returns the "
+      f"ConfigDict, e.g. configs/default.py.{hint}"
+    )
   spec = importlib.util.spec_from_file_location("_jaxcls_user_config", path)
   module = importlib.util.module_from_spec(spec)
   try:

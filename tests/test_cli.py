@@ -68,6 +68,7 @@ def test_default_config_end_to_end(python, tmp_path):
     ("--config.model.widht=3", "Unknown argument 'widht' for model 'simple_cnn'"),
     ("--config.model.name=resnet19", "Unknown model 'resnet19'"),
     ("--config.dataset.name=digitz", "Unknown dataset 'digitz'"),
+    ("--config=tests/fixtures/workdir_0_1/config.json", "is not a Python file: --config takes a .py file"),
   ],
 )
 def test_bad_keys_fail_with_one_line(python, tmp_path, override, expected):
