@@ -15,16 +15,17 @@ from jaxcls import cli
 def define_flags() -> None:
   """--config (with its overrides), --output and --num."""
   cli.define_config_flag()
-  flags.DEFINE_string("output", "grid.png", "Where to write the PNG.")
-  flags.DEFINE_integer("num", 32, "Number of examples to show.")
+  flags.DEFINE_string("output", "grid.png", "Where to write the grid: a .png, .jpg or .jpeg file (local or gs://).")
+  flags.DEFINE_integer("num", 32, "Number of training examples to show (all of them when the split has fewer).")
 
 
 def main(argv: list[str]) -> None:
   """The config -> data.preview.write_grid -> the path written."""
   del argv
-  config = cli.config("--config=configs/default.py --output=grid.png")
   from jaxcls.data import preview  # pylint: disable=g-import-not-at-top
 
+  preview.check_output(flags.FLAGS.output, flags.FLAGS.num)
+  config = cli.config("--config=configs/default.py --output=grid.png")
   print(f"Wrote {preview.write_grid(config, flags.FLAGS.output, flags.FLAGS.num)}")
 
 

@@ -9,7 +9,9 @@ normalisation. Mixed (Mixup / CutMix) labels are captioned with their two larges
 """
 
 import inspect
+import io
 import math
+import os
 from collections.abc import Sequence
 
 import jax
@@ -18,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from jaxcls import data
+from jaxcls.core import paths
+from jaxcls.core.errors import ConfigError
 from jaxcls.data import augment as augment_lib
 
 _CELL = 112  # pixels per image in the grid: small images are enlarged (nearest) so pixels stay visible
@@ -91,8 +95,21 @@ def _block(images: np.ndarray, labels: np.ndarray, class_names, title: str, font
   return canvas
 
 
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def check_output(output: str, num: int) -> None:
+  """One-line ConfigErrors for an --output that is no image file name or a --num below 1 (before any data loads)."""
+  if os.path.splitext(output)[1].lower() not in IMAGE_FORMATS:
+    raise ConfigError(f"--output={output} must end in .png, .jpg or .jpeg: the grid is an image.")
+  if num < 1:
+    raise ConfigError(f"--num={num} must be at least 1.")
+
+
 def write_grid(config, output: str, num: int = 32) -> str:
-  """Writes the before/after grid of the first `num` training examples to `output`; returns the path."""
+  """Writes the before/after grid of the first `num` training examples (all of them when there are fewer) to
+  `output` (local or gs://; its folder is created), in one step; returns the path."""
+  check_output(output, num)
   dataset = data.build(config, process_index=0, process_count=1)
   info = dataset.info
   num = max(1, min(num, info.num_train))
@@ -113,5 +130,8 @@ def write_grid(config, output: str, num: int = 32) -> str:
   grid = Image.new("RGB", (before.width, before.height + after.height + 8), (180, 180, 180))
   grid.paste(before, (0, 0))
   grid.paste(after, (0, before.height + 8))
-  grid.save(output)
+  encoded = io.BytesIO()
+  grid.save(encoded, format=IMAGE_FORMATS[os.path.splitext(output)[1].lower()])
+  paths.makedirs(paths.path(output, "--output").parent)
+  paths.write_bytes(output, encoded.getvalue())
   return output
