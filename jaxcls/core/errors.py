@@ -86,11 +86,13 @@ def disk_fault(error: BaseException, workdir: str | None = None) -> "WorkdirErro
     return None
   code, filename = found
   name = errno_lib.errorcode[code]
-  fix = (
-    "free some space (or raise the limit) and run the same command again to resume"
-    if name in ("ENOSPC", "EDQUOT", "EFBIG")
-    else "give a --workdir that is a writable folder (new or existing)"
-  )
+  outside = bool(filename and workdir) and not _inside(str(filename), str(workdir))
+  if name in ("ENOSPC", "EDQUOT", "EFBIG"):
+    fix = "free some space (or raise the limit) and run the same command again to resume"
+  elif outside or (filename and not workdir):  # an --output or --output_dir of its own, not the workdir
+    fix = "give that output a path in a writable folder (new or existing)"
+  else:
+    fix = "give a --workdir that is a writable folder (new or existing)"
   steps = []
   if workdir and "://" not in str(workdir):
     try:
@@ -108,6 +110,15 @@ def disk_fault(error: BaseException, workdir: str | None = None) -> "WorkdirErro
     f"Cannot write {filename or workdir or 'a file'}: {DISK_FAULTS[name]} ({name}: "
     f"{os.strerror(code)}); {fix}. Files written before are left as they were{kept}."
   )
+
+
+def _inside(filename: str, folder: str) -> bool:
+  """Whether `filename` is `folder` or lies below it (paths compared as written, made absolute when local)."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  if "://" not in filename and "://" not in folder:
+    filename, folder = os.path.abspath(filename), os.path.abspath(folder)
+  return filename == folder or filename.startswith(folder.rstrip("/") + "/")
 
 
 def drop_closed_loop_noise() -> None:

@@ -469,6 +469,14 @@ def test_disk_faults_map_to_one_line(tmp_path):
     assert "\n" not in str(fault)
   assert errors.disk_fault(ValueError("a bug")) is None and errors.disk_fault(KeyError("x")) is None
   assert "checkpoint" not in str(errors.disk_fault(cases[0][0]))  # no workdir: nothing said about checkpoints
+  # The fix names what to change: the workdir for a file in it, the output's own path (predict --output,
+  # evaluate --output_dir) for one outside it.
+  inside = OSError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "run" / "report.json"))
+  outside = OSError(errno.EACCES, os.strerror(errno.EACCES), "/elsewhere/predictions.csv")
+  assert "give a --workdir that is a writable folder" in str(errors.disk_fault(inside, str(tmp_path / "run")))
+  for workdir in (str(tmp_path / "run"), None):
+    message = str(errors.disk_fault(outside, workdir))
+    assert "give that output a path in a writable folder" in message and "--workdir" not in message, message
 
 
 # --- subprocess cases (slow) ---------------------------------------------------------------------------------------
