@@ -31,6 +31,10 @@ def table(
   from jaxcls.core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxcls.models import cost  # pylint: disable=g-import-not-at-top
 
+  sizes = {"--image_size": image_shape[0], "--channels": image_shape[2], "--num_classes": num_classes}
+  for flag, value in sizes.items():
+    if value < 1:
+      raise ConfigError(f"{flag}={value} must be at least 1.")
   unknown = [n for n in names if n not in models.MODELS]
   if unknown:
     raise ConfigError(f"Unknown model(s) {', '.join(unknown)}; known: {', '.join(models.model_names())}.")

@@ -47,6 +47,10 @@ class Settings:
   batch_size: int = 32
   seed: int = 0
 
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise ConfigError(f"--batch_size={self.batch_size} must be at least 1 (noisy copies or path points per call).")
+
 
 def resolve_classes(value: str | None, class_names: Sequence[str]) -> list[int]:
   """Indices of the comma-separated class names or indices in `value` (empty: the predicted class)."""

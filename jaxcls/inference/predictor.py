@@ -314,6 +314,10 @@ def run(
 
   check_output_path(output)
   check_top_k(top_k)
+  if batch_size is not None and batch_size < 1:
+    raise ConfigError(f"--batch_size={batch_size} must be at least 1 (leave it out for the config's eval batch size).")
+  if workers < 0:
+    raise ConfigError(f"--workers={workers} must be 0 (one decoding thread per CPU core) or more.")
   if not paths:
     raise ConfigError(
       "Give the image files or folders to predict on after the flags, e.g. "

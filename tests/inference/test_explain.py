@@ -148,6 +148,11 @@ def test_gradient_methods_match_closed_forms_on_a_linear_model():
     attribution.grad_cam(score_fn, image, 1)
 
 
+def test_a_batch_size_below_one_is_refused():
+  with pytest.raises(ConfigError, match=r"^--batch_size=0 must be at least 1 \(noisy copies or path points per call"):
+    explain.Settings(batch_size=0)  # attribution would have taken it as 1 without a word
+
+
 def test_path_points_integrate_polynomials():
   for rule, exact_degree in (("trapezoid", 1), ("riemann_middle", 1), ("riemann_left", 0), ("riemann_right", 0)):
     alphas, weights = attribution.path_points(4, rule)

@@ -222,6 +222,10 @@ def test_bad_workdirs_and_options_are_named(trained, tmp_path):
     predict.run(trained[0], [str(trained[1])], output="out.txt")
   with pytest.raises(DataError, match="No image files in"):
     predict.run(trained[0], [str(tmp_path / "untrained")])
+  with pytest.raises(ConfigError, match=r"^--batch_size=0 must be at least 1 \(leave it out for the config's"):
+    predict.run(trained[0], [str(trained[1])], batch_size=0)  # 0 was taken as "the default" without a word
+  with pytest.raises(ConfigError, match=r"^--workers=-1 must be 0 \(one decoding thread per CPU core\) or more"):
+    predict.run(trained[0], [str(trained[1])], workers=-1)
 
 
 def test_command_line(trained, tmp_path, python):

@@ -553,6 +553,13 @@ def test_list_models_command_prints_params_and_gflops():
   lenet = lines[1].split()
   assert lenet[0] == "lenet5" and lenet[1] == "61,706" and float(lenet[2]) > 0
   assert lines[2].split()[0] == "simple_cnn"
+  for shape, classes, words in (
+    ((0, 0, 1), 10, "--image_size=0"),
+    ((8, 8, 0), 10, "--channels=0"),
+    ((8, 8, 1), 0, "--num_classes=0"),
+  ):
+    with pytest.raises(ConfigError, match=f"^{words} must be at least 1.$"):  # before: every row a division by zero
+      list(list_models.table(["lenet5"], shape, classes))
 
 
 def test_lowered_flops_agree_with_the_compiled_programs():
