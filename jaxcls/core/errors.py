@@ -86,7 +86,10 @@ def disk_fault(error: BaseException, workdir: str | None = None) -> "WorkdirErro
     return None
   code, filename = found
   name = errno_lib.errorcode[code]
-  outside = bool(filename and workdir) and not _inside(str(filename), str(workdir))
+  # Outside: neither in the workdir nor a folder the workdir was to be made in (makedirs names the first it fails).
+  outside = bool(filename and workdir) and not (
+    _inside(str(filename), str(workdir)) or _inside(str(workdir), str(filename))
+  )
   if name in ("ENOSPC", "EDQUOT", "EFBIG"):
     fix = "free some space (or raise the limit) and run the same command again to resume"
   elif outside or (filename and not workdir):  # an --output or --output_dir of its own, not the workdir
@@ -94,7 +97,8 @@ def disk_fault(error: BaseException, workdir: str | None = None) -> "WorkdirErro
   else:
     fix = "give a --workdir that is a writable folder (new or existing)"
   steps = []
-  if workdir and "://" not in str(workdir):
+  about_workdir = bool(workdir) and not outside  # a failed --output says nothing about the run's checkpoints
+  if about_workdir and "://" not in str(workdir):
     try:
       steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
     except OSError:
@@ -103,7 +107,7 @@ def disk_fault(error: BaseException, workdir: str | None = None) -> "WorkdirErro
     f": the last checkpoint (step {steps[-1]}) is intact"
     if steps
     else ": no checkpoint had been written"
-    if workdir
+    if about_workdir
     else ""
   )
   return WorkdirError(
@@ -113,11 +117,12 @@ def disk_fault(error: BaseException, workdir: str | None = None) -> "WorkdirErro
 
 
 def _inside(filename: str, folder: str) -> bool:
-  """Whether `filename` is `folder` or lies below it (paths compared as written, made absolute when local)."""
+  """Whether `filename` is `folder` or lies below it (URLs compared as written; local paths with their symlinks
+  resolved, as a library may report the real path of a file in a symlinked workdir)."""
   import os  # pylint: disable=g-import-not-at-top
 
   if "://" not in filename and "://" not in folder:
-    filename, folder = os.path.abspath(filename), os.path.abspath(folder)
+    filename, folder = os.path.realpath(filename), os.path.realpath(folder)
   return filename == folder or filename.startswith(folder.rstrip("/") + "/")
 
 

@@ -121,5 +121,10 @@ def makedirs(target: PathLike, what: str = "folder") -> epath.Path:
   (creating one there would be an empty marker object at best, a new bucket at worst)."""
   target = path(target, what)
   if not is_remote(target):
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+      target.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError as e:  # no parent can be made there (/proc, a mount that went away): not a disk fault
+      raise ConfigError(
+        f"Cannot create the {what} {target} ({e.strerror}); give a path in a writable folder (new or existing)."
+      ) from None
   return target

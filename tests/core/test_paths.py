@@ -63,6 +63,12 @@ def test_local_paths_are_absolute_and_makedirs_makes_nothing_remote(gcs, tmp_pat
   assert sorted(os.listdir(tmp_path)) == ["a"]
 
 
+def test_a_folder_that_cannot_be_made_is_one_line():
+  """mkdir under /proc fails with ENOENT, which is no disk fault (that errno also means a missing input)."""
+  with pytest.raises(ConfigError, match=r"^Cannot create the --output_dir /proc/jaxcls-test/x \(No such file or"):
+    paths.makedirs("/proc/jaxcls-test/x", "--output_dir")
+
+
 # --- metrics.jsonl without appends. ---
 
 

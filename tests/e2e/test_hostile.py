@@ -465,18 +465,24 @@ def test_disk_faults_map_to_one_line(tmp_path):
   for error, name in cases:
     fault = errors.disk_fault(error, str(tmp_path / "run"))
     assert isinstance(fault, WorkdirError), (error, name)
-    assert f"({name}:" in str(fault) and "the last checkpoint (step 8) is intact" in str(fault)
-    assert "\n" not in str(fault)
+    assert f"({name}:" in str(fault) and "\n" not in str(fault)
   assert errors.disk_fault(ValueError("a bug")) is None and errors.disk_fault(KeyError("x")) is None
   assert "checkpoint" not in str(errors.disk_fault(cases[0][0]))  # no workdir: nothing said about checkpoints
   # The fix names what to change: the workdir for a file in it, the output's own path (predict --output,
   # evaluate --output_dir) for one outside it.
   inside = OSError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "run" / "report.json"))
   outside = OSError(errno.EACCES, os.strerror(errno.EACCES), "/elsewhere/predictions.csv")
-  assert "give a --workdir that is a writable folder" in str(errors.disk_fault(inside, str(tmp_path / "run")))
+  message = str(errors.disk_fault(inside, str(tmp_path / "run")))
+  assert "give a --workdir that is a writable folder" in message and "the last checkpoint (step 8)" in message
+  linked = tmp_path / "linked"
+  linked.symlink_to(tmp_path / "run")  # the workdir given through a symlink, the file named by its real path
+  assert "give a --workdir that is a writable folder" in str(errors.disk_fault(inside, str(linked)))
+  above = _real_os_error(lambda: os.makedirs("/sys/jaxcls-test/run"))  # names /sys/jaxcls-test, the workdir's parent
+  assert "give a --workdir that is a writable folder" in str(errors.disk_fault(above, "/sys/jaxcls-test/run"))
   for workdir in (str(tmp_path / "run"), None):
     message = str(errors.disk_fault(outside, workdir))
     assert "give that output a path in a writable folder" in message and "--workdir" not in message, message
+    assert "checkpoint" not in message  # the run's checkpoints are beside the point of a failed --output
 
 
 # --- subprocess cases (slow) ---------------------------------------------------------------------------------------
