@@ -39,15 +39,17 @@ def chunk_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-  """Global batches are split evenly over devices and processes; say so plainly if they cannot be."""
+  """Global batches are split evenly over devices and processes; say so plainly if they cannot be. `name` is a
+  config key ('batch_size': config.batch_size) or, starting with '--', a command's flag."""
   n = mesh.devices.size
+  label = name if name.startswith("--") else f"config.{name}"
   if batch_size <= 0 or batch_size % n:
     raise ConfigError(
-      f"config.{name}={batch_size} must be a positive multiple of the {n} devices in use; "
+      f"{label}={batch_size} must be a positive multiple of the {n} devices in use; "
       f"try {max(n, round(batch_size / n) * n)}."
     )
   if batch_size % jax.process_count():
-    raise ConfigError(f"config.{name}={batch_size} must be divisible by the {jax.process_count()} processes.")
+    raise ConfigError(f"{label}={batch_size} must be divisible by the {jax.process_count()} processes.")
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh, *, stacked: bool = False) -> dict[str, jax.Array]:

@@ -352,6 +352,8 @@ def evaluate_workdir(
   knn_metric = d["knn_metric"] if knn_metric is None else knn_metric
   l2_reg = float(d["l2_reg"] if l2_reg is None else l2_reg)
   check_settings(shots, seeds, knn_k, knn_metric)
+  if batch_size < 0:
+    raise ConfigError(f"--batch_size={batch_size} must be 0 (the config's eval batch size) or more.")
   restored = restore.restore(workdir, step)
   config = restored.config
   config.dataset.train_crop = "resize"  # no random host crops: the features of an example are fixed
@@ -364,8 +366,9 @@ def evaluate_workdir(
       f"trained on {restored.info.num_classes}; point the config at the training data."
     )
   mesh = parallel.make_mesh()
+  given = batch_size
   batch_size = int(batch_size or config.eval_batch_size or config.batch_size)
-  parallel.check_batch_size(batch_size, mesh, "batch_size")
+  parallel.check_batch_size(batch_size, mesh, "--batch_size" if given else "eval_batch_size")
   info = restored.info
   extractor = features.FeatureExtractor(restored.model, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
   variables = parallel.replicate(restored.variables, mesh)

@@ -261,6 +261,11 @@ def test_evaluator_is_deterministic_and_matches_the_command(trained):
   assert json.loads(open(os.path.join(trained, "fewshot.json")).read())["metrics"] == first
   # Features of a trained model separate the synthetic classes well.
   assert first["fewshot/25shot_mean"] > 0.5 and first["fewshot/knn10"] > 0.5
+  # The command's --batch_size is named as the flag it is (not as config.batch_size), a negative one at once.
+  with pytest.raises(ConfigError, match=r"^--batch_size=-1 must be 0 \(the config's eval batch size\) or more\.$"):
+    fewshot.evaluate_workdir(trained, shots=(1,), seeds=1, knn_k=(), batch_size=-1)
+  with pytest.raises(ConfigError, match=r"^--batch_size=3 must be a positive multiple of the 8 devices in use; try 8"):
+    fewshot.evaluate_workdir(trained, shots=(1,), seeds=1, knn_k=(), batch_size=3)
 
 
 def test_evaluator_rejects_impossible_settings(trained):
