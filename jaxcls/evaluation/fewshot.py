@@ -368,7 +368,8 @@ def evaluate_workdir(
   mesh = parallel.make_mesh()
   given = batch_size
   batch_size = int(batch_size or config.eval_batch_size or config.batch_size)
-  parallel.check_batch_size(batch_size, mesh, "--batch_size" if given else "eval_batch_size")
+  source = "--batch_size" if given else "eval_batch_size" if config.eval_batch_size else "batch_size"
+  parallel.check_batch_size(batch_size, mesh, source)
   info = restored.info
   extractor = features.FeatureExtractor(restored.model, mean=info.mean, std=info.std, dtype=config.dtype, mesh=mesh)
   variables = parallel.replicate(restored.variables, mesh)
