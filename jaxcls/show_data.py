@@ -22,10 +22,9 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   """The config -> data.preview.write_grid -> the path written."""
   del argv
+  config = cli.config("--config=configs/default.py --output=grid.png")
   from jaxcls.data import preview  # pylint: disable=g-import-not-at-top
 
-  preview.check_output(flags.FLAGS.output, flags.FLAGS.num)
-  config = cli.config("--config=configs/default.py --output=grid.png")
   print(f"Wrote {preview.write_grid(config, flags.FLAGS.output, flags.FLAGS.num)}")
 
 

@@ -370,9 +370,8 @@ def _train_and_evaluate(config, workdir, *, dataset, devices, clock) -> dict[str
     finally:
       stop.close()  # only now: a signal during the final evaluation or save lets them finish (below)
     writer.flush()
-  if (
-    stop.signal_name is not None
-  ):  # signalled after the last step: every checkpoint is complete, stop before the report
+  # Signalled after the last step: every checkpoint is complete; stop before the report (the re-run writes it).
+  if stop.signal_name is not None:
     raise preemption.Preempted(last_step, ckpt.directory, stop.signal_name)
 
   final_report = {}
