@@ -12,6 +12,11 @@ resident memory (from `os.wait4`, per child) are recorded, and both print the sa
 pair). Prints the median of each, the load average, and as its last line the ratio of the medians (predict /
 exported; the issue's target is <= 1.05).
 
+Both run once before the timed runs, untimed, with a cache folder of their own (JAXCLS_CACHE_DIR): so predict runs
+as it does from its second call on a checkpoint, loading its compiled forward pass and weights from its cache
+(jaxcls/inference/forward_cache.py). `--cold` instead empties that folder before every predict run: the first
+call on a checkpoint (restore, trace, compile, and writing the cache entry).
+
 `--baseline TREE` adds a third command to the alternation: `python -m jaxcls.predict` run from another checkout
 of jaxcls (e.g. `git archive OLD_COMMIT jaxcls | tar -x -C TREE`), so a change is measured against the code before
 it under the same load.
@@ -104,6 +109,11 @@ def main():
   parser.add_argument("--repeats", type=int, default=5, help="runs of each, in alternation")
   parser.add_argument("--keep", help="keep the workdir, export and images in this folder")
   parser.add_argument("--baseline", help="also time predict from this other jaxcls tree (holding jaxcls/)")
+  parser.add_argument(
+    "--cold",
+    action="store_true",
+    help="give each predict run an empty cache folder (JAXCLS_CACHE_DIR): the first predict on a checkpoint",
+  )
   args = parser.parse_args()
   root = args.keep or tempfile.mkdtemp(prefix="predict_vs_export-")
   os.makedirs(root, exist_ok=True)
@@ -146,9 +156,17 @@ def main():
     walls = {name: [] for name in commands}
     cpus = {name: [] for name in commands}
     rss = {name: [] for name in commands}
+    cache = tempfile.mkdtemp(prefix="cache-", dir=root)
+    env["JAXCLS_CACHE_DIR"] = cache  # its own compilation and forward-pass cache, warmed up below unless --cold
+    if not args.cold:
+      for name, command in commands.items():
+        wall = timed(command, env, cwds[name])[0]
+        print(f"warm-up {name:8s} {wall:6.2f} s (not counted; predict keeps its forward pass in the cache)")
     for repeat in range(args.repeats):
       outputs = {}
       for name, command in commands.items():
+        if args.cold:
+          shutil.rmtree(cache, ignore_errors=True)
         wall, cpu, peak, out, err = timed(command, env, cwds[name])
         walls[name].append(wall)
         cpus[name].append(cpu)

@@ -6,6 +6,7 @@ quick to compile or small (JAX's defaults skip those under 1 s, and on a CPU the
 folder is kept under MAX_BYTES by JAX's least-recently-used eviction, so it never grows without bound.
 """
 
+import contextlib
 import os
 
 import jax
@@ -65,6 +66,12 @@ def enable_for_workdir(config, workdir: str | None = None, *, announce: bool = T
   predict): that file may come from elsewhere, so a cache folder it names outside the default location is not
   trusted and the default is used. A config without the key (a workdir older than it) uses the default, 'auto'.
   """
+  return enable(setting_for(config, workdir), announce=announce)
+
+
+def setting_for(config, workdir: str | None = None) -> str:
+  """`config.compilation_cache_dir` ('auto' when absent), or 'auto' (with a warning) when a workdir's config.json
+  names a folder outside the default location (see `enable_for_workdir`)."""
   setting = config.get("compilation_cache_dir", "auto") if config is not None else "auto"
   if workdir is not None and setting not in ("", "auto") and resolve(setting) != resolve("auto"):
     logging.warning(
@@ -73,7 +80,26 @@ def enable_for_workdir(config, workdir: str | None = None, *, announce: bool = T
       setting,
     )
     setting = "auto"
-  return enable(setting, announce=announce)
+  return setting
+
+
+@contextlib.contextmanager
+def paused():
+  """A context in which nothing is read from or written to the persistent compilation cache: what compiles inside
+  is compiled afresh. predict's forward-pass cache needs that: on CPU, an executable jax loaded from this cache
+  serializes without its machine code (`jax.experimental.serialize_executable` of it fails to run)."""
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
+  if not jax.config.jax_enable_compilation_cache:
+    yield
+    return
+  compilation_cache.reset_cache()
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", True)
+    compilation_cache.reset_cache()  # opened again, at the same folder, by the next compile
 
 
 def entries(directory: str) -> int:

@@ -61,9 +61,16 @@ def padded_batch_size(config, batch_size: int | None, num_devices: int) -> int:
 
 
 class Predictor:
-  """Probabilities for uint8 image batches, sharded over the local devices; compiled once per batch shape."""
+  """Probabilities for uint8 image batches, sharded over the local devices; compiled once per batch shape.
 
-  def __init__(self, restored, *, batch_size: int | None = None, devices=None):
+  Each batch shape is compiled ahead of time (`compiled`: rows -> `jax.stages.Compiled` of
+  probabilities(weights, images), the weights a flat list), so predict's forward-pass cache can keep the very
+  executables a run used (jaxcls/inference/forward_cache.py).
+  """
+
+  def __init__(self, restored, *, batch_size: int | None = None, devices=None, fresh_compiles: bool = False):
+    """`fresh_compiles`: compile outside the persistent compilation cache (`compile_cache.paused`), so that every
+    executable in `compiled` can be serialized."""
     import jax  # pylint: disable=g-import-not-at-top
 
     from jaxcls.core import parallel  # pylint: disable=g-import-not-at-top
@@ -73,12 +80,33 @@ class Predictor:
     self._devices = self._mesh.devices.size
     self.batch_size = padded_batch_size(restored.config, batch_size, self._devices)
     self._sharded = parallel.batch_sharded(self._mesh)
-    self._variables = parallel.replicate(forward.model_variables(restored.variables), self._mesh)
+    leaves, treedef = jax.tree_util.tree_flatten(forward.model_variables(restored.variables))
+    self.host_weights = [np.asarray(leaf) for leaf in leaves]  # in the order the compiled function takes them
+    self._weights = parallel.replicate(self.host_weights, self._mesh)
+    probabilities = inference_function(restored)
     self._forward = jax.jit(
-      inference_function(restored),
+      lambda weights, images: probabilities(treedef.unflatten(weights), images),
       in_shardings=(parallel.replicated(self._mesh), self._sharded),
       out_shardings=parallel.replicated(self._mesh),
     )
+    self._image_shape = tuple(restored.info.image_shape)
+    self._fresh_compiles = fresh_compiles
+    self.compiled = {}
+
+  def executable(self, rows: int):
+    """The compiled forward pass of a batch of `rows` images (compiled on first use, through the persistent
+    compilation cache when it is on)."""
+    if rows not in self.compiled:
+      import contextlib  # pylint: disable=g-import-not-at-top
+
+      import jax  # pylint: disable=g-import-not-at-top
+
+      from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top
+
+      images = jax.ShapeDtypeStruct((rows, *self._image_shape), np.uint8, sharding=self._sharded)
+      with compile_cache.paused() if self._fresh_compiles else contextlib.nullcontext():
+        self.compiled[rows] = self._forward.lower(self._weights, images).compile()
+    return self.compiled[rows]
 
   def dispatch(self, images: np.ndarray, rows: int | None = None):
     """Starts the forward pass of at most `batch_size` uint8 images and returns its (not yet ready) result.
@@ -88,13 +116,8 @@ class Predictor:
     """
     import jax  # pylint: disable=g-import-not-at-top
 
-    count = len(images)
-    if not 0 < count <= self.batch_size:
-      raise ValueError(f"A batch of {count} images does not fit batch_size={self.batch_size}.")
-    padded = max(rows or 0, math.ceil(count / self._devices) * self._devices)
-    if padded != count:
-      images = np.concatenate([images, np.zeros((padded - count,) + images.shape[1:], images.dtype)])
-    return self._forward(self._variables, jax.device_put(np.asarray(images), self._sharded))
+    images, padded = pad_batch(images, self.batch_size, self._devices, rows)
+    return self.executable(padded)(self._weights, jax.device_put(images, self._sharded))
 
   @staticmethod
   def fetch(result, count: int) -> np.ndarray:
@@ -112,6 +135,21 @@ class Predictor:
       chunk = images[start : start + self.batch_size]
       out.append(self.fetch(self.dispatch(chunk, rows), len(chunk)))
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def pad_batch(images: np.ndarray, batch_size: int, devices: int, rows: int | None) -> tuple[np.ndarray, int]:
+  """(uint8 images padded with zero images, their row count): to `rows`, and at least to the next multiple of
+  `devices`; a ValueError for an empty batch or one over `batch_size`."""
+  count = len(images)
+  if not 0 < count <= batch_size:
+    raise ValueError(f"A batch of {count} images does not fit batch_size={batch_size}.")
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise ValueError(f"Images must be uint8 [N, H, W, C] as decoded (0-255), not {images.dtype}.")
+  padded = max(rows or 0, math.ceil(count / devices) * devices)
+  if padded != count:
+    images = np.concatenate([images, np.zeros((padded - count,) + images.shape[1:], np.uint8)])
+  return images, padded
 
 
 def predict_files(
@@ -331,14 +369,22 @@ def run(
   requested = padded_batch_size(config, batch_size, 1)
   records, counts, first = [], {"predicted": 0, "failed": 0}, None
   with decoding(config, files, requested, workers) as decoded:
-    restored = restore.restore(workdir, step)
-    from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top  (imports jax: after the fork)
+    described = restore.describe(workdir, step)  # no flax or orbax: the cache may make them unnecessary
+    from jaxcls.inference import forward_cache  # pylint: disable=g-import-not-at-top  (imports jax: after the fork)
 
-    compile_cache.enable_for_workdir(restored.config, workdir, announce=False)  # a rerun loads the forward pass
-    predictor = Predictor(restored, batch_size=requested)
+    def build(cached: bool) -> Predictor:
+      """The model restored; its shapes compiled afresh for the forward-pass cache (`cached`), else through the
+      persistent compilation cache."""
+      if not cached:
+        from jaxcls.core import compile_cache  # pylint: disable=g-import-not-at-top
+
+        compile_cache.enable_for_workdir(described.config, workdir, announce=False)  # a rerun loads what compiles
+      return Predictor(restore.complete(described), batch_size=requested, fresh_compiles=cached)
+
+    predictor, entry = forward_cache.predictor_for(described, requested, build)
     size = predictor.batch_size
     batches = decoded if size == requested else regroup(decoded, size)
-    for record in predict_batches(restored, predictor, batches, top_k=top_k, rows=full_rows(files, size)):
+    for record in predict_batches(described, predictor, batches, top_k=top_k, rows=full_rows(files, size)):
       first = first or time.perf_counter()
       print(format_line(record), file=out, flush=False)
       counts["failed" if record["error"] else "predicted"] += 1
@@ -350,13 +396,15 @@ def run(
       output,
       records,
       {
-        "workdir": restored.workdir,
-        "step": restored.step,
-        "task": restored.config.task.type,
-        "model": restored.config.model.name,
+        "workdir": described.workdir,
+        "step": described.step,
+        "task": described.config.task.type,
+        "model": described.config.model.name,
       },
     )
-  print(throughput_line(counts["predicted"], started, first, time.perf_counter(), restored), file=err)
+  finished = time.perf_counter()
+  forward_cache.save(entry, described, predictor)  # after the output: the lines never wait for it
+  print(throughput_line(counts["predicted"], started, first, finished, described), file=err)
   failed, total = counts["failed"], counts["failed"] + counts["predicted"]
   if failed:
     print(f"jaxcls: {failed} of {total} file(s) could not be read.", file=err)

@@ -27,18 +27,29 @@ def build_task_and_model(
     new_run: the config of a run about to train, whose class-imbalance keys are checked (False: a saved run's
       config.json, evaluated as it was trained even if it predates the check).
   """
-  from jaxcls import models, tasks  # pylint: disable=g-import-not-at-top  (restore.load_config stays cheap)
-  from jaxcls.tasks.multiclass import resolve_class_weights  # pylint: disable=g-import-not-at-top
+  from jaxcls import models  # pylint: disable=g-import-not-at-top  (restore.load_config stays cheap)
 
   if weighted and new_run:
     check_one_imbalance_correction(config)
+  task, task_config = _task(config, info, weighted)
+  return task, models.build(config.model, task.num_outputs, config.dtype), task_config
+
+
+def build_task(config, info: data.DatasetInfo, *, weighted: bool = True):
+  """The task alone (no model, so no flax): what a command that only reads a model's outputs needs."""
+  return _task(config, info, weighted)[0]
+
+
+def _task(config, info: data.DatasetInfo, weighted: bool):
+  from jaxcls import tasks  # pylint: disable=g-import-not-at-top
+  from jaxcls.tasks.multiclass import resolve_class_weights  # pylint: disable=g-import-not-at-top
+
   tasks.check_classes(config.task.type, info.class_names, info.train_class_counts)  # one class: DataError
   task_config = dict(config.task, class_names=info.class_names)
   task_config["class_weights"] = (
     resolve_class_weights(config.task.class_weights, info.train_class_counts, info.num_classes) if weighted else "none"
   )
-  task = tasks.build(task_config, info.num_classes)
-  return task, models.build(config.model, task.num_outputs, config.dtype), task_config
+  return tasks.build(task_config, info.num_classes), task_config
 
 
 def check_one_imbalance_correction(config) -> None:

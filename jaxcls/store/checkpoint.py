@@ -34,11 +34,10 @@ from etils import epath
 from jaxcls.core import paths
 from jaxcls.core.errors import CheckpointError, ConfigError
 from jaxcls.store import workdir as workdir_lib
+from jaxcls.store.step_folder import pick_best, read_json, score, step_problems
 
 BEST_MODES = ("max", "min")
 CORRUPT_DIR = workdir_lib.CORRUPT_CHECKPOINTS_NAME  # beside DIR/checkpoints: orbax never lists or cleans it
-METRICS_ITEM = "metrics"  # orbax's own item (and file) name for the metrics given to save()
-STEP_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")  # written by orbax when a save is committed
 # tensorstore reports a truncated, missing or garbled array file as a ValueError starting with one of these codes
 _DAMAGE_CODES = re.compile(r"^\s*(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|UNKNOWN|INTERNAL|FAILED_PRECONDITION):")
 
@@ -96,23 +95,6 @@ def check_best(metric: str, mode: str) -> None:
     )
 
 
-def score(metrics, metric: str) -> float | None:
-  """The finite value of `metric` in a checkpoint's metrics, or None (absent, NaN or not a number)."""
-  value = metrics.get(metric) if isinstance(metrics, dict) else None
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-    return None
-  return float(value)
-
-
-def pick_best(step_scores: Sequence[tuple[int, float | None]], mode: str) -> int | None:
-  """The step with the best score (ties: the later step), or None when no step has one."""
-  best = None
-  for step, value in sorted(step_scores):
-    if value is not None and (best is None or (value >= best[1] if mode == "max" else value <= best[1])):
-      best = (step, value)
-  return None if best is None else best[0]
-
-
 class _LastNAndBest:
   """orbax preservation policy: the newest `keep` checkpoints, and the one whose metric is best."""
 
@@ -127,46 +109,6 @@ class _LastNAndBest:
     if best is not None:
       kept.add(best)
     return [s in kept for s in steps]
-
-
-def _read_json(path: epath.Path):
-  try:
-    return json.loads(path.read_text())
-  except (ValueError, UnicodeDecodeError):
-    return _GARBAGE
-
-
-_GARBAGE = object()
-
-
-def step_problems(step_dir: epath.Path) -> list[str]:
-  """What is missing or damaged in one checkpoint folder, from its small files only (no array data is read)."""
-  problems = []
-  if not step_dir.is_dir():
-    return [f"{step_dir.name} is not a folder"]
-  for name in STEP_FILES:
-    if not (step_dir / name).exists():
-      problems.append(f"{name} is missing (the save was never committed)")
-  if (step_dir / "_CHECKPOINT_METADATA").exists() and _read_json(step_dir / "_CHECKPOINT_METADATA") is _GARBAGE:
-    problems.append("_CHECKPOINT_METADATA is not valid JSON")
-  if not (step_dir / "state").is_dir():
-    problems.append("the state item (state/) is missing")
-  elif not (step_dir / "state" / "_METADATA").exists():
-    problems.append("state/_METADATA (the array tree) is missing")
-  elif not isinstance(_read_json(step_dir / "state" / "_METADATA"), dict):
-    problems.append("state/_METADATA is not valid JSON")
-  if not (step_dir / "meta").is_dir():
-    problems.append("the meta item (meta/) is missing")
-  elif not (step_dir / "meta" / "metadata").exists():
-    problems.append("meta/metadata is missing")
-  else:
-    meta = _read_json(step_dir / "meta" / "metadata")
-    if not isinstance(meta, dict) or "fingerprint" not in meta or "data" not in meta:
-      problems.append("meta/metadata is not the JSON that jaxcls writes (fingerprint and data position)")
-  metrics = step_dir / METRICS_ITEM / METRICS_ITEM
-  if metrics.exists() and not isinstance(_read_json(metrics), dict):
-    problems.append(f"{METRICS_ITEM}/{METRICS_ITEM} is not valid JSON")
-  return problems
 
 
 def _is_damage(error: Exception) -> bool:
@@ -363,7 +305,7 @@ class Checkpointer:
     path = self._step_dir(step) / "meta" / "metadata"
     if not path.exists():
       raise self._damaged(step, "meta/metadata is missing")
-    meta = _read_json(path)
+    meta = read_json(path)
     if not isinstance(meta, dict) or "fingerprint" not in meta:
       raise self._damaged(step, "meta/metadata is not the JSON that jaxcls writes (fingerprint and data position)")
     return meta

@@ -22,7 +22,7 @@ import ml_collections
 
 from jaxcls.core import extensions, paths
 from jaxcls.core.errors import CheckpointError, ConfigError
-from jaxcls.store import build
+from jaxcls.store import build, step_folder
 from jaxcls.store import workdir as workdir_lib
 
 if TYPE_CHECKING:
@@ -60,14 +60,21 @@ def info_from_config(config) -> data.DatasetInfo:
 
 
 @dataclasses.dataclass
-class Restored:
-  """A trained model ready to apply: `model.apply(variables, images, train=False)` on normalised images."""
+class Described:
+  """A trained run at one checkpoint step, without its model or weights: what the task and config say (class
+  names, decisions, preprocessing). Built without flax, optax or orbax (`describe`)."""
 
   workdir: str
   step: int
   config: ml_collections.ConfigDict
   info: data.DatasetInfo
   task: Any
+
+
+@dataclasses.dataclass
+class Restored(Described):
+  """A trained model ready to apply: `model.apply(variables, images, train=False)` on normalised images."""
+
   model: Any
   variables: dict  # {'params': ..., 'batch_stats': ...} (batch_stats empty for models without batch norm)
 
@@ -110,8 +117,6 @@ def _bad_step(value, what: str):
 
 def best_step(workdir: str, steps: list[int] | None = None) -> int:
   """The checkpoint whose `config.best_metric` is best, by the metric and mode the run was trained with."""
-  from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
-
   config = load_config(workdir)
   metric, mode = str(config.get("best_metric", "") or ""), str(config.get("best_mode", "max") or "max")
   folder = workdir_lib.checkpoints_path(workdir)
@@ -121,7 +126,7 @@ def best_step(workdir: str, steps: list[int] | None = None) -> int:
       "best is kept); pick a step or 'latest' instead."
     )
   steps = checkpoint_steps(workdir) if steps is None else steps
-  best = checkpoint.pick_best([(s, checkpoint.score(_metrics(folder / str(s)), metric)) for s in steps], mode)
+  best = step_folder.pick_best([(s, step_folder.score(_metrics(folder / str(s)), metric)) for s in steps], mode)
   if best is None:
     raise CheckpointError(
       f"{folder} has no best checkpoint: no checkpoint holds an evaluation of {metric} (steps: "
@@ -131,9 +136,7 @@ def best_step(workdir: str, steps: list[int] | None = None) -> int:
 
 
 def _metrics(step_dir) -> dict | None:
-  from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
-
-  path = step_dir / checkpoint.METRICS_ITEM / checkpoint.METRICS_ITEM
+  path = step_dir / step_folder.METRICS_ITEM / step_folder.METRICS_ITEM
   try:
     return json.loads(path.read_text()) if path.exists() else None
   except (ValueError, UnicodeDecodeError):
@@ -145,8 +148,6 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
 
   A CheckpointError names the steps that exist, or what is missing in a damaged step.
   """
-  from jaxcls.store import checkpoint  # pylint: disable=g-import-not-at-top
-
   step = parse_step(step)
   available = checkpoint_steps(workdir)
   folder = workdir_lib.checkpoints_path(workdir)
@@ -158,14 +159,14 @@ def resolve_step(workdir: str, step: StepChoice) -> int:
     step = best_step(workdir, available)
   elif step not in available:
     raise CheckpointError(f"No checkpoint at step {step} in {folder}; available: {', '.join(map(str, available))}.")
-  problems = checkpoint.step_problems(folder / str(step))
+  problems = step_folder.step_problems(folder / str(step))
   if problems:
-    intact = [s for s in available if s != step and not checkpoint.step_problems(folder / str(s))]
+    intact = [s for s in available if s != step and not step_folder.step_problems(folder / str(s))]
     hint = f"pass --step {intact[-1]} (the newest intact step)" if intact else "no other step is intact"
     raise CheckpointError(
       f"Checkpoint step {step} in {folder} is damaged ({'; '.join(problems)}); {hint}, or "
       f"re-run training on the workdir, which moves damaged steps aside to "
-      f"{checkpoint.CORRUPT_DIR}/."
+      f"{workdir_lib.CORRUPT_CHECKPOINTS_NAME}/."
     )
   return step
 
@@ -189,13 +190,27 @@ def read_variables(workdir: str, step: int, *, use_ema: bool = True) -> dict:
   return {"params": state["ema_params" if ema else "params"], "batch_stats": state.get("batch_stats") or {}}
 
 
-def restore(workdir: str, step: StepChoice = None, *, use_ema: bool = True) -> Restored:
-  """Everything needed to apply the model that `workdir` trained, at checkpoint `step` (default: latest;
-  'best': the best by the run's `config.best_metric`)."""
+def describe(workdir: str, step: StepChoice = None) -> Described:
+  """The config, classes and task of `workdir` at checkpoint `step` (default: latest; 'best': the best by the
+  run's `config.best_metric`), the step checked to exist and be intact; neither the model nor its weights."""
   workdir = os.fspath(paths.path(workdir, "workdir"))
   config = load_config(workdir)
   info = info_from_config(config)
-  task, model, _ = build.build_task_and_model(config, info, weighted=False)  # class weights shape only the loss
-  step = resolve_step(workdir, step)
-  variables = read_variables(workdir, step, use_ema=use_ema)
-  return Restored(workdir=workdir, step=step, config=config, info=info, task=task, model=model, variables=variables)
+  task = build.build_task(config, info, weighted=False)  # class weights shape only the loss
+  return Described(workdir=workdir, step=resolve_step(workdir, step), config=config, info=info, task=task)
+
+
+def complete(described: Described, *, use_ema: bool = True) -> Restored:
+  """`described` with its model built and its weights read from the checkpoint."""
+  from jaxcls import models  # pylint: disable=g-import-not-at-top  (flax: only where a model is built)
+
+  model = models.build(described.config.model, described.task.num_outputs, described.config.dtype)
+  variables = read_variables(described.workdir, described.step, use_ema=use_ema)
+  fields = {field.name: getattr(described, field.name) for field in dataclasses.fields(Described)}  # no copies
+  return Restored(**fields, model=model, variables=variables)
+
+
+def restore(workdir: str, step: StepChoice = None, *, use_ema: bool = True) -> Restored:
+  """Everything needed to apply the model that `workdir` trained, at checkpoint `step` (default: latest;
+  'best': the best by the run's `config.best_metric`)."""
+  return complete(describe(workdir, step), use_ema=use_ema)

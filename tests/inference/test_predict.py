@@ -98,7 +98,7 @@ def test_batches_are_padded_over_the_devices_and_compiled_once_per_shape(trained
   assert together.shape == (24, 3)
   np.testing.assert_allclose(together.sum(1), 1.0, atol=1e-5)
   np.testing.assert_allclose(one_by_one, together[:3], atol=1e-6)
-  assert predictor._forward._cache_size() == 2  # 16 rows, and 8 (the padded last batch and the single images)
+  assert sorted(predictor.compiled) == [8, 16]  # 16 rows, and 8 (the padded last batch and the single images)
 
 
 def test_batches_are_consecutive_runs_of_at_most_batch_size():
@@ -153,7 +153,7 @@ def test_streamed_batches_equal_evaluation_with_one_compiled_shape(trained):
   probs = np.array([[dict(r["top_k"])[name] for name in CLASSES] for r in records])
   np.testing.assert_allclose(probs, np.tile(outputs["probs"], (3, 1)), rtol=0, atol=1e-6)
   assert [r["path"] for r in records] == files
-  assert predictor._forward._cache_size() == 1
+  assert list(predictor.compiled) == [8]
 
 
 def test_unreadable_files_get_error_rows_and_the_rest_go_on(trained, tmp_path, capsys):

@@ -28,7 +28,7 @@ from jaxcls.evaluation import fewshot
 from jaxcls.evaluation import workdir_eval as evaluate
 from jaxcls.inference import explainer as explain
 from jaxcls.inference import exporter as export
-from jaxcls.store import build, checkpoint, restore
+from jaxcls.store import build, checkpoint, restore, step_folder
 from jaxcls.training import loop as train
 from jaxcls.training import optim, steps, transfer
 
@@ -193,7 +193,7 @@ def test_retention_is_the_last_n_plus_the_best(tmp_path, metric, mode, kept):
   finally:
     ckpt.close()
   assert kept_steps(str(tmp_path)) == kept
-  assert checkpoint.pick_best([(2, 0.5), (4, 0.5), (6, None)], "max") == 4  # ties: the later step (as kept)
+  assert step_folder.pick_best([(2, 0.5), (4, 0.5), (6, None)], "max") == 4  # ties: the later step (as kept)
 
 
 def test_a_run_without_best_metric_has_no_best_step(run):
