@@ -6,12 +6,13 @@ import os
 import pathlib
 import pickle
 import shutil
+import subprocess
 import time
 
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, write_image_files
+from conftest import REPO, subprocess_env, write_image_files
 
 from jaxcls.core import compile_cache
 from jaxcls.inference import forward_cache
@@ -234,3 +235,19 @@ def test_nothing_compiled_while_the_compilation_cache_is_paused_comes_from_it_or
     assert compile_cache.entries(str(folder)) == 2
   finally:
     compile_cache.enable("auto", announce=False)
+
+
+def test_the_command_run_again_imports_neither_flax_nor_orbax(workdir, files, tmp_path, python):
+  """Two real `python -m jaxcls.predict` runs: the second prints the same lines, and its import log (-X
+  importtime) holds no flax, orbax or optax module."""
+  env = {**subprocess_env(), "JAXCLS_CACHE_DIR": str(tmp_path / "cache")}
+  command = ["-m", "jaxcls.predict", "--workdir", workdir, "--batch_size", "8", "--top_k", "3", *files]
+  runs = [
+    subprocess.run([python, *flags, *command], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    for flags in ([], ["-X", "importtime"])
+  ]
+  assert [run.returncode for run in runs] == [0, 0], runs[1].stderr[-2000:]
+  assert runs[1].stdout == runs[0].stdout and len(runs[0].stdout.splitlines()) == 13
+  imported = {line.split("|")[-1].strip() for line in runs[1].stderr.splitlines() if line.startswith("import time:")}
+  assert "jax" in imported and "jaxcls.inference.forward_cache" in imported
+  assert not {name for name in imported if name.split(".")[0] in ("flax", "orbax", "optax", "tensorstore")}
