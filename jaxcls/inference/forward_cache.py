@@ -277,9 +277,13 @@ def _write_entry(entry: str, described, predictor: predictor_lib.Predictor) -> N
       continue
     data = pickle.dumps(serialize_executable.serialize(compiled))
     handle, staging = tempfile.mkstemp(prefix=".tmp-", dir=entry)
-    with os.fdopen(handle, "wb") as f:
-      f.write(data)
-    os.replace(staging, target)
+    try:
+      with os.fdopen(handle, "wb") as f:
+        f.write(data)
+      os.replace(staging, target)
+    finally:
+      if os.path.exists(staging):  # a full disk: no half-written file stays in the entry
+        os.unlink(staging)
 
 
 def _touch(entry: str) -> None:

@@ -99,6 +99,10 @@ def test_batches_are_padded_over_the_devices_and_compiled_once_per_shape(trained
   np.testing.assert_allclose(together.sum(1), 1.0, atol=1e-5)
   np.testing.assert_allclose(one_by_one, together[:3], atol=1e-6)
   assert sorted(predictor.compiled) == [8, 16]  # 16 rows, and 8 (the padded last batch and the single images)
+  with pytest.raises(ValueError, match="must be uint8 .* not float32"):  # never silently rescaled
+    predictor(images.astype(np.float32) / 255)
+  with pytest.raises(ValueError, match="A batch of 17 images does not fit batch_size=16"):
+    predictor.dispatch(np.concatenate([images, images])[:17])
 
 
 def test_batches_are_consecutive_runs_of_at_most_batch_size():
