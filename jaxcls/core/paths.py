@@ -104,11 +104,15 @@ def write_bytes(target: PathLike, data: bytes) -> None:
     target.write_bytes(data)
     return
   tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, target)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, target)
+  finally:
+    if os.path.lexists(tmp):  # the write failed (a full disk): the old file stays, and no half-written copy
+      os.unlink(tmp)
 
 
 def read_text(target: PathLike) -> str:

@@ -69,6 +69,15 @@ def test_a_folder_that_cannot_be_made_is_one_line():
     paths.makedirs("/proc/jaxcls-test/x", "--output_dir")
 
 
+def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary_one(tmp_path):
+  target = tmp_path / "report.json"
+  paths.write_text(target, '{"old": 1}')
+  with pytest.raises(TypeError):  # fails inside the temporary file's write, as a full disk would
+    paths.write_bytes(target, "text, not bytes")
+  assert target.read_text() == '{"old": 1}'
+  assert os.listdir(tmp_path) == ["report.json"]
+
+
 # --- metrics.jsonl without appends. ---
 
 
