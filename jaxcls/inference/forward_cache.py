@@ -21,6 +21,7 @@ the compilation cache. Like jax's own compilation cache, an entry is executable 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -163,6 +164,7 @@ class CachedPredictor:
         return result.block_until_ready()
       except Exception as e:  # pylint: disable=broad-except
         self._discard(e)
+    self._executables, self._weights = {}, None  # freed before the restored model's copy is placed
     self.fallback = self._build()
     return self.fallback.dispatch(images, padded)
 
@@ -217,66 +219,75 @@ def _load_weights(path: str, executable) -> list:
   return jax.device_put(leaves, executable.input_shardings[0][0])
 
 
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """Where one checkpoint's entry lives (it may not exist yet) and the key parts it is written with."""
+
+  path: str
+  parts: dict
+
+
 def predictor_for(described, batch_size: int | None, build: Callable[[bool], predictor_lib.Predictor]):
-  """(the predictor for `described`, the entry's folder or '' when the cache is off).
+  """(the predictor for `described`, its `Entry`, or None when the cache is off).
 
   The predictor is a `CachedPredictor` when the cache holds an entry for `described`, else `build(cached)`: the
   real Predictor, whose executables must be compiled afresh (`fresh_compiles`) when `cached` (they will be saved).
   """
   root = folder_for(described.config, described.workdir)
   if not root or jax.process_count() > 1:
-    return build(False), ""
+    return build(False), None
   try:
-    key, _ = entry_key(described)
+    key, parts = entry_key(described)
   except OSError as e:  # a step file vanished between the checks: no cache this time
     logging.info("predict's cache is skipped: %s", e)
-    return build(False), ""
-  entry = os.path.join(root, key)
-  if not os.path.exists(os.path.join(entry, ENTRY_FILE)):
+    return build(False), None
+  entry = Entry(os.path.join(root, key), parts)
+  if not os.path.exists(os.path.join(entry.path, ENTRY_FILE)):
     return build(True), entry
-  _touch(entry)
+  _touch(entry.path)
   size = predictor_lib.padded_batch_size(described.config, batch_size, len(jax.local_devices()))
-  return CachedPredictor(entry, size, lambda: build(True)), entry
+  return CachedPredictor(entry.path, size, lambda: build(True)), entry
 
 
-def save(entry: str, described, predictor) -> None:
+def save(entry: Entry | None, predictor) -> None:
   """Adds what `predictor` compiled (and, for a new entry, its weights) to the entry; a cache that cannot be
   written (a read-only home, a full disk) is skipped without a word (absl's DEBUG log says why)."""
   real = predictor.fallback if isinstance(predictor, CachedPredictor) else predictor
-  if not entry or real is None or not real.compiled:
+  if entry is None or real is None or not real.compiled:
     return
   try:
-    _write_entry(entry, described, real)
-    prune(os.path.dirname(entry), keep=entry)
+    _write_entry(entry, real)
+    prune(os.path.dirname(entry.path), keep=entry.path)
   except Exception as e:  # pylint: disable=broad-except  (a cache never fails the command)
-    logging.debug("predict's cache entry %s was not written (%s: %s).", entry, type(e).__name__, e)
+    logging.debug("predict's cache entry %s was not written (%s: %s).", entry.path, type(e).__name__, e)
 
 
-def _write_entry(entry: str, described, predictor: predictor_lib.Predictor) -> None:
+def _write_entry(entry: Entry, predictor: predictor_lib.Predictor) -> None:
   from jax.experimental import serialize_executable  # pylint: disable=g-import-not-at-top
 
-  root = os.path.dirname(entry)
+  path = entry.path
+  root = os.path.dirname(path)
   os.makedirs(root, exist_ok=True)
-  if not os.path.exists(os.path.join(entry, ENTRY_FILE)):
+  if not os.path.exists(os.path.join(path, ENTRY_FILE)):
     staging = tempfile.mkdtemp(prefix=".tmp-", dir=root)
     try:
       np.savez(os.path.join(staging, WEIGHTS_FILE), **{f"w{i:05d}": w for i, w in enumerate(predictor.host_weights)})
-      _, parts = entry_key(described)
+      parts = entry.parts
       with open(os.path.join(staging, ENTRY_FILE), "w") as f:
         json.dump({**parts, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
-      if os.path.isdir(entry) and not os.path.exists(os.path.join(entry, ENTRY_FILE)):
-        shutil.rmtree(entry, ignore_errors=True)  # what a removal cut short left (never a whole entry)
-      os.rename(staging, entry)  # fails when a concurrent command's entry got there first: that one stays
+      if os.path.isdir(path) and not os.path.exists(os.path.join(path, ENTRY_FILE)):
+        shutil.rmtree(path, ignore_errors=True)  # what a removal cut short left (never a whole entry)
+      os.rename(staging, path)  # fails when a concurrent command's entry got there first: that one stays
     except OSError:
       shutil.rmtree(staging, ignore_errors=True)
-      if not os.path.exists(os.path.join(entry, ENTRY_FILE)):  # not a concurrent command's entry either
+      if not os.path.exists(os.path.join(path, ENTRY_FILE)):  # not a concurrent command's entry either
         raise
   for rows, compiled in predictor.compiled.items():
-    target = os.path.join(entry, _executable_name(rows))
+    target = os.path.join(path, _executable_name(rows))
     if os.path.exists(target):
       continue
     data = pickle.dumps(serialize_executable.serialize(compiled))
-    handle, staging = tempfile.mkstemp(prefix=".tmp-", dir=entry)
+    handle, staging = tempfile.mkstemp(prefix=".tmp-", dir=path)
     try:
       with os.fdopen(handle, "wb") as f:
         f.write(data)

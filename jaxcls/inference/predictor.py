@@ -403,7 +403,7 @@ def run(
       },
     )
   finished = time.perf_counter()
-  forward_cache.save(entry, described, predictor)  # after the output: the lines never wait for it
+  forward_cache.save(entry, predictor)  # after the output: the lines never wait for it
   print(throughput_line(counts["predicted"], started, first, finished, described), file=err)
   failed, total = counts["failed"], counts["failed"] + counts["predicted"]
   if failed:
