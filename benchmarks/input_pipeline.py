@@ -1,6 +1,7 @@
 """Prints the host input pipeline's speed: JPEG training input from a folder, in images per core-second.
 
-  python benchmarks/input_pipeline.py [--folder DIR] [--workers 1,2] [--processes] [--compare] [--all_sources]
+  python benchmarks/input_pipeline.py [--folder DIR] [--workers 1,2] [--processes] [--grain] [--compare]
+                                      [--all_sources]
                                       [--upscale 1]
 
 The folder is DIR (class subfolders of JPEGs), or, without --folder, 256 crops of scikit-learn's two sample
@@ -16,6 +17,8 @@ stream at the last --workers value (default: one per core), in threads (or worke
 
   --workers 1,2,4   also prints the scaling: images per second, per core-second and speed-up for each count, for
                     jaxcls' stream with N decode threads and with N worker processes (dataset.decode_processes)
+  --grain           with --workers: also grain's pipeline (MapDataset + random_map + batch, mp_prefetch with N
+                    worker processes) running jaxcls' decode, in the same alternation
   --compare         one decoder per row, single-threaded, in alternating rounds (median): full Pillow decode,
                     jaxcls' decode (DCT-domain downscale, crop first), simplejpeg, tf.io.decode_and_crop_jpeg.
                     Rows whose package is missing are skipped. Run it under a venv with pillow-simd for that row.
@@ -125,6 +128,9 @@ def timed(run, images: int, pids=()) -> Rate:
 # --- jaxcls' own folder stream -----------------------------------------------------------------------------------
 
 
+KINDS = ("threads", "processes")
+
+
 def folder_dataset(root: str, workers: int, processes: int = 0):
   """The folder source streaming with `workers` threads, or `processes` worker processes (not yet warm)."""
   config = get_base_config()
@@ -155,15 +161,49 @@ def stream_rate(dataset, batch_size: int, batches: int) -> Rate:
     dataset.close()
 
 
-def scaling(root: str, counts: list[int], batch_size: int, batches: int, rounds: int) -> list[tuple]:
-  """(pool kind, workers, median Rate) for jaxcls' stream with N threads and with N processes, in alternation."""
+def scaling(root: str, counts: list[int], batch_size: int, batches: int, rounds: int, kinds=KINDS) -> list[tuple]:
+  """(pool kind, workers, median Rate) for jaxcls' stream with N threads and with N processes (and grain's
+  pipeline with N worker processes, when `kinds` has 'grain'), in alternation."""
   results = {}
   for _ in range(rounds):
     for workers in counts:
-      for kind in ("threads", "processes"):
-        dataset = folder_dataset(root, workers, processes=workers if kind == "processes" else 0)
-        results.setdefault((kind, workers), []).append(stream_rate(dataset, batch_size, batches))
+      for kind in kinds:
+        if kind == "grain":
+          rate = grain_rate(jpeg_files(root), workers, batch_size, batches)
+        else:
+          dataset = folder_dataset(root, workers, processes=workers if kind == "processes" else 0)
+          rate = stream_rate(dataset, batch_size, batches)
+        results.setdefault((kind, workers), []).append(rate)
   return [(kind, workers, median_rate(rates)) for (kind, workers), rates in results.items()]
+
+
+def _grain_decode(path: str, rng: np.random.Generator) -> np.ndarray:
+  """One training image as jaxcls decodes it (random resized crop), for grain's worker processes."""
+  return decode.decode(path, CROP, 3, 1 << 30, rng)
+
+
+def grain_rate(paths: list[str], workers: int, batch_size: int, batches: int) -> Rate:
+  """grain (`pip install grain`) running jaxcls' decode: MapDataset of the files, repeated, random_map, batched,
+  then `mp_prefetch` with `workers` worker processes (0: in this process). The decode is jaxcls' (crop first,
+  reduced-size JPEG decoding); what differs is the pool: grain's processes and batches instead of jaxcls' own."""
+  import grain  # pylint: disable=g-import-not-at-top
+  import psutil  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():  # grain reads absl flags of its own (their defaults, here)
+    flags.FLAGS.mark_as_parsed()
+
+  dataset = grain.MapDataset.source(paths).seed(0).repeat().random_map(_grain_decode).batch(batch_size)
+  # One decoding thread per worker and two batches read ahead, as jaxcls' worker processes: grain's defaults (16
+  # threads, 500 elements ahead) decode during the warm-up what the timed batches then only collect.
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2 * batch_size))
+  if workers:
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  iterator = iter(iterable)
+  for _ in range(2 + 2 * max(workers, 1)):  # worker processes start, then what they read ahead is drained
+    next(iterator)
+  pids = [child.pid for child in psutil.Process().children(recursive=True)]
+  return timed(lambda: [next(iterator) for _ in range(batches)], batches * batch_size, pids)  # workers stop with it
 
 
 def median_rate(rates: list[Rate]) -> Rate:
@@ -403,6 +443,9 @@ def main():
     help="the headline with worker processes (dataset.decode_processes) instead of threads",
   )
   parser.add_argument("--compare", action="store_true", help="also compare decoders, single-threaded")
+  parser.add_argument(
+    "--grain", action="store_true", help="with --workers N,M: also grain's multi-process pipeline (pip install grain)"
+  )
   parser.add_argument("--all_sources", action="store_true", help="also the idx and tfds sources")
   args = parser.parse_args()
   counts = [int(n) for n in args.workers.split(",")]
@@ -427,8 +470,9 @@ def main():
         f"about {1 / max(share, 1e-3):.0f}x one core's rate (Amdahl), worker processes do not"
       )
     if len(counts) > 1:
-      table = scaling(root, counts, args.batch_size, args.batches, args.rounds)
-      for kind in ("threads", "processes"):
+      kinds = KINDS + (("grain",) if args.grain else ())
+      table = scaling(root, counts, args.batch_size, args.batches, args.rounds, kinds)
+      for kind in kinds:
         rows = [(f"{kind}: {n} worker(s)", rate) for k, n, rate in table if k == kind]
         print_table(f"jaxcls folder stream, {kind}", rows, rows[0][1].per_second)
     if args.all_sources:
