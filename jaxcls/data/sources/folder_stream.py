@@ -3,8 +3,8 @@ memory.
 
 Threads (the default) need no start-up and no copies; Pillow releases the GIL while it decodes and resizes, but
 about a tenth of each image's time is Python that holds it, so threads stop scaling at several cores
-(docs/input_pipeline.md). With `processes=N`, N spawned processes each decode a slice of every batch and send it
-back as one array: for hosts with many cores.
+(docs/input_pipeline.md). With `processes=N`, N spawned processes each decode a slice of every batch and hand it
+back in shared memory (`shared_rows`): for hosts with many cores.
 
 Determinism: epoch e's order is `np.random.default_rng([seed, e]).permutation(n)` (as in `ArrayDataset`), and the
 random resized crop of the example at position i of global batch `step` draws from
@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from jaxcls.core.errors import DataError
-from jaxcls.data import decode
+from jaxcls.data import decode, shared_rows
 from jaxcls.data.base import Batch, Dataset, DatasetInfo, check_stream_args
 
 _PREFETCH_BATCHES = 2  # batches being decoded ahead of the one the trainer is using
@@ -154,13 +154,19 @@ class FolderStreamDataset(Dataset):
     """Runs each step's jobs in the pool, keeping `_PREFETCH_BATCHES` steps in flight ahead of the consumer."""
     pool = self._executor()
     queue = collections.deque()
-    for parts in jobs:
-      queue.append([job.submit() if isinstance(job, _Remote) else pool.submit(job) for job in parts])
-      if len(queue) <= _PREFETCH_BATCHES:
-        continue
-      yield self._collect(queue.popleft())
-    while queue:
-      yield self._collect(queue.popleft())
+    try:
+      for parts in jobs:
+        queue.append([job.submit() if isinstance(job, _Remote) else pool.submit(job) for job in parts])
+        if len(queue) <= _PREFETCH_BATCHES:
+          continue
+        yield self._collect(queue.popleft())
+      while queue:
+        yield self._collect(queue.popleft())
+    finally:  # a stream closed early: the rows decoded ahead are dropped (worker processes' segments removed)
+      for futures in queue:
+        for future in futures:
+          if isinstance(future, _Pending):
+            future.discard()
 
   def _collect(self, futures) -> Batch:
     results = [row for f in futures for row in (f.finish() if isinstance(f, _Pending) else f.result())]
@@ -256,7 +262,7 @@ def _train_rows(candidates, crop, seed, step, slots):
     images.append(image)
     used.append(index)
     skipped += bad
-  return np.stack(images), np.asarray(used), skipped
+  return shared_rows.ship(images), np.asarray(used), skipped
 
 
 def _eval_rows(indices, crop, rows):
@@ -271,7 +277,7 @@ def _eval_rows(indices, crop, rows):
       skipped.append((w["eval"][index], str(e)))
       used.append(-1)
   used += [-1] * (rows - len(indices))
-  return (np.stack(images) if images else None), np.asarray(used), skipped
+  return (shared_rows.ship(images) if images else None), np.asarray(used), skipped
 
 
 class _Remote:
@@ -304,6 +310,7 @@ class _Pending:
       images, used, skipped = self._future.result()
     except concurrent.futures.process.BrokenProcessPool as e:
       raise worker_died(e) from e
+    images = None if images is None else shared_rows.receive(images)
     for path, reason in skipped:
       self._skip(path, reason)
     if used is None:
@@ -316,3 +323,13 @@ class _Pending:
         rows.append((images[k], self._labels[index]))
         k += 1
     return rows
+
+  def discard(self) -> None:
+    """Drops the job: cancelled if it has not started, else waited for and its shared-memory rows removed."""
+    if self._future.cancel():
+      return
+    try:
+      images = self._future.result()[0]
+    except Exception:  # pylint: disable=broad-except  (a job that failed has nothing to remove)
+      return
+    shared_rows.discard(images)
