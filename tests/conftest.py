@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import sys
 
 # XLA's CPU collectives end the process ("Termination timeout ... Exiting to ensure a consistent program state")
@@ -96,6 +97,17 @@ def set_keys(config, values: dict):
       node = node[p]
     node[leaf] = value
   return config
+
+
+DIGITS_WORKDIR = pathlib.Path(REPO) / "tests" / "fixtures" / "workdir_0_1"  # digits 16x16 grey, AdamW, step 300
+
+
+@pytest.fixture
+def digits_workdir(tmp_path) -> str:
+  """A copy (that the test may change) of a real trained workdir: digits, jaxcls 0.1.0's format, step 300."""
+  target = tmp_path / "digits"
+  shutil.copytree(DIGITS_WORKDIR, target)
+  return str(target)
 
 
 @pytest.fixture

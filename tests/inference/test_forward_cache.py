@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import pickle
-import shutil
 import subprocess
 import time
 
@@ -19,14 +18,10 @@ from jaxcls.inference import forward_cache
 from jaxcls.inference import predictor as predict
 from jaxcls.store import restore
 
-FIXTURE = pathlib.Path(REPO) / "tests" / "fixtures" / "workdir_0_1"  # digits, 16x16 grayscale, step 300
-
 
 @pytest.fixture
-def workdir(tmp_path) -> str:
-  target = tmp_path / "digits"
-  shutil.copytree(FIXTURE, target)
-  return str(target)
+def workdir(digits_workdir) -> str:
+  return digits_workdir
 
 
 @pytest.fixture

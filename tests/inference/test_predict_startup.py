@@ -4,7 +4,6 @@ device-rounded size, with the same lines as before."""
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 
 import numpy as np
@@ -15,14 +14,10 @@ from jaxcls.data import preprocess
 from jaxcls.inference import predictor as predict
 from jaxcls.store import restore
 
-FIXTURE = pathlib.Path(REPO) / "tests" / "fixtures" / "workdir_0_1"  # digits, 16x16 grayscale, step 300
-
 
 @pytest.fixture
-def workdir(tmp_path) -> str:
-  target = tmp_path / "digits"
-  shutil.copytree(FIXTURE, target)
-  return str(target)
+def workdir(digits_workdir) -> str:
+  return digits_workdir
 
 
 def write_files(folder: pathlib.Path, count: int = 13) -> list[str]:

@@ -2,9 +2,6 @@
 touching the optimizer state's bytes (shown by destroying those bytes on disk: the partial read still works, the
 full read fails)."""
 
-import pathlib
-import shutil
-
 import jax
 import numpy as np
 import pytest
@@ -12,9 +9,6 @@ from conftest import destroy_chunks
 
 from jaxcls.core.errors import CheckpointError
 from jaxcls.store import checkpoint, restore
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-FIXTURE = REPO / "tests" / "fixtures" / "workdir_0_1"  # a real AdamW-trained workdir (step 300)
 
 
 def full_read(workdir: str, step: int, use_ema: bool = True) -> dict:
@@ -50,10 +44,8 @@ def assert_full_read_fails_on(workdir, step: int, *prefixes: str) -> None:
 
 
 @pytest.fixture
-def trained(tmp_path) -> str:
-  target = tmp_path / "digits"
-  shutil.copytree(FIXTURE, target)
-  return str(target)
+def trained(digits_workdir) -> str:
+  return digits_workdir
 
 
 @pytest.fixture
