@@ -164,7 +164,7 @@ def test_evaluate_a_gs_workdir(gs_workdir, tmp_path):
     evaluate.evaluate_workdir(url, step=5, output_dir=str(tmp_path))
 
 
-def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
+def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path, monkeypatch):
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   from jaxcls.inference import exporter as export  # pylint: disable=g-import-not-at-top
@@ -178,8 +178,11 @@ def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
   assert status == 0
   written = json.loads(epath.Path(url + "/predictions.json").read_text())
   assert written["workdir"] == url and written["step"] == 8 and written["predictions"][0]["error"] is None
-  # Images in the bucket, named one by one and as a folder, give the local file's probabilities.
+  # Images in the bucket, named one by one and as a folder, give the local file's probabilities, from the forward
+  # pass the first run kept in the local cache (its key reads the step's metadata on gs://): no restore this time.
   epath.Path(url + "/inputs/x.png").write_bytes(image.read_bytes())
+  complete = restore.complete
+  monkeypatch.setattr(restore, "complete", lambda *a, **k: pytest.fail("restored instead of using the cache"))
   predict.run(
     url,
     [url + "/inputs/x.png", url + "/inputs", url + "/inputs/none.png"],
@@ -189,6 +192,7 @@ def test_predict_and_export_from_a_gs_workdir(gs_workdir, tmp_path):
   remote = json.loads((tmp_path / "remote.json").read_text())["predictions"]
   assert [r["error"] for r in remote[:2]] == [None, None] and remote[2]["error"] == "no such file"
   assert remote[0]["top_k"] == remote[1]["top_k"] == written["predictions"][0]["top_k"]
+  monkeypatch.setattr(restore, "complete", complete)
   restored = restore.restore(url)
   assert restored.workdir == url and restored.step == 8
   metadata = export.export_model(restored, url + "/exported", platforms=("cpu",))
