@@ -4,7 +4,9 @@ each image's predicted classes with their probabilities, scored as the workdir's
 Binary tasks show the positive-class probability against the threshold, multi-label tasks the labels at or above
 their thresholds, hierarchical tasks the predicted path. Folders are searched recursively. A file that cannot be
 read gets an error line and the others go on; the exit status is 1 only when every file failed. --output also
-writes every prediction to a .csv or .json file; a last line on stderr gives the images per second.
+writes every prediction to a .csv or .json file; a last line on stderr gives the images per second. The first call
+on a checkpoint keeps its compiled forward pass and weights in ~/.cache/jaxcls/xla/predict/, so the next ones start
+without restoring or compiling (docs/predict.md).
 """
 
 import os
