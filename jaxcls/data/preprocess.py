@@ -164,6 +164,7 @@ def stream(
           e,
           "memory ran out, or the decoder crashed on one of these files: free memory or pass fewer --workers",
           f"{chunk[0]} ... {chunk[-1]}",
+          spawned=False,  # forked: nothing is re-imported
         ) from e
       shape = (sum(error is None for _, error in results),) + preprocessing.crop.size + (preprocessing.channels,)
       images = np.empty(shape, np.uint8)

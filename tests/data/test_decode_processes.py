@@ -178,3 +178,43 @@ def test_a_worker_process_that_dies_is_one_data_error_naming_both_fixes():
   message = str(error.value)
   assert "decode worker process died" in message and "decode_processes=0" in message and "fewer processes" in message
   assert "\n" not in message
+
+
+UNGUARDED = """
+import sys
+
+from jaxcls import data
+from jaxcls.config.base import get_base_config
+from jaxcls.core.errors import DataError
+
+config = get_base_config()
+config.dataset.update(dict(name="folder", path=sys.argv[1], image_size=(16, 16), cache="none", decode_processes=2))
+dataset = data.build(config, process_index=0, process_count=1)
+try:
+  next(dataset.train_batches(4, start_step=0, seed=0))
+except DataError as e:
+  print("ERROR:", e)
+finally:
+  dataset.close()
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(python, tmp_path):
+  """A user's script that starts decoding at import: every spawned worker re-imports it and dies at start-up, and
+  the one error line says what to put under `if __name__ == "__main__":`."""
+  root = write_images(tmp_path / "images")
+  script = tmp_path / "my_run.py"
+  script.write_text(UNGUARDED)
+  proc = subprocess.run(
+    [python, str(script), str(root)], env=subprocess_env(1), cwd=tmp_path, capture_output=True, text=True, timeout=600
+  )
+  (line,) = [line for line in proc.stdout.splitlines() if line.startswith("ERROR:")]
+  assert "decode worker process died" in line and "decode_processes=0" in line
+  assert 'if my_run.py starts the run at import, put that under `if __name__ == "__main__":`' in line
+
+
+def test_a_command_run_with_dash_m_is_not_told_about_main_guards():
+  with pytest.raises(DataError) as error:
+    with folder.decode_pool(1, processes=1) as pool:
+      pool.submit(os.abort).result()
+  assert "__main__" not in str(error.value)  # pytest runs as `python -m pytest`: nothing to guard

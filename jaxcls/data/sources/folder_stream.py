@@ -20,6 +20,8 @@ import concurrent.futures
 import concurrent.futures.process
 import math
 import multiprocessing
+import os
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -293,10 +295,23 @@ class _Remote:
 TRAINING_FIXES = "set dataset.decode_processes=0 to decode in threads, or use fewer processes if memory ran out"
 
 
-def worker_died(error: BaseException, fixes: str = TRAINING_FIXES, during: str = "") -> DataError:
+def worker_died(error: BaseException, fixes: str = TRAINING_FIXES, during: str = "", spawned: bool = True) -> DataError:
   """The error for a decode worker process that died (killed for memory, a crash), naming the ways out (`fixes`)
-  and, if given, what it was decoding (`during`)."""
-  return DataError(f"A decode worker process died ({error}){' while decoding ' + during if during else ''}; {fixes}.")
+  and, if given, what it was decoding (`during`). A `spawned` worker re-imports the main script, so when that is a
+  script file (not `python -m`), the missing `if __name__ == "__main__":` guard is named too: without it, every
+  worker dies at start-up."""
+  where = f" while decoding {during}" if during else ""
+  return DataError(f"A decode worker process died ({error}){where}; {fixes}{_script_hint() if spawned else ''}.")
+
+
+def _script_hint() -> str:
+  main = sys.modules.get("__main__")
+  if getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
+    return ""  # `python -m ...`, or an interactive session: nothing is re-imported
+  return (
+    f"; if {os.path.basename(main.__file__)} starts the run at import, put that under "
+    '`if __name__ == "__main__":` (each worker process imports it again)'
+  )
 
 
 class _Pending:
