@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxcls.core import compile_cache, extensions, paths
+from jaxcls.core import compile_cache, extensions
 from jaxcls.inference import predictor as predictor_lib
 from jaxcls.store import step_folder
 from jaxcls.store import workdir as workdir_lib
@@ -57,15 +57,15 @@ def folder_for(config, workdir: str) -> str:
 
 def entry_key(described) -> tuple[str, dict]:
   """(hex key, the parts it hashes) of `described` (a `restore.Described`) on this machine's local devices."""
-  workdir = described.workdir if paths.is_remote(described.workdir) else os.path.abspath(described.workdir)
   step_dir = workdir_lib.checkpoints_path(described.workdir) / str(described.step)
   devices = jax.local_devices()
+  config = json.dumps(described.config.to_dict(), sort_keys=True, default=repr)  # config.json as read, not again
   parts = {
     "format": FORMAT,
-    "workdir": workdir,
+    "workdir": described.workdir,  # absolute, or a URL (`restore.describe`)
     "step": described.step,
     "step_files": step_folder.identity(step_dir),
-    "config": hashlib.sha256(workdir_lib.config_path(described.workdir).read_bytes()).hexdigest(),
+    "config": hashlib.sha256(config.encode()).hexdigest(),  # JSON: ASCII
     "use_ema": True,
     "code": _code_fingerprint(described.config),
     "versions": {name: _version(name) for name in ("jax", "jaxlib", "flax")},
@@ -105,7 +105,7 @@ def _code_fingerprint(config) -> str:
         stat = os.stat(path)
       except OSError:
         continue
-      digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+      digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
   return digest.hexdigest()
 
 

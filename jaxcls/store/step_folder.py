@@ -90,5 +90,5 @@ def identity(step_dir: epath.Path) -> str:
       for name in sorted(files):
         stat = os.stat(os.path.join(folder, name))
         relative = os.path.relpath(os.path.join(folder, name), root)
-        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
   return digest.hexdigest()

@@ -151,7 +151,12 @@ def test_the_key_follows_the_checkpoint_the_config_and_the_xla_flags(workdir, mo
   assert edited not in (key, touched)
 
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=false")
-  assert forward_cache.entry_key(restore.describe(workdir))[0] not in (key, touched, edited)
+  flags = forward_cache.entry_key(restore.describe(workdir))[0]
+  assert flags not in (key, touched, edited)
+
+  stray = os.path.join(os.fsencode(workdir), b"checkpoints", b"300", b"stray-\xff")  # a name that is not UTF-8
+  open(stray, "wb").close()
+  assert forward_cache.entry_key(restore.describe(workdir))[0] not in (key, touched, edited, flags)
 
 
 def test_a_new_config_is_a_new_entry_with_its_own_predictions(workdir, files, cache, capsys, tmp_path):
