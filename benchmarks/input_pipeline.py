@@ -23,6 +23,9 @@ stream at the last --workers value (default: one per core), in threads (or worke
                     jaxcls' decode (DCT-domain downscale, crop first), simplejpeg, tf.io.decode_and_crop_jpeg.
                     Rows whose package is missing are skipped. Run it under a venv with pillow-simd for that row.
   --all_sources     the old table: also the idx source (in memory) and tfds mock data (tf.data).
+  --memory_cache    also the memory cache's (`cache='memory'`) one pass over the folder (at least 1,024 decodes,
+                    centre crop to 224) with the last --workers value, in threads and in worker processes
+                    (start-up included).
 """
 
 import argparse
@@ -46,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxcls import data  # noqa: E402  pylint: disable=wrong-import-position
 from jaxcls.config.base import get_base_config  # noqa: E402  pylint: disable=wrong-import-position
 from jaxcls.data import decode  # noqa: E402  pylint: disable=wrong-import-position
+from jaxcls.data.sources import folder  # noqa: E402  pylint: disable=wrong-import-position
 
 SIZE = (224, 224)
 CROP = decode.Crop(SIZE, "random_resized")
@@ -175,6 +179,20 @@ def scaling(root: str, counts: list[int], batch_size: int, batches: int, rounds:
           rate = stream_rate(dataset, batch_size, batches)
         results.setdefault((kind, workers), []).append(rate)
   return [(kind, workers, median_rate(rates)) for (kind, workers), rates in results.items()]
+
+
+def memory_cache_rate(paths: list[str], workers: int, processes: int = 0) -> Rate:
+  """`cache='memory'`'s one pass: every file decoded (centre crop to 224) into one array by `folder.decode_all`,
+  in `workers` threads or `processes` worker processes (their start-up included)."""
+  crop = decode.Crop(SIZE, "center")
+
+  def cpu() -> float:  # the workers are joined (reaped) when the pool closes: their CPU is the children's
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return cpu_seconds() + children.ru_utime + children.ru_stime
+
+  wall, start = time.perf_counter(), cpu()
+  folder.decode_all(paths, crop, 3, 1 << 30, workers, processes)
+  return Rate(len(paths), time.perf_counter() - wall, cpu() - start)
 
 
 def _grain_decode(path: str, rng: np.random.Generator) -> np.ndarray:
@@ -447,6 +465,11 @@ def main():
     "--grain", action="store_true", help="with --workers N,M: also grain's multi-process pipeline (pip install grain)"
   )
   parser.add_argument("--all_sources", action="store_true", help="also the idx and tfds sources")
+  parser.add_argument(
+    "--memory_cache",
+    action="store_true",
+    help="also the memory cache's one decode pass over the folder (centre crop), in threads and in processes",
+  )
   args = parser.parse_args()
   counts = [int(n) for n in args.workers.split(",")]
   cores = os.cpu_count() or 1
@@ -488,6 +511,15 @@ def main():
         os.makedirs(folder)
         rows.append((name, run(folder)))
       print_table("other sources", rows)
+    if args.memory_cache:
+      files = paths * max(1, -(-1024 // len(paths)))  # at least 1,024 decodes
+      rows = []
+      for kind in KINDS:
+        rates = [
+          memory_cache_rate(files, counts[-1], counts[-1] if kind == "processes" else 0) for _ in range(args.rounds)
+        ]
+        rows.append((f"{kind}: {counts[-1]} worker(s), start-up included", median_rate(rates)))
+      print_table(f"folder decoded once (cache='memory'), {len(files)} decodes", rows)
     processes = counts[-1] if args.processes else 0
     headline = median_rate(
       [
