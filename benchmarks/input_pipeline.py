@@ -13,7 +13,8 @@ Images per core-second = images / CPU seconds (user + system, every thread and w
 over the measured batches: what one core delivers. Other load on the machine moves it less than it moves wall
 time, but still moves it (shared caches): compare figures taken in alternation. On a quiet machine with one worker
 per core it equals images per second / cores. The last line is that figure for jaxcls' own folder
-stream at the last --workers value (default: one per core), in threads (or worker processes with --processes).
+stream at the last --workers value (default: one per core), in threads (or worker processes with --processes;
+then the parent process's CPU per image is printed too: the one part that more workers do not share out).
 
   --workers 1,2,4   also prints the scaling: images per second, per core-second and speed-up for each count, for
                     jaxcls' stream with N decode threads and with N worker processes (dataset.decode_processes)
@@ -109,10 +110,11 @@ def cpu_seconds(pids=()) -> float:
 
 
 class Rate:
-  """Images, wall seconds and CPU seconds of one measurement."""
+  """Images, wall seconds and CPU seconds of one measurement (`parent`: this process's share of `cpu`, when
+  worker processes did the rest)."""
 
-  def __init__(self, images: int, wall: float, cpu: float):
-    self.images, self.wall, self.cpu = images, wall, cpu
+  def __init__(self, images: int, wall: float, cpu: float, parent: float = None):
+    self.images, self.wall, self.cpu, self.parent = images, wall, cpu, parent
 
   @property
   def per_second(self) -> float:
@@ -123,10 +125,18 @@ class Rate:
     return self.images / self.cpu
 
 
+def drain(batches, count: int) -> None:
+  """Takes `count` batches and drops each before the next, as a training loop does. Keeping them all would charge
+  the pipeline for fresh pages (the kernel zeroing 9.6 MB per batch of 64 at 224 px: about 100 us per image more)
+  that a loop, reusing the memory of the batch it dropped, does not pay."""
+  for _ in range(count):
+    next(batches)
+
+
 def timed(run, images: int, pids=()) -> Rate:
-  wall, cpu = time.perf_counter(), cpu_seconds(pids)
+  wall, cpu, parent = time.perf_counter(), cpu_seconds(pids), cpu_seconds()
   run()
-  return Rate(images, time.perf_counter() - wall, cpu_seconds(pids) - cpu)
+  return Rate(images, time.perf_counter() - wall, cpu_seconds(pids) - cpu, cpu_seconds() - parent)
 
 
 # --- jaxcls' own folder stream -----------------------------------------------------------------------------------
@@ -159,7 +169,7 @@ def stream_rate(dataset, batch_size: int, batches: int) -> Rate:
   next(stream)  # worker processes start here
   pids = list(getattr(dataset._pool, "_processes", None) or ())  # pylint: disable=protected-access
   try:
-    return timed(lambda: [next(stream) for _ in range(batches)], batches * batch_size, pids)
+    return timed(lambda: drain(stream, batches), batches * batch_size, pids)
   finally:
     stream.close()
     dataset.close()
@@ -221,14 +231,15 @@ def grain_rate(paths: list[str], workers: int, batch_size: int, batches: int) ->
   for _ in range(2 + 2 * max(workers, 1)):  # worker processes start, then what they read ahead is drained
     next(iterator)
   pids = [child.pid for child in psutil.Process().children(recursive=True)]
-  return timed(lambda: [next(iterator) for _ in range(batches)], batches * batch_size, pids)  # workers stop with it
+  return timed(lambda: drain(iterator, batches), batches * batch_size, pids)  # workers stop with it
 
 
 def median_rate(rates: list[Rate]) -> Rate:
   by_speed = sorted(rates, key=lambda r: r.per_second)
   middle = by_speed[len(by_speed) // 2]
   cpu = statistics.median(r.cpu for r in rates)
-  return Rate(middle.images, middle.wall, cpu)
+  parent = None if None in [r.parent for r in rates] else statistics.median(r.parent for r in rates)
+  return Rate(middle.images, middle.wall, cpu, parent)
 
 
 # --- single-threaded decoders, one per row -----------------------------------------------------------------------
@@ -375,7 +386,7 @@ def idx_source(root: str, batch_size: int, batches: int) -> Rate:
   config.dataset.update(dict(name="idx", path=root))
   stream = data.build(config, process_index=0, process_count=1).train_batches(batch_size, start_step=0, seed=0)
   next(stream)
-  return timed(lambda: [next(stream) for _ in range(batches * 20)], batches * 20 * batch_size)
+  return timed(lambda: drain(stream, batches * 20), batches * 20 * batch_size)
 
 
 def tfds_source(root: str, jpegs: list[bytes], batch_size: int, batches: int) -> Rate:
@@ -430,7 +441,7 @@ def tfds_source(root: str, jpegs: list[bytes], batch_size: int, batches: int) ->
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=root, as_dataset_fn=as_dataset):
     stream = data.build(config, process_index=0, process_count=1).train_batches(batch_size, start_step=0, seed=0)
     next(stream)
-    return timed(lambda: [next(stream) for _ in range(batches)], batches * batch_size)
+    return timed(lambda: drain(stream, batches), batches * batch_size)
 
 
 # --- output ------------------------------------------------------------------------------------------------------
@@ -529,6 +540,12 @@ def main():
     )
     kind = "processes" if processes else "threads"
     print_table(f"jaxcls folder stream, {counts[-1]} {kind}", [("random resized crop -> 224", headline)])
+    if processes:
+      per_image = headline.parent / headline.images
+      print(
+        f"parent process: {1e6 * per_image:.0f} us of CPU per image, a cap of about "
+        f"{1 / max(per_image, 1e-9):,.0f} images/s for any number of workers"
+      )
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"images per core-second: {headline.per_core_second:.0f}")
 

@@ -11,6 +11,7 @@ from conftest import folder_config
 from PIL import Image
 
 from jaxcls import data
+from jaxcls.core.errors import DataError
 from jaxcls.data import shared_rows
 from jaxcls.data.sources import folder_stream
 
@@ -74,12 +75,12 @@ def test_a_stream_closed_with_rows_in_flight_leaves_no_segment(tmp_path, monkeyp
   config = folder_config(tmp_path, image_size=(16, 16), cache="none", train_crop="random_resized", test_fraction=0.25)
   config.dataset.decode_processes = 2
   seen = []
-  for name in ("receive", "discard"):
+  for name in ("receive", "receive_into", "discard"):
     original = getattr(shared_rows, name)
 
-    def spy(tickets, original=original):  # records what the parent got, then does the real work
+    def spy(tickets, *rest, original=original):  # records what the parent got, then does the real work
       seen.append(tickets)
-      return original(tickets)
+      return original(tickets, *rest)
 
     monkeypatch.setattr(shared_rows, name, spy)
   dataset = data.build(config, process_index=0, process_count=1)
@@ -93,4 +94,71 @@ def test_a_stream_closed_with_rows_in_flight_leaves_no_segment(tmp_path, monkeyp
   assert all(batch["image"].shape == (4, 16, 16, 3) for batch in batches)
   tickets = [t for t in seen if isinstance(t, shared_rows.Ticket)]
   assert len(tickets) >= 2 * 2 + 2  # 2 batches received from 2 workers, and rows decoded ahead discarded
+  assert not [t for t in tickets if segment_exists(t)]
+
+
+def _stream_of_photos(root, count=28):
+  """A folder stream (cache none, random crops) over `count` small JPEGs, all in training but four."""
+  photo = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+  for i in range(count):
+    os.makedirs(root / f"c{i % 2}", exist_ok=True)
+    Image.fromarray(np.roll(photo, i, axis=1)).save(root / f"c{i % 2}" / f"{i}.jpg", quality=90)
+  config = folder_config(root, image_size=(16, 16), cache="none", train_crop="random_resized", test_fraction=4 / count)
+  return config
+
+
+def _truncate(paths):
+  for path in sorted(paths):
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[: len(raw) // 3])  # the listing has passed: only the decode finds out
+
+
+def _break_rows(dataset, rows, seed):
+  """Truncates every file that training rows `rows` of step 0 could use (each row's own and its substitutes)."""
+  order = np.random.default_rng([seed, 0]).permutation(len(dataset._train_paths))  # pylint: disable=protected-access
+  positions = {(r + k) % len(order) for r in rows for k in range(folder_stream._MAX_SUBSTITUTES)}  # pylint: disable=protected-access
+  broken = {dataset._train_paths[order[p]] for p in positions}  # pylint: disable=protected-access
+  _truncate(broken)
+  return broken
+
+
+def test_a_row_with_no_decodable_substitute_stops_the_stream_with_a_data_error(tmp_path):
+  config = _stream_of_photos(tmp_path)
+  dataset = data.build(config, process_index=0, process_count=1)
+  broken = _break_rows(dataset, [1], seed=3)
+  try:
+    with pytest.raises(DataError, match="16 images in a row failed to decode.*check the folder for damaged files"):
+      next(dataset.train_batches(4, start_step=0, seed=3))
+  finally:
+    dataset.close()
+  skipped = {path for path, _ in dataset.skipped_files}
+  assert len(skipped) >= folder_stream._MAX_SUBSTITUTES and skipped <= broken  # pylint: disable=protected-access
+
+
+@needs_dev_shm
+@pytest.mark.slow  # spawns two worker processes
+@pytest.mark.parametrize("broken_rows", [[0, 1], [2, 3]], ids=["first_job_fails", "second_job_fails"])
+def test_a_batch_whose_job_gives_up_leaves_no_segment(tmp_path, monkeypatch, broken_rows):
+  """Step 0's two worker jobs decode rows 0-1 and 2-3; one of them finds no decodable file: the error rises, and
+  the rows the other job (and the steps decoded ahead) shipped are removed from /dev/shm, not left behind."""
+  config = _stream_of_photos(tmp_path)
+  config.dataset.decode_processes = 2
+  futures = []
+
+  class Recorded(folder_stream._Pending):  # pylint: disable=protected-access
+    def __init__(self, future, *args):
+      futures.append(future)
+      super().__init__(future, *args)
+
+  monkeypatch.setattr(folder_stream, "_Pending", Recorded)
+  dataset = data.build(config, process_index=0, process_count=1)
+  _break_rows(dataset, broken_rows, seed=3)
+  try:
+    with pytest.raises(DataError, match="failed to decode"):
+      next(dataset.train_batches(4, start_step=0, seed=3))
+  finally:
+    dataset.close()
+  shipped = [f.result()[0] for f in futures if not f.cancelled() and f.exception() is None]
+  tickets = [t for t in shipped if isinstance(t, shared_rows.Ticket)]
+  assert tickets  # the good job of step 0 shipped its rows
   assert not [t for t in tickets if segment_exists(t)]

@@ -174,14 +174,33 @@ class FolderStreamDataset(Dataset):
             future.discard()
 
   def _collect(self, futures) -> Batch:
-    results = [row for f in futures for row in (f.finish() if isinstance(f, _Pending) else f.result())]
-    shape = self.info.image_shape
-    images = np.zeros((len(results),) + shape, np.uint8)
-    labels = np.zeros((len(results),) + self._eval_labels.shape[1:], np.int32)  # [b] or multi-hot [b, K]
-    mask = np.zeros(len(results), bool)
-    for i, result in enumerate(results):
-      if result is not None:
-        images[i], labels[i], mask[i] = result[0], result[1], True
+    """The batch of one step's jobs, in order. A worker's rows go from its shared-memory segment straight into
+    place (one copy); if any job fails, the segments of the step's other jobs are removed before the error rises."""
+    parts = []
+    try:
+      for future in futures:
+        parts.append(future.finish() if isinstance(future, _Pending) else future.result())
+      sizes = [len(part) for part in parts]
+      shape = self.info.image_shape
+      images = np.zeros((sum(sizes),) + shape, np.uint8)
+      labels = np.zeros((sum(sizes),) + self._eval_labels.shape[1:], np.int32)  # [b] or multi-hot [b, K]
+      mask = np.zeros(sum(sizes), bool)
+      for part, end in zip(parts, np.cumsum(sizes), strict=True):
+        rows = slice(end - len(part), end)
+        if isinstance(part, _Shipped):
+          part.place(images[rows], labels[rows], mask[rows])
+          continue
+        for i, result in enumerate(part, start=rows.start):
+          if result is not None:
+            images[i], labels[i], mask[i] = result[0], result[1], True
+    except BaseException:
+      for part in parts:
+        if isinstance(part, _Shipped):
+          shared_rows.discard(part.rows)  # nothing to do for one already placed
+      for future in futures[len(parts) :]:
+        if isinstance(future, _Pending):
+          future.discard()
+      raise
     return {"image": images, "label": labels, "mask": mask}
 
   @property
@@ -296,7 +315,7 @@ def _eval_rows(indices, crop, rows):
 
 
 class _Remote:
-  """A process-pool job not yet submitted: `submit()` starts it, `_Pending.finish()` turns its result into rows."""
+  """A process-pool job not yet submitted: `submit()` starts it, `_Pending.finish()` hands its result over."""
 
   def __init__(self, submit, labels, skip):
     self._submit, self._labels, self._skip = submit, labels, skip
@@ -327,30 +346,44 @@ def _script_hint() -> str:
   )
 
 
+class _Shipped:
+  """A worker job's result: `rows` (a shared-memory Ticket, an array, or None when no row decoded) holds the images
+  of the entries of `used` that are >= 0, in order; `used` names the file of each batch row, -1 for an empty row."""
+
+  def __init__(self, rows, used: np.ndarray, labels: np.ndarray):
+    self.rows, self.used, self._labels = rows, used, labels
+
+  def __len__(self) -> int:
+    return len(self.used)
+
+  def place(self, images: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> None:
+    """Writes the rows into these views of the batch (as many rows as `used`), leaving empty rows masked out."""
+    good = self.used >= 0
+    if good.all():
+      shared_rows.receive_into(self.rows, images)  # one copy, segment to batch
+    elif good.any():
+      images[good] = shared_rows.receive(self.rows)
+    labels[good] = self._labels[self.used[good]]
+    mask[good] = True
+
+
 class _Pending:
-  """A submitted worker job; `finish()` gives its rows as (image, label) or None, and records its skips."""
+  """A submitted worker job; `finish()` records its skips and gives its rows as a `_Shipped`, not yet copied."""
 
   def __init__(self, future, labels, skip):
     self._future, self._labels, self._skip = future, labels, skip
 
-  def finish(self) -> list:
+  def finish(self) -> _Shipped:
     try:
       images, used, skipped = self._future.result()
     except concurrent.futures.process.BrokenProcessPool as e:
       raise worker_died(e) from e
-    images = None if images is None else shared_rows.receive(images)
     for path, reason in skipped:
       self._skip(path, reason)
     if used is None:
+      shared_rows.discard(images)  # None today: a job that gives up ships nothing
       raise _too_many_bad()
-    rows, k = [], 0
-    for index in used:
-      if index < 0:
-        rows.append(None)
-      else:
-        rows.append((images[k], self._labels[index]))
-        k += 1
-    return rows
+    return _Shipped(images, used, self._labels)
 
   def discard(self) -> None:
     """Drops the job: cancelled if it has not started, else waited for and its shared-memory rows removed."""
